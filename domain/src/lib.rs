@@ -9,6 +9,7 @@
 //! It must not know about databases, HTTP, files or clocks: callers pass values in and
 //! get values out, which keeps every rule unit-testable in microseconds.
 
+pub mod api;
 pub mod audit;
 pub mod diff;
 pub mod format;

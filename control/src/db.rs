@@ -1,0 +1,98 @@
+//! Opening the database: WAL, `synchronous=FULL`, foreign keys, embedded migrations, the
+//! control plane's identity and its epoch.
+
+use crate::{Error, Result, now};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use std::{path::Path, str::FromStr, time::Duration};
+
+/// File name of the database inside the data directory.
+pub const DATABASE_FILE: &str = "etc-shadow.db";
+
+/// Two pools over one SQLite file: many readers, one writer. A single writer connection
+/// serialises write transactions in the process, so they never fail with `SQLITE_BUSY`
+/// upgrading a read snapshot, and readers in WAL mode never wait for it.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub read: SqlitePool,
+    write: SqlitePool,
+}
+
+/// This control plane's fencing identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub id: String,
+    pub epoch: i64,
+}
+
+impl Db {
+    /// Opens (creating if missing) the database in `data_dir` and applies migrations.
+    pub async fn open(data_dir: &Path) -> Result<Db> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|err| Error::Internal(format!("cannot create {}: {err}", data_dir.display())))?;
+        let url = format!("sqlite://{}", data_dir.join(DATABASE_FILE).display());
+        let options = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        sqlx::migrate!("../migrations").run(&write).await?;
+        let read = SqlitePoolOptions::new().max_connections(8).connect_with(options.read_only(true)).await?;
+        let db = Db { read, write };
+        db.initialise().await?;
+        Ok(db)
+    }
+
+    /// Starts a write transaction on the single writer connection.
+    pub async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.write.begin().await?)
+    }
+
+    /// Makes the control plane's id and revision 0 the first time the database is opened.
+    async fn initialise(&self) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM control_plane").fetch_optional(&mut *tx).await?;
+        if exists.is_none() {
+            let id = hex::encode(rand::random::<[u8; 16]>());
+            let at = now();
+            sqlx::query("INSERT INTO control_plane (singleton, id, epoch, created_at) VALUES (1, ?, 0, ?)")
+                .bind(&id)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+            let empty_root = domain::hash::root_hash([]).to_hex();
+            sqlx::query(
+                "INSERT INTO revisions (number, root, parent, author, message, created_at) VALUES (0, ?, NULL, 'system', 'empty configuration', ?)",
+            )
+            .bind(&empty_root)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?;
+            crate::audit::append(&mut tx, "system", "control_plane.create", &format!("control_plane/{id}"), serde_json::json!({"root": empty_root})).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Raises the epoch durably; called once at every start of the server.
+    pub async fn raise_epoch(&self) -> Result<Identity> {
+        let mut tx = self.begin().await?;
+        let (id, epoch): (String, i64) =
+            sqlx::query_as("UPDATE control_plane SET epoch = epoch + 1 RETURNING id, epoch").fetch_one(&mut *tx).await?;
+        crate::audit::append(&mut tx, "system", "control_plane.start", &format!("control_plane/{id}"), serde_json::json!({"epoch": epoch})).await?;
+        tx.commit().await?;
+        Ok(Identity { id, epoch })
+    }
+
+    pub async fn identity(&self) -> Result<Identity> {
+        let (id, epoch): (String, i64) = sqlx::query_as("SELECT id, epoch FROM control_plane").fetch_one(&self.read).await?;
+        Ok(Identity { id, epoch })
+    }
+
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+}

@@ -1,0 +1,88 @@
+//! The one error type of the control plane's services.
+//!
+//! Policy: every variant maps to one HTTP status and a stable `code`; the message of a
+//! client error is written for the client and may be shown as is. `Internal` carries the
+//! detail for the log only: [`Error::public_message`] never reveals it. Log a failure
+//! once, where it is turned into a response.
+
+use domain::ValidationError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("request body is too large")]
+    TooLarge,
+    #[error("{path}: {error}")]
+    Invalid { path: String, error: ValidationError },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Error::Conflict { code, message: message.into() }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::BadRequest(_) => 400,
+            Error::Unauthorized => 401,
+            Error::Forbidden(_) => 403,
+            Error::NotFound(_) => 404,
+            Error::Conflict { .. } => 409,
+            Error::TooLarge => 413,
+            Error::Invalid { .. } => 422,
+            Error::Internal(_) => 500,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BadRequest(_) => "bad_request",
+            Error::Unauthorized => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::NotFound(_) => "not_found",
+            Error::Conflict { code, .. } => code,
+            Error::TooLarge => "too_large",
+            Error::Invalid { .. } => "invalid_config",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// What the client may see.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Internal(_) => "internal error; see the server log".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::RowNotFound => Error::NotFound("not found".to_string()),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                Error::conflict("conflict", "a concurrent update got there first; retry")
+            }
+            _ => Error::Internal(err.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        Error::Internal(format!("migration failed: {err}"))
+    }
+}

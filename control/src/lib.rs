@@ -1,0 +1,60 @@
+//! The control plane's services over SQLite.
+//!
+//! Each module is one domain noun (`revisions`, `changes`, `users`, `sessions`, `audit`)
+//! and exposes plain async functions that take a [`Db`] and a [`Caller`]; the REST
+//! handlers and the console's server functions are thin wrappers around them, and the
+//! tests call them directly. Every state change writes its audit row in the same
+//! transaction. This crate knows nothing of HTTP, cookies or pages.
+
+pub mod audit;
+pub mod changes;
+pub mod db;
+pub mod error;
+pub mod revisions;
+pub mod rollouts;
+pub mod sessions;
+pub mod users;
+
+pub use db::Db;
+pub use error::{Error, Result};
+
+use domain::Role;
+
+/// Who is asking: the authenticated user and the role in effect for this request (an API
+/// token may carry a lower role than its owner).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: i64,
+    pub username: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// Refuses with 403 unless the caller's role includes `required`.
+    pub fn require(&self, required: Role) -> Result<()> {
+        if self.role.allows(required) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!("this action needs the {required} role")))
+        }
+    }
+}
+
+/// The current time as RFC 3339 UTC with milliseconds, the one format stored everywhere.
+pub fn now() -> String {
+    format_time(time::OffsetDateTime::now_utc())
+}
+
+pub fn format_time(at: time::OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
+}

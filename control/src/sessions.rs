@@ -1,0 +1,115 @@
+//! Server-side sessions and API tokens. Only blake3 hashes of the secrets are stored.
+
+use crate::{Caller, Db, Error, Result, audit, format_time, now};
+use domain::Role;
+use serde_json::json;
+
+/// A session lasts this long from login.
+pub const SESSION_LIFETIME: time::Duration = time::Duration::hours(12);
+
+/// Prefix of API tokens, so they are recognisable in a secret scanner.
+pub const TOKEN_PREFIX: &str = "esk_";
+
+fn secret_hash(secret: &str) -> String {
+    blake3::derive_key("etc-shadow 2026-11 credential v1", secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_secret() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// Starts a new session for an authenticated caller; returns the cookie value. Every login
+/// makes a fresh id, so an id planted before login is worthless after it.
+pub async fn create(db: &Db, caller: &Caller) -> Result<String> {
+    let secret = random_secret();
+    let created = time::OffsetDateTime::now_utc();
+    let mut tx = db.begin().await?;
+    sqlx::query("INSERT INTO sessions (id_hash, user_id, created_at, last_seen_at, expires_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(secret_hash(&secret))
+        .bind(caller.user_id)
+        .bind(format_time(created))
+        .bind(format_time(created))
+        .bind(format_time(created + SESSION_LIFETIME))
+        .execute(&mut *tx)
+        .await?;
+    audit::append(&mut tx, &caller.username, "session.login", &format!("user/{}", caller.username), json!({})).await?;
+    tx.commit().await?;
+    Ok(secret)
+}
+
+/// The caller behind a session cookie, if the session is live and the user enabled.
+pub async fn lookup(db: &Db, secret: &str) -> Result<Option<Caller>> {
+    let row: Option<(i64, String, String)> = sqlx::query_as(
+        "SELECT u.id, u.username, u.role FROM sessions s JOIN users u ON u.id = s.user_id
+         WHERE s.id_hash = ? AND s.expires_at > ? AND u.disabled = 0",
+    )
+    .bind(secret_hash(secret))
+    .bind(now())
+    .fetch_optional(&db.read)
+    .await?;
+    row.map(to_caller).transpose()
+}
+
+fn to_caller((user_id, username, role): (i64, String, String)) -> Result<Caller> {
+    let role = role.parse().map_err(|_| Error::Internal(format!("user {user_id} has an unknown role")))?;
+    Ok(Caller { user_id, username, role })
+}
+
+/// Ends a session server-side.
+pub async fn delete(db: &Db, secret: &str, caller: &Caller) -> Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM sessions WHERE id_hash = ?").bind(secret_hash(secret)).execute(&mut *tx).await?;
+    audit::append(&mut tx, &caller.username, "session.logout", &format!("user/{}", caller.username), json!({})).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A new API token; the secret is returned once and only its hash is kept.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NewToken {
+    pub id: i64,
+    pub name: String,
+    pub role: Role,
+    pub token: String,
+}
+
+pub async fn create_token(db: &Db, caller: &Caller, name: &str, role: Option<Role>) -> Result<NewToken> {
+    let role = role.unwrap_or(caller.role);
+    if !caller.role.allows(role) {
+        return Err(Error::Forbidden(format!("a token cannot have a higher role than its owner ({})", caller.role)));
+    }
+    let name = name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(Error::BadRequest("token name must be 1-100 characters".into()));
+    }
+    let token = format!("{TOKEN_PREFIX}{}", random_secret());
+    let mut tx = db.begin().await?;
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO api_tokens (user_id, name, token_hash, role, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(caller.user_id)
+    .bind(name)
+    .bind(secret_hash(&token))
+    .bind(role.as_str())
+    .bind(now())
+    .fetch_one(&mut *tx)
+    .await?;
+    audit::append(&mut tx, &caller.username, "token.create", &format!("token/{id}"), json!({"name": name, "role": role})).await?;
+    tx.commit().await?;
+    Ok(NewToken { id, name: name.to_string(), role, token })
+}
+
+/// The caller behind a bearer token: the token's role, never above its owner's current role.
+pub async fn lookup_token(db: &Db, token: &str) -> Result<Option<Caller>> {
+    let row: Option<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT u.id, u.username, u.role, t.role FROM api_tokens t JOIN users u ON u.id = t.user_id
+         WHERE t.token_hash = ? AND t.revoked_at IS NULL AND u.disabled = 0",
+    )
+    .bind(secret_hash(token))
+    .fetch_optional(&db.read)
+    .await?;
+    let Some((user_id, username, user_role, token_role)) = row else { return Ok(None) };
+    let owner = to_caller((user_id, username, user_role))?;
+    let token_role: Role = token_role.parse().map_err(|_| Error::Internal("token has an unknown role".into()))?;
+    Ok(Some(Caller { role: token_role.min(owner.role), ..owner }))
+}

@@ -1,0 +1,179 @@
+//! Users and their passwords (argon2id, 19 MiB, 2 iterations, as OWASP recommends).
+
+use crate::{Caller, Db, Error, Result, audit, now};
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use domain::{Role, api::UserView};
+use serde_json::json;
+
+/// Shortest accepted password.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+fn hasher() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).expect("constant argon2 parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Hashes on the blocking pool: argon2 is deliberately slow and must not stall the runtime.
+pub async fn hash_password(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        hasher()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+            .map_err(|err| Error::Internal(format!("password hashing failed: {err}")))
+    })
+    .await
+    .map_err(|err| Error::Internal(err.to_string()))?
+}
+
+async fn password_matches(password: String, stored: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&stored).is_ok_and(|parsed| hasher().verify_password(password.as_bytes(), &parsed).is_ok())
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A fixed hash to verify against when the user does not exist, so a login for an unknown
+/// name costs the same time as one for a known name.
+static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn validate_username(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest("username must be 1-64 characters of letters, digits, '_', '-', '.' or '@'".into()))
+    }
+}
+
+fn validate_password(password: &str) -> Result<()> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(Error::BadRequest(format!("password must have at least {MIN_PASSWORD_LEN} characters")));
+    }
+    if password.len() > 1024 {
+        return Err(Error::BadRequest("password is longer than 1024 bytes".into()));
+    }
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: i64,
+    username: String,
+    role: String,
+    disabled: bool,
+    created_at: String,
+}
+
+impl UserRow {
+    fn into_view(self) -> Result<UserView> {
+        Ok(UserView {
+            id: self.id,
+            role: self.role.parse().map_err(|_| Error::Internal(format!("user {} has unknown role {}", self.id, self.role)))?,
+            username: self.username,
+            disabled: self.disabled,
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// Creates a user. `actor` is the admin (or `cli`) doing it, for the audit log.
+pub async fn create(db: &Db, actor: &str, username: &str, role: Role, password: String) -> Result<UserView> {
+    validate_username(username)?;
+    validate_password(&password)?;
+    let password_hash = hash_password(password).await?;
+    let mut tx = db.begin().await?;
+    let taken: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE username = ?").bind(username).fetch_optional(&mut *tx).await?;
+    if taken.is_some() {
+        return Err(Error::conflict("user_exists", format!("user {username:?} already exists")));
+    }
+    let row: UserRow = sqlx::query_as(
+        "INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)
+         RETURNING id, username, role, disabled, created_at",
+    )
+    .bind(username)
+    .bind(&password_hash)
+    .bind(role.as_str())
+    .bind(now())
+    .fetch_one(&mut *tx)
+    .await?;
+    audit::append(&mut tx, actor, "user.create", &format!("user/{username}"), json!({"role": role})).await?;
+    tx.commit().await?;
+    row.into_view()
+}
+
+/// Checks a username and password; the same error for an unknown user, a wrong password
+/// and a disabled account, so the answer reveals nothing.
+pub async fn authenticate(db: &Db, username: &str, password: &str) -> Result<Caller> {
+    let row: Option<(i64, String, String, bool)> =
+        sqlx::query_as("SELECT id, password_hash, role, disabled FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&db.read)
+            .await?;
+    let refused = || Error::Unauthorized;
+    let Some((user_id, stored, role, disabled)) = row else {
+        let dummy = match DUMMY_HASH.get() {
+            Some(hash) => hash.clone(),
+            None => {
+                let hash = hash_password("not a real password".into()).await?;
+                DUMMY_HASH.get_or_init(|| hash).clone()
+            }
+        };
+        password_matches(password.to_string(), dummy).await;
+        return Err(refused());
+    };
+    if !password_matches(password.to_string(), stored).await || disabled {
+        return Err(refused());
+    }
+    let role = role.parse().map_err(|_| Error::Internal(format!("user {user_id} has an unknown role")))?;
+    Ok(Caller { user_id, username: username.to_string(), role })
+}
+
+pub async fn list(db: &Db) -> Result<Vec<UserView>> {
+    let rows: Vec<UserRow> =
+        sqlx::query_as("SELECT id, username, role, disabled, created_at FROM users ORDER BY username").fetch_all(&db.read).await?;
+    rows.into_iter().map(UserRow::into_view).collect()
+}
+
+/// Sets a new password and ends the user's sessions.
+pub async fn set_password(db: &Db, actor: &str, username: &str, password: String) -> Result<()> {
+    validate_password(&password)?;
+    let password_hash = hash_password(password).await?;
+    let mut tx = db.begin().await?;
+    let (id,): (i64,) = sqlx::query_as("UPDATE users SET password_hash = ? WHERE username = ? RETURNING id")
+        .bind(&password_hash)
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no user {username:?}")))?;
+    sqlx::query("DELETE FROM sessions WHERE user_id = ?").bind(id).execute(&mut *tx).await?;
+    audit::append(&mut tx, actor, "user.password", &format!("user/{username}"), json!({})).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Changes a role; the user's sessions end so the new role applies at once.
+pub async fn set_role(db: &Db, actor: &str, username: &str, role: Role) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let (id, old): (i64, String) = sqlx::query_as("SELECT id, role FROM users WHERE username = ?")
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no user {username:?}")))?;
+    sqlx::query("UPDATE users SET role = ? WHERE id = ?").bind(role.as_str()).bind(id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM sessions WHERE user_id = ?").bind(id).execute(&mut *tx).await?;
+    // A token never outranks its owner: lower every token above the new role.
+    for higher in Role::ALL.into_iter().filter(|r| *r > role) {
+        sqlx::query("UPDATE api_tokens SET role = ? WHERE user_id = ? AND role = ?")
+            .bind(role.as_str())
+            .bind(id)
+            .bind(higher.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    audit::append(&mut tx, actor, "user.role", &format!("user/{username}"), json!({"from": old, "to": role})).await?;
+    tx.commit().await?;
+    Ok(())
+}

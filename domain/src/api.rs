@@ -1,0 +1,289 @@
+//! Wire types of the REST API and the console's server functions. Shared by the server
+//! and the wasm front end, so both sides agree by construction. Integers are `i64`/`u32`,
+//! never `usize`, because wasm32 and the host disagree on its width.
+
+use crate::{Role, audit::ChainBreak, diff::TextDiff, format::ValidationError};
+use serde::{Deserialize, Serialize};
+
+/// `{"items": [...], "next": ...}`: one page and the cursor of the next one, if any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    pub id: i64,
+    pub username: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionSummary {
+    pub number: i64,
+    pub root: String,
+    pub parent: Option<i64>,
+    pub author: String,
+    pub message: String,
+    pub created_at: String,
+    pub change_id: Option<i64>,
+    pub entry_count: i64,
+}
+
+/// An entry as listed in a revision or a change. Secret entries carry no content anywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    pub path: String,
+    pub format: String,
+    pub mode: String,
+    pub owner: String,
+    pub group: String,
+    pub secret: bool,
+    pub size: i64,
+    pub entry_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionView {
+    #[serde(flatten)]
+    pub summary: RevisionSummary,
+    pub current: bool,
+    pub entries: Vec<EntryView>,
+}
+
+/// One entry with its content; `content` is `None` for secret entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryContent {
+    #[serde(flatten)]
+    pub entry: EntryView,
+    pub revision: i64,
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeState {
+    Draft,
+    Submitted,
+    Approved,
+    Rejected,
+    RolledOut,
+    Superseded,
+}
+
+impl ChangeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeState::Draft => "draft",
+            ChangeState::Submitted => "submitted",
+            ChangeState::Approved => "approved",
+            ChangeState::Rejected => "rejected",
+            ChangeState::RolledOut => "rolled_out",
+            ChangeState::Superseded => "superseded",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ChangeState> {
+        [
+            ChangeState::Draft,
+            ChangeState::Submitted,
+            ChangeState::Approved,
+            ChangeState::Rejected,
+            ChangeState::RolledOut,
+            ChangeState::Superseded,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+
+    /// A change can still be edited (an edit returns it to draft).
+    pub fn is_open(self) -> bool {
+        matches!(self, ChangeState::Draft | ChangeState::Submitted | ChangeState::Approved | ChangeState::Rejected)
+    }
+}
+
+/// One entry of a change request: put `content` at `path`, or delete `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryInput {
+    pub path: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub secret: Option<bool>,
+    #[serde(default)]
+    pub delete: bool,
+}
+
+/// `PUT /api/v1/changes/{id}/entries/{path}` body: the path comes from the URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryEdit {
+    pub content: String,
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub secret: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewChange {
+    pub base_revision: i64,
+    pub message: String,
+    #[serde(default)]
+    pub entries: Vec<EntryInput>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeEntryView {
+    #[serde(flatten)]
+    pub entry: EntryView,
+    /// `put` or `delete`.
+    pub op: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    pub approver: String,
+    pub created_at: String,
+    pub content_hash: String,
+    /// False once the change was edited after this approval.
+    pub valid: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeSummary {
+    pub id: i64,
+    pub base_revision: i64,
+    pub message: String,
+    pub author: String,
+    pub state: ChangeState,
+    pub content_hash: String,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The revision this change became, once rolled out.
+    pub revision: Option<i64>,
+    pub entry_count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeView {
+    #[serde(flatten)]
+    pub summary: ChangeSummary,
+    pub entries: Vec<ChangeEntryView>,
+    pub approvals: Vec<ApprovalView>,
+    pub rejected_by: Option<String>,
+    pub reject_reason: Option<String>,
+    /// The current revision, so a client can tell that the base is stale.
+    pub current_revision: i64,
+}
+
+/// How one path differs between two entry sets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryDiff {
+    pub path: String,
+    /// `added`, `removed`, `modified` (content and/or policy) or `unchanged`.
+    pub status: String,
+    pub old: Option<EntryView>,
+    pub new: Option<EntryView>,
+    /// Human-readable policy differences such as `mode 0640 → 0644`.
+    pub policy_changes: Vec<String>,
+    /// The line diff; `None` for secret entries (only "changed" is shown) and for
+    /// entries whose content did not change.
+    pub text: Option<TextDiff>,
+    pub secret_changed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffView {
+    pub from: String,
+    pub to: String,
+    pub entries: Vec<EntryDiff>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutShadowView {
+    pub name: String,
+    pub phase: String,
+    pub receipt_root: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutView {
+    pub id: i64,
+    pub change_id: Option<i64>,
+    pub kind: String,
+    /// `applied`, `failed`, `aborted`, `committing` or `preparing`.
+    pub state: String,
+    pub revision: i64,
+    pub root: String,
+    pub started_by: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+    pub shadows: Vec<RolloutShadowView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub details: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerification {
+    pub intact: bool,
+    pub rows: i64,
+    pub head: String,
+    pub first_bad_seq: Option<i64>,
+    pub problem: Option<ChainBreak>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// Result of validating one entry: the error, if any, with its position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validation {
+    pub path: String,
+    pub format: String,
+    pub error: Option<ValidationError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overview {
+    pub current: RevisionSummary,
+    pub awaiting_approval: Vec<ChangeSummary>,
+    pub open_changes: i64,
+    pub recent_activity: Vec<AuditEntry>,
+    pub recent_rollouts: Vec<RolloutView>,
+}
