@@ -519,3 +519,20 @@ pub async fn diff(db: &Db, id: i64) -> Result<DiffView> {
     let entries = revisions::diff_sets(&mut conn, &base, &after, false).await?;
     Ok(DiffView { from: format!("revision {}", change.base_revision), to: format!("change {id}"), entries })
 }
+
+/// The content a change puts at `path`, for the editor; `None` when the change does not
+/// put that path or the entry is secret.
+pub async fn entry_content(db: &Db, id: i64, path: &str) -> Result<Option<String>> {
+    let path = parse_path(path)?;
+    let mut conn = db.read.acquire().await?;
+    load(&mut conn, id).await?;
+    let row: Option<(Option<String>, bool)> = sqlx::query_as("SELECT blob, secret FROM change_entries WHERE change_id = ? AND path = ? AND op = 'put'")
+        .bind(id)
+        .bind(path.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some((Some(hash), false)) => Ok(Some(String::from_utf8_lossy(&revisions::blob(&mut conn, &hash).await?).into_owned())),
+        _ => Ok(None),
+    }
+}

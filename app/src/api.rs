@@ -1,0 +1,317 @@
+//! Server functions of the console. Each is a thin wrapper: find the caller, call one
+//! service function in `control`, map the error to a message fit for the page. Role
+//! checks happen in the services; the router has already refused callers without a
+//! session (only `login` is public).
+
+use domain::api::{
+    AuditEntry, AuditVerification, ChangeSummary, ChangeView, DiffView, EntryContent, Page, RevisionSummary, RevisionView,
+    RolloutView,
+};
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// The signed-in user, as the pages need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Me {
+    pub username: String,
+    pub role: domain::Role,
+}
+
+#[cfg(feature = "ssr")]
+pub mod ssr {
+    //! Helpers only the server has.
+    use leptos::prelude::*;
+
+    pub fn db() -> Result<control::Db, ServerFnError> {
+        use_context::<control::Db>().ok_or_else(|| ServerFnError::new("database unavailable"))
+    }
+
+    /// The caller the router authenticated, or a 401-style error.
+    pub fn caller() -> Result<control::Caller, ServerFnError> {
+        use_context::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<control::Caller>().cloned())
+            .ok_or_else(|| ServerFnError::new("authentication required"))
+    }
+
+    /// Service errors as the page shows them (internal details stay in the log).
+    pub fn fail(err: control::Error) -> ServerFnError {
+        if let control::Error::Internal(detail) = &err {
+            tracing::error!(%detail, "internal error in a server function");
+        }
+        if let Some(options) = use_context::<leptos_axum::ResponseOptions>() {
+            options.set_status(http::StatusCode::from_u16(err.status()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR));
+        }
+        ServerFnError::new(err.public_message())
+    }
+
+    pub fn session_secret() -> Option<String> {
+        let parts = use_context::<http::request::Parts>()?;
+        parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == crate::SESSION_COOKIE)
+            .map(|(_, value)| value.to_string())
+    }
+
+    pub fn set_cookie(value: String) {
+        if let (Some(options), Ok(value)) = (use_context::<leptos_axum::ResponseOptions>(), http::HeaderValue::from_str(&value)) {
+            options.append_header(http::header::SET_COOKIE, value);
+        }
+    }
+}
+
+/// Signs in and sets the session cookie. Works as a plain HTML form post.
+#[server(endpoint = "login")]
+pub async fn login(username: String, password: String, next: Option<String>) -> Result<(), ServerFnError> {
+    use ssr::*;
+    let db = db()?;
+    let caller = control::users::authenticate(&db, &username, &password)
+        .await
+        .map_err(|_| ServerFnError::new("wrong username or password"))?;
+    let secret = control::sessions::create(&db, &caller).await.map_err(fail)?;
+    let secure = use_context::<crate::ConsoleSettings>().is_some_and(|s| s.secure_cookies);
+    let max_age = control::sessions::SESSION_LIFETIME.whole_seconds();
+    let secure = if secure { "; Secure" } else { "" };
+    set_cookie(format!("{}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}", crate::SESSION_COOKIE));
+    // Only local paths, so the form cannot be used as an open redirect.
+    let target = next.filter(|n| n.starts_with('/') && !n.starts_with("//")).unwrap_or_else(|| "/".to_string());
+    leptos_axum::redirect(&target);
+    Ok(())
+}
+
+#[server]
+pub async fn logout() -> Result<(), ServerFnError> {
+    use ssr::*;
+    let caller = caller()?;
+    if let Some(secret) = session_secret() {
+        control::sessions::delete(&db()?, &secret, &caller).await.map_err(fail)?;
+    }
+    set_cookie(format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", crate::SESSION_COOKIE));
+    leptos_axum::redirect("/login");
+    Ok(())
+}
+
+#[server]
+pub async fn whoami() -> Result<Me, ServerFnError> {
+    let caller = ssr::caller()?;
+    Ok(Me { username: caller.username, role: caller.role })
+}
+
+#[server]
+pub async fn overview() -> Result<domain::api::Overview, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    let db = db()?;
+    let current = control::revisions::current(&db).await.map_err(fail)?;
+    let awaiting = control::changes::list(&db, Some(domain::api::ChangeState::Submitted), None, Some(20)).await.map_err(fail)?;
+    let approved = control::changes::list(&db, Some(domain::api::ChangeState::Approved), None, Some(20)).await.map_err(fail)?;
+    let drafts = control::changes::list(&db, Some(domain::api::ChangeState::Draft), None, Some(500)).await.map_err(fail)?;
+    let activity = control::audit::list(&db, &control::audit::AuditFilter { limit: Some(10), ..Default::default() }).await.map_err(fail)?;
+    let rollouts = control::rollouts::list(&db, None, Some(5)).await.map_err(fail)?;
+    let mut awaiting_approval = awaiting.items;
+    awaiting_approval.extend(approved.items);
+    Ok(domain::api::Overview {
+        current,
+        open_changes: i64::try_from(drafts.items.len() + awaiting_approval.len()).unwrap_or(i64::MAX),
+        awaiting_approval,
+        recent_activity: activity.items,
+        recent_rollouts: rollouts.items,
+    })
+}
+
+/// A revision; `None` means the current one.
+#[server]
+pub async fn revision(number: Option<i64>) -> Result<RevisionView, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    let db = db()?;
+    let number = match number {
+        Some(n) => n,
+        None => control::revisions::current(&db).await.map_err(fail)?.number,
+    };
+    control::revisions::get(&db, number).await.map_err(fail)
+}
+
+#[server]
+pub async fn revisions(before: Option<i64>) -> Result<Page<RevisionSummary>, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::revisions::list(&db()?, before, Some(25)).await.map_err(fail)
+}
+
+#[server]
+pub async fn revision_diff(from: i64, to: i64) -> Result<DiffView, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::revisions::diff(&db()?, from, to).await.map_err(fail)
+}
+
+/// One entry's content: from a change when `change` is given and it puts that path,
+/// otherwise from the revision (current when `revision` is `None`).
+#[server]
+pub async fn entry(path: String, revision: Option<i64>) -> Result<EntryContent, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    let db = db()?;
+    let number = match revision {
+        Some(n) => n,
+        None => control::revisions::current(&db).await.map_err(fail)?.number,
+    };
+    control::revisions::entry(&db, number, &path).await.map_err(fail)
+}
+
+#[server]
+pub async fn change_entry(id: i64, path: String) -> Result<Option<String>, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::changes::entry_content(&db()?, id, &path).await.map_err(fail)
+}
+
+#[server]
+pub async fn changes(state: Option<String>, before: Option<i64>) -> Result<Page<ChangeSummary>, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    let state = state.filter(|s| !s.is_empty()).and_then(|s| domain::api::ChangeState::parse(&s));
+    control::changes::list(&db()?, state, before, Some(25)).await.map_err(fail)
+}
+
+#[server]
+pub async fn change(id: i64) -> Result<ChangeView, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::changes::get(&db()?, id).await.map_err(fail)
+}
+
+#[server]
+pub async fn change_diff(id: i64) -> Result<DiffView, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::changes::diff(&db()?, id).await.map_err(fail)
+}
+
+/// Saves one entry from the editor: into `change` when given, else into a new change on
+/// `base_revision` with `message`. Returns the change id.
+#[server]
+#[allow(clippy::too_many_arguments)]
+pub async fn save_entry(
+    change: Option<i64>,
+    base_revision: i64,
+    message: String,
+    path: String,
+    content: String,
+    format: String,
+    mode: String,
+    secret: Option<String>,
+) -> Result<i64, ServerFnError> {
+    use ssr::*;
+    let caller = caller()?;
+    let db = db()?;
+    let secret = Some(secret.is_some_and(|s| s == "on" || s == "true"));
+    let view = match change {
+        Some(id) => {
+            let edit = domain::api::EntryEdit { content, format: Some(format), mode: Some(mode), owner: None, group: None, secret };
+            control::changes::put_entry(&db, &caller, id, &path, edit).await.map_err(fail)?
+        }
+        None => {
+            let entry = domain::api::EntryInput {
+                path,
+                content: Some(content),
+                format: Some(format),
+                mode: Some(mode),
+                owner: None,
+                group: None,
+                secret,
+                delete: false,
+            };
+            control::changes::create(&db, &caller, domain::api::NewChange { base_revision, message, entries: vec![entry] })
+                .await
+                .map_err(fail)?
+        }
+    };
+    leptos_axum::redirect(&format!("/changes/{}", view.summary.id));
+    Ok(view.summary.id)
+}
+
+/// Adds the removal of `path` to a change, or starts a change that removes it.
+#[server]
+pub async fn remove_entry(change: Option<i64>, base_revision: i64, message: String, path: String) -> Result<i64, ServerFnError> {
+    use ssr::*;
+    let caller = caller()?;
+    let db = db()?;
+    let view = match change {
+        Some(id) => control::changes::delete_entry(&db, &caller, id, &path).await.map_err(fail)?,
+        None => {
+            let entry = domain::api::EntryInput {
+                path,
+                content: None,
+                format: None,
+                mode: None,
+                owner: None,
+                group: None,
+                secret: None,
+                delete: true,
+            };
+            control::changes::create(&db, &caller, domain::api::NewChange { base_revision, message, entries: vec![entry] })
+                .await
+                .map_err(fail)?
+        }
+    };
+    leptos_axum::redirect(&format!("/changes/{}", view.summary.id));
+    Ok(view.summary.id)
+}
+
+#[server]
+pub async fn submit_change(id: i64) -> Result<(), ServerFnError> {
+    use ssr::*;
+    control::changes::submit(&db()?, &caller()?, id).await.map_err(fail).map(drop)
+}
+
+#[server]
+pub async fn approve_change(id: i64) -> Result<(), ServerFnError> {
+    use ssr::*;
+    control::changes::approve(&db()?, &caller()?, id).await.map_err(fail).map(drop)
+}
+
+#[server]
+pub async fn reject_change(id: i64, reason: String) -> Result<(), ServerFnError> {
+    use ssr::*;
+    control::changes::reject(&db()?, &caller()?, id, &reason).await.map_err(fail).map(drop)
+}
+
+#[server]
+pub async fn rebase_change(id: i64) -> Result<(), ServerFnError> {
+    use ssr::*;
+    control::changes::rebase(&db()?, &caller()?, id).await.map_err(fail).map(drop)
+}
+
+#[server]
+pub async fn rollout_change(id: i64) -> Result<RolloutView, ServerFnError> {
+    use ssr::*;
+    control::rollouts::start(&db()?, &caller()?, id).await.map_err(fail)
+}
+
+#[server]
+pub async fn audit_log(actor: Option<String>, action: Option<String>, target: Option<String>, before: Option<i64>) -> Result<Page<AuditEntry>, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    let filter = control::audit::AuditFilter { actor, action, target, before, limit: Some(50) };
+    control::audit::list(&db()?, &filter).await.map_err(fail)
+}
+
+#[server]
+pub async fn audit_verify() -> Result<AuditVerification, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::audit::verify(&db()?).await.map_err(fail)
+}
+
+#[server]
+pub async fn audit_head() -> Result<domain::api::AuditHead, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::audit::head(&db()?).await.map_err(fail)
+}

@@ -1,0 +1,164 @@
+//! The visual diff: every changed entry with its policy changes and a unified or
+//! side-by-side line diff with intra-line highlights.
+
+use domain::{
+    api::{DiffView, EntryDiff},
+    diff::{DiffLine, Hunk, LineKind, side_by_side},
+};
+use leptos::prelude::*;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Unified,
+    SideBySide,
+}
+
+#[component]
+pub fn DiffViewer(diff: DiffView) -> impl IntoView {
+    let layout = RwSignal::new(Layout::Unified);
+    let count = diff.entries.len();
+    let entries = diff.entries;
+    view! {
+        <section class="diff" data-test="diff">
+            <div class="diff-toolbar">
+                <span class="muted">{format!("{} → {}: {count} entr{} changed", diff.from, diff.to, if count == 1 { "y" } else { "ies" })}</span>
+                <div class="toggle" role="group" aria-label="Diff layout">
+                    <button
+                        type="button"
+                        data-test="diff-unified"
+                        class:active=move || layout.get() == Layout::Unified
+                        on:click=move |_| layout.set(Layout::Unified)
+                    >
+                        "Unified"
+                    </button>
+                    <button
+                        type="button"
+                        data-test="diff-split"
+                        class:active=move || layout.get() == Layout::SideBySide
+                        on:click=move |_| layout.set(Layout::SideBySide)
+                    >
+                        "Side by side"
+                    </button>
+                </div>
+            </div>
+            {entries.into_iter().map(|entry| view! { <EntryDiffView entry layout /> }).collect_view()}
+        </section>
+    }
+}
+
+#[component]
+fn EntryDiffView(entry: EntryDiff, layout: RwSignal<Layout>) -> impl IntoView {
+    let status_class = format!("entry-status status-{}", entry.status);
+    let policy = entry.policy_changes.clone();
+    let hunks = entry.text.as_ref().map(|t| t.hunks.clone()).unwrap_or_default();
+    let stats = entry.text.as_ref().map(|t| format!("+{} −{}", t.added, t.removed));
+    let secret_note = entry.secret_changed.then(|| view! { <p class="secret-note" data-test="secret-changed">"Secret content changed (not shown)."</p> });
+    let hunks = StoredValue::new(hunks);
+    view! {
+        <article class="entry-diff" data-test="entry-diff" data-path=entry.path.clone()>
+            <header>
+                <code class="path">{entry.path.clone()}</code>
+                <span class=status_class>{entry.status.clone()}</span>
+                {stats.map(|s| view! { <span class="stats">{s}</span> })}
+            </header>
+            {(!policy.is_empty()).then(|| view! {
+                <ul class="policy-changes" data-test="policy-changes">
+                    {policy.into_iter().map(|p| view! { <li>{p}</li> }).collect_view()}
+                </ul>
+            })}
+            {secret_note}
+            {move || {
+                let hunks = hunks.get_value();
+                if hunks.is_empty() {
+                    return ().into_any();
+                }
+                match layout.get() {
+                    Layout::Unified => view! { <UnifiedTable hunks /> }.into_any(),
+                    Layout::SideBySide => view! { <SplitTable hunks /> }.into_any(),
+                }
+            }}
+        </article>
+    }
+}
+
+fn kind_class(kind: LineKind) -> &'static str {
+    match kind {
+        LineKind::Equal => "eq",
+        LineKind::Delete => "del",
+        LineKind::Insert => "ins",
+    }
+}
+
+fn segments(line: &DiffLine) -> impl IntoView + use<> {
+    line.segments
+        .iter()
+        .map(|segment| {
+            let text = segment.text.clone();
+            if segment.emphasized {
+                view! { <mark>{text}</mark> }.into_any()
+            } else {
+                view! { <span>{text}</span> }.into_any()
+            }
+        })
+        .collect_view()
+}
+
+fn number(value: Option<u32>) -> String {
+    value.map(|n| n.to_string()).unwrap_or_default()
+}
+
+#[component]
+fn UnifiedTable(hunks: Vec<Hunk>) -> impl IntoView {
+    view! {
+        <table class="code unified" data-test="diff-table-unified">
+            {hunks.into_iter().map(|hunk| {
+                let header = hunk.header();
+                view! {
+                    <tbody>
+                        <tr class="hunk"><td colspan="3">{header}</td></tr>
+                        {hunk.lines.iter().map(|line| {
+                            let sign = match line.kind { LineKind::Equal => " ", LineKind::Delete => "-", LineKind::Insert => "+" };
+                            view! {
+                                <tr class=kind_class(line.kind) data-test=format!("line-{}", kind_class(line.kind))>
+                                    <td class="ln">{number(line.old_no)}</td>
+                                    <td class="ln">{number(line.new_no)}</td>
+                                    <td class="src"><span class="sign">{sign}</span>{segments(line)}</td>
+                                </tr>
+                            }
+                        }).collect_view()}
+                    </tbody>
+                }
+            }).collect_view()}
+        </table>
+    }
+}
+
+#[component]
+fn SplitTable(hunks: Vec<Hunk>) -> impl IntoView {
+    view! {
+        <table class="code split" data-test="diff-table-split">
+            {hunks.into_iter().map(|hunk| {
+                let header = hunk.header();
+                let rows: Vec<(Option<DiffLine>, Option<DiffLine>)> =
+                    side_by_side(&hunk).into_iter().map(|(l, r)| (l.cloned(), r.cloned())).collect();
+                view! {
+                    <tbody>
+                        <tr class="hunk"><td colspan="4">{header}</td></tr>
+                        {rows.into_iter().map(|(left, right)| {
+                            let left_class = left.as_ref().map_or("empty", |l| kind_class(l.kind));
+                            let right_class = right.as_ref().map_or("empty", |r| kind_class(r.kind));
+                            view! {
+                                <tr>
+                                    <td class=format!("ln {left_class}")>{number(left.as_ref().and_then(|l| l.old_no))}</td>
+                                    <td class=format!("src {left_class}")>{left.as_ref().map(segments)}</td>
+                                    <td class=format!("ln {right_class}")>{number(right.as_ref().and_then(|r| r.new_no))}</td>
+                                    <td class=format!("src {right_class}")>{right.as_ref().map(segments)}</td>
+                                </tr>
+                            }
+                        }).collect_view()}
+                    </tbody>
+                }
+            }).collect_view()}
+        </table>
+    }
+}

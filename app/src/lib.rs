@@ -1,0 +1,75 @@
+//! The etc-shadow console: pages, components and server functions (Leptos 0.8,
+//! server-rendered and hydrated).
+//!
+//! Pages read through server functions in [`api`], which call the `control` services on
+//! the server. Everything here compiles for the server (`ssr`) and for the browser
+//! (`hydrate`); server-only code sits behind `#[cfg(feature = "ssr")]`. Stable
+//! `data-test` attributes mark what the end-to-end tests touch.
+
+pub mod api;
+pub mod components;
+pub mod pages;
+
+use leptos::prelude::*;
+use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
+use leptos_router::{
+    components::{Route, Router, Routes},
+    path,
+};
+
+/// Name of the session cookie (HttpOnly, so the wasm side never reads it).
+pub const SESSION_COOKIE: &str = "etc_shadow_session";
+
+/// Settings the server passes to server functions through context.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleSettings {
+    pub secure_cookies: bool,
+}
+
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8" />
+                <meta name="viewport" content="width=device-width, initial-scale=1" />
+                <AutoReload options=options.clone() />
+                <HydrationScripts options />
+                <MetaTags />
+            </head>
+            <body>
+                <App />
+            </body>
+        </html>
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    // Marks the page once the wasm has taken over, so tests (and people) can tell.
+    Effect::new(move |_| {
+        #[cfg(feature = "hydrate")]
+        if let Some(body) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.body()) {
+            let _ = body.set_attribute("data-hydrated", "true");
+        }
+    });
+    view! {
+        <Stylesheet id="leptos" href="/pkg/etc-shadow.css" />
+        <Title text="etc-shadow" />
+        <Router>
+            <Routes fallback=|| view! { <pages::NotFound /> }>
+                <Route path=path!("/login") view=pages::login::LoginPage />
+                <Route path=path!("/") view=pages::overview::OverviewPage />
+                <Route path=path!("/config") view=pages::config::ConfigPage />
+                <Route path=path!("/entry") view=pages::config::EntryPage />
+                <Route path=path!("/edit") view=pages::editor::EditorPage />
+                <Route path=path!("/revisions") view=pages::config::RevisionsPage />
+                <Route path=path!("/revisions/:n") view=pages::config::RevisionPage />
+                <Route path=path!("/changes") view=pages::changes::ChangesPage />
+                <Route path=path!("/changes/:id") view=pages::changes::ChangePage />
+                <Route path=path!("/audit") view=pages::audit::AuditPage />
+            </Routes>
+        </Router>
+    }
+}

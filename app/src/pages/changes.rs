@@ -1,0 +1,262 @@
+//! Changes: the list, and one change with its diff, review and rollout.
+
+use crate::{
+    api::{ApproveChange, RebaseChange, RejectChange, RolloutChange, SubmitChange, change, change_diff, changes},
+    components::{ErrorBox, ShortHash, StateBadge, diff::DiffViewer, error_text, layout::{Layout, use_me}, when},
+    pages::config::edit_href,
+};
+use domain::{
+    Role,
+    api::{ChangeState, ChangeView},
+};
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::hooks::{use_params_map, use_query_map};
+
+const FILTERS: [(&str, &str); 7] = [
+    ("", "All"),
+    ("draft", "Drafts"),
+    ("submitted", "Submitted"),
+    ("approved", "Approved"),
+    ("rolled_out", "Rolled out"),
+    ("rejected", "Rejected"),
+    ("superseded", "Superseded"),
+];
+
+#[component]
+pub fn ChangesPage() -> impl IntoView {
+    let query = use_query_map();
+    let key = move || {
+        let q = query.read();
+        (q.get("state"), q.get("before").and_then(|b| b.parse::<i64>().ok()))
+    };
+    let data = Resource::new(key, |(state, before)| changes(state, before));
+    view! {
+        <Title text="Changes · etc-shadow" />
+        <Layout title="Changes">
+            <div class="toolbar filters" data-test="change-filters">
+                {FILTERS.into_iter().map(|(value, label)| {
+                    let href = if value.is_empty() { "/changes".to_string() } else { format!("/changes?state={value}") };
+                    let active = move || key().0.unwrap_or_default() == value;
+                    view! { <a href=href class:active=active>{label}</a> }
+                }).collect_view()}
+                <span class="spacer"></span>
+                <a class="button primary" href="/edit">"New change"</a>
+            </div>
+            <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match data.await {
+                        Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
+                        Ok(page) if page.items.is_empty() => view! { <p class="muted">"No changes here."</p> }.into_any(),
+                        Ok(page) => {
+                            let state = key().0.unwrap_or_default();
+                            view! {
+                                <table class="table" data-test="change-table">
+                                    <thead><tr><th>"#"</th><th>"Message"</th><th>"State"</th><th>"Author"</th><th>"Base"</th><th>"Entries"</th><th>"Updated"</th></tr></thead>
+                                    <tbody>
+                                        {page.items.iter().map(|c| view! {
+                                            <tr data-test="change-row">
+                                                <td><a href=format!("/changes/{}", c.id)>{format!("#{}", c.id)}</a></td>
+                                                <td><a href=format!("/changes/{}", c.id)>{c.message.clone()}</a></td>
+                                                <td><StateBadge state=c.state.as_str() /></td>
+                                                <td>{c.author.clone()}</td>
+                                                <td>{format!("#{}", c.base_revision)}</td>
+                                                <td>{c.entry_count}</td>
+                                                <td>{when(&c.updated_at)}</td>
+                                            </tr>
+                                        }).collect_view()}
+                                    </tbody>
+                                </table>
+                                {page.next.map(|next| view! { <a class="button" href=format!("/changes?state={state}&before={next}")>"Older"</a> })}
+                            }.into_any()
+                        }
+                    }
+                })}
+            </Suspense>
+        </Layout>
+    }
+}
+
+/// The review actions, shown by role and state; the server checks everything again.
+#[derive(Clone, Copy)]
+struct Actions {
+    submit: ServerAction<SubmitChange>,
+    approve: ServerAction<ApproveChange>,
+    reject: ServerAction<RejectChange>,
+    rebase: ServerAction<RebaseChange>,
+    rollout: ServerAction<RolloutChange>,
+}
+
+impl Actions {
+    fn new() -> Self {
+        Actions {
+            submit: ServerAction::new(),
+            approve: ServerAction::new(),
+            reject: ServerAction::new(),
+            rebase: ServerAction::new(),
+            rollout: ServerAction::new(),
+        }
+    }
+
+    fn version(&self) -> usize {
+        self.submit.version().get() + self.approve.version().get() + self.reject.version().get() + self.rebase.version().get() + self.rollout.version().get()
+    }
+
+    fn failure(&self) -> Option<String> {
+        let errors = [
+            self.submit.value().get().and_then(|r| r.err()),
+            self.approve.value().get().and_then(|r| r.err()),
+            self.reject.value().get().and_then(|r| r.err()),
+            self.rebase.value().get().and_then(|r| r.err()),
+            self.rollout.value().get().and_then(|r| r.err()),
+        ];
+        errors.into_iter().flatten().next().map(|e| error_text(&e))
+    }
+}
+
+#[component]
+pub fn ChangePage() -> impl IntoView {
+    let params = use_params_map();
+    let id = move || params.read().get("id").and_then(|n| n.parse::<i64>().ok()).unwrap_or(-1);
+    let actions = Actions::new();
+    let data = Resource::new(
+        move || (id(), actions.version()),
+        |(id, _)| async move {
+            let view = change(id).await?;
+            let diff = change_diff(id).await?;
+            Ok::<_, ServerFnError>((view, diff))
+        },
+    );
+    view! {
+        <Title text="Change · etc-shadow" />
+        <Layout title="Change">
+            {move || actions.failure().map(|message| view! { <div class="error-box" role="alert" data-test="action-error">{message}</div> })}
+            {move || actions.rollout.value().get().and_then(|r| r.ok()).map(|r| view! {
+                <div class="success-box" data-test="rollout-result">
+                    {format!("Rollout #{} {}: revision #{} is current, root ", r.id, r.state, r.revision)}
+                    <ShortHash hash=r.root.clone() />
+                    {if r.shadows.is_empty() { " (no shadows registered)".to_string() } else { format!(" ({} shadows)", r.shadows.len()) }}
+                </div>
+            })}
+            <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match data.await {
+                        Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
+                        Ok((view, diff)) => view! {
+                            <ChangeHeader change=view.clone() actions />
+                            <h2>"Diff against revision #" {view.summary.base_revision}</h2>
+                            <DiffViewer diff />
+                        }.into_any(),
+                    }
+                })}
+            </Transition>
+        </Layout>
+    }
+}
+
+#[component]
+fn ChangeHeader(change: ChangeView, actions: Actions) -> impl IntoView {
+    let me = use_me();
+    let s = change.summary.clone();
+    let id = s.id;
+    let is_author = me.as_ref().is_some_and(|m| m.username == s.author);
+    let role = me.as_ref().map(|m| m.role).unwrap_or(Role::Viewer);
+    let open = s.state.is_open();
+    let stale = open && change.current_revision != s.base_revision;
+    let can_submit = is_author && s.state == ChangeState::Draft && role.allows(Role::Editor);
+    let can_review = !is_author && role.allows(Role::Approver) && matches!(s.state, ChangeState::Submitted | ChangeState::Approved);
+    let has_valid_approval = change.approvals.iter().any(|a| a.valid);
+    let can_rollout = role.allows(Role::Approver) && s.state == ChangeState::Approved && has_valid_approval && !stale;
+    let can_edit = is_author && open && role.allows(Role::Editor);
+    view! {
+        <section class="card change-header" data-test="change-header" data-state=s.state.as_str()>
+            <div class="toolbar">
+                <h2 data-test="change-title">{format!("#{} {}", s.id, s.message)}</h2>
+                <StateBadge state=s.state.as_str() />
+            </div>
+            <dl>
+                <dt>"Author"</dt><dd data-test="change-author">{s.author.clone()}</dd>
+                <dt>"Base"</dt><dd>{format!("revision #{}", s.base_revision)}</dd>
+                <dt>"Content hash"</dt><dd><ShortHash hash=s.content_hash.clone() /></dd>
+                <dt>"Updated"</dt><dd>{when(&s.updated_at)}</dd>
+                {s.revision.map(|r| view! { <dt>"Became"</dt><dd><a href=format!("/revisions/{r}") data-test="became-revision">{format!("revision #{r}")}</a></dd> })}
+            </dl>
+            {stale.then(|| view! {
+                <div class="warning-box" data-test="stale-warning">
+                    {format!("The base revision #{} is no longer current (#{} is). Rebase before rolling out.", s.base_revision, change.current_revision)}
+                </div>
+            })}
+            {change.reject_reason.clone().map(|reason| view! {
+                <div class="warning-box" data-test="rejection">{format!("Rejected by {}: {reason}", change.rejected_by.clone().unwrap_or_default())}</div>
+            })}
+            <h3>"Entries"</h3>
+            <ul class="plain" data-test="change-entries">
+                {change.entries.iter().map(|e| {
+                    let path = e.entry.path.clone();
+                    view! {
+                        <li>
+                            <span class=format!("op op-{}", e.op)>{e.op.clone()}</span>
+                            " " <code>{path.clone()}</code>
+                            <span class="muted">{format!(" {} · {}", e.entry.format, e.entry.mode)}</span>
+                            {(can_edit && e.op == "put").then(|| view! { " " <a href=edit_href(&path, Some(id)) data-test="edit-change-entry">"edit"</a> })}
+                        </li>
+                    }
+                }).collect_view()}
+            </ul>
+            {can_edit.then(|| view! { <a class="button" href=format!("/edit?change={id}") data-test="add-entry">"Add an entry"</a> })}
+            <h3>"Approvals"</h3>
+            {if change.approvals.is_empty() {
+                view! { <p class="muted" data-test="no-approvals">"None yet. Someone other than the author must approve."</p> }.into_any()
+            } else {
+                view! {
+                    <ul class="plain" data-test="approvals">
+                        {change.approvals.iter().map(|a| view! {
+                            <li data-test="approval" data-valid=a.valid.to_string()>
+                                {format!("{} at {} ", a.approver, when(&a.created_at))}
+                                {if a.valid {
+                                    view! { <span class="badge badge-approved">"valid"</span> }.into_any()
+                                } else {
+                                    view! { <span class="badge badge-rejected" title="The change was edited after this approval">"voided by an edit"</span> }.into_any()
+                                }}
+                            </li>
+                        }).collect_view()}
+                    </ul>
+                }.into_any()
+            }}
+            <div class="actions" data-test="change-actions">
+                {can_submit.then(|| view! {
+                    <ActionForm action=actions.submit attr:class="inline">
+                        <input type="hidden" name="id" value=id />
+                        <button type="submit" class="primary" data-test="submit">"Submit for review"</button>
+                    </ActionForm>
+                })}
+                {(can_edit && stale).then(|| view! {
+                    <ActionForm action=actions.rebase attr:class="inline">
+                        <input type="hidden" name="id" value=id />
+                        <button type="submit" data-test="rebase">"Rebase onto current"</button>
+                    </ActionForm>
+                })}
+                {can_review.then(|| view! {
+                    <ActionForm action=actions.approve attr:class="inline">
+                        <input type="hidden" name="id" value=id />
+                        <button type="submit" class="primary" data-test="approve">"Approve"</button>
+                    </ActionForm>
+                    <ActionForm action=actions.reject attr:class="inline reject-form">
+                        <input type="hidden" name="id" value=id />
+                        <input name="reason" placeholder="Reason" required data-test="reject-reason" />
+                        <button type="submit" class="danger" data-test="reject">"Reject"</button>
+                    </ActionForm>
+                })}
+                {can_rollout.then(|| view! {
+                    <ActionForm action=actions.rollout attr:class="inline">
+                        <input type="hidden" name="id" value=id />
+                        <button type="submit" class="primary" data-test="rollout">"Roll out"</button>
+                    </ActionForm>
+                })}
+                {(is_author && matches!(s.state, ChangeState::Submitted | ChangeState::Approved)).then(|| view! {
+                    <p class="muted" data-test="own-change-note">"You wrote this change, so someone else must approve it."</p>
+                })}
+            </div>
+        </section>
+    }
+}

@@ -1,0 +1,132 @@
+//! Authentication and request guards: who is calling, cross-origin protection, and the
+//! deny-by-default rule for everything that is not explicitly public.
+
+use crate::{AppState, error::ApiError};
+use axum::{
+    extract::{Request, State},
+    http::{HeaderMap, Method, header},
+    middleware::Next,
+    response::{IntoResponse, Redirect, Response},
+};
+use control::{Caller, Error};
+use domain::Role;
+
+pub const SESSION_COOKIE: &str = "etc_shadow_session";
+
+/// How the caller proved who they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    Session(String),
+    Token,
+}
+
+/// The authenticated caller of this request, put into the request extensions.
+#[derive(Clone, Debug)]
+pub struct Authenticated {
+    pub caller: Caller,
+    pub credential: Credential,
+}
+
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_string())
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// True when the request's `Origin` names this server. Compared with the configured
+/// public origin when there is one, else with the `Host` the request was sent to.
+fn origin_matches(state: &AppState, headers: &HeaderMap, origin: &str) -> bool {
+    if let Some(public) = &state.config.public_origin {
+        return origin == public;
+    }
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    origin == format!("http://{host}") || origin == format!("https://{host}")
+}
+
+/// Resolves the caller from a bearer token or the session cookie, and enforces the
+/// Origin rule: a state-changing request that relies on the cookie must carry an `Origin`
+/// equal to the console's own; a mismatching Origin is refused outright.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_string);
+    let unsafe_method = !is_safe(request.method());
+    let has_bearer = bearer(headers).is_some();
+    if unsafe_method && !has_bearer {
+        if let Some(origin) = &origin {
+            if !origin_matches(&state, headers, origin) {
+                return ApiError(Error::Forbidden("cross-origin request refused".into())).into_response();
+            }
+        }
+    }
+    let found = if let Some(token) = bearer(headers) {
+        match control::sessions::lookup_token(&state.db, token).await {
+            Ok(Some(caller)) => Some(Authenticated { caller, credential: Credential::Token }),
+            Ok(None) => return ApiError(Error::Unauthorized).into_response(),
+            Err(err) => return ApiError(err).into_response(),
+        }
+    } else if let Some(secret) = session_cookie(headers) {
+        // A cookie alone never authorises a state change: browsers send Origin with
+        // every cross-site and same-site POST, so its absence means "not a browser we trust".
+        if unsafe_method && origin.is_none() {
+            None
+        } else {
+            match control::sessions::lookup(&state.db, &secret).await {
+                Ok(found) => found.map(|caller| Authenticated { caller, credential: Credential::Session(secret) }),
+                Err(err) => return ApiError(err).into_response(),
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(found) = found {
+        request.extensions_mut().insert(found);
+    }
+    next.run(request).await
+}
+
+/// Paths anyone may reach without a session. Everything else needs one.
+fn is_public(method: &Method, path: &str) -> bool {
+    path == "/login"
+        || path == "/healthz"
+        || path.starts_with("/pkg/")
+        || path == "/favicon.ico"
+        || (path == "/api/v1/session" && method == Method::POST)
+        || path.starts_with(crate::LOGIN_SERVER_FN_PREFIX)
+}
+
+/// Deny by default: without a caller, API paths get 401 and pages redirect to the login.
+pub async fn deny_by_default(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if request.extensions().get::<Authenticated>().is_some() || is_public(request.method(), path) {
+        return next.run(request).await;
+    }
+    if path.starts_with("/api/") || path == "/metrics" {
+        ApiError(Error::Unauthorized).into_response()
+    } else {
+        Redirect::to("/login").into_response()
+    }
+}
+
+/// Per-route role check, applied from the route table.
+pub async fn require_role(required: Role, request: Request, next: Next) -> Response {
+    match request.extensions().get::<Authenticated>() {
+        None => ApiError(Error::Unauthorized).into_response(),
+        Some(found) if !found.caller.role.allows(required) => {
+            ApiError(Error::Forbidden(format!("this action needs the {required} role"))).into_response()
+        }
+        Some(_) => next.run(request).await,
+    }
+}

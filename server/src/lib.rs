@@ -1,0 +1,153 @@
+//! Wiring of the `etc-shadow` control plane: configuration, the router (REST API, the
+//! console's pages and server functions, static assets), and the guards around them.
+//! Business rules live in `control` and `domain`; pages in `app`.
+
+pub mod auth;
+pub mod demo;
+pub mod error;
+pub mod rest;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, FromRef, Request},
+    http::{HeaderName, HeaderValue},
+    middleware::{self, Next},
+    response::Response,
+};
+use control::Db;
+use leptos::prelude::*;
+use leptos_axum::{LeptosRoutes, generate_route_list};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use tower_http::{compression::CompressionLayer, set_header::SetResponseHeaderLayer, trace::TraceLayer};
+
+/// Server functions under this prefix are reachable without a session (the login form).
+pub const LOGIN_SERVER_FN_PREFIX: &str = "/api/login";
+
+/// Default limit of a request body: 4 MiB.
+pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Largest accepted request body in bytes.
+    pub max_body: usize,
+    /// Where the compiled console (wasm, js, css) lives.
+    pub site_root: PathBuf,
+    /// The console's origin as browsers see it (`https://config.example.com`). When unset,
+    /// a request's Origin is compared with the Host it was sent to.
+    pub public_origin: Option<String>,
+    /// Mark the session cookie `Secure` (set when served behind TLS).
+    pub secure_cookies: bool,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Config {
+            data_dir,
+            listen,
+            max_body: DEFAULT_MAX_BODY,
+            site_root: PathBuf::from("target/site"),
+            public_origin: None,
+            secure_cookies: false,
+        }
+    }
+}
+
+/// Shared by every route and server function.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub leptos_options: LeptosOptions,
+    pub db: Db,
+    pub config: Arc<Config>,
+}
+
+fn leptos_options(config: &Config) -> LeptosOptions {
+    let mut options = get_configuration(None).map(|conf| conf.leptos_options).unwrap_or_else(|_| LeptosOptions::builder().output_name("etc-shadow").build());
+    if options.output_name.is_empty() {
+        options.output_name = "etc-shadow".into();
+    }
+    options.site_root = config.site_root.to_string_lossy().into_owned().into();
+    options.site_addr = config.listen;
+    options
+}
+
+/// Makes the server functions' view of the request: the caller, if authenticated.
+async fn expose_caller(mut request: Request, next: Next) -> Response {
+    if let Some(found) = request.extensions().get::<auth::Authenticated>().cloned() {
+        request.extensions_mut().insert(found.caller);
+    }
+    next.run(request).await
+}
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    let routes = generate_route_list(app::App);
+    let db = state.db.clone();
+    let config = state.config.clone();
+    let context = move || {
+        provide_context(db.clone());
+        provide_context(app::ConsoleSettings { secure_cookies: config.secure_cookies });
+    };
+    let shell_options = state.leptos_options.clone();
+    let headers = [
+        ("x-content-type-options", "nosniff"),
+        ("content-security-policy", "frame-ancestors 'none'"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+    ];
+    let mut router = Router::new()
+        .merge(rest::router())
+        .route("/api/v1/{*rest}", axum::routing::any(rest::not_found))
+        .leptos_routes_with_context(&state, routes, context.clone(), {
+            let options = shell_options.clone();
+            move || app::shell(options.clone())
+        })
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
+        .layer(middleware::from_fn(expose_caller))
+        .layer(middleware::from_fn(auth::deny_by_default))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(DefaultBodyLimit::max(state.config.max_body))
+        .layer(CompressionLayer::new())
+        .layer(TraceLayer::new_for_http());
+    for (name, value) in headers {
+        router = router.layer(SetResponseHeaderLayer::if_not_present(HeaderName::from_static(name), HeaderValue::from_static(value)));
+    }
+    router.with_state(state)
+}
+
+/// Opens the database, raises the epoch, and builds the state.
+pub async fn prepare(config: Config) -> control::Result<AppState> {
+    let db = Db::open(&config.data_dir).await?;
+    let identity = db.raise_epoch().await?;
+    tracing::info!(control_plane = %identity.id, epoch = identity.epoch, "control plane started");
+    Ok(AppState { leptos_options: leptos_options(&config), db, config: Arc::new(config) })
+}
+
+/// Serves until the future `shutdown` completes.
+pub async fn serve(state: AppState, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let db = state.db.clone();
+    let app = router(state);
+    let result = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(shutdown).await;
+    db.close().await;
+    result
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

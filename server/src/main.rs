@@ -1,0 +1,198 @@
+//! `etc-shadow`: the control plane's command line.
+
+use clap::{Args, Parser, Subcommand};
+use domain::Role;
+use server::{Config, prepare, serve, shutdown_signal};
+use std::{io::BufRead, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+#[derive(Parser)]
+#[command(name = "etc-shadow", version, about = "Configuration control plane: one primary, provably identical shadows")]
+struct Cli {
+    /// Directory of the database and keys.
+    #[arg(long, global = true, env = "ETC_SHADOW_DATA_DIR", default_value = "etc-shadow-data")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the console, the REST API and the background workers.
+    Serve(ServeArgs),
+    /// Create demo users and a sample configuration, then serve.
+    Demo(ServeArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Inspect the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ETC_SHADOW_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Drift check interval, such as `5s`, `500ms` or `1m`.
+    #[arg(long, env = "ETC_SHADOW_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    check_interval: Duration,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "ETC_SHADOW_MAX_BODY_BYTES", default_value_t = server::DEFAULT_MAX_BODY)]
+    max_body_bytes: usize,
+    /// Directory of the compiled console assets (wasm, js, css).
+    #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = "target/site")]
+    site_root: PathBuf,
+    /// The console's public origin, when it differs from the Host requests arrive with.
+    #[arg(long, env = "ETC_SHADOW_PUBLIC_ORIGIN")]
+    public_origin: Option<String>,
+    /// Mark the session cookie Secure (when a TLS proxy fronts the console).
+    #[arg(long, env = "ETC_SHADOW_SECURE_COOKIES")]
+    secure_cookies: bool,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; the password is read from standard input.
+    Add {
+        name: String,
+        #[arg(long)]
+        role: Role,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Set a user's password (read from standard input); ends their sessions.
+    Passwd {
+        name: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Change a user's role; ends their sessions.
+    Role { name: String, role: Role },
+    /// List users.
+    List,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; exit 0 when intact, 1 naming the first bad row otherwise.
+    Verify,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits.parse().map_err(|_| format!("invalid duration {text:?}: expected a number and a unit such as 5s"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(value),
+        "s" | "" => Duration::from_secs(value),
+        "m" => Duration::from_secs(value * 60),
+        "h" => Duration::from_secs(value * 3600),
+        _ => return Err(format!("invalid duration unit {unit:?}: use ms, s, m or h")),
+    };
+    if duration.is_zero() {
+        return Err("the interval must be positive".into());
+    }
+    Ok(duration)
+}
+
+fn read_password() -> Result<String, String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|err| format!("cannot read the password from standard input: {err}"))?;
+    let password = line.trim_end_matches(['\n', '\r']).to_string();
+    if password.is_empty() {
+        return Err("no password on standard input".into());
+    }
+    Ok(password)
+}
+
+fn config(data_dir: PathBuf, args: &ServeArgs) -> Config {
+    let mut config = Config::new(data_dir, args.listen);
+    config.max_body = args.max_body_bytes;
+    config.site_root = args.site_root.clone();
+    config.public_origin = args.public_origin.clone();
+    config.secure_cookies = args.secure_cookies;
+    config
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let fail = |err: control::Error| err.to_string();
+    match cli.command {
+        Command::Serve(args) => {
+            let state = prepare(config(cli.data_dir, &args)).await.map_err(fail)?;
+            listen_and_serve(state, args.listen).await
+        }
+        Command::Demo(args) => {
+            let state = prepare(config(cli.data_dir.clone(), &args)).await.map_err(fail)?;
+            let seeded = server::demo::seed(&state.db).await.map_err(fail)?;
+            println!("etc-shadow demo: data in {}", cli.data_dir.display());
+            if let Some(revision) = seeded.revision {
+                println!("  sample configuration rolled out as revision {revision}");
+            }
+            if seeded.passwords.is_empty() {
+                println!("  demo users already exist (reset a password with `etc-shadow user passwd NAME --password-stdin`)");
+            }
+            for (name, role, password) in &seeded.passwords {
+                println!("  user {name:<9} role {role:<9} password {password}   (shown once)");
+            }
+            println!("  console: http://{}/", args.listen);
+            listen_and_serve(state, args.listen).await
+        }
+        Command::User(command) => {
+            let db = control::Db::open(&cli.data_dir).await.map_err(fail)?;
+            match command {
+                UserCommand::Add { name, role, .. } => {
+                    let user = control::users::create(&db, "cli", &name, role, read_password()?).await.map_err(fail)?;
+                    println!("created user {} with role {}", user.username, user.role);
+                }
+                UserCommand::Passwd { name, .. } => {
+                    control::users::set_password(&db, "cli", &name, read_password()?).await.map_err(fail)?;
+                    println!("password of {name} changed; their sessions ended");
+                }
+                UserCommand::Role { name, role } => {
+                    control::users::set_role(&db, "cli", &name, role).await.map_err(fail)?;
+                    println!("{name} is now {role}; their sessions ended");
+                }
+                UserCommand::List => {
+                    for user in control::users::list(&db).await.map_err(fail)? {
+                        println!("{:<24} {:<9} {}", user.username, user.role, if user.disabled { "disabled" } else { "" });
+                    }
+                }
+            }
+            db.close().await;
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let db = control::Db::open(&cli.data_dir).await.map_err(fail)?;
+            let report = control::audit::verify(&db).await.map_err(fail)?;
+            db.close().await;
+            if report.intact {
+                println!("{} (head {})", report.message, report.head);
+                Ok(())
+            } else {
+                Err(format!("audit chain broken: {}", report.message))
+            }
+        }
+    }
+}
+
+async fn listen_and_serve(state: server::AppState, listen: SocketAddr) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|err| format!("cannot listen on {listen}: {err}"))?;
+    tracing::info!(address = %listen, "serving");
+    serve(state, listener, shutdown_signal()).await.map_err(|err| err.to_string())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ETC_SHADOW_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

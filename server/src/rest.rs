@@ -1,0 +1,315 @@
+//! The REST API (`/api/v1`), declared as one table of routes with the role each needs.
+//!
+//! The router is built from [`routes`], and the authorisation tests walk the same table,
+//! so a route cannot be added without its role being tested. Handlers are thin: take the
+//! caller, call one service function, map the error.
+
+use crate::{
+    AppState,
+    auth::{Authenticated, Credential, SESSION_COOKIE},
+    error::{ApiError, ApiResult, JsonBody, PathParams, QueryParams},
+};
+use axum::{
+    Extension, Json,
+    extract::State,
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware,
+    response::{IntoResponse, Response},
+    routing::{MethodRouter, delete, get, post, put},
+};
+use control::{Error, audit::AuditFilter, changes, revisions, rollouts, sessions};
+use domain::{
+    Role,
+    api::{ChangeState, EntryEdit, NewChange, Validation},
+};
+use serde::Deserialize;
+use serde_json::json;
+
+/// One API route: who may call it and what answers.
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+    /// `None`: public. Otherwise the lowest role allowed.
+    pub role: Option<Role>,
+    pub handler: MethodRouter<AppState>,
+}
+
+fn route(method: Method, path: &'static str, role: Option<Role>, handler: MethodRouter<AppState>) -> RouteSpec {
+    RouteSpec { method, path, role, handler }
+}
+
+/// Every REST route with the role it needs.
+pub fn routes() -> Vec<RouteSpec> {
+    use Role::*;
+    vec![
+        route(Method::POST, "/api/v1/session", None, post(login)),
+        route(Method::DELETE, "/api/v1/session", Some(Viewer), delete(logout)),
+        route(Method::GET, "/api/v1/session", Some(Viewer), get(whoami)),
+        route(Method::POST, "/api/v1/tokens", Some(Viewer), post(create_token)),
+        route(Method::GET, "/api/v1/revisions", Some(Viewer), get(list_revisions)),
+        route(Method::GET, "/api/v1/revisions/{n}", Some(Viewer), get(get_revision)),
+        route(Method::GET, "/api/v1/revisions/{n}/entries/{*path}", Some(Viewer), get(get_revision_entry)),
+        route(Method::GET, "/api/v1/revisions/{a}/diff/{b}", Some(Viewer), get(diff_revisions)),
+        route(Method::POST, "/api/v1/changes", Some(Editor), post(create_change)),
+        route(Method::GET, "/api/v1/changes", Some(Viewer), get(list_changes)),
+        route(Method::GET, "/api/v1/changes/{id}", Some(Viewer), get(get_change)),
+        route(Method::PUT, "/api/v1/changes/{id}/entries/{*path}", Some(Editor), put(put_change_entry)),
+        route(Method::DELETE, "/api/v1/changes/{id}/entries/{*path}", Some(Editor), delete(delete_change_entry)),
+        route(Method::POST, "/api/v1/changes/{id}/submit", Some(Editor), post(submit_change)),
+        route(Method::POST, "/api/v1/changes/{id}/rebase", Some(Editor), post(rebase_change)),
+        route(Method::POST, "/api/v1/changes/{id}/approvals", Some(Approver), post(approve_change)),
+        route(Method::POST, "/api/v1/changes/{id}/reject", Some(Approver), post(reject_change)),
+        route(Method::GET, "/api/v1/changes/{id}/diff", Some(Viewer), get(diff_change)),
+        route(Method::POST, "/api/v1/changes/{id}/rollouts", Some(Approver), post(start_rollout)),
+        route(Method::GET, "/api/v1/rollouts", Some(Viewer), get(list_rollouts)),
+        route(Method::GET, "/api/v1/rollouts/{id}", Some(Viewer), get(get_rollout)),
+        route(Method::POST, "/api/v1/validate", Some(Editor), post(validate_entry)),
+        route(Method::GET, "/api/v1/audit", Some(Viewer), get(list_audit)),
+        route(Method::GET, "/api/v1/audit/verify", Some(Viewer), get(verify_audit)),
+        route(Method::GET, "/api/v1/audit/head", Some(Viewer), get(audit_head)),
+        route(Method::GET, "/api/v1/users", Some(Admin), get(list_users)),
+        route(Method::POST, "/api/v1/users", Some(Admin), post(create_user)),
+        route(Method::GET, "/healthz", None, get(healthz)),
+    ]
+}
+
+/// The router of the REST API: each route wrapped in its role check.
+pub fn router() -> axum::Router<AppState> {
+    let mut router = axum::Router::new();
+    let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
+    for spec in routes() {
+        let handler = match spec.role {
+            Some(role) => spec.handler.route_layer(middleware::from_fn(move |req, next| crate::auth::require_role(role, req, next))),
+            None => spec.handler,
+        };
+        match by_path.iter_mut().find(|(path, _)| *path == spec.path) {
+            Some((_, existing)) => *existing = std::mem::take(existing).merge(handler),
+            None => by_path.push((spec.path, handler)),
+        }
+    }
+    for (path, handler) in by_path {
+        router = router.route(path, handler);
+    }
+    router
+}
+
+fn caller(auth: &Authenticated) -> &control::Caller {
+    &auth.caller
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+/// The Set-Cookie value for a session: HttpOnly, SameSite=Strict, Secure over TLS.
+pub fn session_cookie_header(secret: &str, secure: bool) -> HeaderValue {
+    let max_age = sessions::SESSION_LIFETIME.whole_seconds();
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!("{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"))
+        .expect("hex session ids are valid header values")
+}
+
+pub fn clear_cookie_header() -> HeaderValue {
+    HeaderValue::from_static("etc_shadow_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+}
+
+async fn login(State(state): State<AppState>, JsonBody(body): JsonBody<LoginBody>) -> ApiResult<Response> {
+    let caller = control::users::authenticate(&state.db, &body.username, &body.password).await?;
+    let secret = sessions::create(&state.db, &caller).await?;
+    let mut response = Json(json!({"username": caller.username, "role": caller.role})).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, session_cookie_header(&secret, state.config.secure_cookies));
+    Ok(response)
+}
+
+async fn logout(State(state): State<AppState>, Extension(auth): Extension<Authenticated>) -> ApiResult<Response> {
+    match &auth.credential {
+        Credential::Session(secret) => sessions::delete(&state.db, secret, &auth.caller).await?,
+        Credential::Token => return Err(Error::BadRequest("no session to end: this request used an API token".into()).into()),
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(header::SET_COOKIE, clear_cookie_header());
+    Ok(response)
+}
+
+async fn whoami(Extension(auth): Extension<Authenticated>) -> Json<serde_json::Value> {
+    Json(json!({"username": auth.caller.username, "role": auth.caller.role}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    name: String,
+    #[serde(default)]
+    role: Option<Role>,
+}
+
+async fn create_token(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, JsonBody(body): JsonBody<TokenBody>) -> ApiResult<Response> {
+    let token = sessions::create_token(&state.db, caller(&auth), &body.name, body.role).await?;
+    Ok((StatusCode::CREATED, Json(token)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_revisions(State(state): State<AppState>, QueryParams(q): QueryParams<PageQuery>) -> ApiResult<Response> {
+    Ok(Json(revisions::list(&state.db, q.before, q.limit).await?).into_response())
+}
+
+async fn get_revision(State(state): State<AppState>, PathParams(n): PathParams<i64>) -> ApiResult<Response> {
+    Ok(Json(revisions::get(&state.db, n).await?).into_response())
+}
+
+async fn get_revision_entry(State(state): State<AppState>, PathParams((n, path)): PathParams<(i64, String)>) -> ApiResult<Response> {
+    Ok(Json(revisions::entry(&state.db, n, &path).await?).into_response())
+}
+
+async fn diff_revisions(State(state): State<AppState>, PathParams((a, b)): PathParams<(i64, i64)>) -> ApiResult<Response> {
+    Ok(Json(revisions::diff(&state.db, a, b).await?).into_response())
+}
+
+async fn create_change(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, JsonBody(body): JsonBody<NewChange>) -> ApiResult<Response> {
+    let view = changes::create(&state.db, caller(&auth), body).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ChangeQuery {
+    state: Option<String>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_changes(State(state): State<AppState>, QueryParams(q): QueryParams<ChangeQuery>) -> ApiResult<Response> {
+    let filter = match q.state.as_deref().filter(|s| !s.is_empty()) {
+        Some(text) => Some(ChangeState::parse(text).ok_or_else(|| Error::BadRequest(format!("unknown change state {text:?}")))?),
+        None => None,
+    };
+    Ok(Json(changes::list(&state.db, filter, q.before, q.limit).await?).into_response())
+}
+
+async fn get_change(State(state): State<AppState>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
+    Ok(Json(changes::get(&state.db, id).await?).into_response())
+}
+
+async fn put_change_entry(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams((id, path)): PathParams<(i64, String)>,
+    JsonBody(body): JsonBody<EntryEdit>,
+) -> ApiResult<Response> {
+    Ok(Json(changes::put_entry(&state.db, caller(&auth), id, &path, body).await?).into_response())
+}
+
+async fn delete_change_entry(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams((id, path)): PathParams<(i64, String)>) -> ApiResult<Response> {
+    Ok(Json(changes::delete_entry(&state.db, caller(&auth), id, &path).await?).into_response())
+}
+
+async fn submit_change(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
+    Ok(Json(changes::submit(&state.db, caller(&auth), id).await?).into_response())
+}
+
+async fn rebase_change(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
+    Ok(Json(changes::rebase(&state.db, caller(&auth), id).await?).into_response())
+}
+
+async fn approve_change(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
+    let view = changes::approve(&state.db, caller(&auth), id).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectBody {
+    reason: String,
+}
+
+async fn reject_change(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(id): PathParams<i64>,
+    JsonBody(body): JsonBody<RejectBody>,
+) -> ApiResult<Response> {
+    Ok(Json(changes::reject(&state.db, caller(&auth), id, &body.reason).await?).into_response())
+}
+
+async fn diff_change(State(state): State<AppState>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
+    Ok(Json(changes::diff(&state.db, id).await?).into_response())
+}
+
+async fn start_rollout(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
+    let view = rollouts::start(&state.db, caller(&auth), id).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn list_rollouts(State(state): State<AppState>, QueryParams(q): QueryParams<PageQuery>) -> ApiResult<Response> {
+    Ok(Json(rollouts::list(&state.db, q.before, q.limit).await?).into_response())
+}
+
+async fn get_rollout(State(state): State<AppState>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
+    Ok(Json(rollouts::get(&state.db, id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidateBody {
+    path: String,
+    content: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// Validates one entry without storing anything; the console's as-you-type authority.
+async fn validate_entry(JsonBody(body): JsonBody<ValidateBody>) -> ApiResult<Response> {
+    let format = match &body.format {
+        Some(text) => text.parse().map_err(|err: domain::format::UnknownFormat| Error::BadRequest(err.to_string()))?,
+        None => domain::Format::guess(&body.path),
+    };
+    let error = domain::format::validate(format, body.content.as_bytes()).err();
+    Ok(Json(Validation { path: body.path, format: format.as_str().to_string(), error }).into_response())
+}
+
+async fn list_audit(State(state): State<AppState>, QueryParams(filter): QueryParams<AuditFilter>) -> ApiResult<Response> {
+    Ok(Json(control::audit::list(&state.db, &filter).await?).into_response())
+}
+
+async fn verify_audit(State(state): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(control::audit::verify(&state.db).await?).into_response())
+}
+
+async fn audit_head(State(state): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(control::audit::head(&state.db).await?).into_response())
+}
+
+async fn list_users(State(state): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(json!({"items": control::users::list(&state.db).await?, "next": null})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUserBody {
+    username: String,
+    role: Role,
+    password: String,
+}
+
+async fn create_user(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, JsonBody(body): JsonBody<NewUserBody>) -> ApiResult<Response> {
+    let user = control::users::create(&state.db, &auth.caller.username, &body.username, body.role, body.password).await?;
+    Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
+/// Unknown `/api/...` paths answer 404 in the JSON shape.
+pub async fn not_found(_headers: HeaderMap) -> ApiError {
+    ApiError(Error::NotFound("no such API path".into()))
+}
