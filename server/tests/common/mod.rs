@@ -1,0 +1,141 @@
+//! A real server on 127.0.0.1, port 0, over a temporary SQLite file, driven over HTTP.
+
+#![allow(dead_code)]
+
+use domain::Role;
+use reqwest::{Client, Method, Response, StatusCode};
+use serde_json::{Value, json};
+use server::{AppState, Config};
+use std::{net::SocketAddr, path::PathBuf};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config::new(dir.path().to_path_buf(), addr);
+        adjust(&mut config);
+        let state = server::prepare(config).await.expect("server state");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = state.clone();
+        let task = tokio::spawn(async move {
+            server::serve(serving, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+        TestServer { addr, state, dir, shutdown: Some(tx), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Creates a user the way the CLI does.
+    pub async fn user(&self, name: &str, role: Role) {
+        control::users::create(&self.state.db, "test", name, role, PASSWORD.to_string()).await.expect("create user");
+    }
+
+    /// A browser-like client signed in as `name`: cookie jar and same-origin `Origin`.
+    pub async fn login(&self, name: &str) -> Session {
+        let client = Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let response = client
+            .post(self.url("/api/v1/session"))
+            .header("origin", self.origin())
+            .json(&json!({"username": name, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "login of {name}");
+        let cookie = response.headers().get("set-cookie").expect("session cookie").to_str().unwrap().to_string();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+        Session { client, base: self.url(""), origin: Some(self.origin()) }
+    }
+
+    /// A client without any credentials.
+    pub fn anonymous(&self) -> Session {
+        let client = Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Session { client, base: self.url(""), origin: Some(self.origin()) }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+pub struct Session {
+    pub client: Client,
+    pub base: String,
+    pub origin: Option<String>,
+}
+
+impl Session {
+    pub async fn send(&self, method: Method, path: &str, body: Option<Value>) -> Response {
+        let mut request = self.client.request(method, format!("{}{}", self.base, path));
+        if let Some(origin) = &self.origin {
+            request = request.header("origin", origin);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        json_of(self.send(Method::GET, path, None).await).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        json_of(self.send(Method::POST, path, Some(body)).await).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        json_of(self.send(Method::PUT, path, Some(body)).await).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        json_of(self.send(Method::DELETE, path, None).await).await
+    }
+}
+
+pub async fn json_of(response: Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    (status, value)
+}
+
+/// A valid one-entry change body on `base`.
+pub fn change_body(base: i64, path: &str, content: &str) -> Value {
+    json!({"base_revision": base, "message": format!("set {path}"), "entries": [
+        {"path": path, "content": content, "format": domain::Format::guess(path).as_str(), "mode": "0644", "secret": false}
+    ]})
+}

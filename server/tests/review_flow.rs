@@ -1,0 +1,224 @@
+//! Changes, review and rollout over HTTP against the real server.
+
+mod common;
+
+use common::{TestServer, change_body};
+use domain::Role;
+use reqwest::StatusCode;
+use serde_json::json;
+
+async fn two_people() -> (TestServer, common::Session, common::Session) {
+    let server = TestServer::start().await;
+    server.user("erin", Role::Editor).await;
+    server.user("abel", Role::Approver).await;
+    let editor = server.login("erin").await;
+    let approver = server.login("abel").await;
+    (server, editor, approver)
+}
+
+#[tokio::test]
+async fn change_is_reviewed_by_another_person_and_becomes_the_current_revision() {
+    let (server, editor, approver) = two_people().await;
+    server.user("carla", Role::Approver).await;
+    let (status, revisions) = editor.get("/api/v1/revisions").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(revisions["items"][0]["number"], 0, "revision 0 is the empty configuration");
+
+    let (status, change) = editor.post("/api/v1/changes", change_body(0, "features.json", "{\"beta\": true}\n")).await;
+    assert_eq!(status, StatusCode::CREATED, "{change}");
+    let id = change["id"].as_i64().unwrap();
+    assert_eq!(change["state"], "draft");
+
+    // Approving a draft is a conflict: it has to be submitted first.
+    let (status, _) = approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    let (status, submitted) = editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{submitted}");
+    assert_eq!(submitted["state"], "submitted");
+
+    // An approver who wrote the change cannot approve it: separation of duties.
+    let carla = server.login("carla").await;
+    let (status, own) = carla.post("/api/v1/changes", change_body(0, "other.json", "{}")).await;
+    assert_eq!(status, StatusCode::CREATED, "{own}");
+    let own_id = own["id"].as_i64().unwrap();
+    carla.post(&format!("/api/v1/changes/{own_id}/submit"), json!({})).await;
+    let (status, refused) = carla.post(&format!("/api/v1/changes/{own_id}/approvals"), json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert_eq!(refused["error"]["code"], "forbidden");
+
+    // The editor role cannot approve at all.
+    let (status, _) = editor.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let (status, approved) = approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{approved}");
+    assert_eq!(approved["state"], "approved");
+    assert_eq!(approved["approvals"][0]["approver"], "abel");
+    assert_eq!(approved["approvals"][0]["valid"], true);
+
+    let (status, rollout) = approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    assert_eq!(rollout["state"], "applied");
+    assert_eq!(rollout["revision"], 1);
+    assert_eq!(rollout["shadows"], json!([]));
+
+    let (_, current) = editor.get("/api/v1/revisions/1").await;
+    assert_eq!(current["current"], true);
+    assert_eq!(current["number"], 1);
+    let expected_root = {
+        let path = domain::EntryPath::parse("features.json").unwrap();
+        let entry = domain::hash::entry_hash(&path, &domain::Policy::default(), b"{\"beta\": true}\n");
+        domain::hash::root_hash([(&path, entry)]).to_hex()
+    };
+    assert_eq!(current["root"], expected_root, "the revision's root is the Merkle root of its entries");
+    assert_eq!(rollout["root"], expected_root);
+
+    let (status, content) = editor.get("/api/v1/revisions/1/entries/features.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content["content"], "{\"beta\": true}\n");
+
+    let (_, change) = editor.get(&format!("/api/v1/changes/{id}")).await;
+    assert_eq!(change["state"], "rolled_out");
+    assert_eq!(change["revision"], 1);
+
+    let (_, diff) = editor.get("/api/v1/revisions/0/diff/1").await;
+    assert_eq!(diff["entries"][0]["status"], "added");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_edit_after_approval_voids_it() {
+    let (server, editor, approver) = two_people().await;
+    let (_, change) = editor.post("/api/v1/changes", change_body(0, "app.toml", "port = 80\n")).await;
+    let id = change["id"].as_i64().unwrap();
+    editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+    let (status, _) = approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let (status, edited) = editor.put(&format!("/api/v1/changes/{id}/entries/app.toml"), json!({"content": "port = 8080\n"})).await;
+    assert_eq!(status, StatusCode::OK, "{edited}");
+    assert_eq!(edited["state"], "draft");
+    assert_eq!(edited["approvals"][0]["valid"], false, "the approval signed the old content hash");
+    assert_ne!(edited["content_hash"], change["content_hash"]);
+
+    let (status, refused) = approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"]["code"], "approval_voided");
+
+    // A fresh submit and approval make it rollable again, with the new content.
+    editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+    approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    let (status, rollout) = approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    let (_, content) = editor.get("/api/v1/revisions/1/entries/app.toml").await;
+    assert_eq!(content["content"], "port = 8080\n");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stale_base_is_refused_and_can_be_rebased() {
+    let (server, editor, approver) = two_people().await;
+    let approve_and_roll = |id: i64| {
+        let (editor, approver) = (&editor, &approver);
+        async move {
+            editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+            approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+            approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await
+        }
+    };
+    let (_, first) = editor.post("/api/v1/changes", change_body(0, "a.json", "{}")).await;
+    let (_, second) = editor.post("/api/v1/changes", change_body(0, "b.json", "[]")).await;
+    let (status, _) = approve_and_roll(first["id"].as_i64().unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let second_id = second["id"].as_i64().unwrap();
+    let (status, refused) = approve_and_roll(second_id).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"]["code"], "stale_base");
+    let (_, revisions) = editor.get("/api/v1/revisions").await;
+    assert_eq!(revisions["items"][0]["number"], 1, "nothing was applied");
+
+    let (status, rebased) = editor.post(&format!("/api/v1/changes/{second_id}/rebase"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{rebased}");
+    assert_eq!(rebased["base_revision"], 1);
+    assert_eq!(rebased["approvals"][0]["valid"], false, "a rebase voids approvals too");
+    let (status, rollout) = approve_and_roll(second_id).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    let (_, current) = editor.get("/api/v1/revisions/2").await;
+    let paths: Vec<&str> = current["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["a.json", "b.json"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
+    let server = TestServer::start_with(|config| config.max_body = 64 * 1024).await;
+    server.user("erin", Role::Editor).await;
+    let editor = server.login("erin").await;
+
+    let (status, err) = editor.post("/api/v1/changes", change_body(0, "features.json", "{\n  \"a\": 1,\n  \"b\": ,\n}\n")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["code"], "invalid_config");
+    assert_eq!(err["error"]["path"], "features.json");
+    assert_eq!((err["error"]["line"].as_i64(), err["error"]["column"].as_i64()), (Some(3), Some(8)));
+
+    let bomb = "[".repeat(10_000);
+    let (status, err) = editor.post("/api/v1/changes", change_body(0, "deep.json", &bomb)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(err["error"]["message"].as_str().unwrap().contains("nesting deeper than 128"), "{err}");
+
+    let laughs = "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n";
+    let (status, err) = editor.post("/api/v1/changes", change_body(0, "bomb.yaml", laughs)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+
+    let huge = "x".repeat(70 * 1024);
+    let (status, err) = editor.post("/api/v1/changes", change_body(0, "big.txt", &huge)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{err}");
+    assert_eq!(err["error"]["code"], "too_large");
+
+    for path in ["../etc/passwd", "/etc/passwd", "a\u{0}b", "a/../../b"] {
+        let (status, err) = editor.post("/api/v1/changes", change_body(0, path, "x")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path:?}: {err}");
+    }
+    let (status, err) = editor.post("/api/v1/changes", json!({"base_revision": 0, "message": "m", "entries": [], "surprise": 1})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "unknown fields are refused: {err}");
+    let (status, _) = editor.post("/api/v1/changes", json!({"base_revision": 0, "message": "m", "entries": [{"path": "a", "content": "x", "mode": "rwx"}]})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = editor.post("/api/v1/changes", json!({"base_revision": 7, "message": "m", "entries": []})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = editor.get("/api/v1/changes/not-a-number").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // One bad entry refuses the whole request.
+    let mixed = json!({"base_revision": 0, "message": "m", "entries": [
+        {"path": "good.json", "content": "{}"},
+        {"path": "bad.json", "content": "{"}
+    ]});
+    let (status, _) = editor.post("/api/v1/changes", mixed).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, list) = editor.get("/api/v1/changes").await;
+    assert_eq!(list["items"], json!([]), "no change was stored by any refused request");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn secret_entries_never_show_their_content() {
+    let (server, editor, approver) = two_people().await;
+    let body = json!({"base_revision": 0, "message": "db", "entries": [
+        {"path": "db.env", "content": "DB_PASSWORD=canary-7f3a\n", "format": "env", "mode": "0600", "secret": true}
+    ]});
+    let (_, change) = editor.post("/api/v1/changes", body).await;
+    let id = change["id"].as_i64().unwrap();
+    let (_, diff) = editor.get(&format!("/api/v1/changes/{id}/diff")).await;
+    assert_eq!(diff["entries"][0]["secret_changed"], true);
+    assert!(!diff.to_string().contains("canary-7f3a"), "{diff}");
+    editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+    approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+    let (status, entry) = editor.get("/api/v1/revisions/1/entries/db.env").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(entry["content"], serde_json::Value::Null);
+    assert_eq!(entry["mode"], "0600");
+    server.stop().await;
+}
