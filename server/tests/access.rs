@@ -1,0 +1,211 @@
+//! Who may call what: the route table walked with every role, the console's server
+//! functions, and the cross-origin rules.
+
+mod common;
+
+use common::{PASSWORD, TestServer, change_body, json_of};
+use domain::Role;
+use reqwest::{Client, Method, StatusCode};
+use serde_json::json;
+use server::rest::routes;
+
+/// A concrete path for a route pattern; ids that do not exist are fine (404 ≠ 401/403).
+fn concrete(pattern: &str) -> String {
+    pattern
+        .replace("{n}", "999999")
+        .replace("{a}", "0")
+        .replace("{b}", "0")
+        .replace("{id}", "999999")
+        .replace("{*path}", "x.conf")
+}
+
+#[tokio::test]
+async fn every_route_refuses_anonymous_callers_and_enforces_its_role() {
+    let server = TestServer::start().await;
+    let mut tokens = Vec::new();
+    for role in Role::ALL {
+        let name = format!("user-{role}");
+        server.user(&name, role).await;
+        let caller = control::users::authenticate(&server.state.db, &name, PASSWORD).await.unwrap();
+        let token = control::sessions::create_token(&server.state.db, &caller, "test", None).await.unwrap();
+        tokens.push((role, token.token));
+    }
+    let client = Client::new();
+    let table = routes();
+    assert!(table.len() > 20, "the table is the API");
+    for spec in &table {
+        let path = concrete(spec.path);
+        let anonymous = json_of(client.request(spec.method.clone(), server.url(&path)).json(&json!({})).send().await.unwrap()).await;
+        let Some(required) = spec.role else {
+            assert_ne!(anonymous.0, StatusCode::UNAUTHORIZED, "{} {} is public", spec.method, spec.path);
+            continue;
+        };
+        assert_eq!(anonymous.0, StatusCode::UNAUTHORIZED, "{} {} without a session", spec.method, spec.path);
+        assert_eq!(anonymous.1["error"]["code"], "unauthorized");
+        for (role, token) in &tokens {
+            let (status, body) =
+                json_of(client.request(spec.method.clone(), server.url(&path)).bearer_auth(token).json(&json!({})).send().await.unwrap()).await;
+            if role.allows(required) {
+                assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{} {} as {role} should pass the role check, got {status} {body}",
+                    spec.method,
+                    spec.path
+                );
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{} {} as {role}: {body}", spec.method, spec.path);
+            }
+        }
+    }
+    // A forged or revoked-looking token is no credential at all.
+    let (status, _) = json_of(client.get(server.url("/api/v1/revisions")).bearer_auth("esk_forged").send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_server_function_needs_a_session_except_login() {
+    let server = TestServer::start().await;
+    let client = Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let paths: Vec<String> = leptos::server_fn::axum::server_fn_paths().map(|(path, _)| path.to_string()).collect();
+    assert!(paths.len() > 15, "server functions are registered: {paths:?}");
+    for path in paths {
+        let response = client
+            .post(server.url(&path))
+            .header("origin", server.origin())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("id=1")
+            .send()
+            .await
+            .unwrap();
+        if path.starts_with(server::LOGIN_SERVER_FN_PREFIX) {
+            assert_ne!(response.status(), StatusCode::UNAUTHORIZED, "{path} is the way in");
+        } else {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path} without a session");
+        }
+    }
+    // Pages redirect to the login instead.
+    let response = client.get(server.url("/changes")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()["location"], "/login");
+    let response = client.get(server.url("/login")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn roles_are_enforced_inside_server_functions_too() {
+    let server = TestServer::start().await;
+    server.user("vera", Role::Viewer).await;
+    server.user("erin", Role::Editor).await;
+    let editor = server.login("erin").await;
+    let (_, change) = editor.post("/api/v1/changes", change_body(0, "a.json", "{}")).await;
+    let id = change["id"].as_i64().unwrap();
+    editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+    let viewer = server.login("vera").await;
+    let approve = server_fn_path("approve_change");
+    let response = viewer
+        .client
+        .post(server.url(&approve))
+        .header("origin", server.origin())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("id={id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN, "a viewer cannot approve through the console");
+    let (_, after) = editor.get(&format!("/api/v1/changes/{id}")).await;
+    assert_eq!(after["state"], "submitted");
+    server.stop().await;
+}
+
+fn server_fn_path(name: &str) -> String {
+    leptos::server_fn::axum::server_fn_paths()
+        .map(|(path, _)| path.to_string())
+        .find(|path| path.contains(name))
+        .unwrap_or_else(|| panic!("no server function {name}"))
+}
+
+#[tokio::test]
+async fn cross_origin_state_changes_are_refused() {
+    let server = TestServer::start().await;
+    server.user("erin", Role::Editor).await;
+    let mut editor = server.login("erin").await;
+
+    editor.origin = Some("http://evil.example".into());
+    let (status, body) = editor.post("/api/v1/changes", change_body(0, "a.json", "{}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // A sibling subdomain or another port is another origin.
+    editor.origin = Some(format!("http://{}", server.addr).replace("127.0.0.1", "127.0.0.1.nip.io"));
+    let (status, _) = editor.post("/api/v1/changes", change_body(0, "a.json", "{}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Without an Origin the cookie does not authorise a state change.
+    editor.origin = None;
+    let (status, _) = editor.post("/api/v1/changes", change_body(0, "a.json", "{}")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A cross-site form post (text/plain, the CSRF classic) is refused before it is read.
+    let response = editor
+        .client
+        .post(server.url("/api/v1/changes"))
+        .header("origin", "http://evil.example")
+        .header("content-type", "text/plain")
+        .body(r#"{"base_revision":0,"message":"m","entries":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let response = editor
+        .client
+        .post(server.url(&server_fn_path("submit_change")))
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("id=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN, "server functions get the same rule");
+
+    // Reads need no Origin, and the same origin may write.
+    let (status, _) = editor.get("/api/v1/changes").await;
+    assert_eq!(status, StatusCode::OK);
+    editor.origin = Some(server.origin());
+    let (status, _) = editor.post("/api/v1/changes", change_body(0, "a.json", "{}")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, list) = editor.get("/api/v1/changes").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "only the same-origin request created a change");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_on_the_server() {
+    let server = TestServer::start().await;
+    server.user("erin", Role::Editor).await;
+    let editor = server.login("erin").await;
+    let (status, me) = editor.get("/api/v1/session").await;
+    assert_eq!((status, me["username"].as_str()), (StatusCode::OK, Some("erin")));
+    let cookie = editor.client.get(server.url("/api/v1/session")).send().await.unwrap();
+    assert_eq!(cookie.status(), StatusCode::OK);
+    let (status, _) = json_of(editor.send(Method::DELETE, "/api/v1/session", None).await).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = editor.get("/api/v1/session").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = server.anonymous().post("/api/v1/session", json!({"username": "erin", "password": "wrong password!!"})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_login_gets_a_fresh_session_id() {
+    let server = TestServer::start().await;
+    server.user("erin", Role::Editor).await;
+    let client = Client::new();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let response = client.post(server.url("/api/v1/session")).json(&json!({"username": "erin", "password": PASSWORD})).send().await.unwrap();
+        ids.push(response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string());
+    }
+    assert_ne!(ids[0], ids[1]);
+    server.stop().await;
+}
