@@ -4,8 +4,7 @@
 //! session (only `login` is public).
 
 use domain::api::{
-    AuditEntry, AuditVerification, ChangeSummary, ChangeView, DiffView, EntryContent, Page, RevisionSummary, RevisionView,
-    RolloutView,
+    AuditEntry, AuditVerification, ChangeSummary, ChangeView, DiffView, EntryContent, Page, RevisionSummary, RevisionView, RolloutView,
 };
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -71,14 +70,27 @@ pub async fn login(username: String, password: String, next: Option<String>) -> 
     let db = db()?;
     let caller = control::users::authenticate(&db, &username, &password)
         .await
-        .map_err(|_| ServerFnError::new("wrong username or password"))?;
+        .map_err(|err| match err {
+            control::Error::Unauthorized => {
+                if let Some(options) = use_context::<leptos_axum::ResponseOptions>() {
+                    options.set_status(http::StatusCode::UNAUTHORIZED);
+                }
+                ServerFnError::new("wrong username or password")
+            }
+            other => fail(other),
+        })?;
     let secret = control::sessions::create(&db, &caller).await.map_err(fail)?;
     let secure = use_context::<crate::ConsoleSettings>().is_some_and(|s| s.secure_cookies);
     let max_age = control::sessions::SESSION_LIFETIME.whole_seconds();
     let secure = if secure { "; Secure" } else { "" };
-    set_cookie(format!("{}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}", crate::SESSION_COOKIE));
+    set_cookie(format!(
+        "{}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
+        crate::SESSION_COOKIE
+    ));
     // Only local paths, so the form cannot be used as an open redirect.
-    let target = next.filter(|n| n.starts_with('/') && !n.starts_with("//")).unwrap_or_else(|| "/".to_string());
+    let target = next
+        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
+        .unwrap_or_else(|| "/".to_string());
     leptos_axum::redirect(&target);
     Ok(())
 }
@@ -98,7 +110,10 @@ pub async fn logout() -> Result<(), ServerFnError> {
 #[server]
 pub async fn whoami() -> Result<Me, ServerFnError> {
     let caller = ssr::caller()?;
-    Ok(Me { username: caller.username, role: caller.role })
+    Ok(Me {
+        username: caller.username,
+        role: caller.role,
+    })
 }
 
 #[server]
@@ -107,10 +122,24 @@ pub async fn overview() -> Result<domain::api::Overview, ServerFnError> {
     caller()?;
     let db = db()?;
     let current = control::revisions::current(&db).await.map_err(fail)?;
-    let awaiting = control::changes::list(&db, Some(domain::api::ChangeState::Submitted), None, Some(20)).await.map_err(fail)?;
-    let approved = control::changes::list(&db, Some(domain::api::ChangeState::Approved), None, Some(20)).await.map_err(fail)?;
-    let drafts = control::changes::list(&db, Some(domain::api::ChangeState::Draft), None, Some(500)).await.map_err(fail)?;
-    let activity = control::audit::list(&db, &control::audit::AuditFilter { limit: Some(10), ..Default::default() }).await.map_err(fail)?;
+    let awaiting = control::changes::list(&db, Some(domain::api::ChangeState::Submitted), None, Some(20))
+        .await
+        .map_err(fail)?;
+    let approved = control::changes::list(&db, Some(domain::api::ChangeState::Approved), None, Some(20))
+        .await
+        .map_err(fail)?;
+    let drafts = control::changes::list(&db, Some(domain::api::ChangeState::Draft), None, Some(500))
+        .await
+        .map_err(fail)?;
+    let activity = control::audit::list(
+        &db,
+        &control::audit::AuditFilter {
+            limit: Some(10),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(fail)?;
     let rollouts = control::rollouts::list(&db, None, Some(5)).await.map_err(fail)?;
     let mut awaiting_approval = awaiting.items;
     awaiting_approval.extend(approved.items);
@@ -213,7 +242,14 @@ pub async fn save_entry(
     let secret = Some(secret.is_some_and(|s| s == "on" || s == "true"));
     let view = match change {
         Some(id) => {
-            let edit = domain::api::EntryEdit { content, format: Some(format), mode: Some(mode), owner: None, group: None, secret };
+            let edit = domain::api::EntryEdit {
+                content,
+                format: Some(format),
+                mode: Some(mode),
+                owner: None,
+                group: None,
+                secret,
+            };
             control::changes::put_entry(&db, &caller, id, &path, edit).await.map_err(fail)?
         }
         None => {
@@ -227,9 +263,17 @@ pub async fn save_entry(
                 secret,
                 delete: false,
             };
-            control::changes::create(&db, &caller, domain::api::NewChange { base_revision, message, entries: vec![entry] })
-                .await
-                .map_err(fail)?
+            control::changes::create(
+                &db,
+                &caller,
+                domain::api::NewChange {
+                    base_revision,
+                    message,
+                    entries: vec![entry],
+                },
+            )
+            .await
+            .map_err(fail)?
         }
     };
     leptos_axum::redirect(&format!("/changes/{}", view.summary.id));
@@ -255,9 +299,17 @@ pub async fn remove_entry(change: Option<i64>, base_revision: i64, message: Stri
                 secret: None,
                 delete: true,
             };
-            control::changes::create(&db, &caller, domain::api::NewChange { base_revision, message, entries: vec![entry] })
-                .await
-                .map_err(fail)?
+            control::changes::create(
+                &db,
+                &caller,
+                domain::api::NewChange {
+                    base_revision,
+                    message,
+                    entries: vec![entry],
+                },
+            )
+            .await
+            .map_err(fail)?
         }
     };
     leptos_axum::redirect(&format!("/changes/{}", view.summary.id));
@@ -279,7 +331,10 @@ pub async fn approve_change(id: i64) -> Result<(), ServerFnError> {
 #[server]
 pub async fn reject_change(id: i64, reason: String) -> Result<(), ServerFnError> {
     use ssr::*;
-    control::changes::reject(&db()?, &caller()?, id, &reason).await.map_err(fail).map(drop)
+    control::changes::reject(&db()?, &caller()?, id, &reason)
+        .await
+        .map_err(fail)
+        .map(drop)
 }
 
 #[server]
@@ -295,10 +350,21 @@ pub async fn rollout_change(id: i64) -> Result<RolloutView, ServerFnError> {
 }
 
 #[server]
-pub async fn audit_log(actor: Option<String>, action: Option<String>, target: Option<String>, before: Option<i64>) -> Result<Page<AuditEntry>, ServerFnError> {
+pub async fn audit_log(
+    actor: Option<String>,
+    action: Option<String>,
+    target: Option<String>,
+    before: Option<i64>,
+) -> Result<Page<AuditEntry>, ServerFnError> {
     use ssr::*;
     caller()?;
-    let filter = control::audit::AuditFilter { actor, action, target, before, limit: Some(50) };
+    let filter = control::audit::AuditFilter {
+        actor,
+        action,
+        target,
+        before,
+        limit: Some(50),
+    };
     control::audit::list(&db()?, &filter).await.map_err(fail)
 }
 

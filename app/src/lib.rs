@@ -13,6 +13,7 @@ pub mod pages;
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::{
+    SsrMode,
     components::{Route, Router, Routes},
     path,
 };
@@ -59,17 +60,18 @@ pub fn App() -> impl IntoView {
         <Stylesheet id="leptos" href="/pkg/etc-shadow.css" />
         <Title text="etc-shadow" />
         <Router>
+            // Async rendering: every page arrives complete, so it reads without JavaScript.
             <Routes fallback=|| view! { <pages::NotFound /> }>
-                <Route path=path!("/login") view=pages::login::LoginPage />
-                <Route path=path!("/") view=pages::overview::OverviewPage />
-                <Route path=path!("/config") view=pages::config::ConfigPage />
-                <Route path=path!("/entry") view=pages::config::EntryPage />
-                <Route path=path!("/edit") view=pages::editor::EditorPage />
-                <Route path=path!("/revisions") view=pages::config::RevisionsPage />
-                <Route path=path!("/revisions/:n") view=pages::config::RevisionPage />
-                <Route path=path!("/changes") view=pages::changes::ChangesPage />
-                <Route path=path!("/changes/:id") view=pages::changes::ChangePage />
-                <Route path=path!("/audit") view=pages::audit::AuditPage />
+                <Route path=path!("/login") view=pages::login::LoginPage ssr=SsrMode::Async />
+                <Route path=path!("/") view=pages::overview::OverviewPage ssr=SsrMode::Async />
+                <Route path=path!("/config") view=pages::config::ConfigPage ssr=SsrMode::Async />
+                <Route path=path!("/entry") view=pages::config::EntryPage ssr=SsrMode::Async />
+                <Route path=path!("/edit") view=pages::editor::EditorPage ssr=SsrMode::Async />
+                <Route path=path!("/revisions") view=pages::config::RevisionsPage ssr=SsrMode::Async />
+                <Route path=path!("/revisions/:n") view=pages::config::RevisionPage ssr=SsrMode::Async />
+                <Route path=path!("/changes") view=pages::changes::ChangesPage ssr=SsrMode::Async />
+                <Route path=path!("/changes/:id") view=pages::changes::ChangePage ssr=SsrMode::Async />
+                <Route path=path!("/audit") view=pages::audit::AuditPage ssr=SsrMode::Async />
             </Routes>
         </Router>
     }

@@ -10,23 +10,28 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 /// Appends one row to the chain. Must run inside the transaction that makes the change it
 /// records, so the change and its audit row commit or vanish together.
-pub async fn append(
-    tx: &mut Transaction<'_, Sqlite>,
-    actor: &str,
-    action: &str,
-    target: &str,
-    details: serde_json::Value,
-) -> Result<i64> {
+pub async fn append(tx: &mut Transaction<'_, Sqlite>, actor: &str, action: &str, target: &str, details: serde_json::Value) -> Result<i64> {
     let conn: &mut SqliteConnection = tx;
-    let last: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *conn).await?;
+    let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
     let (seq, prev_hash) = match last {
-        Some((seq, hash)) => (seq + 1, Hash::from_hex(&hash).map_err(|_| crate::Error::Internal(format!("audit row {seq} has a malformed hash")))?),
+        Some((seq, hash)) => (
+            seq + 1,
+            Hash::from_hex(&hash).map_err(|_| crate::Error::Internal(format!("audit row {seq} has a malformed hash")))?,
+        ),
         None => (1, Hash::ZERO),
     };
     let at = now();
     let details = details.to_string();
-    let fields = AuditFields { seq, at: &at, actor, action, target, details: &details };
+    let fields = AuditFields {
+        seq,
+        at: &at,
+        actor,
+        action,
+        target,
+        details: &details,
+    };
     let hash = audit_hash(&fields, &prev_hash);
     sqlx::query("INSERT INTO audit_log (seq, at, actor, action, target, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         .bind(seq)
@@ -114,8 +119,9 @@ pub(crate) fn page<T>(mut items: Vec<T>, limit: i64, cursor: impl Fn(&T) -> i64)
 }
 
 pub async fn head(db: &Db) -> Result<AuditHead> {
-    let last: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&db.read).await?;
+    let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&db.read)
+        .await?;
     let (seq, hash) = last.unwrap_or((0, Hash::ZERO.to_hex()));
     Ok(AuditHead { seq, hash })
 }
@@ -124,10 +130,9 @@ pub async fn head(db: &Db) -> Result<AuditHead> {
 pub async fn verify(db: &Db) -> Result<AuditVerification> {
     use futures_util::StreamExt as _;
     let mut verifier = ChainVerifier::default();
-    let mut rows = sqlx::query_as::<_, AuditRow>(
-        "SELECT seq, at, actor, action, target, details, prev_hash, hash FROM audit_log ORDER BY rowid",
-    )
-    .fetch(&db.read);
+    let mut rows =
+        sqlx::query_as::<_, AuditRow>("SELECT seq, at, actor, action, target, details, prev_hash, hash FROM audit_log ORDER BY rowid")
+            .fetch(&db.read);
     while let Some(row) = rows.next().await {
         let row = row?;
         let seq = row.seq;

@@ -118,7 +118,9 @@ fn parse_path(raw: &str) -> Result<EntryPath> {
 /// policy fields keep the values of the entry being replaced, or take the defaults.
 fn prepare_put(path: &EntryPath, edit: &EntryEdit, existing: Option<&EntryRow>) -> Result<PreparedPut> {
     let format: Format = match (&edit.format, existing) {
-        (Some(text), _) => text.parse().map_err(|err: domain::format::UnknownFormat| Error::BadRequest(err.to_string()))?,
+        (Some(text), _) => text
+            .parse()
+            .map_err(|err: domain::format::UnknownFormat| Error::BadRequest(err.to_string()))?,
         (None, Some(existing)) => existing.format.parse().unwrap_or(Format::Text),
         (None, None) => Format::guess(path.as_str()),
     };
@@ -132,13 +134,23 @@ fn prepare_put(path: &EntryPath, edit: &EntryEdit, existing: Option<&EntryRow>) 
     let group = edit.group.clone().or_else(|| existing.map(|e| e.grp.clone())).unwrap_or_default();
     for (what, name) in [("owner", &owner), ("group", &group)] {
         if !valid_principal(name) {
-            return Err(Error::BadRequest(format!("invalid {what} {name:?}: expected a lowercase user or group name")));
+            return Err(Error::BadRequest(format!(
+                "invalid {what} {name:?}: expected a lowercase user or group name"
+            )));
         }
     }
     let secret = edit.secret.or(existing.map(|e| e.secret)).unwrap_or(false);
     let content = edit.content.as_bytes().to_vec();
-    validate(format, &content).map_err(|error| Error::Invalid { path: path.to_string(), error })?;
-    let policy = Policy { mode, owner, group, secret };
+    validate(format, &content).map_err(|error| Error::Invalid {
+        path: path.to_string(),
+        error,
+    })?;
+    let policy = Policy {
+        mode,
+        owner,
+        group,
+        secret,
+    };
     let row = EntryRow {
         path: path.to_string(),
         blob: Some(content_hash(&content).to_hex()),
@@ -202,12 +214,21 @@ async fn rehash(conn: &mut SqliteConnection, id: i64, base_revision: i64, messag
             if row.op == "delete" {
                 ChangeOp::Delete { path }
             } else {
-                ChangeOp::Put { path, format: &row.entry.format, entry: *hash }
+                ChangeOp::Put {
+                    path,
+                    format: &row.entry.format,
+                    entry: *hash,
+                }
             }
         })
         .collect();
     let hash = change_hash(u64::try_from(base_revision).unwrap_or(0), message, &mut ops).to_hex();
-    sqlx::query("UPDATE changes SET content_hash = ?, updated_at = ? WHERE id = ?").bind(&hash).bind(now()).bind(id).execute(conn).await?;
+    sqlx::query("UPDATE changes SET content_hash = ?, updated_at = ? WHERE id = ?")
+        .bind(&hash)
+        .bind(now())
+        .bind(id)
+        .execute(conn)
+        .await?;
     Ok(hash)
 }
 
@@ -294,7 +315,10 @@ fn prepare_entry(path: &EntryPath, entry: &EntryInput, existing: Option<&EntryRo
         let existing = existing.ok_or_else(|| Error::BadRequest(format!("{path}: cannot delete, the base revision has no such entry")))?;
         return Ok(Prepared::Delete(existing.clone()));
     }
-    let content = entry.content.clone().ok_or_else(|| Error::BadRequest(format!("{path}: content is required (or \"delete\": true)")))?;
+    let content = entry
+        .content
+        .clone()
+        .ok_or_else(|| Error::BadRequest(format!("{path}: content is required (or \"delete\": true)")))?;
     let edit = EntryEdit {
         content,
         format: entry.format.clone(),
@@ -314,14 +338,26 @@ async fn load_for_edit(conn: &mut SqliteConnection, caller: &Caller, id: i64) ->
         return Err(Error::Forbidden("only the author can edit a change".into()));
     }
     if !change.state()?.is_open() {
-        return Err(Error::conflict("change_closed", format!("change {id} is {} and can no longer be edited", change.state)));
+        return Err(Error::conflict(
+            "change_closed",
+            format!("change {id} is {} and can no longer be edited", change.state),
+        ));
     }
     Ok(change)
 }
 
 /// After an edit: back to draft, rejection cleared, new hash (voiding approvals), audited.
-async fn finish_edit(tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>, caller: &Caller, change: &ChangeRow, action: &str, details: serde_json::Value) -> Result<ChangeView> {
-    sqlx::query("UPDATE changes SET state = 'draft', rejected_by = NULL, reject_reason = NULL WHERE id = ?").bind(change.id).execute(&mut **tx).await?;
+async fn finish_edit(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    caller: &Caller,
+    change: &ChangeRow,
+    action: &str,
+    details: serde_json::Value,
+) -> Result<ChangeView> {
+    sqlx::query("UPDATE changes SET state = 'draft', rejected_by = NULL, reject_reason = NULL WHERE id = ?")
+        .bind(change.id)
+        .execute(&mut **tx)
+        .await?;
     let hash = rehash(tx, change.id, change.base_revision, &change.message).await?;
     let mut details = details;
     details["content_hash"] = json!(hash);
@@ -352,7 +388,11 @@ pub async fn delete_entry(db: &Db, caller: &Caller, id: i64, path: &str) -> Resu
     if let Some(existing) = base.get(path.as_str()) {
         store_op(&mut tx, id, "delete", existing).await?;
     } else {
-        let removed = sqlx::query("DELETE FROM change_entries WHERE change_id = ? AND path = ?").bind(id).bind(path.as_str()).execute(&mut *tx).await?;
+        let removed = sqlx::query("DELETE FROM change_entries WHERE change_id = ? AND path = ?")
+            .bind(id)
+            .bind(path.as_str())
+            .execute(&mut *tx)
+            .await?;
         if removed.rows_affected() == 0 {
             return Err(Error::NotFound(format!("neither the base revision nor the change has {path}")));
         }
@@ -369,17 +409,40 @@ pub async fn rebase(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
     let change = load_for_edit(&mut tx, caller, id).await?;
     let current = revisions::current_number(&mut tx).await?;
     if current == change.base_revision {
-        return Err(Error::conflict("up_to_date", format!("change {id} is already based on the current revision {current}")));
+        return Err(Error::conflict(
+            "up_to_date",
+            format!("change {id} is already based on the current revision {current}"),
+        ));
     }
     let base = revisions::entries(&mut tx, current).await?;
     for op in operations(&mut tx, id).await? {
         if op.op == "delete" && !base.contains_key(&op.entry.path) {
-            return Err(Error::conflict("rebase_conflict", format!("{} was already removed in revision {current}; drop it from the change first", op.entry.path)));
+            return Err(Error::conflict(
+                "rebase_conflict",
+                format!(
+                    "{} was already removed in revision {current}; drop it from the change first",
+                    op.entry.path
+                ),
+            ));
         }
     }
-    sqlx::query("UPDATE changes SET base_revision = ? WHERE id = ?").bind(current).bind(id).execute(&mut *tx).await?;
-    let rebased = ChangeRow { base_revision: current, ..change.clone() };
-    let view = finish_edit(&mut tx, caller, &rebased, "change.rebase", json!({"from": change.base_revision, "to": current})).await?;
+    sqlx::query("UPDATE changes SET base_revision = ? WHERE id = ?")
+        .bind(current)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let rebased = ChangeRow {
+        base_revision: current,
+        ..change.clone()
+    };
+    let view = finish_edit(
+        &mut tx,
+        caller,
+        &rebased,
+        "change.rebase",
+        json!({"from": change.base_revision, "to": current}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(view)
 }
@@ -388,13 +451,27 @@ pub async fn submit(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
     let mut tx = db.begin().await?;
     let change = load_for_edit(&mut tx, caller, id).await?;
     if change.state()? != ChangeState::Draft {
-        return Err(Error::conflict("not_draft", format!("change {id} is {}, only a draft can be submitted", change.state)));
+        return Err(Error::conflict(
+            "not_draft",
+            format!("change {id} is {}, only a draft can be submitted", change.state),
+        ));
     }
     if change.entry_count == 0 {
         return Err(Error::BadRequest("an empty change cannot be submitted".into()));
     }
-    sqlx::query("UPDATE changes SET state = 'submitted', updated_at = ? WHERE id = ?").bind(now()).bind(id).execute(&mut *tx).await?;
-    audit::append(&mut tx, &caller.username, "change.submit", &format!("change/{id}"), json!({"content_hash": change.content_hash})).await?;
+    sqlx::query("UPDATE changes SET state = 'submitted', updated_at = ? WHERE id = ?")
+        .bind(now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    audit::append(
+        &mut tx,
+        &caller.username,
+        "change.submit",
+        &format!("change/{id}"),
+        json!({"content_hash": change.content_hash}),
+    )
+    .await?;
     let view = view_in(&mut tx, id).await?;
     tx.commit().await?;
     Ok(view)
@@ -405,11 +482,16 @@ async fn load_for_review(conn: &mut SqliteConnection, caller: &Caller, id: i64) 
     caller.require(Role::Approver)?;
     let change = load(conn, id).await?;
     if change.author_id == caller.user_id {
-        return Err(Error::Forbidden("separation of duties: the author cannot review their own change".into()));
+        return Err(Error::Forbidden(
+            "separation of duties: the author cannot review their own change".into(),
+        ));
     }
     match change.state()? {
         ChangeState::Submitted | ChangeState::Approved => Ok(change),
-        ChangeState::Draft => Err(Error::conflict("not_submitted", format!("change {id} is a draft; it must be submitted (again) before review"))),
+        ChangeState::Draft => Err(Error::conflict(
+            "not_submitted",
+            format!("change {id} is a draft; it must be submitted (again) before review"),
+        )),
         other => Err(Error::conflict("change_closed", format!("change {id} is {}", other.as_str()))),
     }
 }
@@ -425,8 +507,19 @@ pub async fn approve(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
         .bind(now())
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE changes SET state = 'approved', updated_at = ? WHERE id = ?").bind(now()).bind(id).execute(&mut *tx).await?;
-    audit::append(&mut tx, &caller.username, "change.approve", &format!("change/{id}"), json!({"content_hash": change.content_hash})).await?;
+    sqlx::query("UPDATE changes SET state = 'approved', updated_at = ? WHERE id = ?")
+        .bind(now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    audit::append(
+        &mut tx,
+        &caller.username,
+        "change.approve",
+        &format!("change/{id}"),
+        json!({"content_hash": change.content_hash}),
+    )
+    .await?;
     let view = view_in(&mut tx, id).await?;
     tx.commit().await?;
     Ok(view)
@@ -446,7 +539,14 @@ pub async fn reject(db: &Db, caller: &Caller, id: i64, reason: &str) -> Result<C
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    audit::append(&mut tx, &caller.username, "change.reject", &format!("change/{id}"), json!({"content_hash": change.content_hash, "reason": reason})).await?;
+    audit::append(
+        &mut tx,
+        &caller.username,
+        "change.reject",
+        &format!("change/{id}"),
+        json!({"content_hash": change.content_hash, "reason": reason}),
+    )
+    .await?;
     let view = view_in(&mut tx, id).await?;
     tx.commit().await?;
     Ok(view)
@@ -475,7 +575,10 @@ async fn view_in(conn: &mut SqliteConnection, id: i64) -> Result<ChangeView> {
     let entries = operations(conn, id)
         .await?
         .into_iter()
-        .map(|row| ChangeEntryView { entry: row.entry.view(), op: row.op })
+        .map(|row| ChangeEntryView {
+            entry: row.entry.view(),
+            op: row.op,
+        })
         .collect();
     let approvals = approvals(conn, &change).await?;
     let current_revision = revisions::current_number(conn).await?;
@@ -517,7 +620,11 @@ pub async fn diff(db: &Db, id: i64) -> Result<DiffView> {
     let ops = operations(&mut conn, id).await?;
     let after = apply(&base, &ops);
     let entries = revisions::diff_sets(&mut conn, &base, &after, false).await?;
-    Ok(DiffView { from: format!("revision {}", change.base_revision), to: format!("change {id}"), entries })
+    Ok(DiffView {
+        from: format!("revision {}", change.base_revision),
+        to: format!("change {id}"),
+        entries,
+    })
 }
 
 /// The content a change puts at `path`, for the editor; `None` when the change does not
@@ -526,13 +633,16 @@ pub async fn entry_content(db: &Db, id: i64, path: &str) -> Result<Option<String
     let path = parse_path(path)?;
     let mut conn = db.read.acquire().await?;
     load(&mut conn, id).await?;
-    let row: Option<(Option<String>, bool)> = sqlx::query_as("SELECT blob, secret FROM change_entries WHERE change_id = ? AND path = ? AND op = 'put'")
-        .bind(id)
-        .bind(path.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row: Option<(Option<String>, bool)> =
+        sqlx::query_as("SELECT blob, secret FROM change_entries WHERE change_id = ? AND path = ? AND op = 'put'")
+            .bind(id)
+            .bind(path.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
     match row {
-        Some((Some(hash), false)) => Ok(Some(String::from_utf8_lossy(&revisions::blob(&mut conn, &hash).await?).into_owned())),
+        Some((Some(hash), false)) => Ok(Some(
+            String::from_utf8_lossy(&revisions::blob(&mut conn, &hash).await?).into_owned(),
+        )),
         _ => Ok(None),
     }
 }

@@ -28,8 +28,7 @@ pub struct Identity {
 impl Db {
     /// Opens (creating if missing) the database in `data_dir` and applies migrations.
     pub async fn open(data_dir: &Path) -> Result<Db> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|err| Error::Internal(format!("cannot create {}: {err}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|err| Error::Internal(format!("cannot create {}: {err}", data_dir.display())))?;
         let url = format!("sqlite://{}", data_dir.join(DATABASE_FILE).display());
         let options = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
@@ -39,7 +38,10 @@ impl Db {
             .busy_timeout(Duration::from_secs(10));
         let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("../migrations").run(&write).await?;
-        let read = SqlitePoolOptions::new().max_connections(8).connect_with(options.read_only(true)).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.read_only(true))
+            .await?;
         let db = Db { read, write };
         db.initialise().await?;
         Ok(db)
@@ -70,7 +72,14 @@ impl Db {
             .bind(&at)
             .execute(&mut *tx)
             .await?;
-            crate::audit::append(&mut tx, "system", "control_plane.create", &format!("control_plane/{id}"), serde_json::json!({"root": empty_root})).await?;
+            crate::audit::append(
+                &mut tx,
+                "system",
+                "control_plane.create",
+                &format!("control_plane/{id}"),
+                serde_json::json!({"root": empty_root}),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -79,9 +88,17 @@ impl Db {
     /// Raises the epoch durably; called once at every start of the server.
     pub async fn raise_epoch(&self) -> Result<Identity> {
         let mut tx = self.begin().await?;
-        let (id, epoch): (String, i64) =
-            sqlx::query_as("UPDATE control_plane SET epoch = epoch + 1 RETURNING id, epoch").fetch_one(&mut *tx).await?;
-        crate::audit::append(&mut tx, "system", "control_plane.start", &format!("control_plane/{id}"), serde_json::json!({"epoch": epoch})).await?;
+        let (id, epoch): (String, i64) = sqlx::query_as("UPDATE control_plane SET epoch = epoch + 1 RETURNING id, epoch")
+            .fetch_one(&mut *tx)
+            .await?;
+        crate::audit::append(
+            &mut tx,
+            "system",
+            "control_plane.start",
+            &format!("control_plane/{id}"),
+            serde_json::json!({"epoch": epoch}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Identity { id, epoch })
     }

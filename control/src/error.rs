@@ -31,7 +31,10 @@ pub enum Error {
 
 impl Error {
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Error::Conflict { code, message: message.into() }
+        Error::Conflict {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn status(&self) -> u16 {

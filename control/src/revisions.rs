@@ -81,7 +81,10 @@ pub(crate) async fn current_number(conn: &mut SqliteConnection) -> Result<i64> {
 }
 
 pub(crate) async fn exists(conn: &mut SqliteConnection, number: i64) -> Result<bool> {
-    let row: Option<(i64,)> = sqlx::query_as("SELECT number FROM revisions WHERE number = ?").bind(number).fetch_optional(conn).await?;
+    let row: Option<(i64,)> = sqlx::query_as("SELECT number FROM revisions WHERE number = ?")
+        .bind(number)
+        .fetch_optional(conn)
+        .await?;
     Ok(row.is_some())
 }
 
@@ -122,11 +125,13 @@ async fn summary(conn: &mut SqliteConnection, number: i64) -> Result<RevisionSum
 /// Newest first; `before` is the `next` cursor of the previous page.
 pub async fn list(db: &Db, before: Option<i64>, limit: Option<i64>) -> Result<Page<RevisionSummary>> {
     let limit = limit.unwrap_or(50).clamp(1, 500);
-    let rows: Vec<SummaryRow> = sqlx::query_as(&format!("{SUMMARY_SELECT} WHERE (?1 IS NULL OR r.number < ?1) ORDER BY r.number DESC LIMIT ?2"))
-        .bind(before)
-        .bind(limit + 1)
-        .fetch_all(&db.read)
-        .await?;
+    let rows: Vec<SummaryRow> = sqlx::query_as(&format!(
+        "{SUMMARY_SELECT} WHERE (?1 IS NULL OR r.number < ?1) ORDER BY r.number DESC LIMIT ?2"
+    ))
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(&db.read)
+    .await?;
     Ok(page(rows.into_iter().map(RevisionSummary::from).collect(), limit, |r| r.number))
 }
 
@@ -155,7 +160,11 @@ pub async fn entry(db: &Db, number: i64, path: &str) -> Result<EntryContent> {
         (Some(hash), false) => Some(String::from_utf8_lossy(&blob(&mut conn, hash).await?).into_owned()),
         _ => None,
     };
-    Ok(EntryContent { entry: row.view(), revision: number, content })
+    Ok(EntryContent {
+        entry: row.view(),
+        revision: number,
+        content,
+    })
 }
 
 pub async fn diff(db: &Db, from: i64, to: i64) -> Result<DiffView> {
@@ -164,14 +173,24 @@ pub async fn diff(db: &Db, from: i64, to: i64) -> Result<DiffView> {
     summary(&mut conn, to).await?;
     let old = entries(&mut conn, from).await?;
     let new = entries(&mut conn, to).await?;
-    Ok(DiffView { from: format!("revision {from}"), to: format!("revision {to}"), entries: diff_sets(&mut conn, &old, &new, false).await? })
+    Ok(DiffView {
+        from: format!("revision {from}"),
+        to: format!("revision {to}"),
+        entries: diff_sets(&mut conn, &old, &new, false).await?,
+    })
 }
 
 /// Policy differences in words: `mode 0640 → 0644`.
 pub(crate) fn policy_changes(old: &EntryRow, new: &EntryRow) -> Vec<String> {
     let mut changes = Vec::new();
     let (old_view, new_view) = (old.view(), new.view());
-    let shown = |text: &str| if text.is_empty() { "(unmanaged)".to_string() } else { text.to_string() };
+    let shown = |text: &str| {
+        if text.is_empty() {
+            "(unmanaged)".to_string()
+        } else {
+            text.to_string()
+        }
+    };
     if old_view.mode != new_view.mode {
         changes.push(format!("mode {} → {}", old_view.mode, new_view.mode));
     }
@@ -192,7 +211,12 @@ pub(crate) fn policy_changes(old: &EntryRow, new: &EntryRow) -> Vec<String> {
 
 /// Per-path differences between two entry sets. Secret content is never diffed: only
 /// whether it changed. `include_unchanged` keeps unchanged entries in the list.
-pub(crate) async fn diff_sets(conn: &mut SqliteConnection, old: &EntrySet, new: &EntrySet, include_unchanged: bool) -> Result<Vec<EntryDiff>> {
+pub(crate) async fn diff_sets(
+    conn: &mut SqliteConnection,
+    old: &EntrySet,
+    new: &EntrySet,
+    include_unchanged: bool,
+) -> Result<Vec<EntryDiff>> {
     let mut paths: Vec<&String> = old.keys().chain(new.keys()).collect();
     paths.sort();
     paths.dedup();

@@ -24,7 +24,8 @@ pub(crate) fn root_of(entries: &EntrySet) -> Result<Hash> {
     let parsed: Vec<(EntryPath, Hash)> = entries
         .values()
         .map(|row| {
-            let path = EntryPath::parse(&row.path).map_err(|err| Error::Internal(format!("stored path {:?} is invalid: {err}", row.path)))?;
+            let path =
+                EntryPath::parse(&row.path).map_err(|err| Error::Internal(format!("stored path {:?} is invalid: {err}", row.path)))?;
             let hash = Hash::from_hex(&row.entry_hash).map_err(|_| Error::Internal(format!("stored hash of {} is invalid", row.path)))?;
             Ok((path, hash))
         })
@@ -38,21 +39,44 @@ async fn check_rollable(conn: &mut SqliteConnection, change: &ChangeRow) -> Resu
     let approvals = changes::approvals(conn, change).await?;
     match change.state()? {
         ChangeState::Approved if approvals.iter().any(|a| a.valid) => {}
-        ChangeState::Approved => return Err(Error::conflict("approval_voided", "the change was edited after its approval; it needs a new approval")),
-        ChangeState::Draft if !approvals.is_empty() => {
-            return Err(Error::conflict("approval_voided", format!("change {} was edited after approval; submit it and get a new approval", change.id)));
+        ChangeState::Approved => {
+            return Err(Error::conflict(
+                "approval_voided",
+                "the change was edited after its approval; it needs a new approval",
+            ));
         }
-        ChangeState::RolledOut => return Err(Error::conflict("already_rolled_out", format!("change {} is already rolled out", change.id))),
-        other => return Err(Error::conflict("not_approved", format!("change {} is {} and not approved", change.id, other.as_str()))),
+        ChangeState::Draft if !approvals.is_empty() => {
+            return Err(Error::conflict(
+                "approval_voided",
+                format!("change {} was edited after approval; submit it and get a new approval", change.id),
+            ));
+        }
+        ChangeState::RolledOut => {
+            return Err(Error::conflict(
+                "already_rolled_out",
+                format!("change {} is already rolled out", change.id),
+            ));
+        }
+        other => {
+            return Err(Error::conflict(
+                "not_approved",
+                format!("change {} is {} and not approved", change.id, other.as_str()),
+            ));
+        }
     }
     let current = revisions::current_number(conn).await?;
     if current != change.base_revision {
         return Err(Error::conflict(
             "stale_base",
-            format!("change {} is based on revision {} but the current revision is {current}; rebase it", change.id, change.base_revision),
+            format!(
+                "change {} is based on revision {} but the current revision is {current}; rebase it",
+                change.id, change.base_revision
+            ),
         ));
     }
-    let (running,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rollouts WHERE state IN ('preparing', 'committing')").fetch_one(&mut *conn).await?;
+    let (running,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rollouts WHERE state IN ('preparing', 'committing')")
+        .fetch_one(&mut *conn)
+        .await?;
     if running > 0 {
         return Err(Error::conflict("rollout_running", "another rollout is in progress"));
     }
@@ -164,7 +188,12 @@ async fn with_shadows(conn: &mut SqliteConnection, row: RolloutRow) -> Result<Ro
         error: row.error,
         shadows: shadows
             .into_iter()
-            .map(|(name, phase, receipt_root, error)| RolloutShadowView { name, phase, receipt_root, error })
+            .map(|(name, phase, receipt_root, error)| RolloutShadowView {
+                name,
+                phase,
+                receipt_root,
+                error,
+            })
             .collect(),
     })
 }

@@ -11,7 +11,10 @@ pub const SESSION_LIFETIME: time::Duration = time::Duration::hours(12);
 pub const TOKEN_PREFIX: &str = "esk_";
 
 fn secret_hash(secret: &str) -> String {
-    blake3::derive_key("etc-shadow 2026-11 credential v1", secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    blake3::derive_key("etc-shadow 2026-11 credential v1", secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn random_secret() -> String {
@@ -32,7 +35,14 @@ pub async fn create(db: &Db, caller: &Caller) -> Result<String> {
         .bind(format_time(created + SESSION_LIFETIME))
         .execute(&mut *tx)
         .await?;
-    audit::append(&mut tx, &caller.username, "session.login", &format!("user/{}", caller.username), json!({})).await?;
+    audit::append(
+        &mut tx,
+        &caller.username,
+        "session.login",
+        &format!("user/{}", caller.username),
+        json!({}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(secret)
 }
@@ -51,15 +61,27 @@ pub async fn lookup(db: &Db, secret: &str) -> Result<Option<Caller>> {
 }
 
 fn to_caller((user_id, username, role): (i64, String, String)) -> Result<Caller> {
-    let role = role.parse().map_err(|_| Error::Internal(format!("user {user_id} has an unknown role")))?;
+    let role = role
+        .parse()
+        .map_err(|_| Error::Internal(format!("user {user_id} has an unknown role")))?;
     Ok(Caller { user_id, username, role })
 }
 
 /// Ends a session server-side.
 pub async fn delete(db: &Db, secret: &str, caller: &Caller) -> Result<()> {
     let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM sessions WHERE id_hash = ?").bind(secret_hash(secret)).execute(&mut *tx).await?;
-    audit::append(&mut tx, &caller.username, "session.logout", &format!("user/{}", caller.username), json!({})).await?;
+    sqlx::query("DELETE FROM sessions WHERE id_hash = ?")
+        .bind(secret_hash(secret))
+        .execute(&mut *tx)
+        .await?;
+    audit::append(
+        &mut tx,
+        &caller.username,
+        "session.logout",
+        &format!("user/{}", caller.username),
+        json!({}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -76,7 +98,10 @@ pub struct NewToken {
 pub async fn create_token(db: &Db, caller: &Caller, name: &str, role: Option<Role>) -> Result<NewToken> {
     let role = role.unwrap_or(caller.role);
     if !caller.role.allows(role) {
-        return Err(Error::Forbidden(format!("a token cannot have a higher role than its owner ({})", caller.role)));
+        return Err(Error::Forbidden(format!(
+            "a token cannot have a higher role than its owner ({})",
+            caller.role
+        )));
     }
     let name = name.trim();
     if name.is_empty() || name.len() > 100 {
@@ -84,19 +109,30 @@ pub async fn create_token(db: &Db, caller: &Caller, name: &str, role: Option<Rol
     }
     let token = format!("{TOKEN_PREFIX}{}", random_secret());
     let mut tx = db.begin().await?;
-    let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO api_tokens (user_id, name, token_hash, role, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
+    let (id,): (i64,) =
+        sqlx::query_as("INSERT INTO api_tokens (user_id, name, token_hash, role, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id")
+            .bind(caller.user_id)
+            .bind(name)
+            .bind(secret_hash(&token))
+            .bind(role.as_str())
+            .bind(now())
+            .fetch_one(&mut *tx)
+            .await?;
+    audit::append(
+        &mut tx,
+        &caller.username,
+        "token.create",
+        &format!("token/{id}"),
+        json!({"name": name, "role": role}),
     )
-    .bind(caller.user_id)
-    .bind(name)
-    .bind(secret_hash(&token))
-    .bind(role.as_str())
-    .bind(now())
-    .fetch_one(&mut *tx)
     .await?;
-    audit::append(&mut tx, &caller.username, "token.create", &format!("token/{id}"), json!({"name": name, "role": role})).await?;
     tx.commit().await?;
-    Ok(NewToken { id, name: name.to_string(), role, token })
+    Ok(NewToken {
+        id,
+        name: name.to_string(),
+        role,
+        token,
+    })
 }
 
 /// The caller behind a bearer token: the token's role, never above its owner's current role.
@@ -108,8 +144,15 @@ pub async fn lookup_token(db: &Db, token: &str) -> Result<Option<Caller>> {
     .bind(secret_hash(token))
     .fetch_optional(&db.read)
     .await?;
-    let Some((user_id, username, user_role, token_role)) = row else { return Ok(None) };
+    let Some((user_id, username, user_role, token_role)) = row else {
+        return Ok(None);
+    };
     let owner = to_caller((user_id, username, user_role))?;
-    let token_role: Role = token_role.parse().map_err(|_| Error::Internal("token has an unknown role".into()))?;
-    Ok(Some(Caller { role: token_role.min(owner.role), ..owner }))
+    let token_role: Role = token_role
+        .parse()
+        .map_err(|_| Error::Internal("token has an unknown role".into()))?;
+    Ok(Some(Caller {
+        role: token_role.min(owner.role),
+        ..owner
+    }))
 }

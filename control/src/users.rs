@@ -40,17 +40,23 @@ static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn validate_username(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
     if ok {
         Ok(())
     } else {
-        Err(Error::BadRequest("username must be 1-64 characters of letters, digits, '_', '-', '.' or '@'".into()))
+        Err(Error::BadRequest(
+            "username must be 1-64 characters of letters, digits, '_', '-', '.' or '@'".into(),
+        ))
     }
 }
 
 fn validate_password(password: &str) -> Result<()> {
     if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(Error::BadRequest(format!("password must have at least {MIN_PASSWORD_LEN} characters")));
+        return Err(Error::BadRequest(format!(
+            "password must have at least {MIN_PASSWORD_LEN} characters"
+        )));
     }
     if password.len() > 1024 {
         return Err(Error::BadRequest("password is longer than 1024 bytes".into()));
@@ -71,7 +77,10 @@ impl UserRow {
     fn into_view(self) -> Result<UserView> {
         Ok(UserView {
             id: self.id,
-            role: self.role.parse().map_err(|_| Error::Internal(format!("user {} has unknown role {}", self.id, self.role)))?,
+            role: self
+                .role
+                .parse()
+                .map_err(|_| Error::Internal(format!("user {} has unknown role {}", self.id, self.role)))?,
             username: self.username,
             disabled: self.disabled,
             created_at: self.created_at,
@@ -85,7 +94,10 @@ pub async fn create(db: &Db, actor: &str, username: &str, role: Role, password: 
     validate_password(&password)?;
     let password_hash = hash_password(password).await?;
     let mut tx = db.begin().await?;
-    let taken: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE username = ?").bind(username).fetch_optional(&mut *tx).await?;
+    let taken: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE username = ?")
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?;
     if taken.is_some() {
         return Err(Error::conflict("user_exists", format!("user {username:?} already exists")));
     }
@@ -107,11 +119,10 @@ pub async fn create(db: &Db, actor: &str, username: &str, role: Role, password: 
 /// Checks a username and password; the same error for an unknown user, a wrong password
 /// and a disabled account, so the answer reveals nothing.
 pub async fn authenticate(db: &Db, username: &str, password: &str) -> Result<Caller> {
-    let row: Option<(i64, String, String, bool)> =
-        sqlx::query_as("SELECT id, password_hash, role, disabled FROM users WHERE username = ?")
-            .bind(username)
-            .fetch_optional(&db.read)
-            .await?;
+    let row: Option<(i64, String, String, bool)> = sqlx::query_as("SELECT id, password_hash, role, disabled FROM users WHERE username = ?")
+        .bind(username)
+        .fetch_optional(&db.read)
+        .await?;
     let refused = || Error::Unauthorized;
     let Some((user_id, stored, role, disabled)) = row else {
         let dummy = match DUMMY_HASH.get() {
@@ -127,13 +138,20 @@ pub async fn authenticate(db: &Db, username: &str, password: &str) -> Result<Cal
     if !password_matches(password.to_string(), stored).await || disabled {
         return Err(refused());
     }
-    let role = role.parse().map_err(|_| Error::Internal(format!("user {user_id} has an unknown role")))?;
-    Ok(Caller { user_id, username: username.to_string(), role })
+    let role = role
+        .parse()
+        .map_err(|_| Error::Internal(format!("user {user_id} has an unknown role")))?;
+    Ok(Caller {
+        user_id,
+        username: username.to_string(),
+        role,
+    })
 }
 
 pub async fn list(db: &Db) -> Result<Vec<UserView>> {
-    let rows: Vec<UserRow> =
-        sqlx::query_as("SELECT id, username, role, disabled, created_at FROM users ORDER BY username").fetch_all(&db.read).await?;
+    let rows: Vec<UserRow> = sqlx::query_as("SELECT id, username, role, disabled, created_at FROM users ORDER BY username")
+        .fetch_all(&db.read)
+        .await?;
     rows.into_iter().map(UserRow::into_view).collect()
 }
 
@@ -148,7 +166,10 @@ pub async fn set_password(db: &Db, actor: &str, username: &str, password: String
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no user {username:?}")))?;
-    sqlx::query("DELETE FROM sessions WHERE user_id = ?").bind(id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     audit::append(&mut tx, actor, "user.password", &format!("user/{username}"), json!({})).await?;
     tx.commit().await?;
     Ok(())
@@ -162,8 +183,15 @@ pub async fn set_role(db: &Db, actor: &str, username: &str, role: Role) -> Resul
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no user {username:?}")))?;
-    sqlx::query("UPDATE users SET role = ? WHERE id = ?").bind(role.as_str()).bind(id).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM sessions WHERE user_id = ?").bind(id).execute(&mut *tx).await?;
+    sqlx::query("UPDATE users SET role = ? WHERE id = ?")
+        .bind(role.as_str())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     // A token never outranks its owner: lower every token above the new role.
     for higher in Role::ALL.into_iter().filter(|r| *r > role) {
         sqlx::query("UPDATE api_tokens SET role = ? WHERE user_id = ? AND role = ?")
@@ -173,7 +201,14 @@ pub async fn set_role(db: &Db, actor: &str, username: &str, role: Role) -> Resul
             .execute(&mut *tx)
             .await?;
     }
-    audit::append(&mut tx, actor, "user.role", &format!("user/{username}"), json!({"from": old, "to": role})).await?;
+    audit::append(
+        &mut tx,
+        actor,
+        "user.role",
+        &format!("user/{username}"),
+        json!({"from": old, "to": role}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

@@ -101,7 +101,10 @@ impl ChangeState {
 
     /// A change can still be edited (an edit returns it to draft).
     pub fn is_open(self) -> bool {
-        matches!(self, ChangeState::Draft | ChangeState::Submitted | ChangeState::Approved | ChangeState::Rejected)
+        matches!(
+            self,
+            ChangeState::Draft | ChangeState::Submitted | ChangeState::Approved | ChangeState::Rejected
+        )
     }
 }
 

@@ -70,14 +70,20 @@ pub struct ChainVerifier {
 
 impl Default for ChainVerifier {
     fn default() -> Self {
-        ChainVerifier { expected_seq: 1, head: Hash::ZERO }
+        ChainVerifier {
+            expected_seq: 1,
+            head: Hash::ZERO,
+        }
     }
 }
 
 impl ChainVerifier {
     pub fn push(&mut self, row: &AuditRecord) -> Result<(), ChainBreak> {
         if row.seq != self.expected_seq {
-            return Err(ChainBreak::Sequence { seq: row.seq, expected: self.expected_seq });
+            return Err(ChainBreak::Sequence {
+                seq: row.seq,
+                expected: self.expected_seq,
+            });
         }
         if row.prev_hash != self.head {
             return Err(ChainBreak::Link { seq: row.seq });
@@ -118,7 +124,14 @@ mod tests {
         (1..=n)
             .map(|seq| {
                 let at = format!("2026-11-25T10:00:{seq:02}Z");
-                let fields = AuditFields { seq, at: &at, actor: "ana", action: "change.create", target: "change/1", details: "{}" };
+                let fields = AuditFields {
+                    seq,
+                    at: &at,
+                    actor: "ana",
+                    action: "change.create",
+                    target: "change/1",
+                    details: "{}",
+                };
                 let hash = audit_hash(&fields, &prev);
                 let row = AuditRecord {
                     seq,

@@ -77,9 +77,14 @@ pub fn diff_text(old: &str, new: &str, deadline: Option<Duration>) -> TextDiff {
         (Some(started), Some(deadline)) => started.elapsed() >= deadline,
         _ => false,
     };
-    let mut result = TextDiff { coarse, ..TextDiff::default() };
+    let mut result = TextDiff {
+        coarse,
+        ..TextDiff::default()
+    };
     for group in diff.grouped_ops(CONTEXT_LINES) {
-        let (Some(first), Some(last)) = (group.first(), group.last()) else { continue };
+        let (Some(first), Some(last)) = (group.first(), group.last()) else {
+            continue;
+        };
         let old_range = first.old_range().start..last.old_range().end;
         let new_range = first.new_range().start..last.new_range().end;
         let mut hunk = Hunk {

@@ -27,14 +27,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 6] = [
-        Format::Json,
-        Format::Yaml,
-        Format::Toml,
-        Format::Ini,
-        Format::Env,
-        Format::Text,
-    ];
+    pub const ALL: [Format; 6] = [Format::Json, Format::Yaml, Format::Toml, Format::Ini, Format::Env, Format::Text];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -122,11 +115,7 @@ pub fn validate(format: Format, content: &[u8]) -> Result<(), ValidationError> {
         Ok(text) => text,
         Err(err) => {
             let valid = std::str::from_utf8(&content[..err.valid_up_to()]).unwrap_or_default();
-            return Err(ValidationError::at_offset(
-                valid,
-                valid.len(),
-                "content is not valid UTF-8",
-            ));
+            return Err(ValidationError::at_offset(valid, valid.len(), "content is not valid UTF-8"));
         }
     };
     if let Some(offset) = text.find('\0') {
@@ -198,8 +187,8 @@ fn json_depth_guard(text: &str) -> Result<(), ValidationError> {
 }
 
 fn validate_yaml(text: &str) -> Result<(), ValidationError> {
-    use yaml_rust2::parser::{Event, Parser};
     use std::collections::HashMap;
+    use yaml_rust2::parser::{Event, Parser};
 
     /// One open collection: how many nodes it holds so far and the anchor it defines.
     struct Open {
@@ -214,9 +203,9 @@ fn validate_yaml(text: &str) -> Result<(), ValidationError> {
     let mut expanded: u64 = 0;
 
     loop {
-        let (event, marker) = parser.next_token().map_err(|err| {
-            ValidationError::at(err.marker().line(), err.marker().col() + 1, err.info())
-        })?;
+        let (event, marker) = parser
+            .next_token()
+            .map_err(|err| ValidationError::at(err.marker().line(), err.marker().col() + 1, err.info()))?;
         let position = |message: String| ValidationError::at(marker.line(), marker.col() + 1, message);
         // The size of a completed node, which is added to its parent.
         let completed: Option<u64> = match event {
@@ -250,9 +239,7 @@ fn validate_yaml(text: &str) -> Result<(), ValidationError> {
         if let Some(size) = completed {
             expanded = expanded.saturating_add(size);
             if expanded > MAX_YAML_EXPANSION {
-                return Err(position(format!(
-                    "aliases expand to more than {MAX_YAML_EXPANSION} nodes"
-                )));
+                return Err(position(format!("aliases expand to more than {MAX_YAML_EXPANSION} nodes")));
             }
             if let Some(parent) = stack.last_mut() {
                 parent.nodes = parent.nodes.saturating_add(size);
@@ -286,7 +273,11 @@ fn validate_ini(text: &str) -> Result<(), ValidationError> {
                 Some(name) if !name.trim().is_empty() && !name.contains(['[', ']']) => continue,
                 Some(_) => return Err(ValidationError::at(line, indent + 1, "empty or malformed section name")),
                 None => {
-                    return Err(ValidationError::at(line, indent + trimmed.chars().count() + 1, "section header is missing ']'"));
+                    return Err(ValidationError::at(
+                        line,
+                        indent + trimmed.chars().count() + 1,
+                        "section header is missing ']'",
+                    ));
                 }
             }
         }
@@ -394,7 +385,10 @@ mod tests {
         assert!(check(Format::Yaml, &ok).is_ok());
         let bomb = "[".repeat(10_000);
         let err = check(Format::Yaml, &bomb).unwrap_err();
-        assert!(err.message.contains("nesting deeper") || err.message.contains("recursion limit"), "{err}");
+        assert!(
+            err.message.contains("nesting deeper") || err.message.contains("recursion limit"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -191,7 +191,12 @@ mod tests {
     }
 
     fn secret() -> Hash {
-        let policy = Policy { mode: 0o600, owner: "app".into(), group: "app".into(), secret: true };
+        let policy = Policy {
+            mode: 0o600,
+            owner: "app".into(),
+            group: "app".into(),
+            secret: true,
+        };
         entry_hash(&path("secrets/db.env"), &policy, b"DB_PASSWORD=hunter2\n")
     }
 
@@ -214,9 +219,18 @@ mod tests {
     fn policy_is_part_of_the_entry_hash() {
         let p = path("a.conf");
         let base = entry_hash(&p, &Policy::default(), b"x");
-        let chmod = Policy { mode: 0o600, ..Policy::default() };
-        let chown = Policy { owner: "root".into(), ..Policy::default() };
-        let secret = Policy { secret: true, ..Policy::default() };
+        let chmod = Policy {
+            mode: 0o600,
+            ..Policy::default()
+        };
+        let chown = Policy {
+            owner: "root".into(),
+            ..Policy::default()
+        };
+        let secret = Policy {
+            secret: true,
+            ..Policy::default()
+        };
         assert_ne!(base, entry_hash(&p, &chmod, b"x"));
         assert_ne!(base, entry_hash(&p, &chown, b"x"));
         assert_ne!(base, entry_hash(&p, &secret, b"x"));
@@ -225,8 +239,16 @@ mod tests {
 
     #[test]
     fn fields_cannot_slide_into_each_other() {
-        let a = Policy { owner: "ab".into(), group: "c".into(), ..Policy::default() };
-        let b = Policy { owner: "a".into(), group: "bc".into(), ..Policy::default() };
+        let a = Policy {
+            owner: "ab".into(),
+            group: "c".into(),
+            ..Policy::default()
+        };
+        let b = Policy {
+            owner: "a".into(),
+            group: "bc".into(),
+            ..Policy::default()
+        };
         assert_ne!(entry_hash(&path("x"), &a, b""), entry_hash(&path("x"), &b, b""));
     }
 
@@ -244,7 +266,17 @@ mod tests {
     fn change_hash_covers_base_message_and_ops() {
         let p = path("a.json");
         let e = entry_hash(&p, &Policy::default(), b"{}");
-        let h = |base, msg: &str, format| change_hash(base, msg, &mut [ChangeOp::Put { path: &p, format, entry: e }]);
+        let h = |base, msg: &str, format| {
+            change_hash(
+                base,
+                msg,
+                &mut [ChangeOp::Put {
+                    path: &p,
+                    format,
+                    entry: e,
+                }],
+            )
+        };
         assert_ne!(h(1, "m", "json"), h(2, "m", "json"));
         assert_ne!(h(1, "m", "json"), h(1, "n", "json"));
         assert_ne!(h(1, "m", "json"), h(1, "m", "text"));

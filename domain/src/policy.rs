@@ -18,7 +18,12 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { mode: 0o644, owner: String::new(), group: String::new(), secret: false }
+        Policy {
+            mode: 0o644,
+            owner: String::new(),
+            group: String::new(),
+            secret: false,
+        }
     }
 }
 
@@ -46,7 +51,9 @@ pub fn valid_principal(name: &str) -> bool {
     name.is_empty()
         || (name.len() <= 32
             && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'))
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'))
 }
 
 #[cfg(test)]

@@ -28,7 +28,12 @@ pub struct Authenticated {
 }
 
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
@@ -52,7 +57,9 @@ fn origin_matches(state: &AppState, headers: &HeaderMap, origin: &str) -> bool {
     if let Some(public) = &state.config.public_origin {
         return origin == public;
     }
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
     origin == format!("http://{host}") || origin == format!("https://{host}")
 }
 
@@ -73,7 +80,10 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     }
     let found = if let Some(token) = bearer(headers) {
         match control::sessions::lookup_token(&state.db, token).await {
-            Ok(Some(caller)) => Some(Authenticated { caller, credential: Credential::Token }),
+            Ok(Some(caller)) => Some(Authenticated {
+                caller,
+                credential: Credential::Token,
+            }),
             Ok(None) => return ApiError(Error::Unauthorized).into_response(),
             Err(err) => return ApiError(err).into_response(),
         }
@@ -84,7 +94,10 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
             None
         } else {
             match control::sessions::lookup(&state.db, &secret).await {
-                Ok(found) => found.map(|caller| Authenticated { caller, credential: Credential::Session(secret) }),
+                Ok(found) => found.map(|caller| Authenticated {
+                    caller,
+                    credential: Credential::Session(secret),
+                }),
                 Err(err) => return ApiError(err).into_response(),
             }
         }

@@ -65,7 +65,11 @@ pub struct Seeded {
 }
 
 async fn find_user(db: &Db, name: &str) -> Result<Option<Caller>> {
-    Ok(users::list(db).await?.into_iter().find(|u| u.username == name).map(|u| Caller { user_id: u.id, username: u.username, role: u.role }))
+    Ok(users::list(db).await?.into_iter().find(|u| u.username == name).map(|u| Caller {
+        user_id: u.id,
+        username: u.username,
+        role: u.role,
+    }))
 }
 
 /// Creates the demo users (if missing) and rolls out the sample configuration (if the
@@ -83,8 +87,12 @@ pub async fn seed(db: &Db) -> Result<Seeded> {
     if current.number != 0 {
         return Ok(Seeded { passwords, revision: None });
     }
-    let editor = find_user(db, DEMO_EDITOR).await?.ok_or_else(|| control::Error::Internal("demo editor missing".into()))?;
-    let approver = find_user(db, DEMO_APPROVER).await?.ok_or_else(|| control::Error::Internal("demo approver missing".into()))?;
+    let editor = find_user(db, DEMO_EDITOR)
+        .await?
+        .ok_or_else(|| control::Error::Internal("demo editor missing".into()))?;
+    let approver = find_user(db, DEMO_APPROVER)
+        .await?
+        .ok_or_else(|| control::Error::Internal("demo approver missing".into()))?;
     let change = changes::create(
         db,
         &editor,
@@ -104,5 +112,8 @@ pub async fn seed(db: &Db) -> Result<Seeded> {
     changes::submit(db, &editor, id).await?;
     changes::approve(db, &approver, id).await?;
     let rollout = rollouts::start(db, &approver, id).await?;
-    Ok(Seeded { passwords, revision: Some(rollout.revision) })
+    Ok(Seeded {
+        passwords,
+        revision: Some(rollout.revision),
+    })
 }

@@ -60,13 +60,31 @@ fn json_rejection(rejection: JsonRejection) -> Response {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError(Error::TooLarge).into_response();
     }
-    let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE { "unsupported_media_type" } else { "bad_request" };
+    let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        "unsupported_media_type"
+    } else {
+        "bad_request"
+    };
     let message = match &rejection {
-        JsonRejection::JsonDataError(err) => format!("invalid request body: {}", std::error::Error::source(err).map(|s| s.to_string()).unwrap_or_else(|| err.body_text())),
-        JsonRejection::JsonSyntaxError(err) => format!("malformed JSON: {}", std::error::Error::source(err).map(|s| s.to_string()).unwrap_or_else(|| err.body_text())),
+        JsonRejection::JsonDataError(err) => format!(
+            "invalid request body: {}",
+            std::error::Error::source(err)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| err.body_text())
+        ),
+        JsonRejection::JsonSyntaxError(err) => format!(
+            "malformed JSON: {}",
+            std::error::Error::source(err)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| err.body_text())
+        ),
         other => other.body_text(),
     };
-    let status = if status == StatusCode::UNPROCESSABLE_ENTITY { StatusCode::BAD_REQUEST } else { status };
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
     (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
 }
 

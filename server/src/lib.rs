@@ -63,7 +63,9 @@ pub struct AppState {
 }
 
 fn leptos_options(config: &Config) -> LeptosOptions {
-    let mut options = get_configuration(None).map(|conf| conf.leptos_options).unwrap_or_else(|_| LeptosOptions::builder().output_name("etc-shadow").build());
+    let mut options = get_configuration(None)
+        .map(|conf| conf.leptos_options)
+        .unwrap_or_else(|_| LeptosOptions::builder().output_name("etc-shadow").build());
     if options.output_name.is_empty() {
         options.output_name = "etc-shadow".into();
     }
@@ -87,7 +89,9 @@ pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
     let context = move || {
         provide_context(db.clone());
-        provide_context(app::ConsoleSettings { secure_cookies: config.secure_cookies });
+        provide_context(app::ConsoleSettings {
+            secure_cookies: config.secure_cookies,
+        });
     };
     let shell_options = state.leptos_options.clone();
     let headers = [
@@ -111,7 +115,10 @@ pub fn router(state: AppState) -> Router {
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http());
     for (name, value) in headers {
-        router = router.layer(SetResponseHeaderLayer::if_not_present(HeaderName::from_static(name), HeaderValue::from_static(value)));
+        router = router.layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
     }
     router.with_state(state)
 }
@@ -121,14 +128,24 @@ pub async fn prepare(config: Config) -> control::Result<AppState> {
     let db = Db::open(&config.data_dir).await?;
     let identity = db.raise_epoch().await?;
     tracing::info!(control_plane = %identity.id, epoch = identity.epoch, "control plane started");
-    Ok(AppState { leptos_options: leptos_options(&config), db, config: Arc::new(config) })
+    Ok(AppState {
+        leptos_options: leptos_options(&config),
+        db,
+        config: Arc::new(config),
+    })
 }
 
 /// Serves until the future `shutdown` completes.
-pub async fn serve(state: AppState, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let db = state.db.clone();
     let app = router(state);
-    let result = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(shutdown)
+        .await;
     db.close().await;
     result
 }

@@ -6,7 +6,11 @@ use server::{Config, prepare, serve, shutdown_signal};
 use std::{io::BufRead, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 #[derive(Parser)]
-#[command(name = "etc-shadow", version, about = "Configuration control plane: one primary, provably identical shadows")]
+#[command(
+    name = "etc-shadow",
+    version,
+    about = "Configuration control plane: one primary, provably identical shadows"
+)]
 struct Cli {
     /// Directory of the database and keys.
     #[arg(long, global = true, env = "ETC_SHADOW_DATA_DIR", default_value = "etc-shadow-data")]
@@ -82,7 +86,9 @@ enum AuditCommand {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let value: u64 = digits.parse().map_err(|_| format!("invalid duration {text:?}: expected a number and a unit such as 5s"))?;
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected a number and a unit such as 5s"))?;
     let duration = match unit {
         "ms" => Duration::from_millis(value),
         "s" | "" => Duration::from_secs(value),
@@ -98,7 +104,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn read_password() -> Result<String, String> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|err| format!("cannot read the password from standard input: {err}"))?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|err| format!("cannot read the password from standard input: {err}"))?;
     let password = line.trim_end_matches(['\n', '\r']).to_string();
     if password.is_empty() {
         return Err("no password on standard input".into());
@@ -142,11 +151,15 @@ async fn run(cli: Cli) -> Result<(), String> {
             let db = control::Db::open(&cli.data_dir).await.map_err(fail)?;
             match command {
                 UserCommand::Add { name, role, .. } => {
-                    let user = control::users::create(&db, "cli", &name, role, read_password()?).await.map_err(fail)?;
+                    let user = control::users::create(&db, "cli", &name, role, read_password()?)
+                        .await
+                        .map_err(fail)?;
                     println!("created user {} with role {}", user.username, user.role);
                 }
                 UserCommand::Passwd { name, .. } => {
-                    control::users::set_password(&db, "cli", &name, read_password()?).await.map_err(fail)?;
+                    control::users::set_password(&db, "cli", &name, read_password()?)
+                        .await
+                        .map_err(fail)?;
                     println!("password of {name} changed; their sessions ended");
                 }
                 UserCommand::Role { name, role } => {
@@ -155,7 +168,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
                 UserCommand::List => {
                     for user in control::users::list(&db).await.map_err(fail)? {
-                        println!("{:<24} {:<9} {}", user.username, user.role, if user.disabled { "disabled" } else { "" });
+                        println!(
+                            "{:<24} {:<9} {}",
+                            user.username,
+                            user.role,
+                            if user.disabled { "disabled" } else { "" }
+                        );
                     }
                 }
             }
@@ -177,7 +195,9 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 async fn listen_and_serve(state: server::AppState, listen: SocketAddr) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|err| format!("cannot listen on {listen}: {err}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|err| format!("cannot listen on {listen}: {err}"))?;
     tracing::info!(address = %listen, "serving");
     serve(state, listener, shutdown_signal()).await.map_err(|err| err.to_string())
 }

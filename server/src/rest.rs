@@ -35,7 +35,12 @@ pub struct RouteSpec {
 }
 
 fn route(method: Method, path: &'static str, role: Option<Role>, handler: MethodRouter<AppState>) -> RouteSpec {
-    RouteSpec { method, path, role, handler }
+    RouteSpec {
+        method,
+        path,
+        role,
+        handler,
+    }
 }
 
 /// Every REST route with the role it needs.
@@ -48,13 +53,28 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::POST, "/api/v1/tokens", Some(Viewer), post(create_token)),
         route(Method::GET, "/api/v1/revisions", Some(Viewer), get(list_revisions)),
         route(Method::GET, "/api/v1/revisions/{n}", Some(Viewer), get(get_revision)),
-        route(Method::GET, "/api/v1/revisions/{n}/entries/{*path}", Some(Viewer), get(get_revision_entry)),
+        route(
+            Method::GET,
+            "/api/v1/revisions/{n}/entries/{*path}",
+            Some(Viewer),
+            get(get_revision_entry),
+        ),
         route(Method::GET, "/api/v1/revisions/{a}/diff/{b}", Some(Viewer), get(diff_revisions)),
         route(Method::POST, "/api/v1/changes", Some(Editor), post(create_change)),
         route(Method::GET, "/api/v1/changes", Some(Viewer), get(list_changes)),
         route(Method::GET, "/api/v1/changes/{id}", Some(Viewer), get(get_change)),
-        route(Method::PUT, "/api/v1/changes/{id}/entries/{*path}", Some(Editor), put(put_change_entry)),
-        route(Method::DELETE, "/api/v1/changes/{id}/entries/{*path}", Some(Editor), delete(delete_change_entry)),
+        route(
+            Method::PUT,
+            "/api/v1/changes/{id}/entries/{*path}",
+            Some(Editor),
+            put(put_change_entry),
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/changes/{id}/entries/{*path}",
+            Some(Editor),
+            delete(delete_change_entry),
+        ),
         route(Method::POST, "/api/v1/changes/{id}/submit", Some(Editor), post(submit_change)),
         route(Method::POST, "/api/v1/changes/{id}/rebase", Some(Editor), post(rebase_change)),
         route(Method::POST, "/api/v1/changes/{id}/approvals", Some(Approver), post(approve_change)),
@@ -79,7 +99,9 @@ pub fn router() -> axum::Router<AppState> {
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for spec in routes() {
         let handler = match spec.role {
-            Some(role) => spec.handler.route_layer(middleware::from_fn(move |req, next| crate::auth::require_role(role, req, next))),
+            Some(role) => spec
+                .handler
+                .route_layer(middleware::from_fn(move |req, next| crate::auth::require_role(role, req, next))),
             None => spec.handler,
         };
         match by_path.iter_mut().find(|(path, _)| *path == spec.path) {
@@ -112,8 +134,10 @@ struct LoginBody {
 pub fn session_cookie_header(secret: &str, secure: bool) -> HeaderValue {
     let max_age = sessions::SESSION_LIFETIME.whole_seconds();
     let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!("{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"))
-        .expect("hex session ids are valid header values")
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    ))
+    .expect("hex session ids are valid header values")
 }
 
 pub fn clear_cookie_header() -> HeaderValue {
@@ -124,7 +148,9 @@ async fn login(State(state): State<AppState>, JsonBody(body): JsonBody<LoginBody
     let caller = control::users::authenticate(&state.db, &body.username, &body.password).await?;
     let secret = sessions::create(&state.db, &caller).await?;
     let mut response = Json(json!({"username": caller.username, "role": caller.role})).into_response();
-    response.headers_mut().insert(header::SET_COOKIE, session_cookie_header(&secret, state.config.secure_cookies));
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session_cookie_header(&secret, state.config.secure_cookies));
     Ok(response)
 }
 
@@ -150,7 +176,11 @@ struct TokenBody {
     role: Option<Role>,
 }
 
-async fn create_token(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, JsonBody(body): JsonBody<TokenBody>) -> ApiResult<Response> {
+async fn create_token(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    JsonBody(body): JsonBody<TokenBody>,
+) -> ApiResult<Response> {
     let token = sessions::create_token(&state.db, caller(&auth), &body.name, body.role).await?;
     Ok((StatusCode::CREATED, Json(token)).into_response())
 }
@@ -178,7 +208,11 @@ async fn diff_revisions(State(state): State<AppState>, PathParams((a, b)): PathP
     Ok(Json(revisions::diff(&state.db, a, b).await?).into_response())
 }
 
-async fn create_change(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, JsonBody(body): JsonBody<NewChange>) -> ApiResult<Response> {
+async fn create_change(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    JsonBody(body): JsonBody<NewChange>,
+) -> ApiResult<Response> {
     let view = changes::create(&state.db, caller(&auth), body).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -212,19 +246,35 @@ async fn put_change_entry(
     Ok(Json(changes::put_entry(&state.db, caller(&auth), id, &path, body).await?).into_response())
 }
 
-async fn delete_change_entry(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams((id, path)): PathParams<(i64, String)>) -> ApiResult<Response> {
+async fn delete_change_entry(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams((id, path)): PathParams<(i64, String)>,
+) -> ApiResult<Response> {
     Ok(Json(changes::delete_entry(&state.db, caller(&auth), id, &path).await?).into_response())
 }
 
-async fn submit_change(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
+async fn submit_change(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(id): PathParams<i64>,
+) -> ApiResult<Response> {
     Ok(Json(changes::submit(&state.db, caller(&auth), id).await?).into_response())
 }
 
-async fn rebase_change(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
+async fn rebase_change(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(id): PathParams<i64>,
+) -> ApiResult<Response> {
     Ok(Json(changes::rebase(&state.db, caller(&auth), id).await?).into_response())
 }
 
-async fn approve_change(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
+async fn approve_change(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(id): PathParams<i64>,
+) -> ApiResult<Response> {
     let view = changes::approve(&state.db, caller(&auth), id).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -248,7 +298,11 @@ async fn diff_change(State(state): State<AppState>, PathParams(id): PathParams<i
     Ok(Json(changes::diff(&state.db, id).await?).into_response())
 }
 
-async fn start_rollout(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
+async fn start_rollout(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(id): PathParams<i64>,
+) -> ApiResult<Response> {
     let view = rollouts::start(&state.db, caller(&auth), id).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -273,11 +327,18 @@ struct ValidateBody {
 /// Validates one entry without storing anything; the console's as-you-type authority.
 async fn validate_entry(JsonBody(body): JsonBody<ValidateBody>) -> ApiResult<Response> {
     let format = match &body.format {
-        Some(text) => text.parse().map_err(|err: domain::format::UnknownFormat| Error::BadRequest(err.to_string()))?,
+        Some(text) => text
+            .parse()
+            .map_err(|err: domain::format::UnknownFormat| Error::BadRequest(err.to_string()))?,
         None => domain::Format::guess(&body.path),
     };
     let error = domain::format::validate(format, body.content.as_bytes()).err();
-    Ok(Json(Validation { path: body.path, format: format.as_str().to_string(), error }).into_response())
+    Ok(Json(Validation {
+        path: body.path,
+        format: format.as_str().to_string(),
+        error,
+    })
+    .into_response())
 }
 
 async fn list_audit(State(state): State<AppState>, QueryParams(filter): QueryParams<AuditFilter>) -> ApiResult<Response> {
@@ -304,7 +365,11 @@ struct NewUserBody {
     password: String,
 }
 
-async fn create_user(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, JsonBody(body): JsonBody<NewUserBody>) -> ApiResult<Response> {
+async fn create_user(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    JsonBody(body): JsonBody<NewUserBody>,
+) -> ApiResult<Response> {
     let user = control::users::create(&state.db, &auth.caller.username, &body.username, body.role, body.password).await?;
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }

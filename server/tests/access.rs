@@ -27,7 +27,9 @@ async fn every_route_refuses_anonymous_callers_and_enforces_its_role() {
         let name = format!("user-{role}");
         server.user(&name, role).await;
         let caller = control::users::authenticate(&server.state.db, &name, PASSWORD).await.unwrap();
-        let token = control::sessions::create_token(&server.state.db, &caller, "test", None).await.unwrap();
+        let token = control::sessions::create_token(&server.state.db, &caller, "test", None)
+            .await
+            .unwrap();
         tokens.push((role, token.token));
     }
     let client = Client::new();
@@ -35,16 +37,38 @@ async fn every_route_refuses_anonymous_callers_and_enforces_its_role() {
     assert!(table.len() > 20, "the table is the API");
     for spec in &table {
         let path = concrete(spec.path);
-        let anonymous = json_of(client.request(spec.method.clone(), server.url(&path)).json(&json!({})).send().await.unwrap()).await;
+        let anonymous = json_of(
+            client
+                .request(spec.method.clone(), server.url(&path))
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         let Some(required) = spec.role else {
             assert_ne!(anonymous.0, StatusCode::UNAUTHORIZED, "{} {} is public", spec.method, spec.path);
             continue;
         };
-        assert_eq!(anonymous.0, StatusCode::UNAUTHORIZED, "{} {} without a session", spec.method, spec.path);
+        assert_eq!(
+            anonymous.0,
+            StatusCode::UNAUTHORIZED,
+            "{} {} without a session",
+            spec.method,
+            spec.path
+        );
         assert_eq!(anonymous.1["error"]["code"], "unauthorized");
         for (role, token) in &tokens {
-            let (status, body) =
-                json_of(client.request(spec.method.clone(), server.url(&path)).bearer_auth(token).json(&json!({})).send().await.unwrap()).await;
+            let (status, body) = json_of(
+                client
+                    .request(spec.method.clone(), server.url(&path))
+                    .bearer_auth(token)
+                    .json(&json!({}))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
             if role.allows(required) {
                 assert!(
                     status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
@@ -58,7 +82,15 @@ async fn every_route_refuses_anonymous_callers_and_enforces_its_role() {
         }
     }
     // A forged or revoked-looking token is no credential at all.
-    let (status, _) = json_of(client.get(server.url("/api/v1/revisions")).bearer_auth("esk_forged").send().await.unwrap()).await;
+    let (status, _) = json_of(
+        client
+            .get(server.url("/api/v1/revisions"))
+            .bearer_auth("esk_forged")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     server.stop().await;
 }
@@ -67,7 +99,9 @@ async fn every_route_refuses_anonymous_callers_and_enforces_its_role() {
 async fn every_server_function_needs_a_session_except_login() {
     let server = TestServer::start().await;
     let client = Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let paths: Vec<String> = leptos::server_fn::axum::server_fn_paths().map(|(path, _)| path.to_string()).collect();
+    let paths: Vec<String> = leptos::server_fn::axum::server_fn_paths()
+        .map(|(path, _)| path.to_string())
+        .collect();
     assert!(paths.len() > 15, "server functions are registered: {paths:?}");
     for path in paths {
         let response = client
@@ -113,7 +147,11 @@ async fn roles_are_enforced_inside_server_functions_too() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::FORBIDDEN, "a viewer cannot approve through the console");
+    assert_eq!(
+        response.status(),
+        StatusCode::FORBIDDEN,
+        "a viewer cannot approve through the console"
+    );
     let (_, after) = editor.get(&format!("/api/v1/changes/{id}")).await;
     assert_eq!(after["state"], "submitted");
     server.stop().await;
@@ -174,7 +212,11 @@ async fn cross_origin_state_changes_are_refused() {
     let (status, _) = editor.post("/api/v1/changes", change_body(0, "a.json", "{}")).await;
     assert_eq!(status, StatusCode::CREATED);
     let (_, list) = editor.get("/api/v1/changes").await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 1, "only the same-origin request created a change");
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        1,
+        "only the same-origin request created a change"
+    );
     server.stop().await;
 }
 
@@ -191,7 +233,10 @@ async fn logout_ends_the_session_on_the_server() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = editor.get("/api/v1/session").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _) = server.anonymous().post("/api/v1/session", json!({"username": "erin", "password": "wrong password!!"})).await;
+    let (status, _) = server
+        .anonymous()
+        .post("/api/v1/session", json!({"username": "erin", "password": "wrong password!!"}))
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     server.stop().await;
 }
@@ -203,8 +248,21 @@ async fn a_new_login_gets_a_fresh_session_id() {
     let client = Client::new();
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let response = client.post(server.url("/api/v1/session")).json(&json!({"username": "erin", "password": PASSWORD})).send().await.unwrap();
-        ids.push(response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string());
+        let response = client
+            .post(server.url("/api/v1/session"))
+            .json(&json!({"username": "erin", "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        ids.push(
+            response.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_ne!(ids[0], ids[1]);
     server.stop().await;

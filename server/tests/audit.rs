@@ -40,7 +40,14 @@ fn cli_verify(server: &TestServer) -> (bool, String) {
         .arg(server.data_dir())
         .output()
         .expect("run etc-shadow audit verify");
-    (output.status.success(), format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
 }
 
 async fn api_verify(server: &TestServer) -> serde_json::Value {
@@ -57,14 +64,34 @@ async fn intact_chain_verifies_and_every_action_is_logged() {
     assert_eq!(report["intact"], true, "{report}");
     let editor = server.login("erin").await;
     let (_, log) = editor.get("/api/v1/audit?limit=100").await;
-    let actions: Vec<&str> = log["items"].as_array().unwrap().iter().map(|row| row["action"].as_str().unwrap()).collect();
-    for expected in ["control_plane.create", "control_plane.start", "user.create", "session.login", "change.create", "change.submit", "change.approve", "rollout.applied"] {
+    let actions: Vec<&str> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "control_plane.create",
+        "control_plane.start",
+        "user.create",
+        "session.login",
+        "change.create",
+        "change.submit",
+        "change.approve",
+        "rollout.applied",
+    ] {
         assert!(actions.contains(&expected), "{expected} missing from {actions:?}");
     }
     let (_, head) = editor.get("/api/v1/audit/head").await;
     assert_eq!(head["hash"], log["items"][0]["hash"]);
     let (_, filtered) = editor.get("/api/v1/audit?action=change.").await;
-    assert!(filtered["items"].as_array().unwrap().iter().all(|row| row["action"].as_str().unwrap().starts_with("change.")));
+    assert!(
+        filtered["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|row| row["action"].as_str().unwrap().starts_with("change."))
+    );
     let (ok, output) = cli_verify(&server);
     assert!(ok, "{output}");
     server.stop().await;

@@ -24,7 +24,9 @@ async fn change_is_reviewed_by_another_person_and_becomes_the_current_revision()
     assert_eq!(status, StatusCode::OK);
     assert_eq!(revisions["items"][0]["number"], 0, "revision 0 is the empty configuration");
 
-    let (status, change) = editor.post("/api/v1/changes", change_body(0, "features.json", "{\"beta\": true}\n")).await;
+    let (status, change) = editor
+        .post("/api/v1/changes", change_body(0, "features.json", "{\"beta\": true}\n"))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{change}");
     let id = change["id"].as_i64().unwrap();
     assert_eq!(change["state"], "draft");
@@ -71,7 +73,10 @@ async fn change_is_reviewed_by_another_person_and_becomes_the_current_revision()
         let entry = domain::hash::entry_hash(&path, &domain::Policy::default(), b"{\"beta\": true}\n");
         domain::hash::root_hash([(&path, entry)]).to_hex()
     };
-    assert_eq!(current["root"], expected_root, "the revision's root is the Merkle root of its entries");
+    assert_eq!(
+        current["root"], expected_root,
+        "the revision's root is the Merkle root of its entries"
+    );
     assert_eq!(rollout["root"], expected_root);
 
     let (status, content) = editor.get("/api/v1/revisions/1/entries/features.json").await;
@@ -96,7 +101,12 @@ async fn an_edit_after_approval_voids_it() {
     let (status, _) = approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
     assert_eq!(status, StatusCode::CREATED);
 
-    let (status, edited) = editor.put(&format!("/api/v1/changes/{id}/entries/app.toml"), json!({"content": "port = 8080\n"})).await;
+    let (status, edited) = editor
+        .put(
+            &format!("/api/v1/changes/{id}/entries/app.toml"),
+            json!({"content": "port = 8080\n"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{edited}");
     assert_eq!(edited["state"], "draft");
     assert_eq!(edited["approvals"][0]["valid"], false, "the approval signed the old content hash");
@@ -146,7 +156,12 @@ async fn a_stale_base_is_refused_and_can_be_rebased() {
     let (status, rollout) = approve_and_roll(second_id).await;
     assert_eq!(status, StatusCode::CREATED, "{rollout}");
     let (_, current) = editor.get("/api/v1/revisions/2").await;
-    let paths: Vec<&str> = current["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> = current["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
     assert_eq!(paths, ["a.json", "b.json"]);
     server.stop().await;
 }
@@ -157,7 +172,12 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     server.user("erin", Role::Editor).await;
     let editor = server.login("erin").await;
 
-    let (status, err) = editor.post("/api/v1/changes", change_body(0, "features.json", "{\n  \"a\": 1,\n  \"b\": ,\n}\n")).await;
+    let (status, err) = editor
+        .post(
+            "/api/v1/changes",
+            change_body(0, "features.json", "{\n  \"a\": 1,\n  \"b\": ,\n}\n"),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     assert_eq!(err["error"]["code"], "invalid_config");
     assert_eq!(err["error"]["path"], "features.json");
@@ -166,7 +186,10 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     let bomb = "[".repeat(10_000);
     let (status, err) = editor.post("/api/v1/changes", change_body(0, "deep.json", &bomb)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(err["error"]["message"].as_str().unwrap().contains("nesting deeper than 128"), "{err}");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("nesting deeper than 128"),
+        "{err}"
+    );
 
     let laughs = "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n";
     let (status, err) = editor.post("/api/v1/changes", change_body(0, "bomb.yaml", laughs)).await;
@@ -181,11 +204,23 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         let (status, err) = editor.post("/api/v1/changes", change_body(0, path, "x")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path:?}: {err}");
     }
-    let (status, err) = editor.post("/api/v1/changes", json!({"base_revision": 0, "message": "m", "entries": [], "surprise": 1})).await;
+    let (status, err) = editor
+        .post(
+            "/api/v1/changes",
+            json!({"base_revision": 0, "message": "m", "entries": [], "surprise": 1}),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "unknown fields are refused: {err}");
-    let (status, _) = editor.post("/api/v1/changes", json!({"base_revision": 0, "message": "m", "entries": [{"path": "a", "content": "x", "mode": "rwx"}]})).await;
+    let (status, _) = editor
+        .post(
+            "/api/v1/changes",
+            json!({"base_revision": 0, "message": "m", "entries": [{"path": "a", "content": "x", "mode": "rwx"}]}),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = editor.post("/api/v1/changes", json!({"base_revision": 7, "message": "m", "entries": []})).await;
+    let (status, _) = editor
+        .post("/api/v1/changes", json!({"base_revision": 7, "message": "m", "entries": []}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = editor.get("/api/v1/changes/not-a-number").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

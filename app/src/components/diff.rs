@@ -52,7 +52,9 @@ fn EntryDiffView(entry: EntryDiff, layout: RwSignal<Layout>) -> impl IntoView {
     let policy = entry.policy_changes.clone();
     let hunks = entry.text.as_ref().map(|t| t.hunks.clone()).unwrap_or_default();
     let stats = entry.text.as_ref().map(|t| format!("+{} −{}", t.added, t.removed));
-    let secret_note = entry.secret_changed.then(|| view! { <p class="secret-note" data-test="secret-changed">"Secret content changed (not shown)."</p> });
+    let secret_note = entry
+        .secret_changed
+        .then(|| view! { <p class="secret-note" data-test="secret-changed">"Secret content changed (not shown)."</p> });
     let hunks = StoredValue::new(hunks);
     view! {
         <article class="entry-diff" data-test="entry-diff" data-path=entry.path.clone()>

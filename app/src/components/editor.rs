@@ -19,7 +19,11 @@ pub fn CodeEditor(
         let bad = error_line();
         (1..=line_count())
             .map(|n| {
-                let class = if bad == Some(u32::try_from(n).unwrap_or(u32::MAX)) { "bad" } else { "" };
+                let class = if bad == Some(u32::try_from(n).unwrap_or(u32::MAX)) {
+                    "bad"
+                } else {
+                    ""
+                };
                 view! { <span class=class>{n}</span> }
             })
             .collect_view()

@@ -14,7 +14,12 @@ pub fn AuditPage() -> impl IntoView {
     let filter = move || {
         let q = query.read();
         let text = |key: &str| q.get(key).filter(|v| !v.is_empty());
-        (text("actor"), text("action"), text("target"), q.get("before").and_then(|b| b.parse::<i64>().ok()))
+        (
+            text("actor"),
+            text("action"),
+            text("target"),
+            q.get("before").and_then(|b| b.parse::<i64>().ok()),
+        )
     };
     let data = Resource::new(filter, |(actor, action, target, before)| audit_log(actor, action, target, before));
     let verify = ServerAction::<AuditVerify>::new();

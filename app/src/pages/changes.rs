@@ -2,7 +2,13 @@
 
 use crate::{
     api::{ApproveChange, RebaseChange, RejectChange, RolloutChange, SubmitChange, change, change_diff, changes},
-    components::{ErrorBox, ShortHash, StateBadge, diff::DiffViewer, error_text, layout::{Layout, use_me}, when},
+    components::{
+        ErrorBox, ShortHash, StateBadge,
+        diff::DiffViewer,
+        error_text,
+        layout::{Layout, use_me},
+        when,
+    },
     pages::config::edit_href,
 };
 use domain::{
@@ -99,7 +105,11 @@ impl Actions {
     }
 
     fn version(&self) -> usize {
-        self.submit.version().get() + self.approve.version().get() + self.reject.version().get() + self.rebase.version().get() + self.rollout.version().get()
+        self.submit.version().get()
+            + self.approve.version().get()
+            + self.reject.version().get()
+            + self.rebase.version().get()
+            + self.rollout.version().get()
     }
 
     fn failure(&self) -> Option<String> {

@@ -2,7 +2,13 @@
 
 use crate::{
     api::{entry, revision, revision_diff, revisions},
-    components::{ErrorBox, ShortHash, diff::DiffViewer, error_text, layout::{Layout, use_me}, when},
+    components::{
+        ErrorBox, ShortHash,
+        diff::DiffViewer,
+        error_text,
+        layout::{Layout, use_me},
+        when,
+    },
 };
 use domain::{Role, api::EntryView};
 use leptos::prelude::*;

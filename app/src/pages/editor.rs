@@ -53,7 +53,10 @@ pub fn EditorPage() -> impl IntoView {
     let query = use_query_map();
     let key = move || {
         let q = query.read();
-        (q.get("path").unwrap_or_default(), q.get("change").and_then(|c| c.parse::<i64>().ok()))
+        (
+            q.get("path").unwrap_or_default(),
+            q.get("change").and_then(|c| c.parse::<i64>().ok()),
+        )
     };
     let data = Resource::new(key, |(path, change)| load(path, change));
     view! {
@@ -81,7 +84,11 @@ fn EditorForm(draft: Draft, change: Option<i64>) -> impl IntoView {
     let path = RwSignal::new(draft.path.clone());
     let new_entry = draft.path.is_empty();
     let failure = move || {
-        save.value().get().and_then(|r| r.err()).or_else(|| remove.value().get().and_then(|r| r.err())).map(|e| error_text(&e))
+        save.value()
+            .get()
+            .and_then(|r| r.err())
+            .or_else(|| remove.value().get().and_then(|r| r.err()))
+            .map(|e| error_text(&e))
     };
     let base = draft.base;
     let target = match change {

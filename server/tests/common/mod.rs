@@ -39,7 +39,13 @@ impl TestServer {
             .await
             .expect("serve");
         });
-        TestServer { addr, state, dir, shutdown: Some(tx), task: Some(task) }
+        TestServer {
+            addr,
+            state,
+            dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -56,12 +62,18 @@ impl TestServer {
 
     /// Creates a user the way the CLI does.
     pub async fn user(&self, name: &str, role: Role) {
-        control::users::create(&self.state.db, "test", name, role, PASSWORD.to_string()).await.expect("create user");
+        control::users::create(&self.state.db, "test", name, role, PASSWORD.to_string())
+            .await
+            .expect("create user");
     }
 
     /// A browser-like client signed in as `name`: cookie jar and same-origin `Origin`.
     pub async fn login(&self, name: &str) -> Session {
-        let client = Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let client = Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
         let response = client
             .post(self.url("/api/v1/session"))
             .header("origin", self.origin())
@@ -70,15 +82,29 @@ impl TestServer {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "login of {name}");
-        let cookie = response.headers().get("set-cookie").expect("session cookie").to_str().unwrap().to_string();
+        let cookie = response
+            .headers()
+            .get("set-cookie")
+            .expect("session cookie")
+            .to_str()
+            .unwrap()
+            .to_string();
         assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
-        Session { client, base: self.url(""), origin: Some(self.origin()) }
+        Session {
+            client,
+            base: self.url(""),
+            origin: Some(self.origin()),
+        }
     }
 
     /// A client without any credentials.
     pub fn anonymous(&self) -> Session {
         let client = Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Session { client, base: self.url(""), origin: Some(self.origin()) }
+        Session {
+            client,
+            base: self.url(""),
+            origin: Some(self.origin()),
+        }
     }
 
     pub async fn stop(mut self) {
@@ -129,7 +155,11 @@ impl Session {
 pub async fn json_of(response: Response) -> (StatusCode, Value) {
     let status = response.status();
     let text = response.text().await.unwrap();
-    let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
     (status, value)
 }
 

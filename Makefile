@@ -1,0 +1,44 @@
+# etc-shadow: the two commands of the README, and the pieces they are made of.
+#   make demo   build and run the demo console on http://127.0.0.1:3000
+#   make test   every check and test: format, lints, unit, integration, end-to-end
+
+SHELL := /bin/bash
+DEMO_DIR ?= demo-data
+DEMO_LISTEN ?= 127.0.0.1:3000
+# Packages are tested one by one: building the whole workspace at once would unify the
+# `ssr` and `hydrate` features of `app`.
+RUST_PACKAGES := etc-shadow-domain etc-shadow-control etc-shadow-server
+
+.PHONY: demo test setup setup-test build-release build lint unit e2e clean-demo
+
+demo: setup build-release
+	./target/release/etc-shadow demo --data-dir $(DEMO_DIR) --listen $(DEMO_LISTEN) --site-root target/site
+
+test: setup-test lint unit e2e
+	@echo "all tests passed"
+
+setup:
+	./scripts/setup.sh
+
+setup-test:
+	./scripts/setup.sh --test
+
+build-release:
+	cargo leptos build --release
+
+build:
+	cargo leptos build
+
+lint:
+	cargo fmt --all -- --check
+	for p in $(RUST_PACKAGES); do cargo clippy -p $$p --all-targets -- -D warnings || exit 1; done
+	cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
+
+unit:
+	for p in $(RUST_PACKAGES); do cargo test -p $$p || exit 1; done
+
+e2e: build
+	cd end2end && npx playwright test
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Starts a throw-away control plane for the end-to-end tests: a fresh data directory, two
+# test users made with the CLI (their passwords are known to the tests), the demo's sample
+# configuration, and the console on $E2E_LISTEN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=./target/debug/etc-shadow
+data=$(mktemp -d -t etc-shadow-e2e.XXXXXX)
+trap 'rm -rf "$data"' EXIT
+listen=${E2E_LISTEN:-127.0.0.1:3011}
+echo "e2e-editor-password" | $bin user add e2e-editor --role editor --password-stdin --data-dir "$data"
+echo "e2e-approver-password" | $bin user add e2e-approver --role approver --password-stdin --data-dir "$data"
+echo "e2e-viewer-password" | $bin user add e2e-viewer --role viewer --password-stdin --data-dir "$data"
+$bin demo --data-dir "$data" --listen "$listen" --site-root target/site &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT INT TERM
+wait $server

@@ -1,0 +1,135 @@
+import { expect, test } from '@playwright/test';
+import { ChangePage, EditorPage, LoginPage, hydrated, users } from './pages';
+
+test('nothing is reachable without signing in, and a wrong password is refused', async ({ page }) => {
+  await page.goto('/config');
+  await expect(page).toHaveURL(/\/login$/);
+  await new LoginPage(page).signIn({ name: users.editor.name, password: 'not the password' });
+  await expect(page.getByTestId('login-error')).toContainText('wrong username or password');
+  await expect(page).toHaveURL(/\/login$/);
+});
+
+test('an edit is validated as you type, reviewed by a second person and rolled out', async ({ page }) => {
+  await new LoginPage(page).signInAs(users.editor);
+  await expect(page.getByTestId('current-revision')).toContainText('#1');
+
+  // Configuration: the sample entries of the current revision.
+  await page.getByTestId('nav').getByText('Configuration').click();
+  await expect(page.getByTestId('entry-row')).toHaveCount(4);
+  await expect(page.locator('[data-test=entry-row][data-path="secrets/db.env"]')).toContainText('secret');
+
+  // Edit features.json: a syntax error is flagged with its line while typing.
+  const editor = new EditorPage(page);
+  await editor.open('features.json');
+  await expect(editor.text()).toHaveValue(/"dark_mode": true/);
+  await editor.text().fill('{\n  "new_checkout": ,\n}\n');
+  await expect(editor.validation()).toContainText('line 2, column');
+  await expect(page.locator('[data-test=gutter] span.bad')).toHaveText('2');
+  await editor.text().fill('{\n  "new_checkout": true,\n  "dark_mode": true,\n  "rate_limit_per_minute": 900\n}\n');
+  await expect(editor.validation()).toContainText('valid json');
+  const id = await editor.save('Enable the new checkout');
+
+  // The change: diff with intra-line highlights, submit, and no approving one's own work.
+  const change = new ChangePage(page);
+  await hydrated(page);
+  await expect(page.getByTestId('change-title')).toContainText('Enable the new checkout');
+  const diff = page.locator('[data-test=entry-diff][data-path="features.json"]');
+  await expect(diff.locator('[data-test=line-del]')).toHaveCount(2);
+  await expect(diff.locator('[data-test=line-ins] mark').first()).toHaveText(/^true,?$/);
+  await page.getByTestId('diff-split').click();
+  await expect(page.getByTestId('diff-table-split')).toBeVisible();
+  await change.act('submit');
+  await expect(page.getByTestId('change-header')).toHaveAttribute('data-state', 'submitted');
+  await expect(page.getByTestId('approve')).toHaveCount(0);
+  await expect(page.getByTestId('own-change-note')).toBeVisible();
+  await page.getByTestId('logout').click();
+  await expect(page).toHaveURL(/\/login$/);
+
+  // A second person approves and rolls out.
+  await new LoginPage(page).signInAs(users.approver);
+  await change.open(id);
+  await change.act('approve');
+  await expect(page.getByTestId('approval')).toHaveAttribute('data-valid', 'true');
+  await expect(page.getByTestId('change-header')).toHaveAttribute('data-state', 'approved');
+  await change.act('rollout');
+  await expect(page.getByTestId('rollout-result')).toContainText('revision #2 is current');
+  await expect(page.getByTestId('change-header')).toHaveAttribute('data-state', 'rolled_out');
+  await expect(page.getByTestId('became-revision')).toHaveText('revision #2');
+
+  // The new revision is current and holds the new content.
+  await page.goto('/config');
+  await expect(page.getByTestId('current-number')).toHaveText('Revision #2');
+  await page.goto('/entry?path=features.json');
+  await expect(page.getByTestId('entry-content')).toContainText('"rate_limit_per_minute": 900');
+});
+
+test('an edit after approval voids it until approved again', async ({ browser }) => {
+  const editorPage = await browser.newPage();
+  await new LoginPage(editorPage).signInAs(users.editor);
+  const editor = new EditorPage(editorPage);
+  await editor.open('app.toml');
+  await editor.text().fill('[server]\nhost = "0.0.0.0"\nport = 8080\ntimeout = 45\n');
+  const id = await editor.save('Longer timeout');
+  const change = new ChangePage(editorPage);
+  await hydrated(editorPage);
+  await change.act('submit');
+  await expect(editorPage.getByTestId('change-header')).toHaveAttribute('data-state', 'submitted');
+
+  const approverPage = await browser.newPage();
+  await new LoginPage(approverPage).signInAs(users.approver);
+  const review = new ChangePage(approverPage);
+  await review.open(id);
+  await review.act('approve');
+  await expect(approverPage.getByTestId('approval')).toHaveAttribute('data-valid', 'true');
+
+  await editor.open('app.toml', id);
+  await editor.text().fill('[server]\nhost = "0.0.0.0"\nport = 8080\ntimeout = 60\n');
+  await editor.save();
+  await hydrated(editorPage);
+  await expect(editorPage.getByTestId('change-header')).toHaveAttribute('data-state', 'draft');
+  await expect(editorPage.getByTestId('approval')).toHaveAttribute('data-valid', 'false');
+
+  await review.open(id);
+  await expect(approverPage.getByTestId('rollout')).toHaveCount(0);
+  await expect(approverPage.getByTestId('approval')).toContainText('voided by an edit');
+});
+
+test('the audit log verifies its chain and filters', async ({ page }) => {
+  await new LoginPage(page).signInAs(users.viewer);
+  await page.goto('/audit');
+  await hydrated(page);
+  await expect(page.getByTestId('audit-head')).toContainText('#');
+  await page.getByTestId('verify-chain').click();
+  await expect(page.getByTestId('verify-result')).toHaveAttribute('data-intact', 'true');
+  await page.getByTestId('audit-filter-action').fill('change.approve');
+  await page.getByTestId('audit-filter-apply').click();
+  await expect(page).toHaveURL(/action=change.approve/);
+  const actions = page.getByTestId('audit-action');
+  await expect(actions.first()).toHaveText('change.approve');
+  for (const text of await actions.allTextContents()) expect(text).toContain('change.approve');
+});
+
+test('a viewer reads but is offered no edits', async ({ page }) => {
+  await new LoginPage(page).signInAs(users.viewer);
+  await page.goto('/config');
+  await expect(page.getByTestId('entry-row').first()).toBeVisible();
+  await expect(page.getByTestId('new-entry')).toHaveCount(0);
+  await expect(page.getByTestId('edit-entry')).toHaveCount(0);
+});
+
+test.describe('without JavaScript', () => {
+  test.use({ javaScriptEnabled: false });
+
+  test('pages are readable from the server-rendered HTML', async ({ page, context }) => {
+    // Sign in through the API; the browser keeps the session cookie.
+    const response = await context.request.post('/api/v1/session', {
+      data: { username: users.viewer.name, password: users.viewer.password },
+    });
+    expect(response.ok()).toBeTruthy();
+    await page.goto('/config');
+    await expect(page.getByTestId('entry-row')).toHaveCount(4);
+    await page.goto('/revisions/1');
+    await expect(page.getByTestId('revision-root')).toHaveText(/^[0-9a-f]{64}$/);
+    await expect(page.locator('[data-test=entry-diff]')).toHaveCount(4);
+  });
+});

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs what building etc-shadow needs and skips what is already there.
+#   scripts/setup.sh          toolchain for building and running the console
+#   scripts/setup.sh --test   the same, plus Chromium and the Playwright test runner
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=false
+[ "${1:-}" = "--test" ] && want_test=true
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root for: $*" >&2; exit 1
+  fi
+}
+
+# The toolchain in rust-toolchain.toml (rustup installs it on first use) and its wasm target.
+rustup show active-toolchain >/dev/null
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  say "adding the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+
+# cargo-leptos 0.3.10: newer versions need a newer rustc.
+if ! cargo leptos --version 2>/dev/null | grep -q '0\.3\.10'; then
+  say "installing cargo-leptos 0.3.10 (about 17 minutes on 2 cores)"
+  CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    cargo install cargo-leptos --locked --version 0.3.10
+fi
+
+# wasm-bindgen-cli must match the wasm-bindgen library in Cargo.lock exactly.
+bindgen_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
+if ! wasm-bindgen --version 2>/dev/null | grep -qF " $bindgen_version"; then
+  say "installing wasm-bindgen-cli $bindgen_version"
+  cargo install wasm-bindgen-cli --version "$bindgen_version"
+fi
+
+# wasm-opt from binaryen 132 (Debian's is too old for current wasm features).
+if ! wasm-opt --version 2>/dev/null | grep -qE 'version[ _]1(3[2-9]|[4-9][0-9])'; then
+  say "installing wasm-opt (npm binaryen@132)"
+  as_root npm install -g binaryen@132
+fi
+
+if $want_test; then
+  if [ ! -x /usr/bin/chromium ]; then
+    say "installing Chromium from Debian packages"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+  fi
+  if [ ! -x end2end/node_modules/.bin/playwright ] || [ end2end/package-lock.json -nt end2end/node_modules/.package-lock.json ]; then
+    say "installing the Playwright test runner (without its browser download)"
+    (cd end2end && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+  fi
+fi
+say "ready"
