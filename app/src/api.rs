@@ -225,7 +225,6 @@ pub async fn change_diff(id: i64) -> Result<DiffView, ServerFnError> {
 /// Saves one entry from the editor: into `change` when given, else into a new change on
 /// `base_revision` with `message`. Returns the change id.
 #[server]
-#[allow(clippy::too_many_arguments)]
 pub async fn save_entry(
     change: Option<i64>,
     base_revision: i64,

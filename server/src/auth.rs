@@ -71,12 +71,12 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_string);
     let unsafe_method = !is_safe(request.method());
     let has_bearer = bearer(headers).is_some();
-    if unsafe_method && !has_bearer {
-        if let Some(origin) = &origin {
-            if !origin_matches(&state, headers, origin) {
-                return ApiError(Error::Forbidden("cross-origin request refused".into())).into_response();
-            }
-        }
+    if unsafe_method
+        && !has_bearer
+        && let Some(origin) = &origin
+        && !origin_matches(&state, headers, origin)
+    {
+        return ApiError(Error::Forbidden("cross-origin request refused".into())).into_response();
     }
     let found = if let Some(token) = bearer(headers) {
         match control::sessions::lookup_token(&state.db, token).await {

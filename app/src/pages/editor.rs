@@ -40,10 +40,10 @@ async fn load(path: String, change: Option<i64>) -> Result<Draft, ServerFnError>
         draft.secret = e.secret;
         draft.content = entry(path.clone(), Some(base)).await?.content.unwrap_or_default();
     }
-    if let Some(id) = change {
-        if let Some(content) = change_entry(id, path).await? {
-            draft.content = content;
-        }
+    if let Some(id) = change
+        && let Some(content) = change_entry(id, path).await?
+    {
+        draft.content = content;
     }
     Ok(draft)
 }
