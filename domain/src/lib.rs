@@ -16,6 +16,7 @@ pub mod format;
 pub mod hash;
 pub mod path;
 pub mod policy;
+pub mod protocol;
 pub mod role;
 
 pub use format::{Format, ValidationError};

@@ -1,0 +1,109 @@
+//! The agent protocol (DESIGN "Agent protocol"): what the control plane sends to a shadow
+//! and what the shadow answers. Shared by the agent, the directory driver and the
+//! coordinator, so all three speak the same shapes.
+
+use serde::{Deserialize, Serialize};
+
+/// One entry to stage: content (base64 would hide nothing: writes are authenticated and,
+/// with TLS, encrypted) and policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagedEntry {
+    pub path: String,
+    pub content: String,
+    /// Octal permission bits as text, `"0644"`.
+    pub mode: String,
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub secret: bool,
+}
+
+/// `PUT /v1/rollouts/{id}`: stage a revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareRequest {
+    pub control_plane_id: String,
+    pub epoch: i64,
+    pub revision: i64,
+    pub target_root: String,
+    /// The root the shadow must be serving now (ignored for a reconcile).
+    pub base_root: String,
+    #[serde(default)]
+    pub reconcile: bool,
+    pub entries: Vec<StagedEntry>,
+}
+
+/// Commit and abort carry the writer's identity too, so they are fenced like prepare.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fence {
+    pub control_plane_id: String,
+    pub epoch: i64,
+}
+
+/// The shadow's view of one rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutPhase {
+    Unknown,
+    Prepared,
+    Committed,
+    Aborted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutAnswer {
+    pub rollout: i64,
+    pub phase: RolloutPhase,
+    /// For `prepared`: the root of what was staged. For `committed`: the live root now.
+    pub root: Option<String>,
+}
+
+/// One live entry as the shadow sees it on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedEntry {
+    pub path: String,
+    pub entry_hash: String,
+    pub mode: String,
+    pub owner: String,
+    pub group: String,
+    pub size: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedInfo {
+    pub rollout: i64,
+    pub revision: i64,
+    pub root: String,
+}
+
+/// `GET /v1/state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowState {
+    pub control_plane_id: Option<String>,
+    pub highest_epoch: i64,
+    /// The revision last committed here (`None` before the first commit).
+    pub live_revision: Option<i64>,
+    /// Root of what the live directory holds right now, computed from disk.
+    pub live_root: String,
+    pub staged: Option<StagedInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<ObservedEntry>>,
+}
+
+/// Error body of the agent: `{"error": {"code", "message"}}` like the control plane's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentErrorBody {
+    pub error: AgentError,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentError {
+    /// `fenced`, `base_root_mismatch`, `root_mismatch`, `bad_request`, `io`, `conflict`,
+    /// `unauthorized`, `not_found`.
+    pub code: String,
+    pub message: String,
+}

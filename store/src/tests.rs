@@ -1,0 +1,152 @@
+use super::*;
+use domain::protocol::StagedEntry;
+
+fn entry(path: &str, content: &str, mode: &str) -> StagedEntry {
+    StagedEntry { path: path.into(), content: content.into(), mode: mode.into(), owner: String::new(), group: String::new(), secret: false }
+}
+
+fn root_of(entries: &[StagedEntry]) -> String {
+    let parsed: Vec<(EntryPath, Hash)> = entries
+        .iter()
+        .map(|e| {
+            let path = EntryPath::parse(&e.path).unwrap();
+            let policy = Policy { mode: parse_mode(&e.mode).unwrap(), owner: e.owner.clone(), group: e.group.clone(), secret: e.secret };
+            let hash = entry_hash(&path, &policy, e.content.as_bytes());
+            (path, hash)
+        })
+        .collect();
+    root_hash(parsed.iter().map(|(p, h)| (p, *h))).to_hex()
+}
+
+fn request(epoch: i64, revision: i64, base: &str, entries: Vec<StagedEntry>) -> PrepareRequest {
+    PrepareRequest {
+        control_plane_id: "cp-a".into(),
+        epoch,
+        revision,
+        target_root: root_of(&entries),
+        base_root: base.into(),
+        reconcile: false,
+        entries,
+    }
+}
+
+fn fence(epoch: i64) -> Fence {
+    Fence { control_plane_id: "cp-a".into(), epoch }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    live: PathBuf,
+    state: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let state = dir.path().join("state");
+    Fixture { live, state, _dir: dir }
+}
+
+fn empty_root() -> String {
+    root_hash([]).to_hex()
+}
+
+#[test]
+fn prepare_then_commit_switches_live_and_proves_the_root() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    assert_eq!(store.state(false).unwrap().live_root, empty_root());
+    let entries = vec![entry("app.toml", "port = 1\n", "0644"), entry("nginx/site.conf", "listen 80;\n", "0600")];
+    let req = request(1, 1, &empty_root(), entries);
+    let prepared = store.prepare(7, &req).unwrap();
+    assert_eq!(prepared.phase, RolloutPhase::Prepared);
+    assert_eq!(prepared.root.as_deref(), Some(req.target_root.as_str()));
+    assert!(!f.live.exists(), "nothing is live before the commit");
+    let committed = store.commit(7, &fence(1)).unwrap();
+    assert_eq!(committed.root.as_deref(), Some(req.target_root.as_str()));
+    assert_eq!(fs::read_to_string(f.live.join("nginx/site.conf")).unwrap(), "listen 80;\n");
+    assert_eq!(fs::metadata(f.live.join("nginx/site.conf")).unwrap().permissions().mode() & 0o7777, 0o600);
+    assert!(fs::symlink_metadata(&f.live).unwrap().file_type().is_symlink());
+    // Idempotent, and it survives a restart.
+    assert_eq!(store.commit(7, &fence(1)).unwrap().phase, RolloutPhase::Committed);
+    drop(store);
+    let store = Store::open(&f.live, &f.state, None).unwrap();
+    let state = store.state(true).unwrap();
+    assert_eq!(state.live_root, req.target_root);
+    assert_eq!(state.live_revision, Some(1));
+    assert_eq!(state.entries.unwrap().len(), 2);
+    assert_eq!(store.status(7).phase, RolloutPhase::Committed);
+}
+
+#[test]
+fn a_drifted_base_is_refused_unless_reconciling() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let first = request(1, 1, &empty_root(), vec![entry("a.conf", "a\n", "0644")]);
+    store.prepare(1, &first).unwrap();
+    store.commit(1, &fence(1)).unwrap();
+    fs::write(f.live.join("a.conf"), "hand edit\n").unwrap();
+    let mut second = request(1, 2, &first.target_root, vec![entry("a.conf", "b\n", "0644")]);
+    let err = store.prepare(2, &second).unwrap_err();
+    assert!(matches!(err, StoreError::BaseRootMismatch { .. }), "{err}");
+    second.reconcile = true;
+    store.prepare(2, &second).unwrap();
+    store.commit(2, &fence(1)).unwrap();
+    assert_eq!(fs::read_to_string(f.live.join("a.conf")).unwrap(), "b\n");
+}
+
+#[test]
+fn writes_from_another_control_plane_or_an_older_epoch_are_fenced() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    store.prepare(1, &request(5, 1, &empty_root(), vec![entry("a", "1", "0644")])).unwrap();
+    let mut other = request(9, 1, &empty_root(), vec![entry("a", "2", "0644")]);
+    other.control_plane_id = "cp-b".into();
+    assert!(matches!(store.prepare(2, &other), Err(StoreError::Fenced(_))));
+    let older = request(4, 1, &empty_root(), vec![entry("a", "3", "0644")]);
+    assert!(matches!(store.prepare(3, &older), Err(StoreError::Fenced(_))));
+    assert!(matches!(store.commit(1, &Fence { control_plane_id: "cp-b".into(), epoch: 9 }), Err(StoreError::Fenced(_))));
+    // A pinned id refuses even the first writer when it differs.
+    let g = fixture();
+    let mut pinned = Store::open(&g.live, &g.state, Some("cp-z".into())).unwrap();
+    assert!(matches!(pinned.prepare(1, &request(1, 1, &empty_root(), vec![])), Err(StoreError::Fenced(_))));
+}
+
+#[test]
+fn tampered_requests_change_nothing() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let mut wrong_root = request(1, 1, &empty_root(), vec![entry("a", "1", "0644")]);
+    wrong_root.entries[0].content = "tampered".into();
+    assert!(matches!(store.prepare(1, &wrong_root), Err(StoreError::RootMismatch(_))));
+    for path in ["../escape", "/etc/passwd", "a/../../b"] {
+        let mut escape = request(1, 1, &empty_root(), vec![entry("a", "1", "0644")]);
+        escape.entries[0].path = path.into();
+        assert!(matches!(store.prepare(1, &escape), Err(StoreError::BadRequest(_))), "{path}");
+    }
+    assert!(store.state(false).unwrap().staged.is_none());
+    assert!(!f.live.exists());
+}
+
+#[test]
+fn abort_drops_the_staged_revision_and_commit_after_abort_is_refused() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    store.prepare(3, &request(1, 1, &empty_root(), vec![entry("a", "1", "0644")])).unwrap();
+    store.abort(3, &fence(1)).unwrap();
+    assert_eq!(store.status(3).phase, RolloutPhase::Aborted);
+    assert!(matches!(store.commit(3, &fence(1)), Err(StoreError::Conflict(_))));
+    assert_eq!(store.abort(3, &fence(1)).unwrap().phase, RolloutPhase::Aborted, "idempotent");
+    assert!(!f.live.exists());
+}
+
+#[test]
+fn chmod_changes_the_observed_root() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let req = request(1, 1, &empty_root(), vec![entry("a", "1", "0644")]);
+    store.prepare(1, &req).unwrap();
+    store.commit(1, &fence(1)).unwrap();
+    fs::set_permissions(f.live.join("a"), fs::Permissions::from_mode(0o666)).unwrap();
+    assert_ne!(store.live_root().unwrap().to_hex(), req.target_root);
+}
