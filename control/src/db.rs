@@ -47,6 +47,11 @@ impl Db {
         Ok(db)
     }
 
+    /// The writer pool, for single statements outside a transaction.
+    pub fn read_write(&self) -> &SqlitePool {
+        &self.write
+    }
+
     /// Starts a write transaction on the single writer connection.
     pub async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.write.begin().await?)

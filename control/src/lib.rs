@@ -13,6 +13,7 @@ pub mod error;
 pub mod revisions;
 pub mod rollouts;
 pub mod sessions;
+pub mod shadows;
 pub mod users;
 
 pub use db::Db;

@@ -2,22 +2,27 @@
 //!
 //! The rollout journal is the `rollouts` and `rollout_shadows` tables. With no shadows
 //! registered, the decision and the new revision are written in one transaction and the
-//! rollout is `applied` at once; shadows add the two-phase path on the same records.
+//! rollout is `applied` at once; with shadows, [`Coordinator`] runs the two phases on the
+//! same records. The revision becomes current at the commit decision.
 
 use crate::{
     Caller, Db, Error, Result, audit,
     audit::page,
     changes::{self, ChangeRow},
+    db::Identity,
     now,
     revisions::{self, EntrySet},
+    shadows::{Registry, ShadowError},
 };
 use domain::{
     EntryPath, Hash, Role,
     api::{ChangeState, Page, RolloutShadowView, RolloutView},
     hash::root_hash,
+    protocol::{Fence, PrepareRequest, StagedEntry},
 };
 use serde_json::json;
 use sqlx::SqliteConnection;
+use std::{sync::Arc, time::Duration};
 
 /// Root hash of an entry set as stored.
 pub(crate) fn root_of(entries: &EntrySet) -> Result<Hash> {
@@ -83,26 +88,16 @@ async fn check_rollable(conn: &mut SqliteConnection, change: &ChangeRow) -> Resu
     Ok(current)
 }
 
-/// Rolls out an approved change: writes the next revision and makes it current.
-pub async fn start(db: &Db, caller: &Caller, change_id: i64) -> Result<RolloutView> {
-    caller.require(Role::Approver)?;
-    let mut tx = db.begin().await?;
-    let change = changes::load(&mut tx, change_id).await?;
-    let current = check_rollable(&mut tx, &change).await?;
-    let base = revisions::entries(&mut tx, current).await?;
-    let ops = changes::operations(&mut tx, change_id).await?;
-    let next = changes::apply(&base, &ops);
-    let root = root_of(&next)?.to_hex();
-    let number = current + 1;
-    let at = now();
+/// Writes revision `number` (entries `next`) as the result of `change`, inside `tx`.
+async fn write_revision(tx: &mut SqliteConnection, number: i64, root: &str, change: &ChangeRow, next: &EntrySet) -> Result<()> {
     sqlx::query("INSERT INTO revisions (number, root, parent, author, message, created_at, change_id) VALUES (?, ?, ?, ?, ?, ?, ?)")
         .bind(number)
-        .bind(&root)
-        .bind(current)
+        .bind(root)
+        .bind(number - 1)
         .bind(&change.author)
         .bind(&change.message)
-        .bind(&at)
-        .bind(change_id)
+        .bind(now())
+        .bind(change.id)
         .execute(&mut *tx)
         .await?;
     for row in next.values() {
@@ -122,35 +117,434 @@ pub async fn start(db: &Db, caller: &Caller, change_id: i64) -> Result<RolloutVi
         .execute(&mut *tx)
         .await?;
     }
-    let (rollout_id,): (i64,) = sqlx::query_as(
-        "INSERT INTO rollouts (change_id, kind, revision, root, state, decision, started_by, started_at, finished_at)
-         VALUES (?, 'change', ?, ?, 'applied', 'commit', ?, ?, ?) RETURNING id",
-    )
-    .bind(change_id)
-    .bind(number)
-    .bind(&root)
-    .bind(&caller.username)
-    .bind(&at)
-    .bind(&at)
-    .fetch_one(&mut *tx)
-    .await?;
     sqlx::query("UPDATE changes SET state = 'rolled_out', revision = ?, updated_at = ? WHERE id = ?")
         .bind(number)
-        .bind(&at)
-        .bind(change_id)
+        .bind(now())
+        .bind(change.id)
         .execute(&mut *tx)
         .await?;
-    audit::append(
-        &mut tx,
-        &caller.username,
-        "rollout.applied",
-        &format!("rollout/{rollout_id}"),
-        json!({"change": change_id, "revision": number, "root": root, "content_hash": change.content_hash, "shadows": []}),
-    )
-    .await?;
-    let view = view_in(&mut tx, rollout_id).await?;
-    tx.commit().await?;
-    Ok(view)
+    Ok(())
+}
+
+/// The entries of a set as the agent protocol sends them (content included).
+async fn staged_entries(conn: &mut SqliteConnection, set: &EntrySet) -> Result<Vec<StagedEntry>> {
+    let mut entries = Vec::with_capacity(set.len());
+    for row in set.values() {
+        let hash = row.blob.as_deref().ok_or_else(|| Error::Internal(format!("{} has no content", row.path)))?;
+        let content = revisions::blob(conn, hash).await?;
+        entries.push(StagedEntry {
+            path: row.path.clone(),
+            content: String::from_utf8(content).map_err(|_| Error::Internal(format!("{} is not UTF-8", row.path)))?,
+            mode: domain::policy::format_mode(u32::try_from(row.mode).unwrap_or(0)),
+            owner: row.owner.clone(),
+            group: row.grp.clone(),
+            secret: row.secret,
+        });
+    }
+    Ok(entries)
+}
+
+/// Deliberate crash at a named step (tests only): `ETC_SHADOW_CRASH_AT=after_prepare:2`
+/// aborts the process the second time `after_prepare` is reached, like `kill -9`.
+fn crash_point(name: &str) {
+    #[cfg(feature = "crash-points")]
+    {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static HITS: std::sync::Mutex<Vec<(String, AtomicU32)>> = std::sync::Mutex::new(Vec::new());
+        let Ok(spec) = std::env::var("ETC_SHADOW_CRASH_AT") else { return };
+        let (point, nth) = spec.split_once(':').map_or((spec.as_str(), 1), |(p, n)| (p, n.parse().unwrap_or(1)));
+        if point != name {
+            return;
+        }
+        let mut hits = HITS.lock().unwrap_or_else(|p| p.into_inner());
+        let count = match hits.iter().find(|(n, _)| n == name) {
+            Some((_, counter)) => counter.fetch_add(1, Ordering::SeqCst) + 1,
+            None => {
+                hits.push((name.to_string(), AtomicU32::new(1)));
+                1
+            }
+        };
+        if count == nth {
+            eprintln!("crash point {name}:{nth} reached");
+            std::process::abort();
+        }
+    }
+    #[cfg(not(feature = "crash-points"))]
+    let _ = name;
+}
+
+/// What a rollout sends, to whom.
+struct Plan {
+    id: i64,
+    revision: i64,
+    root: String,
+    base_root: String,
+    reconcile: bool,
+    entries: Vec<StagedEntry>,
+    shadows: Vec<String>,
+}
+
+/// The rollout coordinator: two-phase commit across shadows with a durable journal in
+/// SQLite (`rollouts`, `rollout_shadows`). Prepare on all in parallel; log the decision;
+/// then commit on all (retrying each until it acknowledges) or abort on all. On start,
+/// [`Coordinator::recover`] aborts undecided rollouts (presumed abort) and drives decided
+/// ones to completion.
+pub struct Coordinator {
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    pub identity: Identity,
+    /// How long one shadow may take to prepare.
+    pub prepare_timeout: Duration,
+    /// How long a request waits for commits before answering `committing`; recovery keeps
+    /// retrying afterwards.
+    pub commit_patience: Duration,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Coordinator {
+    pub fn new(db: Db, registry: Arc<Registry>, identity: Identity) -> Coordinator {
+        Coordinator {
+            db,
+            registry,
+            identity,
+            prepare_timeout: Duration::from_secs(10),
+            commit_patience: Duration::from_secs(20),
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn fence(&self) -> Fence {
+        Fence { control_plane_id: self.identity.id.clone(), epoch: self.identity.epoch }
+    }
+
+    fn busy() -> Error {
+        Error::conflict("rollout_running", "another rollout is in progress")
+    }
+
+    /// Rolls out an approved change to every registered shadow. Answers when the rollout
+    /// is applied, failed, or still committing after [`Self::commit_patience`].
+    pub async fn roll_out(&self, caller: &Caller, change_id: i64) -> Result<RolloutView> {
+        caller.require(Role::Approver)?;
+        let _running = self.running.try_lock().map_err(|_| Self::busy())?;
+        let mut tx = self.db.begin().await?;
+        let change = changes::load(&mut tx, change_id).await?;
+        let current = check_rollable(&mut tx, &change).await?;
+        let base = revisions::entries(&mut tx, current).await?;
+        let ops = changes::operations(&mut tx, change_id).await?;
+        let next = changes::apply(&base, &ops);
+        let root = root_of(&next)?.to_hex();
+        let base_root = root_of(&base)?.to_hex();
+        let number = current + 1;
+        let shadows: Vec<String> = sqlx::query_as::<_, (String,)>("SELECT name FROM shadows ORDER BY name").fetch_all(&mut *tx).await?.into_iter().map(|(n,)| n).collect();
+        let decided_now = shadows.is_empty();
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO rollouts (change_id, kind, revision, root, base_root, state, decision, started_by, started_at)
+             VALUES (?, 'change', ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(change_id)
+        .bind(number)
+        .bind(&root)
+        .bind(&base_root)
+        .bind(if decided_now { "applied" } else { "preparing" })
+        .bind(decided_now.then_some("commit"))
+        .bind(&caller.username)
+        .bind(now())
+        .fetch_one(&mut *tx)
+        .await?;
+        let details = json!({"change": change_id, "revision": number, "root": root, "content_hash": change.content_hash, "shadows": shadows});
+        if decided_now {
+            // Nothing to prepare: the decision and the new revision are one transaction.
+            write_revision(&mut tx, number, &root, &change, &next).await?;
+            sqlx::query("UPDATE rollouts SET finished_at = ? WHERE id = ?").bind(now()).bind(id).execute(&mut *tx).await?;
+            audit::append(&mut tx, &caller.username, "rollout.applied", &format!("rollout/{id}"), details).await?;
+            let view = view_in(&mut tx, id).await?;
+            tx.commit().await?;
+            return Ok(view);
+        }
+        for shadow in &shadows {
+            sqlx::query("INSERT INTO rollout_shadows (rollout_id, shadow, phase, updated_at) VALUES (?, ?, 'pending', ?)")
+                .bind(id)
+                .bind(shadow)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE shadows SET status = 'rolling_out'").execute(&mut *tx).await?;
+        audit::append(&mut tx, &caller.username, "rollout.start", &format!("rollout/{id}"), details).await?;
+        let entries = staged_entries(&mut tx, &next).await?;
+        tx.commit().await?;
+        crash_point("after_start");
+        let plan = Plan { id, revision: number, root, base_root, reconcile: false, entries, shadows };
+        self.execute(plan, Some(change)).await
+    }
+
+    /// Pushes the current revision to one shadow (which may hold anything), as a
+    /// reconcile rollout. The content is already approved, so no change is involved.
+    pub async fn reconcile(&self, caller: &Caller, shadow: &str) -> Result<RolloutView> {
+        caller.require(Role::Approver)?;
+        crate::shadows::get(&self.db, shadow).await?;
+        let _running = self.running.try_lock().map_err(|_| Self::busy())?;
+        let mut tx = self.db.begin().await?;
+        let (running,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rollouts WHERE state IN ('preparing', 'committing')").fetch_one(&mut *tx).await?;
+        if running > 0 {
+            return Err(Self::busy());
+        }
+        let current = revisions::current_number(&mut tx).await?;
+        let set = revisions::entries(&mut tx, current).await?;
+        let root = root_of(&set)?.to_hex();
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO rollouts (change_id, kind, revision, root, base_root, state, started_by, started_at, target_shadow)
+             VALUES (NULL, 'reconcile', ?, ?, ?, 'preparing', ?, ?, ?) RETURNING id",
+        )
+        .bind(current)
+        .bind(&root)
+        .bind(&root)
+        .bind(&caller.username)
+        .bind(now())
+        .bind(shadow)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO rollout_shadows (rollout_id, shadow, phase, updated_at) VALUES (?, ?, 'pending', ?)")
+            .bind(id)
+            .bind(shadow)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        audit::append(&mut tx, &caller.username, "rollout.reconcile", &format!("rollout/{id}"), json!({"shadow": shadow, "revision": current, "root": root}))
+            .await?;
+        let entries = staged_entries(&mut tx, &set).await?;
+        tx.commit().await?;
+        let plan = Plan { id, revision: current, root: root.clone(), base_root: root, reconcile: true, entries, shadows: vec![shadow.to_string()] };
+        self.execute(plan, None).await
+    }
+
+    async fn execute(&self, plan: Plan, change: Option<ChangeRow>) -> Result<RolloutView> {
+        let request = PrepareRequest {
+            control_plane_id: self.identity.id.clone(),
+            epoch: self.identity.epoch,
+            revision: plan.revision,
+            target_root: plan.root.clone(),
+            base_root: plan.base_root.clone(),
+            reconcile: plan.reconcile,
+            entries: plan.entries,
+        };
+        let prepares = plan.shadows.iter().map(|name| {
+            let request = request.clone();
+            async move {
+                let result = match self.registry.driver(&self.db, name).await {
+                    Ok(driver) => match tokio::time::timeout(self.prepare_timeout, driver.prepare(plan.id, request)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(ShadowError { code: "timeout".into(), message: format!("no answer within {:?}", self.prepare_timeout), transient: true }),
+                    },
+                    Err(err) => Err(ShadowError { code: "driver".into(), message: err.public_message(), transient: false }),
+                };
+                (name.clone(), result)
+            }
+        });
+        let results = futures::future::join_all(prepares).await;
+        let mut refusals = Vec::new();
+        for (name, result) in &results {
+            let (phase, staged_root, error) = match result {
+                Ok(answer) if answer.root.as_deref() == Some(plan.root.as_str()) => ("prepared", answer.root.clone(), None),
+                Ok(answer) => ("refused", answer.root.clone(), Some(format!("staged root {} differs from the revision's root", answer.root.clone().unwrap_or_default()))),
+                Err(err) => ("refused", None, Some(err.to_string())),
+            };
+            if let Some(error) = &error {
+                refusals.push(format!("{name}: {error}"));
+            }
+            sqlx::query("UPDATE rollout_shadows SET phase = ?, staged_root = ?, error = ?, updated_at = ? WHERE rollout_id = ? AND shadow = ?")
+                .bind(phase)
+                .bind(staged_root)
+                .bind(error)
+                .bind(now())
+                .bind(plan.id)
+                .bind(name)
+                .execute(self.db.read_write())
+                .await?;
+            crash_point("after_prepare");
+        }
+        // The decision, durably, before any shadow is told.
+        let mut tx = self.db.begin().await?;
+        let commit = refusals.is_empty();
+        if commit {
+            if let Some(change) = &change {
+                let base = revisions::entries(&mut tx, plan.revision - 1).await?;
+                let ops = changes::operations(&mut tx, change.id).await?;
+                write_revision(&mut tx, plan.revision, &plan.root, change, &changes::apply(&base, &ops)).await?;
+            }
+            sqlx::query("UPDATE rollouts SET decision = 'commit', state = 'committing' WHERE id = ?").bind(plan.id).execute(&mut *tx).await?;
+            audit::append(&mut tx, "coordinator", "rollout.decide", &format!("rollout/{}", plan.id), json!({"decision": "commit"})).await?;
+        } else {
+            let error = format!("prepare refused, every shadow aborted: {}", refusals.join("; "));
+            sqlx::query("UPDATE rollouts SET decision = 'abort', state = 'failed', error = ?, finished_at = ? WHERE id = ?")
+                .bind(&error)
+                .bind(now())
+                .bind(plan.id)
+                .execute(&mut *tx)
+                .await?;
+            audit::append(&mut tx, "coordinator", "rollout.failed", &format!("rollout/{}", plan.id), json!({"decision": "abort", "error": error})).await?;
+        }
+        tx.commit().await?;
+        crash_point("after_decision");
+        if commit {
+            self.drive_commit(plan.id, self.commit_patience).await?;
+        } else {
+            self.drive_abort(plan.id).await?;
+        }
+        get(&self.db, plan.id).await
+    }
+
+    /// Commits on every shadow not yet acknowledged, retrying unreachable ones until
+    /// `patience` runs out; marks the rollout applied once every receipt matches.
+    async fn drive_commit(&self, id: i64, patience: Duration) -> Result<()> {
+        let (root, kind): (String, String) = sqlx::query_as("SELECT root, kind FROM rollouts WHERE id = ?").bind(id).fetch_one(&self.db.read).await?;
+        let pending: Vec<(String,)> = sqlx::query_as("SELECT shadow FROM rollout_shadows WHERE rollout_id = ? AND phase != 'committed' ORDER BY shadow")
+            .bind(id)
+            .fetch_all(&self.db.read)
+            .await?;
+        let deadline = tokio::time::Instant::now() + patience;
+        let commits = pending.into_iter().map(|(name,)| {
+            let fence = self.fence();
+            async move {
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    let result = match self.registry.driver(&self.db, &name).await {
+                        Ok(driver) => driver.commit(id, fence.clone()).await,
+                        Err(err) => Err(ShadowError { code: "driver".into(), message: err.public_message(), transient: false }),
+                    };
+                    match result {
+                        Ok(answer) => return (name, Ok(answer.root.unwrap_or_default())),
+                        Err(err) if err.transient && tokio::time::Instant::now() + delay < deadline => {
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(2));
+                        }
+                        Err(err) => return (name, Err(err)),
+                    }
+                }
+            }
+        });
+        for (name, result) in futures::future::join_all(commits).await {
+            match result {
+                Ok(receipt) => {
+                    let mut tx = self.db.begin().await?;
+                    let matches = receipt == root;
+                    sqlx::query("UPDATE rollout_shadows SET phase = 'committed', receipt_root = ?, error = ?, updated_at = ? WHERE rollout_id = ? AND shadow = ?")
+                        .bind(&receipt)
+                        .bind((!matches).then(|| format!("committed, but now serves {receipt}")))
+                        .bind(now())
+                        .bind(id)
+                        .bind(&name)
+                        .execute(&mut *tx)
+                        .await?;
+                    let status = if matches { "in_sync" } else { "drifted" };
+                    sqlx::query(
+                        "UPDATE shadows SET status = ?, observed_root = ?, observed_revision = (SELECT revision FROM rollouts WHERE id = ?),
+                         last_contact_at = ?, last_error = NULL, last_in_sync_at = CASE WHEN ? THEN ? ELSE last_in_sync_at END WHERE name = ?",
+                    )
+                    .bind(status)
+                    .bind(&receipt)
+                    .bind(id)
+                    .bind(now())
+                    .bind(matches)
+                    .bind(now())
+                    .bind(&name)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    crash_point("after_commit");
+                }
+                Err(err) => {
+                    sqlx::query("UPDATE rollout_shadows SET error = ?, updated_at = ? WHERE rollout_id = ? AND shadow = ?")
+                        .bind(format!("waiting to commit: {err}"))
+                        .bind(now())
+                        .bind(id)
+                        .bind(&name)
+                        .execute(self.db.read_write())
+                        .await?;
+                }
+            }
+        }
+        let (waiting,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM rollout_shadows s JOIN rollouts r ON r.id = s.rollout_id
+             WHERE s.rollout_id = ? AND (s.phase != 'committed' OR s.receipt_root IS NOT r.root)",
+        )
+        .bind(id)
+        .fetch_one(&self.db.read)
+        .await?;
+        if waiting == 0 {
+            crash_point("before_applied_audit");
+            let mut tx = self.db.begin().await?;
+            sqlx::query("UPDATE rollouts SET state = 'applied', finished_at = ?, error = NULL WHERE id = ? AND state = 'committing'")
+                .bind(now())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            audit::append(&mut tx, "coordinator", "rollout.applied", &format!("rollout/{id}"), json!({"kind": kind, "root": root})).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Aborts the rollout on every shadow it touched (idempotent on the shadow side).
+    async fn drive_abort(&self, id: i64) -> Result<()> {
+        let targets: Vec<(String,)> = sqlx::query_as("SELECT shadow FROM rollout_shadows WHERE rollout_id = ? AND phase != 'aborted'")
+            .bind(id)
+            .fetch_all(&self.db.read)
+            .await?;
+        let aborts = targets.into_iter().map(|(name,)| {
+            let fence = self.fence();
+            async move {
+                let result = match self.registry.driver(&self.db, &name).await {
+                    Ok(driver) => driver.abort(id, fence).await,
+                    Err(err) => Err(ShadowError { code: "driver".into(), message: err.public_message(), transient: false }),
+                };
+                (name, result)
+            }
+        });
+        for (name, result) in futures::future::join_all(aborts).await {
+            if let Err(err) = &result {
+                tracing::warn!(rollout = id, shadow = %name, %err, "abort not acknowledged; the shadow drops the staging at its next prepare");
+                continue;
+            }
+            sqlx::query("UPDATE rollout_shadows SET phase = 'aborted', updated_at = ? WHERE rollout_id = ? AND shadow = ? AND phase != 'refused'")
+                .bind(now())
+                .bind(id)
+                .bind(&name)
+                .execute(self.db.read_write())
+                .await?;
+        }
+        sqlx::query("UPDATE shadows SET status = CASE WHEN observed_root IS NULL THEN 'pending' ELSE status END WHERE status = 'rolling_out'")
+            .execute(self.db.read_write())
+            .await?;
+        Ok(())
+    }
+
+    /// Presumed abort for rollouts without a logged decision; completion for the ones
+    /// decided to commit. Run at start, before serving, and then periodically (with
+    /// `undecided = false`) so a shadow that was down receives its commit.
+    pub async fn recover(&self, undecided: bool) -> Result<()> {
+        let Ok(_running) = self.running.try_lock() else { return Ok(()) };
+        if undecided {
+            let open: Vec<(i64,)> = sqlx::query_as("SELECT id FROM rollouts WHERE decision IS NULL AND state = 'preparing'").fetch_all(&self.db.read).await?;
+            for (id,) in open {
+                let mut tx = self.db.begin().await?;
+                sqlx::query("UPDATE rollouts SET decision = 'abort', state = 'aborted', error = ?, finished_at = ? WHERE id = ?")
+                    .bind("presumed abort: the control plane stopped before deciding")
+                    .bind(now())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                audit::append(&mut tx, "coordinator", "rollout.aborted", &format!("rollout/{id}"), json!({"reason": "presumed abort on recovery"})).await?;
+                tx.commit().await?;
+                self.drive_abort(id).await?;
+            }
+        }
+        let committing: Vec<(i64,)> = sqlx::query_as("SELECT id FROM rollouts WHERE decision = 'commit' AND state = 'committing'").fetch_all(&self.db.read).await?;
+        for (id,) in committing {
+            self.drive_commit(id, Duration::from_secs(2)).await?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -170,8 +564,8 @@ struct RolloutRow {
 const ROLLOUT_SELECT: &str = "SELECT id, change_id, kind, state, revision, root, started_by, started_at, finished_at, error FROM rollouts";
 
 async fn with_shadows(conn: &mut SqliteConnection, row: RolloutRow) -> Result<RolloutView> {
-    let shadows: Vec<(String, String, Option<String>, Option<String>)> =
-        sqlx::query_as("SELECT shadow, phase, receipt_root, error FROM rollout_shadows WHERE rollout_id = ? ORDER BY shadow")
+    let shadows: Vec<(String, String, Option<String>, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT shadow, phase, staged_root, receipt_root, error FROM rollout_shadows WHERE rollout_id = ? ORDER BY shadow")
             .bind(row.id)
             .fetch_all(conn)
             .await?;
@@ -188,12 +582,7 @@ async fn with_shadows(conn: &mut SqliteConnection, row: RolloutRow) -> Result<Ro
         error: row.error,
         shadows: shadows
             .into_iter()
-            .map(|(name, phase, receipt_root, error)| RolloutShadowView {
-                name,
-                phase,
-                receipt_root,
-                error,
-            })
+            .map(|(name, phase, staged_root, receipt_root, error)| RolloutShadowView { name, phase, staged_root, receipt_root, error })
             .collect(),
     })
 }

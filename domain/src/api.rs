@@ -225,7 +225,11 @@ pub struct DiffView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutShadowView {
     pub name: String,
+    /// `pending`, `prepared`, `refused`, `committed`, `aborted`.
     pub phase: String,
+    /// The root the shadow staged when it prepared.
+    pub staged_root: Option<String>,
+    /// The root the shadow serves after committing: its proof.
     pub receipt_root: Option<String>,
     pub error: Option<String>,
 }

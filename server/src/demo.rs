@@ -1,6 +1,6 @@
 //! The embedded demo: two users, a sample configuration rolled out, ready to explore.
 
-use control::{Caller, Db, Result, changes, rollouts, users};
+use control::{Caller, Db, Result, changes, rollouts::Coordinator, users};
 use domain::{
     Role,
     api::{EntryInput, NewChange},
@@ -58,6 +58,59 @@ fn random_password() -> String {
     hex::encode(rand::random::<[u8; 18]>())
 }
 
+/// Where the demo's agent listens.
+pub const DEMO_AGENT_LISTEN: &str = "127.0.0.1:3100";
+
+/// Starts the demo's shadows under the data directory: three directory shadows (`dc1`,
+/// `dr-site`, `backup`) and one real agent process (`edge`). Returns the agent process,
+/// which is killed when dropped.
+pub async fn start_shadows(db: &Db, data_dir: &std::path::Path) -> std::result::Result<tokio::process::Child, String> {
+    let root = std::path::absolute(data_dir).map_err(|err| err.to_string())?.join("demo-shadows");
+    std::fs::create_dir_all(&root).map_err(|err| err.to_string())?;
+    let token_file = root.join("edge.token");
+    if !token_file.exists() {
+        std::fs::write(&token_file, random_password()).map_err(|err| err.to_string())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).map_err(|err| err.to_string())?;
+        }
+    }
+    let agent_binary = std::env::current_exe().map_err(|err| err.to_string())?.with_file_name("etc-shadow-agent");
+    let agent = tokio::process::Command::new(&agent_binary)
+        .arg("--dir")
+        .arg(root.join("edge/live"))
+        .arg("--state-dir")
+        .arg(root.join("edge/state"))
+        .arg("--listen")
+        .arg(DEMO_AGENT_LISTEN)
+        .arg("--token-file")
+        .arg(&token_file)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|err| format!("cannot start {}: {err} (build it with `cargo build -p etc-shadow-agent`)", agent_binary.display()))?;
+    let existing: Vec<String> = control::shadows::list(db).await.map_err(|e| e.to_string())?.into_iter().map(|s| s.name).collect();
+    for name in ["dc1", "dr-site", "backup"] {
+        if !existing.iter().any(|n| n == name) {
+            let path = root.join(name).join("live").to_string_lossy().into_owned();
+            control::shadows::add_as(db, "demo", control::shadows::NewShadow::Directory { name: name.into(), path }).await.map_err(|e| e.to_string())?;
+        }
+    }
+    if !existing.iter().any(|n| n == "edge") {
+        let token = std::fs::read_to_string(&token_file).map_err(|err| err.to_string())?;
+        let url = format!("http://{DEMO_AGENT_LISTEN}");
+        control::shadows::add_as(db, "demo", control::shadows::NewShadow::Agent { name: "edge".into(), url, token }).await.map_err(|e| e.to_string())?;
+    }
+    // Give the agent a moment to listen before the first rollout.
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(DEMO_AGENT_LISTEN).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(agent)
+}
+
 /// What `seed` made, for printing.
 pub struct Seeded {
     pub passwords: Vec<(String, Role, String)>,
@@ -74,7 +127,7 @@ async fn find_user(db: &Db, name: &str) -> Result<Option<Caller>> {
 
 /// Creates the demo users (if missing) and rolls out the sample configuration (if the
 /// store is still empty). Safe to run again: it never overwrites what exists.
-pub async fn seed(db: &Db) -> Result<Seeded> {
+pub async fn seed(db: &Db, coordinator: &Coordinator) -> Result<Seeded> {
     let mut passwords = Vec::new();
     for (name, role) in [(DEMO_EDITOR, Role::Editor), (DEMO_APPROVER, Role::Approver)] {
         if find_user(db, name).await?.is_none() {
@@ -111,7 +164,7 @@ pub async fn seed(db: &Db) -> Result<Seeded> {
     let id = change.summary.id;
     changes::submit(db, &editor, id).await?;
     changes::approve(db, &approver, id).await?;
-    let rollout = rollouts::start(db, &approver, id).await?;
+    let rollout = coordinator.roll_out(&approver, id).await?;
     Ok(Seeded {
         passwords,
         revision: Some(rollout.revision),

@@ -14,7 +14,7 @@ use axum::{
     middleware::{self, Next},
     response::Response,
 };
-use control::Db;
+use control::{Db, rollouts::Coordinator, shadows::Registry};
 use leptos::prelude::*;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
@@ -60,6 +60,7 @@ pub struct AppState {
     pub leptos_options: LeptosOptions,
     pub db: Db,
     pub config: Arc<Config>,
+    pub coordinator: Arc<Coordinator>,
 }
 
 fn leptos_options(config: &Config) -> LeptosOptions {
@@ -87,8 +88,10 @@ pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(app::App);
     let db = state.db.clone();
     let config = state.config.clone();
+    let coordinator = state.coordinator.clone();
     let context = move || {
         provide_context(db.clone());
+        provide_context(coordinator.clone());
         provide_context(app::ConsoleSettings {
             secure_cookies: config.secure_cookies,
         });
@@ -123,16 +126,16 @@ pub fn router(state: AppState) -> Router {
     router.with_state(state)
 }
 
-/// Opens the database, raises the epoch, and builds the state.
+/// Opens the database, raises the epoch, recovers unfinished rollouts (presumed abort
+/// for undecided ones), and builds the state.
 pub async fn prepare(config: Config) -> control::Result<AppState> {
     let db = Db::open(&config.data_dir).await?;
     let identity = db.raise_epoch().await?;
     tracing::info!(control_plane = %identity.id, epoch = identity.epoch, "control plane started");
-    Ok(AppState {
-        leptos_options: leptos_options(&config),
-        db,
-        config: Arc::new(config),
-    })
+    let registry = Arc::new(Registry::new(&config.data_dir, std::time::Duration::from_secs(10)));
+    let coordinator = Arc::new(Coordinator::new(db.clone(), registry, identity));
+    coordinator.recover(true).await?;
+    Ok(AppState { leptos_options: leptos_options(&config), db, config: Arc::new(config), coordinator })
 }
 
 /// Serves until the future `shutdown` completes.
@@ -142,10 +145,21 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let db = state.db.clone();
+    // Decided rollouts whose shadows were unreachable keep being driven to completion.
+    let coordinator = state.coordinator.clone();
+    let recovery = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            if let Err(err) = coordinator.recover(false).await {
+                tracing::warn!(%err, "rollout recovery failed; retrying");
+            }
+        }
+    });
     let app = router(state);
     let result = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(shutdown)
         .await;
+    recovery.abort();
     db.close().await;
     result
 }

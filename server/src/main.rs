@@ -31,6 +31,30 @@ enum Command {
     /// Inspect the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage shadows.
+    #[command(subcommand)]
+    Shadow(ShadowCommand),
+}
+
+#[derive(Subcommand)]
+enum ShadowCommand {
+    /// Register a shadow: an agent (URL and token file) or a local directory.
+    Add {
+        name: String,
+        /// Base URL of an etc-shadow-agent, such as http://10.0.0.5:7300.
+        #[arg(long, requires = "token_file", conflicts_with = "directory")]
+        agent: Option<String>,
+        /// File with the agent's bearer token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Absolute path of a directory shadow (a mounted backup volume, a second disk).
+        #[arg(long, required_unless_present = "agent")]
+        directory: Option<PathBuf>,
+    },
+    /// List shadows with their status.
+    List,
+    /// Remove a shadow (its files stay where they are).
+    Remove { name: String },
 }
 
 #[derive(Args, Clone)]
@@ -133,7 +157,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Demo(args) => {
             let state = prepare(config(cli.data_dir.clone(), &args)).await.map_err(fail)?;
-            let seeded = server::demo::seed(&state.db).await.map_err(fail)?;
+            let _agent = server::demo::start_shadows(&state.db, &cli.data_dir).await?;
+            let seeded = server::demo::seed(&state.db, &state.coordinator).await.map_err(fail)?;
             println!("etc-shadow demo: data in {}", cli.data_dir.display());
             if let Some(revision) = seeded.revision {
                 println!("  sample configuration rolled out as revision {revision}");
@@ -175,6 +200,39 @@ async fn run(cli: Cli) -> Result<(), String> {
                             if user.disabled { "disabled" } else { "" }
                         );
                     }
+                }
+            }
+            db.close().await;
+            Ok(())
+        }
+        Command::Shadow(command) => {
+            let db = control::Db::open(&cli.data_dir).await.map_err(fail)?;
+            match command {
+                ShadowCommand::Add { name, agent, token_file, directory } => {
+                    let shadow = match (agent, token_file, directory) {
+                        (Some(url), Some(file), None) => {
+                            let token = std::fs::read_to_string(&file).map_err(|err| format!("cannot read {}: {err}", file.display()))?;
+                            control::shadows::NewShadow::Agent { name, url, token }
+                        }
+                        (None, _, Some(path)) => {
+                            let path = std::path::absolute(&path).map_err(|err| err.to_string())?;
+                            control::shadows::NewShadow::Directory { name, path: path.to_string_lossy().into_owned() }
+                        }
+                        _ => return Err("give either --agent URL --token-file F or --directory PATH".into()),
+                    };
+                    let view = control::shadows::add_as(&db, "cli", shadow).await.map_err(fail)?;
+                    println!("added shadow {} ({}); bring it to the current revision with a reconcile", view.name, view.driver);
+                }
+                ShadowCommand::List => {
+                    for shadow in control::shadows::list(&db).await.map_err(fail)? {
+                        let target = shadow.url.or(shadow.path).unwrap_or_default();
+                        let root = shadow.observed_root.as_deref().map(|r| &r[..12.min(r.len())]).unwrap_or("-");
+                        println!("{:<20} {:<10} {:<12} {:<14} {}", shadow.name, shadow.driver, shadow.status, root, target);
+                    }
+                }
+                ShadowCommand::Remove { name } => {
+                    control::shadows::remove(&db, "cli", &name).await.map_err(fail)?;
+                    println!("removed shadow {name}");
                 }
             }
             db.close().await;

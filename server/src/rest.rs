@@ -17,7 +17,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{MethodRouter, delete, get, post, put},
 };
-use control::{Error, audit::AuditFilter, changes, revisions, rollouts, sessions};
+use control::{Error, audit::AuditFilter, changes, revisions, rollouts, sessions, shadows};
 use domain::{
     Role,
     api::{ChangeState, EntryEdit, NewChange, Validation},
@@ -87,6 +87,12 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::GET, "/api/v1/audit", Some(Viewer), get(list_audit)),
         route(Method::GET, "/api/v1/audit/verify", Some(Viewer), get(verify_audit)),
         route(Method::GET, "/api/v1/audit/head", Some(Viewer), get(audit_head)),
+        route(Method::POST, "/api/v1/shadows", Some(Admin), post(add_shadow)),
+        route(Method::GET, "/api/v1/shadows", Some(Viewer), get(list_shadows)),
+        route(Method::GET, "/api/v1/shadows/{name}", Some(Viewer), get(get_shadow)),
+        route(Method::DELETE, "/api/v1/shadows/{name}", Some(Admin), delete(remove_shadow)),
+        route(Method::POST, "/api/v1/shadows/{name}/check", Some(Viewer), post(check_shadow)),
+        route(Method::POST, "/api/v1/shadows/{name}/reconcile", Some(Approver), post(reconcile_shadow)),
         route(Method::GET, "/api/v1/users", Some(Admin), get(list_users)),
         route(Method::POST, "/api/v1/users", Some(Admin), post(create_user)),
         route(Method::GET, "/healthz", None, get(healthz)),
@@ -303,7 +309,7 @@ async fn start_rollout(
     Extension(auth): Extension<Authenticated>,
     PathParams(id): PathParams<i64>,
 ) -> ApiResult<Response> {
-    let view = rollouts::start(&state.db, caller(&auth), id).await?;
+    let view = state.coordinator.roll_out(caller(&auth), id).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -372,6 +378,39 @@ async fn create_user(
 ) -> ApiResult<Response> {
     let user = control::users::create(&state.db, &auth.caller.username, &body.username, body.role, body.password).await?;
     Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
+async fn add_shadow(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, JsonBody(body): JsonBody<shadows::NewShadow>) -> ApiResult<Response> {
+    let view = shadows::add(&state.db, caller(&auth), body).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn list_shadows(State(state): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(json!({"items": shadows::list(&state.db).await?, "next": null})).into_response())
+}
+
+async fn get_shadow(State(state): State<AppState>, PathParams(name): PathParams<String>) -> ApiResult<Response> {
+    Ok(Json(shadows::get(&state.db, &name).await?).into_response())
+}
+
+async fn remove_shadow(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams(name): PathParams<String>) -> ApiResult<Response> {
+    shadows::remove(&state.db, &auth.caller.username, &name).await?;
+    state.coordinator.registry.forget(&name);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Asks the shadow for its state now and records what it answered.
+async fn check_shadow(State(state): State<AppState>, PathParams(name): PathParams<String>) -> ApiResult<Response> {
+    let driver = state.coordinator.registry.driver(&state.db, &name).await?;
+    let expected = revisions::current(&state.db).await?.root;
+    let observed = driver.state(false).await;
+    shadows::record_observation(&state.db, &name, observed.as_ref(), &expected).await?;
+    Ok(Json(shadows::get(&state.db, &name).await?).into_response())
+}
+
+async fn reconcile_shadow(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams(name): PathParams<String>) -> ApiResult<Response> {
+    let view = state.coordinator.reconcile(caller(&auth), &name).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 /// Unknown `/api/...` paths answer 404 in the JSON shape.

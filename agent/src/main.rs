@@ -1,0 +1,255 @@
+//! `etc-shadow-agent`: a small daemon on each shadow node. It owns one directory of live
+//! configuration (through `store`), answers the agent protocol over HTTP with a bearer
+//! token, and streams an event whenever the live root changes (a hand edit, a chmod), so
+//! the control plane re-checks at once. It knows nothing of the control plane's database.
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Path, Query, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+    routing::{get, post, put},
+};
+use clap::Parser;
+use domain::protocol::{AgentError, AgentErrorBody, Fence, PrepareRequest};
+use futures_util::StreamExt;
+use notify::{RecursiveMode, Watcher};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use store::{Store, StoreError};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "etc-shadow-agent", version, about = "Shadow agent of etc-shadow")]
+struct Cli {
+    /// The live configuration directory (managed as a symlink to the current revision).
+    #[arg(long, env = "ETC_SHADOW_AGENT_DIR")]
+    dir: PathBuf,
+    /// Where the agent keeps staged revisions and its durable state.
+    #[arg(long, env = "ETC_SHADOW_AGENT_STATE_DIR")]
+    state_dir: PathBuf,
+    #[arg(long, env = "ETC_SHADOW_AGENT_LISTEN", default_value = "127.0.0.1:7300")]
+    listen: SocketAddr,
+    /// File holding the bearer token the control plane must present.
+    #[arg(long, env = "ETC_SHADOW_AGENT_TOKEN_FILE")]
+    token_file: PathBuf,
+    /// Accept writes only from this control plane id (otherwise: the first writer's).
+    #[arg(long, env = "ETC_SHADOW_AGENT_CONTROL_PLANE_ID")]
+    control_plane_id: Option<String>,
+    /// Largest accepted request body in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_body_bytes: usize,
+}
+
+#[derive(Clone)]
+struct AgentState {
+    store: Arc<Mutex<Store>>,
+    token_hash: blake3::Hash,
+    /// The latest live root; changes are streamed on `/v1/events`.
+    root: watch::Receiver<String>,
+    recheck: Arc<tokio::sync::Notify>,
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(AgentErrorBody { error: AgentError { code: code.into(), message: message.into() } })).into_response()
+}
+
+fn store_error(err: StoreError) -> Response {
+    let status = match &err {
+        StoreError::Fenced(_) | StoreError::BaseRootMismatch { .. } | StoreError::Conflict(_) => StatusCode::CONFLICT,
+        StoreError::RootMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        StoreError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        StoreError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    tracing::warn!(code = err.code(), %err, "request refused");
+    error(status, err.code(), err.to_string())
+}
+
+/// Refuses with 401 before anything else of the request is read.
+async fn authenticate(State(state): State<AgentState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|token| blake3::hash(token.trim().as_bytes()));
+    // blake3::Hash compares in constant time.
+    if presented != Some(state.token_hash) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong token");
+    }
+    next.run(request).await
+}
+
+/// Runs a store operation on the blocking pool (it does file I/O and fsync).
+async fn with_store<T: Send + 'static>(state: &AgentState, op: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static) -> Result<T, Response> {
+    let store = state.store.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut store = store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        op(&mut store)
+    })
+    .await
+    .map_err(|err| error(StatusCode::INTERNAL_SERVER_ERROR, "io", err.to_string()))?;
+    state.recheck.notify_one();
+    result.map_err(store_error)
+}
+
+#[derive(serde::Deserialize)]
+struct StateQuery {
+    #[serde(default)]
+    entries: bool,
+}
+
+async fn get_state(State(state): State<AgentState>, Query(query): Query<StateQuery>) -> Response {
+    match with_store(&state, move |store| store.state(query.entries)).await {
+        Ok(view) => Json(view).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn get_entry(State(state): State<AgentState>, Path(path): Path<String>) -> Response {
+    match with_store(&state, move |store| store.read_entry(&path)).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn prepare(State(state): State<AgentState>, Path(id): Path<i64>, body: Result<Json<PrepareRequest>, axum::extract::rejection::JsonRejection>) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => return error(rejection.status(), "bad_request", rejection.body_text()),
+    };
+    #[cfg(feature = "failpoints")]
+    if std::env::var("ETC_SHADOW_AGENT_FAIL_PREPARE").is_ok_and(|v| !v.is_empty()) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "io", "write failed: No space left on device (os error 28)");
+    }
+    match with_store(&state, move |store| store.prepare(id, &request)).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn commit(State(state): State<AgentState>, Path(id): Path<i64>, Json(fence): Json<Fence>) -> Response {
+    match with_store(&state, move |store| store.commit(id, &fence)).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn abort(State(state): State<AgentState>, Path(id): Path<i64>, Json(fence): Json<Fence>) -> Response {
+    match with_store(&state, move |store| store.abort(id, &fence)).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn rollout_status(State(state): State<AgentState>, Path(id): Path<i64>) -> Response {
+    match with_store(&state, move |store| Ok(store.status(id))).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Server-sent events: one `root` event now and one whenever the live root changes.
+async fn events(State(state): State<AgentState>) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let stream = tokio_stream::wrappers::WatchStream::new(state.root.clone())
+        .map(|root| Ok(Event::default().event("root").data(serde_json::json!({ "live_root": root }).to_string())));
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Watches the live tree and the staged revisions; recomputes the root after changes.
+fn watch_files(state: &AgentState, sender: watch::Sender<String>, watched: Vec<PathBuf>) -> notify::Result<notify::RecommendedWatcher> {
+    let recheck = state.recheck.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            recheck.notify_one();
+        }
+    })?;
+    for path in watched {
+        if path.exists() {
+            watcher.watch(&path, RecursiveMode::Recursive)?;
+        }
+    }
+    let store = state.store.clone();
+    let recheck = state.recheck.clone();
+    tokio::spawn(async move {
+        loop {
+            // Coalesce bursts of file events into one recomputation.
+            recheck.notified().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let store = store.clone();
+            let root = tokio::task::spawn_blocking(move || store.lock().unwrap_or_else(|p| p.into_inner()).live_root()).await;
+            if let Ok(Ok(root)) = root {
+                sender.send_if_modified(|current| {
+                    let changed = *current != root.to_hex();
+                    if changed {
+                        *current = root.to_hex();
+                    }
+                    changed
+                });
+            }
+        }
+    });
+    Ok(watcher)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ETC_SHADOW_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let token = std::fs::read_to_string(&cli.token_file).map_err(|err| format!("cannot read {}: {err}", cli.token_file.display()))?;
+    let token = token.trim();
+    if token.len() < 16 {
+        return Err("the token must have at least 16 characters".into());
+    }
+    let store = Store::open(&cli.dir, &cli.state_dir, cli.control_plane_id.clone()).map_err(|err| err.to_string())?;
+    let initial_root = store.live_root().map_err(|err| err.to_string())?.to_hex();
+    let (sender, receiver) = watch::channel(initial_root);
+    let state = AgentState {
+        store: Arc::new(Mutex::new(store)),
+        token_hash: blake3::hash(token.as_bytes()),
+        root: receiver,
+        recheck: Arc::new(tokio::sync::Notify::new()),
+    };
+    let watched = vec![cli.state_dir.join("revisions"), cli.dir.parent().map(PathBuf::from).unwrap_or_default()];
+    let _watcher = watch_files(&state, sender, watched).map_err(|err| format!("cannot watch the live directory: {err}"))?;
+    let app = Router::new()
+        .route("/v1/state", get(get_state))
+        .route("/v1/entries/{*path}", get(get_entry))
+        .route("/v1/rollouts/{id}", put(prepare).get(rollout_status))
+        .route("/v1/rollouts/{id}/commit", post(commit))
+        .route("/v1/rollouts/{id}/abort", post(abort))
+        .route("/v1/events", get(events))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(cli.max_body_bytes))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(cli.listen).await.map_err(|err| format!("cannot listen on {}: {err}", cli.listen))?;
+    tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, dir = %cli.dir.display(), "agent serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|err| err.to_string())
+}

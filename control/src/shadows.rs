@@ -1,0 +1,294 @@
+//! Shadows: registration, and the drivers that speak to them (an agent over HTTP, or a
+//! local directory through the same storage code the agent runs).
+
+use crate::{Caller, Db, Error, Result, audit, now};
+use domain::{
+    Role,
+    protocol::{AgentErrorBody, Fence, PrepareRequest, RolloutAnswer, ShadowState},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use store::{Store, StoreError};
+
+/// A shadow as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ShadowView {
+    pub name: String,
+    pub driver: String,
+    pub url: Option<String>,
+    pub path: Option<String>,
+    pub status: String,
+    pub observed_root: Option<String>,
+    pub observed_revision: Option<i64>,
+    pub last_contact_at: Option<String>,
+    pub last_in_sync_at: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+}
+
+/// How to reach a new shadow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "driver", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NewShadow {
+    Agent { name: String, url: String, token: String },
+    Directory { name: String, path: String },
+}
+
+const SHADOW_SELECT: &str = "SELECT name, driver, url, path, status, observed_root, observed_revision, last_contact_at, last_in_sync_at, last_error, created_at FROM shadows";
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok { Ok(()) } else { Err(Error::BadRequest("shadow names are 1-64 letters, digits, '-', '_' or '.'".into())) }
+}
+
+pub async fn add(db: &Db, actor: &Caller, shadow: NewShadow) -> Result<ShadowView> {
+    actor.require(Role::Admin)?;
+    add_as(db, &actor.username, shadow).await
+}
+
+/// Registers a shadow; `actor` names who did it in the audit log (the CLI passes `cli`).
+pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowView> {
+    let (name, driver, url, token, path) = match &shadow {
+        NewShadow::Agent { name, url, token } => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Error::BadRequest("an agent URL starts with http:// or https://".into()));
+            }
+            if token.trim().len() < 16 {
+                return Err(Error::BadRequest("an agent token has at least 16 characters".into()));
+            }
+            (name, "agent", Some(url.trim_end_matches('/').to_string()), Some(token.trim().to_string()), None)
+        }
+        NewShadow::Directory { name, path } => {
+            if !Path::new(path).is_absolute() {
+                return Err(Error::BadRequest("a directory shadow needs an absolute path".into()));
+            }
+            (name, "directory", None, None, Some(path.clone()))
+        }
+    };
+    validate_name(name)?;
+    let mut tx = db.begin().await?;
+    let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM shadows WHERE name = ?").bind(name).fetch_optional(&mut *tx).await?;
+    if exists.is_some() {
+        return Err(Error::conflict("shadow_exists", format!("a shadow named {name} exists")));
+    }
+    sqlx::query("INSERT INTO shadows (name, driver, url, token, path, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(name)
+        .bind(driver)
+        .bind(&url)
+        .bind(&token)
+        .bind(&path)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    audit::append(&mut tx, actor, "shadow.add", &format!("shadow/{name}"), json!({"driver": driver, "url": url, "path": path})).await?;
+    tx.commit().await?;
+    get(db, name).await
+}
+
+pub async fn remove(db: &Db, actor: &str, name: &str) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let removed = sqlx::query("DELETE FROM shadows WHERE name = ?").bind(name).execute(&mut *tx).await?;
+    if removed.rows_affected() == 0 {
+        return Err(Error::NotFound(format!("no shadow {name}")));
+    }
+    audit::append(&mut tx, actor, "shadow.remove", &format!("shadow/{name}"), json!({})).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn list(db: &Db) -> Result<Vec<ShadowView>> {
+    Ok(sqlx::query_as(&format!("{SHADOW_SELECT} ORDER BY name")).fetch_all(&db.read).await?)
+}
+
+pub async fn get(db: &Db, name: &str) -> Result<ShadowView> {
+    sqlx::query_as(&format!("{SHADOW_SELECT} WHERE name = ?"))
+        .bind(name)
+        .fetch_optional(&db.read)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no shadow {name}")))
+}
+
+/// A failure talking to a shadow, in words fit for the rollout record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowError {
+    pub code: String,
+    pub message: String,
+    /// The shadow could not be reached (retry), as opposed to a refusal (final).
+    pub transient: bool,
+}
+
+impl std::fmt::Display for ShadowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl From<StoreError> for ShadowError {
+    fn from(err: StoreError) -> Self {
+        ShadowError { code: err.code().to_string(), message: err.to_string(), transient: false }
+    }
+}
+
+/// One connection to one shadow.
+#[derive(Clone)]
+pub enum Driver {
+    Agent { http: reqwest::Client, url: String, token: String },
+    Directory(Arc<Mutex<Store>>),
+}
+
+impl Driver {
+    async fn blocking<T: Send + 'static>(store: &Arc<Mutex<Store>>, op: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static) -> Result<T, ShadowError> {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || op(&mut store.lock().unwrap_or_else(|p| p.into_inner())))
+            .await
+            .map_err(|err| ShadowError { code: "io".into(), message: err.to_string(), transient: true })?
+            .map_err(ShadowError::from)
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Result<T, ShadowError> {
+        let Driver::Agent { http, url, token } = self else { unreachable!("HTTP calls are for agents") };
+        let mut request = http.request(method, format!("{url}{path}")).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|err| ShadowError { code: "unreachable".into(), message: format!("cannot reach the agent: {}", without_url(&err)), transient: true })?;
+        let status = response.status();
+        if status.is_success() {
+            return response.json().await.map_err(|err| ShadowError { code: "protocol".into(), message: err.to_string(), transient: true });
+        }
+        let transient = status.is_server_error() && status != reqwest::StatusCode::INTERNAL_SERVER_ERROR;
+        match response.json::<AgentErrorBody>().await {
+            Ok(body) => Err(ShadowError { code: body.error.code, message: body.error.message, transient }),
+            Err(_) => Err(ShadowError { code: "protocol".into(), message: format!("agent answered {status}"), transient }),
+        }
+    }
+
+    pub async fn state(&self, entries: bool) -> Result<ShadowState, ShadowError> {
+        match self {
+            Driver::Directory(store) => Self::blocking(store, move |s| s.state(entries)).await,
+            Driver::Agent { .. } => self.call(reqwest::Method::GET, &format!("/v1/state?entries={entries}"), None).await,
+        }
+    }
+
+    pub async fn prepare(&self, rollout: i64, request: PrepareRequest) -> Result<RolloutAnswer, ShadowError> {
+        match self {
+            Driver::Directory(store) => Self::blocking(store, move |s| s.prepare(rollout, &request)).await,
+            Driver::Agent { .. } => {
+                let body = serde_json::to_value(&request).map_err(|err| ShadowError { code: "protocol".into(), message: err.to_string(), transient: false })?;
+                self.call(reqwest::Method::PUT, &format!("/v1/rollouts/{rollout}"), Some(body)).await
+            }
+        }
+    }
+
+    pub async fn commit(&self, rollout: i64, fence: Fence) -> Result<RolloutAnswer, ShadowError> {
+        match self {
+            Driver::Directory(store) => Self::blocking(store, move |s| s.commit(rollout, &fence)).await,
+            Driver::Agent { .. } => self.call(reqwest::Method::POST, &format!("/v1/rollouts/{rollout}/commit"), Some(json!(fence))).await,
+        }
+    }
+
+    pub async fn abort(&self, rollout: i64, fence: Fence) -> Result<RolloutAnswer, ShadowError> {
+        match self {
+            Driver::Directory(store) => Self::blocking(store, move |s| s.abort(rollout, &fence)).await,
+            Driver::Agent { .. } => self.call(reqwest::Method::POST, &format!("/v1/rollouts/{rollout}/abort"), Some(json!(fence))).await,
+        }
+    }
+}
+
+/// What went wrong reaching an agent, without the URL reqwest would print.
+fn without_url(err: &reqwest::Error) -> &'static str {
+    if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    }
+}
+
+/// Opens drivers for registered shadows. Directory stores are kept open, one per
+/// shadow, because a store holds its state in memory between calls.
+pub struct Registry {
+    data_dir: PathBuf,
+    http: reqwest::Client,
+    directories: Mutex<HashMap<String, Arc<Mutex<Store>>>>,
+}
+
+impl Registry {
+    pub fn new(data_dir: &Path, request_timeout: Duration) -> Registry {
+        let http = reqwest::Client::builder().timeout(request_timeout).build().expect("HTTP client");
+        Registry { data_dir: data_dir.to_path_buf(), http, directories: Mutex::new(HashMap::new()) }
+    }
+
+    /// The driver of a registered shadow, by name.
+    pub async fn driver(&self, db: &Db, name: &str) -> Result<Driver> {
+        let row: (String, Option<String>, Option<String>, Option<String>) = sqlx::query_as("SELECT driver, url, token, path FROM shadows WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&db.read)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no shadow {name}")))?;
+        match row {
+            (driver, Some(url), Some(token), _) if driver == "agent" => Ok(Driver::Agent { http: self.http.clone(), url, token }),
+            (driver, _, _, Some(path)) if driver == "directory" => {
+                if let Some(store) = self.directories.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+                    return Ok(Driver::Directory(store.clone()));
+                }
+                let state_dir = self.data_dir.join("shadows").join(name);
+                let live = PathBuf::from(path);
+                let store = tokio::task::spawn_blocking(move || Store::open(&live, &state_dir, None))
+                    .await
+                    .map_err(|err| Error::Internal(err.to_string()))?
+                    .map_err(|err| Error::Internal(format!("cannot open directory shadow {name}: {err}")))?;
+                // Two callers may race to open it: the first one in wins, so there is one store.
+                let mut open = self.directories.lock().unwrap_or_else(|p| p.into_inner());
+                let store = open.entry(name.to_string()).or_insert_with(|| Arc::new(Mutex::new(store))).clone();
+                Ok(Driver::Directory(store))
+            }
+            _ => Err(Error::Internal(format!("shadow {name} has an incomplete driver configuration"))),
+        }
+    }
+
+    /// Forgets an open directory store (after the shadow was removed).
+    pub fn forget(&self, name: &str) {
+        self.directories.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
+}
+
+/// Records what a check or rollout saw of a shadow.
+pub async fn record_observation(db: &Db, name: &str, observed: Result<&ShadowState, &ShadowError>, expected_root: &str) -> Result<()> {
+    let at = now();
+    let mut tx = db.begin().await?;
+    match observed {
+        Ok(state) => {
+            let status = if state.live_root == expected_root { "in_sync" } else { "drifted" };
+            sqlx::query(
+                "UPDATE shadows SET status = ?, observed_root = ?, observed_revision = ?, last_contact_at = ?, last_error = NULL,
+                 last_in_sync_at = CASE WHEN ? = 'in_sync' THEN ? ELSE last_in_sync_at END WHERE name = ?",
+            )
+            .bind(status)
+            .bind(&state.live_root)
+            .bind(state.live_revision)
+            .bind(&at)
+            .bind(status)
+            .bind(&at)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Err(err) => {
+            let status = if err.code == "fenced" { "fenced" } else { "unreachable" };
+            sqlx::query("UPDATE shadows SET status = ?, last_error = ? WHERE name = ?").bind(status).bind(err.to_string()).bind(name).execute(&mut *tx).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
