@@ -8,6 +8,7 @@ bin=./target/debug/etc-shadow
 data=$(mktemp -d -t etc-shadow-e2e.XXXXXX)
 trap 'rm -rf "$data"' EXIT
 listen=${E2E_LISTEN:-127.0.0.1:3011}
+export ETC_SHADOW_DEMO_AGENT_LISTEN=${E2E_AGENT_LISTEN:-127.0.0.1:3111}
 echo "e2e-editor-password" | $bin user add e2e-editor --role editor --password-stdin --data-dir "$data"
 echo "e2e-approver-password" | $bin user add e2e-approver --role approver --password-stdin --data-dir "$data"
 echo "e2e-viewer-password" | $bin user add e2e-viewer --role viewer --password-stdin --data-dir "$data"

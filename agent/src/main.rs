@@ -59,7 +59,16 @@ struct AgentState {
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (status, Json(AgentErrorBody { error: AgentError { code: code.into(), message: message.into() } })).into_response()
+    (
+        status,
+        Json(AgentErrorBody {
+            error: AgentError {
+                code: code.into(),
+                message: message.into(),
+            },
+        }),
+    )
+        .into_response()
 }
 
 fn store_error(err: StoreError) -> Response {
@@ -90,7 +99,10 @@ async fn authenticate(State(state): State<AgentState>, request: Request, next: N
 }
 
 /// Runs a store operation on the blocking pool (it does file I/O and fsync).
-async fn with_store<T: Send + 'static>(state: &AgentState, op: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static) -> Result<T, Response> {
+async fn with_store<T: Send + 'static>(
+    state: &AgentState,
+    op: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Response> {
     let store = state.store.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut store = store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -122,14 +134,22 @@ async fn get_entry(State(state): State<AgentState>, Path(path): Path<String>) ->
     }
 }
 
-async fn prepare(State(state): State<AgentState>, Path(id): Path<i64>, body: Result<Json<PrepareRequest>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn prepare(
+    State(state): State<AgentState>,
+    Path(id): Path<i64>,
+    body: Result<Json<PrepareRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let Json(request) = match body {
         Ok(body) => body,
         Err(rejection) => return error(rejection.status(), "bad_request", rejection.body_text()),
     };
     #[cfg(feature = "failpoints")]
     if std::env::var("ETC_SHADOW_AGENT_FAIL_PREPARE").is_ok_and(|v| !v.is_empty()) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "io", "write failed: No space left on device (os error 28)");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "io",
+            "write failed: No space left on device (os error 28)",
+        );
     }
     match with_store(&state, move |store| store.prepare(id, &request)).await {
         Ok(answer) => Json(answer).into_response(),
@@ -160,8 +180,11 @@ async fn rollout_status(State(state): State<AgentState>, Path(id): Path<i64>) ->
 
 /// Server-sent events: one `root` event now and one whenever the live root changes.
 async fn events(State(state): State<AgentState>) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
-    let stream = tokio_stream::wrappers::WatchStream::new(state.root.clone())
-        .map(|root| Ok(Event::default().event("root").data(serde_json::json!({ "live_root": root }).to_string())));
+    let stream = tokio_stream::wrappers::WatchStream::new(state.root.clone()).map(|root| {
+        Ok(Event::default()
+            .event("root")
+            .data(serde_json::json!({ "live_root": root }).to_string()))
+    });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
@@ -232,7 +255,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         root: receiver,
         recheck: Arc::new(tokio::sync::Notify::new()),
     };
-    let watched = vec![cli.state_dir.join("revisions"), cli.dir.parent().map(PathBuf::from).unwrap_or_default()];
+    let watched = vec![
+        cli.state_dir.join("revisions"),
+        cli.dir.parent().map(PathBuf::from).unwrap_or_default(),
+    ];
     let _watcher = watch_files(&state, sender, watched).map_err(|err| format!("cannot watch the live directory: {err}"))?;
     let app = Router::new()
         .route("/v1/state", get(get_state))
@@ -244,7 +270,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(cli.max_body_bytes))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(cli.listen).await.map_err(|err| format!("cannot listen on {}: {err}", cli.listen))?;
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .map_err(|err| format!("cannot listen on {}: {err}", cli.listen))?;
     tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, dir = %cli.dir.display(), "agent serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

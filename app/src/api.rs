@@ -345,7 +345,8 @@ pub async fn rebase_change(id: i64) -> Result<(), ServerFnError> {
 #[server]
 pub async fn rollout_change(id: i64) -> Result<RolloutView, ServerFnError> {
     use ssr::*;
-    let coordinator = use_context::<std::sync::Arc<control::rollouts::Coordinator>>().ok_or_else(|| ServerFnError::new("coordinator unavailable"))?;
+    let coordinator =
+        use_context::<std::sync::Arc<control::rollouts::Coordinator>>().ok_or_else(|| ServerFnError::new("coordinator unavailable"))?;
     coordinator.roll_out(&caller()?, id).await.map_err(fail)
 }
 

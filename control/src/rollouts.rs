@@ -130,7 +130,10 @@ async fn write_revision(tx: &mut SqliteConnection, number: i64, root: &str, chan
 async fn staged_entries(conn: &mut SqliteConnection, set: &EntrySet) -> Result<Vec<StagedEntry>> {
     let mut entries = Vec::with_capacity(set.len());
     for row in set.values() {
-        let hash = row.blob.as_deref().ok_or_else(|| Error::Internal(format!("{} has no content", row.path)))?;
+        let hash = row
+            .blob
+            .as_deref()
+            .ok_or_else(|| Error::Internal(format!("{} has no content", row.path)))?;
         let content = revisions::blob(conn, hash).await?;
         entries.push(StagedEntry {
             path: row.path.clone(),
@@ -152,7 +155,9 @@ fn crash_point(name: &str) {
         use std::sync::atomic::{AtomicU32, Ordering};
         static HITS: std::sync::Mutex<Vec<(String, AtomicU32)>> = std::sync::Mutex::new(Vec::new());
         let Ok(spec) = std::env::var("ETC_SHADOW_CRASH_AT") else { return };
-        let (point, nth) = spec.split_once(':').map_or((spec.as_str(), 1), |(p, n)| (p, n.parse().unwrap_or(1)));
+        let (point, nth) = spec
+            .split_once(':')
+            .map_or((spec.as_str(), 1), |(p, n)| (p, n.parse().unwrap_or(1)));
         if point != name {
             return;
         }
@@ -214,7 +219,10 @@ impl Coordinator {
     }
 
     fn fence(&self) -> Fence {
-        Fence { control_plane_id: self.identity.id.clone(), epoch: self.identity.epoch }
+        Fence {
+            control_plane_id: self.identity.id.clone(),
+            epoch: self.identity.epoch,
+        }
     }
 
     fn busy() -> Error {
@@ -235,7 +243,12 @@ impl Coordinator {
         let root = root_of(&next)?.to_hex();
         let base_root = root_of(&base)?.to_hex();
         let number = current + 1;
-        let shadows: Vec<String> = sqlx::query_as::<_, (String,)>("SELECT name FROM shadows ORDER BY name").fetch_all(&mut *tx).await?.into_iter().map(|(n,)| n).collect();
+        let shadows: Vec<String> = sqlx::query_as::<_, (String,)>("SELECT name FROM shadows ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(n,)| n)
+            .collect();
         let decided_now = shadows.is_empty();
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO rollouts (change_id, kind, revision, root, base_root, state, decision, started_by, started_at)
@@ -251,11 +264,16 @@ impl Coordinator {
         .bind(now())
         .fetch_one(&mut *tx)
         .await?;
-        let details = json!({"change": change_id, "revision": number, "root": root, "content_hash": change.content_hash, "shadows": shadows});
+        let details =
+            json!({"change": change_id, "revision": number, "root": root, "content_hash": change.content_hash, "shadows": shadows});
         if decided_now {
             // Nothing to prepare: the decision and the new revision are one transaction.
             write_revision(&mut tx, number, &root, &change, &next).await?;
-            sqlx::query("UPDATE rollouts SET finished_at = ? WHERE id = ?").bind(now()).bind(id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE rollouts SET finished_at = ? WHERE id = ?")
+                .bind(now())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             audit::append(&mut tx, &caller.username, "rollout.applied", &format!("rollout/{id}"), details).await?;
             let view = view_in(&mut tx, id).await?;
             tx.commit().await?;
@@ -274,7 +292,15 @@ impl Coordinator {
         let entries = staged_entries(&mut tx, &next).await?;
         tx.commit().await?;
         crash_point("after_start");
-        let plan = Plan { id, revision: number, root, base_root, reconcile: false, entries, shadows };
+        let plan = Plan {
+            id,
+            revision: number,
+            root,
+            base_root,
+            reconcile: false,
+            entries,
+            shadows,
+        };
         self.execute(plan, Some(change)).await
     }
 
@@ -285,7 +311,9 @@ impl Coordinator {
         crate::shadows::get(&self.db, shadow).await?;
         let _running = self.running.try_lock().map_err(|_| Self::busy())?;
         let mut tx = self.db.begin().await?;
-        let (running,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rollouts WHERE state IN ('preparing', 'committing')").fetch_one(&mut *tx).await?;
+        let (running,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rollouts WHERE state IN ('preparing', 'committing')")
+            .fetch_one(&mut *tx)
+            .await?;
         if running > 0 {
             return Err(Self::busy());
         }
@@ -310,11 +338,25 @@ impl Coordinator {
             .bind(now())
             .execute(&mut *tx)
             .await?;
-        audit::append(&mut tx, &caller.username, "rollout.reconcile", &format!("rollout/{id}"), json!({"shadow": shadow, "revision": current, "root": root}))
-            .await?;
+        audit::append(
+            &mut tx,
+            &caller.username,
+            "rollout.reconcile",
+            &format!("rollout/{id}"),
+            json!({"shadow": shadow, "revision": current, "root": root}),
+        )
+        .await?;
         let entries = staged_entries(&mut tx, &set).await?;
         tx.commit().await?;
-        let plan = Plan { id, revision: current, root: root.clone(), base_root: root, reconcile: true, entries, shadows: vec![shadow.to_string()] };
+        let plan = Plan {
+            id,
+            revision: current,
+            root: root.clone(),
+            base_root: root,
+            reconcile: true,
+            entries,
+            shadows: vec![shadow.to_string()],
+        };
         self.execute(plan, None).await
     }
 
@@ -334,9 +376,17 @@ impl Coordinator {
                 let result = match self.registry.driver(&self.db, name).await {
                     Ok(driver) => match tokio::time::timeout(self.prepare_timeout, driver.prepare(plan.id, request)).await {
                         Ok(result) => result,
-                        Err(_) => Err(ShadowError { code: "timeout".into(), message: format!("no answer within {:?}", self.prepare_timeout), transient: true }),
+                        Err(_) => Err(ShadowError {
+                            code: "timeout".into(),
+                            message: format!("no answer within {:?}", self.prepare_timeout),
+                            transient: true,
+                        }),
                     },
-                    Err(err) => Err(ShadowError { code: "driver".into(), message: err.public_message(), transient: false }),
+                    Err(err) => Err(ShadowError {
+                        code: "driver".into(),
+                        message: err.public_message(),
+                        transient: false,
+                    }),
                 };
                 (name.clone(), result)
             }
@@ -346,21 +396,30 @@ impl Coordinator {
         for (name, result) in &results {
             let (phase, staged_root, error) = match result {
                 Ok(answer) if answer.root.as_deref() == Some(plan.root.as_str()) => ("prepared", answer.root.clone(), None),
-                Ok(answer) => ("refused", answer.root.clone(), Some(format!("staged root {} differs from the revision's root", answer.root.clone().unwrap_or_default()))),
+                Ok(answer) => (
+                    "refused",
+                    answer.root.clone(),
+                    Some(format!(
+                        "staged root {} differs from the revision's root",
+                        answer.root.clone().unwrap_or_default()
+                    )),
+                ),
                 Err(err) => ("refused", None, Some(err.to_string())),
             };
             if let Some(error) = &error {
                 refusals.push(format!("{name}: {error}"));
             }
-            sqlx::query("UPDATE rollout_shadows SET phase = ?, staged_root = ?, error = ?, updated_at = ? WHERE rollout_id = ? AND shadow = ?")
-                .bind(phase)
-                .bind(staged_root)
-                .bind(error)
-                .bind(now())
-                .bind(plan.id)
-                .bind(name)
-                .execute(self.db.read_write())
-                .await?;
+            sqlx::query(
+                "UPDATE rollout_shadows SET phase = ?, staged_root = ?, error = ?, updated_at = ? WHERE rollout_id = ? AND shadow = ?",
+            )
+            .bind(phase)
+            .bind(staged_root)
+            .bind(error)
+            .bind(now())
+            .bind(plan.id)
+            .bind(name)
+            .execute(self.db.read_write())
+            .await?;
             crash_point("after_prepare");
         }
         // The decision, durably, before any shadow is told.
@@ -372,8 +431,18 @@ impl Coordinator {
                 let ops = changes::operations(&mut tx, change.id).await?;
                 write_revision(&mut tx, plan.revision, &plan.root, change, &changes::apply(&base, &ops)).await?;
             }
-            sqlx::query("UPDATE rollouts SET decision = 'commit', state = 'committing' WHERE id = ?").bind(plan.id).execute(&mut *tx).await?;
-            audit::append(&mut tx, "coordinator", "rollout.decide", &format!("rollout/{}", plan.id), json!({"decision": "commit"})).await?;
+            sqlx::query("UPDATE rollouts SET decision = 'commit', state = 'committing' WHERE id = ?")
+                .bind(plan.id)
+                .execute(&mut *tx)
+                .await?;
+            audit::append(
+                &mut tx,
+                "coordinator",
+                "rollout.decide",
+                &format!("rollout/{}", plan.id),
+                json!({"decision": "commit"}),
+            )
+            .await?;
         } else {
             let error = format!("prepare refused, every shadow aborted: {}", refusals.join("; "));
             sqlx::query("UPDATE rollouts SET decision = 'abort', state = 'failed', error = ?, finished_at = ? WHERE id = ?")
@@ -382,7 +451,14 @@ impl Coordinator {
                 .bind(plan.id)
                 .execute(&mut *tx)
                 .await?;
-            audit::append(&mut tx, "coordinator", "rollout.failed", &format!("rollout/{}", plan.id), json!({"decision": "abort", "error": error})).await?;
+            audit::append(
+                &mut tx,
+                "coordinator",
+                "rollout.failed",
+                &format!("rollout/{}", plan.id),
+                json!({"decision": "abort", "error": error}),
+            )
+            .await?;
         }
         tx.commit().await?;
         crash_point("after_decision");
@@ -397,11 +473,15 @@ impl Coordinator {
     /// Commits on every shadow not yet acknowledged, retrying unreachable ones until
     /// `patience` runs out; marks the rollout applied once every receipt matches.
     async fn drive_commit(&self, id: i64, patience: Duration) -> Result<()> {
-        let (root, kind): (String, String) = sqlx::query_as("SELECT root, kind FROM rollouts WHERE id = ?").bind(id).fetch_one(&self.db.read).await?;
-        let pending: Vec<(String,)> = sqlx::query_as("SELECT shadow FROM rollout_shadows WHERE rollout_id = ? AND phase != 'committed' ORDER BY shadow")
+        let (root, kind): (String, String) = sqlx::query_as("SELECT root, kind FROM rollouts WHERE id = ?")
             .bind(id)
-            .fetch_all(&self.db.read)
+            .fetch_one(&self.db.read)
             .await?;
+        let pending: Vec<(String,)> =
+            sqlx::query_as("SELECT shadow FROM rollout_shadows WHERE rollout_id = ? AND phase != 'committed' ORDER BY shadow")
+                .bind(id)
+                .fetch_all(&self.db.read)
+                .await?;
         let deadline = tokio::time::Instant::now() + patience;
         let commits = pending.into_iter().map(|(name,)| {
             let fence = self.fence();
@@ -410,7 +490,11 @@ impl Coordinator {
                 loop {
                     let result = match self.registry.driver(&self.db, &name).await {
                         Ok(driver) => driver.commit(id, fence.clone()).await,
-                        Err(err) => Err(ShadowError { code: "driver".into(), message: err.public_message(), transient: false }),
+                        Err(err) => Err(ShadowError {
+                            code: "driver".into(),
+                            message: err.public_message(),
+                            transient: false,
+                        }),
                     };
                     match result {
                         Ok(answer) => return (name, Ok(answer.root.unwrap_or_default())),
@@ -479,7 +563,14 @@ impl Coordinator {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            audit::append(&mut tx, "coordinator", "rollout.applied", &format!("rollout/{id}"), json!({"kind": kind, "root": root})).await?;
+            audit::append(
+                &mut tx,
+                "coordinator",
+                "rollout.applied",
+                &format!("rollout/{id}"),
+                json!({"kind": kind, "root": root}),
+            )
+            .await?;
             tx.commit().await?;
         }
         Ok(())
@@ -496,7 +587,11 @@ impl Coordinator {
             async move {
                 let result = match self.registry.driver(&self.db, &name).await {
                     Ok(driver) => driver.abort(id, fence).await,
-                    Err(err) => Err(ShadowError { code: "driver".into(), message: err.public_message(), transient: false }),
+                    Err(err) => Err(ShadowError {
+                        code: "driver".into(),
+                        message: err.public_message(),
+                        transient: false,
+                    }),
                 };
                 (name, result)
             }
@@ -506,16 +601,20 @@ impl Coordinator {
                 tracing::warn!(rollout = id, shadow = %name, %err, "abort not acknowledged; the shadow drops the staging at its next prepare");
                 continue;
             }
-            sqlx::query("UPDATE rollout_shadows SET phase = 'aborted', updated_at = ? WHERE rollout_id = ? AND shadow = ? AND phase != 'refused'")
-                .bind(now())
-                .bind(id)
-                .bind(&name)
-                .execute(self.db.read_write())
-                .await?;
-        }
-        sqlx::query("UPDATE shadows SET status = CASE WHEN observed_root IS NULL THEN 'pending' ELSE status END WHERE status = 'rolling_out'")
+            sqlx::query(
+                "UPDATE rollout_shadows SET phase = 'aborted', updated_at = ? WHERE rollout_id = ? AND shadow = ? AND phase != 'refused'",
+            )
+            .bind(now())
+            .bind(id)
+            .bind(&name)
             .execute(self.db.read_write())
             .await?;
+        }
+        sqlx::query(
+            "UPDATE shadows SET status = CASE WHEN observed_root IS NULL THEN 'pending' ELSE status END WHERE status = 'rolling_out'",
+        )
+        .execute(self.db.read_write())
+        .await?;
         Ok(())
     }
 
@@ -525,7 +624,9 @@ impl Coordinator {
     pub async fn recover(&self, undecided: bool) -> Result<()> {
         let Ok(_running) = self.running.try_lock() else { return Ok(()) };
         if undecided {
-            let open: Vec<(i64,)> = sqlx::query_as("SELECT id FROM rollouts WHERE decision IS NULL AND state = 'preparing'").fetch_all(&self.db.read).await?;
+            let open: Vec<(i64,)> = sqlx::query_as("SELECT id FROM rollouts WHERE decision IS NULL AND state = 'preparing'")
+                .fetch_all(&self.db.read)
+                .await?;
             for (id,) in open {
                 let mut tx = self.db.begin().await?;
                 sqlx::query("UPDATE rollouts SET decision = 'abort', state = 'aborted', error = ?, finished_at = ? WHERE id = ?")
@@ -534,12 +635,21 @@ impl Coordinator {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                audit::append(&mut tx, "coordinator", "rollout.aborted", &format!("rollout/{id}"), json!({"reason": "presumed abort on recovery"})).await?;
+                audit::append(
+                    &mut tx,
+                    "coordinator",
+                    "rollout.aborted",
+                    &format!("rollout/{id}"),
+                    json!({"reason": "presumed abort on recovery"}),
+                )
+                .await?;
                 tx.commit().await?;
                 self.drive_abort(id).await?;
             }
         }
-        let committing: Vec<(i64,)> = sqlx::query_as("SELECT id FROM rollouts WHERE decision = 'commit' AND state = 'committing'").fetch_all(&self.db.read).await?;
+        let committing: Vec<(i64,)> = sqlx::query_as("SELECT id FROM rollouts WHERE decision = 'commit' AND state = 'committing'")
+            .fetch_all(&self.db.read)
+            .await?;
         for (id,) in committing {
             self.drive_commit(id, Duration::from_secs(2)).await?;
         }
@@ -582,7 +692,13 @@ async fn with_shadows(conn: &mut SqliteConnection, row: RolloutRow) -> Result<Ro
         error: row.error,
         shadows: shadows
             .into_iter()
-            .map(|(name, phase, staged_root, receipt_root, error)| RolloutShadowView { name, phase, staged_root, receipt_root, error })
+            .map(|(name, phase, staged_root, receipt_root, error)| RolloutShadowView {
+                name,
+                phase,
+                staged_root,
+                receipt_root,
+                error,
+            })
             .collect(),
     })
 }

@@ -44,7 +44,11 @@ const SHADOW_SELECT: &str = "SELECT name, driver, url, path, status, observed_ro
 
 fn validate_name(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok { Ok(()) } else { Err(Error::BadRequest("shadow names are 1-64 letters, digits, '-', '_' or '.'".into())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest("shadow names are 1-64 letters, digits, '-', '_' or '.'".into()))
+    }
 }
 
 pub async fn add(db: &Db, actor: &Caller, shadow: NewShadow) -> Result<ShadowView> {
@@ -62,7 +66,13 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowVie
             if token.trim().len() < 16 {
                 return Err(Error::BadRequest("an agent token has at least 16 characters".into()));
             }
-            (name, "agent", Some(url.trim_end_matches('/').to_string()), Some(token.trim().to_string()), None)
+            (
+                name,
+                "agent",
+                Some(url.trim_end_matches('/').to_string()),
+                Some(token.trim().to_string()),
+                None,
+            )
         }
         NewShadow::Directory { name, path } => {
             if !Path::new(path).is_absolute() {
@@ -73,7 +83,10 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowVie
     };
     validate_name(name)?;
     let mut tx = db.begin().await?;
-    let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM shadows WHERE name = ?").bind(name).fetch_optional(&mut *tx).await?;
+    let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM shadows WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
     if exists.is_some() {
         return Err(Error::conflict("shadow_exists", format!("a shadow named {name} exists")));
     }
@@ -86,14 +99,24 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowVie
         .bind(now())
         .execute(&mut *tx)
         .await?;
-    audit::append(&mut tx, actor, "shadow.add", &format!("shadow/{name}"), json!({"driver": driver, "url": url, "path": path})).await?;
+    audit::append(
+        &mut tx,
+        actor,
+        "shadow.add",
+        &format!("shadow/{name}"),
+        json!({"driver": driver, "url": url, "path": path}),
+    )
+    .await?;
     tx.commit().await?;
     get(db, name).await
 }
 
 pub async fn remove(db: &Db, actor: &str, name: &str) -> Result<()> {
     let mut tx = db.begin().await?;
-    let removed = sqlx::query("DELETE FROM shadows WHERE name = ?").bind(name).execute(&mut *tx).await?;
+    let removed = sqlx::query("DELETE FROM shadows WHERE name = ?")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
     if removed.rows_affected() == 0 {
         return Err(Error::NotFound(format!("no shadow {name}")));
     }
@@ -103,7 +126,9 @@ pub async fn remove(db: &Db, actor: &str, name: &str) -> Result<()> {
 }
 
 pub async fn list(db: &Db) -> Result<Vec<ShadowView>> {
-    Ok(sqlx::query_as(&format!("{SHADOW_SELECT} ORDER BY name")).fetch_all(&db.read).await?)
+    Ok(sqlx::query_as(&format!("{SHADOW_SELECT} ORDER BY name"))
+        .fetch_all(&db.read)
+        .await?)
 }
 
 pub async fn get(db: &Db, name: &str) -> Result<ShadowView> {
@@ -131,7 +156,11 @@ impl std::fmt::Display for ShadowError {
 
 impl From<StoreError> for ShadowError {
     fn from(err: StoreError) -> Self {
-        ShadowError { code: err.code().to_string(), message: err.to_string(), transient: false }
+        ShadowError {
+            code: err.code().to_string(),
+            message: err.to_string(),
+            transient: false,
+        }
     }
 }
 
@@ -143,32 +172,59 @@ pub enum Driver {
 }
 
 impl Driver {
-    async fn blocking<T: Send + 'static>(store: &Arc<Mutex<Store>>, op: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static) -> Result<T, ShadowError> {
+    async fn blocking<T: Send + 'static>(
+        store: &Arc<Mutex<Store>>,
+        op: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ShadowError> {
         let store = store.clone();
         tokio::task::spawn_blocking(move || op(&mut store.lock().unwrap_or_else(|p| p.into_inner())))
             .await
-            .map_err(|err| ShadowError { code: "io".into(), message: err.to_string(), transient: true })?
+            .map_err(|err| ShadowError {
+                code: "io".into(),
+                message: err.to_string(),
+                transient: true,
+            })?
             .map_err(ShadowError::from)
     }
 
-    async fn call<T: serde::de::DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Result<T, ShadowError> {
-        let Driver::Agent { http, url, token } = self else { unreachable!("HTTP calls are for agents") };
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ShadowError> {
+        let Driver::Agent { http, url, token } = self else {
+            unreachable!("HTTP calls are for agents")
+        };
         let mut request = http.request(method, format!("{url}{path}")).bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|err| ShadowError { code: "unreachable".into(), message: format!("cannot reach the agent: {}", without_url(&err)), transient: true })?;
+        let response = request.send().await.map_err(|err| ShadowError {
+            code: "unreachable".into(),
+            message: format!("cannot reach the agent: {}", without_url(&err)),
+            transient: true,
+        })?;
         let status = response.status();
         if status.is_success() {
-            return response.json().await.map_err(|err| ShadowError { code: "protocol".into(), message: err.to_string(), transient: true });
+            return response.json().await.map_err(|err| ShadowError {
+                code: "protocol".into(),
+                message: err.to_string(),
+                transient: true,
+            });
         }
         let transient = status.is_server_error() && status != reqwest::StatusCode::INTERNAL_SERVER_ERROR;
         match response.json::<AgentErrorBody>().await {
-            Ok(body) => Err(ShadowError { code: body.error.code, message: body.error.message, transient }),
-            Err(_) => Err(ShadowError { code: "protocol".into(), message: format!("agent answered {status}"), transient }),
+            Ok(body) => Err(ShadowError {
+                code: body.error.code,
+                message: body.error.message,
+                transient,
+            }),
+            Err(_) => Err(ShadowError {
+                code: "protocol".into(),
+                message: format!("agent answered {status}"),
+                transient,
+            }),
         }
     }
 
@@ -183,8 +239,13 @@ impl Driver {
         match self {
             Driver::Directory(store) => Self::blocking(store, move |s| s.prepare(rollout, &request)).await,
             Driver::Agent { .. } => {
-                let body = serde_json::to_value(&request).map_err(|err| ShadowError { code: "protocol".into(), message: err.to_string(), transient: false })?;
-                self.call(reqwest::Method::PUT, &format!("/v1/rollouts/{rollout}"), Some(body)).await
+                let body = serde_json::to_value(&request).map_err(|err| ShadowError {
+                    code: "protocol".into(),
+                    message: err.to_string(),
+                    transient: false,
+                })?;
+                self.call(reqwest::Method::PUT, &format!("/v1/rollouts/{rollout}"), Some(body))
+                    .await
             }
         }
     }
@@ -192,14 +253,20 @@ impl Driver {
     pub async fn commit(&self, rollout: i64, fence: Fence) -> Result<RolloutAnswer, ShadowError> {
         match self {
             Driver::Directory(store) => Self::blocking(store, move |s| s.commit(rollout, &fence)).await,
-            Driver::Agent { .. } => self.call(reqwest::Method::POST, &format!("/v1/rollouts/{rollout}/commit"), Some(json!(fence))).await,
+            Driver::Agent { .. } => {
+                self.call(reqwest::Method::POST, &format!("/v1/rollouts/{rollout}/commit"), Some(json!(fence)))
+                    .await
+            }
         }
     }
 
     pub async fn abort(&self, rollout: i64, fence: Fence) -> Result<RolloutAnswer, ShadowError> {
         match self {
             Driver::Directory(store) => Self::blocking(store, move |s| s.abort(rollout, &fence)).await,
-            Driver::Agent { .. } => self.call(reqwest::Method::POST, &format!("/v1/rollouts/{rollout}/abort"), Some(json!(fence))).await,
+            Driver::Agent { .. } => {
+                self.call(reqwest::Method::POST, &format!("/v1/rollouts/{rollout}/abort"), Some(json!(fence)))
+                    .await
+            }
         }
     }
 }
@@ -226,18 +293,27 @@ pub struct Registry {
 impl Registry {
     pub fn new(data_dir: &Path, request_timeout: Duration) -> Registry {
         let http = reqwest::Client::builder().timeout(request_timeout).build().expect("HTTP client");
-        Registry { data_dir: data_dir.to_path_buf(), http, directories: Mutex::new(HashMap::new()) }
+        Registry {
+            data_dir: data_dir.to_path_buf(),
+            http,
+            directories: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The driver of a registered shadow, by name.
     pub async fn driver(&self, db: &Db, name: &str) -> Result<Driver> {
-        let row: (String, Option<String>, Option<String>, Option<String>) = sqlx::query_as("SELECT driver, url, token, path FROM shadows WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&db.read)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no shadow {name}")))?;
+        let row: (String, Option<String>, Option<String>, Option<String>) =
+            sqlx::query_as("SELECT driver, url, token, path FROM shadows WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&db.read)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no shadow {name}")))?;
         match row {
-            (driver, Some(url), Some(token), _) if driver == "agent" => Ok(Driver::Agent { http: self.http.clone(), url, token }),
+            (driver, Some(url), Some(token), _) if driver == "agent" => Ok(Driver::Agent {
+                http: self.http.clone(),
+                url,
+                token,
+            }),
             (driver, _, _, Some(path)) if driver == "directory" => {
                 if let Some(store) = self.directories.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
                     return Ok(Driver::Directory(store.clone()));
@@ -286,7 +362,12 @@ pub async fn record_observation(db: &Db, name: &str, observed: Result<&ShadowSta
         }
         Err(err) => {
             let status = if err.code == "fenced" { "fenced" } else { "unreachable" };
-            sqlx::query("UPDATE shadows SET status = ?, last_error = ? WHERE name = ?").bind(status).bind(err.to_string()).bind(name).execute(&mut *tx).await?;
+            sqlx::query("UPDATE shadows SET status = ?, last_error = ? WHERE name = ?")
+                .bind(status)
+                .bind(err.to_string())
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
         }
     }
     tx.commit().await?;

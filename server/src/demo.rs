@@ -58,7 +58,7 @@ fn random_password() -> String {
     hex::encode(rand::random::<[u8; 18]>())
 }
 
-/// Where the demo's agent listens.
+/// Where the demo's agent listens unless `ETC_SHADOW_DEMO_AGENT_LISTEN` says otherwise.
 pub const DEMO_AGENT_LISTEN: &str = "127.0.0.1:3100";
 
 /// Starts the demo's shadows under the data directory: three directory shadows (`dc1`,
@@ -76,34 +76,59 @@ pub async fn start_shadows(db: &Db, data_dir: &std::path::Path) -> std::result::
             std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).map_err(|err| err.to_string())?;
         }
     }
-    let agent_binary = std::env::current_exe().map_err(|err| err.to_string())?.with_file_name("etc-shadow-agent");
+    let listen = std::env::var("ETC_SHADOW_DEMO_AGENT_LISTEN").unwrap_or_else(|_| DEMO_AGENT_LISTEN.to_string());
+    let agent_binary = std::env::current_exe()
+        .map_err(|err| err.to_string())?
+        .with_file_name("etc-shadow-agent");
     let agent = tokio::process::Command::new(&agent_binary)
         .arg("--dir")
         .arg(root.join("edge/live"))
         .arg("--state-dir")
         .arg(root.join("edge/state"))
         .arg("--listen")
-        .arg(DEMO_AGENT_LISTEN)
+        .arg(&listen)
         .arg("--token-file")
         .arg(&token_file)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|err| format!("cannot start {}: {err} (build it with `cargo build -p etc-shadow-agent`)", agent_binary.display()))?;
-    let existing: Vec<String> = control::shadows::list(db).await.map_err(|e| e.to_string())?.into_iter().map(|s| s.name).collect();
+        .map_err(|err| {
+            format!(
+                "cannot start {}: {err} (build it with `cargo build -p etc-shadow-agent`)",
+                agent_binary.display()
+            )
+        })?;
+    let existing: Vec<String> = control::shadows::list(db)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     for name in ["dc1", "dr-site", "backup"] {
         if !existing.iter().any(|n| n == name) {
             let path = root.join(name).join("live").to_string_lossy().into_owned();
-            control::shadows::add_as(db, "demo", control::shadows::NewShadow::Directory { name: name.into(), path }).await.map_err(|e| e.to_string())?;
+            control::shadows::add_as(db, "demo", control::shadows::NewShadow::Directory { name: name.into(), path })
+                .await
+                .map_err(|e| e.to_string())?;
         }
     }
     if !existing.iter().any(|n| n == "edge") {
         let token = std::fs::read_to_string(&token_file).map_err(|err| err.to_string())?;
-        let url = format!("http://{DEMO_AGENT_LISTEN}");
-        control::shadows::add_as(db, "demo", control::shadows::NewShadow::Agent { name: "edge".into(), url, token }).await.map_err(|e| e.to_string())?;
+        let url = format!("http://{listen}");
+        control::shadows::add_as(
+            db,
+            "demo",
+            control::shadows::NewShadow::Agent {
+                name: "edge".into(),
+                url,
+                token,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     }
     // Give the agent a moment to listen before the first rollout.
     for _ in 0..50 {
-        if tokio::net::TcpStream::connect(DEMO_AGENT_LISTEN).await.is_ok() {
+        if tokio::net::TcpStream::connect(&listen).await.is_ok() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

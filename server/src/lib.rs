@@ -64,15 +64,13 @@ pub struct AppState {
 }
 
 fn leptos_options(config: &Config) -> LeptosOptions {
-    let mut options = get_configuration(None)
-        .map(|conf| conf.leptos_options)
-        .unwrap_or_else(|_| LeptosOptions::builder().output_name("etc-shadow").build());
-    if options.output_name.is_empty() {
-        options.output_name = "etc-shadow".into();
-    }
-    options.site_root = config.site_root.to_string_lossy().into_owned().into();
-    options.site_addr = config.listen;
-    options
+    // Built here rather than read from Cargo.toml: the binary must run from anywhere.
+    LeptosOptions::builder()
+        .output_name(option_env!("LEPTOS_OUTPUT_NAME").unwrap_or("etc-shadow"))
+        .site_root(config.site_root.to_string_lossy().into_owned())
+        .site_pkg_dir("pkg")
+        .site_addr(config.listen)
+        .build()
 }
 
 /// Makes the server functions' view of the request: the caller, if authenticated.
@@ -135,7 +133,12 @@ pub async fn prepare(config: Config) -> control::Result<AppState> {
     let registry = Arc::new(Registry::new(&config.data_dir, std::time::Duration::from_secs(10)));
     let coordinator = Arc::new(Coordinator::new(db.clone(), registry, identity));
     coordinator.recover(true).await?;
-    Ok(AppState { leptos_options: leptos_options(&config), db, config: Arc::new(config), coordinator })
+    Ok(AppState {
+        leptos_options: leptos_options(&config),
+        db,
+        config: Arc::new(config),
+        coordinator,
+    })
 }
 
 /// Serves until the future `shutdown` completes.

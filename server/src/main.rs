@@ -208,7 +208,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Shadow(command) => {
             let db = control::Db::open(&cli.data_dir).await.map_err(fail)?;
             match command {
-                ShadowCommand::Add { name, agent, token_file, directory } => {
+                ShadowCommand::Add {
+                    name,
+                    agent,
+                    token_file,
+                    directory,
+                } => {
                     let shadow = match (agent, token_file, directory) {
                         (Some(url), Some(file), None) => {
                             let token = std::fs::read_to_string(&file).map_err(|err| format!("cannot read {}: {err}", file.display()))?;
@@ -216,18 +221,27 @@ async fn run(cli: Cli) -> Result<(), String> {
                         }
                         (None, _, Some(path)) => {
                             let path = std::path::absolute(&path).map_err(|err| err.to_string())?;
-                            control::shadows::NewShadow::Directory { name, path: path.to_string_lossy().into_owned() }
+                            control::shadows::NewShadow::Directory {
+                                name,
+                                path: path.to_string_lossy().into_owned(),
+                            }
                         }
                         _ => return Err("give either --agent URL --token-file F or --directory PATH".into()),
                     };
                     let view = control::shadows::add_as(&db, "cli", shadow).await.map_err(fail)?;
-                    println!("added shadow {} ({}); bring it to the current revision with a reconcile", view.name, view.driver);
+                    println!(
+                        "added shadow {} ({}); bring it to the current revision with a reconcile",
+                        view.name, view.driver
+                    );
                 }
                 ShadowCommand::List => {
                     for shadow in control::shadows::list(&db).await.map_err(fail)? {
                         let target = shadow.url.or(shadow.path).unwrap_or_default();
                         let root = shadow.observed_root.as_deref().map(|r| &r[..12.min(r.len())]).unwrap_or("-");
-                        println!("{:<20} {:<10} {:<12} {:<14} {}", shadow.name, shadow.driver, shadow.status, root, target);
+                        println!(
+                            "{:<20} {:<10} {:<12} {:<14} {}",
+                            shadow.name, shadow.driver, shadow.status, root, target
+                        );
                     }
                 }
                 ShadowCommand::Remove { name } => {

@@ -92,7 +92,12 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::GET, "/api/v1/shadows/{name}", Some(Viewer), get(get_shadow)),
         route(Method::DELETE, "/api/v1/shadows/{name}", Some(Admin), delete(remove_shadow)),
         route(Method::POST, "/api/v1/shadows/{name}/check", Some(Viewer), post(check_shadow)),
-        route(Method::POST, "/api/v1/shadows/{name}/reconcile", Some(Approver), post(reconcile_shadow)),
+        route(
+            Method::POST,
+            "/api/v1/shadows/{name}/reconcile",
+            Some(Approver),
+            post(reconcile_shadow),
+        ),
         route(Method::GET, "/api/v1/users", Some(Admin), get(list_users)),
         route(Method::POST, "/api/v1/users", Some(Admin), post(create_user)),
         route(Method::GET, "/healthz", None, get(healthz)),
@@ -380,7 +385,11 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }
 
-async fn add_shadow(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, JsonBody(body): JsonBody<shadows::NewShadow>) -> ApiResult<Response> {
+async fn add_shadow(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    JsonBody(body): JsonBody<shadows::NewShadow>,
+) -> ApiResult<Response> {
     let view = shadows::add(&state.db, caller(&auth), body).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -393,7 +402,11 @@ async fn get_shadow(State(state): State<AppState>, PathParams(name): PathParams<
     Ok(Json(shadows::get(&state.db, &name).await?).into_response())
 }
 
-async fn remove_shadow(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams(name): PathParams<String>) -> ApiResult<Response> {
+async fn remove_shadow(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(name): PathParams<String>,
+) -> ApiResult<Response> {
     shadows::remove(&state.db, &auth.caller.username, &name).await?;
     state.coordinator.registry.forget(&name);
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -408,7 +421,11 @@ async fn check_shadow(State(state): State<AppState>, PathParams(name): PathParam
     Ok(Json(shadows::get(&state.db, &name).await?).into_response())
 }
 
-async fn reconcile_shadow(State(state): State<AppState>, Extension(auth): Extension<Authenticated>, PathParams(name): PathParams<String>) -> ApiResult<Response> {
+async fn reconcile_shadow(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(name): PathParams<String>,
+) -> ApiResult<Response> {
     let view = state.coordinator.reconcile(caller(&auth), &name).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }

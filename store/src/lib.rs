@@ -104,12 +104,16 @@ pub struct Store {
 }
 
 fn fsync_dir(path: &Path) -> Result<()> {
-    File::open(path).and_then(|dir| dir.sync_all()).map_err(|err| io_error(format!("fsync {}", path.display()), err))
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|err| io_error(format!("fsync {}", path.display()), err))
 }
 
 /// Writes `bytes` to `path` durably: temporary file, fsync, rename, fsync of the directory.
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let parent = path.parent().ok_or_else(|| StoreError::Io(format!("{} has no parent", path.display())))?;
+    let parent = path
+        .parent()
+        .ok_or_else(|| StoreError::Io(format!("{} has no parent", path.display())))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temporary = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut file = OpenOptions::new()
@@ -118,19 +122,30 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .truncate(true)
         .open(&temporary)
         .map_err(|err| io_error(format!("create {}", temporary.display()), err))?;
-    file.write_all(bytes).map_err(|err| io_error(format!("write {}", temporary.display()), err))?;
-    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(|err| io_error(format!("chmod {}", temporary.display()), err))?;
-    file.sync_all().map_err(|err| io_error(format!("fsync {}", temporary.display()), err))?;
+    file.write_all(bytes)
+        .map_err(|err| io_error(format!("write {}", temporary.display()), err))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|err| io_error(format!("chmod {}", temporary.display()), err))?;
+    file.sync_all()
+        .map_err(|err| io_error(format!("fsync {}", temporary.display()), err))?;
     fs::rename(&temporary, path).map_err(|err| io_error(format!("rename {}", path.display()), err))?;
     fsync_dir(parent)
 }
 
 fn user_name(uid: u32) -> String {
-    nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
 }
 
 fn group_name(gid: u32) -> String {
-    nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| g.name).unwrap_or_else(|| gid.to_string())
+    nix::unistd::Group::from_gid(gid.into())
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+        .unwrap_or_else(|| gid.to_string())
 }
 
 impl Store {
@@ -140,16 +155,25 @@ impl Store {
         fs::create_dir_all(state_dir.join("revisions")).map_err(|err| io_error(format!("create {}", state_dir.display()), err))?;
         let state_file = state_dir.join("state.json");
         let persisted = match fs::read(&state_file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|err| StoreError::Io(format!("{} is corrupt: {err}", state_file.display())))?,
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|err| StoreError::Io(format!("{} is corrupt: {err}", state_file.display())))?
+            }
             Err(err) if err.kind() == io::ErrorKind::NotFound => Persisted::default(),
             Err(err) => return Err(io_error(format!("read {}", state_file.display()), err)),
         };
         if let (Some(pinned), Some(bound)) = (&pinned_control_plane, &persisted.control_plane_id)
             && pinned != bound
         {
-            return Err(StoreError::Fenced(format!("the state is bound to control plane {bound}, not {pinned}")));
+            return Err(StoreError::Fenced(format!(
+                "the state is bound to control plane {bound}, not {pinned}"
+            )));
         }
-        let mut store = Store { live: live.to_path_buf(), state_dir: state_dir.to_path_buf(), pinned_control_plane, persisted };
+        let mut store = Store {
+            live: live.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            pinned_control_plane,
+            persisted,
+        };
         store.clean_orphans()?;
         Ok(store)
     }
@@ -161,8 +185,14 @@ impl Store {
     /// Removes revision directories neither live, staged nor the previous live one (a
     /// crash can leave half-written staging behind).
     fn clean_orphans(&mut self) -> Result<()> {
-        let keep: Vec<String> = [&self.persisted.live, &self.persisted.staged].into_iter().flatten().map(|g| g.dir.clone()).collect();
-        let current_target = fs::read_link(&self.live).ok().and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let keep: Vec<String> = [&self.persisted.live, &self.persisted.staged]
+            .into_iter()
+            .flatten()
+            .map(|g| g.dir.clone())
+            .collect();
+        let current_target = fs::read_link(&self.live)
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
         let revisions = self.state_dir.join("revisions");
         let entries = fs::read_dir(&revisions).map_err(|err| io_error(format!("list {}", revisions.display()), err))?;
         for entry in entries.flatten() {
@@ -186,13 +216,16 @@ impl Store {
         self.persisted.history.drain(..excess);
     }
 
-    /// Checks the writer's identity: bound control plane and epoch. Binds on first write.
-    fn check_fence(&mut self, control_plane_id: &str, epoch: i64) -> Result<bool> {
+    /// Checks the writer's identity (bound control plane, epoch) without recording it, so
+    /// a refused write — a stale copy of the control plane, say — cannot fence the real one.
+    fn check_fence(&self, control_plane_id: &str, epoch: i64) -> Result<()> {
         let bound = self.persisted.control_plane_id.as_deref().or(self.pinned_control_plane.as_deref());
         if let Some(bound) = bound
             && bound != control_plane_id
         {
-            return Err(StoreError::Fenced(format!("this shadow belongs to control plane {bound}; refused a write from {control_plane_id}")));
+            return Err(StoreError::Fenced(format!(
+                "this shadow belongs to control plane {bound}; refused a write from {control_plane_id}"
+            )));
         }
         if epoch < self.persisted.highest_epoch {
             return Err(StoreError::Fenced(format!(
@@ -200,10 +233,14 @@ impl Store {
                 self.persisted.highest_epoch
             )));
         }
-        let changed = self.persisted.control_plane_id.is_none() || epoch > self.persisted.highest_epoch;
+        Ok(())
+    }
+
+    /// Records an accepted writer: binds the control plane on first write, raises the epoch.
+    /// Persisted with the write it belongs to.
+    fn accept_fence(&mut self, control_plane_id: &str, epoch: i64) {
         self.persisted.control_plane_id = Some(control_plane_id.to_string());
-        self.persisted.highest_epoch = epoch;
-        Ok(changed)
+        self.persisted.highest_epoch = self.persisted.highest_epoch.max(epoch);
     }
 
     /// The manifest of what should be live, for interpreting the disk.
@@ -235,14 +272,26 @@ impl Store {
                 if !meta.is_file() {
                     continue;
                 }
-                let relative = path.strip_prefix(root).map_err(|_| StoreError::Io("path outside the root".into()))?;
-                let Ok(entry_path) = EntryPath::parse(&relative.to_string_lossy()) else { continue };
+                let relative = path
+                    .strip_prefix(root)
+                    .map_err(|_| StoreError::Io("path outside the root".into()))?;
+                let Ok(entry_path) = EntryPath::parse(&relative.to_string_lossy()) else {
+                    continue;
+                };
                 let content = fs::read(&path).map_err(|err| io_error(format!("read {}", path.display()), err))?;
                 let expected = manifest.get(entry_path.as_str()).cloned().unwrap_or_default();
                 let policy = Policy {
                     mode: meta.permissions().mode() & 0o7777,
-                    owner: if expected.owner.is_empty() { String::new() } else { user_name(meta.uid()) },
-                    group: if expected.group.is_empty() { String::new() } else { group_name(meta.gid()) },
+                    owner: if expected.owner.is_empty() {
+                        String::new()
+                    } else {
+                        user_name(meta.uid())
+                    },
+                    group: if expected.group.is_empty() {
+                        String::new()
+                    } else {
+                        group_name(meta.gid())
+                    },
                     secret: expected.secret,
                 };
                 let hash = entry_hash(&entry_path, &policy, &content);
@@ -277,7 +326,11 @@ impl Store {
             highest_epoch: self.persisted.highest_epoch,
             live_revision: self.persisted.live.as_ref().map(|g| g.revision),
             live_root: Self::root_of(&observed).to_hex(),
-            staged: self.persisted.staged.as_ref().map(|g| StagedInfo { rollout: g.rollout, revision: g.revision, root: g.root.clone() }),
+            staged: self.persisted.staged.as_ref().map(|g| StagedInfo {
+                rollout: g.rollout,
+                revision: g.revision,
+                root: g.root.clone(),
+            }),
             entries: with_entries.then(|| observed.into_iter().map(|(_, _, o)| o).collect()),
         })
     }
@@ -295,24 +348,48 @@ impl Store {
 
     pub fn status(&self, rollout: i64) -> RolloutAnswer {
         if let Some(staged) = self.persisted.staged.as_ref().filter(|g| g.rollout == rollout) {
-            return RolloutAnswer { rollout, phase: RolloutPhase::Prepared, root: Some(staged.root.clone()) };
+            return RolloutAnswer {
+                rollout,
+                phase: RolloutPhase::Prepared,
+                root: Some(staged.root.clone()),
+            };
         }
         if let Some(live) = self.persisted.live.as_ref().filter(|g| g.rollout == rollout) {
-            return RolloutAnswer { rollout, phase: RolloutPhase::Committed, root: self.live_root().ok().map(|r| r.to_hex()).or(Some(live.root.clone())) };
+            return RolloutAnswer {
+                rollout,
+                phase: RolloutPhase::Committed,
+                root: self.live_root().ok().map(|r| r.to_hex()).or(Some(live.root.clone())),
+            };
         }
-        let phase = self.persisted.history.iter().rev().find(|(id, _)| *id == rollout).map_or(RolloutPhase::Unknown, |(_, p)| *p);
-        RolloutAnswer { rollout, phase, root: None }
+        let phase = self
+            .persisted
+            .history
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == rollout)
+            .map_or(RolloutPhase::Unknown, |(_, p)| *p);
+        RolloutAnswer {
+            rollout,
+            phase,
+            root: None,
+        }
     }
 
     /// Stages a revision durably. Checks, in order: the writer's fence, that the entries
     /// hash to the target root, and (unless a reconcile) that the live root is the base.
     pub fn prepare(&mut self, rollout: i64, request: &PrepareRequest) -> Result<RolloutAnswer> {
-        let fence_changed = self.check_fence(&request.control_plane_id, request.epoch)?;
+        self.check_fence(&request.control_plane_id, request.epoch)?;
         if let Some(staged) = self.persisted.staged.as_ref().filter(|g| g.rollout == rollout) {
             if staged.root == request.target_root {
-                return Ok(RolloutAnswer { rollout, phase: RolloutPhase::Prepared, root: Some(staged.root.clone()) });
+                return Ok(RolloutAnswer {
+                    rollout,
+                    phase: RolloutPhase::Prepared,
+                    root: Some(staged.root.clone()),
+                });
             }
-            return Err(StoreError::Conflict(format!("rollout {rollout} is already staged with another root")));
+            return Err(StoreError::Conflict(format!(
+                "rollout {rollout} is already staged with another root"
+            )));
         }
         if self.persisted.live.as_ref().is_some_and(|g| g.rollout == rollout) {
             return Err(StoreError::Conflict(format!("rollout {rollout} is already committed")));
@@ -321,29 +398,48 @@ impl Store {
         let mut parsed = Vec::with_capacity(request.entries.len());
         let mut manifest = BTreeMap::new();
         for entry in &request.entries {
-            let path = EntryPath::parse(&entry.path).map_err(|err| StoreError::BadRequest(format!("invalid path {:?}: {err}", entry.path)))?;
+            let path =
+                EntryPath::parse(&entry.path).map_err(|err| StoreError::BadRequest(format!("invalid path {:?}: {err}", entry.path)))?;
             let mode = parse_mode(&entry.mode).map_err(|err| StoreError::BadRequest(err.to_string()))?;
             if !valid_principal(&entry.owner) || !valid_principal(&entry.group) {
                 return Err(StoreError::BadRequest(format!("{path}: invalid owner or group")));
             }
-            let policy = Policy { mode, owner: entry.owner.clone(), group: entry.group.clone(), secret: entry.secret };
+            let policy = Policy {
+                mode,
+                owner: entry.owner.clone(),
+                group: entry.group.clone(),
+                secret: entry.secret,
+            };
             let hash = entry_hash(&path, &policy, entry.content.as_bytes());
-            if manifest.insert(path.to_string(), Manifested { owner: policy.owner.clone(), group: policy.group.clone(), secret: policy.secret }).is_some() {
+            if manifest
+                .insert(
+                    path.to_string(),
+                    Manifested {
+                        owner: policy.owner.clone(),
+                        group: policy.group.clone(),
+                        secret: policy.secret,
+                    },
+                )
+                .is_some()
+            {
                 return Err(StoreError::BadRequest(format!("{path} appears twice")));
             }
             parsed.push((path, policy, hash, entry.content.as_bytes()));
         }
         let computed = root_hash(parsed.iter().map(|(path, _, hash, _)| (path, *hash))).to_hex();
         if computed != request.target_root {
-            return Err(StoreError::RootMismatch(format!("the entries hash to {computed}, not to the target root {}", request.target_root)));
+            return Err(StoreError::RootMismatch(format!(
+                "the entries hash to {computed}, not to the target root {}",
+                request.target_root
+            )));
         }
         if !request.reconcile {
             let live = self.live_root()?.to_hex();
             if live != request.base_root {
-                if fence_changed {
-                    self.save()?;
-                }
-                return Err(StoreError::BaseRootMismatch { expected: request.base_root.clone(), actual: live });
+                return Err(StoreError::BaseRootMismatch {
+                    expected: request.base_root.clone(),
+                    actual: live,
+                });
             }
         }
         // A newer prepare replaces an older staged one that was never decided here.
@@ -389,10 +485,21 @@ impl Store {
                 request.target_root
             )));
         }
-        self.persisted.staged = Some(Generation { rollout, revision: request.revision, root: staged_root.clone(), dir: dir_name, manifest });
+        self.accept_fence(&request.control_plane_id, request.epoch);
+        self.persisted.staged = Some(Generation {
+            rollout,
+            revision: request.revision,
+            root: staged_root.clone(),
+            dir: dir_name,
+            manifest,
+        });
         self.remember(rollout, RolloutPhase::Prepared);
         self.save()?;
-        Ok(RolloutAnswer { rollout, phase: RolloutPhase::Prepared, root: Some(staged_root) })
+        Ok(RolloutAnswer {
+            rollout,
+            phase: RolloutPhase::Prepared,
+            root: Some(staged_root),
+        })
     }
 
     fn apply_ownership(&self, file: &Path, policy: &Policy) -> Result<()> {
@@ -403,24 +510,45 @@ impl Store {
             None
         } else {
             let user = nix::unistd::User::from_name(&policy.owner).ok().flatten();
-            Some(user.ok_or_else(|| StoreError::Io(format!("no such user {:?} on this shadow", policy.owner)))?.uid)
+            Some(
+                user.ok_or_else(|| StoreError::Io(format!("no such user {:?} on this shadow", policy.owner)))?
+                    .uid,
+            )
         };
         let gid = if policy.group.is_empty() {
             None
         } else {
             let group = nix::unistd::Group::from_name(&policy.group).ok().flatten();
-            Some(group.ok_or_else(|| StoreError::Io(format!("no such group {:?} on this shadow", policy.group)))?.gid)
+            Some(
+                group
+                    .ok_or_else(|| StoreError::Io(format!("no such group {:?} on this shadow", policy.group)))?
+                    .gid,
+            )
         };
-        nix::unistd::chown(file, uid, gid).map_err(|err| StoreError::Io(format!("cannot chown {} to {}:{}: {err}", file.display(), policy.owner, policy.group)))
+        nix::unistd::chown(file, uid, gid).map_err(|err| {
+            StoreError::Io(format!(
+                "cannot chown {} to {}:{}: {err}",
+                file.display(),
+                policy.owner,
+                policy.group
+            ))
+        })
     }
 
     /// Switches live to the staged revision with one rename. Idempotent.
     pub fn commit(&mut self, rollout: i64, fence: &Fence) -> Result<RolloutAnswer> {
         self.check_fence(&fence.control_plane_id, fence.epoch)?;
-        if self.persisted.live.as_ref().is_some_and(|g| g.rollout == rollout) && self.persisted.staged.as_ref().is_none_or(|g| g.rollout != rollout) {
+        self.accept_fence(&fence.control_plane_id, fence.epoch);
+        if self.persisted.live.as_ref().is_some_and(|g| g.rollout == rollout)
+            && self.persisted.staged.as_ref().is_none_or(|g| g.rollout != rollout)
+        {
             // Already committed: make sure the link points there (a crash may have
             // happened between the rename and the state write) and answer the root.
-            return Ok(RolloutAnswer { rollout, phase: RolloutPhase::Committed, root: Some(self.live_root()?.to_hex()) });
+            return Ok(RolloutAnswer {
+                rollout,
+                phase: RolloutPhase::Committed,
+                root: Some(self.live_root()?.to_hex()),
+            });
         }
         let staged = match self.persisted.staged.clone() {
             Some(staged) if staged.rollout == rollout => staged,
@@ -448,7 +576,11 @@ impl Store {
                 }
             }
         }
-        Ok(RolloutAnswer { rollout, phase: RolloutPhase::Committed, root: Some(self.live_root()?.to_hex()) })
+        Ok(RolloutAnswer {
+            rollout,
+            phase: RolloutPhase::Committed,
+            root: Some(self.live_root()?.to_hex()),
+        })
     }
 
     /// Points the live path at `target` atomically.
@@ -462,7 +594,11 @@ impl Store {
             let aside = self.state_dir.join(format!("original-{}", std::process::id()));
             fs::rename(&self.live, &aside).map_err(|err| io_error(format!("move the original {} aside", self.live.display()), err))?;
         }
-        let name = self.live.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "live".into());
+        let name = self
+            .live
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "live".into());
         let link = parent.join(format!(".{name}.etc-shadow-link"));
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(target, &link).map_err(|err| io_error(format!("create link {}", link.display()), err))?;
@@ -476,12 +612,20 @@ impl Store {
         if self.persisted.live.as_ref().is_some_and(|g| g.rollout == rollout) {
             return Err(StoreError::Conflict(format!("rollout {rollout} is already committed here")));
         }
+        // Only a write that changes something records the writer's epoch: an abort of a
+        // rollout this shadow never staged (a refused writer cleaning up) must not fence
+        // the control plane that actually writes here.
         if let Some(staged) = self.persisted.staged.take_if(|g| g.rollout == rollout) {
             let _ = fs::remove_dir_all(self.state_dir.join("revisions").join(&staged.dir));
+            self.accept_fence(&fence.control_plane_id, fence.epoch);
         }
         self.remember(rollout, RolloutPhase::Aborted);
         self.save()?;
-        Ok(RolloutAnswer { rollout, phase: RolloutPhase::Aborted, root: None })
+        Ok(RolloutAnswer {
+            rollout,
+            phase: RolloutPhase::Aborted,
+            root: None,
+        })
     }
 }
 

@@ -2,7 +2,14 @@ use super::*;
 use domain::protocol::StagedEntry;
 
 fn entry(path: &str, content: &str, mode: &str) -> StagedEntry {
-    StagedEntry { path: path.into(), content: content.into(), mode: mode.into(), owner: String::new(), group: String::new(), secret: false }
+    StagedEntry {
+        path: path.into(),
+        content: content.into(),
+        mode: mode.into(),
+        owner: String::new(),
+        group: String::new(),
+        secret: false,
+    }
 }
 
 fn root_of(entries: &[StagedEntry]) -> String {
@@ -10,7 +17,12 @@ fn root_of(entries: &[StagedEntry]) -> String {
         .iter()
         .map(|e| {
             let path = EntryPath::parse(&e.path).unwrap();
-            let policy = Policy { mode: parse_mode(&e.mode).unwrap(), owner: e.owner.clone(), group: e.group.clone(), secret: e.secret };
+            let policy = Policy {
+                mode: parse_mode(&e.mode).unwrap(),
+                owner: e.owner.clone(),
+                group: e.group.clone(),
+                secret: e.secret,
+            };
             let hash = entry_hash(&path, &policy, e.content.as_bytes());
             (path, hash)
         })
@@ -31,7 +43,10 @@ fn request(epoch: i64, revision: i64, base: &str, entries: Vec<StagedEntry>) -> 
 }
 
 fn fence(epoch: i64) -> Fence {
-    Fence { control_plane_id: "cp-a".into(), epoch }
+    Fence {
+        control_plane_id: "cp-a".into(),
+        epoch,
+    }
 }
 
 struct Fixture {
@@ -56,7 +71,10 @@ fn prepare_then_commit_switches_live_and_proves_the_root() {
     let f = fixture();
     let mut store = Store::open(&f.live, &f.state, None).unwrap();
     assert_eq!(store.state(false).unwrap().live_root, empty_root());
-    let entries = vec![entry("app.toml", "port = 1\n", "0644"), entry("nginx/site.conf", "listen 80;\n", "0600")];
+    let entries = vec![
+        entry("app.toml", "port = 1\n", "0644"),
+        entry("nginx/site.conf", "listen 80;\n", "0600"),
+    ];
     let req = request(1, 1, &empty_root(), entries);
     let prepared = store.prepare(7, &req).unwrap();
     assert_eq!(prepared.phase, RolloutPhase::Prepared);
@@ -65,7 +83,10 @@ fn prepare_then_commit_switches_live_and_proves_the_root() {
     let committed = store.commit(7, &fence(1)).unwrap();
     assert_eq!(committed.root.as_deref(), Some(req.target_root.as_str()));
     assert_eq!(fs::read_to_string(f.live.join("nginx/site.conf")).unwrap(), "listen 80;\n");
-    assert_eq!(fs::metadata(f.live.join("nginx/site.conf")).unwrap().permissions().mode() & 0o7777, 0o600);
+    assert_eq!(
+        fs::metadata(f.live.join("nginx/site.conf")).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
     assert!(fs::symlink_metadata(&f.live).unwrap().file_type().is_symlink());
     // Idempotent, and it survives a restart.
     assert_eq!(store.commit(7, &fence(1)).unwrap().phase, RolloutPhase::Committed);
@@ -99,17 +120,31 @@ fn a_drifted_base_is_refused_unless_reconciling() {
 fn writes_from_another_control_plane_or_an_older_epoch_are_fenced() {
     let f = fixture();
     let mut store = Store::open(&f.live, &f.state, None).unwrap();
-    store.prepare(1, &request(5, 1, &empty_root(), vec![entry("a", "1", "0644")])).unwrap();
+    store
+        .prepare(1, &request(5, 1, &empty_root(), vec![entry("a", "1", "0644")]))
+        .unwrap();
     let mut other = request(9, 1, &empty_root(), vec![entry("a", "2", "0644")]);
     other.control_plane_id = "cp-b".into();
     assert!(matches!(store.prepare(2, &other), Err(StoreError::Fenced(_))));
     let older = request(4, 1, &empty_root(), vec![entry("a", "3", "0644")]);
     assert!(matches!(store.prepare(3, &older), Err(StoreError::Fenced(_))));
-    assert!(matches!(store.commit(1, &Fence { control_plane_id: "cp-b".into(), epoch: 9 }), Err(StoreError::Fenced(_))));
+    assert!(matches!(
+        store.commit(
+            1,
+            &Fence {
+                control_plane_id: "cp-b".into(),
+                epoch: 9
+            }
+        ),
+        Err(StoreError::Fenced(_))
+    ));
     // A pinned id refuses even the first writer when it differs.
     let g = fixture();
     let mut pinned = Store::open(&g.live, &g.state, Some("cp-z".into())).unwrap();
-    assert!(matches!(pinned.prepare(1, &request(1, 1, &empty_root(), vec![])), Err(StoreError::Fenced(_))));
+    assert!(matches!(
+        pinned.prepare(1, &request(1, 1, &empty_root(), vec![])),
+        Err(StoreError::Fenced(_))
+    ));
 }
 
 #[test]
@@ -132,7 +167,9 @@ fn tampered_requests_change_nothing() {
 fn abort_drops_the_staged_revision_and_commit_after_abort_is_refused() {
     let f = fixture();
     let mut store = Store::open(&f.live, &f.state, None).unwrap();
-    store.prepare(3, &request(1, 1, &empty_root(), vec![entry("a", "1", "0644")])).unwrap();
+    store
+        .prepare(3, &request(1, 1, &empty_root(), vec![entry("a", "1", "0644")]))
+        .unwrap();
     store.abort(3, &fence(1)).unwrap();
     assert_eq!(store.status(3).phase, RolloutPhase::Aborted);
     assert!(matches!(store.commit(3, &fence(1)), Err(StoreError::Conflict(_))));

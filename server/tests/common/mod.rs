@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use domain::Role;
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};

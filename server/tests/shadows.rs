@@ -1,0 +1,374 @@
+//! Shadows and synchronous two-phase rollouts: real agent processes and directory
+//! shadows on temporary paths, the real server over HTTP.
+
+mod common;
+
+use common::{
+    Session, TestServer, change_body,
+    fleet::{AGENT_TOKEN, Agent, snapshot},
+};
+use domain::Role;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+struct Fleet {
+    server: TestServer,
+    editor: Session,
+    approver: Session,
+    agent: Agent,
+    directories: Vec<PathBuf>,
+    _root: tempfile::TempDir,
+}
+
+/// A server with three directory shadows and one agent, all registered over the API.
+async fn fleet() -> Fleet {
+    let server = TestServer::start().await;
+    server.user("erin", Role::Editor).await;
+    server.user("abel", Role::Approver).await;
+    server.user("ada", Role::Admin).await;
+    let (editor, approver, admin) = (server.login("erin").await, server.login("abel").await, server.login("ada").await);
+    // Registration goes through the API as an administrator would do it.
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&root.path().join("edge"));
+    let (status, body) = admin
+        .post(
+            "/api/v1/shadows",
+            json!({"driver": "agent", "name": "edge", "url": agent.url(), "token": AGENT_TOKEN}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut directories = Vec::new();
+    for name in ["dc1", "dr-site", "backup"] {
+        let path = root.path().join(name).join("live");
+        let (status, body) = admin
+            .post("/api/v1/shadows", json!({"driver": "directory", "name": name, "path": path}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        directories.push(path);
+    }
+    Fleet {
+        server,
+        editor,
+        approver,
+        agent,
+        directories,
+        _root: root,
+    }
+}
+
+impl Fleet {
+    fn live_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = self.directories.clone();
+        dirs.push(self.agent.live.clone());
+        dirs
+    }
+
+    /// Creates, submits, approves and rolls out a change; returns the rollout answer.
+    async fn roll_out(&self, body: Value) -> (StatusCode, Value) {
+        let (status, change) = self.editor.post("/api/v1/changes", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{change}");
+        let id = change["id"].as_i64().unwrap();
+        self.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+        self.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+        self.approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await
+    }
+
+    async fn current(&self) -> Value {
+        let (_, page) = self.editor.get("/api/v1/revisions?limit=1").await;
+        page["items"][0].clone()
+    }
+}
+
+fn sample(base: i64) -> Value {
+    json!({"base_revision": base, "message": "sample", "entries": [
+        {"path": "app.toml", "content": "[server]\nport = 8080\n", "format": "toml", "mode": "0644"},
+        {"path": "nginx/site.conf", "content": "listen 80;\n", "format": "text", "mode": "0640"},
+        {"path": "db.env", "content": "DB_PASSWORD=s3cret-value\n", "format": "env", "mode": "0600", "secret": true}
+    ]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_change_reaches_every_shadow_with_proof() {
+    let fleet = fleet().await;
+    let (status, rollout) = fleet.roll_out(sample(0)).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    let root = rollout["root"].as_str().unwrap();
+    let shadows = rollout["shadows"].as_array().unwrap();
+    assert_eq!(shadows.len(), 4);
+    for shadow in shadows {
+        assert_eq!(shadow["phase"], "committed", "{shadow}");
+        assert_eq!(shadow["receipt_root"], root, "every receipt proves the revision's root: {shadow}");
+    }
+    let expected = vec![
+        ("app.toml".to_string(), b"[server]\nport = 8080\n".to_vec(), 0o644),
+        ("db.env".to_string(), b"DB_PASSWORD=s3cret-value\n".to_vec(), 0o600),
+        ("nginx/site.conf".to_string(), b"listen 80;\n".to_vec(), 0o640),
+    ];
+    for dir in fleet.live_dirs() {
+        assert_eq!(
+            snapshot(&dir),
+            expected,
+            "{} holds the revision byte for byte and in mode",
+            dir.display()
+        );
+    }
+    let (_, listed) = fleet.editor.get("/api/v1/shadows").await;
+    for shadow in listed["items"].as_array().unwrap() {
+        assert_eq!(shadow["status"], "in_sync", "{shadow}");
+        assert_eq!(shadow["observed_root"], root);
+    }
+    let (_, stored) = fleet.editor.get(&format!("/api/v1/rollouts/{}", rollout["id"])).await;
+    assert_eq!(stored["shadows"], rollout["shadows"], "receipts are stored");
+
+    // A second change goes through the same way, on top of the first.
+    let (status, second) = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    assert_eq!(second["state"], "applied");
+    for dir in fleet.live_dirs() {
+        assert_eq!(std::fs::read_to_string(dir.join("app.toml")).unwrap(), "[server]\nport = 9090\n");
+    }
+    fleet.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refusing_shadow_aborts_the_rollout_everywhere() {
+    let fleet = fleet().await;
+    let (_, first) = fleet.roll_out(sample(0)).await;
+    assert_eq!(first["state"], "applied");
+    let before: Vec<_> = fleet.live_dirs().iter().map(|d| snapshot(d)).collect();
+
+    // A hand edit on dr-site: its live root is no longer the base the writer expects.
+    std::fs::write(fleet.directories[1].join("app.toml"), "[server]\nport = 1\n").unwrap();
+    let (status, rollout) = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    assert_eq!(rollout["state"], "failed", "{rollout}");
+    let error = rollout["error"].as_str().unwrap();
+    assert!(
+        error.contains("dr-site") && error.contains("base_root_mismatch"),
+        "the error names the shadow and the reason: {error}"
+    );
+    assert_eq!(fleet.current().await["number"], 1, "the primary revision is unchanged");
+    for shadow in rollout["shadows"].as_array().unwrap() {
+        let name = shadow["name"].as_str().unwrap();
+        let expected = if name == "dr-site" { "refused" } else { "aborted" };
+        assert_eq!(shadow["phase"], expected, "{shadow}");
+    }
+    let after: Vec<_> = fleet.live_dirs().iter().map(|d| snapshot(d)).collect();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        if i != 1 {
+            assert_eq!(b, a, "shadows that prepared still serve the previous revision");
+        }
+    }
+
+    // Reconcile brings dr-site back; then the change can go out (after a rebase).
+    let (status, reconcile) = fleet.approver.post("/api/v1/shadows/dr-site/reconcile", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{reconcile}");
+    assert_eq!(reconcile["state"], "applied", "{reconcile}");
+    assert_eq!(snapshot(&fleet.directories[1]), before[1]);
+    fleet.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_agent_at_prepare_aborts_the_rollout() {
+    let mut fleet = fleet().await;
+    let (_, first) = fleet.roll_out(sample(0)).await;
+    assert_eq!(first["state"], "applied");
+    let state_before = std::fs::read_to_string(fleet.agent.state.join("state.json")).unwrap();
+    fleet.agent.kill();
+    let (status, rollout) = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 7070\n")).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    assert_eq!(rollout["state"], "failed", "{rollout}");
+    assert!(rollout["error"].as_str().unwrap().contains("edge: unreachable"), "{rollout}");
+    assert_eq!(fleet.current().await["number"], 1);
+    fleet.agent.restart();
+    assert_eq!(
+        std::fs::read_to_string(fleet.agent.state.join("state.json")).unwrap(),
+        state_before,
+        "nothing was staged on the dead agent"
+    );
+    for dir in fleet.live_dirs() {
+        assert_eq!(std::fs::read_to_string(dir.join("app.toml")).unwrap(), "[server]\nport = 8080\n");
+    }
+    fleet.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_control_plane_and_a_stale_copy_are_fenced() {
+    let fleet = fleet().await;
+    let (_, first) = fleet.roll_out(sample(0)).await;
+    assert_eq!(first["state"], "applied");
+
+    // A copy of the database taken now, before the next rollout.
+    let copy_dir = tempfile::tempdir().unwrap();
+    let db_file = fleet.server.data_dir().join(control::db::DATABASE_FILE);
+    let copy_file = copy_dir.path().join(control::db::DATABASE_FILE);
+    std::process::Command::new("sqlite3")
+        .arg(&db_file)
+        .arg(format!(".backup '{}'", copy_file.display()))
+        .status()
+        .expect("sqlite3");
+    copy_dir_all(&fleet.server.data_dir().join("shadows"), &copy_dir.path().join("shadows"));
+
+    let (_, second) = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
+    assert_eq!(second["state"], "applied", "{second}");
+
+    // The restored copy believes revision 1 is current and tries to roll out on top of it.
+    let stale = TestServer::start_with(|config| config.data_dir = copy_dir.path().to_path_buf()).await;
+    let (editor, approver) = (stale.login("erin").await, stale.login("abel").await);
+    let (_, change) = editor
+        .post("/api/v1/changes", change_body(1, "app.toml", "[server]\nport = 1111\n"))
+        .await;
+    let id = change["id"].as_i64().unwrap();
+    editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+    approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    let (_, refused) = approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+    assert_eq!(refused["state"], "failed", "{refused}");
+    for shadow in refused["shadows"].as_array().unwrap() {
+        assert_eq!(shadow["phase"], "refused", "every shadow refuses the stale writer: {shadow}");
+    }
+    assert!(refused["error"].as_str().unwrap().contains("base_root_mismatch"), "{refused}");
+    for dir in fleet.live_dirs() {
+        assert_eq!(
+            std::fs::read_to_string(dir.join("app.toml")).unwrap(),
+            "[server]\nport = 9090\n",
+            "nothing was overwritten"
+        );
+    }
+    stale.stop().await;
+
+    // A different control plane (its own database) cannot write to the agent at all.
+    let other = TestServer::start().await;
+    other.user("ann", Role::Editor).await;
+    other.user("bob", Role::Approver).await;
+    other.user("root", Role::Admin).await;
+    let admin = other.login("root").await;
+    admin
+        .post(
+            "/api/v1/shadows",
+            json!({"driver": "agent", "name": "edge", "url": fleet.agent.url(), "token": AGENT_TOKEN}),
+        )
+        .await;
+    let (editor, approver) = (other.login("ann").await, other.login("bob").await);
+    let (_, change) = editor.post("/api/v1/changes", change_body(0, "x.json", "{}")).await;
+    let id = change["id"].as_i64().unwrap();
+    editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+    approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    let (_, refused) = approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+    assert_eq!(refused["state"], "failed", "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("fenced"), "{refused}");
+    let (_, shadow) = admin.get("/api/v1/rollouts").await;
+    assert_eq!(shadow["items"][0]["shadows"][0]["phase"], "refused");
+    other.stop().await;
+
+    // The rightful control plane still writes.
+    let (_, third) = fleet.roll_out(change_body(2, "app.toml", "[server]\nport = 9191\n")).await;
+    assert_eq!(third["state"], "applied", "{third}");
+    fleet.server.stop().await;
+}
+
+fn copy_dir_all(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            copy_dir_all(&entry.path(), &target);
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_refuses_wrong_tokens_and_tampered_requests() {
+    let fleet = fleet().await;
+    let (_, first) = fleet.roll_out(sample(0)).await;
+    let root = first["root"].as_str().unwrap().to_string();
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", fleet.agent.url());
+    for token in [None, Some("wrong-token-wrong-token")] {
+        let mut request = client.get(url("/v1/state"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        assert_eq!(request.send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        let mut prepare = client.put(url("/v1/rollouts/99")).body("not even json");
+        if let Some(token) = token {
+            prepare = prepare.bearer_auth(token);
+        }
+        assert_eq!(
+            prepare.send().await.unwrap().status(),
+            StatusCode::UNAUTHORIZED,
+            "401 before the body is read"
+        );
+    }
+    let (_, state) = common::json_of(
+        client
+            .get(url("/v1/state?entries=true"))
+            .bearer_auth(AGENT_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(state["live_root"], root);
+    assert_eq!(state["entries"].as_array().unwrap().len(), 3);
+    let control_plane = state["control_plane_id"].as_str().unwrap().to_string();
+    let epoch = state["highest_epoch"].as_i64().unwrap();
+    let entry = json!({"path": "a.conf", "content": "x", "mode": "0644"});
+    let good_root = {
+        let path = domain::EntryPath::parse("a.conf").unwrap();
+        let hash = domain::hash::entry_hash(&path, &domain::Policy::default(), b"x");
+        domain::hash::root_hash([(&path, hash)]).to_hex()
+    };
+    let prepare = |body: Value| client.put(url("/v1/rollouts/99")).bearer_auth(AGENT_TOKEN).json(&body).send();
+    let base = json!({"control_plane_id": control_plane, "epoch": epoch, "revision": 9, "target_root": good_root, "base_root": root, "entries": [entry]});
+    let cases = [
+        ("epoch", json!({"epoch": epoch - 1}), StatusCode::CONFLICT, "fenced"),
+        (
+            "control plane",
+            json!({"control_plane_id": "someone-else"}),
+            StatusCode::CONFLICT,
+            "fenced",
+        ),
+        (
+            "root",
+            json!({"target_root": root}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "root_mismatch",
+        ),
+        (
+            "base root",
+            json!({"base_root": good_root}),
+            StatusCode::CONFLICT,
+            "base_root_mismatch",
+        ),
+        (
+            "path",
+            json!({"entries": [{"path": "../../etc/passwd", "content": "x", "mode": "0644"}]}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+    ];
+    for (what, overrides, status, code) in cases {
+        let mut body = base.clone();
+        for (key, value) in overrides.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        let (got, answer) = common::json_of(prepare(body).await.unwrap()).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{what} tampering: {answer}"
+        );
+    }
+    let (_, after) = common::json_of(client.get(url("/v1/state")).bearer_auth(AGENT_TOKEN).send().await.unwrap()).await;
+    assert_eq!(after["live_root"], root);
+    assert_eq!(after["staged"], Value::Null, "no tampered request staged anything");
+    assert_eq!(after["highest_epoch"], epoch);
+    fleet.server.stop().await;
+}
