@@ -7,7 +7,9 @@ DEMO_DIR ?= demo-data
 DEMO_LISTEN ?= 127.0.0.1:3000
 # Packages are tested one by one: building the whole workspace at once would unify the
 # `ssr` and `hydrate` features of `app`.
-RUST_PACKAGES := etc-shadow-domain etc-shadow-control etc-shadow-server
+RUST_PACKAGES := etc-shadow-domain etc-shadow-store etc-shadow-control etc-shadow-agent etc-shadow-server
+# Randomised crash rollouts in the crash sweep (CRASH_ROLLOUTS=1000 make unit for the long run).
+CRASH_ROLLOUTS ?= 200
 
 .PHONY: demo test setup setup-test build-release build lint unit e2e clean-demo
 
@@ -25,9 +27,11 @@ setup-test:
 
 build-release:
 	cargo leptos build --release
+	cargo build --release -p etc-shadow-agent
 
 build:
 	cargo leptos build
+	cargo build -p etc-shadow-agent
 
 lint:
 	cargo fmt --all -- --check
@@ -35,7 +39,9 @@ lint:
 	cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
 
 unit:
-	for p in $(RUST_PACKAGES); do cargo test -p $$p || exit 1; done
+	cargo build -p etc-shadow-agent
+	for p in etc-shadow-domain etc-shadow-store etc-shadow-control etc-shadow-agent; do cargo test -p $$p || exit 1; done
+	ETC_SHADOW_CRASH_ROLLOUTS=$(CRASH_ROLLOUTS) cargo test -p etc-shadow-server --features crash-points
 
 e2e: build
 	cd end2end && npx playwright test

@@ -372,3 +372,91 @@ async fn the_agent_refuses_wrong_tokens_and_tampered_requests() {
     assert_eq!(after["highest_epoch"], epoch);
     fleet.server.stop().await;
 }
+
+/// Every file of one generation, or `None` if it vanished while being read.
+fn read_generation(dir: &std::path::Path) -> Option<Vec<(String, Vec<u8>, u32)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).ok()? {
+            let entry = entry.ok()?;
+            let meta = std::fs::metadata(entry.path()).ok()?;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                let content = std::fs::read(entry.path()).ok()?;
+                files.push((
+                    entry.path().strip_prefix(dir).ok()?.to_string_lossy().into_owned(),
+                    content,
+                    meta.permissions().mode() & 0o7777,
+                ));
+            }
+        }
+    }
+    files.sort();
+    Some(files)
+}
+
+/// The root of a directory's files as the test writes them (no owner, group or secret).
+fn root_of_files(files: &[(String, Vec<u8>, u32)]) -> String {
+    let hashed: Vec<(domain::EntryPath, domain::Hash)> = files
+        .iter()
+        .map(|(path, content, mode)| {
+            let path = domain::EntryPath::parse(path).unwrap();
+            let hash = domain::hash::entry_hash(
+                &path,
+                &domain::Policy {
+                    mode: *mode,
+                    ..domain::Policy::default()
+                },
+                content,
+            );
+            (path, hash)
+        })
+        .collect();
+    domain::hash::root_hash(hashed.iter().map(|(p, h)| (p, *h))).to_hex()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_never_see_a_mix_of_two_revisions() {
+    let fleet = fleet().await;
+    let (_, first) = fleet.roll_out(change_body(0, "app.toml", "[server]\nround = -1\n")).await;
+    let mut roots = vec![first["root"].as_str().unwrap().to_string()];
+    let live = fleet.directories[0].clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The reader resolves the live link once per snapshot, as a service reloading its
+    // configuration would, then reads every file of that generation.
+    let reader = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(generation) = std::fs::canonicalize(&live) else { continue };
+                // A generation removed while being read fails loudly (not found); only a
+                // complete read counts as a snapshot.
+                if let Some(files) = read_generation(&generation) {
+                    seen.push(root_of_files(&files));
+                }
+            }
+            seen
+        }
+    });
+    for i in 0..15 {
+        // Two files change together in every revision: a mix would pair them wrongly.
+        let body = json!({"base_revision": i + 1, "message": format!("pair {i}"), "entries": [
+            {"path": "app.toml", "content": format!("[server]\nround = {i}\n"), "format": "toml"},
+            {"path": "nginx/site.conf", "content": format!("# round {i}\nlisten 80;\n"), "format": "text", "mode": "0640"}
+        ]});
+        let (_, rollout) = fleet.roll_out(body).await;
+        assert_eq!(rollout["state"], "applied", "{rollout}");
+        roots.push(rollout["root"].as_str().unwrap().to_string());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = reader.join().unwrap();
+    assert!(seen.len() > 15, "the reader took {} snapshots", seen.len());
+    for root in &seen {
+        assert!(roots.contains(root), "a reader saw {root}, which is no revision: a mix");
+    }
+    fleet.server.stop().await;
+}

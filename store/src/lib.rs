@@ -567,12 +567,22 @@ impl Store {
         self.persisted.staged = None;
         self.remember(rollout, RolloutPhase::Committed);
         self.save()?;
-        // Keep the previous generation for readers still inside it; drop older ones.
+        // Keep the previous generation for readers still inside it; drop older ones. Each
+        // is renamed away first, so a slow reader still inside it gets "not found" rather
+        // than a listing that deletion has half emptied.
         let keep: Vec<String> = self.persisted.live.iter().chain(previous.iter()).map(|g| g.dir.clone()).collect();
-        if let Ok(entries) = fs::read_dir(self.state_dir.join("revisions")) {
+        let revisions = self.state_dir.join("revisions");
+        if let Ok(entries) = fs::read_dir(&revisions) {
             for entry in entries.flatten() {
-                if !keep.contains(&entry.file_name().to_string_lossy().into_owned()) {
-                    let _ = fs::remove_dir_all(entry.path());
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !keep.contains(&name) {
+                    let trash = revisions.join(format!(".trash-{name}"));
+                    let doomed = if name.starts_with(".trash-") || fs::rename(entry.path(), &trash).is_err() {
+                        entry.path()
+                    } else {
+                        trash
+                    };
+                    let _ = fs::remove_dir_all(doomed);
                 }
             }
         }
