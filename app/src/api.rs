@@ -382,3 +382,80 @@ pub async fn audit_head() -> Result<domain::api::AuditHead, ServerFnError> {
     caller()?;
     control::audit::head(&db()?).await.map_err(fail)
 }
+
+#[cfg(feature = "ssr")]
+fn coordinator() -> Result<std::sync::Arc<control::rollouts::Coordinator>, ServerFnError> {
+    use_context::<std::sync::Arc<control::rollouts::Coordinator>>().ok_or_else(|| ServerFnError::new("coordinator unavailable"))
+}
+
+#[server]
+pub async fn shadows() -> Result<Vec<domain::api::ShadowView>, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::shadows::list(&db()?).await.map_err(fail)
+}
+
+/// Registers a shadow from the admin form: `driver` is `agent` (url, token) or
+/// `directory` (path).
+#[server]
+pub async fn add_shadow(
+    driver: String,
+    name: String,
+    url: Option<String>,
+    token: Option<String>,
+    path: Option<String>,
+) -> Result<(), ServerFnError> {
+    use ssr::*;
+    let shadow = match driver.as_str() {
+        "agent" => control::shadows::NewShadow::Agent {
+            name,
+            url: url.unwrap_or_default(),
+            token: token.unwrap_or_default(),
+        },
+        "directory" => control::shadows::NewShadow::Directory {
+            name,
+            path: path.unwrap_or_default(),
+        },
+        other => return Err(ServerFnError::new(format!("unknown driver {other:?}"))),
+    };
+    control::shadows::add(&db()?, &caller()?, shadow).await.map_err(fail).map(drop)
+}
+
+#[server]
+pub async fn remove_shadow(name: String) -> Result<(), ServerFnError> {
+    use ssr::*;
+    control::shadows::remove_by(&db()?, &caller()?, &name).await.map_err(fail)?;
+    coordinator()?.registry.forget(&name);
+    Ok(())
+}
+
+#[server]
+pub async fn check_shadow(name: String) -> Result<(), ServerFnError> {
+    use ssr::*;
+    caller()?;
+    let coordinator = coordinator()?;
+    control::shadows::check(&db()?, &coordinator.registry, &name)
+        .await
+        .map_err(fail)
+        .map(drop)
+}
+
+#[server]
+pub async fn reconcile_shadow(name: String) -> Result<RolloutView, ServerFnError> {
+    use ssr::*;
+    coordinator()?.reconcile(&caller()?, &name).await.map_err(fail)
+}
+
+#[server]
+pub async fn rollouts(before: Option<i64>) -> Result<Page<RolloutView>, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::rollouts::list(&db()?, before, Some(25)).await.map_err(fail)
+}
+
+#[server]
+pub async fn rollout(id: i64) -> Result<RolloutView, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::rollouts::get(&db()?, id).await.map_err(fail)
+}

@@ -16,9 +16,10 @@ use std::{
 };
 use store::{Store, StoreError};
 
-/// A shadow as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
-pub struct ShadowView {
+pub use domain::api::ShadowView;
+
+#[derive(sqlx::FromRow)]
+struct ShadowRow {
     pub name: String,
     pub driver: String,
     pub url: Option<String>,
@@ -30,6 +31,24 @@ pub struct ShadowView {
     pub last_in_sync_at: Option<String>,
     pub last_error: Option<String>,
     pub created_at: String,
+}
+
+impl From<ShadowRow> for ShadowView {
+    fn from(row: ShadowRow) -> Self {
+        ShadowView {
+            name: row.name,
+            driver: row.driver,
+            url: row.url,
+            path: row.path,
+            status: row.status,
+            observed_root: row.observed_root,
+            observed_revision: row.observed_revision,
+            last_contact_at: row.last_contact_at,
+            last_in_sync_at: row.last_in_sync_at,
+            last_error: row.last_error,
+            created_at: row.created_at,
+        }
+    }
 }
 
 /// How to reach a new shadow.
@@ -111,6 +130,11 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowVie
     get(db, name).await
 }
 
+pub async fn remove_by(db: &Db, caller: &Caller, name: &str) -> Result<()> {
+    caller.require(Role::Admin)?;
+    remove(db, &caller.username, name).await
+}
+
 pub async fn remove(db: &Db, actor: &str, name: &str) -> Result<()> {
     let mut tx = db.begin().await?;
     let removed = sqlx::query("DELETE FROM shadows WHERE name = ?")
@@ -126,17 +150,28 @@ pub async fn remove(db: &Db, actor: &str, name: &str) -> Result<()> {
 }
 
 pub async fn list(db: &Db) -> Result<Vec<ShadowView>> {
-    Ok(sqlx::query_as(&format!("{SHADOW_SELECT} ORDER BY name"))
+    let rows: Vec<ShadowRow> = sqlx::query_as(&format!("{SHADOW_SELECT} ORDER BY name"))
         .fetch_all(&db.read)
-        .await?)
+        .await?;
+    Ok(rows.into_iter().map(ShadowView::from).collect())
 }
 
 pub async fn get(db: &Db, name: &str) -> Result<ShadowView> {
-    sqlx::query_as(&format!("{SHADOW_SELECT} WHERE name = ?"))
+    let row: ShadowRow = sqlx::query_as(&format!("{SHADOW_SELECT} WHERE name = ?"))
         .bind(name)
         .fetch_optional(&db.read)
         .await?
-        .ok_or_else(|| Error::NotFound(format!("no shadow {name}")))
+        .ok_or_else(|| Error::NotFound(format!("no shadow {name}")))?;
+    Ok(row.into())
+}
+
+/// Asks a shadow for its state now and records what it answered.
+pub async fn check(db: &Db, registry: &Registry, name: &str) -> Result<ShadowView> {
+    let driver = registry.driver(db, name).await?;
+    let expected = crate::revisions::current(db).await?.root;
+    let observed = driver.state(false).await;
+    record_observation(db, name, observed.as_ref(), &expected).await?;
+    get(db, name).await
 }
 
 /// A failure talking to a shadow, in words fit for the rollout record.

@@ -294,3 +294,21 @@ pub struct Overview {
     pub recent_activity: Vec<AuditEntry>,
     pub recent_rollouts: Vec<RolloutView>,
 }
+
+/// A shadow as listed: where it is and what was last observed of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowView {
+    pub name: String,
+    /// `agent` or `directory`.
+    pub driver: String,
+    pub url: Option<String>,
+    pub path: Option<String>,
+    /// `in_sync`, `drifted`, `stale`, `unreachable`, `fenced`, `pending`, `rolling_out`.
+    pub status: String,
+    pub observed_root: Option<String>,
+    pub observed_revision: Option<i64>,
+    pub last_contact_at: Option<String>,
+    pub last_in_sync_at: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+}

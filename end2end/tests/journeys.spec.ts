@@ -53,6 +53,9 @@ test('an edit is validated as you type, reviewed by a second person and rolled o
   await expect(page.getByTestId('change-header')).toHaveAttribute('data-state', 'approved');
   await change.act('rollout');
   await expect(page.getByTestId('rollout-result')).toContainText('revision #2 is current');
+  // The demo's four shadows each prove the new root.
+  await expect(page.locator('[data-test=rollout-shadow][data-phase=committed]')).toHaveCount(4);
+  await expect(page.getByTestId('rollout-shadows')).not.toContainText('—');
   await expect(page.getByTestId('change-header')).toHaveAttribute('data-state', 'rolled_out');
   await expect(page.getByTestId('became-revision')).toHaveText('revision #2');
 
@@ -92,6 +95,17 @@ test('an edit after approval voids it until approved again', async ({ browser })
   await review.open(id);
   await expect(approverPage.getByTestId('rollout')).toHaveCount(0);
   await expect(approverPage.getByTestId('approval')).toContainText('voided by an edit');
+});
+
+test('the shadows page shows every shadow in sync after the demo rollout', async ({ page }) => {
+  await new LoginPage(page).signInAs(users.viewer);
+  await page.goto('/shadows');
+  await expect(page.getByTestId('shadow-row')).toHaveCount(4);
+  for (const name of ['backup', 'dc1', 'dr-site', 'edge']) {
+    await expect(page.locator(`[data-test=shadow-row][data-name="${name}"]`)).toHaveAttribute('data-status', 'in_sync');
+  }
+  await expect(page.getByTestId('reconcile-shadow')).toHaveCount(0);
+  await expect(page.getByTestId('remove-shadow')).toHaveCount(0);
 });
 
 test('the audit log verifies its chain and filters', async ({ page }) => {

@@ -414,11 +414,7 @@ async fn remove_shadow(
 
 /// Asks the shadow for its state now and records what it answered.
 async fn check_shadow(State(state): State<AppState>, PathParams(name): PathParams<String>) -> ApiResult<Response> {
-    let driver = state.coordinator.registry.driver(&state.db, &name).await?;
-    let expected = revisions::current(&state.db).await?.root;
-    let observed = driver.state(false).await;
-    shadows::record_observation(&state.db, &name, observed.as_ref(), &expected).await?;
-    Ok(Json(shadows::get(&state.db, &name).await?).into_response())
+    Ok(Json(shadows::check(&state.db, &state.coordinator.registry, &name).await?).into_response())
 }
 
 async fn reconcile_shadow(

@@ -23,6 +23,8 @@ pub fn Layout(#[prop(into)] title: String, children: ChildrenFn) -> impl IntoVie
                     <A href="/config">"Configuration"</A>
                     <A href="/changes">"Changes"</A>
                     <A href="/revisions">"History"</A>
+                    <A href="/shadows">"Shadows"</A>
+                    <A href="/rollouts">"Rollouts"</A>
                     <A href="/audit">"Audit"</A>
                 </nav>
                 <Suspense fallback=|| ()>

@@ -9,7 +9,7 @@ use crate::{
         layout::{Layout, use_me},
         when,
     },
-    pages::config::edit_href,
+    pages::{config::edit_href, rollouts::RolloutShadows},
 };
 use domain::{
     Role,
@@ -141,12 +141,22 @@ pub fn ChangePage() -> impl IntoView {
         <Title text="Change · etc-shadow" />
         <Layout title="Change">
             {move || actions.failure().map(|message| view! { <div class="error-box" role="alert" data-test="action-error">{message}</div> })}
-            {move || actions.rollout.value().get().and_then(|r| r.ok()).map(|r| view! {
-                <div class="success-box" data-test="rollout-result">
-                    {format!("Rollout #{} {}: revision #{} is current, root ", r.id, r.state, r.revision)}
-                    <ShortHash hash=r.root.clone() />
-                    {if r.shadows.is_empty() { " (no shadows registered)".to_string() } else { format!(" ({} shadows)", r.shadows.len()) }}
-                </div>
+            {move || actions.rollout.value().get().and_then(|r| r.ok()).map(|r| {
+                let applied = r.state == "applied";
+                let class = if applied { "success-box" } else { "error-box" };
+                let headline = if applied {
+                    format!("Rollout #{} applied: revision #{} is current, proven by every shadow's receipt; root ", r.id, r.revision)
+                } else {
+                    format!("Rollout #{} {}: {} ", r.id, r.state, r.error.clone().unwrap_or_default())
+                };
+                view! {
+                    <div class=class data-test="rollout-result" data-state=r.state.clone()>
+                        {headline}
+                        <ShortHash hash=r.root.clone() />
+                        " " <a href=format!("/rollouts/{}", r.id)>"details"</a>
+                    </div>
+                    <RolloutShadows rollout=r />
+                }
             })}
             <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
                 {move || Suspend::new(async move {

@@ -6,6 +6,8 @@ pub mod config;
 pub mod editor;
 pub mod login;
 pub mod overview;
+pub mod rollouts;
+pub mod shadows;
 
 use leptos::prelude::*;
 

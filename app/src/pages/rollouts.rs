@@ -1,0 +1,124 @@
+//! Rollouts: the list, and one rollout with every shadow's phase and receipt. While a
+//! rollout is running the detail page refreshes itself every second.
+
+use crate::{
+    api::{rollout, rollouts},
+    components::{ErrorBox, ShortHash, StateBadge, error_text, layout::Layout, when},
+};
+use domain::api::RolloutView;
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::hooks::{use_params_map, use_query_map};
+
+/// Every targeted shadow: prepare answer, commit receipt, and whether it proves the root.
+#[component]
+pub fn RolloutShadows(rollout: RolloutView) -> impl IntoView {
+    if rollout.shadows.is_empty() {
+        return view! { <p class="muted">"No shadows were registered: the primary alone moved to the new revision."</p> }.into_any();
+    }
+    let root = rollout.root.clone();
+    view! {
+        <table class="table" data-test="rollout-shadows">
+            <thead><tr><th>"Shadow"</th><th>"Phase"</th><th>"Staged root"</th><th>"Receipt root"</th><th>"Proof"</th><th>"Error"</th></tr></thead>
+            <tbody>
+                {rollout.shadows.into_iter().map(|s| {
+                    let proven = s.receipt_root.as_deref() == Some(root.as_str());
+                    view! {
+                        <tr data-test="rollout-shadow" data-name=s.name.clone() data-phase=s.phase.clone()>
+                            <td>{s.name.clone()}</td>
+                            <td><StateBadge state=s.phase.clone() /></td>
+                            <td>{s.staged_root.clone().map(|r| view! { <ShortHash hash=r /> })}</td>
+                            <td>{s.receipt_root.clone().map(|r| view! { <ShortHash hash=r /> })}</td>
+                            <td>{if proven { "✓ matches" } else { "—" }}</td>
+                            <td class="muted">{s.error.clone()}</td>
+                        </tr>
+                    }
+                }).collect_view()}
+            </tbody>
+        </table>
+    }
+    .into_any()
+}
+
+#[component]
+pub fn RolloutsPage() -> impl IntoView {
+    let query = use_query_map();
+    let before = move || query.read().get("before").and_then(|b| b.parse::<i64>().ok());
+    let data = Resource::new(before, rollouts);
+    view! {
+        <Title text="Rollouts · etc-shadow" />
+        <Layout title="Rollouts">
+            <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match data.await {
+                        Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
+                        Ok(page) => view! {
+                            <table class="table" data-test="rollout-table">
+                                <thead><tr><th>"#"</th><th>"Kind"</th><th>"State"</th><th>"Revision"</th><th>"Shadows"</th><th>"By"</th><th>"Started"</th></tr></thead>
+                                <tbody>
+                                    {page.items.iter().map(|r| view! {
+                                        <tr data-test="rollout-row">
+                                            <td><a href=format!("/rollouts/{}", r.id)>{format!("#{}", r.id)}</a></td>
+                                            <td>{r.kind.clone()}</td>
+                                            <td><StateBadge state=r.state.clone() /></td>
+                                            <td>{format!("#{}", r.revision)}</td>
+                                            <td>{r.shadows.len()}</td>
+                                            <td>{r.started_by.clone()}</td>
+                                            <td>{when(&r.started_at)}</td>
+                                        </tr>
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                            {page.next.map(|next| view! { <a class="button" href=format!("/rollouts?before={next}")>"Older"</a> })}
+                        }.into_any(),
+                    }
+                })}
+            </Suspense>
+        </Layout>
+    }
+}
+
+#[component]
+pub fn RolloutPage() -> impl IntoView {
+    let params = use_params_map();
+    let id = move || params.read().get("id").and_then(|n| n.parse::<i64>().ok()).unwrap_or(-1);
+    let tick = RwSignal::new(0u32);
+    let data = Resource::new(move || (id(), tick.get()), |(id, _)| rollout(id));
+    // Poll while the rollout is still moving.
+    Effect::new(move |_| {
+        let running = data
+            .get()
+            .and_then(|r| r.ok())
+            .is_some_and(|r| r.state == "preparing" || r.state == "committing");
+        if running {
+            set_timeout(move || tick.update(|t| *t += 1), std::time::Duration::from_secs(1));
+        }
+    });
+    view! {
+        <Title text="Rollout · etc-shadow" />
+        <Layout title="Rollout">
+            <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match data.await {
+                        Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
+                        Ok(r) => view! {
+                            <section class="card" data-test="rollout-summary" data-state=r.state.clone()>
+                                <div class="toolbar"><h2>{format!("Rollout #{} ({})", r.id, r.kind)}</h2><StateBadge state=r.state.clone() /></div>
+                                <dl>
+                                    <dt>"Revision"</dt><dd><a href=format!("/revisions/{}", r.revision)>{format!("#{}", r.revision)}</a></dd>
+                                    <dt>"Root"</dt><dd><code>{r.root.clone()}</code></dd>
+                                    {r.change_id.map(|c| view! { <dt>"Change"</dt><dd><a href=format!("/changes/{c}")>{format!("#{c}")}</a></dd> })}
+                                    <dt>"By"</dt><dd>{r.started_by.clone()}</dd>
+                                    <dt>"Started"</dt><dd>{when(&r.started_at)}</dd>
+                                    <dt>"Finished"</dt><dd>{r.finished_at.as_deref().map(when).unwrap_or_else(|| "—".into())}</dd>
+                                </dl>
+                                {r.error.clone().map(|e| view! { <div class="error-box" data-test="rollout-error">{e}</div> })}
+                            </section>
+                            <RolloutShadows rollout=r />
+                        }.into_any(),
+                    }
+                })}
+            </Transition>
+        </Layout>
+    }
+}

@@ -1,0 +1,124 @@
+//! Shadows: every replica with its status, revision, root and last contact; checks and
+//! reconciles; registration and removal for administrators.
+
+use crate::{
+    api::{AddShadow, CheckShadow, ReconcileShadow, RemoveShadow, shadows},
+    components::{
+        ErrorBox, ShortHash, error_text,
+        layout::{Layout, use_me},
+        when,
+    },
+};
+use domain::Role;
+use leptos::prelude::*;
+use leptos_meta::Title;
+
+#[component]
+pub fn ShadowsPage() -> impl IntoView {
+    let add = ServerAction::<AddShadow>::new();
+    let remove = ServerAction::<RemoveShadow>::new();
+    let check = ServerAction::<CheckShadow>::new();
+    let reconcile = ServerAction::<ReconcileShadow>::new();
+    let version = move || add.version().get() + remove.version().get() + check.version().get() + reconcile.version().get();
+    let data = Resource::new(version, |_| shadows());
+    let failure = move || {
+        [
+            add.value().get().and_then(|r| r.err()),
+            remove.value().get().and_then(|r| r.err()),
+            check.value().get().and_then(|r| r.err()),
+            reconcile
+                .value()
+                .get()
+                .and_then(|r| r.err().map(|e| e.to_string()).map(ServerFnError::new)),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        .map(|e| error_text(&e))
+    };
+    view! {
+        <Title text="Shadows · etc-shadow" />
+        <Layout title="Shadows">
+            {move || failure().map(|message| view! { <div class="error-box" role="alert" data-test="shadow-error">{message}</div> })}
+            {move || reconcile.value().get().and_then(|r| r.ok()).map(|r| view! {
+                <div class="success-box" data-test="reconcile-result">
+                    {format!("Reconcile rollout #{} {}", r.id, r.state)} " " <a href=format!("/rollouts/{}", r.id)>"details"</a>
+                </div>
+            })}
+            <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    let me = use_me();
+                    let admin = me.as_ref().is_some_and(|m| m.role.allows(Role::Admin));
+                    let approver = me.as_ref().is_some_and(|m| m.role.allows(Role::Approver));
+                    match data.await {
+                        Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
+                        Ok(list) if list.is_empty() => view! { <p class="muted" data-test="no-shadows">"No shadows registered. Rollouts only update the primary."</p> }.into_any(),
+                        Ok(list) => view! {
+                            <table class="table" data-test="shadow-table">
+                                <thead><tr><th>"Name"</th><th>"Driver"</th><th>"Status"</th><th>"Revision"</th><th>"Observed root"</th><th>"Last contact"</th><th>"Last in sync"</th><th></th></tr></thead>
+                                <tbody>
+                                    {list.into_iter().map(|s| {
+                                        let name = s.name.clone();
+                                        let (reconcile_name, remove_name) = (name.clone(), name.clone());
+                                        let target = s.url.clone().or(s.path.clone()).unwrap_or_default();
+                                        view! {
+                                            <tr data-test="shadow-row" data-name=s.name.clone() data-status=s.status.clone()>
+                                                <td><strong>{s.name.clone()}</strong><div class="muted small">{target}</div></td>
+                                                <td>{s.driver.clone()}</td>
+                                                <td>
+                                                    <span class=format!("badge badge-{}", s.status)>{s.status.replace('_', " ")}</span>
+                                                    {s.last_error.clone().map(|e| view! { <div class="muted small">{e}</div> })}
+                                                </td>
+                                                <td>{s.observed_revision.map(|r| format!("#{r}")).unwrap_or_else(|| "—".into())}</td>
+                                                <td>{s.observed_root.clone().map(|r| view! { <ShortHash hash=r /> })}</td>
+                                                <td>{s.last_contact_at.as_deref().map(when).unwrap_or_else(|| "never".into())}</td>
+                                                <td>{s.last_in_sync_at.as_deref().map(when).unwrap_or_else(|| "never".into())}</td>
+                                                <td class="row-actions">
+                                                    <ActionForm action=check attr:class="inline">
+                                                        <input type="hidden" name="name" value=name.clone() />
+                                                        <button type="submit" data-test="check-shadow">"Check"</button>
+                                                    </ActionForm>
+                                                                    {approver.then(|| view! {
+                                                        <ActionForm action=reconcile attr:class="inline">
+                                                            <input type="hidden" name="name" value=reconcile_name />
+                                                            <button type="submit" data-test="reconcile-shadow">"Reconcile"</button>
+                                                        </ActionForm>
+                                                    })}
+                                                    {admin.then(|| view! {
+                                                        <ActionForm action=remove attr:class="inline">
+                                                            <input type="hidden" name="name" value=remove_name />
+                                                            <button type="submit" class="danger" data-test="remove-shadow">"Remove"</button>
+                                                        </ActionForm>
+                                                    })}
+                                                </td>
+                                            </tr>
+                                        }
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                        }.into_any(),
+                    }
+                })}
+            </Transition>
+            {move || use_me().is_some_and(|m| m.role.allows(Role::Admin)).then(|| view! {
+                <section class="card" data-test="add-shadow">
+                    <h2>"Register a shadow"</h2>
+                    <ActionForm action=add attr:class="fields">
+                        <label>"Name" <input name="name" required placeholder="dr-site" /></label>
+                        <label>"Driver"
+                            <select name="driver">
+                                <option value="agent">"agent"</option>
+                                <option value="directory">"directory"</option>
+                            </select>
+                        </label>
+                        <label class="grow">"Agent URL" <input name="url" placeholder="http://10.0.0.5:7300" /></label>
+                        <label>"Agent token" <input name="token" type="password" autocomplete="off" /></label>
+                        <label class="grow">"Directory path" <input name="path" placeholder="/mnt/backup/etc/myservice" /></label>
+                        <button type="submit" class="primary">"Register"</button>
+                    </ActionForm>
+                    <p class="muted">"A new shadow is pending until a reconcile brings it to the current revision."</p>
+                </section>
+            })}
+        </Layout>
+    }
+}
