@@ -36,6 +36,7 @@ build:
 lint:
 	cargo fmt --all -- --check
 	for p in $(RUST_PACKAGES); do cargo clippy -p $$p --all-targets -- -D warnings || exit 1; done
+	cargo clippy -p etc-shadow-server --features crash-points --all-targets -- -D warnings
 	cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
 
 unit:

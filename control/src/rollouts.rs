@@ -673,8 +673,17 @@ struct RolloutRow {
 
 const ROLLOUT_SELECT: &str = "SELECT id, change_id, kind, state, revision, root, started_by, started_at, finished_at, error FROM rollouts";
 
+#[derive(sqlx::FromRow)]
+struct RolloutShadowRow {
+    shadow: String,
+    phase: String,
+    staged_root: Option<String>,
+    receipt_root: Option<String>,
+    error: Option<String>,
+}
+
 async fn with_shadows(conn: &mut SqliteConnection, row: RolloutRow) -> Result<RolloutView> {
-    let shadows: Vec<(String, String, Option<String>, Option<String>, Option<String>)> =
+    let shadows: Vec<RolloutShadowRow> =
         sqlx::query_as("SELECT shadow, phase, staged_root, receipt_root, error FROM rollout_shadows WHERE rollout_id = ? ORDER BY shadow")
             .bind(row.id)
             .fetch_all(conn)
@@ -692,12 +701,12 @@ async fn with_shadows(conn: &mut SqliteConnection, row: RolloutRow) -> Result<Ro
         error: row.error,
         shadows: shadows
             .into_iter()
-            .map(|(name, phase, staged_root, receipt_root, error)| RolloutShadowView {
-                name,
-                phase,
-                staged_root,
-                receipt_root,
-                error,
+            .map(|s| RolloutShadowView {
+                name: s.shadow,
+                phase: s.phase,
+                staged_root: s.staged_root,
+                receipt_root: s.receipt_root,
+                error: s.error,
             })
             .collect(),
     })
