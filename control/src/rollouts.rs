@@ -477,11 +477,22 @@ impl Coordinator {
             .bind(id)
             .fetch_one(&self.db.read)
             .await?;
-        let pending: Vec<(String,)> =
-            sqlx::query_as("SELECT shadow FROM rollout_shadows WHERE rollout_id = ? AND phase != 'committed' ORDER BY shadow")
-                .bind(id)
-                .fetch_all(&self.db.read)
-                .await?;
+        // A shadow removed after the decision is no longer a target: waiting for it would
+        // block every later rollout.
+        sqlx::query(
+            "UPDATE rollout_shadows SET phase = 'removed', error = 'the shadow was removed before it committed', updated_at = ?
+             WHERE rollout_id = ? AND phase NOT IN ('committed', 'removed') AND shadow NOT IN (SELECT name FROM shadows)",
+        )
+        .bind(now())
+        .bind(id)
+        .execute(self.db.read_write())
+        .await?;
+        let pending: Vec<(String,)> = sqlx::query_as(
+            "SELECT shadow FROM rollout_shadows WHERE rollout_id = ? AND phase NOT IN ('committed', 'removed') ORDER BY shadow",
+        )
+        .bind(id)
+        .fetch_all(&self.db.read)
+        .await?;
         let deadline = tokio::time::Instant::now() + patience;
         let commits = pending.into_iter().map(|(name,)| {
             let fence = self.fence();
@@ -550,7 +561,7 @@ impl Coordinator {
         }
         let (waiting,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM rollout_shadows s JOIN rollouts r ON r.id = s.rollout_id
-             WHERE s.rollout_id = ? AND (s.phase != 'committed' OR s.receipt_root IS NOT r.root)",
+             WHERE s.rollout_id = ? AND s.phase != 'removed' AND (s.phase != 'committed' OR s.receipt_root IS NOT r.root)",
         )
         .bind(id)
         .fetch_one(&self.db.read)

@@ -336,3 +336,40 @@ async fn crash_sweep_leaves_every_shadow_on_the_decided_revision() {
         sweep.round(i, point, kill_agent).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_removed_while_its_commit_waits_does_not_block_the_rollout() {
+    let mut sweep = Sweep::new();
+    let server = Process::start(&sweep.data, sweep.addr, Some("after_decision")).expect("start");
+    let editor = Client2::login(&sweep.base(), "erin").await;
+    let approver = Client2::login(&sweep.base(), "abel").await;
+    let (_, change) = editor
+        .post("/api/v1/changes", change_body(0, "app.toml", "[server]\nport = 1\n"))
+        .await
+        .unwrap();
+    let id = change["id"].as_i64().unwrap();
+    editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await.unwrap();
+    approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await.unwrap();
+    let _ = approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+    assert!(server.finish(Duration::from_secs(5)), "crashed after the decision");
+    sweep.agent.kill();
+    let server = Process::start(&sweep.data, sweep.addr, None).expect("recovery start");
+    let viewer = Client2::login(&sweep.base(), "erin").await;
+    let waiting = viewer.get("/api/v1/rollouts?limit=1").await["items"][0].clone();
+    assert_eq!(waiting["state"], "committing", "the agent is down: {waiting}");
+    cli(&sweep.data, &["shadow", "remove", "edge"], None);
+    let last = settle(&viewer).await;
+    assert_eq!(last["state"], "applied", "{last}");
+    let edge = last["shadows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "edge")
+        .unwrap()
+        .clone();
+    assert_eq!(edge["phase"], "removed", "{edge}");
+    for dir in &sweep.live[1..] {
+        assert_eq!(disk_root(dir), last["root"].as_str().unwrap());
+    }
+    server.finish(Duration::ZERO);
+}
