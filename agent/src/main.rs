@@ -192,7 +192,9 @@ async fn events(State(state): State<AgentState>) -> Sse<impl futures_util::Strea
 fn watch_files(state: &AgentState, sender: watch::Sender<String>, watched: Vec<PathBuf>) -> notify::Result<notify::RecommendedWatcher> {
     let recheck = state.recheck.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Reading the files to hash them produces access events; reacting to those would
+        // loop forever. Only changes count.
+        if event.is_ok_and(|event| !event.kind.is_access() && !event.kind.is_other()) {
             recheck.notify_one();
         }
     })?;

@@ -16,7 +16,7 @@ use crate::{
 };
 use domain::{
     EntryPath, Hash, Role,
-    api::{ChangeState, Page, RolloutShadowView, RolloutView},
+    api::{ChangeState, Page, RolloutEvent, RolloutShadowView, RolloutView},
     hash::root_hash,
     protocol::{Fence, PrepareRequest, StagedEntry},
 };
@@ -204,6 +204,7 @@ pub struct Coordinator {
     /// retrying afterwards.
     pub commit_patience: Duration,
     running: tokio::sync::Mutex<()>,
+    events: tokio::sync::broadcast::Sender<RolloutEvent>,
 }
 
 impl Coordinator {
@@ -215,7 +216,23 @@ impl Coordinator {
             prepare_timeout: Duration::from_secs(10),
             commit_patience: Duration::from_secs(20),
             running: tokio::sync::Mutex::new(()),
+            events: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// Live rollout progress, for the console and `GET /api/v1/events`.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RolloutEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, rollout: i64, shadow: Option<&str>, phase: &str, root: Option<String>) {
+        // Nobody listening is fine: the journal in SQLite is the record.
+        let _ = self.events.send(RolloutEvent {
+            rollout,
+            shadow: shadow.map(str::to_string),
+            phase: phase.to_string(),
+            root,
+        });
     }
 
     fn fence(&self) -> Fence {
@@ -361,6 +378,7 @@ impl Coordinator {
     }
 
     async fn execute(&self, plan: Plan, change: Option<ChangeRow>) -> Result<RolloutView> {
+        self.emit(plan.id, None, "preparing", Some(plan.root.clone()));
         let request = PrepareRequest {
             control_plane_id: self.identity.id.clone(),
             epoch: self.identity.epoch,
@@ -413,13 +431,14 @@ impl Coordinator {
                 "UPDATE rollout_shadows SET phase = ?, staged_root = ?, error = ?, updated_at = ? WHERE rollout_id = ? AND shadow = ?",
             )
             .bind(phase)
-            .bind(staged_root)
+            .bind(&staged_root)
             .bind(error)
             .bind(now())
             .bind(plan.id)
             .bind(name)
             .execute(self.db.read_write())
             .await?;
+            self.emit(plan.id, Some(name), phase, staged_root);
             crash_point("after_prepare");
         }
         // The decision, durably, before any shadow is told.
@@ -461,6 +480,7 @@ impl Coordinator {
             .await?;
         }
         tx.commit().await?;
+        self.emit(plan.id, None, if commit { "committing" } else { "failed" }, None);
         crash_point("after_decision");
         if commit {
             self.drive_commit(plan.id, self.commit_patience).await?;
@@ -546,6 +566,7 @@ impl Coordinator {
                     .execute(&mut *tx)
                     .await?;
                     tx.commit().await?;
+                    self.emit(id, Some(&name), "committed", Some(receipt));
                     crash_point("after_commit");
                 }
                 Err(err) => {
@@ -583,6 +604,7 @@ impl Coordinator {
             )
             .await?;
             tx.commit().await?;
+            self.emit(id, None, "applied", Some(root));
         }
         Ok(())
     }
@@ -620,6 +642,7 @@ impl Coordinator {
             .bind(&name)
             .execute(self.db.read_write())
             .await?;
+            self.emit(id, Some(&name), "aborted", None);
         }
         sqlx::query(
             "UPDATE shadows SET status = CASE WHEN observed_root IS NULL THEN 'pending' ELSE status END WHERE status = 'rolling_out'",

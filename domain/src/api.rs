@@ -312,3 +312,15 @@ pub struct ShadowView {
     pub last_error: Option<String>,
     pub created_at: String,
 }
+
+/// One step of a rollout as it happens, streamed on `GET /api/v1/events` (event `rollout`).
+/// `shadow` is `None` for the rollout's own state (`preparing`, `committing`, `applied`,
+/// `failed`, `aborted`); otherwise `phase` is that shadow's (`prepared`, `refused`,
+/// `committed`, `aborted`) and `root` its staged root or receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutEvent {
+    pub rollout: i64,
+    pub shadow: Option<String>,
+    pub phase: String,
+    pub root: Option<String>,
+}

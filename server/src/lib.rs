@@ -17,7 +17,7 @@ use axum::{
 use control::{Db, rollouts::Coordinator, shadows::Registry};
 use leptos::prelude::*;
 use leptos_axum::{LeptosRoutes, generate_route_list};
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{future::IntoFuture, net::SocketAddr, path::PathBuf, sync::Arc};
 use tower_http::{compression::CompressionLayer, set_header::SetResponseHeaderLayer, trace::TraceLayer};
 
 /// Server functions under this prefix are reachable without a session (the login form).
@@ -159,9 +159,20 @@ pub async fn serve(
         }
     });
     let app = router(state);
-    let result = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // Graceful shutdown waits for open connections; event streams never end by
+    // themselves, so after the signal they get a short grace period and no more.
+    let (signalled, grace) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = signalled.send(());
+    });
+    let result = tokio::select! {
+        result = server.into_future() => result,
+        () = async {
+            let _ = grace.await;
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        } => Ok(()),
+    };
     recovery.abort();
     db.close().await;
     result

@@ -84,6 +84,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::GET, "/api/v1/rollouts", Some(Viewer), get(list_rollouts)),
         route(Method::GET, "/api/v1/rollouts/{id}", Some(Viewer), get(get_rollout)),
         route(Method::POST, "/api/v1/validate", Some(Editor), post(validate_entry)),
+        route(Method::GET, "/api/v1/events", Some(Viewer), get(events)),
         route(Method::GET, "/api/v1/audit", Some(Viewer), get(list_audit)),
         route(Method::GET, "/api/v1/audit/verify", Some(Viewer), get(verify_audit)),
         route(Method::GET, "/api/v1/audit/head", Some(Viewer), get(audit_head)),
@@ -424,6 +425,22 @@ async fn reconcile_shadow(
 ) -> ApiResult<Response> {
     let view = state.coordinator.reconcile(caller(&auth), &name).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Server-sent events: `rollout` events as rollouts progress (see `RolloutEvent`).
+async fn events(State(state): State<AppState>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt as _;
+    let stream = tokio_stream::wrappers::BroadcastStream::new(state.coordinator.subscribe()).filter_map(|event| async move {
+        // A lagging listener skips what it missed; the rollout record has it all.
+        let event = event.ok()?;
+        Some(Ok::<_, std::convert::Infallible>(
+            Event::default().event("rollout").json_data(event).ok()?,
+        ))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response()
 }
 
 /// Unknown `/api/...` paths answer 404 in the JSON shape.

@@ -460,3 +460,62 @@ async fn readers_never_see_a_mix_of_two_revisions() {
     }
     fleet.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_progress_streams_live_with_every_prepare_before_any_commit() {
+    use futures_util::StreamExt as _;
+    let fleet = fleet().await;
+    let response = fleet
+        .editor
+        .client
+        .get(format!("{}/api/v1/events", fleet.editor.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.bytes_stream();
+    let (_, rollout) = fleet.roll_out(sample(0)).await;
+    assert_eq!(rollout["state"], "applied");
+    let id = rollout["id"].as_i64().unwrap();
+
+    let mut events: Vec<Value> = Vec::new();
+    let mut buffer = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !events.iter().any(|e| e["rollout"] == id && e["phase"] == "applied") {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("events arrive")
+            .unwrap()
+            .unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            if let Some(data) = frame.lines().find_map(|line| line.strip_prefix("data: ")) {
+                events.push(serde_json::from_str(data).unwrap());
+            }
+        }
+    }
+    let position = |shadow: Option<&str>, phase: &str| {
+        events
+            .iter()
+            .position(|e| e["rollout"] == id && e["shadow"].as_str() == shadow && e["phase"] == phase)
+            .unwrap_or_else(|| panic!("no {phase} event for {shadow:?} in {events:?}"))
+    };
+    let decision = position(None, "committing");
+    for shadow in ["backup", "dc1", "dr-site", "edge"] {
+        assert!(
+            position(Some(shadow), "prepared") < decision,
+            "{shadow} prepared before the decision"
+        );
+        assert!(
+            position(Some(shadow), "committed") > decision,
+            "{shadow} committed after the decision"
+        );
+        let committed = &events[position(Some(shadow), "committed")];
+        assert_eq!(committed["root"], rollout["root"], "the streamed receipt is the proof");
+    }
+    assert!(position(None, "preparing") < decision && decision < position(None, "applied"));
+    drop(body);
+    fleet.server.stop().await;
+}
