@@ -26,10 +26,7 @@ pub fn ShadowsPage() -> impl IntoView {
             add.value().get().and_then(|r| r.err()),
             remove.value().get().and_then(|r| r.err()),
             check.value().get().and_then(|r| r.err()),
-            reconcile
-                .value()
-                .get()
-                .and_then(|r| r.err().map(|e| e.to_string()).map(ServerFnError::new)),
+            reconcile.value().get().and_then(|r| r.err()),
         ]
         .into_iter()
         .flatten()
