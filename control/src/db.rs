@@ -108,11 +108,6 @@ impl Db {
         Ok(Identity { id, epoch })
     }
 
-    pub async fn identity(&self) -> Result<Identity> {
-        let (id, epoch): (String, i64) = sqlx::query_as("SELECT id, epoch FROM control_plane").fetch_one(&self.read).await?;
-        Ok(Identity { id, epoch })
-    }
-
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;

@@ -178,10 +178,6 @@ impl Store {
         Ok(store)
     }
 
-    pub fn live_path(&self) -> &Path {
-        &self.live
-    }
-
     /// Removes revision directories neither live, staged nor the previous live one (a
     /// crash can leave half-written staging behind).
     fn clean_orphans(&mut self) -> Result<()> {
