@@ -20,11 +20,16 @@ use domain::{
 };
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs::{self, File, OpenOptions},
     io::{self, Write},
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
 };
 
 /// How many finished rollouts the store remembers for status queries.
@@ -101,11 +106,102 @@ pub struct Store {
     state_dir: PathBuf,
     pinned_control_plane: Option<String>,
     persisted: Persisted,
+    hashes: HashCache,
+}
+
+/// What `stat` says of a file; if none of it changed, neither did the file. `ctime` moves
+/// on every write, chmod, chown and rename and cannot be set back from user space, so a
+/// restored `mtime` does not hide an edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileSignature {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl FileSignature {
+    fn of(meta: &fs::Metadata) -> FileSignature {
+        FileSignature {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }
+    }
+}
+
+/// Entry hashes of files already read, so observing the live tree re-reads and re-hashes
+/// only the files that changed since the last look.
+#[derive(Default)]
+struct HashCache {
+    entries: Mutex<HashMap<PathBuf, (FileSignature, Manifested, Hash, ObservedEntry)>>,
+    files_hashed: AtomicU64,
+}
+
+/// A file changed less than this long ago may change again within the same timestamp
+/// tick, invisibly to `stat`; its hash is not cached until it is older (as git does with
+/// "racily clean" index entries).
+const RACY_WINDOW: Duration = Duration::from_secs(1);
+
+/// Where the time of the last prepare or commit went, for the benchmark and the agent's
+/// `Server-Timing` header.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Writing file contents (before their fsync).
+    pub write: Duration,
+    /// fsync of files and directories.
+    pub fsync: Duration,
+    /// Hashing: checking the request, reading back what was staged, the live root.
+    pub hash: Duration,
+    /// The whole operation.
+    pub total: Duration,
+}
+
+thread_local! {
+    static TIMINGS: std::cell::Cell<Timings> = const { std::cell::Cell::new(Timings { write: Duration::ZERO, fsync: Duration::ZERO, hash: Duration::ZERO, total: Duration::ZERO }) };
+}
+
+fn timed<T>(field: fn(&mut Timings) -> &mut Duration, op: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let result = op();
+    TIMINGS.with(|cell| {
+        let mut timings = cell.get();
+        *field(&mut timings) += started.elapsed();
+        cell.set(timings);
+    });
+    result
+}
+
+/// Starts counting for one operation on this thread.
+fn reset_timings() -> Instant {
+    TIMINGS.with(|cell| cell.set(Timings::default()));
+    Instant::now()
+}
+
+/// The time spent by the last prepare or commit run on this thread.
+pub fn last_timings() -> Timings {
+    TIMINGS.with(|cell| cell.get())
+}
+
+fn finish_timings(started: Instant) {
+    TIMINGS.with(|cell| {
+        let mut timings = cell.get();
+        timings.total = started.elapsed();
+        cell.set(timings);
+    });
 }
 
 fn fsync_dir(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|dir| dir.sync_all())
+    timed(|t| &mut t.fsync, || File::open(path).and_then(|dir| dir.sync_all()))
         .map_err(|err| io_error(format!("fsync {}", path.display()), err))
 }
 
@@ -122,13 +218,19 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .truncate(true)
         .open(&temporary)
         .map_err(|err| io_error(format!("create {}", temporary.display()), err))?;
-    file.write_all(bytes)
-        .map_err(|err| io_error(format!("write {}", temporary.display()), err))?;
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(|err| io_error(format!("chmod {}", temporary.display()), err))?;
-    file.sync_all()
-        .map_err(|err| io_error(format!("fsync {}", temporary.display()), err))?;
-    fs::rename(&temporary, path).map_err(|err| io_error(format!("rename {}", path.display()), err))?;
+    let written = timed(|t| &mut t.write, || file.write_all(bytes))
+        .map_err(|err| io_error(format!("write {}", temporary.display()), err))
+        .and_then(|()| {
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(|err| io_error(format!("chmod {}", temporary.display()), err))
+        })
+        .and_then(|()| timed(|t| &mut t.fsync, || file.sync_all()).map_err(|err| io_error(format!("fsync {}", temporary.display()), err)))
+        .and_then(|()| fs::rename(&temporary, path).map_err(|err| io_error(format!("rename {}", path.display()), err)));
+    if written.is_err() {
+        // A full disk must not be left fuller by a half-written temporary file.
+        let _ = fs::remove_file(&temporary);
+    }
+    written?;
     fsync_dir(parent)
 }
 
@@ -173,6 +275,7 @@ impl Store {
             state_dir: state_dir.to_path_buf(),
             pinned_control_plane,
             persisted,
+            hashes: HashCache::default(),
         };
         store.clean_orphans()?;
         Ok(store)
@@ -244,12 +347,29 @@ impl Store {
         self.persisted.live.as_ref().map(|g| g.manifest.clone()).unwrap_or_default()
     }
 
-    /// Every regular file under `root` with its entry hash, as the shadow holds it.
-    fn observe(root: &Path, manifest: &BTreeMap<String, Manifested>) -> Result<Vec<(EntryPath, Hash, ObservedEntry)>> {
+    /// Every regular file under `root` with its entry hash, as the shadow holds it. Files
+    /// whose `stat` is unchanged since the last look are not read again.
+    /// Without `cached`, every file is read (the read-back that proves what was staged).
+    fn observe(&self, root: &Path, manifest: &BTreeMap<String, Manifested>, cached: bool) -> Result<Vec<(EntryPath, Hash, ObservedEntry)>> {
+        timed(|t| &mut t.hash, || self.observe_untimed(root, manifest, cached))
+    }
+
+    fn observe_untimed(
+        &self,
+        root: &Path,
+        manifest: &BTreeMap<String, Manifested>,
+        cached: bool,
+    ) -> Result<Vec<(EntryPath, Hash, ObservedEntry)>> {
         let mut found = Vec::new();
         if !root.exists() {
             return Ok(found);
         }
+        let racy_after = SystemTime::now()
+            .checked_sub(RACY_WINDOW)
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        let mut cache = self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seen = std::collections::HashSet::new();
         let mut pending = vec![root.to_path_buf()];
         while let Some(dir) = pending.pop() {
             let entries = fs::read_dir(&dir).map_err(|err| io_error(format!("list {}", dir.display()), err))?;
@@ -274,8 +394,19 @@ impl Store {
                 let Ok(entry_path) = EntryPath::parse(&relative.to_string_lossy()) else {
                     continue;
                 };
-                let content = fs::read(&path).map_err(|err| io_error(format!("read {}", path.display()), err))?;
                 let expected = manifest.get(entry_path.as_str()).cloned().unwrap_or_default();
+                let signature = FileSignature::of(&meta);
+                seen.insert(path.clone());
+                if cached
+                    && let Some((cached_signature, cached_expected, hash, observed)) = cache.get(&path)
+                    && *cached_signature == signature
+                    && *cached_expected == expected
+                {
+                    found.push((entry_path, *hash, observed.clone()));
+                    continue;
+                }
+                let content = fs::read(&path).map_err(|err| io_error(format!("read {}", path.display()), err))?;
+                self.hashes.files_hashed.fetch_add(1, Ordering::Relaxed);
                 let policy = Policy {
                     mode: meta.permissions().mode() & 0o7777,
                     owner: if expected.owner.is_empty() {
@@ -299,11 +430,32 @@ impl Store {
                     group: group_name(meta.gid()),
                     size: i64::try_from(content.len()).unwrap_or(i64::MAX),
                 };
+                // Cache only what `stat` can vouch for: a file still inside the racy window
+                // could change again without changing its signature.
+                let changed_at = Duration::new(
+                    u64::try_from(signature.ctime.0).unwrap_or(0),
+                    u32::try_from(signature.ctime.1).unwrap_or(0),
+                );
+                if cached && changed_at < racy_after {
+                    cache.insert(path.clone(), (signature, expected, hash, observed.clone()));
+                } else {
+                    cache.remove(&path);
+                }
                 found.push((entry_path, hash, observed));
             }
         }
+        if cached {
+            // Forget files that are gone.
+            cache.retain(|path, _| seen.contains(path));
+        }
         found.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(found)
+    }
+
+    /// How many files this store has read and hashed since it was opened (the rest were
+    /// known unchanged by `stat`).
+    pub fn files_hashed(&self) -> u64 {
+        self.hashes.files_hashed.load(Ordering::Relaxed)
     }
 
     fn root_of(observed: &[(EntryPath, Hash, ObservedEntry)]) -> Hash {
@@ -312,11 +464,11 @@ impl Store {
 
     /// The root of what the live directory holds right now.
     pub fn live_root(&self) -> Result<Hash> {
-        Ok(Self::root_of(&Self::observe(&self.live, &self.live_manifest())?))
+        Ok(Self::root_of(&self.observe(&self.live, &self.live_manifest(), true)?))
     }
 
     pub fn state(&self, with_entries: bool) -> Result<ShadowState> {
-        let observed = Self::observe(&self.live, &self.live_manifest())?;
+        let observed = self.observe(&self.live, &self.live_manifest(), true)?;
         Ok(ShadowState {
             control_plane_id: self.persisted.control_plane_id.clone().or(self.pinned_control_plane.clone()),
             highest_epoch: self.persisted.highest_epoch,
@@ -373,7 +525,16 @@ impl Store {
 
     /// Stages a revision durably. Checks, in order: the writer's fence, that the entries
     /// hash to the target root, and (unless a reconcile) that the live root is the base.
+    /// Stages a revision durably (see the module docs). [`last_timings`] tells where the
+    /// time went.
     pub fn prepare(&mut self, rollout: i64, request: &PrepareRequest) -> Result<RolloutAnswer> {
+        let started = reset_timings();
+        let result = self.prepare_untimed(rollout, request);
+        finish_timings(started);
+        result
+    }
+
+    fn prepare_untimed(&mut self, rollout: i64, request: &PrepareRequest) -> Result<RolloutAnswer> {
         self.check_fence(&request.control_plane_id, request.epoch)?;
         if let Some(staged) = self.persisted.staged.as_ref().filter(|g| g.rollout == rollout) {
             if staged.root == request.target_root {
@@ -406,7 +567,7 @@ impl Store {
                 group: entry.group.clone(),
                 secret: entry.secret,
             };
-            let hash = entry_hash(&path, &policy, entry.content.as_bytes());
+            let hash = timed(|t| &mut t.hash, || entry_hash(&path, &policy, entry.content.as_bytes()));
             if manifest
                 .insert(
                     path.to_string(),
@@ -422,7 +583,7 @@ impl Store {
             }
             parsed.push((path, policy, hash, entry.content.as_bytes()));
         }
-        let computed = root_hash(parsed.iter().map(|(path, _, hash, _)| (path, *hash))).to_hex();
+        let computed = timed(|t| &mut t.hash, || root_hash(parsed.iter().map(|(path, _, hash, _)| (path, *hash)))).to_hex();
         if computed != request.target_root {
             return Err(StoreError::RootMismatch(format!(
                 "the entries hash to {computed}, not to the target root {}",
@@ -449,31 +610,18 @@ impl Store {
         let _ = fs::remove_dir_all(&staging);
         fs::create_dir(&staging).map_err(|err| io_error(format!("create {}", staging.display()), err))?;
         fs::set_permissions(&staging, fs::Permissions::from_mode(0o755)).map_err(|err| io_error("chmod staging", err))?;
-        let mut directories = vec![staging.clone()];
-        for (path, policy, _, content) in &parsed {
-            let target = staging.join(path.as_str());
-            if let Some(parent) = target.parent()
-                && !parent.exists()
-            {
-                fs::create_dir_all(parent).map_err(|err| io_error(format!("create {}", parent.display()), err))?;
-                let mut dir = parent.to_path_buf();
-                while dir != staging {
-                    directories.push(dir.clone());
-                    dir = dir.parent().map(Path::to_path_buf).unwrap_or_else(|| staging.clone());
-                }
-            }
-            write_atomically(&target, content, policy.mode)?;
-            self.apply_ownership(&target, policy)?;
-        }
-        for dir in directories.iter().rev() {
-            fsync_dir(dir)?;
+        if let Err(err) = self.write_staging(&staging, &parsed) {
+            // Leave nothing behind: on a full disk, a half-written revision would only
+            // make the next attempt fail too.
+            let _ = fs::remove_dir_all(&staging);
+            return Err(err);
         }
         let final_dir = revisions.join(&dir_name);
         let _ = fs::remove_dir_all(&final_dir);
         fs::rename(&staging, &final_dir).map_err(|err| io_error("rename staging", err))?;
         fsync_dir(&revisions)?;
         // Prove what was staged by reading it back.
-        let staged_root = Self::root_of(&Self::observe(&final_dir, &manifest)?).to_hex();
+        let staged_root = Self::root_of(&self.observe(&final_dir, &manifest, false)?).to_hex();
         if staged_root != request.target_root {
             let _ = fs::remove_dir_all(&final_dir);
             return Err(StoreError::RootMismatch(format!(
@@ -496,6 +644,30 @@ impl Store {
             phase: RolloutPhase::Prepared,
             root: Some(staged_root),
         })
+    }
+
+    /// Writes every entry under `staging` durably: files, then their directories.
+    fn write_staging(&self, staging: &Path, parsed: &[(EntryPath, Policy, Hash, &[u8])]) -> Result<()> {
+        let mut directories = vec![staging.to_path_buf()];
+        for (path, policy, _, content) in parsed {
+            let target = staging.join(path.as_str());
+            if let Some(parent) = target.parent()
+                && !parent.exists()
+            {
+                fs::create_dir_all(parent).map_err(|err| io_error(format!("create {}", parent.display()), err))?;
+                let mut dir = parent.to_path_buf();
+                while dir != *staging {
+                    directories.push(dir.clone());
+                    dir = dir.parent().map(Path::to_path_buf).unwrap_or_else(|| staging.to_path_buf());
+                }
+            }
+            write_atomically(&target, content, policy.mode)?;
+            self.apply_ownership(&target, policy)?;
+        }
+        for dir in directories.iter().rev() {
+            fsync_dir(dir)?;
+        }
+        Ok(())
     }
 
     fn apply_ownership(&self, file: &Path, policy: &Policy) -> Result<()> {
@@ -531,8 +703,16 @@ impl Store {
         })
     }
 
-    /// Switches live to the staged revision with one rename. Idempotent.
+    /// Switches live to the staged revision with one rename. Idempotent. [`last_timings`]
+    /// tells where the time went.
     pub fn commit(&mut self, rollout: i64, fence: &Fence) -> Result<RolloutAnswer> {
+        let started = reset_timings();
+        let result = self.commit_untimed(rollout, fence);
+        finish_timings(started);
+        result
+    }
+
+    fn commit_untimed(&mut self, rollout: i64, fence: &Fence) -> Result<RolloutAnswer> {
         self.check_fence(&fence.control_plane_id, fence.epoch)?;
         self.accept_fence(&fence.control_plane_id, fence.epoch);
         if self.persisted.live.as_ref().is_some_and(|g| g.rollout == rollout)

@@ -187,3 +187,67 @@ fn chmod_changes_the_observed_root() {
     fs::set_permissions(f.live.join("a"), fs::Permissions::from_mode(0o666)).unwrap();
     assert_ne!(store.live_root().unwrap().to_hex(), req.target_root);
 }
+
+/// Lets every file's last change leave the racy window, so its hash may be cached.
+fn wait_out_racy_window() {
+    std::thread::sleep(RACY_WINDOW + Duration::from_millis(50));
+}
+
+#[test]
+fn observing_rehashes_only_the_files_that_changed() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let entries: Vec<_> = (0..20)
+        .map(|i| entry(&format!("dir/file{i}"), &format!("value {i}"), "0644"))
+        .collect();
+    let req = request(1, 1, &empty_root(), entries);
+    store.prepare(1, &req).unwrap();
+    store.commit(1, &fence(1)).unwrap();
+    wait_out_racy_window();
+    let first = store.live_root().unwrap();
+    let hashed = store.files_hashed();
+    assert_eq!(store.live_root().unwrap(), first);
+    assert_eq!(store.files_hashed(), hashed, "an unchanged tree is not read again");
+
+    // One edit: one file is read again, and the root moves.
+    fs::write(f.live.join("dir/file7"), "edited").unwrap();
+    let edited = store.live_root().unwrap();
+    assert_ne!(edited, first);
+    assert_eq!(store.files_hashed(), hashed + 1);
+
+    // An edit that restores size and mtime is still seen (ctime moved).
+    let meta = fs::metadata(f.live.join("dir/file3")).unwrap();
+    let mtime = meta.modified().unwrap();
+    fs::write(f.live.join("dir/file3"), "VALUE 3").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(f.live.join("dir/file3"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_ne!(store.live_root().unwrap(), edited, "a disguised edit changes the root");
+
+    // A chmod, a removal and an addition are all seen; the result equals a cold look.
+    fs::set_permissions(f.live.join("dir/file1"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::remove_file(f.live.join("dir/file2")).unwrap();
+    fs::write(f.live.join("dir/new"), "new").unwrap();
+    let warm = store.live_root().unwrap();
+    let cold = Store::open(&f.live, &f.state, None).unwrap().live_root().unwrap();
+    assert_eq!(warm, cold);
+}
+
+#[test]
+fn an_owner_the_shadow_cannot_apply_fails_prepare_and_stages_nothing() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let mut owned = entry("owned.conf", "x", "0640");
+    owned.owner = "no-such-user-on-this-shadow".into();
+    let req = request(1, 1, &empty_root(), vec![entry("a", "1", "0644"), owned]);
+    let err = store.prepare(1, &req).unwrap_err();
+    assert_eq!(err.code(), "io");
+    assert!(err.to_string().contains("no such user \"no-such-user-on-this-shadow\""), "{err}");
+    assert_eq!(store.status(1).phase, RolloutPhase::Unknown);
+    let leftovers: Vec<_> = fs::read_dir(f.state.join("revisions")).unwrap().flatten().collect();
+    assert!(leftovers.is_empty(), "nothing staged: {leftovers:?}");
+    assert!(matches!(store.commit(1, &fence(1)), Err(StoreError::NotFound(_))));
+}
