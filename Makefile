@@ -31,7 +31,7 @@ build-release:
 
 build:
 	cargo leptos build
-	cargo build -p etc-shadow-agent
+	cargo build -p etc-shadow-agent --features failpoints
 
 lint:
 	cargo fmt --all -- --check
@@ -40,7 +40,7 @@ lint:
 	cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
 
 unit:
-	cargo build -p etc-shadow-agent
+	cargo build -p etc-shadow-agent --features failpoints
 	for p in etc-shadow-domain etc-shadow-store etc-shadow-control etc-shadow-agent; do cargo test -p $$p || exit 1; done
 	ETC_SHADOW_CRASH_ROLLOUTS=$(CRASH_ROLLOUTS) cargo test -p etc-shadow-server --features crash-points
 

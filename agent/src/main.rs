@@ -27,6 +27,8 @@ use std::{
 use store::{Store, StoreError};
 use tokio::sync::watch;
 
+mod tls;
+
 #[derive(Parser)]
 #[command(name = "etc-shadow-agent", version, about = "Shadow agent of etc-shadow")]
 struct Cli {
@@ -47,6 +49,16 @@ struct Cli {
     /// Largest accepted request body in bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Serve HTTPS with this PEM certificate (chain); needs --tls-key.
+    #[arg(long, env = "ETC_SHADOW_AGENT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "ETC_SHADOW_AGENT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Create a self-signed certificate and key at --tls-cert and --tls-key if they do not
+    /// exist. The control plane pins it by the fingerprint the agent logs at start.
+    #[arg(long, requires = "tls_cert")]
+    tls_generate: bool,
 }
 
 #[derive(Clone)]
@@ -143,25 +155,33 @@ async fn prepare(
         Ok(body) => body,
         Err(rejection) => return error(rejection.status(), "bad_request", rejection.body_text()),
     };
-    #[cfg(feature = "failpoints")]
-    if std::env::var("ETC_SHADOW_AGENT_FAIL_PREPARE").is_ok_and(|v| !v.is_empty()) {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "io",
-            "write failed: No space left on device (os error 28)",
-        );
-    }
-    match with_store(&state, move |store| store.prepare(id, &request)).await {
-        Ok(answer) => Json(answer).into_response(),
+    match with_store(&state, move |store| Ok((store.prepare(id, &request)?, store::last_timings()))).await {
+        Ok((answer, timings)) => (server_timing(timings), Json(answer)).into_response(),
         Err(response) => response,
     }
 }
 
 async fn commit(State(state): State<AgentState>, Path(id): Path<i64>, Json(fence): Json<Fence>) -> Response {
-    match with_store(&state, move |store| store.commit(id, &fence)).await {
-        Ok(answer) => Json(answer).into_response(),
+    match with_store(&state, move |store| Ok((store.commit(id, &fence)?, store::last_timings()))).await {
+        Ok((answer, timings)) => (server_timing(timings), Json(answer)).into_response(),
         Err(response) => response,
     }
+}
+
+/// Where the agent spent a prepare or commit (`Server-Timing`, milliseconds): the
+/// benchmark separates disk and hashing from the network with it.
+fn server_timing(timings: store::Timings) -> [(header::HeaderName, String); 1] {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    [(
+        header::HeaderName::from_static("server-timing"),
+        format!(
+            "write;dur={:.3}, fsync;dur={:.3}, hash;dur={:.3}, total;dur={:.3}",
+            ms(timings.write),
+            ms(timings.fsync),
+            ms(timings.hash),
+            ms(timings.total)
+        ),
+    )]
 }
 
 async fn abort(State(state): State<AgentState>, Path(id): Path<i64>, Json(fence): Json<Fence>) -> Response {
@@ -272,14 +292,34 @@ async fn run(cli: Cli) -> Result<(), String> {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(cli.max_body_bytes))
         .with_state(state);
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            if cli.tls_generate {
+                tls::generate_if_missing(cert, key, cli.listen)?;
+            }
+            Some(tls::acceptor(cert, key)?)
+        }
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .map_err(|err| format!("cannot listen on {}: {err}", cli.listen))?;
-    tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, dir = %cli.dir.display(), "agent serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|err| err.to_string())
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match tls {
+        Some((acceptor, pin)) => {
+            tracing::info!(%address, dir = %cli.dir.display(), tls_pin = %pin, "agent serving HTTPS");
+            tls::serve(listener, acceptor, app, shutdown).await;
+            Ok(())
+        }
+        None => {
+            tracing::info!(%address, dir = %cli.dir.display(), "agent serving HTTP");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(|err| err.to_string())
+        }
+    }
 }

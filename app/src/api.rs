@@ -395,7 +395,8 @@ pub async fn shadows() -> Result<Vec<domain::api::ShadowView>, ServerFnError> {
     control::shadows::list(&db()?).await.map_err(fail)
 }
 
-/// Registers a shadow from the admin form: `driver` is `agent` (url, token) or
+/// Registers a shadow from the admin form: `driver` is `agent` (url, token, and the
+/// certificate pin for https) or
 /// `directory` (path).
 #[server]
 pub async fn add_shadow(
@@ -403,6 +404,7 @@ pub async fn add_shadow(
     name: String,
     url: Option<String>,
     token: Option<String>,
+    tls_pin: Option<String>,
     path: Option<String>,
 ) -> Result<(), ServerFnError> {
     use ssr::*;
@@ -411,6 +413,7 @@ pub async fn add_shadow(
             name,
             url: url.unwrap_or_default(),
             token: token.unwrap_or_default(),
+            tls_pin,
         },
         "directory" => control::shadows::NewShadow::Directory {
             name,

@@ -14,6 +14,7 @@ pub mod revisions;
 pub mod rollouts;
 pub mod sessions;
 pub mod shadows;
+pub mod tls;
 pub mod users;
 
 pub use db::Db;

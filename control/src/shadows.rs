@@ -23,6 +23,7 @@ struct ShadowRow {
     pub name: String,
     pub driver: String,
     pub url: Option<String>,
+    pub tls_pin: Option<String>,
     pub path: Option<String>,
     pub status: String,
     pub observed_root: Option<String>,
@@ -39,6 +40,7 @@ impl From<ShadowRow> for ShadowView {
             name: row.name,
             driver: row.driver,
             url: row.url,
+            tls_pin: row.tls_pin,
             path: row.path,
             status: row.status,
             observed_root: row.observed_root,
@@ -55,11 +57,21 @@ impl From<ShadowRow> for ShadowView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "driver", rename_all = "snake_case", deny_unknown_fields)]
 pub enum NewShadow {
-    Agent { name: String, url: String, token: String },
-    Directory { name: String, path: String },
+    Agent {
+        name: String,
+        url: String,
+        token: String,
+        /// Required for an `https://` URL: the agent's certificate fingerprint (it logs it).
+        #[serde(default)]
+        tls_pin: Option<String>,
+    },
+    Directory {
+        name: String,
+        path: String,
+    },
 }
 
-const SHADOW_SELECT: &str = "SELECT name, driver, url, path, status, observed_root, observed_revision, last_contact_at, last_in_sync_at, last_error, created_at FROM shadows";
+const SHADOW_SELECT: &str = "SELECT name, driver, url, tls_pin, path, status, observed_root, observed_revision, last_contact_at, last_in_sync_at, last_error, created_at FROM shadows";
 
 fn validate_name(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -77,19 +89,31 @@ pub async fn add(db: &Db, actor: &Caller, shadow: NewShadow) -> Result<ShadowVie
 
 /// Registers a shadow; `actor` names who did it in the audit log (the CLI passes `cli`).
 pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowView> {
-    let (name, driver, url, token, path) = match &shadow {
-        NewShadow::Agent { name, url, token } => {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+    let (name, driver, url, token, tls_pin, path) = match &shadow {
+        NewShadow::Agent { name, url, token, tls_pin } => {
+            let https = url.starts_with("https://");
+            if !(url.starts_with("http://") || https) {
                 return Err(Error::BadRequest("an agent URL starts with http:// or https://".into()));
             }
             if token.trim().len() < 16 {
                 return Err(Error::BadRequest("an agent token has at least 16 characters".into()));
             }
+            let tls_pin = match (https, tls_pin.as_deref().filter(|p| !p.trim().is_empty())) {
+                (true, Some(pin)) => Some(crate::tls::parse_pin(pin)?),
+                (true, None) => {
+                    return Err(Error::BadRequest(
+                        "an https agent needs tls_pin, the SHA-256 fingerprint of its certificate (the agent logs it at start)".into(),
+                    ));
+                }
+                (false, Some(_)) => return Err(Error::BadRequest("tls_pin needs an https:// agent URL".into())),
+                (false, None) => None,
+            };
             (
                 name,
                 "agent",
                 Some(url.trim_end_matches('/').to_string()),
                 Some(token.trim().to_string()),
+                tls_pin,
                 None,
             )
         }
@@ -97,7 +121,7 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowVie
             if !Path::new(path).is_absolute() {
                 return Err(Error::BadRequest("a directory shadow needs an absolute path".into()));
             }
-            (name, "directory", None, None, Some(path.clone()))
+            (name, "directory", None, None, None, Some(path.clone()))
         }
     };
     validate_name(name)?;
@@ -109,11 +133,12 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowVie
     if exists.is_some() {
         return Err(Error::conflict("shadow_exists", format!("a shadow named {name} exists")));
     }
-    sqlx::query("INSERT INTO shadows (name, driver, url, token, path, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO shadows (name, driver, url, token, tls_pin, path, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
         .bind(name)
         .bind(driver)
         .bind(&url)
         .bind(&token)
+        .bind(&tls_pin)
         .bind(&path)
         .bind(now())
         .execute(&mut *tx)
@@ -123,7 +148,7 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowVie
         actor,
         "shadow.add",
         &format!("shadow/{name}"),
-        json!({"driver": driver, "url": url, "path": path}),
+        json!({"driver": driver, "url": url, "tls_pin": tls_pin, "path": path}),
     )
     .await?;
     tx.commit().await?;
@@ -236,8 +261,8 @@ impl Driver {
             request = request.json(&body);
         }
         let response = request.send().await.map_err(|err| ShadowError {
-            code: "unreachable".into(),
             message: format!("cannot reach the agent: {}", without_url(&err)),
+            code: if tls_failure(&err).is_some() { "tls" } else { "unreachable" }.into(),
             transient: true,
         })?;
         let status = response.status();
@@ -307,49 +332,91 @@ impl Driver {
 }
 
 /// What went wrong reaching an agent, without the URL reqwest would print.
-fn without_url(err: &reqwest::Error) -> &'static str {
-    if err.is_timeout() {
-        "timed out"
+fn without_url(err: &reqwest::Error) -> String {
+    if let Some(tls) = tls_failure(err) {
+        format!("TLS handshake failed: {tls}")
+    } else if err.is_timeout() {
+        "timed out".into()
     } else if err.is_connect() {
-        "connection failed"
+        "connection failed".into()
     } else {
-        "request failed"
+        "request failed".into()
     }
+}
+
+/// The TLS error under a failed request, if that is what failed (a certificate that does
+/// not match the pin, say). `io::Error` hides the error it wraps from `source()`, and the
+/// TLS error sits inside two of them.
+fn tls_failure(err: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = current {
+        let mut inner = error;
+        loop {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            match inner.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+                Some(wrapped) => inner = wrapped,
+                None => break,
+            }
+        }
+        current = error.source();
+    }
+    None
 }
 
 /// Opens drivers for registered shadows. Directory stores are kept open, one per
 /// shadow, because a store holds its state in memory between calls.
 pub struct Registry {
     data_dir: PathBuf,
+    request_timeout: Duration,
     http: reqwest::Client,
+    /// One client per pinned certificate (each trusts only its pin).
+    pinned: Mutex<HashMap<String, reqwest::Client>>,
     directories: Mutex<HashMap<String, Arc<Mutex<Store>>>>,
 }
 
 impl Registry {
     pub fn new(data_dir: &Path, request_timeout: Duration) -> Registry {
+        // Plain HTTP only: an https URL without a pin is refused at registration.
         let http = reqwest::Client::builder().timeout(request_timeout).build().expect("HTTP client");
         Registry {
             data_dir: data_dir.to_path_buf(),
+            request_timeout,
             http,
+            pinned: Mutex::new(HashMap::new()),
             directories: Mutex::new(HashMap::new()),
         }
     }
 
+    fn client_for(&self, tls_pin: Option<&str>) -> Result<reqwest::Client> {
+        let Some(pin) = tls_pin else {
+            return Ok(self.http.clone());
+        };
+        let mut pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = pinned.get(pin) {
+            return Ok(client.clone());
+        }
+        let client = crate::tls::pinned_client(pin, self.request_timeout)?;
+        pinned.insert(pin.to_string(), client.clone());
+        Ok(client)
+    }
+
     /// The driver of a registered shadow, by name.
     pub async fn driver(&self, db: &Db, name: &str) -> Result<Driver> {
-        let row: (String, Option<String>, Option<String>, Option<String>) =
-            sqlx::query_as("SELECT driver, url, token, path FROM shadows WHERE name = ?")
+        let row: (String, Option<String>, Option<String>, Option<String>, Option<String>) =
+            sqlx::query_as("SELECT driver, url, token, tls_pin, path FROM shadows WHERE name = ?")
                 .bind(name)
                 .fetch_optional(&db.read)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("no shadow {name}")))?;
         match row {
-            (driver, Some(url), Some(token), _) if driver == "agent" => Ok(Driver::Agent {
-                http: self.http.clone(),
+            (driver, Some(url), Some(token), tls_pin, _) if driver == "agent" => Ok(Driver::Agent {
+                http: self.client_for(tls_pin.as_deref())?,
                 url,
                 token,
             }),
-            (driver, _, _, Some(path)) if driver == "directory" => {
+            (driver, _, _, _, Some(path)) if driver == "directory" => {
                 if let Some(store) = self.directories.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
                     return Ok(Driver::Directory(store.clone()));
                 }

@@ -302,6 +302,8 @@ pub struct ShadowView {
     /// `agent` or `directory`.
     pub driver: String,
     pub url: Option<String>,
+    /// For agents over HTTPS: the SHA-256 fingerprint of the certificate trusted.
+    pub tls_pin: Option<String>,
     pub path: Option<String>,
     /// `in_sync`, `drifted`, `stale`, `unreachable`, `fenced`, `pending`, `rolling_out`.
     pub status: String,

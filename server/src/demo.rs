@@ -89,6 +89,11 @@ pub async fn start_shadows(db: &Db, data_dir: &std::path::Path) -> std::result::
         .arg(&listen)
         .arg("--token-file")
         .arg(&token_file)
+        .arg("--tls-cert")
+        .arg(root.join("edge/tls-cert.pem"))
+        .arg("--tls-key")
+        .arg(root.join("edge/tls-key.pem"))
+        .arg("--tls-generate")
         .kill_on_drop(true)
         .spawn()
         .map_err(|err| {
@@ -97,41 +102,40 @@ pub async fn start_shadows(db: &Db, data_dir: &std::path::Path) -> std::result::
                 agent_binary.display()
             )
         })?;
-    let existing: Vec<String> = control::shadows::list(db)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
+    let existing = control::shadows::list(db).await.map_err(|e| e.to_string())?;
     for name in ["dc1", "dr-site", "backup"] {
-        if !existing.iter().any(|n| n == name) {
+        if !existing.iter().any(|s| s.name == name) {
             let path = root.join(name).join("live").to_string_lossy().into_owned();
             control::shadows::add_as(db, "demo", control::shadows::NewShadow::Directory { name: name.into(), path })
                 .await
                 .map_err(|e| e.to_string())?;
         }
     }
-    if !existing.iter().any(|n| n == "edge") {
-        let token = std::fs::read_to_string(&token_file).map_err(|err| err.to_string())?;
-        let url = format!("http://{listen}");
-        control::shadows::add_as(
-            db,
-            "demo",
-            control::shadows::NewShadow::Agent {
-                name: "edge".into(),
-                url,
-                token,
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    }
-    // Give the agent a moment to listen before the first rollout.
-    for _ in 0..50 {
+    // The agent makes its certificate before it listens; wait for both, then pin it.
+    for _ in 0..100 {
         if tokio::net::TcpStream::connect(&listen).await.is_ok() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let certificate =
+        std::fs::read_to_string(root.join("edge/tls-cert.pem")).map_err(|err| format!("the demo agent made no certificate: {err}"))?;
+    let tls_pin = control::tls::pin_of_pem(&certificate).map_err(|e| e.to_string())?;
+    let url = format!("https://{listen}");
+    let registered = existing.iter().find(|s| s.name == "edge");
+    if registered.is_some_and(|s| s.url.as_deref() != Some(url.as_str()) || s.tls_pin.as_deref() != Some(tls_pin.as_str())) {
+        // An older demo directory: the agent moved or has a new certificate.
+        control::shadows::remove(db, "demo", "edge").await.map_err(|e| e.to_string())?;
+    }
+    if registered.is_none_or(|s| s.url.as_deref() != Some(url.as_str()) || s.tls_pin.as_deref() != Some(tls_pin.as_str())) {
+        let token = std::fs::read_to_string(&token_file).map_err(|err| err.to_string())?;
+        let shadow = control::shadows::NewShadow::Agent {
+            name: "edge".into(),
+            url,
+            token,
+            tls_pin: Some(tls_pin),
+        };
+        control::shadows::add_as(db, "demo", shadow).await.map_err(|e| e.to_string())?;
     }
     Ok(agent)
 }

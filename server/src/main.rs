@@ -47,6 +47,10 @@ enum ShadowCommand {
         /// File with the agent's bearer token.
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// For an https:// agent: the SHA-256 fingerprint of its certificate (the agent
+        /// logs it at start; `openssl x509 -noout -fingerprint -sha256` prints it too).
+        #[arg(long, requires = "agent")]
+        tls_pin: Option<String>,
         /// Absolute path of a directory shadow (a mounted backup volume, a second disk).
         #[arg(long, required_unless_present = "agent")]
         directory: Option<PathBuf>,
@@ -212,12 +216,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                     name,
                     agent,
                     token_file,
+                    tls_pin,
                     directory,
                 } => {
                     let shadow = match (agent, token_file, directory) {
                         (Some(url), Some(file), None) => {
                             let token = std::fs::read_to_string(&file).map_err(|err| format!("cannot read {}: {err}", file.display()))?;
-                            control::shadows::NewShadow::Agent { name, url, token }
+                            control::shadows::NewShadow::Agent { name, url, token, tls_pin }
                         }
                         (None, _, Some(path)) => {
                             let path = std::path::absolute(&path).map_err(|err| err.to_string())?;

@@ -16,6 +16,7 @@ struct Fleet {
     server: TestServer,
     editor: Session,
     approver: Session,
+    admin: Session,
     agent: Agent,
     directories: Vec<PathBuf>,
     _root: tempfile::TempDir,
@@ -28,13 +29,14 @@ async fn fleet() -> Fleet {
     server.user("abel", Role::Approver).await;
     server.user("ada", Role::Admin).await;
     let (editor, approver, admin) = (server.login("erin").await, server.login("abel").await, server.login("ada").await);
-    // Registration goes through the API as an administrator would do it.
+    // Registration goes through the API as an administrator would do it. The agent serves
+    // HTTPS and is trusted by its certificate's fingerprint.
     let root = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&root.path().join("edge"));
+    let agent = Agent::start_tls(&root.path().join("edge"));
     let (status, body) = admin
         .post(
             "/api/v1/shadows",
-            json!({"driver": "agent", "name": "edge", "url": agent.url(), "token": AGENT_TOKEN}),
+            json!({"driver": "agent", "name": "edge", "url": agent.url(), "token": AGENT_TOKEN, "tls_pin": agent.tls_pin()}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -51,6 +53,7 @@ async fn fleet() -> Fleet {
         server,
         editor,
         approver,
+        admin,
         agent,
         directories,
         _root: root,
@@ -72,6 +75,16 @@ impl Fleet {
         self.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
         self.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
         self.approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await
+    }
+
+    /// Registers one more agent over the API.
+    async fn register_agent(&self, name: &str, url: &str, tls_pin: Option<String>) -> (StatusCode, Value) {
+        self.admin
+            .post(
+                "/api/v1/shadows",
+                json!({"driver": "agent", "name": name, "url": url, "token": AGENT_TOKEN, "tls_pin": tls_pin}),
+            )
+            .await
     }
 
     async fn current(&self) -> Value {
@@ -247,7 +260,7 @@ async fn a_second_control_plane_and_a_stale_copy_are_fenced() {
     admin
         .post(
             "/api/v1/shadows",
-            json!({"driver": "agent", "name": "edge", "url": fleet.agent.url(), "token": AGENT_TOKEN}),
+            json!({"driver": "agent", "name": "edge", "url": fleet.agent.url(), "token": AGENT_TOKEN, "tls_pin": fleet.agent.tls_pin()}),
         )
         .await;
     let (editor, approver) = (other.login("ann").await, other.login("bob").await);
@@ -288,7 +301,7 @@ async fn the_agent_refuses_wrong_tokens_and_tampered_requests() {
     let fleet = fleet().await;
     let (_, first) = fleet.roll_out(sample(0)).await;
     let root = first["root"].as_str().unwrap().to_string();
-    let client = reqwest::Client::new();
+    let client = control::tls::pinned_client(&fleet.agent.tls_pin(), std::time::Duration::from_secs(10)).unwrap();
     let url = |path: &str| format!("{}{path}", fleet.agent.url());
     for token in [None, Some("wrong-token-wrong-token")] {
         let mut request = client.get(url("/v1/state"));
@@ -517,5 +530,116 @@ async fn rollout_progress_streams_live_with_every_prepare_before_any_commit() {
     }
     assert!(position(None, "preparing") < decision && decision < position(None, "applied"));
     drop(body);
+    fleet.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_agents_are_trusted_by_their_pin_and_nothing_else() {
+    let fleet = fleet().await;
+    let (_, first) = fleet.roll_out(sample(0)).await;
+    assert_eq!(first["state"], "applied", "the rollout reached the HTTPS agent: {first}");
+
+    // Registration: https needs a pin, a pin needs https, a pin is a SHA-256 fingerprint.
+    let https = fleet.agent.url();
+    let http = https.replacen("https://", "http://", 1);
+    for (url, pin, needle) in [
+        (https.as_str(), None, "tls_pin"),
+        (http.as_str(), Some(fleet.agent.tls_pin()), "https"),
+        (https.as_str(), Some("cd88".to_string()), "64 hex digits"),
+    ] {
+        let (status, body) = fleet.register_agent("bad", url, pin).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(needle), "{body}");
+    }
+
+    // An impostor: another agent with its own certificate, registered under edge's pin.
+    let impostor = Agent::start_tls(&fleet._root.path().join("impostor"));
+    let (status, body) = fleet.register_agent("impostor", &impostor.url(), Some(fleet.agent.tls_pin())).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, rollout) = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
+    assert_eq!(rollout["state"], "failed", "{rollout}");
+    let error = rollout["error"].as_str().unwrap();
+    assert!(
+        error.contains("impostor") && error.contains("does not match the pinned fingerprint"),
+        "the error names the shadow and the reason: {error}"
+    );
+    assert!(!error.contains(AGENT_TOKEN));
+    assert_eq!(fleet.current().await["number"], 1, "the primary revision is unchanged");
+    assert!(
+        !impostor.state.join("state.json").exists(),
+        "the impostor never received a write (nor the token: the handshake failed first)"
+    );
+    fleet.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_cannot_write_refuses_prepare_and_nothing_changes() {
+    let fleet = fleet().await;
+    let mut node = Agent::start_unprivileged(&fleet._root.path().join("node"));
+    let (status, body) = fleet.register_agent("node", &node.url(), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, first) = fleet.roll_out(sample(0)).await;
+    assert_eq!(first["state"], "applied", "{first}");
+    let mut live = fleet.live_dirs();
+    live.push(node.live.clone());
+    let before: Vec<_> = live.iter().map(|d| snapshot(d)).collect();
+    let revisions = node.state.join("revisions");
+
+    let assert_refused = |rollout: &Value, reason: &str| {
+        assert_eq!(rollout["state"], "failed", "{rollout}");
+        let error = rollout["error"].as_str().unwrap();
+        assert!(error.contains("node") && error.contains(reason), "{reason}: {error}");
+        for shadow in rollout["shadows"].as_array().unwrap() {
+            if shadow["name"] == "node" {
+                assert_eq!(shadow["phase"], "refused", "{shadow}");
+            } else {
+                // (Directory shadows refuse too when the tests do not run as root.)
+                assert!(matches!(shadow["phase"].as_str(), Some("aborted" | "refused")), "{shadow}");
+            }
+        }
+        let after: Vec<_> = live.iter().map(|d| snapshot(d)).collect();
+        assert_eq!(before, after, "{reason}: every shadow still serves the previous revision");
+        let leftovers: Vec<_> = std::fs::read_dir(&revisions)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{reason}: no half-staged revision is left: {leftovers:?}");
+    };
+
+    // An owner the agent has no right to give files to: a clear refusal, not a skip.
+    let mut owned = change_body(1, "app.toml", "[server]\nport = 9090\n");
+    owned["entries"][0]["owner"] = json!("root");
+    let (_, rollout) = fleet.roll_out(owned).await;
+    assert_refused(&rollout, "cannot chown");
+    assert_eq!(fleet.current().await["number"], 1);
+
+    // A read-only directory.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&revisions, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let (_, rollout) = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 9191\n")).await;
+    std::fs::set_permissions(&revisions, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_refused(&rollout, "Permission denied");
+    assert_eq!(fleet.current().await["number"], 1);
+
+    // A full disk (a failpoint: 1 KiB left), with a 4 KiB entry to stage.
+    node.kill();
+    node.env = vec![("ETC_SHADOW_FAILPOINT_DISK_BYTES".into(), "1024".into())];
+    node.restart();
+    let big = "x".repeat(4096);
+    let (_, rollout) = fleet.roll_out(change_body(1, "big.txt", &big)).await;
+    assert_refused(&rollout, "No space left on device");
+    assert_eq!(fleet.current().await["number"], 1);
+
+    // Room again: the very same approved change goes out.
+    node.kill();
+    node.env.clear();
+    node.restart();
+    let change = rollout["change_id"].as_i64().unwrap();
+    let (status, retried) = fleet.approver.post(&format!("/api/v1/changes/{change}/rollouts"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{retried}");
+    assert_eq!(retried["state"], "applied", "{retried}");
+    assert_eq!(std::fs::read_to_string(node.live.join("big.txt")).unwrap(), big);
     fleet.server.stop().await;
 }

@@ -218,20 +218,50 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .truncate(true)
         .open(&temporary)
         .map_err(|err| io_error(format!("create {}", temporary.display()), err))?;
-    let written = timed(|t| &mut t.write, || file.write_all(bytes))
-        .map_err(|err| io_error(format!("write {}", temporary.display()), err))
-        .and_then(|()| {
-            file.set_permissions(fs::Permissions::from_mode(mode))
-                .map_err(|err| io_error(format!("chmod {}", temporary.display()), err))
-        })
-        .and_then(|()| timed(|t| &mut t.fsync, || file.sync_all()).map_err(|err| io_error(format!("fsync {}", temporary.display()), err)))
-        .and_then(|()| fs::rename(&temporary, path).map_err(|err| io_error(format!("rename {}", path.display()), err)));
+    let written = timed(
+        |t| &mut t.write,
+        || disk_budget::charge(bytes.len()).and_then(|()| file.write_all(bytes)),
+    )
+    .map_err(|err| io_error(format!("write {}", temporary.display()), err))
+    .and_then(|()| {
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|err| io_error(format!("chmod {}", temporary.display()), err))
+    })
+    .and_then(|()| timed(|t| &mut t.fsync, || file.sync_all()).map_err(|err| io_error(format!("fsync {}", temporary.display()), err)))
+    .and_then(|()| fs::rename(&temporary, path).map_err(|err| io_error(format!("rename {}", path.display()), err)));
     if written.is_err() {
         // A full disk must not be left fuller by a half-written temporary file.
         let _ = fs::remove_file(&temporary);
     }
     written?;
     fsync_dir(parent)
+}
+
+/// A simulated nearly full disk for tests (feature `failpoints`): once the budget from
+/// `ETC_SHADOW_FAILPOINT_DISK_BYTES` is spent, writes fail with ENOSPC.
+mod disk_budget {
+    #[cfg(feature = "failpoints")]
+    pub fn charge(bytes: usize) -> std::io::Result<()> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SPENT: AtomicU64 = AtomicU64::new(0);
+        let Some(budget) = std::env::var("ETC_SHADOW_FAILPOINT_DISK_BYTES")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return Ok(());
+        };
+        let spent = SPENT.fetch_add(bytes as u64, Ordering::SeqCst) + bytes as u64;
+        if spent > budget {
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "failpoints"))]
+    #[inline]
+    pub fn charge(_bytes: usize) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn user_name(uid: u32) -> String {

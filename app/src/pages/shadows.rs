@@ -61,7 +61,13 @@ pub fn ShadowsPage() -> impl IntoView {
                                         view! {
                                             <tr data-test="shadow-row" data-name=s.name.clone() data-status=s.status.clone()>
                                                 <td><strong>{s.name.clone()}</strong><div class="muted small">{target}</div></td>
-                                                <td>{s.driver.clone()}</td>
+                                                <td>
+                                                    {s.driver.clone()}
+                                                    {s.tls_pin.clone().map(|pin| {
+                                                        let title = format!("certificate SHA-256 {pin}");
+                                                        view! { <div class="muted small" data-test="tls-pin" title=title>"TLS pinned " <ShortHash hash=pin /></div> }
+                                                    })}
+                                                </td>
                                                 <td>
                                                     <span class=format!("badge badge-{}", s.status)>{s.status.replace('_', " ")}</span>
                                                     {s.last_error.clone().map(|e| view! { <div class="muted small">{e}</div> })}
@@ -108,8 +114,9 @@ pub fn ShadowsPage() -> impl IntoView {
                                 <option value="directory">"directory"</option>
                             </select>
                         </label>
-                        <label class="grow">"Agent URL" <input name="url" placeholder="http://10.0.0.5:7300" /></label>
+                        <label class="grow">"Agent URL" <input name="url" placeholder="https://10.0.0.5:7300" /></label>
                         <label>"Agent token" <input name="token" type="password" autocomplete="off" /></label>
+                        <label class="grow">"TLS pin (https)" <input name="tls_pin" placeholder="SHA-256 fingerprint the agent logs" autocomplete="off" /></label>
                         <label class="grow">"Directory path" <input name="path" placeholder="/mnt/backup/etc/myservice" /></label>
                         <button type="submit" class="primary">"Register"</button>
                     </ActionForm>
