@@ -7,11 +7,11 @@ DEMO_DIR ?= demo-data
 DEMO_LISTEN ?= 127.0.0.1:3000
 # Packages are tested one by one: building the whole workspace at once would unify the
 # `ssr` and `hydrate` features of `app`.
-RUST_PACKAGES := etc-shadow-domain etc-shadow-store etc-shadow-control etc-shadow-agent etc-shadow-server
+RUST_PACKAGES := etc-shadow-domain etc-shadow-store etc-shadow-control etc-shadow-agent etc-shadow-server etc-shadow-bench
 # Randomised crash rollouts in the crash sweep (CRASH_ROLLOUTS=1000 make unit for the long run).
 CRASH_ROLLOUTS ?= 200
 
-.PHONY: demo test setup setup-test build-release build lint unit e2e clean-demo
+.PHONY: demo test setup setup-test build-release build lint unit e2e bench clean-demo
 
 demo: setup build-release
 	./target/release/etc-shadow demo --data-dir $(DEMO_DIR) --listen $(DEMO_LISTEN) --site-root target/site
@@ -37,6 +37,7 @@ lint:
 	cargo fmt --all -- --check
 	for p in $(RUST_PACKAGES); do cargo clippy -p $$p --all-targets -- -D warnings || exit 1; done
 	cargo clippy -p etc-shadow-server --features crash-points --all-targets -- -D warnings
+	cargo clippy -p etc-shadow-agent --features failpoints -- -D warnings
 	cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
 
 unit:
@@ -46,6 +47,12 @@ unit:
 
 e2e: build
 	cd end2end && npx playwright test
+
+# Rollout latency for 1, 10 and 50 agent shadows and two configuration sets, with the
+# time split into fsync, hashing, writes and the network (figures in docs/performance.md).
+bench:
+	cargo build --release -p etc-shadow-agent -p etc-shadow-bench
+	./target/release/etc-shadow-bench $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

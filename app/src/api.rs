@@ -347,7 +347,16 @@ pub async fn rollout_change(id: i64) -> Result<RolloutView, ServerFnError> {
     use ssr::*;
     let coordinator =
         use_context::<std::sync::Arc<control::rollouts::Coordinator>>().ok_or_else(|| ServerFnError::new("coordinator unavailable"))?;
-    coordinator.roll_out(&caller()?, id).await.map_err(fail)
+    // The page follows the rollout live on /api/v1/events; it does not wait here.
+    coordinator.roll_out_detached(&caller()?, id).await.map_err(fail)
+}
+
+/// The latest rollout of a change, shown on its page.
+#[server]
+pub async fn change_rollout(change_id: i64) -> Result<Option<RolloutView>, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::rollouts::latest_for_change(&db()?, change_id).await.map_err(fail)
 }
 
 #[server]

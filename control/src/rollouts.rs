@@ -203,8 +203,20 @@ pub struct Coordinator {
     /// How long a request waits for commits before answering `committing`; recovery keeps
     /// retrying afterwards.
     pub commit_patience: Duration,
-    running: tokio::sync::Mutex<()>,
+    /// Held for as long as a rollout runs (one at a time).
+    running: Arc<tokio::sync::Mutex<()>>,
     events: tokio::sync::broadcast::Sender<RolloutEvent>,
+}
+
+/// A started rollout: finished already (no shadows), or to be executed while `running`
+/// is held.
+enum Started {
+    Done(RolloutView),
+    Running {
+        plan: Plan,
+        change: ChangeRow,
+        running: tokio::sync::OwnedMutexGuard<()>,
+    },
 }
 
 impl Coordinator {
@@ -215,7 +227,7 @@ impl Coordinator {
             identity,
             prepare_timeout: Duration::from_secs(10),
             commit_patience: Duration::from_secs(20),
-            running: tokio::sync::Mutex::new(()),
+            running: Arc::new(tokio::sync::Mutex::new(())),
             events: tokio::sync::broadcast::channel(1024).0,
         }
     }
@@ -249,8 +261,42 @@ impl Coordinator {
     /// Rolls out an approved change to every registered shadow. Answers when the rollout
     /// is applied, failed, or still committing after [`Self::commit_patience`].
     pub async fn roll_out(&self, caller: &Caller, change_id: i64) -> Result<RolloutView> {
+        match self.start(caller, change_id).await? {
+            Started::Done(view) => Ok(view),
+            Started::Running { plan, change, running } => {
+                let view = self.execute(plan, Some(change)).await;
+                drop(running);
+                view
+            }
+        }
+    }
+
+    /// Starts rolling out an approved change and answers at once, with the rollout as
+    /// it stands (`preparing`); the rollout goes on in the background and its progress
+    /// is streamed by [`Self::subscribe`]. Checks and refusals happen before it answers.
+    pub async fn roll_out_detached(self: &Arc<Self>, caller: &Caller, change_id: i64) -> Result<RolloutView> {
+        match self.start(caller, change_id).await? {
+            Started::Done(view) => Ok(view),
+            Started::Running { plan, change, running } => {
+                let id = plan.id;
+                let coordinator = self.clone();
+                tokio::spawn(async move {
+                    // A failure here (the database gone) leaves the rollout to recovery.
+                    if let Err(err) = coordinator.execute(plan, Some(change)).await {
+                        tracing::error!(rollout = id, %err, "rollout stopped; recovery will finish it");
+                    }
+                    drop(running);
+                });
+                get(&self.db, id).await
+            }
+        }
+    }
+
+    /// Checks the change and writes the rollout's journal rows; with no shadow at all the
+    /// rollout is decided and applied right here.
+    async fn start(&self, caller: &Caller, change_id: i64) -> Result<Started> {
         caller.require(Role::Approver)?;
-        let _running = self.running.try_lock().map_err(|_| Self::busy())?;
+        let running = self.running.clone().try_lock_owned().map_err(|_| Self::busy())?;
         let mut tx = self.db.begin().await?;
         let change = changes::load(&mut tx, change_id).await?;
         let current = check_rollable(&mut tx, &change).await?;
@@ -294,7 +340,7 @@ impl Coordinator {
             audit::append(&mut tx, &caller.username, "rollout.applied", &format!("rollout/{id}"), details).await?;
             let view = view_in(&mut tx, id).await?;
             tx.commit().await?;
-            return Ok(view);
+            return Ok(Started::Done(view));
         }
         for shadow in &shadows {
             sqlx::query("INSERT INTO rollout_shadows (rollout_id, shadow, phase, updated_at) VALUES (?, ?, 'pending', ?)")
@@ -318,7 +364,7 @@ impl Coordinator {
             entries,
             shadows,
         };
-        self.execute(plan, Some(change)).await
+        Ok(Started::Running { plan, change, running })
     }
 
     /// Pushes the current revision to one shadow (which may hold anything), as a
@@ -758,6 +804,19 @@ async fn view_in(conn: &mut SqliteConnection, id: i64) -> Result<RolloutView> {
 pub async fn get(db: &Db, id: i64) -> Result<RolloutView> {
     let mut conn = db.read.acquire().await?;
     view_in(&mut conn, id).await
+}
+
+/// The latest rollout of a change, if it was rolled out at all.
+pub async fn latest_for_change(db: &Db, change_id: i64) -> Result<Option<RolloutView>> {
+    let mut conn = db.read.acquire().await?;
+    let row: Option<RolloutRow> = sqlx::query_as(&format!("{ROLLOUT_SELECT} WHERE change_id = ? ORDER BY id DESC LIMIT 1"))
+        .bind(change_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(row) => Ok(Some(with_shadows(&mut conn, row).await?)),
+        None => Ok(None),
+    }
 }
 
 pub async fn list(db: &Db, before: Option<i64>, limit: Option<i64>) -> Result<Page<RolloutView>> {

@@ -51,11 +51,22 @@ test('an edit is validated as you type, reviewed by a second person and rolled o
   await change.act('approve');
   await expect(page.getByTestId('approval')).toHaveAttribute('data-valid', 'true');
   await expect(page.getByTestId('change-header')).toHaveAttribute('data-state', 'approved');
+  // The rollout is watched live: the page subscribes to the event stream and each shadow's
+  // prepare and commit appear as they happen, with no reload (the marker below would go).
+  await expect(page.getByTestId('live-flag')).toHaveAttribute('data-live', 'true');
+  await page.evaluate(() => ((window as unknown as { stillThisPage: boolean }).stillThisPage = true));
   await change.act('rollout');
   await expect(page.getByTestId('rollout-result')).toContainText('revision #2 is current');
-  // The demo's four shadows each prove the new root.
+  // The demo's four shadows each went through prepare and commit, and prove the new root.
+  const rows = page.locator('[data-test=rollout-shadow]');
+  await expect(rows).toHaveCount(4);
+  for (const name of ['backup', 'dc1', 'dr-site', 'edge']) {
+    const steps = page.locator(`[data-test=rollout-shadow][data-name="${name}"] [data-test=rollout-step]`);
+    await expect(steps).toHaveText([/^prepared/, /^committed/]);
+  }
   await expect(page.locator('[data-test=rollout-shadow][data-phase=committed]')).toHaveCount(4);
   await expect(page.getByTestId('rollout-shadows')).not.toContainText('—');
+  expect(await page.evaluate(() => (window as unknown as { stillThisPage?: boolean }).stillThisPage)).toBe(true);
   await expect(page.getByTestId('change-header')).toHaveAttribute('data-state', 'rolled_out');
   await expect(page.getByTestId('became-revision')).toHaveText('revision #2');
 

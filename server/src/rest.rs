@@ -310,13 +310,36 @@ async fn diff_change(State(state): State<AppState>, PathParams(id): PathParams<i
     Ok(Json(changes::diff(&state.db, id).await?).into_response())
 }
 
+#[derive(Deserialize)]
+struct RolloutQuery {
+    /// `false`: answer 202 as soon as the rollout started (follow it on /api/v1/events or
+    /// GET /api/v1/rollouts/{id}). By default the answer waits for the outcome.
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 async fn start_rollout(
     State(state): State<AppState>,
     Extension(auth): Extension<Authenticated>,
     PathParams(id): PathParams<i64>,
+    QueryParams(query): QueryParams<RolloutQuery>,
 ) -> ApiResult<Response> {
-    let view = state.coordinator.roll_out(caller(&auth), id).await?;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    if query.wait {
+        let view = state.coordinator.roll_out(caller(&auth), id).await?;
+        return Ok((StatusCode::CREATED, Json(view)).into_response());
+    }
+    let view = state.coordinator.roll_out_detached(caller(&auth), id).await?;
+    let location = format!("/api/v1/rollouts/{}", view.id);
+    let status = if view.finished_at.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, [(axum::http::header::LOCATION, location)], Json(view)).into_response())
 }
 
 async fn list_rollouts(State(state): State<AppState>, QueryParams(q): QueryParams<PageQuery>) -> ApiResult<Response> {

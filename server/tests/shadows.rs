@@ -67,13 +67,19 @@ impl Fleet {
         dirs
     }
 
-    /// Creates, submits, approves and rolls out a change; returns the rollout answer.
-    async fn roll_out(&self, body: Value) -> (StatusCode, Value) {
+    /// Creates, submits and approves a change; returns its id.
+    async fn approved_change(&self, body: Value) -> i64 {
         let (status, change) = self.editor.post("/api/v1/changes", body).await;
         assert_eq!(status, StatusCode::CREATED, "{change}");
         let id = change["id"].as_i64().unwrap();
         self.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
         self.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+        id
+    }
+
+    /// Creates, submits, approves and rolls out a change; returns the rollout answer.
+    async fn roll_out(&self, body: Value) -> (StatusCode, Value) {
+        let id = self.approved_change(body).await;
         self.approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await
     }
 
@@ -488,9 +494,22 @@ async fn rollout_progress_streams_live_with_every_prepare_before_any_commit() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.bytes_stream();
-    let (_, rollout) = fleet.roll_out(sample(0)).await;
-    assert_eq!(rollout["state"], "applied");
-    let id = rollout["id"].as_i64().unwrap();
+    // Asked not to wait, the API answers 202 at once and the stream tells the rest.
+    let change = fleet.approved_change(sample(0)).await;
+    let started = fleet
+        .approver
+        .send(
+            reqwest::Method::POST,
+            &format!("/api/v1/changes/{change}/rollouts?wait=false"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(started.status(), StatusCode::ACCEPTED);
+    let location = started.headers()["location"].to_str().unwrap().to_string();
+    let (_, started) = common::json_of(started).await;
+    assert_eq!(started["state"], "preparing", "{started}");
+    let id = started["id"].as_i64().unwrap();
+    assert_eq!(location, format!("/api/v1/rollouts/{id}"));
 
     let mut events: Vec<Value> = Vec::new();
     let mut buffer = String::new();
@@ -526,9 +545,11 @@ async fn rollout_progress_streams_live_with_every_prepare_before_any_commit() {
             "{shadow} committed after the decision"
         );
         let committed = &events[position(Some(shadow), "committed")];
-        assert_eq!(committed["root"], rollout["root"], "the streamed receipt is the proof");
+        assert_eq!(committed["root"], started["root"], "the streamed receipt is the proof");
     }
     assert!(position(None, "preparing") < decision && decision < position(None, "applied"));
+    let (_, rollout) = fleet.approver.get(&location).await;
+    assert_eq!(rollout["state"], "applied", "{rollout}");
     drop(body);
     fleet.server.stop().await;
 }

@@ -3,6 +3,7 @@
 pub mod diff;
 pub mod editor;
 pub mod layout;
+pub mod live;
 
 use leptos::prelude::*;
 

@@ -1,19 +1,20 @@
 //! Changes: the list, and one change with its diff, review and rollout.
 
 use crate::{
-    api::{ApproveChange, RebaseChange, RejectChange, RolloutChange, SubmitChange, change, change_diff, changes},
+    api::{ApproveChange, RebaseChange, RejectChange, RolloutChange, SubmitChange, change, change_diff, change_rollout, changes},
     components::{
         ErrorBox, ShortHash, StateBadge,
         diff::DiffViewer,
         error_text,
         layout::{Layout, use_me},
+        live::RolloutFeed,
         when,
     },
     pages::{config::edit_href, rollouts::RolloutShadows},
 };
 use domain::{
     Role,
-    api::{ChangeState, ChangeView},
+    api::{ChangeState, ChangeView, RolloutView},
 };
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -129,35 +130,33 @@ pub fn ChangePage() -> impl IntoView {
     let params = use_params_map();
     let id = move || params.read().get("id").and_then(|n| n.parse::<i64>().ok()).unwrap_or(-1);
     let actions = Actions::new();
+    let feed = RolloutFeed::open();
+    // The change and its rollout are read again after every action and whenever a rollout
+    // starts, decides or ends (the event stream says when).
     let data = Resource::new(
-        move || (id(), actions.version()),
-        |(id, _)| async move {
+        move || (id(), actions.version(), feed.milestones()),
+        |(id, _, _)| async move {
             let view = change(id).await?;
             let diff = change_diff(id).await?;
             Ok::<_, ServerFnError>((view, diff))
         },
     );
+    let latest = Resource::new(
+        move || (id(), actions.version(), feed.milestones()),
+        |(id, _, _)| change_rollout(id),
+    );
     view! {
         <Title text="Change · etc-shadow" />
         <Layout title="Change">
             {move || actions.failure().map(|message| view! { <div class="error-box" role="alert" data-test="action-error">{message}</div> })}
-            {move || actions.rollout.value().get().and_then(|r| r.ok()).map(|r| {
-                let applied = r.state == "applied";
-                let class = if applied { "success-box" } else { "error-box" };
-                let headline = if applied {
-                    format!("Rollout #{} applied: revision #{} is current, proven by every shadow's receipt; root ", r.id, r.revision)
-                } else {
-                    format!("Rollout #{} {}: {} ", r.id, r.state, r.error.clone().unwrap_or_default())
-                };
-                view! {
-                    <div class=class data-test="rollout-result" data-state=r.state.clone()>
-                        {headline}
-                        <ShortHash hash=r.root.clone() />
-                        " " <a href=format!("/rollouts/{}", r.id)>"details"</a>
-                    </div>
-                    <RolloutShadows rollout=r />
-                }
-            })}
+            <p class="muted small live-flag" data-test="live-flag" data-live=move || feed.connected.get().to_string()>
+                {move || if feed.connected.get() { "● Rollout progress streams live on this page." } else { "" }}
+            </p>
+            <Transition fallback=|| ()>
+                {move || Suspend::new(async move {
+                    latest.await.ok().flatten().map(|r| view! { <RolloutProgress rollout=r feed /> })
+                })}
+            </Transition>
             <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
                 {move || Suspend::new(async move {
                     match data.await {
@@ -171,6 +170,46 @@ pub fn ChangePage() -> impl IntoView {
                 })}
             </Transition>
         </Layout>
+    }
+}
+
+/// The change's latest rollout: its outcome, or while it runs, what it waits for; each
+/// shadow's steps stream in live.
+#[component]
+fn RolloutProgress(rollout: RolloutView, feed: RolloutFeed) -> impl IntoView {
+    let r = rollout.clone();
+    let waiting: Vec<String> = r
+        .shadows
+        .iter()
+        .filter(|s| !matches!(s.phase.as_str(), "committed" | "aborted" | "refused" | "removed"))
+        .map(|s| s.name.clone())
+        .collect();
+    let (class, headline) = match r.state.as_str() {
+        "applied" => (
+            "success-box",
+            format!(
+                "Rollout #{} applied: revision #{} is current, proven by every shadow's receipt; root ",
+                r.id, r.revision
+            ),
+        ),
+        "preparing" | "committing" => (
+            "info-box",
+            format!("Rollout #{} {}: waiting for {}; target root ", r.id, r.state, waiting.join(", ")),
+        ),
+        state => (
+            "error-box",
+            format!("Rollout #{} {state}: {} ", r.id, r.error.clone().unwrap_or_default()),
+        ),
+    };
+    view! {
+        <section data-test="rollout-progress" data-rollout=r.id>
+            <div class=class data-test="rollout-result" data-state=r.state.clone()>
+                {headline}
+                <ShortHash hash=r.root.clone() />
+                " " <a href=format!("/rollouts/{}", r.id)>"details"</a>
+            </div>
+            <RolloutShadows rollout feed />
+        </section>
     }
 }
 

@@ -3,7 +3,12 @@
 
 use crate::{
     api::{rollout, rollouts},
-    components::{ErrorBox, ShortHash, StateBadge, error_text, layout::Layout, when},
+    components::{
+        ErrorBox, ShortHash, StateBadge, error_text,
+        layout::Layout,
+        live::{RolloutFeed, phase_rank},
+        when,
+    },
 };
 use domain::api::RolloutView;
 use leptos::prelude::*;
@@ -11,22 +16,45 @@ use leptos_meta::Title;
 use leptos_router::hooks::{use_params_map, use_query_map};
 
 /// Every targeted shadow: prepare answer, commit receipt, and whether it proves the root.
+/// With a live `feed`, each row also shows the steps the shadow went through as they
+/// arrive, and its phase moves without a reload.
 #[component]
-pub fn RolloutShadows(rollout: RolloutView) -> impl IntoView {
+pub fn RolloutShadows(rollout: RolloutView, #[prop(optional)] feed: Option<RolloutFeed>) -> impl IntoView {
     if rollout.shadows.is_empty() {
         return view! { <p class="muted">"No shadows were registered: the primary alone moved to the new revision."</p> }.into_any();
     }
     let root = rollout.root.clone();
+    let id = rollout.id;
     view! {
         <table class="table" data-test="rollout-shadows">
-            <thead><tr><th>"Shadow"</th><th>"Phase"</th><th>"Staged root"</th><th>"Receipt root"</th><th>"Proof"</th><th>"Error"</th></tr></thead>
+            <thead><tr><th>"Shadow"</th><th>"Phase"</th><th>"Steps"</th><th>"Staged root"</th><th>"Receipt root"</th><th>"Proof"</th><th>"Error"</th></tr></thead>
             <tbody>
                 {rollout.shadows.into_iter().map(|s| {
                     let proven = s.receipt_root.as_deref() == Some(root.as_str());
+                    let name = s.name.clone();
+                    let trail = move || feed.map(|feed| feed.trail(id, &name)).unwrap_or_default();
+                    let recorded = s.phase.clone();
+                    let trail_for_phase = trail.clone();
+                    // The journal's phase, or a further one the stream already told.
+                    let phase = move || {
+                        trail_for_phase()
+                            .last()
+                            .map(|(phase, _)| phase.clone())
+                            .filter(|live| phase_rank(live) > phase_rank(&recorded))
+                            .unwrap_or_else(|| recorded.clone())
+                    };
+                    let phase_for_badge = phase.clone();
+                    let steps = move || {
+                        let origin = feed.and_then(|feed| feed.started_at(id)).unwrap_or_default();
+                        trail().into_iter().map(|(phase, at)| view! {
+                            <li data-test="rollout-step" data-phase=phase.clone()>{phase.clone()} <span class="muted small">{format!(" +{:.0} ms", at - origin)}</span></li>
+                        }).collect_view()
+                    };
                     view! {
-                        <tr data-test="rollout-shadow" data-name=s.name.clone() data-phase=s.phase.clone()>
+                        <tr data-test="rollout-shadow" data-name=s.name.clone() data-phase=phase>
                             <td>{s.name.clone()}</td>
-                            <td><StateBadge state=s.phase.clone() /></td>
+                            <td>{move || view! { <StateBadge state=phase_for_badge() /> }}</td>
+                            <td><ol class="steps">{steps}</ol></td>
                             <td>{s.staged_root.clone().map(|r| view! { <ShortHash hash=r /> })}</td>
                             <td>{s.receipt_root.clone().map(|r| view! { <ShortHash hash=r /> })}</td>
                             <td>{if proven { "✓ matches" } else { "—" }}</td>

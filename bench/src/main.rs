@@ -1,0 +1,396 @@
+//! `make bench`: rollout latency of the real coordinator against real agent processes on
+//! loopback, and where an agent's time goes.
+//!
+//! For each fleet size and configuration set it starts that many `etc-shadow-agent`
+//! processes, rolls the set out once (the first, full write), then times a series of
+//! rollouts that each change one entry (every rollout stages the whole set on every shadow,
+//! as the protocol does). Then, on one agent, it sends prepare and commit directly and
+//! reads the agent's `Server-Timing` header to split the time into file writes, fsync,
+//! hashing, and the rest (network, JSON, HTTP).
+
+use clap::Parser;
+use control::{
+    Caller, Db,
+    rollouts::Coordinator,
+    shadows::{NewShadow, Registry},
+};
+use domain::{
+    Role,
+    api::{EntryInput, NewChange},
+    protocol::{Fence, PrepareRequest, StagedEntry},
+};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+#[derive(Parser)]
+#[command(name = "etc-shadow-bench", about = "Rollout latency benchmark of etc-shadow")]
+struct Cli {
+    /// The agent binary (build it with `cargo build --release -p etc-shadow-agent`).
+    #[arg(long, default_value = "target/release/etc-shadow-agent")]
+    agent: PathBuf,
+    /// Fleet sizes (agent shadows).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    shadows: Vec<usize>,
+    /// Configuration sets, as ENTRIESxBYTES.
+    #[arg(long, value_delimiter = ',', default_value = "10x1024,1000x4096")]
+    sets: Vec<String>,
+    /// Timed rollouts per case for the small set and for sets of 1,000 entries or more.
+    #[arg(long, default_value_t = 50)]
+    rollouts: usize,
+    #[arg(long, default_value_t = 10)]
+    rollouts_large: usize,
+    /// Direct prepare+commit calls for the time breakdown.
+    #[arg(long, default_value_t = 10)]
+    breakdown_calls: usize,
+}
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+struct Agents {
+    children: Vec<Child>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn start_agents(binary: &Path, root: &Path, count: usize) -> Agents {
+    let token = root.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let mut agents = Agents {
+        children: Vec::new(),
+        addrs: Vec::new(),
+    };
+    for i in 0..count {
+        let addr = free_port();
+        let child = Command::new(binary)
+            .arg("--dir")
+            .arg(root.join(format!("agent{i}/live")))
+            .arg("--state-dir")
+            .arg(root.join(format!("agent{i}/state")))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--token-file")
+            .arg(&token)
+            .env("ETC_SHADOW_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
+        agents.children.push(child);
+        agents.addrs.push(addr);
+    }
+    for addr in &agents.addrs {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "agent on {addr} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    agents
+}
+
+fn parse_set(set: &str) -> (usize, usize) {
+    let (entries, bytes) = set.split_once('x').unwrap_or_else(|| panic!("a set is ENTRIESxBYTES, not {set}"));
+    (entries.parse().unwrap(), bytes.parse().unwrap())
+}
+
+/// Entry `i` of a set: `bytes` of text that differ by entry and by `version`.
+fn content(i: usize, bytes: usize, version: usize) -> String {
+    let line = format!("key{i} = \"value {i} version {version}\"\n");
+    let mut text = line.repeat(bytes / line.len() + 1);
+    text.truncate(bytes);
+    text
+}
+
+fn entry(i: usize, bytes: usize, version: usize) -> EntryInput {
+    EntryInput {
+        path: format!("conf/part{:02}/entry{i:05}.conf", i % 32),
+        content: Some(content(i, bytes, version)),
+        format: Some("text".into()),
+        mode: Some("0644".into()),
+        owner: None,
+        group: None,
+        secret: None,
+        delete: false,
+    }
+}
+
+struct Bench {
+    db: Db,
+    coordinator: Arc<Coordinator>,
+    editor: Caller,
+    approver: Caller,
+}
+
+impl Bench {
+    async fn open(dir: &Path) -> Bench {
+        let db = Db::open(dir).await.unwrap();
+        let identity = db.raise_epoch().await.unwrap();
+        let registry = Arc::new(Registry::new(dir, Duration::from_secs(120)));
+        let mut coordinator = Coordinator::new(db.clone(), registry, identity);
+        coordinator.prepare_timeout = Duration::from_secs(300);
+        coordinator.commit_patience = Duration::from_secs(300);
+        let caller = |name: &str, role: Role, id: i64| Caller {
+            user_id: id,
+            username: name.into(),
+            role,
+        };
+        let editor_view = control::users::create(&db, "bench", "bench-editor", Role::Editor, "bench-password-1".into())
+            .await
+            .unwrap();
+        let approver_view = control::users::create(&db, "bench", "bench-approver", Role::Approver, "bench-password-2".into())
+            .await
+            .unwrap();
+        Bench {
+            editor: caller("bench-editor", Role::Editor, editor_view.id),
+            approver: caller("bench-approver", Role::Approver, approver_view.id),
+            db,
+            coordinator: Arc::new(coordinator),
+        }
+    }
+
+    /// One approved change on the current revision, rolled out; answers its latency.
+    async fn roll_out(&self, entries: Vec<EntryInput>) -> Duration {
+        let base = control::revisions::current(&self.db).await.unwrap().number;
+        let change = control::changes::create(
+            &self.db,
+            &self.editor,
+            NewChange {
+                base_revision: base,
+                message: "bench".into(),
+                entries,
+            },
+        )
+        .await
+        .unwrap();
+        control::changes::submit(&self.db, &self.editor, change.summary.id).await.unwrap();
+        control::changes::approve(&self.db, &self.approver, change.summary.id)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let rollout = self.coordinator.roll_out(&self.approver, change.summary.id).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(rollout.state, "applied", "{rollout:?}");
+        took
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `write;dur=1.2, fsync;dur=3.4, ...` → (write, fsync, hash, total) in ms.
+fn server_timing(header: &str) -> [f64; 4] {
+    let mut out = [0.0; 4];
+    for part in header.split(',') {
+        let mut pieces = part.trim().split(";dur=");
+        let (Some(name), Some(value)) = (pieces.next(), pieces.next()) else {
+            continue;
+        };
+        let slot = match name {
+            "write" => 0,
+            "fsync" => 1,
+            "hash" => 2,
+            "total" => 3,
+            _ => continue,
+        };
+        out[slot] = value.parse().unwrap_or(0.0);
+    }
+    out
+}
+
+/// Direct prepare+commit calls to one agent: client time and the agent's own account.
+async fn breakdown(addr: SocketAddr, fence: Fence, entries: usize, bytes: usize, calls: usize) -> [f64; 5] {
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}");
+    let mut sums = [0.0f64; 5];
+    for call in 0..calls {
+        let state: domain::protocol::ShadowState = http
+            .get(format!("{url}/v1/state"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let staged: Vec<StagedEntry> = (0..entries)
+            .map(|i| {
+                let e = entry(i, bytes, 1_000_000 + call);
+                StagedEntry {
+                    path: e.path,
+                    content: e.content.unwrap(),
+                    mode: "0644".into(),
+                    owner: String::new(),
+                    group: String::new(),
+                    secret: false,
+                }
+            })
+            .collect();
+        let hashed: Vec<(domain::EntryPath, domain::Hash)> = staged
+            .iter()
+            .map(|e| {
+                let path = domain::EntryPath::parse(&e.path).unwrap();
+                let policy = domain::Policy {
+                    mode: 0o644,
+                    ..Default::default()
+                };
+                let hash = domain::hash::entry_hash(&path, &policy, e.content.as_bytes());
+                (path, hash)
+            })
+            .collect();
+        let root = domain::hash::root_hash(hashed.iter().map(|(path, hash)| (path, *hash))).to_hex();
+        let rollout = 1_000_000 + call as i64;
+        let request = PrepareRequest {
+            control_plane_id: fence.control_plane_id.clone(),
+            epoch: fence.epoch,
+            revision: rollout,
+            target_root: root,
+            base_root: state.live_root,
+            reconcile: false,
+            entries: staged,
+        };
+        for step in 0..2 {
+            let started = Instant::now();
+            let response = if step == 0 {
+                http.put(format!("{url}/v1/rollouts/{rollout}"))
+                    .bearer_auth(TOKEN)
+                    .json(&request)
+                    .send()
+                    .await
+                    .unwrap()
+            } else {
+                http.post(format!("{url}/v1/rollouts/{rollout}/commit"))
+                    .bearer_auth(TOKEN)
+                    .json(&fence)
+                    .send()
+                    .await
+                    .unwrap()
+            };
+            let timing = response
+                .headers()
+                .get("server-timing")
+                .and_then(|v| v.to_str().ok())
+                .map(server_timing)
+                .unwrap_or_default();
+            assert!(
+                response.status().is_success(),
+                "direct call refused: {}",
+                response.text().await.unwrap_or_default()
+            );
+            let _ = response.bytes().await;
+            let client = ms(started.elapsed());
+            sums[0] += client;
+            for (sum, value) in sums[1..].iter_mut().zip(timing) {
+                *sum += value;
+            }
+        }
+    }
+    sums.map(|s| s / calls as f64)
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    assert!(
+        cli.agent.exists(),
+        "{} is missing: build it with `cargo build --release -p etc-shadow-agent`",
+        cli.agent.display()
+    );
+    println!("etc-shadow rollout benchmark: agents on loopback, release build");
+    println!(
+        "machine: {} CPUs, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| info.lines().find(|l| l.starts_with("model name")).map(|l| l
+                .split(':')
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .to_string()))
+            .unwrap_or_default()
+    );
+    println!();
+    println!("| shadows | set | rollouts | p50 ms | p99 ms | max ms |");
+    println!("| ---: | --- | ---: | ---: | ---: | ---: |");
+    let mut breakdowns = Vec::new();
+    for set in &cli.sets {
+        let (entries, bytes) = parse_set(set);
+        for &shadows in &cli.shadows {
+            let dir = tempfile::tempdir().unwrap();
+            let agents = start_agents(&cli.agent, dir.path(), shadows);
+            let bench = Bench::open(&dir.path().join("control")).await;
+            for (i, addr) in agents.addrs.iter().enumerate() {
+                let shadow = NewShadow::Agent {
+                    name: format!("agent{i}"),
+                    url: format!("http://{addr}"),
+                    token: TOKEN.into(),
+                    tls_pin: None,
+                };
+                control::shadows::add_as(&bench.db, "bench", shadow).await.unwrap();
+            }
+            // The first rollout writes the whole set everywhere; it is not timed.
+            bench.roll_out((0..entries).map(|i| entry(i, bytes, 0)).collect()).await;
+            let rounds = if entries >= 1000 { cli.rollouts_large } else { cli.rollouts };
+            let mut times = Vec::with_capacity(rounds);
+            for round in 1..=rounds {
+                let changed = round % entries;
+                times.push(bench.roll_out(vec![entry(changed, bytes, round)]).await);
+            }
+            times.sort();
+            println!(
+                "| {shadows} | {entries} × {} KiB | {rounds} | {:.1} | {:.1} | {:.1} |",
+                bytes / 1024,
+                ms(percentile(&times, 50.0)),
+                ms(percentile(&times, 99.0)),
+                ms(*times.last().unwrap())
+            );
+            if shadows == *cli.shadows.first().unwrap() {
+                let identity = bench.coordinator.identity.clone();
+                let fence = Fence {
+                    control_plane_id: identity.id,
+                    epoch: identity.epoch,
+                };
+                let averages = breakdown(agents.addrs[0], fence, entries, bytes, cli.breakdown_calls).await;
+                breakdowns.push((format!("{entries} × {} KiB", bytes / 1024), averages));
+            }
+            bench.db.close().await;
+        }
+    }
+    println!();
+    println!(
+        "Where one shadow's prepare + commit goes (direct calls to one agent, mean of {}):",
+        cli.breakdown_calls
+    );
+    println!();
+    println!("| set | client ms | agent total ms | fsync ms | hashing ms | file writes ms | network, JSON, HTTP ms |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (set, [client, write, fsync, hash, total]) in breakdowns {
+        println!(
+            "| {set} | {client:.1} | {total:.1} | {fsync:.1} | {hash:.1} | {write:.1} | {:.1} |",
+            client - total
+        );
+    }
+}
