@@ -4,7 +4,8 @@
 //! session (only `login` is public).
 
 use domain::api::{
-    AuditEntry, AuditVerification, ChangeSummary, ChangeView, DiffView, EntryContent, Page, RevisionSummary, RevisionView, RolloutView,
+    AuditEntry, AuditVerification, ChangeSummary, ChangeView, DiffView, EntryContent, IncidentView, Page, RevisionSummary, RevisionView,
+    RolloutView,
 };
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -441,15 +442,87 @@ pub async fn remove_shadow(name: String) -> Result<(), ServerFnError> {
     Ok(())
 }
 
+#[cfg(feature = "ssr")]
+fn monitor() -> Result<std::sync::Arc<control::drift::Monitor>, ServerFnError> {
+    use_context::<std::sync::Arc<control::drift::Monitor>>().ok_or_else(|| ServerFnError::new("drift monitor unavailable"))
+}
+
 #[server]
 pub async fn check_shadow(name: String) -> Result<(), ServerFnError> {
     use ssr::*;
     caller()?;
-    let coordinator = coordinator()?;
-    control::shadows::check(&db()?, &coordinator.registry, &name)
+    monitor()?
+        .check(&name, control::drift::Trigger::Manual)
         .await
         .map_err(fail)
         .map(drop)
+}
+
+/// Incidents, newest first. Empty strings mean "any".
+#[server]
+pub async fn incidents(
+    status: Option<String>,
+    kind: Option<String>,
+    shadow: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    page: Option<i64>,
+) -> Result<Page<IncidentView>, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    let filter = control::incidents::IncidentFilter {
+        status,
+        kind,
+        shadow,
+        since,
+        until,
+        page,
+        limit: Some(50),
+    };
+    control::incidents::list(&db()?, &filter).await.map_err(fail)
+}
+
+#[server]
+pub async fn incident(id: i64) -> Result<IncidentView, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::incidents::get(&db()?, id).await.map_err(fail)
+}
+
+#[server]
+pub async fn acknowledge_incident(id: i64, note: Option<String>) -> Result<(), ServerFnError> {
+    use ssr::*;
+    let (_, notice) = control::incidents::acknowledge(&db()?, &caller()?, id, note.as_deref())
+        .await
+        .map_err(fail)?;
+    monitor()?.announce(notice);
+    Ok(())
+}
+
+#[server]
+pub async fn resolve_incident(id: i64, note: Option<String>) -> Result<(), ServerFnError> {
+    use ssr::*;
+    let (_, notice) = control::incidents::resolve(&db()?, &caller()?, id, note.as_deref())
+        .await
+        .map_err(fail)?;
+    monitor()?.announce(notice);
+    Ok(())
+}
+
+/// Turns the shadow's content into a new change; answers its id.
+#[server]
+pub async fn adopt_incident(id: i64) -> Result<i64, ServerFnError> {
+    use ssr::*;
+    monitor()?.adopt(&caller()?, id).await.map_err(fail).map(|change| change.summary.id)
+}
+
+/// Reconciles the incident's shadow (a reconcile rollout of the current revision).
+#[server]
+pub async fn reconcile_incident(id: i64) -> Result<RolloutView, ServerFnError> {
+    use ssr::*;
+    let db = db()?;
+    let incident = control::incidents::get(&db, id).await.map_err(fail)?;
+    coordinator()?.reconcile(&caller()?, &incident.shadow).await.map_err(fail)
 }
 
 #[server]

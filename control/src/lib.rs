@@ -9,7 +9,9 @@
 pub mod audit;
 pub mod changes;
 pub mod db;
+pub mod drift;
 pub mod error;
+pub mod incidents;
 pub mod revisions;
 pub mod rollouts;
 pub mod sessions;

@@ -205,6 +205,9 @@ pub struct Coordinator {
     pub commit_patience: Duration,
     /// Held for as long as a rollout runs (one at a time).
     running: Arc<tokio::sync::Mutex<()>>,
+    /// Moves when a rollout starts or ends: a drift check that saw it move discards what
+    /// it read.
+    generation: std::sync::atomic::AtomicU64,
     events: tokio::sync::broadcast::Sender<RolloutEvent>,
 }
 
@@ -228,8 +231,23 @@ impl Coordinator {
             prepare_timeout: Duration::from_secs(10),
             commit_patience: Duration::from_secs(20),
             running: Arc::new(tokio::sync::Mutex::new(())),
+            generation: std::sync::atomic::AtomicU64::new(0),
             events: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// Whether a rollout (or recovery) is running now.
+    pub fn is_running(&self) -> bool {
+        self.running.try_lock().is_err()
+    }
+
+    /// A counter that moves whenever a rollout starts or ends.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Live rollout progress, for the console and `GET /api/v1/events`.
@@ -420,10 +438,27 @@ impl Coordinator {
             entries,
             shadows: vec![shadow.to_string()],
         };
-        self.execute(plan, None).await
+        crate::incidents::note_reconcile(&self.db, shadow, &caller.username, "reconcile_started", json!({"rollout": id})).await?;
+        let view = self.execute(plan, None).await?;
+        crate::incidents::note_reconcile(
+            &self.db,
+            shadow,
+            "coordinator",
+            "reconcile_finished",
+            json!({"rollout": id, "state": view.state, "error": view.error}),
+        )
+        .await?;
+        Ok(view)
     }
 
     async fn execute(&self, plan: Plan, change: Option<ChangeRow>) -> Result<RolloutView> {
+        self.bump();
+        let result = self.execute_plan(plan, change).await;
+        self.bump();
+        result
+    }
+
+    async fn execute_plan(&self, plan: Plan, change: Option<ChangeRow>) -> Result<RolloutView> {
         self.emit(plan.id, None, "preparing", Some(plan.root.clone()));
         let request = PrepareRequest {
             control_plane_id: self.identity.id.clone(),

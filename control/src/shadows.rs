@@ -190,15 +190,6 @@ pub async fn get(db: &Db, name: &str) -> Result<ShadowView> {
     Ok(row.into())
 }
 
-/// Asks a shadow for its state now and records what it answered.
-pub async fn check(db: &Db, registry: &Registry, name: &str) -> Result<ShadowView> {
-    let driver = registry.driver(db, name).await?;
-    let expected = crate::revisions::current(db).await?.root;
-    let observed = driver.state(false).await;
-    record_observation(db, name, observed.as_ref(), &expected).await?;
-    get(db, name).await
-}
-
 /// A failure talking to a shadow, in words fit for the rollout record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShadowError {
@@ -292,6 +283,42 @@ impl Driver {
         match self {
             Driver::Directory(store) => Self::blocking(store, move |s| s.state(entries)).await,
             Driver::Agent { .. } => self.call(reqwest::Method::GET, &format!("/v1/state?entries={entries}"), None).await,
+        }
+    }
+
+    /// The live bytes of one entry.
+    pub async fn read_entry(&self, path: &str) -> Result<Vec<u8>, ShadowError> {
+        match self {
+            Driver::Directory(store) => {
+                let path = path.to_string();
+                Self::blocking(store, move |s| s.read_entry(&path)).await
+            }
+            Driver::Agent { http, url, token } => {
+                let response = http
+                    .get(format!("{url}/v1/entries/{path}"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .map_err(|err| ShadowError {
+                        message: format!("cannot reach the agent: {}", without_url(&err)),
+                        code: "unreachable".into(),
+                        transient: true,
+                    })?;
+                if !response.status().is_success() {
+                    let status = response.status();
+                    let body = response.json::<AgentErrorBody>().await.ok();
+                    return Err(ShadowError {
+                        code: body.as_ref().map(|b| b.error.code.clone()).unwrap_or_else(|| "protocol".into()),
+                        message: body.map(|b| b.error.message).unwrap_or_else(|| format!("agent answered {status}")),
+                        transient: false,
+                    });
+                }
+                response.bytes().await.map(|b| b.to_vec()).map_err(|err| ShadowError {
+                    code: "protocol".into(),
+                    message: err.to_string(),
+                    transient: true,
+                })
+            }
         }
     }
 
@@ -397,9 +424,43 @@ impl Registry {
         if let Some(client) = pinned.get(pin) {
             return Ok(client.clone());
         }
-        let client = crate::tls::pinned_client(pin, self.request_timeout)?;
+        let client = crate::tls::pinned_client(pin, Some(self.request_timeout))?;
         pinned.insert(pin.to_string(), client.clone());
         Ok(client)
+    }
+
+    /// Opens an agent's event stream (`GET /v1/events`), which never ends by itself: its
+    /// client has a connect timeout but no overall one.
+    pub async fn events(&self, db: &Db, name: &str) -> Result<reqwest::Response> {
+        let row: (String, Option<String>, Option<String>, Option<String>) =
+            sqlx::query_as("SELECT driver, url, token, tls_pin FROM shadows WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&db.read)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no shadow {name}")))?;
+        let (driver, Some(url), Some(token), tls_pin) = row else {
+            return Err(Error::BadRequest(format!("shadow {name} is not an agent")));
+        };
+        if driver != "agent" {
+            return Err(Error::BadRequest(format!("shadow {name} is not an agent")));
+        }
+        let client = match tls_pin.as_deref() {
+            Some(pin) => crate::tls::pinned_client(pin, None)?,
+            None => reqwest::Client::builder()
+                .connect_timeout(self.request_timeout)
+                .build()
+                .map_err(|err| Error::Internal(err.to_string()))?,
+        };
+        let response = client
+            .get(format!("{url}/v1/events"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|err| Error::Internal(format!("agent {name}: {}", without_url(&err))))?;
+        if !response.status().is_success() {
+            return Err(Error::Internal(format!("agent {name} answered {}", response.status())));
+        }
+        Ok(response)
     }
 
     /// The driver of a registered shadow, by name.
@@ -439,39 +500,4 @@ impl Registry {
     pub fn forget(&self, name: &str) {
         self.directories.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
     }
-}
-
-/// Records what a check or rollout saw of a shadow.
-pub async fn record_observation(db: &Db, name: &str, observed: Result<&ShadowState, &ShadowError>, expected_root: &str) -> Result<()> {
-    let at = now();
-    let mut tx = db.begin().await?;
-    match observed {
-        Ok(state) => {
-            let status = if state.live_root == expected_root { "in_sync" } else { "drifted" };
-            sqlx::query(
-                "UPDATE shadows SET status = ?, observed_root = ?, observed_revision = ?, last_contact_at = ?, last_error = NULL,
-                 last_in_sync_at = CASE WHEN ? = 'in_sync' THEN ? ELSE last_in_sync_at END WHERE name = ?",
-            )
-            .bind(status)
-            .bind(&state.live_root)
-            .bind(state.live_revision)
-            .bind(&at)
-            .bind(status)
-            .bind(&at)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        }
-        Err(err) => {
-            let status = if err.code == "fenced" { "fenced" } else { "unreachable" };
-            sqlx::query("UPDATE shadows SET status = ?, last_error = ? WHERE name = ?")
-                .bind(status)
-                .bind(err.to_string())
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-        }
-    }
-    tx.commit().await?;
-    Ok(())
 }

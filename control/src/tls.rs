@@ -90,7 +90,8 @@ impl ServerCertVerifier for PinnedCertificate {
 }
 
 /// An HTTP client that talks only to the agent holding the certificate with this pin.
-pub fn pinned_client(pin: &str, timeout: Duration) -> Result<reqwest::Client> {
+/// With `timeout` `None` only connecting is bounded (for event streams that never end).
+pub fn pinned_client(pin: &str, timeout: Option<Duration>) -> Result<reqwest::Client> {
     let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = PinnedCertificate {
         pin: pin.to_string(),
@@ -102,11 +103,15 @@ pub fn pinned_client(pin: &str, timeout: Duration) -> Result<reqwest::Client> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .use_preconfigured_tls(config)
-        .timeout(timeout)
-        .build()
-        .map_err(|err| Error::Internal(format!("TLS client: {err}")))
+        .connect_timeout(timeout.unwrap_or(Duration::from_secs(10)));
+    match timeout {
+        Some(timeout) => builder.timeout(timeout),
+        None => builder,
+    }
+    .build()
+    .map_err(|err| Error::Internal(format!("TLS client: {err}")))
 }
 
 #[cfg(test)]

@@ -326,3 +326,58 @@ pub struct RolloutEvent {
     pub phase: String,
     pub root: Option<String>,
 }
+
+/// A drift incident: one drift episode on one shadow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentView {
+    pub id: i64,
+    pub shadow: String,
+    /// The most severe kind seen in this episode.
+    pub kind: String,
+    /// Every kind seen in this episode.
+    pub kinds: Vec<String>,
+    /// `critical`, `high` or `medium`.
+    pub severity: String,
+    /// `open`, `acknowledged` or `resolved`.
+    pub status: String,
+    pub opened_at: String,
+    pub last_seen_at: String,
+    pub resolved_at: Option<String>,
+    /// `self_healed`, `reconciled`, `adopted` or `resolved`.
+    pub resolution: Option<String>,
+    pub expected_root: String,
+    pub observed_root: Option<String>,
+    /// `poll` or `event`.
+    pub detected_by: String,
+    /// The shadow drifted three times or more within the hour before this episode opened.
+    pub flapping: bool,
+    /// Only on `GET /api/v1/incidents/{id}`.
+    #[serde(default)]
+    pub entries: Vec<crate::drift::EntryDrift>,
+    /// Only on `GET /api/v1/incidents/{id}`.
+    #[serde(default)]
+    pub timeline: Vec<IncidentEvent>,
+}
+
+/// One step of an incident's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentEvent {
+    pub at: String,
+    pub actor: String,
+    /// `detected`, `changed`, `acknowledged`, `reconcile_started`, `reconcile_finished`,
+    /// `adopted`, `resolved`.
+    pub event: String,
+    pub details: serde_json::Value,
+}
+
+/// An incident opened, changed or resolved, streamed on `GET /api/v1/events` (event
+/// `incident`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentNotice {
+    pub id: i64,
+    pub shadow: String,
+    pub kind: String,
+    pub status: String,
+    /// `opened`, `updated` or `resolved`.
+    pub change: String,
+}

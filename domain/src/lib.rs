@@ -12,6 +12,7 @@
 pub mod api;
 pub mod audit;
 pub mod diff;
+pub mod drift;
 pub mod format;
 pub mod hash;
 pub mod path;

@@ -14,7 +14,7 @@ use axum::{
     middleware::{self, Next},
     response::Response,
 };
-use control::{Db, rollouts::Coordinator, shadows::Registry};
+use control::{Db, drift::Monitor, rollouts::Coordinator, shadows::Registry};
 use leptos::prelude::*;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use std::{future::IntoFuture, net::SocketAddr, path::PathBuf, sync::Arc};
@@ -39,6 +39,10 @@ pub struct Config {
     pub public_origin: Option<String>,
     /// Mark the session cookie `Secure` (set when served behind TLS).
     pub secure_cookies: bool,
+    /// Time between drift sweeps over every shadow.
+    pub check_interval: std::time::Duration,
+    /// Failed checks in a row before an `unreachable` incident opens.
+    pub unreachable_after: i64,
 }
 
 impl Config {
@@ -50,6 +54,8 @@ impl Config {
             site_root: PathBuf::from("target/site"),
             public_origin: None,
             secure_cookies: false,
+            check_interval: std::time::Duration::from_secs(5),
+            unreachable_after: 3,
         }
     }
 }
@@ -61,6 +67,7 @@ pub struct AppState {
     pub db: Db,
     pub config: Arc<Config>,
     pub coordinator: Arc<Coordinator>,
+    pub monitor: Arc<Monitor>,
 }
 
 fn leptos_options(config: &Config) -> LeptosOptions {
@@ -87,9 +94,11 @@ pub fn router(state: AppState) -> Router {
     let db = state.db.clone();
     let config = state.config.clone();
     let coordinator = state.coordinator.clone();
+    let monitor = state.monitor.clone();
     let context = move || {
         provide_context(db.clone());
         provide_context(coordinator.clone());
+        provide_context(monitor.clone());
         provide_context(app::ConsoleSettings {
             secure_cookies: config.secure_cookies,
         });
@@ -131,13 +140,16 @@ pub async fn prepare(config: Config) -> control::Result<AppState> {
     let identity = db.raise_epoch().await?;
     tracing::info!(control_plane = %identity.id, epoch = identity.epoch, "control plane started");
     let registry = Arc::new(Registry::new(&config.data_dir, std::time::Duration::from_secs(10)));
-    let coordinator = Arc::new(Coordinator::new(db.clone(), registry, identity));
+    let coordinator = Arc::new(Coordinator::new(db.clone(), registry.clone(), identity));
     coordinator.recover(true).await?;
+    let mut monitor = Monitor::new(db.clone(), registry, coordinator.clone(), config.check_interval);
+    monitor.unreachable_after = config.unreachable_after.max(1);
     Ok(AppState {
         leptos_options: leptos_options(&config),
         db,
         config: Arc::new(config),
         coordinator,
+        monitor: Arc::new(monitor),
     })
 }
 
@@ -158,6 +170,8 @@ pub async fn serve(
             }
         }
     });
+    let monitor = state.monitor.clone();
+    let drift = tokio::spawn(monitor.clone().run());
     let app = router(state);
     // Graceful shutdown waits for open connections; event streams never end by
     // themselves, so after the signal they get a short grace period and no more.
@@ -174,6 +188,8 @@ pub async fn serve(
         } => Ok(()),
     };
     recovery.abort();
+    drift.abort();
+    monitor.stop();
     db.close().await;
     result
 }

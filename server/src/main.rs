@@ -69,6 +69,9 @@ struct ServeArgs {
     /// Drift check interval, such as `5s`, `500ms` or `1m`.
     #[arg(long, env = "ETC_SHADOW_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     check_interval: Duration,
+    /// Failed checks in a row before a shadow's `unreachable` incident opens.
+    #[arg(long, env = "ETC_SHADOW_UNREACHABLE_AFTER", default_value_t = 3)]
+    unreachable_after: i64,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "ETC_SHADOW_MAX_BODY_BYTES", default_value_t = server::DEFAULT_MAX_BODY)]
     max_body_bytes: usize,
@@ -149,6 +152,8 @@ fn config(data_dir: PathBuf, args: &ServeArgs) -> Config {
     config.site_root = args.site_root.clone();
     config.public_origin = args.public_origin.clone();
     config.secure_cookies = args.secure_cookies;
+    config.check_interval = args.check_interval;
+    config.unreachable_after = args.unreachable_after;
     config
 }
 

@@ -17,7 +17,14 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{MethodRouter, delete, get, post, put},
 };
-use control::{Error, audit::AuditFilter, changes, revisions, rollouts, sessions, shadows};
+use control::{
+    Error,
+    audit::AuditFilter,
+    changes,
+    drift::Trigger,
+    incidents::{self, IncidentFilter},
+    revisions, rollouts, sessions, shadows,
+};
 use domain::{
     Role,
     api::{ChangeState, EntryEdit, NewChange, Validation},
@@ -99,6 +106,21 @@ pub fn routes() -> Vec<RouteSpec> {
             Some(Approver),
             post(reconcile_shadow),
         ),
+        route(Method::GET, "/api/v1/incidents", Some(Viewer), get(list_incidents)),
+        route(Method::GET, "/api/v1/incidents/{id}", Some(Viewer), get(get_incident)),
+        route(
+            Method::POST,
+            "/api/v1/incidents/{id}/acknowledge",
+            Some(Editor),
+            post(acknowledge_incident),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/incidents/{id}/resolve",
+            Some(Approver),
+            post(resolve_incident),
+        ),
+        route(Method::POST, "/api/v1/incidents/{id}/adopt", Some(Editor), post(adopt_incident)),
         route(Method::GET, "/api/v1/users", Some(Admin), get(list_users)),
         route(Method::POST, "/api/v1/users", Some(Admin), post(create_user)),
         route(Method::GET, "/healthz", None, get(healthz)),
@@ -438,7 +460,52 @@ async fn remove_shadow(
 
 /// Asks the shadow for its state now and records what it answered.
 async fn check_shadow(State(state): State<AppState>, PathParams(name): PathParams<String>) -> ApiResult<Response> {
-    Ok(Json(shadows::check(&state.db, &state.coordinator.registry, &name).await?).into_response())
+    Ok(Json(state.monitor.check(&name, Trigger::Manual).await?).into_response())
+}
+
+async fn list_incidents(State(state): State<AppState>, QueryParams(filter): QueryParams<IncidentFilter>) -> ApiResult<Response> {
+    Ok(Json(incidents::list(&state.db, &filter).await?).into_response())
+}
+
+async fn get_incident(State(state): State<AppState>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
+    Ok(Json(incidents::get(&state.db, id).await?).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct NoteBody {
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn acknowledge_incident(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(id): PathParams<i64>,
+    JsonBody(body): JsonBody<NoteBody>,
+) -> ApiResult<Response> {
+    let (view, notice) = incidents::acknowledge(&state.db, caller(&auth), id, body.note.as_deref()).await?;
+    state.monitor.announce(notice);
+    Ok(Json(view).into_response())
+}
+
+async fn resolve_incident(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(id): PathParams<i64>,
+    JsonBody(body): JsonBody<NoteBody>,
+) -> ApiResult<Response> {
+    let (view, notice) = incidents::resolve(&state.db, caller(&auth), id, body.note.as_deref()).await?;
+    state.monitor.announce(notice);
+    Ok(Json(view).into_response())
+}
+
+async fn adopt_incident(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(id): PathParams<i64>,
+) -> ApiResult<Response> {
+    let change = state.monitor.adopt(caller(&auth), id).await?;
+    Ok((StatusCode::CREATED, Json(change)).into_response())
 }
 
 async fn reconcile_shadow(
@@ -450,17 +517,17 @@ async fn reconcile_shadow(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-/// Server-sent events: `rollout` events as rollouts progress (see `RolloutEvent`).
+/// Server-sent events: `rollout` events as rollouts progress (see `RolloutEvent`) and
+/// `incident` events as incidents open, change and close (see `IncidentNotice`).
 async fn events(State(state): State<AppState>) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::StreamExt as _;
-    let stream = tokio_stream::wrappers::BroadcastStream::new(state.coordinator.subscribe()).filter_map(|event| async move {
-        // A lagging listener skips what it missed; the rollout record has it all.
-        let event = event.ok()?;
-        Some(Ok::<_, std::convert::Infallible>(
-            Event::default().event("rollout").json_data(event).ok()?,
-        ))
-    });
+    // A lagging listener skips what it missed; the journal and the incidents have it all.
+    let rollouts = tokio_stream::wrappers::BroadcastStream::new(state.coordinator.subscribe())
+        .filter_map(|event| async move { Event::default().event("rollout").json_data(event.ok()?).ok() });
+    let incidents = tokio_stream::wrappers::BroadcastStream::new(state.monitor.subscribe())
+        .filter_map(|notice| async move { Event::default().event("incident").json_data(notice.ok()?).ok() });
+    let stream = futures_util::stream::select(rollouts, incidents).map(Ok::<_, std::convert::Infallible>);
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
         .into_response()

@@ -307,7 +307,7 @@ async fn the_agent_refuses_wrong_tokens_and_tampered_requests() {
     let fleet = fleet().await;
     let (_, first) = fleet.roll_out(sample(0)).await;
     let root = first["root"].as_str().unwrap().to_string();
-    let client = control::tls::pinned_client(&fleet.agent.tls_pin(), std::time::Duration::from_secs(10)).unwrap();
+    let client = control::tls::pinned_client(&fleet.agent.tls_pin(), Some(std::time::Duration::from_secs(10))).unwrap();
     let url = |path: &str| format!("{}{path}", fleet.agent.url());
     for token in [None, Some("wrong-token-wrong-token")] {
         let mut request = client.get(url("/v1/state"));

@@ -1,0 +1,570 @@
+//! The drift monitor: checks every shadow on an interval, and an agent's shadow at once
+//! when its event stream reports a changed root; records what it saw and opens, updates
+//! or resolves the shadow's incident.
+//!
+//! A failed check is never counted as in sync: the shadow is `unreachable` at once, and an
+//! incident opens after `unreachable_after` failures in a row. Checks run concurrently up
+//! to a bound, each with its own timeout, so a hung shadow delays nobody. While a rollout
+//! runs no shadow is judged (its differences are the rollout's own), and a check that a
+//! rollout overtook is discarded.
+
+use crate::{
+    Db, Error, Result,
+    incidents::{self, Finding},
+    now,
+    revisions::{self, EntrySet},
+    rollouts::Coordinator,
+    shadows::{self, Registry, ShadowError, ShadowView},
+};
+use domain::{
+    api::IncidentNotice,
+    drift::{DriftKind, ExpectedEntry, classify},
+    policy::format_mode,
+    protocol::ShadowState,
+};
+use futures_util::StreamExt;
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::broadcast;
+
+/// How a check came about: the interval, an agent's event, or a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Poll,
+    Event,
+    Manual,
+    /// A rollout to the shadow just ended.
+    Rollout,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Poll => "poll",
+            Trigger::Event => "event",
+            Trigger::Manual => "manual",
+            Trigger::Rollout => "rollout",
+        }
+    }
+}
+
+pub struct Monitor {
+    db: Db,
+    registry: Arc<Registry>,
+    coordinator: Arc<Coordinator>,
+    /// Time between sweeps.
+    pub interval: Duration,
+    /// Failed checks in a row before an `unreachable` incident opens.
+    pub unreachable_after: i64,
+    /// How long one check may take.
+    pub check_timeout: Duration,
+    /// Checks running at once in a sweep.
+    pub concurrency: usize,
+    notices: broadcast::Sender<IncidentNotice>,
+    /// One check at a time per shadow.
+    checking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Event-stream listeners of agent shadows, by shadow name.
+    listeners: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+impl Monitor {
+    pub fn new(db: Db, registry: Arc<Registry>, coordinator: Arc<Coordinator>, interval: Duration) -> Monitor {
+        Monitor {
+            db,
+            registry,
+            coordinator,
+            interval,
+            unreachable_after: 3,
+            check_timeout: Duration::from_secs(5),
+            concurrency: 16,
+            notices: broadcast::channel(1024).0,
+            checking: Mutex::new(HashMap::new()),
+            listeners: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Incidents opened, changed and resolved, for `GET /api/v1/events`.
+    pub fn subscribe(&self) -> broadcast::Receiver<IncidentNotice> {
+        self.notices.subscribe()
+    }
+
+    /// Announces an incident change made elsewhere (a person's action).
+    pub fn announce(&self, notice: IncidentNotice) {
+        let _ = self.notices.send(notice);
+    }
+
+    async fn rollout_running(&self) -> Result<bool> {
+        let (running,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rollouts WHERE state IN ('preparing', 'committing')")
+            .fetch_one(&self.db.read)
+            .await?;
+        Ok(running > 0 || self.coordinator.is_running())
+    }
+
+    /// Checks one shadow now and records what was seen.
+    pub async fn check(&self, name: &str, trigger: Trigger) -> Result<ShadowView> {
+        let lock = self
+            .checking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let _one_at_a_time = lock.lock().await;
+        let generation = self.coordinator.generation();
+        if self.rollout_running().await? {
+            return shadows::get(&self.db, name).await;
+        }
+        let driver = self.registry.driver(&self.db, name).await?;
+        let observed = match tokio::time::timeout(self.check_timeout, driver.state(true)).await {
+            Ok(result) => result,
+            Err(_) => Err(ShadowError {
+                code: "timeout".into(),
+                message: format!("no answer within {:?}", self.check_timeout),
+                transient: true,
+            }),
+        };
+        let mut conn = self.db.read.acquire().await?;
+        let current = revisions::current_number(&mut conn).await?;
+        let expected_root: String = sqlx::query_as::<_, (String,)>("SELECT root FROM revisions WHERE number = ?")
+            .bind(current)
+            .fetch_one(&mut *conn)
+            .await?
+            .0;
+        let expected = revisions::entries(&mut conn, current).await?;
+        drop(conn);
+        // A rollout that started or ended meanwhile makes this reading meaningless.
+        if self.coordinator.generation() != generation || self.rollout_running().await? {
+            return shadows::get(&self.db, name).await;
+        }
+        let view = shadows::get(&self.db, name).await?;
+        let notice = match observed {
+            Ok(state) => self.judge(&view, &state, current, &expected_root, &expected, trigger).await?,
+            Err(err) => self.failed(&view, &err, &expected_root, trigger).await?,
+        };
+        if let Some(notice) = notice {
+            self.announce(notice);
+        }
+        shadows::get(&self.db, name).await
+    }
+
+    /// A shadow answered: in sync, or which kind of drift.
+    async fn judge(
+        &self,
+        view: &ShadowView,
+        state: &ShadowState,
+        current: i64,
+        expected_root: &str,
+        expected: &EntrySet,
+        trigger: Trigger,
+    ) -> Result<Option<IncidentNotice>> {
+        let name = view.name.as_str();
+        let identity = &self.coordinator.identity;
+        let mut kinds = BTreeSet::new();
+        let mut detail = None;
+        if state.control_plane_id.as_deref().is_some_and(|id| id != identity.id) {
+            kinds.insert(DriftKind::Fenced);
+            detail = Some(format!(
+                "the shadow is bound to control plane {}",
+                state.control_plane_id.as_deref().unwrap_or_default()
+            ));
+        } else if state.highest_epoch > identity.epoch {
+            kinds.insert(DriftKind::Fenced);
+            detail = Some(format!(
+                "the shadow saw epoch {}, higher than this control plane's {}: another writer exists",
+                state.highest_epoch, identity.epoch
+            ));
+        } else if state.live_revision.is_some_and(|r| r > current) {
+            kinds.insert(DriftKind::Fenced);
+            detail = Some(format!(
+                "the shadow holds revision {}, which this control plane never made (current: {current})",
+                state.live_revision.unwrap_or_default()
+            ));
+        }
+        let in_sync = kinds.is_empty() && state.live_root == expected_root;
+        let status = if in_sync {
+            "in_sync"
+        } else if view.status == "pending" && view.last_in_sync_at.is_none() && !kinds.contains(&DriftKind::Fenced) {
+            // Registered and never brought to a revision: waiting for its first reconcile.
+            "pending"
+        } else if kinds.contains(&DriftKind::Fenced) {
+            "fenced"
+        } else {
+            "drifted"
+        };
+        let mut entries = Vec::new();
+        if status == "drifted" {
+            // Consistent with an older revision as a whole (restored from an old backup, or
+            // left behind): stale rather than a pile of entry differences.
+            let older: Option<(i64,)> =
+                sqlx::query_as("SELECT number FROM revisions WHERE root = ? AND number < ? AND number > 0 ORDER BY number DESC LIMIT 1")
+                    .bind(&state.live_root)
+                    .bind(current)
+                    .fetch_optional(&self.db.read)
+                    .await?;
+            if let Some((revision,)) = older {
+                kinds.insert(DriftKind::Stale);
+                detail = Some(format!("the shadow holds exactly revision {revision}, not the current {current}"));
+            } else {
+                entries = self.classify(expected, state).await?;
+                kinds.extend(entries.iter().map(|e| e.kind));
+                if kinds.is_empty() {
+                    // Roots differ but no entry does: say so rather than stay silent.
+                    kinds.insert(DriftKind::Content);
+                }
+            }
+        }
+        let status = if kinds.contains(&DriftKind::Stale) { "stale" } else { status };
+        self.record_status(name, status, Some(state), None).await?;
+        if in_sync {
+            return incidents::resolve_in_sync(&self.db, name).await;
+        }
+        if status == "pending" {
+            return Ok(None);
+        }
+        let finding = Finding {
+            kinds,
+            entries,
+            expected_root: expected_root.to_string(),
+            observed_root: Some(state.live_root.clone()),
+            detail,
+        };
+        incidents::record(&self.db, name, &finding, trigger.as_str()).await
+    }
+
+    async fn classify(&self, expected: &EntrySet, state: &ShadowState) -> Result<Vec<domain::drift::EntryDrift>> {
+        let wanted: Vec<ExpectedEntry> = expected
+            .values()
+            .map(|row| ExpectedEntry {
+                path: row.path.clone(),
+                entry_hash: row.entry_hash.clone(),
+                mode: format_mode(u32::try_from(row.mode).unwrap_or(0)),
+                owner: row.owner.clone(),
+                group: row.grp.clone(),
+                secret: row.secret,
+            })
+            .collect();
+        let observed = state.entries.clone().unwrap_or_default();
+        // The primary's bytes of the entries whose policy differs, to tell policy-only
+        // drift from drift of both.
+        let mut contents = HashMap::new();
+        let mut conn = self.db.read.acquire().await?;
+        for have in &observed {
+            if let Some(row) = expected.get(&have.path)
+                && row.entry_hash != have.entry_hash
+                && let Some(blob) = &row.blob
+            {
+                contents.insert(have.path.clone(), revisions::blob(&mut conn, blob).await?);
+            }
+        }
+        Ok(classify(&wanted, &observed, |path| contents.get(path).cloned()))
+    }
+
+    /// A check failed: `fenced` if the shadow refused us as a writer, else unreachable.
+    async fn failed(&self, view: &ShadowView, err: &ShadowError, expected_root: &str, trigger: Trigger) -> Result<Option<IncidentNotice>> {
+        let name = view.name.as_str();
+        let fenced = err.code == "fenced";
+        let failures = self
+            .record_status(name, if fenced { "fenced" } else { "unreachable" }, None, Some(err))
+            .await?;
+        if !fenced && failures < self.unreachable_after {
+            return Ok(None);
+        }
+        let finding = Finding {
+            kinds: BTreeSet::from([if fenced { DriftKind::Fenced } else { DriftKind::Unreachable }]),
+            entries: Vec::new(),
+            expected_root: expected_root.to_string(),
+            observed_root: None,
+            detail: Some(if fenced {
+                err.to_string()
+            } else {
+                format!("{failures} checks failed in a row; the last: {err}")
+            }),
+        };
+        incidents::record(&self.db, name, &finding, trigger.as_str()).await
+    }
+
+    /// Writes the shadow's status; answers the count of failed checks in a row.
+    async fn record_status(&self, name: &str, status: &str, state: Option<&ShadowState>, err: Option<&ShadowError>) -> Result<i64> {
+        let at = now();
+        let row: Option<(i64,)> = match state {
+            Some(state) => {
+                sqlx::query_as(
+                    "UPDATE shadows SET status = ?, observed_root = ?, observed_revision = ?, last_contact_at = ?, last_error = NULL,
+                     failed_checks = 0, last_in_sync_at = CASE WHEN ? = 'in_sync' THEN ? ELSE last_in_sync_at END
+                     WHERE name = ? RETURNING failed_checks",
+                )
+                .bind(status)
+                .bind(&state.live_root)
+                .bind(state.live_revision)
+                .bind(&at)
+                .bind(status)
+                .bind(&at)
+                .bind(name)
+                .fetch_optional(self.db.read_write())
+                .await?
+            }
+            None => sqlx::query_as(
+                "UPDATE shadows SET status = ?, last_error = ?, failed_checks = failed_checks + 1 WHERE name = ? RETURNING failed_checks",
+            )
+            .bind(status)
+            .bind(err.map(ToString::to_string))
+            .bind(name)
+            .fetch_optional(self.db.read_write())
+            .await?,
+        };
+        Ok(row.map(|(n,)| n).unwrap_or_default())
+    }
+
+    /// Checks every shadow, at most `concurrency` at once.
+    pub async fn sweep(&self) {
+        let names = match shadows::list(&self.db).await {
+            Ok(list) => list.into_iter().map(|s| s.name).collect::<Vec<_>>(),
+            Err(err) => {
+                tracing::warn!(%err, "drift sweep: cannot list shadows");
+                return;
+            }
+        };
+        futures_util::stream::iter(names)
+            .for_each_concurrent(self.concurrency.max(1), |name| async move {
+                // The timeout inside `check` bounds the shadow; this bounds the database.
+                match tokio::time::timeout(self.check_timeout * 2, self.check(&name, Trigger::Poll)).await {
+                    Ok(Ok(_)) | Ok(Err(Error::NotFound(_))) => {}
+                    Ok(Err(err)) => tracing::warn!(shadow = %name, %err, "drift check failed"),
+                    Err(_) => tracing::warn!(shadow = %name, "drift check overran"),
+                }
+            })
+            .await;
+    }
+
+    /// Runs forever: a sweep every interval, and agent event listeners kept in step with
+    /// the registered shadows.
+    pub async fn run(self: Arc<Self>) {
+        // A rollout's end is a moment to look again at its shadows: checks skipped while it
+        // ran (an agent's event, say) are made up for at once.
+        let after_rollouts = tokio::spawn(self.clone().follow_rollouts());
+        let _stop_with_me = AbortOnDrop(after_rollouts);
+        let mut next_sweep = tokio::time::Instant::now();
+        loop {
+            // A new agent shadow gets its listener within a second, whatever the interval.
+            self.sync_listeners().await;
+            if tokio::time::Instant::now() >= next_sweep {
+                self.sweep().await;
+                next_sweep = tokio::time::Instant::now() + self.interval;
+            }
+            let until = next_sweep.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    async fn follow_rollouts(self: Arc<Self>) {
+        let mut events = self.coordinator.subscribe();
+        loop {
+            match events.recv().await {
+                Ok(event) if event.shadow.is_none() && matches!(event.phase.as_str(), "applied" | "failed" | "aborted") => {
+                    let shadows: Vec<(String,)> = match sqlx::query_as("SELECT shadow FROM rollout_shadows WHERE rollout_id = ?")
+                        .bind(event.rollout)
+                        .fetch_all(&self.db.read)
+                        .await
+                    {
+                        Ok(rows) => rows,
+                        Err(err) => {
+                            tracing::warn!(%err, "cannot list a rollout's shadows");
+                            continue;
+                        }
+                    };
+                    // The event comes from inside the rollout; wait until it has let go.
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                    while self.coordinator.is_running() && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    for (name,) in shadows {
+                        if let Err(err) = self.check(&name, Trigger::Rollout).await {
+                            tracing::debug!(shadow = %name, %err, "check after a rollout failed");
+                        }
+                    }
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Starts a listener for every agent shadow without one; stops those of removed ones.
+    async fn sync_listeners(self: &Arc<Self>) {
+        let Ok(list) = shadows::list(&self.db).await else { return };
+        let agents: BTreeSet<String> = list.into_iter().filter(|s| s.driver == "agent").map(|s| s.name).collect();
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        listeners.retain(|name, task| {
+            let keep = agents.contains(name) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for name in agents {
+            if let std::collections::hash_map::Entry::Vacant(slot) = listeners.entry(name) {
+                let task = tokio::spawn(self.clone().listen(slot.key().clone()));
+                slot.insert(task);
+            }
+        }
+    }
+
+    /// Follows one agent's event stream; a changed root triggers a check at once.
+    async fn listen(self: Arc<Self>, name: String) {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.registry.events(&self.db, &name).await {
+                Ok(response) => {
+                    delay = Duration::from_millis(250);
+                    let mut body = response.bytes_stream();
+                    let mut buffer = String::new();
+                    let mut last_root: Option<String> = None;
+                    while let Some(Ok(chunk)) = body.next().await {
+                        buffer.push_str(&String::from_utf8_lossy(&chunk));
+                        let mut changed = false;
+                        while let Some(end) = buffer.find("\n\n") {
+                            let frame: String = buffer.drain(..end + 2).collect();
+                            let root = frame
+                                .lines()
+                                .find_map(|line| line.strip_prefix("data:"))
+                                .and_then(|data| serde_json::from_str::<serde_json::Value>(data.trim()).ok())
+                                .and_then(|data| data["live_root"].as_str().map(str::to_string));
+                            if let Some(root) = root {
+                                changed |= last_root.as_ref().is_some_and(|last| *last != root);
+                                last_root = Some(root);
+                            }
+                        }
+                        if changed && let Err(err) = self.check(&name, Trigger::Event).await {
+                            tracing::warn!(shadow = %name, %err, "event-driven check failed");
+                        }
+                    }
+                }
+                Err(Error::NotFound(_)) => return,
+                Err(err) => tracing::debug!(shadow = %name, %err, "agent event stream unavailable"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+impl Monitor {
+    /// Adopt: a new change whose entries are the shadow's observed content for the paths
+    /// the incident names (and deletions for the entries it lacks). The change then goes
+    /// through review like any other; the incident stays open until it is rolled out.
+    pub async fn adopt(&self, caller: &crate::Caller, id: i64) -> Result<domain::api::ChangeView> {
+        use domain::api::{EntryInput, NewChange};
+        caller.require(domain::Role::Editor)?;
+        let incident = incidents::for_adopt(&self.db, id).await?;
+        let adoptable: Vec<_> = incident
+            .entries
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    DriftKind::Content | DriftKind::Policy | DriftKind::Missing | DriftKind::Unexpected
+                )
+            })
+            .collect();
+        if adoptable.is_empty() {
+            return Err(Error::conflict(
+                "nothing_to_adopt",
+                format!(
+                    "incident {id} names no entry whose content could be adopted ({})",
+                    incident.kinds.join(", ")
+                ),
+            ));
+        }
+        let driver = self.registry.driver(&self.db, &incident.shadow).await?;
+        let state = driver
+            .state(true)
+            .await
+            .map_err(|err| Error::conflict("shadow_unavailable", format!("{}: {err}", incident.shadow)))?;
+        let observed: HashMap<String, domain::protocol::ObservedEntry> =
+            state.entries.unwrap_or_default().into_iter().map(|e| (e.path.clone(), e)).collect();
+        let mut conn = self.db.read.acquire().await?;
+        let current = revisions::current_number(&mut conn).await?;
+        let expected = revisions::entries(&mut conn, current).await?;
+        drop(conn);
+        let mut entries = Vec::new();
+        for drift in &adoptable {
+            let known = expected.get(&drift.path);
+            let Some(have) = observed.get(&drift.path) else {
+                entries.push(EntryInput {
+                    path: drift.path.clone(),
+                    content: None,
+                    format: None,
+                    mode: None,
+                    owner: None,
+                    group: None,
+                    secret: None,
+                    delete: true,
+                });
+                continue;
+            };
+            let bytes = driver
+                .read_entry(&drift.path)
+                .await
+                .map_err(|err| Error::conflict("shadow_unavailable", format!("{}: {err}", incident.shadow)))?;
+            let content = String::from_utf8(bytes).map_err(|_| {
+                Error::BadRequest(format!(
+                    "{} on {} is not UTF-8 text and cannot be adopted",
+                    drift.path, incident.shadow
+                ))
+            })?;
+            entries.push(EntryInput {
+                path: drift.path.clone(),
+                content: Some(content),
+                format: known.map(|k| k.format.clone()),
+                mode: Some(have.mode.clone()),
+                owner: known.filter(|k| !k.owner.is_empty()).map(|_| have.owner.clone()),
+                group: known.filter(|k| !k.grp.is_empty()).map(|_| have.group.clone()),
+                secret: known.map(|k| k.secret),
+                delete: false,
+            });
+        }
+        let paths: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
+        let change = crate::changes::create(
+            &self.db,
+            caller,
+            NewChange {
+                base_revision: current,
+                message: format!("Adopt {}'s content from incident #{id}", incident.shadow),
+                entries,
+            },
+        )
+        .await?;
+        let mut tx = self.db.begin().await?;
+        incidents::note_adopted(&mut tx, id, &caller.username, change.summary.id, &paths).await?;
+        tx.commit().await?;
+        self.announce(IncidentNotice {
+            id,
+            shadow: incident.shadow.clone(),
+            kind: incident.kind.clone(),
+            status: incident.status.clone(),
+            change: "updated".into(),
+        });
+        Ok(change)
+    }
+}
+
+impl Monitor {
+    /// Stops the agent event listeners (the sweep loop is stopped by its owner).
+    pub fn stop(&self) {
+        for (_, task) in self.listeners.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            task.abort();
+        }
+    }
+}
+
+/// Aborts a task when dropped (when the loop that owns it is aborted).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,493 @@
+//! Drift incidents: one durable record per drift episode on one shadow, with the entries
+//! that differ and a timeline. The drift monitor opens, updates and self-resolves them;
+//! people acknowledge, adopt or resolve them.
+
+use crate::{Caller, Db, Error, Result, audit, audit::page, now};
+use domain::{
+    Role,
+    api::{IncidentEvent, IncidentNotice, IncidentView, Page},
+    drift::{DriftKind, EntryDrift},
+};
+use serde_json::json;
+use sqlx::{Sqlite, SqliteConnection, Transaction};
+use std::collections::BTreeSet;
+
+/// What one check found on one shadow that differs from what it should hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub kinds: BTreeSet<DriftKind>,
+    pub entries: Vec<EntryDrift>,
+    pub expected_root: String,
+    pub observed_root: Option<String>,
+    /// Words for the timeline (a refusal's message, a check's error).
+    pub detail: Option<String>,
+}
+
+impl Finding {
+    /// A digest of what differs: repeated checks that see the same thing change nothing.
+    fn fingerprint(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        for kind in &self.kinds {
+            hasher.update(kind.as_str().as_bytes());
+            hasher.update(b"\0");
+        }
+        hasher.update(self.observed_root.as_deref().unwrap_or("-").as_bytes());
+        for entry in &self.entries {
+            for part in [
+                Some(entry.path.as_str()),
+                Some(entry.kind.as_str()),
+                entry.observed_hash.as_deref(),
+                entry.observed_policy.as_deref(),
+            ] {
+                hasher.update(part.unwrap_or("-").as_bytes());
+                hasher.update(b"\0");
+            }
+        }
+        hasher.finalize().to_hex().to_string()
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EntryRow {
+    path: String,
+    kind: String,
+    expected_hash: Option<String>,
+    observed_hash: Option<String>,
+    expected_policy: Option<String>,
+    observed_policy: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct IncidentRow {
+    id: i64,
+    shadow: String,
+    kind: String,
+    kinds: String,
+    severity: String,
+    status: String,
+    opened_at: String,
+    last_seen_at: String,
+    resolved_at: Option<String>,
+    resolution: Option<String>,
+    expected_root: String,
+    observed_root: Option<String>,
+    detected_by: String,
+    recent: i64,
+}
+
+const INCIDENT_SELECT: &str = "SELECT i.id, i.shadow, i.kind, i.kinds, i.severity, i.status, i.opened_at, i.last_seen_at, i.resolved_at,
+    i.resolution, i.expected_root, i.observed_root, i.detected_by,
+    (SELECT COUNT(*) FROM incidents p WHERE p.shadow = i.shadow AND p.id < i.id AND p.opened_at >= strftime('%Y-%m-%dT%H:%M:%fZ', i.opened_at, '-1 hour')) AS recent
+    FROM incidents i";
+
+impl From<IncidentRow> for IncidentView {
+    fn from(row: IncidentRow) -> Self {
+        IncidentView {
+            id: row.id,
+            shadow: row.shadow,
+            kind: row.kind,
+            kinds: row.kinds.split(',').filter(|k| !k.is_empty()).map(str::to_string).collect(),
+            severity: row.severity,
+            status: row.status,
+            opened_at: row.opened_at,
+            last_seen_at: row.last_seen_at,
+            resolved_at: row.resolved_at,
+            resolution: row.resolution,
+            expected_root: row.expected_root,
+            observed_root: row.observed_root,
+            detected_by: row.detected_by,
+            flapping: row.recent >= 2,
+            entries: Vec::new(),
+            timeline: Vec::new(),
+        }
+    }
+}
+
+fn notice(id: i64, shadow: &str, kind: &str, status: &str, change: &str) -> IncidentNotice {
+    IncidentNotice {
+        id,
+        shadow: shadow.to_string(),
+        kind: kind.to_string(),
+        status: status.to_string(),
+        change: change.to_string(),
+    }
+}
+
+async fn add_event(conn: &mut SqliteConnection, incident: i64, actor: &str, event: &str, details: serde_json::Value) -> Result<()> {
+    sqlx::query("INSERT INTO incident_events (incident_id, at, actor, event, details) VALUES (?, ?, ?, ?, ?)")
+        .bind(incident)
+        .bind(now())
+        .bind(actor)
+        .bind(event)
+        .bind(details.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn replace_entries(conn: &mut SqliteConnection, incident: i64, entries: &[EntryDrift]) -> Result<()> {
+    sqlx::query("DELETE FROM incident_entries WHERE incident_id = ?")
+        .bind(incident)
+        .execute(&mut *conn)
+        .await?;
+    for entry in entries {
+        sqlx::query(
+            "INSERT INTO incident_entries (incident_id, path, kind, expected_hash, observed_hash, expected_policy, observed_policy)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(incident)
+        .bind(&entry.path)
+        .bind(entry.kind.as_str())
+        .bind(&entry.expected_hash)
+        .bind(&entry.observed_hash)
+        .bind(&entry.expected_policy)
+        .bind(&entry.observed_policy)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+fn kinds_text(kinds: &BTreeSet<DriftKind>) -> String {
+    kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(",")
+}
+
+fn entries_summary(entries: &[EntryDrift]) -> serde_json::Value {
+    json!(
+        entries
+            .iter()
+            .take(50)
+            .map(|e| json!({"path": e.path, "kind": e.kind}))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// Opens an incident for a drifted shadow, or updates the open one; nothing when the
+/// same drift is seen again. `via` is `poll` or `event`.
+pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Result<Option<IncidentNotice>> {
+    let Some(&worst) = finding.kinds.first() else {
+        return Ok(None);
+    };
+    let fingerprint = finding.fingerprint();
+    let at = now();
+    let mut tx = db.begin().await?;
+    let open: Option<(i64, String, String)> =
+        sqlx::query_as("SELECT id, kinds, fingerprint FROM incidents WHERE shadow = ? AND status != 'resolved'")
+            .bind(shadow)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let result = match open {
+        None => {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO incidents (shadow, kind, kinds, severity, status, opened_at, last_seen_at, expected_root, observed_root, detected_by, fingerprint)
+                 VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(shadow)
+            .bind(worst.as_str())
+            .bind(kinds_text(&finding.kinds))
+            .bind(worst.severity())
+            .bind(&at)
+            .bind(&at)
+            .bind(&finding.expected_root)
+            .bind(&finding.observed_root)
+            .bind(via)
+            .bind(&fingerprint)
+            .fetch_one(&mut *tx)
+            .await?;
+            replace_entries(&mut tx, id, &finding.entries).await?;
+            let details = json!({"kinds": finding.kinds, "via": via, "expected_root": finding.expected_root,
+                "observed_root": finding.observed_root, "entries": entries_summary(&finding.entries), "detail": finding.detail});
+            add_event(&mut tx, id, "monitor", "detected", details.clone()).await?;
+            audit::append(
+                &mut tx,
+                "monitor",
+                "incident.open",
+                &format!("incident/{id}"),
+                json!({"shadow": shadow, "kinds": finding.kinds}),
+            )
+            .await?;
+            Some(notice(id, shadow, worst.as_str(), "open", "opened"))
+        }
+        Some((id, _, seen)) if seen == fingerprint => {
+            sqlx::query("UPDATE incidents SET last_seen_at = ? WHERE id = ?")
+                .bind(&at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            None
+        }
+        Some((id, kinds, _)) => {
+            // The episode goes on with a different picture: every kind seen is kept.
+            let mut all: BTreeSet<DriftKind> = kinds.split(',').filter_map(DriftKind::parse).collect();
+            all.extend(finding.kinds.iter().copied());
+            let worst = *all.first().unwrap_or(&worst);
+            sqlx::query(
+                "UPDATE incidents SET kind = ?, kinds = ?, severity = ?, last_seen_at = ?, observed_root = ?, expected_root = ?, fingerprint = ? WHERE id = ?",
+            )
+            .bind(worst.as_str())
+            .bind(kinds_text(&all))
+            .bind(worst.severity())
+            .bind(&at)
+            .bind(&finding.observed_root)
+            .bind(&finding.expected_root)
+            .bind(&fingerprint)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            replace_entries(&mut tx, id, &finding.entries).await?;
+            let details = json!({"kinds": finding.kinds, "observed_root": finding.observed_root,
+                "entries": entries_summary(&finding.entries), "detail": finding.detail});
+            add_event(&mut tx, id, "monitor", "changed", details).await?;
+            let (status,): (String,) = sqlx::query_as("SELECT status FROM incidents WHERE id = ?")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            Some(notice(id, shadow, worst.as_str(), &status, "updated"))
+        }
+    };
+    tx.commit().await?;
+    Ok(result)
+}
+
+/// The shadow holds what it should: its open incident, if any, is resolved — as
+/// `reconciled` when a reconcile or rollout reached it since the incident opened,
+/// otherwise as `self_healed` (kept for review).
+pub async fn resolve_in_sync(db: &Db, shadow: &str) -> Result<Option<IncidentNotice>> {
+    let mut tx = db.begin().await?;
+    let open: Option<(i64, String, String)> =
+        sqlx::query_as("SELECT id, kind, opened_at FROM incidents WHERE shadow = ? AND status != 'resolved'")
+            .bind(shadow)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((id, kind, opened_at)) = open else {
+        return Ok(None);
+    };
+    let (pushed,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM rollout_shadows rs JOIN rollouts r ON r.id = rs.rollout_id
+         WHERE rs.shadow = ? AND rs.phase = 'committed' AND rs.updated_at >= ?",
+    )
+    .bind(shadow)
+    .bind(&opened_at)
+    .fetch_one(&mut *tx)
+    .await?;
+    let resolution = if pushed > 0 { "reconciled" } else { "self_healed" };
+    close(&mut tx, id, "monitor", resolution, json!({"resolution": resolution})).await?;
+    tx.commit().await?;
+    Ok(Some(notice(id, shadow, &kind, "resolved", "resolved")))
+}
+
+async fn close(tx: &mut Transaction<'_, Sqlite>, id: i64, actor: &str, resolution: &str, details: serde_json::Value) -> Result<()> {
+    sqlx::query("UPDATE incidents SET status = 'resolved', resolution = ?, resolved_at = ? WHERE id = ?")
+        .bind(resolution)
+        .bind(now())
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    add_event(tx, id, actor, "resolved", details.clone()).await?;
+    audit::append(tx, actor, "incident.resolve", &format!("incident/{id}"), details).await?;
+    Ok(())
+}
+
+/// Timeline entries for a reconcile of `shadow` (started, finished), on its open incident.
+pub async fn note_reconcile(db: &Db, shadow: &str, actor: &str, event: &str, details: serde_json::Value) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let open: Option<(i64,)> = sqlx::query_as("SELECT id FROM incidents WHERE shadow = ? AND status != 'resolved'")
+        .bind(shadow)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some((id,)) = open {
+        add_event(&mut tx, id, actor, event, details).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Filters of the incident list; every field optional.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct IncidentFilter {
+    pub status: Option<String>,
+    pub kind: Option<String>,
+    pub shadow: Option<String>,
+    /// Opened at or after (RFC 3339).
+    pub since: Option<String>,
+    /// Opened before (RFC 3339).
+    pub until: Option<String>,
+    /// The cursor: the `next` of the previous page.
+    pub page: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+pub async fn list(db: &Db, filter: &IncidentFilter) -> Result<Page<IncidentView>> {
+    if let Some(status) = filter.status.as_deref().filter(|s| !s.is_empty())
+        && !["open", "acknowledged", "resolved", "unresolved"].contains(&status)
+    {
+        return Err(Error::BadRequest(format!("unknown incident status {status:?}")));
+    }
+    if let Some(kind) = filter.kind.as_deref().filter(|k| !k.is_empty())
+        && DriftKind::parse(kind).is_none()
+    {
+        return Err(Error::BadRequest(format!("unknown incident kind {kind:?}")));
+    }
+    for (name, value) in [("since", &filter.since), ("until", &filter.until)] {
+        if let Some(value) = value.as_deref().filter(|v| !v.is_empty())
+            && time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).is_err()
+        {
+            return Err(Error::BadRequest(format!(
+                "{name} must be an RFC 3339 time, such as 2026-11-25T00:00:00Z"
+            )));
+        }
+    }
+    let limit = filter.limit.unwrap_or(50).clamp(1, 500);
+    let empty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    // Keyset paging on the primary key: as fast on the 100,000th incident as on the first.
+    let rows: Vec<IncidentRow> = sqlx::query_as(&format!(
+        "{INCIDENT_SELECT} WHERE (?1 IS NULL OR i.id < ?1)
+           AND (?2 IS NULL OR (?2 = 'unresolved' AND i.status != 'resolved') OR i.status = ?2)
+           AND (?3 IS NULL OR i.kind = ?3 OR instr(',' || i.kinds || ',', ',' || ?3 || ',') > 0)
+           AND (?4 IS NULL OR i.shadow = ?4)
+           AND (?5 IS NULL OR i.opened_at >= ?5)
+           AND (?6 IS NULL OR i.opened_at < ?6)
+         ORDER BY i.id DESC LIMIT ?7"
+    ))
+    .bind(filter.page)
+    .bind(empty(&filter.status))
+    .bind(empty(&filter.kind))
+    .bind(empty(&filter.shadow))
+    .bind(empty(&filter.since))
+    .bind(empty(&filter.until))
+    .bind(limit + 1)
+    .fetch_all(&db.read)
+    .await?;
+    Ok(page(rows.into_iter().map(IncidentView::from).collect(), limit, |i| i.id))
+}
+
+pub async fn get(db: &Db, id: i64) -> Result<IncidentView> {
+    let mut conn = db.read.acquire().await?;
+    let row: IncidentRow = sqlx::query_as(&format!("{INCIDENT_SELECT} WHERE i.id = ?"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no incident {id}")))?;
+    let mut view = IncidentView::from(row);
+    let entries: Vec<EntryRow> = sqlx::query_as(
+        "SELECT path, kind, expected_hash, observed_hash, expected_policy, observed_policy FROM incident_entries WHERE incident_id = ? ORDER BY path",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    view.entries = entries
+        .into_iter()
+        .filter_map(|row| {
+            Some(EntryDrift {
+                path: row.path,
+                kind: DriftKind::parse(&row.kind)?,
+                expected_hash: row.expected_hash,
+                observed_hash: row.observed_hash,
+                expected_policy: row.expected_policy,
+                observed_policy: row.observed_policy,
+            })
+        })
+        .collect();
+    let events: Vec<(String, String, String, String)> =
+        sqlx::query_as("SELECT at, actor, event, details FROM incident_events WHERE incident_id = ? ORDER BY id")
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await?;
+    view.timeline = events
+        .into_iter()
+        .map(|(at, actor, event, details)| IncidentEvent {
+            at,
+            actor,
+            event,
+            details: serde_json::from_str(&details).unwrap_or_default(),
+        })
+        .collect();
+    Ok(view)
+}
+
+async fn open_incident(tx: &mut Transaction<'_, Sqlite>, id: i64) -> Result<(String, String, String)> {
+    let row: (String, String, String) = sqlx::query_as("SELECT shadow, kind, status FROM incidents WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no incident {id}")))?;
+    if row.2 == "resolved" {
+        return Err(Error::conflict("incident_resolved", format!("incident {id} is already resolved")));
+    }
+    Ok(row)
+}
+
+fn note_of(note: Option<&str>) -> Result<Option<String>> {
+    match note.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(note) if note.len() > 2000 => Err(Error::BadRequest("a note has at most 2000 characters".into())),
+        other => Ok(other.map(str::to_string)),
+    }
+}
+
+/// Somebody is on it: the incident stays until the shadow is back or it is resolved.
+pub async fn acknowledge(db: &Db, caller: &Caller, id: i64, note: Option<&str>) -> Result<(IncidentView, IncidentNotice)> {
+    caller.require(Role::Editor)?;
+    let note = note_of(note)?;
+    let mut tx = db.begin().await?;
+    let (shadow, kind, status) = open_incident(&mut tx, id).await?;
+    if status == "acknowledged" {
+        return Err(Error::conflict(
+            "incident_acknowledged",
+            format!("incident {id} is already acknowledged"),
+        ));
+    }
+    sqlx::query("UPDATE incidents SET status = 'acknowledged' WHERE id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let details = json!({"note": note});
+    add_event(&mut tx, id, &caller.username, "acknowledged", details.clone()).await?;
+    audit::append(
+        &mut tx,
+        &caller.username,
+        "incident.acknowledge",
+        &format!("incident/{id}"),
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((get(db, id).await?, notice(id, &shadow, &kind, "acknowledged", "updated")))
+}
+
+/// Closes an incident by hand, with a note saying why (the shadow may still differ: the
+/// next check opens a new incident if it does).
+pub async fn resolve(db: &Db, caller: &Caller, id: i64, note: Option<&str>) -> Result<(IncidentView, IncidentNotice)> {
+    caller.require(Role::Approver)?;
+    let note = note_of(note)?.ok_or_else(|| Error::BadRequest("resolving by hand needs a note saying why".into()))?;
+    let mut tx = db.begin().await?;
+    let (shadow, kind, _) = open_incident(&mut tx, id).await?;
+    close(
+        &mut tx,
+        id,
+        &caller.username,
+        "resolved",
+        json!({"resolution": "resolved", "note": note}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((get(db, id).await?, notice(id, &shadow, &kind, "resolved", "resolved")))
+}
+
+/// Records that an adopt made change `change_id` from the shadow's content; the incident
+/// stays open until that change is rolled out (the next check then finds the shadow in
+/// sync).
+pub(crate) async fn note_adopted(tx: &mut Transaction<'_, Sqlite>, id: i64, actor: &str, change_id: i64, paths: &[String]) -> Result<()> {
+    let details = json!({"change": change_id, "paths": paths});
+    add_event(tx, id, actor, "adopted", details.clone()).await?;
+    audit::append(tx, actor, "incident.adopt", &format!("incident/{id}"), details).await?;
+    Ok(())
+}
+
+/// The incident, checked to be unresolved, for adopting.
+pub(crate) async fn for_adopt(db: &Db, id: i64) -> Result<IncidentView> {
+    let view = get(db, id).await?;
+    if view.status == "resolved" {
+        return Err(Error::conflict("incident_resolved", format!("incident {id} is already resolved")));
+    }
+    Ok(view)
+}

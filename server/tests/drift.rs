@@ -1,0 +1,360 @@
+//! Drift detection and incidents: real directory shadows and agent processes, the real
+//! server and its drift monitor, driven over HTTP.
+
+mod common;
+
+use common::{
+    Session, TestServer, change_body,
+    fleet::{AGENT_TOKEN, Agent},
+};
+use domain::Role;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+struct Fleet {
+    server: TestServer,
+    editor: Session,
+    approver: Session,
+    dirs: Vec<PathBuf>,
+    agent: Option<Agent>,
+    _root: tempfile::TempDir,
+}
+
+/// A server checking every `interval`, with directory shadows `dc1` and `dr-site` and,
+/// when asked, the agent `edge` (HTTPS); the sample configuration rolled out.
+async fn fleet(interval: Duration, with_agent: bool) -> Fleet {
+    let server = TestServer::start_with(|config| {
+        config.check_interval = interval;
+        config.unreachable_after = 2;
+    })
+    .await;
+    server.user("erin", Role::Editor).await;
+    server.user("abel", Role::Approver).await;
+    server.user("ada", Role::Admin).await;
+    let (editor, approver, admin) = (server.login("erin").await, server.login("abel").await, server.login("ada").await);
+    let root = tempfile::tempdir().unwrap();
+    let mut dirs = Vec::new();
+    for name in ["dc1", "dr-site"] {
+        let path = root.path().join(name).join("live");
+        let (status, body) = admin
+            .post("/api/v1/shadows", json!({"driver": "directory", "name": name, "path": path}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        dirs.push(path);
+    }
+    let agent = with_agent.then(|| Agent::start_tls(&root.path().join("edge")));
+    if let Some(agent) = &agent {
+        let (status, body) = admin
+            .post(
+                "/api/v1/shadows",
+                json!({"driver": "agent", "name": "edge", "url": agent.url(), "token": AGENT_TOKEN, "tls_pin": agent.tls_pin()}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let fleet = Fleet {
+        server,
+        editor,
+        approver,
+        dirs,
+        agent,
+        _root: root,
+    };
+    let rollout = fleet.roll_out(sample()).await;
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    fleet
+}
+
+fn sample() -> Value {
+    json!({"base_revision": 0, "message": "sample", "entries": [
+        {"path": "app.toml", "content": "[server]\nport = 8080\n", "format": "toml", "mode": "0644"},
+        {"path": "nginx/site.conf", "content": "listen 80;\n", "format": "text", "mode": "0640"}
+    ]})
+}
+
+impl Fleet {
+    async fn roll_out(&self, body: Value) -> Value {
+        let (status, change) = self.editor.post("/api/v1/changes", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{change}");
+        let id = change["id"].as_i64().unwrap();
+        self.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+        self.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+        self.approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await.1
+    }
+
+    async fn incidents(&self, query: &str) -> Vec<Value> {
+        let (status, page) = self.editor.get(&format!("/api/v1/incidents?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        page["items"].as_array().unwrap().clone()
+    }
+
+    /// Waits until `shadow` has an unresolved incident; answers it with its timeline.
+    async fn open_incident(&self, shadow: &str, within: Duration) -> (Value, Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(found) = self.incidents(&format!("shadow={shadow}&status=unresolved")).await.first() {
+                let (_, full) = self.editor.get(&format!("/api/v1/incidents/{}", found["id"])).await;
+                return (full, started.elapsed());
+            }
+            assert!(started.elapsed() < within, "no incident on {shadow} within {within:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn resolved(&self, id: i64, within: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let (_, incident) = self.editor.get(&format!("/api/v1/incidents/{id}")).await;
+            if incident["status"] == "resolved" {
+                return incident;
+            }
+            assert!(
+                started.elapsed() < within,
+                "incident {id} still {} after {within:?}",
+                incident["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn reconcile(&self, shadow: &str) {
+        let (status, rollout) = self.approver.post(&format!("/api/v1/shadows/{shadow}/reconcile"), json!({})).await;
+        assert_eq!(status, StatusCode::CREATED, "{rollout}");
+        assert_eq!(rollout["state"], "applied", "{rollout}");
+    }
+}
+
+fn kinds(incident: &Value) -> Vec<&str> {
+    incident["kinds"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect()
+}
+
+fn entry<'a>(incident: &'a Value, path: &str) -> &'a Value {
+    incident["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == path)
+        .unwrap_or_else(|| panic!("{path} not in {incident}"))
+}
+
+const INTERVAL: Duration = Duration::from_millis(250);
+/// One interval, plus slack for a loaded machine.
+const WITHIN: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_drift_on_a_directory_shadow_becomes_one_incident() {
+    let fleet = fleet(INTERVAL, false).await;
+    let dc1 = fleet.dirs[0].clone();
+    // Let the checks that follow the first rollout pass, so the poll finds what comes next.
+    tokio::time::sleep(INTERVAL * 2).await;
+
+    // Content: a hand edit.
+    std::fs::write(dc1.join("app.toml"), "[server]\nport = 1\n").unwrap();
+    let (incident, _) = fleet.open_incident("dc1", WITHIN).await;
+    assert_eq!(kinds(&incident), ["content"], "{incident}");
+    assert_eq!(incident["severity"], "high");
+    assert_eq!(incident["detected_by"], "poll");
+    assert_eq!(entry(&incident, "app.toml")["kind"], "content");
+    let id = incident["id"].as_i64().unwrap();
+    // Repeated checks of the same drift add nothing.
+    tokio::time::sleep(INTERVAL * 4).await;
+    assert_eq!(fleet.incidents("shadow=dc1").await.len(), 1);
+    let (_, again) = fleet.editor.get(&format!("/api/v1/incidents/{id}")).await;
+    assert_eq!(again["timeline"].as_array().unwrap().len(), 1, "{again}");
+    assert_eq!(again["timeline"][0]["event"], "detected");
+    let (_, shadow) = fleet.editor.get("/api/v1/shadows/dc1").await;
+    assert_eq!(shadow["status"], "drifted");
+    // Acknowledge, then reconcile: the shadow returns and the incident resolves as such.
+    let (status, acked) = fleet
+        .editor
+        .post(&format!("/api/v1/incidents/{id}/acknowledge"), json!({"note": "looking"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{acked}");
+    assert_eq!(acked["status"], "acknowledged");
+    fleet.reconcile("dc1").await;
+    let closed = fleet.resolved(id, WITHIN).await;
+    assert_eq!(closed["resolution"], "reconciled", "{closed}");
+    let events: Vec<&str> = closed["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["detected", "acknowledged", "reconcile_started", "reconcile_finished", "resolved"]
+    );
+
+    // Policy: a chmod, nothing else.
+    std::fs::set_permissions(dc1.join("app.toml"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (incident, _) = fleet.open_incident("dc1", WITHIN).await;
+    assert_eq!(kinds(&incident), ["policy"], "{incident}");
+    let chmod = entry(&incident, "app.toml");
+    assert_eq!(
+        (chmod["expected_policy"].as_str(), chmod["observed_policy"].as_str()),
+        (Some("0644"), Some("0666"))
+    );
+    // Put back by hand: the incident resolves itself, kept as self-healed.
+    std::fs::set_permissions(dc1.join("app.toml"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let healed = fleet.resolved(incident["id"].as_i64().unwrap(), WITHIN).await;
+    assert_eq!(healed["resolution"], "self_healed", "{healed}");
+
+    // Missing and unexpected: one episode, both kinds.
+    std::fs::remove_file(dc1.join("nginx/site.conf")).unwrap();
+    std::fs::write(dc1.join("extra.conf"), "left by hand\n").unwrap();
+    let (incident, _) = fleet.open_incident("dc1", WITHIN).await;
+    let seen = kinds(&incident);
+    assert!(seen.contains(&"missing") && seen.contains(&"unexpected"), "{incident}");
+    assert_eq!(entry(&incident, "nginx/site.conf")["kind"], "missing");
+    assert_eq!(entry(&incident, "extra.conf")["kind"], "unexpected");
+
+    // Adopt: a change made of the shadow's content, which then needs approval as usual.
+    let (status, change) = fleet
+        .editor
+        .post(&format!("/api/v1/incidents/{}/adopt", incident["id"]), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{change}");
+    assert_eq!(change["state"], "draft", "{change}");
+    let ops: Vec<(String, String)> = change["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e["op"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(
+        ops.contains(&("extra.conf".into(), "put".into())) && ops.contains(&("nginx/site.conf".into(), "delete".into())),
+        "{ops:?}"
+    );
+    let change_id = change["id"].as_i64().unwrap();
+    let (_, content) = fleet.editor.get(&format!("/api/v1/changes/{change_id}/diff")).await;
+    assert!(
+        content.to_string().contains("left by hand"),
+        "the change carries the shadow's bytes: {content}"
+    );
+    fleet.reconcile("dc1").await;
+    fleet.resolved(incident["id"].as_i64().unwrap(), WITHIN).await;
+
+    // Stale: the other shadow restored from the previous revision's files.
+    let rollout = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    let dr = fleet.dirs[1].clone();
+    std::fs::write(dr.join("app.toml"), "[server]\nport = 8080\n").unwrap();
+    let (incident, _) = fleet.open_incident("dr-site", WITHIN).await;
+    assert_eq!(kinds(&incident), ["stale"], "{incident}");
+    assert_eq!(incident["severity"], "medium");
+    let (_, shadow) = fleet.editor.get("/api/v1/shadows/dr-site").await;
+    assert_eq!(shadow["status"], "stale");
+
+    // Filters and actions check their input.
+    let (status, _) = fleet.editor.get("/api/v1/incidents?kind=bogus").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = fleet.editor.get("/api/v1/incidents?since=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        fleet
+            .incidents("kind=stale&status=unresolved")
+            .await
+            .iter()
+            .all(|i| i["shadow"] == "dr-site")
+    );
+    let (status, refused) = fleet
+        .editor
+        .post(&format!("/api/v1/incidents/{}/resolve", incident["id"]), json!({"note": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "an editor cannot resolve: {refused}");
+    let (status, _) = fleet
+        .approver
+        .post(&format!("/api/v1/incidents/{}/resolve", incident["id"]), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "resolving by hand needs a note");
+    let (status, resolved) = fleet
+        .approver
+        .post(
+            &format!("/api/v1/incidents/{}/resolve", incident["id"]),
+            json!({"note": "restored on purpose"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resolved}");
+    assert_eq!(resolved["resolution"], "resolved");
+    let (_, audit) = fleet.editor.get("/api/v1/audit?action=incident.resolve").await;
+    assert!(!audit["items"].as_array().unwrap().is_empty(), "{audit}");
+    fleet.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_hand_edit_is_an_incident_within_a_second_and_a_stopped_agent_is_unreachable() {
+    // The interval is long: only the agent's event stream can be this quick.
+    let mut fleet = fleet(Duration::from_secs(3600), true).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the listener connects
+    let live = fleet.agent.as_ref().unwrap().live.clone();
+    std::fs::write(live.join("app.toml"), "[server]\nport = 6666\n").unwrap();
+    let (incident, took) = fleet.open_incident("edge", Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(1), "the event path took {took:?}");
+    assert_eq!(incident["detected_by"], "event");
+    assert_eq!(kinds(&incident), ["content"]);
+    fleet.reconcile("edge").await;
+    fleet.resolved(incident["id"].as_i64().unwrap(), Duration::from_secs(5)).await;
+
+    // A stopped agent: a failed check is never "in sync"; at the threshold, an incident.
+    fleet.agent.as_mut().unwrap().kill();
+    let (_, shadow) = fleet.editor.post("/api/v1/shadows/edge/check", json!({})).await;
+    assert_eq!(shadow["status"], "unreachable", "{shadow}");
+    assert!(
+        fleet.incidents("shadow=edge&status=unresolved").await.is_empty(),
+        "one failure is not yet an incident"
+    );
+    fleet.editor.post("/api/v1/shadows/edge/check", json!({})).await;
+    let (incident, _) = fleet.open_incident("edge", WITHIN).await;
+    assert_eq!(kinds(&incident), ["unreachable"], "{incident}");
+    // Back again: the next check resolves it.
+    fleet.agent.as_mut().unwrap().restart();
+    let (_, shadow) = fleet.editor.post("/api/v1/shadows/edge/check", json!({})).await;
+    assert_eq!(shadow["status"], "in_sync", "{shadow}");
+    let healed = fleet.resolved(incident["id"].as_i64().unwrap(), WITHIN).await;
+    assert_eq!(healed["resolution"], "self_healed");
+    fleet.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_bound_to_another_control_plane_is_a_fenced_incident() {
+    let fleet = fleet(INTERVAL, true).await;
+    let agent = fleet.agent.as_ref().unwrap();
+    // A second control plane (its own database) registers the same agent; the agent
+    // belongs to the first, so the second sees a shadow it can never write: fenced.
+    let other = TestServer::start_with(|config| config.check_interval = INTERVAL).await;
+    other.user("root", Role::Admin).await;
+    other.user("eve", Role::Editor).await;
+    let admin = other.login("root").await;
+    let (status, body) = admin
+        .post(
+            "/api/v1/shadows",
+            json!({"driver": "agent", "name": "edge", "url": agent.url(), "token": AGENT_TOKEN, "tls_pin": agent.tls_pin()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let watcher = other.login("eve").await;
+    let started = Instant::now();
+    let incident = loop {
+        let (_, page) = watcher.get("/api/v1/incidents?shadow=edge&status=unresolved").await;
+        if let Some(found) = page["items"].as_array().unwrap().first() {
+            break found.clone();
+        }
+        assert!(started.elapsed() < WITHIN, "no fenced incident on the second control plane");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(incident["kind"], "fenced", "{incident}");
+    assert_eq!(incident["severity"], "critical");
+    let (_, shadow) = watcher.get("/api/v1/shadows/edge").await;
+    assert_eq!(shadow["status"], "fenced");
+    // The rightful control plane sees its shadow in sync, with no incident.
+    let (_, shadow) = fleet.editor.post("/api/v1/shadows/edge/check", json!({})).await;
+    assert_eq!(shadow["status"], "in_sync", "{shadow}");
+    assert!(fleet.incidents("shadow=edge").await.is_empty());
+    other.stop().await;
+    fleet.server.stop().await;
+}
