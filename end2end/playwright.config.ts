@@ -1,6 +1,9 @@
 import { defineConfig } from '@playwright/test';
 
 const listen = process.env.E2E_LISTEN ?? '127.0.0.1:3011';
+// The throw-away data directory of the server the tests run against (serve.sh empties it
+// first): the drift journey edits a shadow's file under it by hand.
+export const dataDir = process.env.E2E_DATA_DIR ?? '/tmp/etc-shadow-e2e-data';
 
 export default defineConfig({
   testDir: './tests',
@@ -23,7 +26,7 @@ export default defineConfig({
   webServer: {
     command: './serve.sh',
     url: `http://${listen}/healthz`,
-    env: { E2E_LISTEN: listen },
+    env: { E2E_LISTEN: listen, E2E_DATA_DIR: dataDir },
     reuseExistingServer: false,
     timeout: 120_000,
     stdout: 'pipe',

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=./target/debug/etc-shadow
-data=$(mktemp -d -t etc-shadow-e2e.XXXXXX)
+data=${E2E_DATA_DIR:-$(mktemp -d -t etc-shadow-e2e.XXXXXX)}
+rm -rf "$data" && mkdir -p "$data"
 trap 'rm -rf "$data"' EXIT
 listen=${E2E_LISTEN:-127.0.0.1:3011}
 export ETC_SHADOW_DEMO_AGENT_LISTEN=${E2E_AGENT_LISTEN:-127.0.0.1:3111}

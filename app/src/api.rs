@@ -458,6 +458,14 @@ pub async fn check_shadow(name: String) -> Result<(), ServerFnError> {
         .map(drop)
 }
 
+/// The primary against what a shadow holds now.
+#[server]
+pub async fn shadow_diff(name: String) -> Result<DiffView, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    monitor()?.shadow_diff(&name).await.map_err(fail)
+}
+
 /// Incidents, newest first. Empty strings mean "any".
 #[server]
 pub async fn incidents(

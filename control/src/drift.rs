@@ -568,3 +568,108 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+impl Monitor {
+    /// The visual diff of the primary (current revision) against what one shadow holds
+    /// now, entry by entry: `removed` entries the shadow lacks, `added` files it should not
+    /// have, `modified` ones with their line diff and policy changes. Secret entries are
+    /// never diffed, only marked changed.
+    pub async fn shadow_diff(&self, name: &str) -> Result<domain::api::DiffView> {
+        use domain::api::{DiffView, EntryDiff, EntryView};
+        let driver = self.registry.driver(&self.db, name).await?;
+        let state = tokio::time::timeout(self.check_timeout, driver.state(true))
+            .await
+            .map_err(|_| Error::conflict("shadow_unavailable", format!("{name}: no answer within {:?}", self.check_timeout)))?
+            .map_err(|err| Error::conflict("shadow_unavailable", format!("{name}: {err}")))?;
+        let mut conn = self.db.read.acquire().await?;
+        let current = revisions::current_number(&mut conn).await?;
+        let expected = revisions::entries(&mut conn, current).await?;
+        drop(conn);
+        let drifts = self.classify(&expected, &state).await?;
+        let observed: HashMap<String, domain::protocol::ObservedEntry> =
+            state.entries.unwrap_or_default().into_iter().map(|e| (e.path.clone(), e)).collect();
+        let mut entries = Vec::new();
+        for drift in drifts {
+            let want = expected.get(&drift.path);
+            let have = observed.get(&drift.path);
+            let old = want.map(|row| row.view());
+            let new = have.map(|o| EntryView {
+                path: o.path.clone(),
+                format: want
+                    .map(|w| w.format.clone())
+                    .unwrap_or_else(|| domain::Format::guess(&o.path).as_str().to_string()),
+                mode: o.mode.clone(),
+                owner: o.owner.clone(),
+                group: o.group.clone(),
+                secret: want.is_some_and(|w| w.secret),
+                size: o.size,
+                entry_hash: o.entry_hash.clone(),
+            });
+            let mut policy_changes = Vec::new();
+            if let (Some(old), Some(new)) = (&old, &new) {
+                if old.mode != new.mode {
+                    policy_changes.push(format!("mode {} → {}", old.mode, new.mode));
+                }
+                if !old.owner.is_empty() && old.owner != new.owner {
+                    policy_changes.push(format!("owner {} → {}", old.owner, new.owner));
+                }
+                if !old.group.is_empty() && old.group != new.group {
+                    policy_changes.push(format!("group {} → {}", old.group, new.group));
+                }
+            }
+            let secret = want.is_some_and(|w| w.secret);
+            let content_differs = matches!(drift.kind, DriftKind::Content | DriftKind::Missing | DriftKind::Unexpected);
+            let (text, keys) = if content_differs && !secret {
+                let primary = match want.and_then(|w| w.blob.clone()) {
+                    Some(blob) => {
+                        let mut conn = self.db.read.acquire().await?;
+                        String::from_utf8_lossy(&revisions::blob(&mut conn, &blob).await?).into_owned()
+                    }
+                    None => String::new(),
+                };
+                let shadow = match have {
+                    Some(_) => driver
+                        .read_entry(&drift.path)
+                        .await
+                        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                        .map_err(|err| Error::conflict("shadow_unavailable", format!("{name}: {err}")))?,
+                    None => String::new(),
+                };
+                let keys = match (want, have) {
+                    (Some(want), Some(_)) => want
+                        .format
+                        .parse::<domain::Format>()
+                        .ok()
+                        .and_then(|format| domain::keys::key_changes(format, &primary, &shadow)),
+                    _ => None,
+                };
+                (
+                    Some(domain::diff::diff_text(&primary, &shadow, Some(revisions::DIFF_DEADLINE))),
+                    keys,
+                )
+            } else {
+                (None, None)
+            };
+            entries.push(EntryDiff {
+                path: drift.path.clone(),
+                status: match drift.kind {
+                    DriftKind::Missing => "removed",
+                    DriftKind::Unexpected => "added",
+                    _ => "modified",
+                }
+                .to_string(),
+                old,
+                new,
+                policy_changes,
+                text,
+                secret_changed: secret && drift.kind == DriftKind::Content,
+                keys,
+            });
+        }
+        Ok(DiffView {
+            from: format!("primary, revision #{current}"),
+            to: format!("shadow {name}"),
+            entries,
+        })
+    }
+}

@@ -5,6 +5,7 @@ use domain::{
     EntryPath,
     api::{DiffView, EntryContent, EntryDiff, EntryView, Page, RevisionSummary, RevisionView},
     diff::diff_text,
+    keys::key_changes,
     policy::format_mode,
 };
 use sqlx::SqliteConnection;
@@ -238,12 +239,20 @@ pub(crate) async fn diff_sets(
             continue;
         }
         let secret = before.is_some_and(|e| e.secret) || after.is_some_and(|e| e.secret);
-        let text = if content_changed && !secret {
+        let (text, keys) = if content_changed && !secret {
             let old_text = text_of(conn, before).await?;
             let new_text = text_of(conn, after).await?;
-            Some(diff_text(&old_text, &new_text, Some(DIFF_DEADLINE)))
+            let keys = match (before, after) {
+                (Some(b), Some(a)) if b.format == a.format => a
+                    .format
+                    .parse::<domain::Format>()
+                    .ok()
+                    .and_then(|format| key_changes(format, &old_text, &new_text)),
+                _ => None,
+            };
+            (Some(diff_text(&old_text, &new_text, Some(DIFF_DEADLINE))), keys)
         } else {
-            None
+            (None, None)
         };
         result.push(EntryDiff {
             path: path.clone(),
@@ -253,6 +262,7 @@ pub(crate) async fn diff_sets(
             policy_changes: policy,
             text,
             secret_changed: secret && content_changed,
+            keys,
         });
     }
     Ok(result)

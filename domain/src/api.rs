@@ -213,6 +213,11 @@ pub struct EntryDiff {
     /// entries whose content did not change.
     pub text: Option<TextDiff>,
     pub secret_changed: bool,
+    /// For json, yaml and toml: the keys whose values differ, blind to formatting (an
+    /// empty list: only formatting differs). `None` for other formats, secrets, or a side
+    /// that does not parse.
+    #[serde(default)]
+    pub keys: Option<Vec<crate::keys::KeyChange>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

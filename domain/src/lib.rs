@@ -15,6 +15,7 @@ pub mod diff;
 pub mod drift;
 pub mod format;
 pub mod hash;
+pub mod keys;
 pub mod path;
 pub mod policy;
 pub mod protocol;

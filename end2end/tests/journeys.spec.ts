@@ -1,4 +1,7 @@
 import { expect, test } from '@playwright/test';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { dataDir } from '../playwright.config';
 import { ChangePage, EditorPage, LoginPage, hydrated, users } from './pages';
 
 test('nothing is reachable without signing in, and a wrong password is refused', async ({ page }) => {
@@ -140,6 +143,43 @@ test('a viewer reads but is offered no edits', async ({ page }) => {
   await expect(page.getByTestId('entry-row').first()).toBeVisible();
   await expect(page.getByTestId('new-entry')).toHaveCount(0);
   await expect(page.getByTestId('edit-entry')).toHaveCount(0);
+});
+
+test('a hand edit on a shadow becomes an incident live, and reconcile brings the shadow back', async ({ page }) => {
+  await new LoginPage(page).signInAs(users.approver);
+  await page.goto('/incidents');
+  await hydrated(page);
+  await expect(page.getByTestId('live-flag')).toHaveAttribute('data-live', 'true');
+  await expect(page.locator('[data-test=incident-row][data-shadow=edge]')).toHaveCount(0);
+  await page.evaluate(() => ((window as unknown as { stillThisPage: boolean }).stillThisPage = true));
+
+  // Somebody edits a file on the agent's node by hand.
+  writeFileSync(
+    join(dataDir, 'demo-shadows', 'edge', 'live', 'app.toml'),
+    '# Application settings\n[server]\nhost = "0.0.0.0"\nport = 6666\ntimeout = 30\n\n[database]\npool_size = 16\n',
+  );
+  const row = page.locator('[data-test=incident-row][data-shadow=edge]');
+  await expect(row).toHaveCount(1);
+  await expect(row).toHaveAttribute('data-kind', 'content');
+  expect(await page.evaluate(() => (window as unknown as { stillThisPage?: boolean }).stillThisPage)).toBe(true);
+
+  // The incident: what differs, and the diff of the primary against the shadow.
+  await row.getByTestId('incident-link').click();
+  await hydrated(page);
+  await expect(page.getByTestId('incident')).toHaveAttribute('data-status', 'open');
+  await expect(page.locator('[data-test=incident-entry][data-path="app.toml"]')).toHaveAttribute('data-kind', 'content');
+  const diff = page.locator('[data-test=entry-diff][data-path="app.toml"]');
+  await expect(diff.locator('[data-test=line-ins]')).toContainText('6666');
+  await expect(diff.getByTestId('key-change')).toHaveText('server.port: 8080 → 6666');
+  await expect(page.locator('[data-test=timeline-event][data-event=detected]')).toHaveCount(1);
+
+  // Reconcile: the current revision goes back to the shadow and the incident closes.
+  await page.getByTestId('reconcile').click();
+  await expect(page.getByTestId('reconcile-result')).toHaveAttribute('data-state', 'applied');
+  await expect(page.getByTestId('incident')).toHaveAttribute('data-status', 'resolved');
+  await expect(page.getByTestId('incident-resolution')).toContainText('reconciled');
+  await page.goto('/shadows');
+  await expect(page.locator('[data-test=shadow-row][data-name=edge]')).toHaveAttribute('data-status', 'in_sync');
 });
 
 test.describe('without JavaScript', () => {

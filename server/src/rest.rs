@@ -100,6 +100,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::GET, "/api/v1/shadows/{name}", Some(Viewer), get(get_shadow)),
         route(Method::DELETE, "/api/v1/shadows/{name}", Some(Admin), delete(remove_shadow)),
         route(Method::POST, "/api/v1/shadows/{name}/check", Some(Viewer), post(check_shadow)),
+        route(Method::GET, "/api/v1/shadows/{name}/diff", Some(Viewer), get(diff_shadow)),
         route(
             Method::POST,
             "/api/v1/shadows/{name}/reconcile",
@@ -461,6 +462,10 @@ async fn remove_shadow(
 /// Asks the shadow for its state now and records what it answered.
 async fn check_shadow(State(state): State<AppState>, PathParams(name): PathParams<String>) -> ApiResult<Response> {
     Ok(Json(state.monitor.check(&name, Trigger::Manual).await?).into_response())
+}
+
+async fn diff_shadow(State(state): State<AppState>, PathParams(name): PathParams<String>) -> ApiResult<Response> {
+    Ok(Json(state.monitor.shadow_diff(&name).await?).into_response())
 }
 
 async fn list_incidents(State(state): State<AppState>, QueryParams(filter): QueryParams<IncidentFilter>) -> ApiResult<Response> {

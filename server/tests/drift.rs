@@ -161,6 +161,17 @@ async fn each_kind_of_drift_on_a_directory_shadow_becomes_one_incident() {
     assert_eq!(incident["detected_by"], "poll");
     assert_eq!(entry(&incident, "app.toml")["kind"], "content");
     let id = incident["id"].as_i64().unwrap();
+    // The visual diff of the primary against the shadow: lines, and keys for toml.
+    let (status, diff) = fleet.editor.get("/api/v1/shadows/dc1/diff").await;
+    assert_eq!(status, StatusCode::OK, "{diff}");
+    let app = &diff["entries"][0];
+    assert_eq!(
+        (app["path"].as_str(), app["status"].as_str()),
+        (Some("app.toml"), Some("modified")),
+        "{diff}"
+    );
+    assert_eq!(app["keys"], json!([{"key": "server.port", "old": "8080", "new": "1"}]));
+    assert_eq!((app["text"]["added"].as_i64(), app["text"]["removed"].as_i64()), (Some(1), Some(1)));
     // Repeated checks of the same drift add nothing.
     tokio::time::sleep(INTERVAL * 4).await;
     assert_eq!(fleet.incidents("shadow=dc1").await.len(), 1);

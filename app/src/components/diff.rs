@@ -50,6 +50,7 @@ pub fn DiffViewer(diff: DiffView) -> impl IntoView {
 fn EntryDiffView(entry: EntryDiff, layout: RwSignal<Layout>) -> impl IntoView {
     let status_class = format!("entry-status status-{}", entry.status);
     let policy = entry.policy_changes.clone();
+    let keys = entry.keys.clone();
     let hunks = entry.text.as_ref().map(|t| t.hunks.clone()).unwrap_or_default();
     let stats = entry.text.as_ref().map(|t| format!("+{} −{}", t.added, t.removed));
     let secret_note = entry
@@ -69,6 +70,15 @@ fn EntryDiffView(entry: EntryDiff, layout: RwSignal<Layout>) -> impl IntoView {
                 </ul>
             })}
             {secret_note}
+            {keys.map(|keys| if keys.is_empty() {
+                view! { <p class="muted" data-test="keys-formatting-only">"Only formatting differs: every key has the same value."</p> }.into_any()
+            } else {
+                view! {
+                    <ul class="key-changes" data-test="key-changes">
+                        {keys.into_iter().map(|k| view! { <li data-test="key-change" data-key=k.key.clone()><code>{k.to_string()}</code></li> }).collect_view()}
+                    </ul>
+                }.into_any()
+            })}
             {move || {
                 let hunks = hunks.get_value();
                 if hunks.is_empty() {

@@ -24,6 +24,7 @@ pub fn Layout(#[prop(into)] title: String, children: ChildrenFn) -> impl IntoVie
                     <A href="/changes">"Changes"</A>
                     <A href="/revisions">"History"</A>
                     <A href="/shadows">"Shadows"</A>
+                    <A href="/incidents">"Incidents"</A>
                     <A href="/rollouts">"Rollouts"</A>
                     <A href="/audit">"Audit"</A>
                 </nav>

@@ -1,4 +1,4 @@
-//! Live rollout progress: the `rollout` events of `GET /api/v1/events` as a signal.
+//! Live pages: the `rollout` and `incident` events of `GET /api/v1/events` as signals.
 //!
 //! The server renders a rollout as its journal records it; once the page is hydrated the
 //! browser subscribes to the event stream and every prepare, decision, commit and receipt
@@ -18,19 +18,23 @@ pub struct Received {
     pub at_ms: f64,
 }
 
-/// Every rollout event received since the page opened. Empty on the server.
+/// Every rollout event received since the page opened, and a count of incident changes.
+/// Empty on the server.
 #[derive(Clone, Copy)]
-pub struct RolloutFeed {
+pub struct LiveFeed {
     pub events: RwSignal<Vec<Received>>,
+    /// Moves whenever an incident opens, changes or closes: lists refetch when it does.
+    pub incident_changes: RwSignal<usize>,
     /// Whether the stream is open (shown, so a silent page is not mistaken for a stuck one).
     pub connected: RwSignal<bool>,
 }
 
-impl RolloutFeed {
+impl LiveFeed {
     /// Opens the stream once the page runs in the browser; closes it with the page.
-    pub fn open() -> RolloutFeed {
-        let feed = RolloutFeed {
+    pub fn open() -> LiveFeed {
+        let feed = LiveFeed {
             events: RwSignal::new(Vec::new()),
+            incident_changes: RwSignal::new(0),
             connected: RwSignal::new(false),
         };
         #[cfg(feature = "hydrate")]
@@ -84,7 +88,7 @@ pub fn phase_rank(phase: &str) -> u8 {
 
 #[cfg(feature = "hydrate")]
 mod browser {
-    use super::RolloutFeed;
+    use super::LiveFeed;
     use domain::api::RolloutEvent;
     use leptos::prelude::*;
     use wasm_bindgen::{JsCast, closure::Closure};
@@ -93,7 +97,7 @@ mod browser {
         web_sys::window().and_then(|w| w.performance()).map(|p| p.now()).unwrap_or_default()
     }
 
-    pub fn subscribe(feed: RolloutFeed) {
+    pub fn subscribe(feed: LiveFeed) {
         let Ok(source) = web_sys::EventSource::new("/api/v1/events") else {
             return;
         };
@@ -107,12 +111,16 @@ mod browser {
             }
         });
         let _ = source.add_event_listener_with_callback("rollout", on_rollout.as_ref().unchecked_ref());
+        let on_incident = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |_: web_sys::MessageEvent| {
+            feed.incident_changes.update(|n| *n += 1);
+        });
+        let _ = source.add_event_listener_with_callback("incident", on_incident.as_ref().unchecked_ref());
         let on_open = Closure::<dyn FnMut()>::new(move || feed.connected.set(true));
         source.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         // The browser reconnects by itself; until then the page says it is not live.
         let on_error = Closure::<dyn FnMut()>::new(move || feed.connected.set(false));
         source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
-        let handle = send_wrapper::SendWrapper::new((source, on_rollout, on_open, on_error));
+        let handle = send_wrapper::SendWrapper::new((source, on_rollout, on_incident, on_open, on_error));
         on_cleanup(move || handle.0.close());
     }
 }

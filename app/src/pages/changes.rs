@@ -7,7 +7,7 @@ use crate::{
         diff::DiffViewer,
         error_text,
         layout::{Layout, use_me},
-        live::RolloutFeed,
+        live::LiveFeed,
         when,
     },
     pages::{config::edit_href, rollouts::RolloutShadows},
@@ -130,7 +130,7 @@ pub fn ChangePage() -> impl IntoView {
     let params = use_params_map();
     let id = move || params.read().get("id").and_then(|n| n.parse::<i64>().ok()).unwrap_or(-1);
     let actions = Actions::new();
-    let feed = RolloutFeed::open();
+    let feed = LiveFeed::open();
     // The change and its rollout are read again after every action and whenever a rollout
     // starts, decides or ends (the event stream says when).
     let data = Resource::new(
@@ -176,7 +176,7 @@ pub fn ChangePage() -> impl IntoView {
 /// The change's latest rollout: its outcome, or while it runs, what it waits for; each
 /// shadow's steps stream in live.
 #[component]
-fn RolloutProgress(rollout: RolloutView, feed: RolloutFeed) -> impl IntoView {
+fn RolloutProgress(rollout: RolloutView, feed: LiveFeed) -> impl IntoView {
     let r = rollout.clone();
     let waiting: Vec<String> = r
         .shadows

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod changes;
 pub mod config;
 pub mod editor;
+pub mod incidents;
 pub mod login;
 pub mod overview;
 pub mod rollouts;

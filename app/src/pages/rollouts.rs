@@ -6,7 +6,7 @@ use crate::{
     components::{
         ErrorBox, ShortHash, StateBadge, error_text,
         layout::Layout,
-        live::{RolloutFeed, phase_rank},
+        live::{LiveFeed, phase_rank},
         when,
     },
 };
@@ -19,7 +19,7 @@ use leptos_router::hooks::{use_params_map, use_query_map};
 /// With a live `feed`, each row also shows the steps the shadow went through as they
 /// arrive, and its phase moves without a reload.
 #[component]
-pub fn RolloutShadows(rollout: RolloutView, #[prop(optional)] feed: Option<RolloutFeed>) -> impl IntoView {
+pub fn RolloutShadows(rollout: RolloutView, #[prop(optional)] feed: Option<LiveFeed>) -> impl IntoView {
     if rollout.shadows.is_empty() {
         return view! { <p class="muted">"No shadows were registered: the primary alone moved to the new revision."</p> }.into_any();
     }
