@@ -64,6 +64,8 @@ pub struct Monitor {
     /// Checks running at once in a sweep.
     pub concurrency: usize,
     notices: broadcast::Sender<IncidentNotice>,
+    /// Latency of asking a shadow for its state, for `GET /metrics`.
+    pub check_latency: crate::metrics::Histogram,
     /// One check at a time per shadow.
     checking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Event-stream listeners of agent shadows, by shadow name.
@@ -81,6 +83,7 @@ impl Monitor {
             check_timeout: Duration::from_secs(5),
             concurrency: 16,
             notices: broadcast::channel(1024).0,
+            check_latency: crate::metrics::Histogram::default(),
             checking: Mutex::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
         }
@@ -118,7 +121,10 @@ impl Monitor {
             return shadows::get(&self.db, name).await;
         }
         let driver = self.registry.driver(&self.db, name).await?;
-        let observed = match tokio::time::timeout(self.check_timeout, driver.state(true)).await {
+        let asked = std::time::Instant::now();
+        let answer = tokio::time::timeout(self.check_timeout, driver.state(true)).await;
+        self.check_latency.observe(asked.elapsed());
+        let observed = match answer {
             Ok(result) => result,
             Err(_) => Err(ShadowError {
                 code: "timeout".into(),

@@ -2,7 +2,7 @@
 //! that differ and a timeline. The drift monitor opens, updates and self-resolves them;
 //! people acknowledge, adopt or resolve them.
 
-use crate::{Caller, Db, Error, Result, audit, audit::page, now};
+use crate::{Caller, Db, Error, Result, audit, audit::page, now, webhooks};
 use domain::{
     Role,
     api::{IncidentEvent, IncidentNotice, IncidentView, Page},
@@ -101,6 +101,11 @@ impl From<IncidentRow> for IncidentView {
             timeline: Vec::new(),
         }
     }
+}
+
+/// What a webhook is told of an incident: never entry contents, only names and kinds.
+fn hook_data(id: i64, shadow: &str, kind: &str, kinds: &BTreeSet<DriftKind>, status: &str) -> serde_json::Value {
+    json!({"incident": id, "shadow": shadow, "kind": kind, "kinds": kinds, "status": status})
 }
 
 fn notice(id: i64, shadow: &str, kind: &str, status: &str, change: &str) -> IncidentNotice {
@@ -206,6 +211,12 @@ pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Resu
                 json!({"shadow": shadow, "kinds": finding.kinds}),
             )
             .await?;
+            webhooks::enqueue(
+                &mut tx,
+                "incident.opened",
+                hook_data(id, shadow, worst.as_str(), &finding.kinds, "open"),
+            )
+            .await?;
             Some(notice(id, shadow, worst.as_str(), "open", "opened"))
         }
         Some((id, _, seen)) if seen == fingerprint => {
@@ -242,6 +253,7 @@ pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Resu
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
+            webhooks::enqueue(&mut tx, "incident.updated", hook_data(id, shadow, worst.as_str(), &all, &status)).await?;
             Some(notice(id, shadow, worst.as_str(), &status, "updated"))
         }
     };
@@ -277,12 +289,18 @@ pub async fn resolve_in_sync(db: &Db, shadow: &str) -> Result<Option<IncidentNot
 }
 
 async fn close(tx: &mut Transaction<'_, Sqlite>, id: i64, actor: &str, resolution: &str, details: serde_json::Value) -> Result<()> {
-    sqlx::query("UPDATE incidents SET status = 'resolved', resolution = ?, resolved_at = ? WHERE id = ?")
-        .bind(resolution)
-        .bind(now())
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
+    let (shadow, kind, kinds): (String, String, String) = sqlx::query_as(
+        "UPDATE incidents SET status = 'resolved', resolution = ?, resolved_at = ? WHERE id = ? RETURNING shadow, kind, kinds",
+    )
+    .bind(resolution)
+    .bind(now())
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let kinds: BTreeSet<DriftKind> = kinds.split(',').filter_map(DriftKind::parse).collect();
+    let mut data = hook_data(id, &shadow, &kind, &kinds, "resolved");
+    data["resolution"] = json!(resolution);
+    webhooks::enqueue(tx, "incident.resolved", data).await?;
     add_event(tx, id, actor, "resolved", details.clone()).await?;
     audit::append(tx, actor, "incident.resolve", &format!("incident/{id}"), details).await?;
     Ok(())
@@ -442,6 +460,12 @@ pub async fn acknowledge(db: &Db, caller: &Caller, id: i64, note: Option<&str>) 
         .await?;
     let details = json!({"note": note});
     add_event(&mut tx, id, &caller.username, "acknowledged", details.clone()).await?;
+    let (kinds,): (String,) = sqlx::query_as("SELECT kinds FROM incidents WHERE id = ?")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let kinds: BTreeSet<DriftKind> = kinds.split(',').filter_map(DriftKind::parse).collect();
+    webhooks::enqueue(&mut tx, "incident.updated", hook_data(id, &shadow, &kind, &kinds, "acknowledged")).await?;
     audit::append(
         &mut tx,
         &caller.username,

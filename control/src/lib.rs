@@ -12,12 +12,14 @@ pub mod db;
 pub mod drift;
 pub mod error;
 pub mod incidents;
+pub mod metrics;
 pub mod revisions;
 pub mod rollouts;
 pub mod sessions;
 pub mod shadows;
 pub mod tls;
 pub mod users;
+pub mod webhooks;
 
 pub use db::Db;
 pub use error::{Error, Result};

@@ -356,6 +356,12 @@ impl Coordinator {
                 .execute(&mut *tx)
                 .await?;
             audit::append(&mut tx, &caller.username, "rollout.applied", &format!("rollout/{id}"), details).await?;
+            crate::webhooks::enqueue(
+                &mut tx,
+                "rollout.applied",
+                json!({"rollout": id, "revision": number, "root": root, "shadows": []}),
+            )
+            .await?;
             let view = view_in(&mut tx, id).await?;
             tx.commit().await?;
             return Ok(Started::Done(view));
@@ -559,6 +565,12 @@ impl Coordinator {
                 json!({"decision": "abort", "error": error}),
             )
             .await?;
+            crate::webhooks::enqueue(
+                &mut tx,
+                "rollout.failed",
+                json!({"rollout": plan.id, "revision": plan.revision, "root": plan.root, "error": error}),
+            )
+            .await?;
         }
         tx.commit().await?;
         self.emit(plan.id, None, if commit { "committing" } else { "failed" }, None);
@@ -684,6 +696,7 @@ impl Coordinator {
                 json!({"kind": kind, "root": root}),
             )
             .await?;
+            crate::webhooks::enqueue(&mut tx, "rollout.applied", json!({"rollout": id, "kind": kind, "root": root})).await?;
             tx.commit().await?;
             self.emit(id, None, "applied", Some(root));
         }

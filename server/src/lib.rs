@@ -172,6 +172,7 @@ pub async fn serve(
     });
     let monitor = state.monitor.clone();
     let drift = tokio::spawn(monitor.clone().run());
+    let webhooks = tokio::spawn(control::webhooks::run(db.clone()));
     let app = router(state);
     // Graceful shutdown waits for open connections; event streams never end by
     // themselves, so after the signal they get a short grace period and no more.
@@ -189,6 +190,7 @@ pub async fn serve(
     };
     recovery.abort();
     drift.abort();
+    webhooks.abort();
     monitor.stop();
     db.close().await;
     result

@@ -122,9 +122,15 @@ pub fn routes() -> Vec<RouteSpec> {
             post(resolve_incident),
         ),
         route(Method::POST, "/api/v1/incidents/{id}/adopt", Some(Editor), post(adopt_incident)),
+        route(Method::POST, "/api/v1/webhooks", Some(Admin), post(create_webhook)),
+        route(Method::GET, "/api/v1/webhooks", Some(Admin), get(list_webhooks)),
+        route(Method::GET, "/api/v1/webhooks/deliveries", Some(Admin), get(list_deliveries)),
+        route(Method::DELETE, "/api/v1/webhooks/{id}", Some(Admin), delete(remove_webhook)),
         route(Method::GET, "/api/v1/users", Some(Admin), get(list_users)),
         route(Method::POST, "/api/v1/users", Some(Admin), post(create_user)),
         route(Method::GET, "/healthz", None, get(healthz)),
+        // Scrapers authenticate with an API token (viewer role is enough).
+        route(Method::GET, "/metrics", Some(Viewer), get(metrics)),
     ]
 }
 
@@ -462,6 +468,48 @@ async fn remove_shadow(
 /// Asks the shadow for its state now and records what it answered.
 async fn check_shadow(State(state): State<AppState>, PathParams(name): PathParams<String>) -> ApiResult<Response> {
     Ok(Json(state.monitor.check(&name, Trigger::Manual).await?).into_response())
+}
+
+async fn create_webhook(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    JsonBody(body): JsonBody<control::webhooks::NewWebhook>,
+) -> ApiResult<Response> {
+    let created = control::webhooks::create(&state.db, caller(&auth), body).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn list_webhooks(State(state): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(json!({"items": control::webhooks::list(&state.db).await?, "next": null})).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct DeliveryQuery {
+    webhook: Option<i64>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_deliveries(State(state): State<AppState>, QueryParams(q): QueryParams<DeliveryQuery>) -> ApiResult<Response> {
+    Ok(Json(control::webhooks::deliveries(&state.db, q.webhook, q.before, q.limit).await?).into_response())
+}
+
+async fn remove_webhook(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(id): PathParams<i64>,
+) -> ApiResult<Response> {
+    control::webhooks::remove(&state.db, caller(&auth), id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let text = control::metrics::render(&state.db, &state.monitor.check_latency).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response())
 }
 
 async fn diff_shadow(State(state): State<AppState>, PathParams(name): PathParams<String>) -> ApiResult<Response> {

@@ -261,6 +261,25 @@ async fn each_kind_of_drift_on_a_directory_shadow_becomes_one_incident() {
     let (_, shadow) = fleet.editor.get("/api/v1/shadows/dr-site").await;
     assert_eq!(shadow["status"], "stale");
 
+    // Metrics: the fleet and the open incident, for a scraper with a session or API token.
+    let metrics = fleet.editor.send(reqwest::Method::GET, "/metrics", None).await;
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let metrics = metrics.text().await.unwrap();
+    for line in [
+        "etc_shadow_incidents_open{kind=\"stale\"} 1",
+        "etc_shadow_incidents_open{kind=\"content\"} 0",
+        "etc_shadow_shadows{status=\"stale\"} 1",
+        "etc_shadow_shadows{status=\"in_sync\"} 1",
+        "etc_shadow_rollout_duration_seconds_count 4",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing from:\n{metrics}");
+    }
+    assert!(metrics.contains("etc_shadow_check_duration_seconds_count "), "{metrics}");
+    assert!(metrics.contains("etc_shadow_seconds_since_in_sync{shadow=\"dc1\"} "), "{metrics}");
+    let anonymous = fleet.server.anonymous().send(reqwest::Method::GET, "/metrics", None).await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
     // Filters and actions check their input.
     let (status, _) = fleet.editor.get("/api/v1/incidents?kind=bogus").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -367,5 +386,110 @@ async fn an_agent_bound_to_another_control_plane_is_a_fenced_incident() {
     assert_eq!(shadow["status"], "in_sync", "{shadow}");
     assert!(fleet.incidents("shadow=edge").await.is_empty());
     other.stop().await;
+    fleet.server.stop().await;
+}
+
+/// A local webhook receiver: answers 500 to the first delivery, 200 afterwards, and keeps
+/// what it was sent with the signature header.
+async fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>) {
+    use axum::{extract::State, http::HeaderMap, routing::post};
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+    let seen: Seen = Default::default();
+    async fn hook(State(seen): State<Seen>, headers: HeaderMap, body: String) -> StatusCode {
+        let mut seen = seen.lock().unwrap();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        seen.push((header("x-etc-shadow-event"), header("x-etc-shadow-signature"), body));
+        if seen.len() == 1 {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::OK
+        }
+    }
+    let app = axum::Router::new().route("/hook", post(hook)).with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_and_logged() {
+    let fleet = fleet(INTERVAL, false).await;
+    let admin = fleet.server.login("ada").await;
+    let (url, seen) = receiver().await;
+    let (status, bad) = admin.post("/api/v1/webhooks", json!({"url": "ftp://example.com/x"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    let (status, bad) = admin
+        .post("/api/v1/webhooks", json!({"url": url, "events": ["incident.exploded"]}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    let (status, refused) = fleet.approver.post("/api/v1/webhooks", json!({"url": url})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    let (status, hook) = admin
+        .post(
+            "/api/v1/webhooks",
+            json!({"url": url, "events": ["incident.opened", "incident.resolved"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    let secret = hook["secret"].as_str().unwrap().to_string();
+    let (_, listed) = admin.get("/api/v1/webhooks").await;
+    assert!(listed["items"][0].get("secret").is_none(), "the secret is shown once: {listed}");
+
+    // A drift: the first delivery fails (500), the retry succeeds.
+    tokio::time::sleep(INTERVAL * 2).await;
+    std::fs::write(fleet.dirs[0].join("app.toml"), "[server]\nport = 2\n").unwrap();
+    let (incident, _) = fleet.open_incident("dc1", WITHIN).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < 2 {
+        if Instant::now() > deadline {
+            let (_, log) = admin.get("/api/v1/webhooks/deliveries").await;
+            panic!("no retry: {:?}; log {log}", seen.lock().unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let received = seen.lock().unwrap().clone();
+    for (event, signature, body) in &received[..2] {
+        assert_eq!(event, "incident.opened");
+        assert_eq!(
+            *signature,
+            control::webhooks::signature(&secret, body.as_bytes()),
+            "signed with the secret"
+        );
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["data"]["incident"], incident["id"]);
+        assert_eq!(body["data"]["shadow"], "dc1");
+        assert!(!body.to_string().contains("port = 2"), "no entry content in a webhook");
+    }
+    assert_eq!(received[0].2, received[1].2, "the retry sends the same body");
+    // The delivery log says so (it is written just after the receiver answers).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let delivery = loop {
+        let (_, log) = admin.get("/api/v1/webhooks/deliveries").await;
+        let delivery = log["items"][0].clone();
+        if delivery["status"] == "delivered" || Instant::now() > deadline {
+            break delivery;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (delivery["status"].as_str(), delivery["attempts"].as_i64()),
+        (Some("delivered"), Some(2)),
+        "{delivery}"
+    );
+    assert_eq!(delivery["last_status"], 200);
+
+    // Resolved: told as well (acknowledged/updated is not subscribed, so not sent).
+    fleet.reconcile("dc1").await;
+    fleet.resolved(incident["id"].as_i64().unwrap(), WITHIN).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !seen.lock().unwrap().iter().any(|(event, _, _)| event == "incident.resolved") {
+        assert!(Instant::now() < deadline, "no incident.resolved delivery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen.lock().unwrap().iter().all(|(event, _, _)| event != "rollout.applied"),
+        "only subscribed events"
+    );
     fleet.server.stop().await;
 }
