@@ -142,6 +142,15 @@ pub async fn overview() -> Result<domain::api::Overview, ServerFnError> {
     .await
     .map_err(fail)?;
     let rollouts = control::rollouts::list(&db, None, Some(5)).await.map_err(fail)?;
+    let shadows = control::shadows::list(&db).await.map_err(fail)?;
+    let unresolved = control::incidents::IncidentFilter {
+        status: Some("unresolved".into()),
+        limit: Some(10),
+        ..Default::default()
+    };
+    let open_incidents = control::incidents::list(&db, &unresolved).await.map_err(fail)?.items;
+    let open_incident_count = control::incidents::open_count(&db).await.map_err(fail)?;
+    let incident_days = control::incidents::daily(&db, 14).await.map_err(fail)?;
     let mut awaiting_approval = awaiting.items;
     awaiting_approval.extend(approved.items);
     Ok(domain::api::Overview {
@@ -149,6 +158,10 @@ pub async fn overview() -> Result<domain::api::Overview, ServerFnError> {
         open_changes: i64::try_from(drafts.items.len() + awaiting_approval.len()).unwrap_or(i64::MAX),
         awaiting_approval,
         recent_activity: activity.items,
+        shadows,
+        open_incidents,
+        open_incident_count,
+        incident_days,
         recent_rollouts: rollouts.items,
     })
 }
@@ -456,6 +469,42 @@ pub async fn check_shadow(name: String) -> Result<(), ServerFnError> {
         .await
         .map_err(fail)
         .map(drop)
+}
+
+#[server]
+pub async fn webhooks() -> Result<Vec<domain::api::WebhookView>, ServerFnError> {
+    use ssr::*;
+    caller()?.require(domain::Role::Admin).map_err(fail)?;
+    control::webhooks::list(&db()?).await.map_err(fail)
+}
+
+/// `events`: comma-separated event names, empty for all.
+#[server]
+pub async fn create_webhook(url: String, events: Option<String>) -> Result<domain::api::WebhookView, ServerFnError> {
+    use ssr::*;
+    let events = events
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect();
+    control::webhooks::create(&db()?, &caller()?, control::webhooks::NewWebhook { url, events })
+        .await
+        .map_err(fail)
+}
+
+#[server]
+pub async fn remove_webhook(id: i64) -> Result<(), ServerFnError> {
+    use ssr::*;
+    control::webhooks::remove(&db()?, &caller()?, id).await.map_err(fail)
+}
+
+#[server]
+pub async fn webhook_deliveries() -> Result<Page<domain::api::DeliveryView>, ServerFnError> {
+    use ssr::*;
+    caller()?.require(domain::Role::Admin).map_err(fail)?;
+    control::webhooks::deliveries(&db()?, None, None, Some(50)).await.map_err(fail)
 }
 
 /// The primary against what a shadow holds now.

@@ -515,3 +515,37 @@ pub(crate) async fn for_adopt(db: &Db, id: i64) -> Result<IncidentView> {
     }
     Ok(view)
 }
+
+/// Incidents opened per day over the last `days` days (UTC), oldest first, with the mean
+/// time to resolve of those resolved; days without incidents are included.
+pub async fn daily(db: &Db, days: i64) -> Result<Vec<domain::api::IncidentDay>> {
+    let rows: Vec<(String, i64, Option<f64>)> = sqlx::query_as(
+        "SELECT substr(opened_at, 1, 10) AS day, COUNT(*),
+                AVG(CASE WHEN resolved_at IS NOT NULL THEN (julianday(resolved_at) - julianday(opened_at)) * 86400.0 END)
+         FROM incidents WHERE opened_at >= strftime('%Y-%m-%d', 'now', ?) GROUP BY day ORDER BY day",
+    )
+    .bind(format!("-{} days", days - 1))
+    .fetch_all(&db.read)
+    .await?;
+    let today = time::OffsetDateTime::now_utc().date();
+    Ok((0..days)
+        .rev()
+        .map(|back| {
+            let day = (today - time::Duration::days(back)).to_string();
+            let found = rows.iter().find(|(d, _, _)| *d == day);
+            domain::api::IncidentDay {
+                opened: found.map(|(_, n, _)| *n).unwrap_or(0),
+                mean_resolve_seconds: found.and_then(|(_, _, mean)| *mean).map(|mean| mean.round() as i64),
+                day,
+            }
+        })
+        .collect())
+}
+
+/// How many incidents are unresolved.
+pub async fn open_count(db: &Db) -> Result<i64> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM incidents WHERE status != 'resolved'")
+        .fetch_one(&db.read)
+        .await?;
+    Ok(n)
+}

@@ -7,7 +7,7 @@
 
 use crate::{Caller, Db, Error, Result, audit, audit::page, now};
 use domain::{Role, api::Page};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use sqlx::{Sqlite, Transaction};
 use std::time::Duration;
@@ -23,30 +23,37 @@ pub const EVENTS: [&str; 5] = [
 /// Attempts before a delivery is given up as `failed`.
 pub const MAX_ATTEMPTS: i64 = 8;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WebhookView {
-    pub id: i64,
-    pub url: String,
-    pub events: Vec<String>,
-    pub created_by: String,
-    pub created_at: String,
-    /// Only in the answer to the creation: the HMAC key, shown once.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
+pub use domain::api::{DeliveryView, WebhookView};
+
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    id: i64,
+    webhook_id: i64,
+    event: String,
+    status: String,
+    attempts: i64,
+    next_attempt_at: String,
+    last_status: Option<i64>,
+    last_error: Option<String>,
+    created_at: String,
+    delivered_at: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
-pub struct DeliveryView {
-    pub id: i64,
-    pub webhook_id: i64,
-    pub event: String,
-    pub status: String,
-    pub attempts: i64,
-    pub next_attempt_at: String,
-    pub last_status: Option<i64>,
-    pub last_error: Option<String>,
-    pub created_at: String,
-    pub delivered_at: Option<String>,
+impl From<DeliveryRow> for DeliveryView {
+    fn from(row: DeliveryRow) -> Self {
+        DeliveryView {
+            id: row.id,
+            webhook_id: row.webhook_id,
+            event: row.event,
+            status: row.status,
+            attempts: row.attempts,
+            next_attempt_at: row.next_attempt_at,
+            last_status: row.last_status,
+            last_error: row.last_error,
+            created_at: row.created_at,
+            delivered_at: row.delivered_at,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,7 +150,7 @@ pub async fn remove(db: &Db, caller: &Caller, id: i64) -> Result<()> {
 /// The delivery log, newest first (`webhook` narrows it to one hook).
 pub async fn deliveries(db: &Db, webhook: Option<i64>, before: Option<i64>, limit: Option<i64>) -> Result<Page<DeliveryView>> {
     let limit = limit.unwrap_or(50).clamp(1, 500);
-    let rows: Vec<DeliveryView> = sqlx::query_as(
+    let rows: Vec<DeliveryRow> = sqlx::query_as(
         "SELECT id, webhook_id, event, status, attempts, next_attempt_at, last_status, last_error, created_at, delivered_at
          FROM webhook_deliveries WHERE (?1 IS NULL OR webhook_id = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
     )
@@ -152,7 +159,7 @@ pub async fn deliveries(db: &Db, webhook: Option<i64>, before: Option<i64>, limi
     .bind(limit + 1)
     .fetch_all(&db.read)
     .await?;
-    Ok(page(rows, limit, |d| d.id))
+    Ok(page(rows.into_iter().map(DeliveryView::from).collect(), limit, |d| d.id))
 }
 
 /// Queues `event` for every webhook that wants it, in the caller's transaction.

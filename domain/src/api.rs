@@ -298,6 +298,27 @@ pub struct Overview {
     pub open_changes: i64,
     pub recent_activity: Vec<AuditEntry>,
     pub recent_rollouts: Vec<RolloutView>,
+    /// Every shadow with its status.
+    #[serde(default)]
+    pub shadows: Vec<ShadowView>,
+    /// The newest unresolved incidents (at most 10) and how many there are in all.
+    #[serde(default)]
+    pub open_incidents: Vec<IncidentView>,
+    #[serde(default)]
+    pub open_incident_count: i64,
+    /// Incidents per day over the last two weeks, oldest first.
+    #[serde(default)]
+    pub incident_days: Vec<IncidentDay>,
+}
+
+/// One day of the incidents chart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentDay {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    pub opened: i64,
+    /// Mean time to resolve of the incidents opened that day and resolved since, seconds.
+    pub mean_resolve_seconds: Option<i64>,
 }
 
 /// A shadow as listed: where it is and what was last observed of it.
@@ -385,4 +406,33 @@ pub struct IncidentNotice {
     pub status: String,
     /// `opened`, `updated` or `resolved`.
     pub change: String,
+}
+
+/// A webhook as admins see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookView {
+    pub id: i64,
+    pub url: String,
+    pub events: Vec<String>,
+    pub created_by: String,
+    pub created_at: String,
+    /// Only in the answer to the creation: the HMAC key, shown once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// One entry of the webhook delivery log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryView {
+    pub id: i64,
+    pub webhook_id: i64,
+    pub event: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: String,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
 }

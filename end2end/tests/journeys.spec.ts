@@ -180,6 +180,12 @@ test('a hand edit on a shadow becomes an incident live, and reconcile brings the
   await expect(page.getByTestId('incident-resolution')).toContainText('reconciled');
   await page.goto('/shadows');
   await expect(page.locator('[data-test=shadow-row][data-name=edge]')).toHaveAttribute('data-status', 'in_sync');
+
+  // The overview: the fleet in sync again, and today's bar of the incidents chart.
+  await page.goto('/');
+  await expect(page.locator('[data-test=fleet-shadow][data-status=in_sync]')).toHaveCount(4);
+  await expect(page.getByTestId('chart-day')).toHaveCount(14);
+  await expect(page.getByTestId('chart-day').last()).not.toHaveAttribute('data-opened', '0');
 });
 
 test.describe('without JavaScript', () => {

@@ -9,6 +9,7 @@ pub mod login;
 pub mod overview;
 pub mod rollouts;
 pub mod shadows;
+pub mod webhooks;
 
 use leptos::prelude::*;
 

@@ -17,6 +17,47 @@ pub fn OverviewPage() -> impl IntoView {
                         Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
                         Ok(o) => view! {
                             <div class="grid">
+                                <section class="card" data-test="fleet">
+                                    <h2>"Shadows"</h2>
+                                    {if o.shadows.is_empty() {
+                                        view! { <p class="muted">"No shadows registered."</p> }.into_any()
+                                    } else {
+                                        view! {
+                                            <ul class="plain">
+                                                {o.shadows.iter().map(|s| view! {
+                                                    <li data-test="fleet-shadow" data-name=s.name.clone() data-status=s.status.clone()>
+                                                        <strong>{s.name.clone()}</strong> " " <StateBadge state=s.status.clone() />
+                                                        <span class="muted">{format!(
+                                                            " rev {} · in sync {}",
+                                                            s.observed_revision.map(|r| format!("#{r}")).unwrap_or_else(|| "—".into()),
+                                                            s.last_in_sync_at.as_deref().map(when).unwrap_or_else(|| "never".into())
+                                                        )}</span>
+                                                    </li>
+                                                }).collect_view()}
+                                            </ul>
+                                        }.into_any()
+                                    }}
+                                    <a href="/shadows">"All shadows"</a>
+                                </section>
+                                <section class="card" data-test="open-incidents">
+                                    <h2>{format!("Open incidents ({})", o.open_incident_count)}</h2>
+                                    {if o.open_incidents.is_empty() {
+                                        view! { <p class="muted">"None: every shadow is where it should be."</p> }.into_any()
+                                    } else {
+                                        view! {
+                                            <ul class="plain">
+                                                {o.open_incidents.iter().map(|i| view! {
+                                                    <li data-test="open-incident">
+                                                        <a href=format!("/incidents/{}", i.id)>{format!("#{} {} on {}", i.id, i.kind, i.shadow)}</a>
+                                                        <span class="muted">{format!(" since {}", when(&i.opened_at))}</span>
+                                                    </li>
+                                                }).collect_view()}
+                                            </ul>
+                                        }.into_any()
+                                    }}
+                                    <IncidentChart days=o.incident_days.clone() />
+                                    <a href="/incidents">"All incidents"</a>
+                                </section>
                                 <section class="card" data-test="current-revision">
                                     <h2>"Current revision"</h2>
                                     <p class="big"><a href=format!("/revisions/{}", o.current.number)>{format!("#{}", o.current.number)}</a></p>
@@ -90,5 +131,45 @@ pub fn OverviewPage() -> impl IntoView {
                 })}
             </Suspense>
         </Layout>
+    }
+}
+
+/// Incidents opened per day (bars) and mean time to resolve (labels), drawn on the server.
+#[component]
+fn IncidentChart(days: Vec<domain::api::IncidentDay>) -> impl IntoView {
+    const WIDTH: f64 = 420.0;
+    const HEIGHT: f64 = 120.0;
+    let max = days.iter().map(|d| d.opened).max().unwrap_or(0).max(1) as f64;
+    let slot = WIDTH / days.len().max(1) as f64;
+    let bars = days
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let h = (d.opened as f64 / max) * (HEIGHT - 30.0);
+            let x = i as f64 * slot + 3.0;
+            let ttr = d
+                .mean_resolve_seconds
+                .map(|s| if s < 120 { format!("{s}s") } else { format!("{}m", s / 60) });
+            let title = format!(
+                "{}: {} opened{}",
+                d.day,
+                d.opened,
+                ttr.as_ref().map(|t| format!(", resolved in {t} on average")).unwrap_or_default()
+            );
+            view! {
+                <g data-test="chart-day" data-day=d.day.clone() data-opened=d.opened>
+                    <title>{title}</title>
+                    <rect x=x y=HEIGHT - 16.0 - h width=slot - 6.0 height=h class="bar" />
+                    <text x=x + (slot - 6.0) / 2.0 y=HEIGHT - 2.0 class="axis">{d.day[8..].to_string()}</text>
+                    {(d.opened > 0).then(|| view! { <text x=x + (slot - 6.0) / 2.0 y=HEIGHT - 20.0 - h class="count">{d.opened}</text> })}
+                </g>
+            }
+        })
+        .collect_view();
+    view! {
+        <figure class="chart" data-test="incident-chart">
+            <svg viewBox=format!("0 0 {WIDTH} {HEIGHT}") role="img" aria-label="Incidents opened per day, last 14 days">{bars}</svg>
+            <figcaption class="muted small">"Incidents opened per day (UTC), last 14 days; hover a day for the mean time to resolve."</figcaption>
+        </figure>
     }
 }
