@@ -493,3 +493,41 @@ async fn webhooks_are_signed_retried_and_logged() {
     );
     fleet.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_restored_from_an_old_backup_sees_a_revision_it_never_made_as_fenced() {
+    let fleet = fleet(INTERVAL, true).await;
+    // A backup of the database now, at revision 1.
+    let copy = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("sqlite3")
+        .arg(fleet.server.data_dir().join(control::db::DATABASE_FILE))
+        .arg(format!(".backup '{}'", copy.path().join(control::db::DATABASE_FILE).display()))
+        .status()
+        .expect("sqlite3");
+    assert!(status.success());
+    let rollout = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    fleet.server.stop().await;
+
+    // Restored, the copy believes revision 1 is current; the agent holds revision 2.
+    let restored = TestServer::start_with(|config| {
+        config.data_dir = copy.path().to_path_buf();
+        config.check_interval = INTERVAL;
+    })
+    .await;
+    let viewer = restored.login("erin").await;
+    let started = Instant::now();
+    let incident = loop {
+        let (_, page) = viewer.get("/api/v1/incidents?shadow=edge&status=unresolved").await;
+        if let Some(found) = page["items"].as_array().unwrap().first() {
+            break found.clone();
+        }
+        assert!(started.elapsed() < WITHIN, "no incident on the restored control plane");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(incident["kind"], "fenced", "{incident}");
+    let (_, full) = viewer.get(&format!("/api/v1/incidents/{}", incident["id"])).await;
+    let detail = full["timeline"][0]["details"]["detail"].as_str().unwrap_or_default().to_string();
+    assert!(detail.contains("revision 2") && detail.contains("never made"), "{full}");
+    restored.stop().await;
+}
