@@ -507,6 +507,16 @@ pub async fn webhook_deliveries() -> Result<Page<domain::api::DeliveryView>, Ser
     control::webhooks::deliveries(&db()?, None, None, Some(50)).await.map_err(fail)
 }
 
+/// One shadow with its check history (newest 50).
+#[server]
+pub async fn shadow_detail(name: String) -> Result<(domain::api::ShadowView, Vec<domain::api::CheckView>), ServerFnError> {
+    use ssr::*;
+    caller()?;
+    let view = control::shadows::get(&db()?, &name).await.map_err(fail)?;
+    let checks = monitor()?.checks(&name, None, Some(50)).await.map_err(fail)?;
+    Ok((view, checks.items))
+}
+
 /// The primary against what a shadow holds now.
 #[server]
 pub async fn shadow_diff(name: String) -> Result<DiffView, ServerFnError> {

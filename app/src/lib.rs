@@ -73,6 +73,7 @@ pub fn App() -> impl IntoView {
                 <Route path=path!("/changes/:id") view=pages::changes::ChangePage ssr=SsrMode::Async />
                 <Route path=path!("/audit") view=pages::audit::AuditPage ssr=SsrMode::Async />
                 <Route path=path!("/shadows") view=pages::shadows::ShadowsPage ssr=SsrMode::Async />
+                <Route path=path!("/shadows/:name") view=pages::shadows::ShadowPage ssr=SsrMode::Async />
                 <Route path=path!("/incidents") view=pages::incidents::IncidentsPage ssr=SsrMode::Async />
                 <Route path=path!("/incidents/:id") view=pages::incidents::IncidentPage ssr=SsrMode::Async />
                 <Route path=path!("/webhooks") view=pages::webhooks::WebhooksPage ssr=SsrMode::Async />

@@ -30,6 +30,20 @@ use std::{
 };
 use tokio::sync::broadcast;
 
+#[derive(sqlx::FromRow)]
+struct CheckRow {
+    id: i64,
+    at: String,
+    trigger: String,
+    status: String,
+    observed_root: Option<String>,
+    latency_ms: i64,
+    error: Option<String>,
+}
+
+/// Checks kept per shadow in its history.
+pub const CHECKS_KEPT: i64 = 500;
+
 /// How a check came about: the interval, an agent's event, or a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -123,7 +137,8 @@ impl Monitor {
         let driver = self.registry.driver(&self.db, name).await?;
         let asked = std::time::Instant::now();
         let answer = tokio::time::timeout(self.check_timeout, driver.state(true)).await;
-        self.check_latency.observe(asked.elapsed());
+        let latency = asked.elapsed();
+        self.check_latency.observe(latency);
         let observed = match answer {
             Ok(result) => result,
             Err(_) => Err(ShadowError {
@@ -146,6 +161,7 @@ impl Monitor {
             return shadows::get(&self.db, name).await;
         }
         let view = shadows::get(&self.db, name).await?;
+        let error = observed.as_ref().err().map(ToString::to_string);
         let notice = match observed {
             Ok(state) => self.judge(&view, &state, current, &expected_root, &expected, trigger).await?,
             Err(err) => self.failed(&view, &err, &expected_root, trigger).await?,
@@ -153,7 +169,63 @@ impl Monitor {
         if let Some(notice) = notice {
             self.announce(notice);
         }
-        shadows::get(&self.db, name).await
+        let after = shadows::get(&self.db, name).await?;
+        self.log_check(&after, trigger, latency, error).await?;
+        Ok(after)
+    }
+
+    /// Appends to the shadow's check history, keeping the newest [`CHECKS_KEPT`].
+    async fn log_check(&self, view: &ShadowView, trigger: Trigger, latency: Duration, error: Option<String>) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query(
+            "INSERT INTO shadow_checks (shadow, at, trigger, status, observed_root, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&view.name)
+        .bind(now())
+        .bind(trigger.as_str())
+        .bind(&view.status)
+        .bind(error.is_none().then_some(view.observed_root.clone()).flatten())
+        .bind(i64::try_from(latency.as_millis()).unwrap_or(i64::MAX))
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM shadow_checks WHERE shadow = ?1 AND id <= (SELECT id FROM shadow_checks WHERE shadow = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        )
+        .bind(&view.name)
+        .bind(CHECKS_KEPT)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A shadow's check history, newest first.
+    pub async fn checks(&self, name: &str, before: Option<i64>, limit: Option<i64>) -> Result<domain::api::Page<domain::api::CheckView>> {
+        shadows::get(&self.db, name).await?;
+        let limit = limit.unwrap_or(50).clamp(1, 500);
+        let rows: Vec<CheckRow> = sqlx::query_as(
+            "SELECT id, at, trigger, status, observed_root, latency_ms, error FROM shadow_checks
+             WHERE shadow = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(name)
+        .bind(before)
+        .bind(limit + 1)
+        .fetch_all(&self.db.read)
+        .await?;
+        let items = rows
+            .into_iter()
+            .map(|row| domain::api::CheckView {
+                id: row.id,
+                at: row.at,
+                trigger: row.trigger,
+                status: row.status,
+                observed_root: row.observed_root,
+                latency_ms: row.latency_ms,
+                error: row.error,
+            })
+            .collect();
+        Ok(crate::audit::page(items, limit, |c| c.id))
     }
 
     /// A shadow answered: in sync, or which kind of drift.

@@ -436,3 +436,17 @@ pub struct DeliveryView {
     pub created_at: String,
     pub delivered_at: Option<String>,
 }
+
+/// One drift check of one shadow, for its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckView {
+    pub id: i64,
+    pub at: String,
+    /// `poll`, `event`, `rollout` or `manual`.
+    pub trigger: String,
+    /// The shadow's status after the check.
+    pub status: String,
+    pub observed_root: Option<String>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}

@@ -180,6 +180,11 @@ test('a hand edit on a shadow becomes an incident live, and reconcile brings the
   await expect(page.getByTestId('incident-resolution')).toContainText('reconciled');
   await page.goto('/shadows');
   await expect(page.locator('[data-test=shadow-row][data-name=edge]')).toHaveAttribute('data-status', 'in_sync');
+  // The shadow's page: identical to the primary again, and the checks that saw it drift.
+  await page.locator('[data-test=shadow-row][data-name=edge]').getByTestId('shadow-link').click();
+  await expect(page.getByTestId('shadow')).toHaveAttribute('data-status', 'in_sync');
+  await expect(page.getByTestId('shadow-matches')).toBeVisible();
+  await expect(page.locator('[data-test=check-row][data-trigger=event][data-status=drifted]').first()).toBeVisible();
 
   // The overview: the fleet in sync again, and today's bar of the incidents chart.
   await page.goto('/');

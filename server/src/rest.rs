@@ -101,6 +101,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::DELETE, "/api/v1/shadows/{name}", Some(Admin), delete(remove_shadow)),
         route(Method::POST, "/api/v1/shadows/{name}/check", Some(Viewer), post(check_shadow)),
         route(Method::GET, "/api/v1/shadows/{name}/diff", Some(Viewer), get(diff_shadow)),
+        route(Method::GET, "/api/v1/shadows/{name}/checks", Some(Viewer), get(shadow_checks)),
         route(
             Method::POST,
             "/api/v1/shadows/{name}/reconcile",
@@ -510,6 +511,14 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         text,
     )
         .into_response())
+}
+
+async fn shadow_checks(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> ApiResult<Response> {
+    Ok(Json(state.monitor.checks(&name, q.before, q.limit).await?).into_response())
 }
 
 async fn diff_shadow(State(state): State<AppState>, PathParams(name): PathParams<String>) -> ApiResult<Response> {

@@ -180,6 +180,21 @@ async fn each_kind_of_drift_on_a_directory_shadow_becomes_one_incident() {
     assert_eq!(again["timeline"][0]["event"], "detected");
     let (_, shadow) = fleet.editor.get("/api/v1/shadows/dc1").await;
     assert_eq!(shadow["status"], "drifted");
+    // The check history: newest first, each with why, what and how long.
+    let (status, checks) = fleet.editor.get("/api/v1/shadows/dc1/checks?limit=500").await;
+    assert_eq!(status, StatusCode::OK, "{checks}");
+    let newest = &checks["items"][0];
+    assert_eq!(
+        (newest["trigger"].as_str(), newest["status"].as_str()),
+        (Some("poll"), Some("drifted")),
+        "{checks}"
+    );
+    assert!(
+        checks["items"].as_array().unwrap().iter().any(|c| c["status"] == "in_sync"),
+        "{checks}"
+    );
+    let (_, first_page) = fleet.editor.get("/api/v1/shadows/dc1/checks?limit=2").await;
+    assert!(first_page["next"].is_i64(), "paged: {first_page}");
     // Acknowledge, then reconcile: the shadow returns and the incident resolves as such.
     let (status, acked) = fleet
         .editor

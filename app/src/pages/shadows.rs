@@ -1,10 +1,13 @@
 //! Shadows: every replica with its status, revision, root and last contact; checks and
-//! reconciles; registration and removal for administrators.
+//! reconciles; registration and removal for administrators; one shadow with its diff
+//! against the primary and its check history.
 
 use crate::{
-    api::{AddShadow, CheckShadow, ReconcileShadow, RemoveShadow, shadows},
+    api::{AddShadow, CheckShadow, ReconcileShadow, RemoveShadow, shadow_detail, shadow_diff, shadows},
     components::{
-        ErrorBox, ShortHash, error_text,
+        ErrorBox, ShortHash, StateBadge,
+        diff::DiffViewer,
+        error_text,
         layout::{Layout, use_me},
         when,
     },
@@ -12,6 +15,7 @@ use crate::{
 use domain::Role;
 use leptos::prelude::*;
 use leptos_meta::Title;
+use leptos_router::hooks::use_params_map;
 
 #[component]
 pub fn ShadowsPage() -> impl IntoView {
@@ -60,7 +64,7 @@ pub fn ShadowsPage() -> impl IntoView {
                                         let target = s.url.clone().or(s.path.clone()).unwrap_or_default();
                                         view! {
                                             <tr data-test="shadow-row" data-name=s.name.clone() data-status=s.status.clone()>
-                                                <td><strong>{s.name.clone()}</strong><div class="muted small">{target}</div></td>
+                                                <td><a href=format!("/shadows/{}", s.name) data-test="shadow-link"><strong>{s.name.clone()}</strong></a><div class="muted small">{target}</div></td>
                                                 <td>
                                                     {s.driver.clone()}
                                                     {s.tls_pin.clone().map(|pin| {
@@ -123,6 +127,80 @@ pub fn ShadowsPage() -> impl IntoView {
                     <p class="muted">"A new shadow is pending until a reconcile brings it to the current revision."</p>
                 </section>
             })}
+        </Layout>
+    }
+}
+
+/// One shadow: its state, the visual diff of the primary against it, its check history.
+#[component]
+pub fn ShadowPage() -> impl IntoView {
+    let params = use_params_map();
+    let name = move || params.read().get("name").unwrap_or_default();
+    let check = ServerAction::<CheckShadow>::new();
+    let data = Resource::new(move || (name(), check.version().get()), |(name, _)| shadow_detail(name));
+    let diff = Resource::new(move || (name(), check.version().get()), |(name, _)| shadow_diff(name));
+    view! {
+        <Title text="Shadow · etc-shadow" />
+        <Layout title="Shadow">
+            <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match data.await {
+                        Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
+                        Ok((s, checks)) => {
+                            let incidents_href = format!("/incidents?status=&shadow={}", s.name);
+                            let check_name = s.name.clone();
+                            view! {
+                            <section class="card" data-test="shadow" data-status=s.status.clone()>
+                                <div class="toolbar">
+                                    <h2>{s.name.clone()}</h2>
+                                    <StateBadge state=s.status.clone() />
+                                    <span class="spacer"></span>
+                                    <ActionForm action=check attr:class="inline">
+                                        <input type="hidden" name="name" value=check_name />
+                                        <button type="submit" data-test="check-shadow">"Check now"</button>
+                                    </ActionForm>
+                                </div>
+                                <dl>
+                                    <dt>"Driver"</dt><dd>{s.driver.clone()} " " <code>{s.url.clone().or(s.path.clone()).unwrap_or_default()}</code></dd>
+                                    <dt>"Revision"</dt><dd>{s.observed_revision.map(|r| format!("#{r}")).unwrap_or_else(|| "—".into())}</dd>
+                                    <dt>"Observed root"</dt><dd>{s.observed_root.clone().map(|r| view! { <ShortHash hash=r /> })}</dd>
+                                    <dt>"Last contact"</dt><dd>{s.last_contact_at.as_deref().map(when).unwrap_or_else(|| "never".into())}</dd>
+                                    <dt>"Last in sync"</dt><dd>{s.last_in_sync_at.as_deref().map(when).unwrap_or_else(|| "never".into())}</dd>
+                                    {s.last_error.clone().map(|e| view! { <dt>"Last error"</dt><dd class="muted">{e}</dd> })}
+                                </dl>
+                                <a href=incidents_href>"Its incidents"</a>
+                            </section>
+                            <h2>"Check history"</h2>
+                            <table class="table" data-test="check-history">
+                                <thead><tr><th>"When"</th><th>"Why"</th><th>"Status"</th><th>"Observed root"</th><th>"Took"</th><th>"Error"</th></tr></thead>
+                                <tbody>
+                                    {checks.into_iter().map(|c| view! {
+                                        <tr data-test="check-row" data-status=c.status.clone() data-trigger=c.trigger.clone()>
+                                            <td>{when(&c.at)}</td>
+                                            <td>{c.trigger.clone()}</td>
+                                            <td><StateBadge state=c.status.clone() /></td>
+                                            <td>{c.observed_root.clone().map(|r| view! { <ShortHash hash=r /> })}</td>
+                                            <td>{format!("{} ms", c.latency_ms)}</td>
+                                            <td class="muted">{c.error.clone()}</td>
+                                        </tr>
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                        }.into_any()
+                        }
+                    }
+                })}
+            </Transition>
+            <h2>"The primary against this shadow"</h2>
+            <Transition fallback=|| view! { <p class="muted">"Reading the shadow…"</p> }>
+                {move || Suspend::new(async move {
+                    match diff.await {
+                        Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
+                        Ok(diff) if diff.entries.is_empty() => view! { <p class="muted" data-test="shadow-matches">"Identical: every entry, byte and mode, as the current revision says."</p> }.into_any(),
+                        Ok(diff) => view! { <DiffViewer diff /> }.into_any(),
+                    }
+                })}
+            </Transition>
         </Layout>
     }
 }
