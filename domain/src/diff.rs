@@ -167,9 +167,74 @@ pub fn side_by_side(hunk: &Hunk) -> Vec<SideBySideRow<'_>> {
     rows
 }
 
+/// The hunks cut to their first `limit` lines, and how many lines were left out: a huge
+/// diff is rendered a page at a time.
+pub fn first_lines(hunks: &[Hunk], limit: usize) -> (Vec<Hunk>, usize) {
+    let mut budget = limit;
+    let mut kept = Vec::new();
+    let mut hidden = 0;
+    for hunk in hunks {
+        if budget == 0 {
+            hidden += hunk.lines.len();
+            continue;
+        }
+        let take = hunk.lines.len().min(budget);
+        budget -= take;
+        hidden += hunk.lines.len() - take;
+        let mut part = hunk.clone();
+        part.lines.truncate(take);
+        kept.push(part);
+    }
+    (kept, hidden)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_diff_is_cut_into_pages_of_lines() {
+        let old: String = (0..50).map(|i| format!("{i}\n")).collect();
+        let new: String = (0..50)
+            .map(|i| if i % 10 == 0 { "x\n".to_string() } else { format!("{i}\n") })
+            .collect();
+        let diff = diff_text(&old, &new, None);
+        let total: usize = diff.hunks.iter().map(|h| h.lines.len()).sum();
+        let (page, hidden) = first_lines(&diff.hunks, 10);
+        assert_eq!(page.iter().map(|h| h.lines.len()).sum::<usize>(), 10);
+        assert_eq!(hidden, total - 10);
+        assert_eq!(page[0].lines, diff.hunks[0].lines[..10.min(diff.hunks[0].lines.len())].to_vec());
+        assert_eq!(first_lines(&diff.hunks, total + 5), (diff.hunks.clone(), 0));
+    }
+
+    #[test]
+    fn a_hundred_thousand_line_entry_diffs_within_its_bound() {
+        let old: String = (0..100_000).map(|i| format!("key{i} = {i}\n")).collect();
+        let new: String = (0..100_000)
+            .map(|i| {
+                if i % 1000 == 0 {
+                    format!("key{i} = changed\n")
+                } else {
+                    format!("key{i} = {i}\n")
+                }
+            })
+            .collect();
+        let diff = diff_text(&old, &new, Some(Duration::from_secs(2)));
+        // Minimal when the bound allowed it; coarser (never wrong) when it did not.
+        if !diff.coarse {
+            assert_eq!((diff.added, diff.removed), (100, 100));
+            assert_eq!(diff.hunks.len(), 100, "unchanged runs are collapsed between the changes");
+        }
+        assert!(diff.added >= 100 && diff.removed >= 100);
+        let changed: Vec<String> = diff
+            .hunks
+            .iter()
+            .flat_map(|h| &h.lines)
+            .filter(|l| l.kind == LineKind::Insert)
+            .map(DiffLine::text)
+            .collect();
+        assert!(changed.contains(&"key99000 = changed".to_string()) || changed.iter().any(|l| l.starts_with("key99000 = changed")));
+    }
 
     #[test]
     fn identical_texts_have_no_hunks() {

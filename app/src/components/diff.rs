@@ -57,6 +57,8 @@ fn EntryDiffView(entry: EntryDiff, layout: RwSignal<Layout>) -> impl IntoView {
         .secret_changed
         .then(|| view! { <p class="secret-note" data-test="secret-changed">"Secret content changed (not shown)."</p> });
     let hunks = StoredValue::new(hunks);
+    // A huge diff is rendered a page of lines at a time, so the page stays responsive.
+    let shown = RwSignal::new(PAGE_LINES);
     view! {
         <article class="entry-diff" data-test="entry-diff" data-path=entry.path.clone()>
             <header>
@@ -80,18 +82,33 @@ fn EntryDiffView(entry: EntryDiff, layout: RwSignal<Layout>) -> impl IntoView {
                 }.into_any()
             })}
             {move || {
-                let hunks = hunks.get_value();
+                let (hunks, hidden) = hunks.with_value(|all| domain::diff::first_lines(all, shown.get()));
                 if hunks.is_empty() {
                     return ().into_any();
                 }
-                match layout.get() {
+                let table = match layout.get() {
                     Layout::Unified => view! { <UnifiedTable hunks /> }.into_any(),
                     Layout::SideBySide => view! { <SplitTable hunks /> }.into_any(),
+                };
+                view! {
+                    {table}
+                    {(hidden > 0).then(|| view! {
+                        <p class="muted" data-test="diff-more">
+                            {format!("{hidden} more line(s) of this diff are not shown. ")}
+                            <button type="button" class="link" data-test="diff-show-more" on:click=move |_| shown.update(|n| *n += PAGE_LINES)>
+                                {format!("Show {} more", hidden.min(PAGE_LINES))}
+                            </button>
+                        </p>
+                    })}
                 }
+                .into_any()
             }}
         </article>
     }
 }
+
+/// Lines of one entry's diff rendered at first, and added by each "show more".
+const PAGE_LINES: usize = 1000;
 
 fn kind_class(kind: LineKind) -> &'static str {
     match kind {
