@@ -4,9 +4,10 @@
 //!
 //! A failed check is never counted as in sync: the shadow is `unreachable` at once, and an
 //! incident opens after `unreachable_after` failures in a row. Checks run concurrently up
-//! to a bound, each with its own timeout, so a hung shadow delays nobody. While a rollout
-//! runs no shadow is judged (its differences are the rollout's own), and a check that a
-//! rollout overtook is discarded.
+//! to a bound, each with its own timeout, so a hung shadow delays nobody. A shadow that a
+//! running rollout has yet to prepare or commit is not judged (its differences are the
+//! rollout's own) unless the check fails, and a check that a rollout overtook is
+//! discarded.
 
 use crate::{
     Db, Error, Result,
@@ -113,11 +114,19 @@ impl Monitor {
         let _ = self.notices.send(notice);
     }
 
-    async fn rollout_running(&self) -> Result<bool> {
-        let (running,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rollouts WHERE state IN ('preparing', 'committing')")
-            .fetch_one(&self.db.read)
-            .await?;
-        Ok(running > 0 || self.coordinator.is_running())
+    /// Whether a running rollout still has to prepare or commit on this shadow: what the
+    /// shadow serves then is the rollout's business, not drift. (Only this shadow is
+    /// spared: a rollout stuck waiting for one dead shadow must not blind the monitor to
+    /// the rest of the fleet.)
+    async fn in_flight(&self, name: &str) -> Result<bool> {
+        let (pending,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM rollout_shadows rs JOIN rollouts r ON r.id = rs.rollout_id
+             WHERE r.state IN ('preparing', 'committing') AND rs.shadow = ? AND rs.phase NOT IN ('committed', 'removed')",
+        )
+        .bind(name)
+        .fetch_one(&self.db.read)
+        .await?;
+        Ok(pending > 0)
     }
 
     /// Checks one shadow now and records what was seen.
@@ -131,9 +140,6 @@ impl Monitor {
             .clone();
         let _one_at_a_time = lock.lock().await;
         let generation = self.coordinator.generation();
-        if self.rollout_running().await? {
-            return shadows::get(&self.db, name).await;
-        }
         let driver = self.registry.driver(&self.db, name).await?;
         let asked = std::time::Instant::now();
         let answer = tokio::time::timeout(self.check_timeout, driver.state(true)).await;
@@ -156,8 +162,11 @@ impl Monitor {
             .0;
         let expected = revisions::entries(&mut conn, current).await?;
         drop(conn);
-        // A rollout that started or ended meanwhile makes this reading meaningless.
-        if self.coordinator.generation() != generation || self.rollout_running().await? {
+        // A rollout that started or ended meanwhile makes this reading meaningless, and a
+        // shadow a rollout is still writing to is judged by the rollout. A failed check
+        // still counts: a shadow that is down is down, rollout or not.
+        let overtaken = self.coordinator.generation() != generation;
+        if overtaken || (observed.is_ok() && self.in_flight(name).await?) {
             return shadows::get(&self.db, name).await;
         }
         let view = shadows::get(&self.db, name).await?;
