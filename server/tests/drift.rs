@@ -95,15 +95,7 @@ impl Fleet {
 
     /// Waits until `shadow` has an unresolved incident; answers it with its timeline.
     async fn open_incident(&self, shadow: &str, within: Duration) -> (Value, Duration) {
-        let started = Instant::now();
-        loop {
-            if let Some(found) = self.incidents(&format!("shadow={shadow}&status=unresolved")).await.first() {
-                let (_, full) = self.editor.get(&format!("/api/v1/incidents/{}", found["id"])).await;
-                return (full, started.elapsed());
-            }
-            assert!(started.elapsed() < within, "no incident on {shadow} within {within:?}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        open_incident_seen_by(&self.editor, shadow, within).await
     }
 
     async fn resolved(&self, id: i64, within: Duration) -> Value {
@@ -126,6 +118,21 @@ impl Fleet {
         let (status, rollout) = self.approver.post(&format!("/api/v1/shadows/{shadow}/reconcile"), json!({})).await;
         assert_eq!(status, StatusCode::CREATED, "{rollout}");
         assert_eq!(rollout["state"], "applied", "{rollout}");
+    }
+}
+
+/// Waits until `session`'s control plane has an unresolved incident on `shadow`; answers
+/// it with its timeline, and how long the wait took.
+async fn open_incident_seen_by(session: &Session, shadow: &str, within: Duration) -> (Value, Duration) {
+    let started = Instant::now();
+    loop {
+        let (_, page) = session.get(&format!("/api/v1/incidents?shadow={shadow}&status=unresolved")).await;
+        if let Some(found) = page["items"].as_array().unwrap().first() {
+            let (_, full) = session.get(&format!("/api/v1/incidents/{}", found["id"])).await;
+            return (full, started.elapsed());
+        }
+        assert!(started.elapsed() < within, "no incident on {shadow} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -385,15 +392,7 @@ async fn an_agent_bound_to_another_control_plane_is_a_fenced_incident() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let watcher = other.login("eve").await;
-    let started = Instant::now();
-    let incident = loop {
-        let (_, page) = watcher.get("/api/v1/incidents?shadow=edge&status=unresolved").await;
-        if let Some(found) = page["items"].as_array().unwrap().first() {
-            break found.clone();
-        }
-        assert!(started.elapsed() < WITHIN, "no fenced incident on the second control plane");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (incident, _) = open_incident_seen_by(&watcher, "edge", WITHIN).await;
     assert_eq!(incident["kind"], "fenced", "{incident}");
     assert_eq!(incident["severity"], "critical");
     let (_, shadow) = watcher.get("/api/v1/shadows/edge").await;
@@ -533,17 +532,8 @@ async fn a_control_plane_restored_from_an_old_backup_sees_a_revision_it_never_ma
     })
     .await;
     let viewer = restored.login("erin").await;
-    let started = Instant::now();
-    let incident = loop {
-        let (_, page) = viewer.get("/api/v1/incidents?shadow=edge&status=unresolved").await;
-        if let Some(found) = page["items"].as_array().unwrap().first() {
-            break found.clone();
-        }
-        assert!(started.elapsed() < WITHIN, "no incident on the restored control plane");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(incident["kind"], "fenced", "{incident}");
-    let (_, full) = viewer.get(&format!("/api/v1/incidents/{}", incident["id"])).await;
+    let (full, _) = open_incident_seen_by(&viewer, "edge", WITHIN).await;
+    assert_eq!(full["kind"], "fenced", "{full}");
     let detail = full["timeline"][0]["details"]["detail"].as_str().unwrap_or_default().to_string();
     assert!(detail.contains("revision 2") && detail.contains("never made"), "{full}");
     restored.stop().await;
