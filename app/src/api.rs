@@ -69,7 +69,15 @@ pub mod ssr {
 pub async fn login(username: String, password: String, next: Option<String>) -> Result<(), ServerFnError> {
     use ssr::*;
     let db = db()?;
-    let caller = control::users::authenticate(&db, &username, &password)
+    let policy = use_context::<control::sessions::Policy>().unwrap_or_default();
+    let limits = use_context::<control::login::Limits>().unwrap_or_default();
+    let client = use_context::<http::request::Parts>().and_then(|parts| {
+        parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip())
+    });
+    let caller = control::login::sign_in(&db, &limits, &username, &password, client)
         .await
         .map_err(|err| match err {
             control::Error::Unauthorized => {
@@ -78,11 +86,12 @@ pub async fn login(username: String, password: String, next: Option<String>) -> 
                 }
                 ServerFnError::new("wrong username or password")
             }
+            // 429 with the wait in words.
             other => fail(other),
         })?;
-    let secret = control::sessions::create(&db, &caller).await.map_err(fail)?;
+    let secret = control::sessions::create(&db, &caller, policy).await.map_err(fail)?;
     let secure = use_context::<crate::ConsoleSettings>().is_some_and(|s| s.secure_cookies);
-    let max_age = control::sessions::SESSION_LIFETIME.whole_seconds();
+    let max_age = policy.lifetime.whole_seconds();
     let secure = if secure { "; Secure" } else { "" };
     set_cookie(format!(
         "{}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",

@@ -7,6 +7,12 @@
 //! as the protocol does). Then, on one agent, it sends prepare and commit directly and
 //! reads the agent's `Server-Timing` header to split the time into file writes, fsync,
 //! hashing, and the rest (network, JSON, HTTP).
+//!
+//! `--suite drift` measures the drift monitor (see `drift.rs`), `--suite incidents` the
+//! Incidents page's queries over 100,000 incidents; `make bench` runs all three.
+
+mod drift;
+mod incidents;
 
 use clap::Parser;
 use control::{
@@ -30,6 +36,9 @@ use std::{
 #[derive(Parser)]
 #[command(name = "etc-shadow-bench", about = "Rollout latency benchmark of etc-shadow")]
 struct Cli {
+    /// Which measurements: rollouts, drift, incidents.
+    #[arg(long, value_delimiter = ',', default_value = "rollouts,drift,incidents")]
+    suite: Vec<String>,
     /// The agent binary (build it with `cargo build --release -p etc-shadow-agent`).
     #[arg(long, default_value = "target/release/etc-shadow-agent")]
     agent: PathBuf,
@@ -47,6 +56,29 @@ struct Cli {
     /// Direct prepare+commit calls for the time breakdown.
     #[arg(long, default_value_t = 10)]
     breakdown_calls: usize,
+    /// Drift: agent processes (and shadows for the edit-to-incident times).
+    #[arg(long, default_value_t = 100)]
+    drift_agents: usize,
+    /// Drift: shadows in the sweep (sharing the agents round-robin).
+    #[arg(long, default_value_t = 1000)]
+    drift_shadows: usize,
+    /// Drift: entries per shadow, and bytes per entry.
+    #[arg(long, default_value_t = 10_000)]
+    drift_entries: usize,
+    #[arg(long, default_value_t = 256)]
+    drift_entry_bytes: usize,
+    /// Drift: hand edits timed through the event stream (half as many through sweeps).
+    #[arg(long, default_value_t = 20)]
+    drift_samples: usize,
+    /// Drift: the sweep interval for the poll path, in seconds.
+    #[arg(long, default_value_t = 5)]
+    drift_poll_seconds: u64,
+    /// Drift: full sweeps measured per fleet state.
+    #[arg(long, default_value_t = 3)]
+    drift_sweeps: usize,
+    /// Incidents in the paging measurement.
+    #[arg(long, default_value_t = 100_000)]
+    incidents: usize,
 }
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
@@ -65,10 +97,6 @@ impl Drop for Agents {
     }
 }
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
 fn start_agents(binary: &Path, root: &Path, count: usize) -> Agents {
     let token = root.join("token");
     std::fs::write(&token, TOKEN).unwrap();
@@ -76,33 +104,55 @@ fn start_agents(binary: &Path, root: &Path, count: usize) -> Agents {
         children: Vec::new(),
         addrs: Vec::new(),
     };
+    // Each agent picks its own port and logs it: ports chosen here and handed over could
+    // be taken meanwhile by one of the many outgoing connections.
+    let mut logs = Vec::new();
     for i in 0..count {
-        let addr = free_port();
+        let log = root.join(format!("agent{i}.log"));
         let child = Command::new(binary)
             .arg("--dir")
             .arg(root.join(format!("agent{i}/live")))
             .arg("--state-dir")
             .arg(root.join(format!("agent{i}/state")))
             .arg("--listen")
-            .arg(addr.to_string())
+            .arg("127.0.0.1:0")
             .arg("--token-file")
             .arg(&token)
-            .env("ETC_SHADOW_LOG", "warn")
+            .env("ETC_SHADOW_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file(&log))
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
         agents.children.push(child);
-        agents.addrs.push(addr);
+        logs.push(log);
     }
-    for addr in &agents.addrs {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "agent on {addr} did not start");
+    // Agents hash their live tree before they listen: many large ones take a while.
+    let deadline = Instant::now() + Duration::from_secs(60 + count as u64);
+    for (i, log) in logs.iter().enumerate() {
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let address = text
+                .split("address=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|addr| addr.parse::<SocketAddr>().ok());
+            if let Some(address) = address {
+                agents.addrs.push(address);
+                break;
+            }
+            let exited = agents.children[i].try_wait().ok().flatten().is_some();
+            if exited || Instant::now() > deadline {
+                panic!("agent {i} did not start:\n{text}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
     agents
+}
+
+fn log_file(path: &Path) -> Stdio {
+    std::fs::File::create(path).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
 }
 
 fn parse_set(set: &str) -> (usize, usize) {
@@ -133,6 +183,7 @@ fn entry(i: usize, bytes: usize, version: usize) -> EntryInput {
 
 struct Bench {
     db: Db,
+    registry: Arc<Registry>,
     coordinator: Arc<Coordinator>,
     editor: Caller,
     approver: Caller,
@@ -143,7 +194,7 @@ impl Bench {
         let db = Db::open(dir).await.unwrap();
         let identity = db.raise_epoch().await.unwrap();
         let registry = Arc::new(Registry::new(dir, Duration::from_secs(120)));
-        let mut coordinator = Coordinator::new(db.clone(), registry, identity);
+        let mut coordinator = Coordinator::new(db.clone(), registry.clone(), identity);
         coordinator.prepare_timeout = Duration::from_secs(300);
         coordinator.commit_patience = Duration::from_secs(300);
         let caller = |name: &str, role: Role, id: i64| Caller {
@@ -158,11 +209,19 @@ impl Bench {
             .await
             .unwrap();
         Bench {
+            registry: registry.clone(),
             editor: caller("bench-editor", Role::Editor, editor_view.id),
             approver: caller("bench-approver", Role::Approver, approver_view.id),
             db,
             coordinator: Arc::new(coordinator),
         }
+    }
+
+    /// A drift monitor sweeping every `interval`, following agents' events or not.
+    fn monitor(&self, interval: Duration, follow_agent_events: bool) -> control::drift::Monitor {
+        let mut monitor = control::drift::Monitor::new(self.db.clone(), self.registry.clone(), self.coordinator.clone(), interval);
+        monitor.follow_agent_events = follow_agent_events;
+        monitor
     }
 
     /// One approved change on the current revision, rolled out; answers its latency.
@@ -318,7 +377,7 @@ async fn main() {
         "{} is missing: build it with `cargo build --release -p etc-shadow-agent`",
         cli.agent.display()
     );
-    println!("etc-shadow rollout benchmark: agents on loopback, release build");
+    println!("etc-shadow benchmarks: agents on loopback, release build");
     println!(
         "machine: {} CPUs, {}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -332,6 +391,32 @@ async fn main() {
                 .to_string()))
             .unwrap_or_default()
     );
+    println!();
+    for suite in &cli.suite {
+        match suite.as_str() {
+            "rollouts" => rollouts(&cli).await,
+            "drift" => {
+                drift::run(drift::DriftArgs {
+                    agent: cli.agent.clone(),
+                    agents: cli.drift_agents,
+                    shadows: cli.drift_shadows.max(cli.drift_agents),
+                    entries: cli.drift_entries,
+                    entry_bytes: cli.drift_entry_bytes,
+                    samples: cli.drift_samples,
+                    poll_interval: Duration::from_secs(cli.drift_poll_seconds),
+                    sweeps: cli.drift_sweeps.max(1),
+                })
+                .await
+            }
+            "incidents" => incidents::run(cli.incidents, 50).await,
+            other => panic!("unknown suite {other:?}: rollouts, drift or incidents"),
+        }
+        println!();
+    }
+}
+
+async fn rollouts(cli: &Cli) {
+    println!("Rollout latency:");
     println!();
     println!("| shadows | set | rollouts | p50 ms | p99 ms | max ms |");
     println!("| ---: | --- | ---: | ---: | ---: | ---: |");

@@ -15,7 +15,7 @@ use crate::{
     now,
     revisions::{self, EntrySet},
     rollouts::Coordinator,
-    shadows::{self, Registry, ShadowError, ShadowView},
+    shadows::{self, Driver, Registry, ShadowError, ShadowView},
 };
 use domain::{
     api::IncidentNotice,
@@ -78,6 +78,8 @@ pub struct Monitor {
     pub check_timeout: Duration,
     /// Checks running at once in a sweep.
     pub concurrency: usize,
+    /// Whether agents' event streams trigger checks (off: only sweeps find drift).
+    pub follow_agent_events: bool,
     notices: broadcast::Sender<IncidentNotice>,
     /// Latency of asking a shadow for its state, for `GET /metrics`.
     pub check_latency: crate::metrics::Histogram,
@@ -97,6 +99,7 @@ impl Monitor {
             unreachable_after: 3,
             check_timeout: Duration::from_secs(5),
             concurrency: 16,
+            follow_agent_events: true,
             notices: broadcast::channel(1024).0,
             check_latency: crate::metrics::Histogram::default(),
             checking: Mutex::new(HashMap::new()),
@@ -142,7 +145,11 @@ impl Monitor {
         let generation = self.coordinator.generation();
         let driver = self.registry.driver(&self.db, name).await?;
         let asked = std::time::Instant::now();
-        let answer = tokio::time::timeout(self.check_timeout, driver.state(true)).await;
+        // The root, the fence and the revision are enough to tell "in sync"; the entry list
+        // (a megabyte for 10,000 entries) is fetched only for a shadow that differs, or at
+        // once when the agent has just said its files changed (saving it a second walk).
+        let with_entries = trigger == Trigger::Event;
+        let answer = tokio::time::timeout(self.check_timeout, driver.state(with_entries)).await;
         let latency = asked.elapsed();
         self.check_latency.observe(latency);
         let observed = match answer {
@@ -160,7 +167,6 @@ impl Monitor {
             .fetch_one(&mut *conn)
             .await?
             .0;
-        let expected = revisions::entries(&mut conn, current).await?;
         drop(conn);
         // A rollout that started or ended meanwhile makes this reading meaningless, and a
         // shadow a rollout is still writing to is judged by the rollout. A failed check
@@ -172,7 +178,7 @@ impl Monitor {
         let view = shadows::get(&self.db, name).await?;
         let error = observed.as_ref().err().map(ToString::to_string);
         let notice = match observed {
-            Ok(state) => self.judge(&view, &state, current, &expected_root, &expected, trigger).await?,
+            Ok(state) => self.judge(&view, &driver, state, current, &expected_root, trigger).await?,
             Err(err) => self.failed(&view, &err, &expected_root, trigger).await?,
         };
         if let Some(notice) = notice {
@@ -241,10 +247,10 @@ impl Monitor {
     async fn judge(
         &self,
         view: &ShadowView,
-        state: &ShadowState,
+        driver: &Driver,
+        mut state: ShadowState,
         current: i64,
         expected_root: &str,
-        expected: &EntrySet,
         trigger: Trigger,
     ) -> Result<Option<IncidentNotice>> {
         let name = view.name.as_str();
@@ -270,10 +276,37 @@ impl Monitor {
                 state.live_revision.unwrap_or_default()
             ));
         }
+        let never_synced = view.status == "pending" && view.last_in_sync_at.is_none();
+        let drifted = kinds.is_empty() && state.live_root != expected_root && !never_synced;
+        if drifted && incidents::seen_again(&self.db, name, expected_root, &state.live_root).await? {
+            // Nothing moved since the last look: the open incident already says what
+            // differs, and a drifted fleet costs a sweep no more than a healthy one.
+            let status = if view.status == "stale" { "stale" } else { "drifted" };
+            self.record_status(name, status, Some(&state), None).await?;
+            return Ok(None);
+        }
+        if drifted && state.entries.is_none() {
+            // Drifted: which entries differ needs the shadow's entry list, fetched now. If
+            // the shadow changed in between, the newer reading is the one judged.
+            let full = match tokio::time::timeout(self.check_timeout, driver.state(true)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(ShadowError {
+                    code: "timeout".into(),
+                    message: format!("no entry list within {:?}", self.check_timeout),
+                    transient: true,
+                }),
+            };
+            match full {
+                Ok(full) if full.control_plane_id == state.control_plane_id && full.highest_epoch == state.highest_epoch => state = full,
+                // The fence moved meanwhile: judge again from the start at the next check.
+                Ok(_) => return Ok(None),
+                Err(err) => return self.failed(view, &err, expected_root, trigger).await,
+            }
+        }
         let in_sync = kinds.is_empty() && state.live_root == expected_root;
         let status = if in_sync {
             "in_sync"
-        } else if view.status == "pending" && view.last_in_sync_at.is_none() && !kinds.contains(&DriftKind::Fenced) {
+        } else if never_synced && !kinds.contains(&DriftKind::Fenced) {
             // Registered and never brought to a revision: waiting for its first reconcile.
             "pending"
         } else if kinds.contains(&DriftKind::Fenced) {
@@ -295,7 +328,8 @@ impl Monitor {
                 kinds.insert(DriftKind::Stale);
                 detail = Some(format!("the shadow holds exactly revision {revision}, not the current {current}"));
             } else {
-                entries = self.classify(expected, state).await?;
+                let expected = revisions::entries(&mut *self.db.read.acquire().await?, current).await?;
+                entries = self.classify(&expected, &state).await?;
                 kinds.extend(entries.iter().map(|e| e.kind));
                 if kinds.is_empty() {
                     // Roots differ but no entry does: say so rather than stay silent.
@@ -304,7 +338,7 @@ impl Monitor {
             }
         }
         let status = if kinds.contains(&DriftKind::Stale) { "stale" } else { status };
-        self.record_status(name, status, Some(state), None).await?;
+        self.record_status(name, status, Some(&state), None).await?;
         if in_sync {
             return incidents::resolve_in_sync(&self.db, name).await;
         }
@@ -482,7 +516,11 @@ impl Monitor {
     /// Starts a listener for every agent shadow without one; stops those of removed ones.
     async fn sync_listeners(self: &Arc<Self>) {
         let Ok(list) = shadows::list(&self.db).await else { return };
-        let agents: BTreeSet<String> = list.into_iter().filter(|s| s.driver == "agent").map(|s| s.name).collect();
+        let agents: BTreeSet<String> = list
+            .into_iter()
+            .filter(|s| s.driver == "agent" && self.follow_agent_events)
+            .map(|s| s.name)
+            .collect();
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         listeners.retain(|name, task| {
             let keep = agents.contains(name) && !task.is_finished();

@@ -23,6 +23,8 @@ pub enum Error {
     Conflict { code: &'static str, message: String },
     #[error("request body is too large")]
     TooLarge,
+    #[error("too many failed sign-ins; try again in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
     #[error("{path}: {error}")]
     Invalid { path: String, error: ValidationError },
     #[error("internal error: {0}")]
@@ -45,6 +47,7 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::Conflict { .. } => 409,
             Error::TooLarge => 413,
+            Error::TooManyRequests { .. } => 429,
             Error::Invalid { .. } => 422,
             Error::Internal(_) => 500,
         }
@@ -58,6 +61,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Conflict { code, .. } => code,
             Error::TooLarge => "too_large",
+            Error::TooManyRequests { .. } => "too_many_requests",
             Error::Invalid { .. } => "invalid_config",
             Error::Internal(_) => "internal",
         }

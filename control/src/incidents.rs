@@ -78,7 +78,7 @@ struct IncidentRow {
 const INCIDENT_SELECT: &str = "SELECT i.id, i.shadow, i.kind, i.kinds, i.severity, i.status, i.opened_at, i.last_seen_at, i.resolved_at,
     i.resolution, i.expected_root, i.observed_root, i.detected_by,
     (SELECT COUNT(*) FROM incidents p WHERE p.shadow = i.shadow AND p.id < i.id AND p.opened_at >= strftime('%Y-%m-%dT%H:%M:%fZ', i.opened_at, '-1 hour')) AS recent
-    FROM incidents i";
+    FROM";
 
 impl From<IncidentRow> for IncidentView {
     fn from(row: IncidentRow) -> Self {
@@ -261,6 +261,22 @@ pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Resu
     Ok(result)
 }
 
+/// The shadow still serves exactly what its open incident recorded (same expected and
+/// observed roots, so the same differences): the incident is touched, nothing else.
+/// Answers whether there was such an incident.
+pub async fn seen_again(db: &Db, shadow: &str, expected_root: &str, observed_root: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE incidents SET last_seen_at = ? WHERE shadow = ? AND status != 'resolved' AND expected_root = ? AND observed_root = ?",
+    )
+    .bind(now())
+    .bind(shadow)
+    .bind(expected_root)
+    .bind(observed_root)
+    .execute(db.read_write())
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
 /// The shadow holds what it should: its open incident, if any, is resolved — as
 /// `reconciled` when a reconcile or rollout reached it since the incident opened,
 /// otherwise as `self_healed` (kept for review).
@@ -358,30 +374,57 @@ pub async fn list(db: &Db, filter: &IncidentFilter) -> Result<Page<IncidentView>
     let limit = filter.limit.unwrap_or(50).clamp(1, 500);
     let empty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
     // Keyset paging on the primary key: as fast on the 100,000th incident as on the first.
-    let rows: Vec<IncidentRow> = sqlx::query_as(&format!(
-        "{INCIDENT_SELECT} WHERE (?1 IS NULL OR i.id < ?1)
-           AND (?2 IS NULL OR (?2 = 'unresolved' AND i.status != 'resolved') OR i.status = ?2)
-           AND (?3 IS NULL OR i.kind = ?3 OR instr(',' || i.kinds || ',', ',' || ?3 || ',') > 0)
-           AND (?4 IS NULL OR i.shadow = ?4)
-           AND (?5 IS NULL OR i.opened_at >= ?5)
-           AND (?6 IS NULL OR i.opened_at < ?6)
-         ORDER BY i.id DESC LIMIT ?7"
-    ))
-    .bind(filter.page)
-    .bind(empty(&filter.status))
-    .bind(empty(&filter.kind))
-    .bind(empty(&filter.shadow))
-    .bind(empty(&filter.since))
-    .bind(empty(&filter.until))
-    .bind(limit + 1)
-    .fetch_all(&db.read)
-    .await?;
+    // Only the filters given become conditions, so SQLite can pick the index that fits
+    // (`?1 IS NULL OR ...` would hide them from the planner).
+    let mut conditions = vec!["1 = 1"];
+    let mut texts = Vec::new();
+    if filter.page.is_some() {
+        conditions.push("i.id < ?");
+    }
+    match empty(&filter.status).as_deref() {
+        None => {}
+        Some("unresolved") => conditions.push("i.status != 'resolved'"),
+        Some(status) => {
+            conditions.push("i.status = ?");
+            texts.push(status.to_string());
+        }
+    }
+    if let Some(kind) = empty(&filter.kind) {
+        conditions.push("(i.kind = ? OR instr(',' || i.kinds || ',', ',' || ? || ',') > 0)");
+        texts.push(kind.clone());
+        texts.push(kind);
+    }
+    for (value, condition) in [
+        (&filter.shadow, "i.shadow = ?"),
+        (&filter.since, "i.opened_at >= ?"),
+        (&filter.until, "i.opened_at < ?"),
+    ] {
+        if let Some(value) = empty(value) {
+            conditions.push(condition);
+            texts.push(value);
+        }
+    }
+    // The page is chosen first; the flapping count is then computed for its rows only.
+    let sql = format!(
+        "{INCIDENT_SELECT} (SELECT * FROM incidents i WHERE {} ORDER BY i.id DESC LIMIT ?) i ORDER BY i.id DESC",
+        conditions.join(" AND ")
+    );
+    // Bound in the order the `?`s appear: the cursor, the text filters, the limit.
+    let mut query = sqlx::query_as::<_, IncidentRow>(&sql);
+    if let Some(cursor) = filter.page {
+        query = query.bind(cursor);
+    }
+    for text in texts {
+        query = query.bind(text);
+    }
+    let query = query.bind(limit + 1);
+    let rows = query.fetch_all(&db.read).await?;
     Ok(page(rows.into_iter().map(IncidentView::from).collect(), limit, |i| i.id))
 }
 
 pub async fn get(db: &Db, id: i64) -> Result<IncidentView> {
     let mut conn = db.read.acquire().await?;
-    let row: IncidentRow = sqlx::query_as(&format!("{INCIDENT_SELECT} WHERE i.id = ?"))
+    let row: IncidentRow = sqlx::query_as(&format!("{INCIDENT_SELECT} incidents i WHERE i.id = ?"))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?

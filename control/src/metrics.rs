@@ -108,6 +108,12 @@ pub async fn render(db: &Db, checks: &Histogram) -> Result<String> {
         "Latency of one drift check of one shadow.",
     );
 
+    let _ = writeln!(
+        out,
+        "# HELP etc_shadow_agent_received_bytes_total Bytes of agent answers received (checks, rollouts, diffs).\n# TYPE etc_shadow_agent_received_bytes_total counter\netc_shadow_agent_received_bytes_total {}",
+        crate::shadows::Driver::agent_bytes_received()
+    );
+
     let in_sync: Vec<(String, Option<f64>)> =
         sqlx::query_as("SELECT name, (julianday('now') - julianday(last_in_sync_at)) * 86400.0 FROM shadows ORDER BY name")
             .fetch_all(&db.read)

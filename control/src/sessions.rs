@@ -4,8 +4,26 @@ use crate::{Caller, Db, Error, Result, audit, format_time, now};
 use domain::Role;
 use serde_json::json;
 
-/// A session lasts this long from login.
-pub const SESSION_LIFETIME: time::Duration = time::Duration::hours(12);
+/// How long sessions last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// From login, whatever the activity (absolute timeout).
+    pub lifetime: time::Duration,
+    /// Without a request (idle timeout).
+    pub idle: time::Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            lifetime: time::Duration::hours(12),
+            idle: time::Duration::minutes(30),
+        }
+    }
+}
+
+/// `last_seen_at` is written at most this often per session, not on every request.
+const SEEN_GRANULARITY: time::Duration = time::Duration::seconds(15);
 
 /// Prefix of API tokens, so they are recognisable in a secret scanner.
 pub const TOKEN_PREFIX: &str = "esk_";
@@ -23,7 +41,7 @@ fn random_secret() -> String {
 
 /// Starts a new session for an authenticated caller; returns the cookie value. Every login
 /// makes a fresh id, so an id planted before login is worthless after it.
-pub async fn create(db: &Db, caller: &Caller) -> Result<String> {
+pub async fn create(db: &Db, caller: &Caller, policy: Policy) -> Result<String> {
     let secret = random_secret();
     let created = time::OffsetDateTime::now_utc();
     let mut tx = db.begin().await?;
@@ -32,7 +50,7 @@ pub async fn create(db: &Db, caller: &Caller) -> Result<String> {
         .bind(caller.user_id)
         .bind(format_time(created))
         .bind(format_time(created))
-        .bind(format_time(created + SESSION_LIFETIME))
+        .bind(format_time(created + policy.lifetime))
         .execute(&mut *tx)
         .await?;
     audit::append(
@@ -47,17 +65,44 @@ pub async fn create(db: &Db, caller: &Caller) -> Result<String> {
     Ok(secret)
 }
 
-/// The caller behind a session cookie, if the session is live and the user enabled.
-pub async fn lookup(db: &Db, secret: &str) -> Result<Option<Caller>> {
-    let row: Option<(i64, String, String)> = sqlx::query_as(
-        "SELECT u.id, u.username, u.role FROM sessions s JOIN users u ON u.id = s.user_id
-         WHERE s.id_hash = ? AND s.expires_at > ? AND u.disabled = 0",
+/// The caller behind a session cookie, if the session is live (within its lifetime and
+/// used within the idle timeout) and the user enabled. Each use keeps it alive.
+pub async fn lookup(db: &Db, secret: &str, policy: Policy) -> Result<Option<Caller>> {
+    let now = time::OffsetDateTime::now_utc();
+    let id_hash = secret_hash(secret);
+    let row: Option<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT u.id, u.username, u.role, s.last_seen_at FROM sessions s JOIN users u ON u.id = s.user_id
+         WHERE s.id_hash = ? AND s.expires_at > ? AND s.last_seen_at > ? AND u.disabled = 0",
     )
-    .bind(secret_hash(secret))
-    .bind(now())
+    .bind(&id_hash)
+    .bind(format_time(now))
+    .bind(format_time(now - policy.idle))
     .fetch_optional(&db.read)
     .await?;
-    row.map(to_caller).transpose()
+    let Some((user_id, username, role, last_seen)) = row else {
+        return Ok(None);
+    };
+    let stale = time::OffsetDateTime::parse(&last_seen, &time::format_description::well_known::Rfc3339)
+        .map_or(true, |seen| now - seen > SEEN_GRANULARITY.min(policy.idle / 4));
+    if stale {
+        sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?")
+            .bind(format_time(now))
+            .bind(&id_hash)
+            .execute(db.read_write())
+            .await?;
+    }
+    to_caller((user_id, username, role)).map(Some)
+}
+
+/// Forgets sessions past their lifetime or idle timeout (they are refused anyway).
+pub async fn purge_expired(db: &Db, policy: Policy) -> Result<u64> {
+    let now = time::OffsetDateTime::now_utc();
+    let done = sqlx::query("DELETE FROM sessions WHERE expires_at <= ? OR last_seen_at <= ?")
+        .bind(format_time(now))
+        .bind(format_time(now - policy.idle))
+        .execute(db.read_write())
+        .await?;
+    Ok(done.rows_affected())
 }
 
 fn to_caller((user_id, username, role): (i64, String, String)) -> Result<Caller> {

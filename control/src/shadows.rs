@@ -216,6 +216,8 @@ impl From<StoreError> for ShadowError {
 }
 
 /// One connection to one shadow.
+static AGENT_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 #[derive(Clone)]
 pub enum Driver {
     Agent { http: reqwest::Client, url: String, token: String },
@@ -238,6 +240,12 @@ impl Driver {
             .map_err(ShadowError::from)
     }
 
+    /// Bytes of successful agent answers received by this process (bodies, before any
+    /// decoding), for `GET /metrics` and the benchmark.
+    pub fn agent_bytes_received() -> u64 {
+        AGENT_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
@@ -258,9 +266,15 @@ impl Driver {
         })?;
         let status = response.status();
         if status.is_success() {
-            return response.json().await.map_err(|err| ShadowError {
+            let body = response.bytes().await.map_err(|err| ShadowError {
+                code: "unreachable".into(),
+                message: format!("the agent's answer broke off: {}", without_url(&err)),
+                transient: true,
+            })?;
+            AGENT_BYTES.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            return serde_json::from_slice(&body).map_err(|err| ShadowError {
                 code: "protocol".into(),
-                message: err.to_string(),
+                message: format!("the agent's answer is not what the protocol says: {err}"),
                 transient: true,
             });
         }

@@ -212,3 +212,25 @@ pub async fn set_role(db: &Db, actor: &str, username: &str, role: Role) -> Resul
     tx.commit().await?;
     Ok(())
 }
+
+/// Disables or enables an account. Disabling ends its sessions at once; its API tokens
+/// stop working while it stays disabled.
+pub async fn set_disabled(db: &Db, actor: &str, username: &str, disabled: bool) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let (id,): (i64,) = sqlx::query_as("UPDATE users SET disabled = ? WHERE username = ? RETURNING id")
+        .bind(disabled)
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no user {username:?}")))?;
+    if disabled {
+        sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let action = if disabled { "user.disable" } else { "user.enable" };
+    audit::append(&mut tx, actor, action, &format!("user/{username}"), json!({})).await?;
+    tx.commit().await?;
+    Ok(())
+}

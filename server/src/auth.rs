@@ -93,7 +93,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         if unsafe_method && origin.is_none() {
             None
         } else {
-            match control::sessions::lookup(&state.db, &secret).await {
+            match control::sessions::lookup(&state.db, &secret, state.config.sessions).await {
                 Ok(found) => found.map(|caller| Authenticated {
                     caller,
                     credential: Credential::Session(secret),

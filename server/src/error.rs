@@ -34,7 +34,13 @@ impl IntoResponse for ApiError {
             body["error"]["line"] = json!(error.line);
             body["error"]["column"] = json!(error.column);
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Error::TooManyRequests { retry_after } = err
+            && let Ok(value) = axum::http::HeaderValue::from_str(&retry_after.to_string())
+        {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 

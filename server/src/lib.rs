@@ -43,6 +43,10 @@ pub struct Config {
     pub check_interval: std::time::Duration,
     /// Failed checks in a row before an `unreachable` incident opens.
     pub unreachable_after: i64,
+    /// Session lifetime and idle timeout.
+    pub sessions: control::sessions::Policy,
+    /// Brute-force limits of sign-in.
+    pub login_limits: control::login::Limits,
 }
 
 impl Config {
@@ -56,6 +60,8 @@ impl Config {
             secure_cookies: false,
             check_interval: std::time::Duration::from_secs(5),
             unreachable_after: 3,
+            sessions: control::sessions::Policy::default(),
+            login_limits: control::login::Limits::default(),
         }
     }
 }
@@ -88,6 +94,16 @@ async fn expose_caller(mut request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
+/// The Content-Security-Policy of a console page: scripts from this origin and the page's
+/// own inline scripts (by nonce), WebAssembly compiled from them, connections (server
+/// functions, the event stream) to this origin only; no framing, no plugins, no `<base>`.
+pub fn page_policy(nonce: &str) -> String {
+    format!(
+        "default-src 'self'; script-src 'self' 'nonce-{nonce}' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+}
+
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(app::App);
@@ -102,14 +118,34 @@ pub fn router(state: AppState) -> Router {
         provide_context(app::ConsoleSettings {
             secure_cookies: config.secure_cookies,
         });
+        provide_context(config.sessions);
+        provide_context(config.login_limits);
+        // A page's policy names the nonce leptos_axum put on this response's inline
+        // hydration scripts: nothing else inline runs, nothing from elsewhere loads.
+        if let (Some(nonce), Some(response)) = (leptos::nonce::use_nonce(), use_context::<leptos_axum::ResponseOptions>())
+            && let Ok(policy) = HeaderValue::from_str(&page_policy(&nonce))
+        {
+            response.insert_header(axum::http::header::CONTENT_SECURITY_POLICY, policy);
+        }
     };
     let shell_options = state.leptos_options.clone();
-    let headers = [
+    let mut headers = vec![
         ("x-content-type-options", "nosniff"),
-        ("content-security-policy", "frame-ancestors 'none'"),
+        // Everything but a rendered page (API answers, errors, assets): nothing may run.
+        (
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
         ("x-frame-options", "DENY"),
         ("referrer-policy", "no-referrer"),
+        ("cross-origin-opener-policy", "same-origin"),
+        ("cross-origin-resource-policy", "same-origin"),
+        ("permissions-policy", "camera=(), microphone=(), geolocation=(), payment=(), usb=()"),
     ];
+    if state.config.secure_cookies {
+        // Served over TLS (directly or by a proxy in front): browsers stay on https.
+        headers.push(("strict-transport-security", "max-age=31536000; includeSubDomains"));
+    }
     let mut router = Router::new()
         .merge(rest::router())
         .route("/api/v1/{*rest}", axum::routing::any(rest::not_found))
@@ -173,11 +209,22 @@ pub async fn serve(
     let monitor = state.monitor.clone();
     let drift = tokio::spawn(monitor.clone().run());
     let webhooks = tokio::spawn(control::webhooks::run(db.clone()));
+    let sessions = state.config.sessions;
+    let purge_db = db.clone();
+    let purge = tokio::spawn(async move {
+        loop {
+            if let Err(err) = control::sessions::purge_expired(&purge_db, sessions).await {
+                tracing::warn!(%err, "cannot purge expired sessions");
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+        }
+    });
     let app = router(state);
     // Graceful shutdown waits for open connections; event streams never end by
     // themselves, so after the signal they get a short grace period and no more.
     let (signalled, grace) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
+    // The peer address is what sign-in limits count by (never a header a client sets).
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = signalled.send(());
     });
@@ -189,6 +236,7 @@ pub async fn serve(
         } => Ok(()),
     };
     recovery.abort();
+    purge.abort();
     drift.abort();
     webhooks.abort();
     monitor.stop();

@@ -84,6 +84,12 @@ struct ServeArgs {
     /// Mark the session cookie Secure (when a TLS proxy fronts the console).
     #[arg(long, env = "ETC_SHADOW_SECURE_COOKIES")]
     secure_cookies: bool,
+    /// A session ends this long after sign-in, however busy.
+    #[arg(long, env = "ETC_SHADOW_SESSION_LIFETIME_MINUTES", default_value_t = 720, value_parser = clap::value_parser!(i64).range(1..=43_200))]
+    session_lifetime_minutes: i64,
+    /// A session ends after this long without a request.
+    #[arg(long, env = "ETC_SHADOW_SESSION_IDLE_MINUTES", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=43_200))]
+    session_idle_minutes: i64,
 }
 
 #[derive(Subcommand)]
@@ -104,6 +110,10 @@ enum UserCommand {
     },
     /// Change a user's role; ends their sessions.
     Role { name: String, role: Role },
+    /// Disable an account: its sessions end and its API tokens stop working.
+    Disable { name: String },
+    /// Enable a disabled account again.
+    Enable { name: String },
     /// List users.
     List,
 }
@@ -154,6 +164,10 @@ fn config(data_dir: PathBuf, args: &ServeArgs) -> Config {
     config.secure_cookies = args.secure_cookies;
     config.check_interval = args.check_interval;
     config.unreachable_after = args.unreachable_after;
+    config.sessions = control::sessions::Policy {
+        lifetime: time::Duration::minutes(args.session_lifetime_minutes),
+        idle: time::Duration::minutes(args.session_idle_minutes),
+    };
     config
 }
 
@@ -199,6 +213,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                 UserCommand::Role { name, role } => {
                     control::users::set_role(&db, "cli", &name, role).await.map_err(fail)?;
                     println!("{name} is now {role}; their sessions ended");
+                }
+                UserCommand::Disable { name } => {
+                    control::users::set_disabled(&db, "cli", &name, true).await.map_err(fail)?;
+                    println!("{name} is disabled; their sessions ended");
+                }
+                UserCommand::Enable { name } => {
+                    control::users::set_disabled(&db, "cli", &name, false).await.map_err(fail)?;
+                    println!("{name} is enabled");
                 }
                 UserCommand::List => {
                     for user in control::users::list(&db).await.map_err(fail)? {

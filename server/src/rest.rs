@@ -15,7 +15,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware,
     response::{IntoResponse, Response},
-    routing::{MethodRouter, delete, get, post, put},
+    routing::{MethodRouter, delete, get, patch, post, put},
 };
 use control::{
     Error,
@@ -129,6 +129,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::DELETE, "/api/v1/webhooks/{id}", Some(Admin), delete(remove_webhook)),
         route(Method::GET, "/api/v1/users", Some(Admin), get(list_users)),
         route(Method::POST, "/api/v1/users", Some(Admin), post(create_user)),
+        route(Method::PATCH, "/api/v1/users/{name}", Some(Admin), patch(update_user)),
         route(Method::GET, "/healthz", None, get(healthz)),
         // Scrapers authenticate with an API token (viewer role is enough).
         route(Method::GET, "/metrics", Some(Viewer), get(metrics)),
@@ -173,8 +174,8 @@ struct LoginBody {
 }
 
 /// The Set-Cookie value for a session: HttpOnly, SameSite=Strict, Secure over TLS.
-pub fn session_cookie_header(secret: &str, secure: bool) -> HeaderValue {
-    let max_age = sessions::SESSION_LIFETIME.whole_seconds();
+pub fn session_cookie_header(secret: &str, secure: bool, policy: sessions::Policy) -> HeaderValue {
+    let max_age = policy.lifetime.whole_seconds();
     let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
@@ -186,13 +187,19 @@ pub fn clear_cookie_header() -> HeaderValue {
     HeaderValue::from_static("etc_shadow_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
-async fn login(State(state): State<AppState>, JsonBody(body): JsonBody<LoginBody>) -> ApiResult<Response> {
-    let caller = control::users::authenticate(&state.db, &body.username, &body.password).await?;
-    let secret = sessions::create(&state.db, &caller).await?;
+async fn login(
+    State(state): State<AppState>,
+    peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> ApiResult<Response> {
+    let client = peer.map(|Extension(info)| info.0.ip());
+    let caller = control::login::sign_in(&state.db, &state.config.login_limits, &body.username, &body.password, client).await?;
+    let secret = sessions::create(&state.db, &caller, state.config.sessions).await?;
     let mut response = Json(json!({"username": caller.username, "role": caller.role})).into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, session_cookie_header(&secret, state.config.secure_cookies));
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie_header(&secret, state.config.secure_cookies, state.config.sessions),
+    );
     Ok(response)
 }
 
@@ -437,6 +444,41 @@ async fn create_user(
 ) -> ApiResult<Response> {
     let user = control::users::create(&state.db, &auth.caller.username, &body.username, body.role, body.password).await?;
     Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserUpdate {
+    role: Option<Role>,
+    disabled: Option<bool>,
+}
+
+/// A role change or a disabled account takes effect on the user's next request: their
+/// sessions end in the same transaction.
+async fn update_user(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(name): PathParams<String>,
+    JsonBody(body): JsonBody<UserUpdate>,
+) -> ApiResult<Response> {
+    if body.role.is_none() && body.disabled.is_none() {
+        return Err(Error::BadRequest("nothing to change: give role and/or disabled".into()).into());
+    }
+    if name == auth.caller.username && (body.disabled == Some(true) || body.role.is_some_and(|r| r != Role::Admin)) {
+        return Err(Error::BadRequest("admins cannot disable or demote themselves; ask another admin".into()).into());
+    }
+    if let Some(role) = body.role {
+        control::users::set_role(&state.db, &auth.caller.username, &name, role).await?;
+    }
+    if let Some(disabled) = body.disabled {
+        control::users::set_disabled(&state.db, &auth.caller.username, &name, disabled).await?;
+    }
+    let user = control::users::list(&state.db)
+        .await?
+        .into_iter()
+        .find(|u| u.username == name)
+        .ok_or_else(|| Error::NotFound(format!("no user {name:?}")))?;
+    Ok(Json(user).into_response())
 }
 
 async fn add_shadow(

@@ -351,6 +351,20 @@ async fn an_agents_hand_edit_is_an_incident_through_its_event_stream_and_a_stopp
     println!("hand edit to open incident through the event path: {took:?}");
     assert_eq!(incident["detected_by"], "event");
     assert_eq!(kinds(&incident), ["content"]);
+    assert_eq!(entry(&incident, "app.toml")["kind"], "content", "{incident}");
+    let metrics = fleet
+        .editor
+        .send(reqwest::Method::GET, "/metrics", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let received: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("etc_shadow_agent_received_bytes_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no agent byte counter in:\n{metrics}"));
+    assert!(received > 0, "the agent's answers are counted");
     fleet.reconcile("edge").await;
     fleet.resolved(incident["id"].as_i64().unwrap(), Duration::from_secs(5)).await;
 
@@ -537,4 +551,149 @@ async fn a_control_plane_restored_from_an_old_backup_sees_a_revision_it_never_ma
     let detail = full["timeline"][0]["details"]["detail"].as_str().unwrap_or_default().to_string();
     assert!(detail.contains("revision 2") && detail.contains("never made"), "{full}");
     restored.stop().await;
+}
+
+/// A loopback TCP proxy in front of an agent that, while `hold_commits` is set, swallows
+/// every commit request (the connection is dropped unanswered): a shadow that prepared and
+/// then went dark.
+struct CommitSwallower {
+    addr: std::net::SocketAddr,
+    hold_commits: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CommitSwallower {
+    async fn start(agent: std::net::SocketAddr) -> CommitSwallower {
+        use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold_commits = Arc::new(AtomicBool::new(false));
+        let hold = hold_commits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let hold = hold.clone();
+                tokio::spawn(async move {
+                    let Ok(upstream) = tokio::net::TcpStream::connect(agent).await else {
+                        return;
+                    };
+                    let (mut up_read, mut up_write) = upstream.into_split();
+                    let (mut client_read, mut client_write) = client.split();
+                    let to_agent = async {
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = client_read.read(&mut buffer).await.unwrap_or(0);
+                            let chunk = &buffer[..n];
+                            let commit = chunk.starts_with(b"POST /v1/rollouts/") && chunk.windows(7).any(|w| w == b"/commit");
+                            if n == 0 || (commit && hold.load(Ordering::SeqCst)) || up_write.write_all(chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let to_client = async {
+                        let _ = tokio::io::copy(&mut up_read, &mut client_write).await;
+                    };
+                    // Whichever side ends first ends the connection.
+                    tokio::select! { _ = to_agent => {}, _ = to_client => {} }
+                });
+            }
+        });
+        CommitSwallower { addr, hold_commits }
+    }
+
+    fn hold(&self, on: bool) {
+        self.hold_commits.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_stuck_committing_on_one_dark_shadow_leaves_the_rest_of_the_fleet_watched() {
+    let fleet = fleet(INTERVAL, false).await;
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&root.path().join("edge"));
+    let proxy = CommitSwallower::start(agent.addr).await;
+    let admin = fleet.server.login("ada").await;
+    let (status, body) = admin
+        .post(
+            "/api/v1/shadows",
+            json!({"driver": "agent", "name": "edge", "url": format!("http://{}", proxy.addr), "token": AGENT_TOKEN}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, rollout) = fleet.approver.post("/api/v1/shadows/edge/reconcile", json!({})).await;
+    assert_eq!(
+        (status, rollout["state"].as_str()),
+        (StatusCode::CREATED, Some("applied")),
+        "{rollout}"
+    );
+
+    // The next rollout prepares everywhere, commits the directory shadows, and waits for
+    // `edge`, whose commits vanish.
+    proxy.hold(true);
+    let (status, change) = fleet
+        .editor
+        .post("/api/v1/changes", change_body(1, "app.toml", "[server]\nport = 9090\n"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{change}");
+    let id = change["id"].as_i64().unwrap();
+    fleet.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+    fleet.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    let response = fleet
+        .approver
+        .send(
+            reqwest::Method::POST,
+            &format!("/api/v1/changes/{id}/rollouts?wait=false"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let started = Instant::now();
+    loop {
+        let (_, rollout) = fleet.editor.get(&location).await;
+        let committed: Vec<&str> = rollout["shadows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["phase"] == "committed")
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        if rollout["state"] == "committing" && committed == ["dc1", "dr-site"] {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never stuck as expected: {rollout}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // While it waits, a hand edit on a shadow that committed is still found by the poll,
+    // and `edge`, which the rollout still has to commit, is not reported.
+    std::fs::write(fleet.dirs[0].join("nginx/site.conf"), "listen 81;\n").unwrap();
+    let (incident, _) = fleet.open_incident("dc1", WITHIN).await;
+    assert_eq!(kinds(&incident), ["content"], "{incident}");
+    let (_, rollout) = fleet.editor.get(&location).await;
+    assert_eq!(
+        rollout["state"], "committing",
+        "the edit was found while the rollout waited: {rollout}"
+    );
+    assert!(
+        fleet.incidents("shadow=edge").await.is_empty(),
+        "the rollout's own difference is not drift"
+    );
+
+    // The commit gets through: applied, and `edge` is in sync.
+    proxy.hold(false);
+    let started = Instant::now();
+    loop {
+        let (_, rollout) = fleet.editor.get(&location).await;
+        if rollout["state"] == "applied" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the commit never got through: {rollout}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, edge) = fleet.editor.post("/api/v1/shadows/edge/check", json!({})).await;
+    assert_eq!(edge["status"], "in_sync", "{edge}");
+    fleet.server.stop().await;
 }

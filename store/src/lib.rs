@@ -143,7 +143,8 @@ impl FileSignature {
 /// only the files that changed since the last look.
 #[derive(Default)]
 struct HashCache {
-    entries: Mutex<HashMap<PathBuf, (FileSignature, Manifested, Hash, ObservedEntry)>>,
+    /// By entry path: only the live tree is cached (`observe` with `cached`).
+    entries: Mutex<HashMap<String, (FileSignature, Manifested, Hash, ObservedEntry)>>,
     files_hashed: AtomicU64,
 }
 
@@ -373,8 +374,9 @@ impl Store {
     }
 
     /// The manifest of what should be live, for interpreting the disk.
-    fn live_manifest(&self) -> BTreeMap<String, Manifested> {
-        self.persisted.live.as_ref().map(|g| g.manifest.clone()).unwrap_or_default()
+    fn live_manifest(&self) -> &BTreeMap<String, Manifested> {
+        static EMPTY: BTreeMap<String, Manifested> = BTreeMap::new();
+        self.persisted.live.as_ref().map_or(&EMPTY, |g| &g.manifest)
     }
 
     /// Every regular file under `root` with its entry hash, as the shadow holds it. Files
@@ -400,13 +402,16 @@ impl Store {
             .unwrap_or_default();
         let mut cache = self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut seen = std::collections::HashSet::new();
+        let unmanaged = Manifested::default();
         let mut pending = vec![root.to_path_buf()];
         while let Some(dir) = pending.pop() {
             let entries = fs::read_dir(&dir).map_err(|err| io_error(format!("list {}", dir.display()), err))?;
             for entry in entries {
                 let entry = entry.map_err(|err| io_error(format!("list {}", dir.display()), err))?;
                 let path = entry.path();
-                let meta = fs::symlink_metadata(&path).map_err(|err| io_error(format!("stat {}", path.display()), err))?;
+                // `fstatat` relative to the open directory: no walk of the whole path per
+                // file, and (like `lstat`) symlinks are not followed.
+                let meta = entry.metadata().map_err(|err| io_error(format!("stat {}", path.display()), err))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with('.') && name.contains(".tmp-") {
                     continue;
@@ -424,13 +429,15 @@ impl Store {
                 let Ok(entry_path) = EntryPath::parse(&relative.to_string_lossy()) else {
                     continue;
                 };
-                let expected = manifest.get(entry_path.as_str()).cloned().unwrap_or_default();
+                let expected = manifest.get(entry_path.as_str()).unwrap_or(&unmanaged);
                 let signature = FileSignature::of(&meta);
-                seen.insert(path.clone());
+                if cached {
+                    seen.insert(entry_path.as_str().to_string());
+                }
                 if cached
-                    && let Some((cached_signature, cached_expected, hash, observed)) = cache.get(&path)
+                    && let Some((cached_signature, cached_expected, hash, observed)) = cache.get(entry_path.as_str())
                     && *cached_signature == signature
-                    && *cached_expected == expected
+                    && cached_expected == expected
                 {
                     found.push((entry_path, *hash, observed.clone()));
                     continue;
@@ -467,9 +474,12 @@ impl Store {
                     u32::try_from(signature.ctime.1).unwrap_or(0),
                 );
                 if cached && changed_at < racy_after {
-                    cache.insert(path.clone(), (signature, expected, hash, observed.clone()));
-                } else {
-                    cache.remove(&path);
+                    cache.insert(
+                        entry_path.as_str().to_string(),
+                        (signature, expected.clone(), hash, observed.clone()),
+                    );
+                } else if cached {
+                    cache.remove(entry_path.as_str());
                 }
                 found.push((entry_path, hash, observed));
             }
@@ -494,11 +504,11 @@ impl Store {
 
     /// The root of what the live directory holds right now.
     pub fn live_root(&self) -> Result<Hash> {
-        Ok(Self::root_of(&self.observe(&self.live, &self.live_manifest(), true)?))
+        Ok(Self::root_of(&self.observe(&self.live, self.live_manifest(), true)?))
     }
 
     pub fn state(&self, with_entries: bool) -> Result<ShadowState> {
-        let observed = self.observe(&self.live, &self.live_manifest(), true)?;
+        let observed = self.observe(&self.live, self.live_manifest(), true)?;
         Ok(ShadowState {
             control_plane_id: self.persisted.control_plane_id.clone().or(self.pinned_control_plane.clone()),
             highest_epoch: self.persisted.highest_epoch,
@@ -519,6 +529,15 @@ impl Store {
         let file = self.live.join(path.as_str());
         let meta = fs::symlink_metadata(&file).map_err(|_| StoreError::NotFound(format!("no live entry {path}")))?;
         if !meta.is_file() {
+            return Err(StoreError::NotFound(format!("no live entry {path}")));
+        }
+        // The path is clean, but a directory on the way may be a symlink someone planted on
+        // the node (`conf -> /etc`): only files really inside the live tree are served.
+        let inside = match (fs::canonicalize(&file), fs::canonicalize(&self.live)) {
+            (Ok(real), Ok(live)) => real.starts_with(&live),
+            _ => false,
+        };
+        if !inside {
             return Err(StoreError::NotFound(format!("no live entry {path}")));
         }
         fs::read(&file).map_err(|err| io_error(format!("read {path}"), err))

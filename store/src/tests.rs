@@ -251,3 +251,42 @@ fn an_owner_the_shadow_cannot_apply_fails_prepare_and_stages_nothing() {
     assert!(leftovers.is_empty(), "nothing staged: {leftovers:?}");
     assert!(matches!(store.commit(1, &fence(1)), Err(StoreError::NotFound(_))));
 }
+
+#[test]
+fn paths_are_confined_to_the_live_tree_whatever_the_caller_sends() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let req = request(1, 1, &empty_root(), vec![entry("conf/app.toml", "port = 1\n", "0644")]);
+    store.prepare(1, &req).unwrap();
+    store.commit(1, &fence(1)).unwrap();
+    // Outside the tree, a file the agent must never serve.
+    let outside = f._dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("passwd"), "root:x:0:0").unwrap();
+    // Someone on the node plants symlinks inside the live tree.
+    std::os::unix::fs::symlink(&outside, f.live.join("escape")).unwrap();
+    std::os::unix::fs::symlink(outside.join("passwd"), f.live.join("conf/passwd")).unwrap();
+    for path in [
+        "escape/passwd",
+        "conf/passwd",
+        "../outside/passwd",
+        "/etc/passwd",
+        "conf/../../outside/passwd",
+        "conf/app.toml\0",
+    ] {
+        let answer = store.read_entry(path);
+        assert!(
+            matches!(answer, Err(StoreError::NotFound(_) | StoreError::BadRequest(_))),
+            "{path:?} was served: {answer:?}"
+        );
+    }
+    assert_eq!(store.read_entry("conf/app.toml").unwrap(), b"port = 1\n");
+    // Symlinks are not entries: the walk neither follows nor reports them.
+    let state = store.state(true).unwrap();
+    let paths: Vec<String> = state.entries.unwrap().into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, ["conf/app.toml"]);
+    // A NUL in a prepared path is refused like `..`.
+    let mut nul = request(1, 2, &state.live_root, vec![entry("a", "1", "0644")]);
+    nul.entries[0].path = "a\0b".into();
+    assert!(matches!(store.prepare(2, &nul), Err(StoreError::BadRequest(_))));
+}

@@ -1,0 +1,267 @@
+//! Security properties over HTTP against the real server: response headers and the page's
+//! Content-Security-Policy, session timeouts, role changes and disabled accounts taking
+//! effect at once, and sign-in brute-force limits that survive a restart and a flood.
+
+mod common;
+
+use common::{PASSWORD, TestServer};
+use domain::Role;
+use reqwest::{Client, StatusCode};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} on {}", response.url()))
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers_and_pages_a_nonce_policy() {
+    let server = TestServer::start().await;
+    server.user("erin", Role::Editor).await;
+    let editor = server.login("erin").await;
+    let anonymous = server.anonymous();
+    let cases = [
+        (&anonymous, "/login", StatusCode::OK),
+        (&editor, "/", StatusCode::OK),
+        (&editor, "/changes", StatusCode::OK),
+        (&editor, "/api/v1/changes", StatusCode::OK),
+        (&anonymous, "/api/v1/changes", StatusCode::UNAUTHORIZED),
+        (&editor, "/api/v1/changes/999999", StatusCode::NOT_FOUND),
+        (&editor, "/api/v1/nothing-here", StatusCode::NOT_FOUND),
+    ];
+    for (session, path, status) in cases {
+        let response = session.send(reqwest::Method::GET, path, None).await;
+        assert_eq!(response.status(), status, "{path}");
+        assert_eq!(header(&response, "x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header(&response, "x-frame-options"), "DENY", "{path}");
+        assert_eq!(header(&response, "referrer-policy"), "no-referrer", "{path}");
+        let policy = header(&response, "content-security-policy").to_string();
+        assert!(policy.contains("frame-ancestors 'none'"), "{path}: {policy}");
+        assert!(!policy.contains("unsafe-inline"), "{path}: {policy}");
+        assert!(
+            response.headers().get("strict-transport-security").is_none(),
+            "no HSTS over plain http"
+        );
+        let is_page = !path.starts_with("/api/");
+        let body = response.text().await.unwrap();
+        if is_page {
+            // The page's inline scripts run only by the nonce its policy names.
+            let nonce = policy
+                .split("'nonce-")
+                .nth(1)
+                .and_then(|rest| rest.split('\'').next())
+                .unwrap_or_else(|| panic!("{path}: no nonce in {policy}"));
+            assert!(nonce.len() >= 16, "{path}: a real nonce, not {nonce:?}");
+            let scripts: Vec<&str> = body.split("<script").skip(1).map(|s| &s[..s.find('>').unwrap()]).collect();
+            assert!(!scripts.is_empty(), "{path}: the page hydrates");
+            for script in scripts {
+                assert!(
+                    script.contains(&format!("nonce=\"{nonce}\"")),
+                    "{path}: script without the nonce: <script{script}>"
+                );
+            }
+        } else {
+            assert!(policy.starts_with("default-src 'none'"), "{path}: {policy}");
+        }
+    }
+    // Two pages, two nonces.
+    let policies: Vec<String> = futures_util::future::join_all((0..2).map(|_| anonymous.send(reqwest::Method::GET, "/login", None)))
+        .await
+        .iter()
+        .map(|r| header(r, "content-security-policy").to_string())
+        .collect();
+    assert_ne!(policies[0], policies[1], "a nonce is used once");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_end_after_their_idle_timeout_and_their_lifetime() {
+    let server = TestServer::start_with(|config| {
+        config.sessions.idle = time::Duration::seconds(2);
+        config.sessions.lifetime = time::Duration::seconds(5);
+    })
+    .await;
+    server.user("erin", Role::Editor).await;
+
+    // Idle: no request for longer than the idle timeout ends the session.
+    let idle = server.login("erin").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(idle.get("/api/v1/session").await.0, StatusCode::UNAUTHORIZED);
+
+    // In use, the session outlives the idle timeout, but not its lifetime.
+    let busy = server.login("erin").await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        assert_eq!(busy.get("/api/v1/session").await.0, StatusCode::OK, "alive while used");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        busy.get("/api/v1/session").await.0,
+        StatusCode::UNAUTHORIZED,
+        "the lifetime is absolute"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_role_change_or_a_disabled_account_takes_effect_on_the_next_request() {
+    let server = TestServer::start().await;
+    server.user("ada", Role::Admin).await;
+    server.user("abel", Role::Approver).await;
+    let admin = server.login("ada").await;
+    let approver = server.login("abel").await;
+    let (status, token) = approver.post("/api/v1/tokens", json!({"name": "ci"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{token}");
+    let token = token["token"].as_str().unwrap().to_string();
+    let with_token = |path: &str| Client::new().get(server.url(path)).bearer_auth(&token).send();
+    assert_eq!(with_token("/api/v1/session").await.unwrap().status(), StatusCode::OK);
+
+    // Demoted: the session ends at once; the token keeps working at the lower role.
+    let response = admin
+        .send(reqwest::Method::PATCH, "/api/v1/users/abel", Some(json!({"role": "viewer"})))
+        .await;
+    let (status, user) = common::json_of(response).await;
+    assert_eq!((status, user["role"].as_str()), (StatusCode::OK, Some("viewer")), "{user}");
+    assert_eq!(approver.get("/api/v1/session").await.0, StatusCode::UNAUTHORIZED);
+    let me: serde_json::Value = with_token("/api/v1/session").await.unwrap().json().await.unwrap();
+    assert_eq!(me["role"], "viewer", "a token never outranks its owner");
+
+    // Disabled: a new session is refused, and so is the token.
+    let viewer = server.login("abel").await;
+    let response = admin
+        .send(reqwest::Method::PATCH, "/api/v1/users/abel", Some(json!({"disabled": true})))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(viewer.get("/api/v1/session").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(with_token("/api/v1/session").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let refused = server
+        .anonymous()
+        .post("/api/v1/session", json!({"username": "abel", "password": PASSWORD}))
+        .await;
+    assert_eq!(refused.0, StatusCode::UNAUTHORIZED);
+
+    // Only admins change accounts, and an admin cannot lock themselves out.
+    let response = admin
+        .send(reqwest::Method::PATCH, "/api/v1/users/ada", Some(json!({"disabled": true})))
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let (_, audit) = admin.get("/api/v1/audit?limit=20").await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"user.role") && actions.contains(&"user.disable"), "{actions:?}");
+    server.stop().await;
+}
+
+async fn sign_in(client: &Client, server: &TestServer, username: &str, password: &str) -> reqwest::Response {
+    client
+        .post(server.url("/api/v1/session"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `count` wrong guesses at `username`'s password; answers how many were checked (401)
+/// rather than refused unchecked (429).
+async fn guesses(client: &Client, server: &TestServer, username: &str, count: usize) -> usize {
+    let mut checked = 0;
+    for guess in 0..count {
+        let response = sign_in(client, server, username, &format!("guess number {guess}")).await;
+        match response.status() {
+            StatusCode::UNAUTHORIZED => checked += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let wait: u64 = header(&response, "retry-after").parse().unwrap();
+                assert!((1..=5).contains(&wait), "Retry-After {wait}");
+            }
+            other => panic!("guess {guess}: {other}"),
+        }
+    }
+    checked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_limits_hold_across_a_restart_and_a_flood_of_random_names() {
+    let data = tempfile::tempdir().unwrap();
+    let limits = control::login::Limits {
+        account_free: 5,
+        address_free: 1_000_000, // this test is about accounts and names
+        base: time::Duration::seconds(1),
+        max: time::Duration::seconds(4),
+        pool_cap: 50,
+        ..Default::default()
+    };
+    let start = || {
+        let dir = data.path().to_path_buf();
+        TestServer::start_with(move |config| {
+            config.data_dir = dir;
+            config.login_limits = limits;
+        })
+    };
+    let first = start().await;
+    first.user("erin", Role::Editor).await;
+    let client = Client::new();
+
+    // 10,000 guesses at erin's password, half before and half after a restart.
+    let started = Instant::now();
+    let mut checked = guesses(&client, &first, "erin", 5_000).await;
+    first.stop().await;
+    let server = start().await;
+    // The count survived the restart: at most one guess gets through before the next wait
+    // (a reset would let five through).
+    let after_restart = guesses(&client, &server, "erin", 2).await;
+    assert!(after_restart <= 1, "the restart reset the limit");
+    checked += after_restart + guesses(&client, &server, "erin", 4_998).await;
+    // Five free guesses, then at most one per base interval (the waits double from there).
+    let bound = 5 + started.elapsed().as_secs() as usize + 2;
+    assert!(
+        checked <= bound,
+        "{checked} of 10,000 guesses were checked; the limit allows {bound}"
+    );
+
+    // A flood of names nobody has: the table stays bounded and erin's record stays.
+    for i in 0..120 {
+        let response = sign_in(&client, &server, &format!("flood-{i}-{}", i * 7919), "whatever password").await;
+        assert!(matches!(
+            response.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS
+        ));
+    }
+    let pools = control::login::rows(&server.state.db).await.unwrap();
+    let names = pools.iter().find(|(pool, _)| pool == "name").map_or(0, |(_, n)| *n);
+    assert!(names <= 50, "{pools:?}");
+    assert!(pools.iter().any(|(pool, n)| pool == "account" && *n == 1), "{pools:?}");
+    assert!(
+        guesses(&client, &server, "erin", 2).await <= 1,
+        "the flood did not evict erin's record"
+    );
+
+    // Backoff, not lockout: erin signs in once the wait is over, and starts afresh.
+    let mut signed_in = false;
+    for _ in 0..5 {
+        let response = sign_in(&client, &server, "erin", PASSWORD).await;
+        if response.status() == StatusCode::OK {
+            signed_in = true;
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let wait: u64 = header(&response, "retry-after").parse().unwrap();
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+    assert!(signed_in, "erin could not sign in after the backoff");
+    assert_eq!(
+        guesses(&client, &server, "erin", 1).await,
+        1,
+        "a successful sign-in clears the count"
+    );
+    server.stop().await;
+}
