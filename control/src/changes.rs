@@ -165,7 +165,22 @@ fn prepare_put(path: &EntryPath, edit: &EntryEdit, existing: Option<&EntryRow>) 
     Ok(PreparedPut { row, content })
 }
 
-async fn store_put(conn: &mut SqliteConnection, change_id: i64, put: &PreparedPut) -> Result<()> {
+/// Stores an entry's content and the operation. A secret entry's content is sealed, and
+/// its blob is named by a keyed fingerprint: a plain content hash would let anyone with
+/// the database test guesses against it.
+async fn store_put(conn: &mut SqliteConnection, keys: &crate::secrets::Keyring, change_id: i64, put: &PreparedPut) -> Result<()> {
+    if put.row.secret {
+        let mut row = put.row.clone();
+        let id = format!("s{}", keys.fingerprint(&put.content));
+        sqlx::query("INSERT OR IGNORE INTO blobs (hash, content, size, sealed) VALUES (?, ?, ?, 1)")
+            .bind(&id)
+            .bind(keys.seal(&format!("blob:{id}"), &put.content))
+            .bind(put.row.size)
+            .execute(&mut *conn)
+            .await?;
+        row.blob = Some(id);
+        return store_op(conn, change_id, "put", &row).await;
+    }
     sqlx::query("INSERT OR IGNORE INTO blobs (hash, content, size) VALUES (?, ?, ?)")
         .bind(&put.row.blob)
         .bind(&put.content)
@@ -282,7 +297,7 @@ pub async fn create(db: &Db, caller: &Caller, input: NewChange) -> Result<Change
     .fetch_one(&mut *tx)
     .await?;
     for put in &puts {
-        store_put(&mut tx, id, put).await?;
+        store_put(&mut tx, &db.keys, id, put).await?;
     }
     for row in &deletes {
         store_op(&mut tx, id, "delete", row).await?;
@@ -372,7 +387,7 @@ pub async fn put_entry(db: &Db, caller: &Caller, id: i64, path: &str, edit: Entr
     let change = load_for_edit(&mut tx, caller, id).await?;
     let base = revisions::entries(&mut tx, change.base_revision).await?;
     let put = prepare_put(&path, &edit, base.get(path.as_str()))?;
-    store_put(&mut tx, id, &put).await?;
+    store_put(&mut tx, &db.keys, id, &put).await?;
     let view = finish_edit(&mut tx, caller, &change, "change.edit", json!({"put": path.as_str()})).await?;
     tx.commit().await?;
     Ok(view)
@@ -619,7 +634,7 @@ pub async fn diff(db: &Db, id: i64) -> Result<DiffView> {
     let base = revisions::entries(&mut conn, change.base_revision).await?;
     let ops = operations(&mut conn, id).await?;
     let after = apply(&base, &ops);
-    let entries = revisions::diff_sets(&mut conn, &base, &after, false).await?;
+    let entries = revisions::diff_sets(&mut conn, &db.keys, &base, &after, false).await?;
     Ok(DiffView {
         from: format!("revision {}", change.base_revision),
         to: format!("change {id}"),
@@ -641,7 +656,7 @@ pub async fn entry_content(db: &Db, id: i64, path: &str) -> Result<Option<String
             .await?;
     match row {
         Some((Some(hash), false)) => Ok(Some(
-            String::from_utf8_lossy(&revisions::blob(&mut conn, &hash).await?).into_owned(),
+            String::from_utf8_lossy(&revisions::blob(&mut conn, &db.keys, &hash).await?).into_owned(),
         )),
         _ => Ok(None),
     }

@@ -16,6 +16,8 @@ pub const DATABASE_FILE: &str = "etc-shadow.db";
 pub struct Db {
     pub read: SqlitePool,
     write: SqlitePool,
+    /// Seals and opens what is encrypted at rest (see [`crate::secrets`]).
+    pub keys: std::sync::Arc<crate::secrets::Keyring>,
 }
 
 /// This control plane's fencing identity.
@@ -29,21 +31,36 @@ impl Db {
     /// Opens (creating if missing) the database in `data_dir` and applies migrations.
     pub async fn open(data_dir: &Path) -> Result<Db> {
         std::fs::create_dir_all(data_dir).map_err(|err| Error::Internal(format!("cannot create {}: {err}", data_dir.display())))?;
+        let keys = crate::secrets::Keyring::load_or_create(data_dir)?;
+        Self::open_with(data_dir, keys).await
+    }
+
+    /// Opens the database with the given keys (a rotation opens it with both).
+    pub async fn open_with(data_dir: &Path, keys: crate::secrets::Keyring) -> Result<Db> {
+        std::fs::create_dir_all(data_dir).map_err(|err| Error::Internal(format!("cannot create {}: {err}", data_dir.display())))?;
         let url = format!("sqlite://{}", data_dir.join(DATABASE_FILE).display());
         let options = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // Deleted rows are overwritten, not left in free pages: no old plaintext lingers.
+            .pragma("secure_delete", "ON");
         let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("../migrations").run(&write).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options.read_only(true))
             .await?;
-        let db = Db { read, write };
+        let db = Db {
+            read,
+            write,
+            keys: std::sync::Arc::new(keys),
+        };
         db.initialise().await?;
+        crate::secrets::check_keys(&db).await?;
+        crate::secrets::seal_stored(&db, false).await?;
         Ok(db)
     }
 

@@ -377,7 +377,7 @@ impl Monitor {
                 && row.entry_hash != have.entry_hash
                 && let Some(blob) = &row.blob
             {
-                contents.insert(have.path.clone(), revisions::blob(&mut conn, blob).await?);
+                contents.insert(have.path.clone(), revisions::blob(&mut conn, &self.db.keys, blob).await?);
             }
         }
         Ok(classify(&wanted, &observed, |path| contents.get(path).cloned()))
@@ -748,7 +748,7 @@ impl Monitor {
                 let primary = match want.and_then(|w| w.blob.clone()) {
                     Some(blob) => {
                         let mut conn = self.db.read.acquire().await?;
-                        String::from_utf8_lossy(&revisions::blob(&mut conn, &blob).await?).into_owned()
+                        String::from_utf8_lossy(&revisions::blob(&mut conn, &self.db.keys, &blob).await?).into_owned()
                     }
                     None => String::new(),
                 };

@@ -16,6 +16,7 @@ pub mod login;
 pub mod metrics;
 pub mod revisions;
 pub mod rollouts;
+pub mod secrets;
 pub mod sessions;
 pub mod shadows;
 pub mod tls;

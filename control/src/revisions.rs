@@ -99,13 +99,18 @@ pub(crate) async fn entries(conn: &mut SqliteConnection, number: i64) -> Result<
     Ok(rows.into_iter().map(|row| (row.path.clone(), row)).collect())
 }
 
-pub(crate) async fn blob(conn: &mut SqliteConnection, hash: &str) -> Result<Vec<u8>> {
-    let (content,): (Vec<u8>,) = sqlx::query_as("SELECT content FROM blobs WHERE hash = ?")
+/// The content of a blob, opened if it is sealed (a secret entry's).
+pub(crate) async fn blob(conn: &mut SqliteConnection, keys: &crate::secrets::Keyring, hash: &str) -> Result<Vec<u8>> {
+    let (content, sealed): (Vec<u8>, bool) = sqlx::query_as("SELECT content, sealed FROM blobs WHERE hash = ?")
         .bind(hash)
         .fetch_optional(conn)
         .await?
         .ok_or_else(|| Error::Internal(format!("blob {hash} is missing")))?;
-    Ok(content)
+    if sealed {
+        keys.open(&format!("blob:{hash}"), &content)
+    } else {
+        Ok(content)
+    }
 }
 
 pub async fn current(db: &Db) -> Result<RevisionSummary> {
@@ -144,6 +149,43 @@ pub async fn get(db: &Db, number: i64) -> Result<RevisionView> {
     Ok(RevisionView { summary, current, entries })
 }
 
+/// The content of a secret entry, for a caller who has just given their password again
+/// (checked by the caller of this function). Audited, without the value.
+pub async fn reveal(db: &Db, caller: &crate::Caller, number: i64, path: &str) -> Result<EntryContent> {
+    let path = EntryPath::parse(path).map_err(|err| Error::BadRequest(err.to_string()))?;
+    let mut conn = db.read.acquire().await?;
+    summary(&mut conn, number).await?;
+    let row: EntryRow = sqlx::query_as(
+        "SELECT path, blob, format, mode, owner, grp, secret, size, entry_hash FROM revision_entries WHERE revision = ? AND path = ?",
+    )
+    .bind(number)
+    .bind(path.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::NotFound(format!("revision {number} has no entry {path}")))?;
+    if !row.secret {
+        return Err(Error::BadRequest(format!("{path} is not secret: read it with GET")));
+    }
+    let hash = row.blob.clone().ok_or_else(|| Error::Internal(format!("{path} has no content")))?;
+    let content = String::from_utf8_lossy(&blob(&mut conn, &db.keys, &hash).await?).into_owned();
+    drop(conn);
+    let mut tx = db.begin().await?;
+    crate::audit::append(
+        &mut tx,
+        &caller.username,
+        "secret.reveal",
+        &format!("revision/{number}/{path}"),
+        serde_json::json!({"revision": number, "path": path.as_str(), "fingerprint": hash}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(EntryContent {
+        entry: row.view(),
+        revision: number,
+        content: Some(content),
+    })
+}
+
 /// One entry of a revision with its content (withheld for secret entries).
 pub async fn entry(db: &Db, number: i64, path: &str) -> Result<EntryContent> {
     let path = EntryPath::parse(path).map_err(|err| Error::BadRequest(err.to_string()))?;
@@ -158,7 +200,7 @@ pub async fn entry(db: &Db, number: i64, path: &str) -> Result<EntryContent> {
     .await?
     .ok_or_else(|| Error::NotFound(format!("revision {number} has no entry {path}")))?;
     let content = match (&row.blob, row.secret) {
-        (Some(hash), false) => Some(String::from_utf8_lossy(&blob(&mut conn, hash).await?).into_owned()),
+        (Some(hash), false) => Some(String::from_utf8_lossy(&blob(&mut conn, &db.keys, hash).await?).into_owned()),
         _ => None,
     };
     Ok(EntryContent {
@@ -177,7 +219,7 @@ pub async fn diff(db: &Db, from: i64, to: i64) -> Result<DiffView> {
     Ok(DiffView {
         from: format!("revision {from}"),
         to: format!("revision {to}"),
-        entries: diff_sets(&mut conn, &old, &new, false).await?,
+        entries: diff_sets(&mut conn, &db.keys, &old, &new, false).await?,
     })
 }
 
@@ -214,6 +256,7 @@ pub(crate) fn policy_changes(old: &EntryRow, new: &EntryRow) -> Vec<String> {
 /// whether it changed. `include_unchanged` keeps unchanged entries in the list.
 pub(crate) async fn diff_sets(
     conn: &mut SqliteConnection,
+    keys: &crate::secrets::Keyring,
     old: &EntrySet,
     new: &EntrySet,
     include_unchanged: bool,
@@ -240,8 +283,8 @@ pub(crate) async fn diff_sets(
         }
         let secret = before.is_some_and(|e| e.secret) || after.is_some_and(|e| e.secret);
         let (text, keys) = if content_changed && !secret {
-            let old_text = text_of(conn, before).await?;
-            let new_text = text_of(conn, after).await?;
+            let old_text = text_of(conn, keys, before).await?;
+            let new_text = text_of(conn, keys, after).await?;
             let keys = match (before, after) {
                 (Some(b), Some(a)) if b.format == a.format => a
                     .format
@@ -268,9 +311,9 @@ pub(crate) async fn diff_sets(
     Ok(result)
 }
 
-async fn text_of(conn: &mut SqliteConnection, entry: Option<&EntryRow>) -> Result<String> {
+async fn text_of(conn: &mut SqliteConnection, keys: &crate::secrets::Keyring, entry: Option<&EntryRow>) -> Result<String> {
     match entry.and_then(|e| e.blob.as_deref()) {
-        Some(hash) => Ok(String::from_utf8_lossy(&blob(conn, hash).await?).into_owned()),
+        Some(hash) => Ok(String::from_utf8_lossy(&blob(conn, keys, hash).await?).into_owned()),
         None => Ok(String::new()),
     }
 }

@@ -127,14 +127,14 @@ async fn write_revision(tx: &mut SqliteConnection, number: i64, root: &str, chan
 }
 
 /// The entries of a set as the agent protocol sends them (content included).
-async fn staged_entries(conn: &mut SqliteConnection, set: &EntrySet) -> Result<Vec<StagedEntry>> {
+async fn staged_entries(conn: &mut SqliteConnection, keys: &crate::secrets::Keyring, set: &EntrySet) -> Result<Vec<StagedEntry>> {
     let mut entries = Vec::with_capacity(set.len());
     for row in set.values() {
         let hash = row
             .blob
             .as_deref()
             .ok_or_else(|| Error::Internal(format!("{} has no content", row.path)))?;
-        let content = revisions::blob(conn, hash).await?;
+        let content = revisions::blob(conn, keys, hash).await?;
         entries.push(StagedEntry {
             path: row.path.clone(),
             content: String::from_utf8(content).map_err(|_| Error::Internal(format!("{} is not UTF-8", row.path)))?,
@@ -376,7 +376,7 @@ impl Coordinator {
         }
         sqlx::query("UPDATE shadows SET status = 'rolling_out'").execute(&mut *tx).await?;
         audit::append(&mut tx, &caller.username, "rollout.start", &format!("rollout/{id}"), details).await?;
-        let entries = staged_entries(&mut tx, &next).await?;
+        let entries = staged_entries(&mut tx, &self.db.keys, &next).await?;
         tx.commit().await?;
         crash_point("after_start");
         let plan = Plan {
@@ -433,7 +433,7 @@ impl Coordinator {
             json!({"shadow": shadow, "revision": current, "root": root}),
         )
         .await?;
-        let entries = staged_entries(&mut tx, &set).await?;
+        let entries = staged_entries(&mut tx, &self.db.keys, &set).await?;
         tx.commit().await?;
         let plan = Plan {
             id,

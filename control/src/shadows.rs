@@ -137,7 +137,8 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowVie
         .bind(name)
         .bind(driver)
         .bind(&url)
-        .bind(&token)
+        // The bearer token is sealed at rest (see `secrets`).
+        .bind(token.as_deref().map(|t| db.keys.seal_text(&format!("shadow-token:{name}"), t)))
         .bind(&tls_pin)
         .bind(&path)
         .bind(now())
@@ -458,6 +459,7 @@ impl Registry {
         if driver != "agent" {
             return Err(Error::BadRequest(format!("shadow {name} is not an agent")));
         }
+        let token = db.keys.open_text(&format!("shadow-token:{name}"), &token)?;
         let client = match tls_pin.as_deref() {
             Some(pin) => crate::tls::pinned_client(pin, None)?,
             None => reqwest::Client::builder()
@@ -489,7 +491,7 @@ impl Registry {
             (driver, Some(url), Some(token), tls_pin, _) if driver == "agent" => Ok(Driver::Agent {
                 http: self.client_for(tls_pin.as_deref())?,
                 url,
-                token,
+                token: db.keys.open_text(&format!("shadow-token:{name}"), &token)?,
             }),
             (driver, _, _, _, Some(path)) if driver == "directory" => {
                 if let Some(store) = self.directories.lock().unwrap_or_else(|p| p.into_inner()).get(name) {

@@ -103,7 +103,7 @@ pub async fn create(db: &Db, caller: &Caller, input: NewWebhook) -> Result<Webho
     let (id,): (i64,) =
         sqlx::query_as("INSERT INTO webhooks (url, secret, events, created_by, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id")
             .bind(url)
-            .bind(&secret)
+            .bind(db.keys.seal_text(&format!("webhook-secret:{url}"), &secret))
             .bind(&events)
             .bind(&caller.username)
             .bind(&at)
@@ -215,6 +215,7 @@ async fn deliver_due(db: &Db, http: &reqwest::Client) -> Result<()> {
     .fetch_all(&db.read)
     .await?;
     for (id, event, payload, url, secret, attempts) in due {
+        let secret = db.keys.open_text(&format!("webhook-secret:{url}"), &secret)?;
         let result = http
             .post(&url)
             .header("content-type", "application/json")

@@ -34,6 +34,16 @@ enum Command {
     /// Manage shadows.
     #[command(subcommand)]
     Shadow(ShadowCommand),
+    /// Manage the key that encrypts secrets at rest.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Make a new encryption key and re-encrypt every secret with it (stop the server
+    /// first). Safe to run again if interrupted: the old key stays until all is done.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -282,6 +292,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
             }
             db.close().await;
+            Ok(())
+        }
+        Command::Secrets(SecretsCommand::Rotate) => {
+            let written = control::secrets::rotate(&cli.data_dir).await.map_err(fail)?;
+            println!(
+                "new encryption key in {}; {written} secret values re-encrypted",
+                control::secrets::Keyring::path_for(&cli.data_dir).display()
+            );
             Ok(())
         }
         Command::Audit(AuditCommand::Verify) => {

@@ -67,6 +67,7 @@ pub fn routes() -> Vec<RouteSpec> {
             get(get_revision_entry),
         ),
         route(Method::GET, "/api/v1/revisions/{a}/diff/{b}", Some(Viewer), get(diff_revisions)),
+        route(Method::POST, "/api/v1/revisions/{n}/reveal", Some(Approver), post(reveal_secret)),
         route(Method::POST, "/api/v1/changes", Some(Editor), post(create_change)),
         route(Method::GET, "/api/v1/changes", Some(Viewer), get(list_changes)),
         route(Method::GET, "/api/v1/changes/{id}", Some(Viewer), get(get_change)),
@@ -251,6 +252,37 @@ async fn get_revision(State(state): State<AppState>, PathParams(n): PathParams<i
 
 async fn get_revision_entry(State(state): State<AppState>, PathParams((n, path)): PathParams<(i64, String)>) -> ApiResult<Response> {
     Ok(Json(revisions::entry(&state.db, n, &path).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevealBody {
+    path: String,
+    /// The caller's password, given again for this one reveal.
+    password: String,
+}
+
+/// A secret entry's content, to an approver or admin who gives their password again
+/// (counted by the sign-in limits). Audited; never cached.
+async fn reveal_secret(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    PathParams(n): PathParams<i64>,
+    JsonBody(body): JsonBody<RevealBody>,
+) -> ApiResult<Response> {
+    let client = peer.map(|Extension(info)| info.0.ip());
+    match control::login::sign_in(&state.db, &state.config.login_limits, &auth.caller.username, &body.password, client).await {
+        Ok(_) => {}
+        Err(Error::Unauthorized) => return Err(Error::Forbidden("wrong password: the reveal needs your password again".into()).into()),
+        Err(other) => return Err(other.into()),
+    }
+    let revealed = revisions::reveal(&state.db, caller(&auth), n, &body.path).await?;
+    let mut response = Json(revealed).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 async fn diff_revisions(State(state): State<AppState>, PathParams((a, b)): PathParams<(i64, i64)>) -> ApiResult<Response> {

@@ -365,8 +365,29 @@ async fn an_agents_hand_edit_is_an_incident_through_its_event_stream_and_a_stopp
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no agent byte counter in:\n{metrics}"));
     assert!(received > 0, "the agent's answers are counted");
+    let (_, before) = fleet.editor.get("/api/v1/shadows/edge/checks?limit=1").await;
+    let last_check = before["items"][0]["id"].as_i64().unwrap_or(0);
     fleet.reconcile("edge").await;
     fleet.resolved(incident["id"].as_i64().unwrap(), Duration::from_secs(5)).await;
+    // The monitor looks again at a rollout's shadows when it ends; let that check land
+    // first, so the failures counted below are only the ones this test causes.
+    let started = Instant::now();
+    loop {
+        let (_, checks) = fleet.editor.get("/api/v1/shadows/edge/checks?limit=20").await;
+        let after_rollout = checks["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["trigger"] == "rollout" && c["id"].as_i64().unwrap() > last_check);
+        if after_rollout {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no check after the reconcile: {checks}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A stopped agent: a failed check is never "in sync"; at the threshold, an incident.
     fleet.agent.as_mut().unwrap().kill();
@@ -535,6 +556,10 @@ async fn a_control_plane_restored_from_an_old_backup_sees_a_revision_it_never_ma
         .status()
         .expect("sqlite3");
     assert!(status.success());
+    // A restore needs the key file too (kept apart from database backups): the agent's
+    // token is sealed with it.
+    let key = control::secrets::KEY_FILE;
+    std::fs::copy(fleet.server.data_dir().join(key), copy.path().join(key)).unwrap();
     let rollout = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
     assert_eq!(rollout["state"], "applied", "{rollout}");
     fleet.server.stop().await;

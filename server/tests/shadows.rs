@@ -229,6 +229,8 @@ async fn a_second_control_plane_and_a_stale_copy_are_fenced() {
         .status()
         .expect("sqlite3");
     copy_dir_all(&fleet.server.data_dir().join("shadows"), &copy_dir.path().join("shadows"));
+    let key = control::secrets::KEY_FILE;
+    std::fs::copy(fleet.server.data_dir().join(key), copy_dir.path().join(key)).unwrap();
 
     let (_, second) = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
     assert_eq!(second["state"], "applied", "{second}");

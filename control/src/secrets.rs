@@ -1,0 +1,463 @@
+//! Encryption at rest of what must stay secret in the database: the content of secret
+//! entries, agent tokens and webhook signing secrets.
+//!
+//! The key file (`secret.key` in the data directory, mode 0600, made at first start; or
+//! the file `ETC_SHADOW_SECRET_KEY_FILE` names) holds three lines:
+//!
+//! ```text
+//! encryption <64 hex>    the key new values are sealed with (XChaCha20-Poly1305)
+//! fingerprint <64 hex>   keys the fingerprints that stand in for secret values
+//! previous <64 hex>      only during a rotation: the key being replaced
+//! ```
+//!
+//! A sealed value is `key id (4) | nonce (24) | ciphertext+tag`, with the row it belongs
+//! to as associated data, so a sealed value copied onto another row does not open. The
+//! server refuses to start with a key file others may read, an empty or malformed one,
+//! or a well-known key (all one byte, or the example in the documentation).
+
+use crate::{Error, Result};
+use chacha20poly1305::{
+    XChaCha20Poly1305, XNonce,
+    aead::{Aead, KeyInit, Payload},
+};
+use std::{
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+/// Name of the key file inside the data directory.
+pub const KEY_FILE: &str = "secret.key";
+/// Environment variable naming another key file.
+pub const KEY_FILE_ENV: &str = "ETC_SHADOW_SECRET_KEY_FILE";
+/// Prefix of a sealed value stored as text.
+const TEXT_PREFIX: &str = "esv1:";
+/// The key shown in the documentation: never accepted.
+pub const EXAMPLE_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+struct Key {
+    id: [u8; 4],
+    cipher: XChaCha20Poly1305,
+    bytes: [u8; 32],
+}
+
+impl Key {
+    fn new(bytes: [u8; 32]) -> Key {
+        let digest = blake3::derive_key("etc-shadow 2026-11 key id", &bytes);
+        Key {
+            id: [digest[0], digest[1], digest[2], digest[3]],
+            cipher: XChaCha20Poly1305::new((&bytes).into()),
+            bytes,
+        }
+    }
+}
+
+pub struct Keyring {
+    path: PathBuf,
+    current: Key,
+    previous: Option<Key>,
+    fingerprint: [u8; 32],
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key material.
+        f.debug_struct("Keyring").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn parse_key(name: &str, hex_key: &str, path: &Path) -> Result<[u8; 32]> {
+    let bad = |why: &str| Error::Internal(format!("secret key file {}: the {name} key {why}", path.display()));
+    let bytes: [u8; 32] = hex::decode(hex_key.trim())
+        .map_err(|_| bad("is not hex"))?
+        .try_into()
+        .map_err(|_| bad("must be 32 bytes (64 hex digits)"))?;
+    if bytes.iter().all(|b| *b == bytes[0]) || hex_key.trim().eq_ignore_ascii_case(EXAMPLE_KEY) {
+        return Err(bad("is a well-known key; generate a random one"));
+    }
+    Ok(bytes)
+}
+
+fn random_key() -> [u8; 32] {
+    rand::random()
+}
+
+impl Keyring {
+    /// Where the key file is: `ETC_SHADOW_SECRET_KEY_FILE`, else `secret.key` in the data
+    /// directory.
+    pub fn path_for(data_dir: &Path) -> PathBuf {
+        std::env::var_os(KEY_FILE_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join(KEY_FILE))
+    }
+
+    /// Loads the key file, creating it (mode 0600) if there is none yet.
+    pub fn load_or_create(data_dir: &Path) -> Result<Keyring> {
+        let path = Self::path_for(data_dir);
+        if !path.exists() {
+            let ring = Keyring {
+                path: path.clone(),
+                current: Key::new(random_key()),
+                previous: None,
+                fingerprint: random_key(),
+            };
+            ring.write(true)?;
+            tracing::info!(path = %path.display(), "created the secret key file; back it up apart from the database");
+        }
+        Self::load(&path)
+    }
+
+    pub fn load(path: &Path) -> Result<Keyring> {
+        let meta = std::fs::metadata(path).map_err(|err| Error::Internal(format!("secret key file {}: {err}", path.display())))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Error::Internal(format!(
+                "secret key file {} is readable by others (mode {mode:04o}); run chmod 600 on it",
+                path.display()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|err| Error::Internal(format!("secret key file {}: {err}", path.display())))?;
+        let mut encryption = None;
+        let mut previous = None;
+        let mut fingerprint = None;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (name, value) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            let slot = match name {
+                "encryption" => &mut encryption,
+                "previous" => &mut previous,
+                "fingerprint" => &mut fingerprint,
+                other => {
+                    return Err(Error::Internal(format!(
+                        "secret key file {}: unknown line {other:?}",
+                        path.display()
+                    )));
+                }
+            };
+            *slot = Some(parse_key(name, value, path)?);
+        }
+        let missing = |name: &str| Error::Internal(format!("secret key file {}: no {name} key (is it empty?)", path.display()));
+        Ok(Keyring {
+            path: path.to_path_buf(),
+            current: Key::new(encryption.ok_or_else(|| missing("encryption"))?),
+            previous: previous.map(Key::new),
+            fingerprint: fingerprint.ok_or_else(|| missing("fingerprint"))?,
+        })
+    }
+
+    /// Writes the key file atomically with mode 0600.
+    fn write(&self, create_new: bool) -> Result<()> {
+        let mut text = String::from("# etc-shadow secret keys: keep this file private (0600) and backed up apart from the database.\n");
+        text.push_str(&format!("encryption {}\n", hex::encode(self.current.bytes)));
+        if let Some(previous) = &self.previous {
+            text.push_str(&format!("previous {}\n", hex::encode(previous.bytes)));
+        }
+        text.push_str(&format!("fingerprint {}\n", hex::encode(self.fingerprint)));
+        let io = |err: std::io::Error| Error::Internal(format!("cannot write {}: {err}", self.path.display()));
+        if let Some(parent) = self.path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let temp = self.path.with_extension("key.tmp");
+        let _ = std::fs::remove_file(&temp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(io)?;
+        file.write_all(text.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        if create_new && self.path.exists() {
+            let _ = std::fs::remove_file(&temp);
+            return Err(Error::Internal(format!("{} appeared meanwhile", self.path.display())));
+        }
+        std::fs::rename(&temp, &self.path).map_err(io)?;
+        if let Some(parent) = self.path.parent()
+            && let Ok(dir) = std::fs::File::open(parent)
+        {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Seals `plaintext` for the row named by `context`.
+    pub fn seal(&self, context: &str, plaintext: &[u8]) -> Vec<u8> {
+        let nonce: [u8; 24] = rand::random();
+        let sealed = self
+            .current
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: context.as_bytes(),
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption does not fail for in-memory input");
+        let mut out = Vec::with_capacity(4 + 24 + sealed.len());
+        out.extend_from_slice(&self.current.id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Opens a value sealed for `context` by this key or the previous one.
+    pub fn open(&self, context: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        let fail = || Error::Internal(format!("a sealed value ({context}) does not open with the keys in the key file"));
+        if sealed.len() < 4 + 24 + 16 {
+            return Err(fail());
+        }
+        let key = [Some(&self.current), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|k| k.id == sealed[..4])
+            .ok_or_else(fail)?;
+        key.cipher
+            .decrypt(
+                XNonce::from_slice(&sealed[4..28]),
+                Payload {
+                    msg: &sealed[28..],
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| fail())
+    }
+
+    /// Seals text into text (`esv1:` + hex).
+    pub fn seal_text(&self, context: &str, plaintext: &str) -> String {
+        format!("{TEXT_PREFIX}{}", hex::encode(self.seal(context, plaintext.as_bytes())))
+    }
+
+    /// Opens text sealed by [`Self::seal_text`]; a value stored before sealing existed is
+    /// returned as it is (and sealed at the next start).
+    pub fn open_text(&self, context: &str, stored: &str) -> Result<String> {
+        match stored.strip_prefix(TEXT_PREFIX) {
+            Some(sealed) => {
+                let bytes = hex::decode(sealed).map_err(|_| Error::Internal(format!("a sealed value ({context}) is damaged")))?;
+                String::from_utf8(self.open(context, &bytes)?)
+                    .map_err(|_| Error::Internal(format!("a sealed value ({context}) is not text")))
+            }
+            None => Ok(stored.to_string()),
+        }
+    }
+
+    pub fn is_sealed_text(stored: &str) -> bool {
+        stored.starts_with(TEXT_PREFIX)
+    }
+
+    /// A keyed fingerprint of a secret value: equal values have equal fingerprints, and
+    /// without the key file nobody can test a guess against one.
+    pub fn fingerprint(&self, value: &[u8]) -> String {
+        blake3::keyed_hash(&self.fingerprint, value).to_hex().to_string()
+    }
+
+    /// Whether values sealed with the previous key may remain (a rotation not finished).
+    pub fn rotating(&self) -> bool {
+        self.previous.is_some()
+    }
+
+    /// Step one of a rotation: a new encryption key, the current one kept as `previous`
+    /// (written before anything is re-sealed, so a crash loses nothing).
+    pub fn begin_rotation(&mut self) -> Result<()> {
+        if self.previous.is_some() {
+            return Err(Error::conflict(
+                "rotation_pending",
+                "a rotation is already under way; finish it first (etc-shadow secrets rotate --finish)",
+            ));
+        }
+        let new = Key::new(random_key());
+        self.previous = Some(std::mem::replace(&mut self.current, new));
+        self.write(false)
+    }
+
+    /// Last step of a rotation, once every value is sealed with the current key.
+    pub fn finish_rotation(&mut self) -> Result<()> {
+        self.previous = None;
+        self.write(false)
+    }
+}
+
+/// Seals what is stored in clear (values from before sealing existed) or, with `reseal`,
+/// every sealed value again with the current key (a rotation). One transaction; answers
+/// how many values were written.
+pub async fn seal_stored(db: &crate::Db, reseal: bool) -> Result<u64> {
+    let keys = &db.keys;
+    let mut written = 0;
+    let mut tx = db.begin().await?;
+    // Contents of secret entries.
+    let blobs: Vec<(String, Vec<u8>, bool)> = sqlx::query_as(
+        "SELECT hash, content, sealed FROM blobs WHERE sealed = 1 OR hash IN (
+           SELECT blob FROM revision_entries WHERE secret = 1 UNION SELECT blob FROM change_entries WHERE secret = 1 AND blob IS NOT NULL)",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (hash, content, sealed) in blobs {
+        if sealed && !reseal {
+            continue;
+        }
+        let context = format!("blob:{hash}");
+        let plain = if sealed { keys.open(&context, &content)? } else { content };
+        sqlx::query("UPDATE blobs SET content = ?, sealed = 1 WHERE hash = ?")
+            .bind(keys.seal(&context, &plain))
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        written += 1;
+    }
+    // Agent tokens and webhook secrets.
+    let tokens: Vec<(String, String)> = sqlx::query_as("SELECT name, token FROM shadows WHERE token IS NOT NULL")
+        .fetch_all(&mut *tx)
+        .await?;
+    for (name, stored) in tokens {
+        if Keyring::is_sealed_text(&stored) && !reseal {
+            continue;
+        }
+        let context = format!("shadow-token:{name}");
+        let plain = keys.open_text(&context, &stored)?;
+        sqlx::query("UPDATE shadows SET token = ? WHERE name = ?")
+            .bind(keys.seal_text(&context, &plain))
+            .bind(&name)
+            .execute(&mut *tx)
+            .await?;
+        written += 1;
+    }
+    let hooks: Vec<(i64, String, String)> = sqlx::query_as("SELECT id, url, secret FROM webhooks").fetch_all(&mut *tx).await?;
+    for (id, url, stored) in hooks {
+        if Keyring::is_sealed_text(&stored) && !reseal {
+            continue;
+        }
+        let context = format!("webhook-secret:{url}");
+        let plain = keys.open_text(&context, &stored)?;
+        sqlx::query("UPDATE webhooks SET secret = ? WHERE id = ?")
+            .bind(keys.seal_text(&context, &plain))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        written += 1;
+    }
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// `etc-shadow secrets rotate`: a new encryption key, every sealed value re-sealed with it,
+/// the old key dropped. Run it with the server stopped. Safe to run again after a crash:
+/// the old key stays in the key file until every value is re-sealed.
+pub async fn rotate(data_dir: &Path) -> Result<u64> {
+    let mut keys = Keyring::load_or_create(data_dir)?;
+    if !keys.rotating() {
+        keys.begin_rotation()?;
+    }
+    let db = crate::Db::open_with(data_dir, Keyring::load(&keys.path)?).await?;
+    let written = seal_stored(&db, true).await;
+    db.close().await;
+    let written = written?;
+    keys.finish_rotation()?;
+    Ok(written)
+}
+
+/// Refuses a key file that does not belong to this database: one sealed value of each
+/// kind must open (a restore with the wrong key file would otherwise fail later, deep
+/// inside a rollout).
+pub async fn check_keys(db: &crate::Db) -> Result<()> {
+    let keys = &db.keys;
+    let mismatch = |what: &str| {
+        Error::Internal(format!(
+            "the secret key file {} does not open this database's sealed {what}: restore the key file that belongs to it",
+            keys.path.display()
+        ))
+    };
+    let blob: Option<(String, Vec<u8>)> = sqlx::query_as("SELECT hash, content FROM blobs WHERE sealed = 1 LIMIT 1")
+        .fetch_optional(&db.read)
+        .await?;
+    if let Some((hash, content)) = blob {
+        keys.open(&format!("blob:{hash}"), &content)
+            .map_err(|_| mismatch("secret entries"))?;
+    }
+    let token: Option<(String, String)> = sqlx::query_as("SELECT name, token FROM shadows WHERE token LIKE 'esv1:%' LIMIT 1")
+        .fetch_optional(&db.read)
+        .await?;
+    if let Some((name, token)) = token {
+        keys.open_text(&format!("shadow-token:{name}"), &token)
+            .map_err(|_| mismatch("agent tokens"))?;
+    }
+    let hook: Option<(String, String)> = sqlx::query_as("SELECT url, secret FROM webhooks WHERE secret LIKE 'esv1:%' LIMIT 1")
+        .fetch_optional(&db.read)
+        .await?;
+    if let Some((url, secret)) = hook {
+        keys.open_text(&format!("webhook-secret:{url}"), &secret)
+            .map_err(|_| mismatch("webhook secrets"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(dir: &Path) -> Keyring {
+        Keyring::load_or_create(dir).unwrap()
+    }
+
+    #[test]
+    fn sealed_values_open_only_for_their_row_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ring(dir.path());
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let sealed = keys.seal("blob:a", b"hunter2");
+        assert!(!sealed.windows(7).any(|w| w == b"hunter2"));
+        assert_eq!(keys.open("blob:a", &sealed).unwrap(), b"hunter2");
+        assert!(keys.open("blob:b", &sealed).is_err(), "bound to its row");
+        let other = tempfile::tempdir().unwrap();
+        assert!(ring(other.path()).open("blob:a", &sealed).is_err(), "another key file");
+        let text = keys.seal_text("token:edge", "s3cret");
+        assert_eq!(keys.open_text("token:edge", &text).unwrap(), "s3cret");
+        assert_eq!(keys.open_text("token:edge", "legacy").unwrap(), "legacy");
+        assert_eq!(keys.fingerprint(b"x"), ring(dir.path()).fingerprint(b"x"), "stable across loads");
+    }
+
+    #[test]
+    fn weak_or_exposed_key_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        let write = |text: &str, mode: u32| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let good = format!("encryption {}\nfingerprint {}\n", "ab".repeat(31) + "cd", "12".repeat(31) + "34");
+        write(&good, 0o600);
+        assert!(Keyring::load(&path).is_ok());
+        write(&good, 0o644);
+        assert!(Keyring::load(&path).unwrap_err().to_string().contains("readable by others"));
+        for bad in ["", "encryption 00\nfingerprint 00\n"] {
+            write(bad, 0o600);
+            assert!(Keyring::load(&path).is_err(), "{bad:?}");
+        }
+        write(
+            &format!("encryption {}\nfingerprint {}\n", "00".repeat(32), "12".repeat(31) + "34"),
+            0o600,
+        );
+        assert!(Keyring::load(&path).unwrap_err().to_string().contains("well-known"));
+        write(
+            &format!("encryption {EXAMPLE_KEY}\nfingerprint {}\n", "12".repeat(31) + "34"),
+            0o600,
+        );
+        assert!(Keyring::load(&path).unwrap_err().to_string().contains("well-known"));
+    }
+
+    #[test]
+    fn a_rotation_keeps_old_values_readable_until_it_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = ring(dir.path());
+        let old = keys.seal("c", b"v");
+        keys.begin_rotation().unwrap();
+        let reloaded = ring(dir.path());
+        assert!(reloaded.rotating());
+        assert_eq!(reloaded.open("c", &old).unwrap(), b"v", "a crash mid-rotation loses nothing");
+        let new = reloaded.seal("c", b"v");
+        keys.finish_rotation().unwrap();
+        let finished = ring(dir.path());
+        assert_eq!(finished.open("c", &new).unwrap(), b"v");
+        assert!(finished.open("c", &old).is_err(), "the old key is gone");
+    }
+}

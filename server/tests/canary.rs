@@ -1,0 +1,309 @@
+//! The secrets canary: a secret value is created, changed, rolled out, drifted on a
+//! shadow, diffed, adopted and revealed, against the real `etc-shadow serve` process;
+//! then every API answer, every page, the server's log, the webhook payloads and the
+//! SQLite database with its WAL are searched for the plaintext. It may appear only in the
+//! shadow's files and in the one authorised reveal.
+
+mod common;
+
+use common::{PASSWORD, fleet::free_port};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use std::{
+    io::Write,
+    path::Path,
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+const CANARIES: [&str; 3] = ["CANARY-d41c-first", "CANARY-9e07-second", "CANARY-77ab-drifted"];
+
+fn cli(data: &Path, args: &[&str], stdin: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "etc-shadow {args:?}");
+}
+
+/// A signed-in client that keeps every answer it gets.
+struct Client2 {
+    http: Client,
+    base: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Client2 {
+    async fn login(base: &str, name: &str, seen: &Arc<Mutex<Vec<String>>>) -> Client2 {
+        let http = Client::builder().cookie_store(true).build().unwrap();
+        let response = http
+            .post(format!("{base}/api/v1/session"))
+            .json(&json!({"username": name, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "login {name}");
+        Client2 {
+            http,
+            base: base.to_string(),
+            seen: seen.clone(),
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, String) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("origin", &self.base);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, text)
+    }
+
+    /// A call whose answer goes into the searched pile.
+    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let (status, text) = self.call(method, path, body).await;
+        self.seen.lock().unwrap().push(format!("{path}: {text}"));
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, value) = self.send(Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {value}");
+        value
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let (status, value) = self.send(Method::POST, path, Some(body)).await;
+        assert!(status.is_success(), "{path}: {status} {value}");
+        value
+    }
+}
+
+async fn hook_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    use axum::{extract::State, routing::post};
+    let seen: Arc<Mutex<Vec<String>>> = Default::default();
+    async fn hook(State(seen): State<Arc<Mutex<Vec<String>>>>, body: String) -> StatusCode {
+        seen.lock().unwrap().push(body);
+        StatusCode::OK
+    }
+    let app = axum::Router::new().route("/hook", post(hook)).with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+fn leaks(what: &str, haystack: &[u8]) -> Vec<String> {
+    CANARIES
+        .iter()
+        .filter(|c| haystack.windows(c.len()).any(|w| w == c.as_bytes()))
+        .map(|c| format!("{c} in {what}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    for (name, role) in [("ada", "admin"), ("erin", "editor"), ("abel", "approver")] {
+        cli(&data, &["user", "add", name, "--role", role, "--password-stdin"], PASSWORD);
+    }
+    let addr = free_port();
+    let log = root.path().join("server.log");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
+        .args(["serve", "--listen", &addr.to_string(), "--check-interval", "250ms"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("ETC_SHADOW_LOG", "debug,sqlx=debug,hyper=info,h2=info,reqwest=info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .spawn()
+        .unwrap();
+    common::fleet::wait_listening(addr);
+    let base = format!("http://{addr}");
+    let seen: Arc<Mutex<Vec<String>>> = Default::default();
+    let admin = Client2::login(&base, "ada", &seen).await;
+    let editor = Client2::login(&base, "erin", &seen).await;
+    let approver = Client2::login(&base, "abel", &seen).await;
+    let (hook_url, hooks) = hook_receiver().await;
+    admin.post("/api/v1/webhooks", json!({"url": hook_url})).await;
+    let live = root.path().join("dc1/live");
+    admin
+        .post("/api/v1/shadows", json!({"driver": "directory", "name": "dc1", "path": live}))
+        .await;
+
+    // Created, rolled out, changed, rolled out again.
+    let mut changes = Vec::new();
+    for (revision, canary) in CANARIES[..2].iter().enumerate() {
+        let change = editor
+            .post(
+                "/api/v1/changes",
+                json!({"base_revision": revision, "message": "database password", "entries": [
+                    {"path": "secrets/db.env", "content": format!("DB_PASSWORD={canary}\n"), "format": "text", "mode": "0600", "secret": true},
+                    {"path": "app.toml", "content": format!("[server]\nport = {}\n", 8080 + revision), "format": "toml", "mode": "0644"}
+                ]}),
+            )
+            .await;
+        let id = change["id"].as_i64().unwrap();
+        changes.push(id);
+        editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+        approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+        let rollout = approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+        assert_eq!(rollout["state"], "applied", "{rollout}");
+        editor.get(&format!("/api/v1/changes/{id}")).await;
+        editor.get(&format!("/api/v1/changes/{id}/diff")).await;
+        editor.get(&format!("/api/v1/rollouts/{}", rollout["id"])).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(live.join("secrets/db.env")).unwrap(),
+        format!("DB_PASSWORD={}\n", CANARIES[1]),
+        "the shadow holds the secret"
+    );
+
+    // Drifted by hand on the shadow, diffed, adopted.
+    std::fs::write(live.join("secrets/db.env"), format!("DB_PASSWORD={}\n", CANARIES[2])).unwrap();
+    let started = Instant::now();
+    let incident = loop {
+        let page = editor.get("/api/v1/incidents?shadow=dc1&status=unresolved").await;
+        if let Some(found) = page["items"].as_array().unwrap().first() {
+            break found.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no incident");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let id = incident["id"].as_i64().unwrap();
+    editor.get(&format!("/api/v1/incidents/{id}")).await;
+    let diff = editor.get("/api/v1/shadows/dc1/diff").await;
+    assert!(diff.to_string().contains("secrets/db.env"), "{diff}");
+    editor.get("/api/v1/shadows/dc1/checks").await;
+    let adopted = editor.post(&format!("/api/v1/incidents/{id}/adopt"), json!({})).await;
+    let adopted_id = adopted["id"].as_i64().unwrap();
+    editor.get(&format!("/api/v1/changes/{adopted_id}/diff")).await;
+    for path in [
+        "/api/v1/revisions/1/diff/2".to_string(),
+        "/api/v1/revisions/2".to_string(),
+        "/api/v1/revisions/2/entries/secrets/db.env".to_string(),
+        "/api/v1/audit?limit=200".to_string(),
+        "/api/v1/incidents".to_string(),
+        "/api/v1/rollouts".to_string(),
+        "/api/v1/shadows".to_string(),
+        "/api/v1/webhooks/deliveries".to_string(),
+        "/metrics".to_string(),
+    ] {
+        let (status, _) = admin.send(Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    // Every page a person would open along the way.
+    for page in [
+        "/".to_string(),
+        "/config".to_string(),
+        "/entry?path=secrets/db.env".to_string(),
+        "/revisions/2".to_string(),
+        format!("/changes/{}", changes[1]),
+        format!("/changes/{adopted_id}"),
+        "/shadows/dc1".to_string(),
+        format!("/incidents/{id}"),
+        "/audit".to_string(),
+        "/webhooks".to_string(),
+    ] {
+        let (status, html) = admin.call(Method::GET, &page, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen.lock().unwrap().push(format!("page {page}: {html}"));
+    }
+
+    // The reveal: approvers and admins only, with their password again, audited.
+    let reveal = |client: &Client2, password: &str| {
+        let body = json!({"path": "secrets/db.env", "password": password});
+        let request = client
+            .http
+            .post(format!("{base}/api/v1/revisions/2/reveal"))
+            .header("origin", &base)
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(reveal(&editor, PASSWORD).await.status(), StatusCode::FORBIDDEN, "editors may not");
+    assert_eq!(reveal(&approver, "not my password!").await.status(), StatusCode::FORBIDDEN);
+    let revealed = reveal(&approver, PASSWORD).await;
+    assert_eq!(revealed.status(), StatusCode::OK);
+    assert_eq!(revealed.headers()["cache-control"], "no-store");
+    let revealed: Value = revealed.json().await.unwrap();
+    assert_eq!(revealed["content"], format!("DB_PASSWORD={}\n", CANARIES[1]));
+    let audit = editor.get("/api/v1/audit?limit=5").await;
+    assert!(audit.to_string().contains("secret.reveal"), "{audit}");
+
+    // Webhooks had time to go out.
+    let started = Instant::now();
+    while hooks.lock().unwrap().len() < 3 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(hooks.lock().unwrap().len() >= 3, "webhooks were delivered");
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let mut found = Vec::new();
+    for answer in seen.lock().unwrap().iter() {
+        found.extend(leaks(&answer.chars().take(80).collect::<String>(), answer.as_bytes()));
+    }
+    for body in hooks.lock().unwrap().iter() {
+        found.extend(leaks("a webhook payload", body.as_bytes()));
+    }
+    found.extend(leaks("the server log", &std::fs::read(&log).unwrap()));
+    for file in ["etc-shadow.db", "etc-shadow.db-wal", "etc-shadow.db-shm"] {
+        if let Ok(bytes) = std::fs::read(data.join(file)) {
+            found.extend(leaks(file, &bytes));
+        }
+    }
+    assert!(found.is_empty(), "the plaintext leaked:\n{}", found.join("\n"));
+    assert!(
+        std::fs::metadata(&log).unwrap().len() > 1000,
+        "the log was searched, and it has content"
+    );
+
+    // Rotation: a new key, every value re-sealed, and the secret still reads the same.
+    let key_file = data.join(control::secrets::KEY_FILE);
+    let before = std::fs::read_to_string(&key_file).unwrap();
+    cli(&data, &["secrets", "rotate"], "");
+    let after = std::fs::read_to_string(&key_file).unwrap();
+    let line = |text: &str, name: &str| text.lines().find(|l| l.starts_with(name)).map(str::to_string);
+    assert_ne!(line(&before, "encryption"), line(&after, "encryption"), "a new encryption key");
+    assert_eq!(
+        line(&before, "fingerprint"),
+        line(&after, "fingerprint"),
+        "fingerprints stay comparable"
+    );
+    assert_eq!(line(&after, "previous"), None, "the old key is gone once all is re-sealed");
+    let db = control::Db::open(&data).await.unwrap();
+    let caller = control::Caller {
+        user_id: 0,
+        username: "test".into(),
+        role: domain::Role::Admin,
+    };
+    let again = control::revisions::reveal(&db, &caller, 2, "secrets/db.env").await.unwrap();
+    assert_eq!(again.content.unwrap(), format!("DB_PASSWORD={}\n", CANARIES[1]));
+    db.close().await;
+
+    // Another key file does not open this database: the server refuses to start.
+    std::fs::remove_file(&key_file).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
+        .args(["user", "list", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!status.status.success(), "a fresh key file must not pass for the lost one");
+    let message = String::from_utf8_lossy(&status.stderr);
+    assert!(message.contains("does not open this database"), "{message}");
+}
