@@ -201,3 +201,46 @@ pub async fn lookup_token(db: &Db, token: &str) -> Result<Option<Caller>> {
         ..owner
     }))
 }
+
+/// An API token as its owner (or an admin) sees it: never the secret.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct TokenView {
+    pub id: i64,
+    pub owner: String,
+    pub name: String,
+    pub role: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// The caller's tokens; an admin sees everyone's.
+pub async fn list_tokens(db: &Db, caller: &Caller) -> Result<Vec<TokenView>> {
+    Ok(sqlx::query_as(
+        "SELECT t.id, u.username AS owner, t.name, t.role, t.created_at, t.revoked_at
+         FROM api_tokens t JOIN users u ON u.id = t.user_id
+         WHERE ?1 OR t.user_id = ?2 ORDER BY t.id DESC",
+    )
+    .bind(caller.role == Role::Admin)
+    .bind(caller.user_id)
+    .fetch_all(&db.read)
+    .await?)
+}
+
+/// Revokes a token: its owner or an admin. Another user's token is "not found" to a
+/// non-admin, so ids reveal nothing.
+pub async fn revoke_token(db: &Db, caller: &Caller, id: i64) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let done = sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL AND (? OR user_id = ?)")
+        .bind(now())
+        .bind(id)
+        .bind(caller.role == Role::Admin)
+        .bind(caller.user_id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound(format!("no active token {id} of yours")));
+    }
+    audit::append(&mut tx, &caller.username, "token.revoke", &format!("token/{id}"), json!({})).await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -58,6 +58,8 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::DELETE, "/api/v1/session", Some(Viewer), delete(logout)),
         route(Method::GET, "/api/v1/session", Some(Viewer), get(whoami)),
         route(Method::POST, "/api/v1/tokens", Some(Viewer), post(create_token)),
+        route(Method::GET, "/api/v1/tokens", Some(Viewer), get(list_tokens)),
+        route(Method::DELETE, "/api/v1/tokens/{id}", Some(Viewer), delete(revoke_token)),
         route(Method::GET, "/api/v1/revisions", Some(Viewer), get(list_revisions)),
         route(Method::GET, "/api/v1/revisions/{n}", Some(Viewer), get(get_revision)),
         route(
@@ -233,6 +235,20 @@ async fn create_token(
 ) -> ApiResult<Response> {
     let token = sessions::create_token(&state.db, caller(&auth), &body.name, body.role).await?;
     Ok((StatusCode::CREATED, Json(token)).into_response())
+}
+
+async fn list_tokens(State(state): State<AppState>, Extension(auth): Extension<Authenticated>) -> ApiResult<Response> {
+    let items = sessions::list_tokens(&state.db, caller(&auth)).await?;
+    Ok(Json(json!({"items": items, "next": null})).into_response())
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(id): PathParams<i64>,
+) -> ApiResult<Response> {
+    sessions::revoke_token(&state.db, caller(&auth), id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize, Default)]

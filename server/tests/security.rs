@@ -146,6 +146,32 @@ async fn a_role_change_or_a_disabled_account_takes_effect_on_the_next_request() 
         .await;
     assert_eq!(refused.0, StatusCode::UNAUTHORIZED);
 
+    // Tokens are listed without their secret and revoked by their owner or an admin; a
+    // token id of someone else's is "not found" to anyone else.
+    server.user("erin", Role::Editor).await;
+    let editor = server.login("erin").await;
+    let (_, mine) = editor.post("/api/v1/tokens", json!({"name": "laptop"})).await;
+    let (status, listed) = editor.get("/api/v1/tokens").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "only erin's own: {listed}");
+    assert!(!listed.to_string().contains(mine["token"].as_str().unwrap()), "never the secret");
+    let (_, all) = admin.get("/api/v1/tokens").await;
+    let abels = all["items"].as_array().unwrap().iter().find(|t| t["owner"] == "abel").unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(editor.delete(&format!("/api/v1/tokens/{abels}")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        editor.delete(&format!("/api/v1/tokens/{}", mine["id"])).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let revoked = Client::new()
+        .get(server.url("/api/v1/session"))
+        .bearer_auth(mine["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::UNAUTHORIZED, "a revoked token is refused");
+
     // Only admins change accounts, and an admin cannot lock themselves out.
     let response = admin
         .send(reqwest::Method::PATCH, "/api/v1/users/ada", Some(json!({"disabled": true})))
