@@ -43,6 +43,8 @@ pub struct Config {
     pub check_interval: std::time::Duration,
     /// Failed checks in a row before an `unreachable` incident opens.
     pub unreachable_after: i64,
+    /// Shadows checked at once in a sweep.
+    pub check_concurrency: usize,
     /// Session lifetime and idle timeout.
     pub sessions: control::sessions::Policy,
     /// Brute-force limits of sign-in.
@@ -60,6 +62,7 @@ impl Config {
             secure_cookies: false,
             check_interval: std::time::Duration::from_secs(5),
             unreachable_after: 3,
+            check_concurrency: 16,
             sessions: control::sessions::Policy::default(),
             login_limits: control::login::Limits::default(),
         }
@@ -180,6 +183,7 @@ pub async fn prepare(config: Config) -> control::Result<AppState> {
     coordinator.recover(true).await?;
     let mut monitor = Monitor::new(db.clone(), registry, coordinator.clone(), config.check_interval);
     monitor.unreachable_after = config.unreachable_after.max(1);
+    monitor.concurrency = config.check_concurrency.max(1);
     Ok(AppState {
         leptos_options: leptos_options(&config),
         db,
