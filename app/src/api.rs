@@ -444,7 +444,8 @@ pub async fn add_shadow(
         "agent" => control::shadows::NewShadow::Agent {
             name,
             url: url.unwrap_or_default(),
-            token: token.unwrap_or_default(),
+            // The console asks for the agent's token (it could not show a generated one).
+            token: Some(token.unwrap_or_default()),
             tls_pin,
         },
         "directory" => control::shadows::NewShadow::Directory {

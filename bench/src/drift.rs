@@ -270,7 +270,7 @@ async fn add_agent(bench: &Bench, name: &str, addr: std::net::SocketAddr) {
     let shadow = NewShadow::Agent {
         name: name.into(),
         url: format!("http://{addr}"),
-        token: crate::TOKEN.into(),
+        token: Some(crate::TOKEN.into()),
         tls_pin: None,
     };
     control::shadows::add_as(&bench.db, "bench", shadow).await.unwrap();

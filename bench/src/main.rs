@@ -431,7 +431,7 @@ async fn rollouts(cli: &Cli) {
                 let shadow = NewShadow::Agent {
                     name: format!("agent{i}"),
                     url: format!("http://{addr}"),
-                    token: TOKEN.into(),
+                    token: Some(TOKEN.into()),
                     tls_pin: None,
                 };
                 control::shadows::add_as(&bench.db, "bench", shadow).await.unwrap();

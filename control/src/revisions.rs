@@ -149,20 +149,25 @@ pub async fn get(db: &Db, number: i64) -> Result<RevisionView> {
     Ok(RevisionView { summary, current, entries })
 }
 
+/// One entry row of an existing revision (404 for a revision or path that is not there).
+async fn entry_row(conn: &mut SqliteConnection, number: i64, path: &EntryPath) -> Result<EntryRow> {
+    summary(&mut *conn, number).await?;
+    sqlx::query_as(
+        "SELECT path, blob, format, mode, owner, grp, secret, size, entry_hash FROM revision_entries WHERE revision = ? AND path = ?",
+    )
+    .bind(number)
+    .bind(path.as_str())
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| Error::NotFound(format!("revision {number} has no entry {path}")))
+}
+
 /// The content of a secret entry, for a caller who has just given their password again
 /// (checked by the caller of this function). Audited, without the value.
 pub async fn reveal(db: &Db, caller: &crate::Caller, number: i64, path: &str) -> Result<EntryContent> {
     let path = EntryPath::parse(path).map_err(|err| Error::BadRequest(err.to_string()))?;
     let mut conn = db.read.acquire().await?;
-    summary(&mut conn, number).await?;
-    let row: EntryRow = sqlx::query_as(
-        "SELECT path, blob, format, mode, owner, grp, secret, size, entry_hash FROM revision_entries WHERE revision = ? AND path = ?",
-    )
-    .bind(number)
-    .bind(path.as_str())
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| Error::NotFound(format!("revision {number} has no entry {path}")))?;
+    let row = entry_row(&mut conn, number, &path).await?;
     if !row.secret {
         return Err(Error::BadRequest(format!("{path} is not secret: read it with GET")));
     }
@@ -190,15 +195,7 @@ pub async fn reveal(db: &Db, caller: &crate::Caller, number: i64, path: &str) ->
 pub async fn entry(db: &Db, number: i64, path: &str) -> Result<EntryContent> {
     let path = EntryPath::parse(path).map_err(|err| Error::BadRequest(err.to_string()))?;
     let mut conn = db.read.acquire().await?;
-    summary(&mut conn, number).await?;
-    let row: EntryRow = sqlx::query_as(
-        "SELECT path, blob, format, mode, owner, grp, secret, size, entry_hash FROM revision_entries WHERE revision = ? AND path = ?",
-    )
-    .bind(number)
-    .bind(path.as_str())
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| Error::NotFound(format!("revision {number} has no entry {path}")))?;
+    let row = entry_row(&mut conn, number, &path).await?;
     let content = match (&row.blob, row.secret) {
         (Some(hash), false) => Some(String::from_utf8_lossy(&blob(&mut conn, &db.keys, hash).await?).into_owned()),
         _ => None,

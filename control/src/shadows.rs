@@ -60,7 +60,10 @@ pub enum NewShadow {
     Agent {
         name: String,
         url: String,
-        token: String,
+        /// The agent's bearer token; when absent the control plane generates one and
+        /// answers it once, for the agent's `--token-file`.
+        #[serde(default)]
+        token: Option<String>,
         /// Required for an `https://` URL: the agent's certificate fingerprint (it logs it).
         #[serde(default)]
         tls_pin: Option<String>,
@@ -89,13 +92,31 @@ pub async fn add(db: &Db, actor: &Caller, shadow: NewShadow) -> Result<ShadowVie
 
 /// Registers a shadow; `actor` names who did it in the audit log (the CLI passes `cli`).
 pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowView> {
+    add_returning_token(db, actor, shadow).await.map(|(view, _)| view)
+}
+
+/// Prefix of generated agent tokens, so secret scanners recognise them.
+pub const AGENT_TOKEN_PREFIX: &str = "est_";
+
+/// Registers a shadow; answers the agent token too when the control plane generated it
+/// (the only time it is ever shown: it is stored sealed and never returned again).
+pub async fn add_returning_token(db: &Db, actor: &str, shadow: NewShadow) -> Result<(ShadowView, Option<String>)> {
+    let mut generated = None;
     let (name, driver, url, token, tls_pin, path) = match &shadow {
         NewShadow::Agent { name, url, token, tls_pin } => {
             let https = url.starts_with("https://");
             if !(url.starts_with("http://") || https) {
                 return Err(Error::BadRequest("an agent URL starts with http:// or https://".into()));
             }
-            if token.trim().len() < 16 {
+            let token = match token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+                Some(given) => given.to_string(),
+                None => {
+                    let fresh = format!("{AGENT_TOKEN_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
+                    generated = Some(fresh.clone());
+                    fresh
+                }
+            };
+            if token.len() < 16 {
                 return Err(Error::BadRequest("an agent token has at least 16 characters".into()));
             }
             let tls_pin = match (https, tls_pin.as_deref().filter(|p| !p.trim().is_empty())) {
@@ -112,7 +133,7 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowVie
                 name,
                 "agent",
                 Some(url.trim_end_matches('/').to_string()),
-                Some(token.trim().to_string()),
+                Some(token),
                 tls_pin,
                 None,
             )
@@ -153,7 +174,7 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowVie
     )
     .await?;
     tx.commit().await?;
-    get(db, name).await
+    Ok((get(db, name).await?, generated))
 }
 
 pub async fn remove_by(db: &Db, caller: &Caller, name: &str) -> Result<()> {

@@ -132,7 +132,7 @@ pub async fn start_shadows(db: &Db, data_dir: &std::path::Path) -> std::result::
         let shadow = control::shadows::NewShadow::Agent {
             name: "edge".into(),
             url,
-            token,
+            token: Some(token),
             tls_pin: Some(tls_pin),
         };
         control::shadows::add_as(db, "demo", shadow).await.map_err(|e| e.to_string())?;

@@ -52,7 +52,7 @@ enum ShadowCommand {
     Add {
         name: String,
         /// Base URL of an etc-shadow-agent, such as http://10.0.0.5:7300.
-        #[arg(long, requires = "token_file", conflicts_with = "directory")]
+        #[arg(long, conflicts_with = "directory")]
         agent: Option<String>,
         /// File with the agent's bearer token.
         #[arg(long)]
@@ -262,8 +262,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                     directory,
                 } => {
                     let shadow = match (agent, token_file, directory) {
-                        (Some(url), Some(file), None) => {
-                            let token = std::fs::read_to_string(&file).map_err(|err| format!("cannot read {}: {err}", file.display()))?;
+                        (Some(url), file, None) => {
+                            let token = match file {
+                                Some(file) => {
+                                    Some(std::fs::read_to_string(&file).map_err(|err| format!("cannot read {}: {err}", file.display()))?)
+                                }
+                                None => None,
+                            };
                             control::shadows::NewShadow::Agent { name, url, token, tls_pin }
                         }
                         (None, _, Some(path)) => {
@@ -273,9 +278,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                                 path: path.to_string_lossy().into_owned(),
                             }
                         }
-                        _ => return Err("give either --agent URL --token-file F or --directory PATH".into()),
+                        _ => return Err("give either --agent URL [--token-file F] or --directory PATH".into()),
                     };
-                    let view = control::shadows::add_as(&db, "cli", shadow).await.map_err(fail)?;
+                    let (view, token) = control::shadows::add_returning_token(&db, "cli", shadow).await.map_err(fail)?;
+                    if let Some(token) = token {
+                        println!("agent token (shown this once; write it to the agent's --token-file, mode 0600):\n{token}");
+                    }
                     println!(
                         "added shadow {} ({}); bring it to the current revision with a reconcile",
                         view.name, view.driver

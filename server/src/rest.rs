@@ -534,8 +534,18 @@ async fn add_shadow(
     Extension(auth): Extension<Authenticated>,
     JsonBody(body): JsonBody<shadows::NewShadow>,
 ) -> ApiResult<Response> {
-    let view = shadows::add(&state.db, caller(&auth), body).await?;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    caller(&auth).require(Role::Admin)?;
+    let (view, token) = shadows::add_returning_token(&state.db, &auth.caller.username, body).await?;
+    let mut answer = serde_json::to_value(view).map_err(|err| Error::Internal(err.to_string()))?;
+    if let Some(token) = token {
+        // Shown this once, for the agent's --token-file; stored sealed, never returned again.
+        answer["token"] = json!(token);
+    }
+    let mut response = (StatusCode::CREATED, Json(answer)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 async fn list_shadows(State(state): State<AppState>) -> ApiResult<Response> {

@@ -666,3 +666,50 @@ async fn a_shadow_that_cannot_write_refuses_prepare_and_nothing_changes() {
     assert_eq!(std::fs::read_to_string(node.live.join("big.txt")).unwrap(), big);
     fleet.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_agent_token_is_shown_once_and_stored_sealed() {
+    let server = TestServer::start().await;
+    server.user("ada", Role::Admin).await;
+    server.user("abel", Role::Approver).await;
+    let admin = server.login("ada").await;
+    let root = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(&root.path().join("edge"));
+    // No token given: the control plane makes one and answers it this once.
+    let response = admin
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/shadows",
+            Some(json!({"driver": "agent", "name": "edge", "url": agent.url()})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let created: Value = response.json().await.unwrap();
+    let token = created["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("est_") && token.len() > 40, "{token}");
+    for path in ["/api/v1/shadows", "/api/v1/shadows/edge"] {
+        let (_, listed) = admin.get(path).await;
+        assert!(!listed.to_string().contains(&token), "{path} shows the token: {listed}");
+    }
+    let (_, audit) = admin.get("/api/v1/audit?limit=5").await;
+    assert!(!audit.to_string().contains(&token), "the audit log shows the token");
+    let (stored,): (String,) = sqlx::query_as("SELECT token FROM shadows WHERE name = 'edge'")
+        .fetch_one(&server.state.db.read)
+        .await
+        .unwrap();
+    assert!(stored.starts_with("esv1:") && !stored.contains(&token), "sealed at rest");
+
+    // The operator puts it in the agent's token file; the agent then answers to it alone.
+    std::fs::write(root.path().join("edge/token"), &token).unwrap();
+    agent.kill();
+    agent.restart();
+    let approver = server.login("abel").await;
+    let (status, rollout) = approver.post("/api/v1/shadows/edge/reconcile", json!({})).await;
+    assert_eq!(
+        (status, rollout["state"].as_str()),
+        (StatusCode::CREATED, Some("applied")),
+        "{rollout}"
+    );
+    server.stop().await;
+}
