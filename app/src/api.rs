@@ -57,6 +57,16 @@ pub mod ssr {
             .map(|(_, value)| value.to_string())
     }
 
+    /// The peer address of the connection (never a header a client can set).
+    pub fn client_address() -> Option<std::net::IpAddr> {
+        use_context::<http::request::Parts>().and_then(|parts| {
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip())
+        })
+    }
+
     pub fn set_cookie(value: String) {
         if let (Some(options), Ok(value)) = (use_context::<leptos_axum::ResponseOptions>(), http::HeaderValue::from_str(&value)) {
             options.append_header(http::header::SET_COOKIE, value);
@@ -71,13 +81,7 @@ pub async fn login(username: String, password: String, next: Option<String>) -> 
     let db = db()?;
     let policy = use_context::<control::sessions::Policy>().unwrap_or_default();
     let limits = use_context::<control::login::Limits>().unwrap_or_default();
-    let client = use_context::<http::request::Parts>().and_then(|parts| {
-        parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| info.0.ip())
-    });
-    let caller = control::login::sign_in(&db, &limits, &username, &password, client)
+    let caller = control::login::sign_in(&db, &limits, &username, &password, client_address())
         .await
         .map_err(|err| match err {
             control::Error::Unauthorized => {
@@ -115,6 +119,20 @@ pub async fn logout() -> Result<(), ServerFnError> {
     set_cookie(format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", crate::SESSION_COOKIE));
     leptos_axum::redirect("/login");
     Ok(())
+}
+
+/// The signed-in user enters their password again, which sensitive actions (approve, roll
+/// out, reconcile, reveal, tokens, users) need within the recent window.
+#[server]
+pub async fn confirm_password(password: String) -> Result<(), ServerFnError> {
+    use ssr::*;
+    let caller = caller()?;
+    let limits = use_context::<control::login::Limits>().unwrap_or_default();
+    let secret = session_secret().ok_or_else(|| ServerFnError::new("no session to confirm"))?;
+    control::sessions::reconfirm(&db()?, &limits, Some(&secret), &caller, &password, client_address())
+        .await
+        .map_err(fail)
+        .map(drop)
 }
 
 #[server]

@@ -201,6 +201,7 @@ impl Bench {
             user_id: id,
             username: name.into(),
             role,
+            recent_password: true,
         };
         let editor_view = control::users::create(&db, "bench", "bench-editor", Role::Editor, "bench-password-1".into())
             .await

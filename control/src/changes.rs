@@ -513,6 +513,7 @@ async fn load_for_review(conn: &mut SqliteConnection, caller: &Caller, id: i64) 
 
 /// Signs the change's current content hash.
 pub async fn approve(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
+    caller.require_recent_password()?;
     let mut tx = db.begin().await?;
     let change = load_for_review(&mut tx, caller, id).await?;
     sqlx::query("INSERT OR IGNORE INTO approvals (change_id, approver_id, content_hash, created_at) VALUES (?, ?, ?, ?)")

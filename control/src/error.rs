@@ -17,6 +17,9 @@ pub enum Error {
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),
+    /// A sensitive action by a session whose password entry is older than the window.
+    #[error("{}", domain::api::PASSWORD_REQUIRED)]
+    PasswordRequired,
     #[error("{0}")]
     NotFound(String),
     #[error("{message}")]
@@ -43,7 +46,7 @@ impl Error {
         match self {
             Error::BadRequest(_) => 400,
             Error::Unauthorized => 401,
-            Error::Forbidden(_) => 403,
+            Error::Forbidden(_) | Error::PasswordRequired => 403,
             Error::NotFound(_) => 404,
             Error::Conflict { .. } => 409,
             Error::TooLarge => 413,
@@ -58,6 +61,7 @@ impl Error {
             Error::BadRequest(_) => "bad_request",
             Error::Unauthorized => "unauthorized",
             Error::Forbidden(_) => "forbidden",
+            Error::PasswordRequired => "password_required",
             Error::NotFound(_) => "not_found",
             Error::Conflict { code, .. } => code,
             Error::TooLarge => "too_large",

@@ -35,6 +35,9 @@ pub struct Caller {
     pub user_id: i64,
     pub username: String,
     pub role: Role,
+    /// The caller entered their password within the recent window (a session), or acts
+    /// with an API token (minting one needed a recent password) or locally (the CLI).
+    pub recent_password: bool,
 }
 
 impl Caller {
@@ -44,6 +47,17 @@ impl Caller {
             Ok(())
         } else {
             Err(Error::Forbidden(format!("this action needs the {required} role")))
+        }
+    }
+
+    /// Refuses a sensitive action (approve, roll out, reconcile, reveal, API tokens, user
+    /// and role changes) unless the caller entered their password recently, so a
+    /// session left open on someone's desk cannot do them.
+    pub fn require_recent_password(&self) -> Result<()> {
+        if self.recent_password {
+            Ok(())
+        } else {
+            Err(Error::PasswordRequired)
         }
     }
 }

@@ -165,6 +165,8 @@ async fn entry_row(conn: &mut SqliteConnection, number: i64, path: &EntryPath) -
 /// The content of a secret entry, for a caller who has just given their password again
 /// (checked by the caller of this function). Audited, without the value.
 pub async fn reveal(db: &Db, caller: &crate::Caller, number: i64, path: &str) -> Result<EntryContent> {
+    caller.require(domain::Role::Approver)?;
+    caller.require_recent_password()?;
     let path = EntryPath::parse(path).map_err(|err| Error::BadRequest(err.to_string()))?;
     let mut conn = db.read.acquire().await?;
     let row = entry_row(&mut conn, number, &path).await?;

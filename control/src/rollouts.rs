@@ -314,6 +314,7 @@ impl Coordinator {
     /// rollout is decided and applied right here.
     async fn start(&self, caller: &Caller, change_id: i64) -> Result<Started> {
         caller.require(Role::Approver)?;
+        caller.require_recent_password()?;
         let running = self.running.clone().try_lock_owned().map_err(|_| Self::busy())?;
         let mut tx = self.db.begin().await?;
         let change = changes::load(&mut tx, change_id).await?;
@@ -395,6 +396,7 @@ impl Coordinator {
     /// reconcile rollout. The content is already approved, so no change is involved.
     pub async fn reconcile(&self, caller: &Caller, shadow: &str) -> Result<RolloutView> {
         caller.require(Role::Approver)?;
+        caller.require_recent_password()?;
         crate::shadows::get(&self.db, shadow).await?;
         let _running = self.running.try_lock().map_err(|_| Self::busy())?;
         let mut tx = self.db.begin().await?;

@@ -11,6 +11,8 @@ pub struct Policy {
     pub lifetime: time::Duration,
     /// Without a request (idle timeout).
     pub idle: time::Duration,
+    /// Sensitive actions need a password entry (sign-in or confirmation) this recent.
+    pub recent_password: time::Duration,
 }
 
 impl Default for Policy {
@@ -18,6 +20,7 @@ impl Default for Policy {
         Policy {
             lifetime: time::Duration::hours(12),
             idle: time::Duration::minutes(30),
+            recent_password: time::Duration::minutes(5),
         }
     }
 }
@@ -45,12 +48,13 @@ pub async fn create(db: &Db, caller: &Caller, policy: Policy) -> Result<String> 
     let secret = random_secret();
     let created = time::OffsetDateTime::now_utc();
     let mut tx = db.begin().await?;
-    sqlx::query("INSERT INTO sessions (id_hash, user_id, created_at, last_seen_at, expires_at) VALUES (?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO sessions (id_hash, user_id, created_at, last_seen_at, expires_at, password_at) VALUES (?, ?, ?, ?, ?, ?)")
         .bind(secret_hash(&secret))
         .bind(caller.user_id)
         .bind(format_time(created))
         .bind(format_time(created))
         .bind(format_time(created + policy.lifetime))
+        .bind(format_time(created))
         .execute(&mut *tx)
         .await?;
     audit::append(
@@ -70,8 +74,8 @@ pub async fn create(db: &Db, caller: &Caller, policy: Policy) -> Result<String> 
 pub async fn lookup(db: &Db, secret: &str, policy: Policy) -> Result<Option<Caller>> {
     let now = time::OffsetDateTime::now_utc();
     let id_hash = secret_hash(secret);
-    let row: Option<(i64, String, String, String)> = sqlx::query_as(
-        "SELECT u.id, u.username, u.role, s.last_seen_at FROM sessions s JOIN users u ON u.id = s.user_id
+    let row: Option<(i64, String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT u.id, u.username, u.role, s.last_seen_at, s.password_at FROM sessions s JOIN users u ON u.id = s.user_id
          WHERE s.id_hash = ? AND s.expires_at > ? AND s.last_seen_at > ? AND u.disabled = 0",
     )
     .bind(&id_hash)
@@ -79,11 +83,15 @@ pub async fn lookup(db: &Db, secret: &str, policy: Policy) -> Result<Option<Call
     .bind(format_time(now - policy.idle))
     .fetch_optional(&db.read)
     .await?;
-    let Some((user_id, username, role, last_seen)) = row else {
+    let Some((user_id, username, role, last_seen, password_at)) = row else {
         return Ok(None);
     };
-    let stale = time::OffsetDateTime::parse(&last_seen, &time::format_description::well_known::Rfc3339)
-        .map_or(true, |seen| now - seen > SEEN_GRANULARITY.min(policy.idle / 4));
+    let parse = |at: &str| time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok();
+    let stale = parse(&last_seen).is_none_or(|seen| now - seen > SEEN_GRANULARITY.min(policy.idle / 4));
+    let recent_password = password_at
+        .as_deref()
+        .and_then(parse)
+        .is_some_and(|at| now - at < policy.recent_password);
     if stale {
         sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?")
             .bind(format_time(now))
@@ -91,7 +99,56 @@ pub async fn lookup(db: &Db, secret: &str, policy: Policy) -> Result<Option<Call
             .execute(db.read_write())
             .await?;
     }
-    to_caller((user_id, username, role)).map(Some)
+    to_caller((user_id, username, role), recent_password).map(Some)
+}
+
+/// Checks the caller's password again under the sign-in limits (a stolen session cannot
+/// guess it faster than a sign-in could) and, for a session, records the entry so the
+/// recent window for sensitive actions opens. Returns the caller with a recent password.
+pub async fn reconfirm(
+    db: &Db,
+    limits: &crate::login::Limits,
+    session: Option<&str>,
+    caller: &Caller,
+    password: &str,
+    client: Option<std::net::IpAddr>,
+) -> Result<Caller> {
+    match crate::login::sign_in(db, limits, &caller.username, password, client).await {
+        Ok(_) => {}
+        Err(Error::Unauthorized) => return Err(Error::Forbidden("wrong password".into())),
+        Err(other) => return Err(other),
+    }
+    if let Some(secret) = session {
+        record_password(db, secret, caller).await?;
+    }
+    Ok(Caller {
+        recent_password: true,
+        ..caller.clone()
+    })
+}
+
+/// Records that the session's user entered their password again.
+async fn record_password(db: &Db, secret: &str, caller: &Caller) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let done = sqlx::query("UPDATE sessions SET password_at = ? WHERE id_hash = ? AND user_id = ?")
+        .bind(now())
+        .bind(secret_hash(secret))
+        .bind(caller.user_id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::Unauthorized);
+    }
+    audit::append(
+        &mut tx,
+        &caller.username,
+        "session.confirm",
+        &format!("user/{}", caller.username),
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Forgets sessions past their lifetime or idle timeout (they are refused anyway).
@@ -105,11 +162,16 @@ pub async fn purge_expired(db: &Db, policy: Policy) -> Result<u64> {
     Ok(done.rows_affected())
 }
 
-fn to_caller((user_id, username, role): (i64, String, String)) -> Result<Caller> {
+fn to_caller((user_id, username, role): (i64, String, String), recent_password: bool) -> Result<Caller> {
     let role = role
         .parse()
         .map_err(|_| Error::Internal(format!("user {user_id} has an unknown role")))?;
-    Ok(Caller { user_id, username, role })
+    Ok(Caller {
+        user_id,
+        username,
+        role,
+        recent_password,
+    })
 }
 
 /// Ends a session server-side.
@@ -141,6 +203,7 @@ pub struct NewToken {
 }
 
 pub async fn create_token(db: &Db, caller: &Caller, name: &str, role: Option<Role>) -> Result<NewToken> {
+    caller.require_recent_password()?;
     let role = role.unwrap_or(caller.role);
     if !caller.role.allows(role) {
         return Err(Error::Forbidden(format!(
@@ -192,7 +255,8 @@ pub async fn lookup_token(db: &Db, token: &str) -> Result<Option<Caller>> {
     let Some((user_id, username, user_role, token_role)) = row else {
         return Ok(None);
     };
-    let owner = to_caller((user_id, username, user_role))?;
+    // Minting the token needed a recent password; automation cannot type one.
+    let owner = to_caller((user_id, username, user_role), true)?;
     let token_role: Role = token_role
         .parse()
         .map_err(|_| Error::Internal("token has an unknown role".into()))?;

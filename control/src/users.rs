@@ -145,6 +145,8 @@ pub async fn authenticate(db: &Db, username: &str, password: &str) -> Result<Cal
         user_id,
         username: username.to_string(),
         role,
+        // They have just entered it.
+        recent_password: true,
     })
 }
 
@@ -153,6 +155,32 @@ pub async fn list(db: &Db) -> Result<Vec<UserView>> {
         .fetch_all(&db.read)
         .await?;
     rows.into_iter().map(UserRow::into_view).collect()
+}
+
+/// An admin changes another user's role and/or disables or enables them, with a recent
+/// password; the user's sessions end at once. Admins cannot lock themselves out.
+pub async fn update(db: &Db, caller: &Caller, username: &str, role: Option<Role>, disabled: Option<bool>) -> Result<UserView> {
+    caller.require(Role::Admin)?;
+    caller.require_recent_password()?;
+    if role.is_none() && disabled.is_none() {
+        return Err(Error::BadRequest("nothing to change: give role and/or disabled".into()));
+    }
+    if username == caller.username && (disabled == Some(true) || role.is_some_and(|r| r != Role::Admin)) {
+        return Err(Error::BadRequest(
+            "admins cannot disable or demote themselves; ask another admin".into(),
+        ));
+    }
+    if let Some(role) = role {
+        set_role(db, &caller.username, username, role).await?;
+    }
+    if let Some(disabled) = disabled {
+        set_disabled(db, &caller.username, username, disabled).await?;
+    }
+    list(db)
+        .await?
+        .into_iter()
+        .find(|u| u.username == username)
+        .ok_or_else(|| Error::NotFound(format!("no user {username:?}")))
 }
 
 /// Sets a new password and ends the user's sessions.

@@ -5,6 +5,10 @@
 use crate::{Role, audit::ChainBreak, diff::TextDiff, format::ValidationError};
 use serde::{Deserialize, Serialize};
 
+/// The message of a sensitive action refused because the session's password entry is
+/// older than the recent window; the console recognises it and asks for the password.
+pub const PASSWORD_REQUIRED: &str = "confirm your password to do this: your last password entry is older than the recent window";
+
 /// `{"items": [...], "next": ...}`: one page and the cursor of the next one, if any.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {

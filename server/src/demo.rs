@@ -151,6 +151,8 @@ async fn find_user(db: &Db, name: &str) -> Result<Option<Caller>> {
         user_id: u.id,
         username: u.username,
         role: u.role,
+        // The demo seeds locally, as the CLI does.
+        recent_password: true,
     }))
 }
 

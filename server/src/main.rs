@@ -104,6 +104,10 @@ struct ServeArgs {
     /// A session ends after this long without a request.
     #[arg(long, env = "ETC_SHADOW_SESSION_IDLE_MINUTES", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=43_200))]
     session_idle_minutes: i64,
+    /// Sensitive actions (approve, roll out, reconcile, reveal, API tokens, user and role
+    /// changes) need a password entry this recent: the sign-in, or a confirmation.
+    #[arg(long, env = "ETC_SHADOW_REAUTH_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    reauth_window: Duration,
 }
 
 #[derive(Subcommand)]
@@ -182,6 +186,7 @@ fn config(data_dir: PathBuf, args: &ServeArgs) -> Config {
     config.sessions = control::sessions::Policy {
         lifetime: time::Duration::minutes(args.session_lifetime_minutes),
         idle: time::Duration::minutes(args.session_idle_minutes),
+        recent_password: time::Duration::try_from(args.reauth_window).unwrap_or(time::Duration::minutes(5)),
     };
     config
 }

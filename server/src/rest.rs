@@ -57,6 +57,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::POST, "/api/v1/session", None, post(login)),
         route(Method::DELETE, "/api/v1/session", Some(Viewer), delete(logout)),
         route(Method::GET, "/api/v1/session", Some(Viewer), get(whoami)),
+        route(Method::POST, "/api/v1/session/confirm", Some(Viewer), post(confirm_session)),
         route(Method::POST, "/api/v1/tokens", Some(Viewer), post(create_token)),
         route(Method::GET, "/api/v1/tokens", Some(Viewer), get(list_tokens)),
         route(Method::DELETE, "/api/v1/tokens/{id}", Some(Viewer), delete(revoke_token)),
@@ -195,7 +196,7 @@ async fn login(
     peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> ApiResult<Response> {
-    let client = peer.map(|Extension(info)| info.0.ip());
+    let client = client_address(peer);
     let caller = control::login::sign_in(&state.db, &state.config.login_limits, &body.username, &body.password, client).await?;
     let secret = sessions::create(&state.db, &caller, state.config.sessions).await?;
     let mut response = Json(json!({"username": caller.username, "role": caller.role})).into_response();
@@ -217,7 +218,7 @@ async fn logout(State(state): State<AppState>, Extension(auth): Extension<Authen
 }
 
 async fn whoami(Extension(auth): Extension<Authenticated>) -> Json<serde_json::Value> {
-    Json(json!({"username": auth.caller.username, "role": auth.caller.role}))
+    Json(json!({"username": auth.caller.username, "role": auth.caller.role, "recent_password": auth.caller.recent_password}))
 }
 
 #[derive(Deserialize)]
@@ -274,8 +275,45 @@ async fn get_revision_entry(State(state): State<AppState>, PathParams((n, path))
 #[serde(deny_unknown_fields)]
 struct RevealBody {
     path: String,
-    /// The caller's password, given again for this one reveal.
+    /// The caller's password, given again. A session may leave it out within the recent
+    /// window; an API token always needs it (a leaked token alone reveals nothing).
+    #[serde(default)]
+    password: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmBody {
     password: String,
+}
+
+fn client_address(peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>) -> Option<std::net::IpAddr> {
+    peer.map(|Extension(info)| info.0.ip())
+}
+
+/// Re-checks the caller's password and, for a session, opens the recent window.
+async fn reconfirm(state: &AppState, auth: &Authenticated, password: &str, client: Option<std::net::IpAddr>) -> ApiResult<control::Caller> {
+    let session = match &auth.credential {
+        Credential::Session(secret) => Some(secret.as_str()),
+        Credential::Token => None,
+    };
+    Ok(sessions::reconfirm(&state.db, &state.config.login_limits, session, &auth.caller, password, client).await?)
+}
+
+/// `POST /api/v1/session/confirm`: the signed-in user enters their password again, which
+/// sensitive actions need within the recent window.
+async fn confirm_session(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    JsonBody(body): JsonBody<ConfirmBody>,
+) -> ApiResult<Response> {
+    if auth.credential == Credential::Token {
+        return Err(Error::BadRequest("no session to confirm: this request used an API token".into()).into());
+    }
+    reconfirm(&state, &auth, &body.password, client_address(peer)).await?;
+    let window = state.config.sessions.recent_password.whole_seconds();
+    Ok(Json(json!({"confirmed": true, "valid_seconds": window})).into_response())
 }
 
 /// A secret entry's content, to an approver or admin who gives their password again
@@ -287,13 +325,12 @@ async fn reveal_secret(
     PathParams(n): PathParams<i64>,
     JsonBody(body): JsonBody<RevealBody>,
 ) -> ApiResult<Response> {
-    let client = peer.map(|Extension(info)| info.0.ip());
-    match control::login::sign_in(&state.db, &state.config.login_limits, &auth.caller.username, &body.password, client).await {
-        Ok(_) => {}
-        Err(Error::Unauthorized) => return Err(Error::Forbidden("wrong password: the reveal needs your password again".into()).into()),
-        Err(other) => return Err(other.into()),
-    }
-    let revealed = revisions::reveal(&state.db, caller(&auth), n, &body.path).await?;
+    let caller = match (&body.password, &auth.credential) {
+        (Some(password), _) => reconfirm(&state, &auth, password, client_address(peer)).await?,
+        (None, Credential::Token) => return Err(Error::PasswordRequired.into()),
+        (None, Credential::Session(_)) => auth.caller.clone(),
+    };
+    let revealed = revisions::reveal(&state.db, &caller, n, &body.path).await?;
     let mut response = Json(revealed).into_response();
     response
         .headers_mut()
@@ -490,6 +527,7 @@ async fn create_user(
     Extension(auth): Extension<Authenticated>,
     JsonBody(body): JsonBody<NewUserBody>,
 ) -> ApiResult<Response> {
+    auth.caller.require_recent_password()?;
     let user = control::users::create(&state.db, &auth.caller.username, &body.username, body.role, body.password).await?;
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }
@@ -509,23 +547,7 @@ async fn update_user(
     PathParams(name): PathParams<String>,
     JsonBody(body): JsonBody<UserUpdate>,
 ) -> ApiResult<Response> {
-    if body.role.is_none() && body.disabled.is_none() {
-        return Err(Error::BadRequest("nothing to change: give role and/or disabled".into()).into());
-    }
-    if name == auth.caller.username && (body.disabled == Some(true) || body.role.is_some_and(|r| r != Role::Admin)) {
-        return Err(Error::BadRequest("admins cannot disable or demote themselves; ask another admin".into()).into());
-    }
-    if let Some(role) = body.role {
-        control::users::set_role(&state.db, &auth.caller.username, &name, role).await?;
-    }
-    if let Some(disabled) = body.disabled {
-        control::users::set_disabled(&state.db, &auth.caller.username, &name, disabled).await?;
-    }
-    let user = control::users::list(&state.db)
-        .await?
-        .into_iter()
-        .find(|u| u.username == name)
-        .ok_or_else(|| Error::NotFound(format!("no user {name:?}")))?;
+    let user = control::users::update(&state.db, &auth.caller, &name, body.role, body.disabled).await?;
     Ok(Json(user).into_response())
 }
 

@@ -291,3 +291,148 @@ async fn sign_in_limits_hold_across_a_restart_and_a_flood_of_random_names() {
     );
     server.stop().await;
 }
+
+/// Sensitive actions need a password entry within the recent window: the sign-in opens
+/// it, `POST /api/v1/session/confirm` reopens it; a refusal changes nothing. API tokens
+/// (minted under a recent password) are not asked again, except to reveal a secret.
+#[tokio::test]
+async fn sensitive_actions_need_a_recent_password() {
+    let window = Duration::from_secs(2);
+    let server = TestServer::start_with(|config| {
+        config.sessions.recent_password = time::Duration::try_from(window).unwrap();
+    })
+    .await;
+    server.user("erin", Role::Editor).await;
+    server.user("abel", Role::Approver).await;
+    server.user("ada", Role::Admin).await;
+    let editor = server.login("erin").await;
+    let approver = server.login("abel").await;
+    let admin = server.login("ada").await;
+    let secret_change = |base: i64, content: &str| {
+        let mut body = common::change_body(base, "secrets/db.env", content);
+        body["entries"][0]["secret"] = json!(true);
+        body
+    };
+    let new_change = |base: i64, content: &'static str| {
+        let editor = &editor;
+        async move {
+            let (status, change) = editor.post("/api/v1/changes", secret_change(base, content)).await;
+            assert_eq!(status, StatusCode::CREATED, "{change}");
+            let id = change["id"].as_i64().unwrap();
+            assert_eq!(
+                editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await.0,
+                StatusCode::OK
+            );
+            id
+        }
+    };
+    let first = new_change(0, "DB_PASSWORD=one\n").await;
+
+    // Straight after sign-in the window is open: a token can be minted.
+    let (status, token) = approver.post("/api/v1/tokens", json!({"name": "release bot"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{token}");
+    let token = token["token"].as_str().unwrap().to_string();
+    let (_, me) = approver.get("/api/v1/session").await;
+    assert_eq!(me["recent_password"], true, "{me}");
+
+    tokio::time::sleep(window + Duration::from_millis(500)).await;
+    let (_, me) = approver.get("/api/v1/session").await;
+    assert_eq!(me["recent_password"], false, "{me}");
+    let refused = |(status, body): (StatusCode, serde_json::Value)| {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["error"]["code"], "password_required", "{body}");
+    };
+    refused(approver.post(&format!("/api/v1/changes/{first}/approvals"), json!({})).await);
+    refused(approver.post("/api/v1/tokens", json!({"name": "another"})).await);
+    let demote = admin
+        .send(reqwest::Method::PATCH, "/api/v1/users/erin", Some(json!({"role": "viewer"})))
+        .await;
+    refused(common::json_of(demote).await);
+    refused(
+        admin
+            .post(
+                "/api/v1/users",
+                json!({"username": "mallory", "role": "admin", "password": PASSWORD}),
+            )
+            .await,
+    );
+    // The refusals changed nothing.
+    let (_, change) = approver.get(&format!("/api/v1/changes/{first}")).await;
+    assert_eq!(change["state"], "submitted", "{change}");
+    assert!(change["approvals"].as_array().unwrap().is_empty(), "{change}");
+    let (_, users) = admin.get("/api/v1/users").await;
+    let names: Vec<&str> = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"mallory"), "{names:?}");
+    let (_, tokens) = approver.get("/api/v1/tokens").await;
+    assert_eq!(tokens["items"].as_array().unwrap().len(), 1, "{tokens}");
+
+    // A wrong password is refused (and counted by the sign-in limits); the right one
+    // reopens the window.
+    let (status, body) = approver
+        .post("/api/v1/session/confirm", json!({"password": "not my password"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    refused(approver.post(&format!("/api/v1/changes/{first}/approvals"), json!({})).await);
+    let (status, body) = approver.post("/api/v1/session/confirm", json!({"password": PASSWORD})).await;
+    assert_eq!((status, body["confirmed"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
+    assert_eq!(
+        approver.post(&format!("/api/v1/changes/{first}/approvals"), json!({})).await.0,
+        StatusCode::CREATED
+    );
+    let (status, rollout) = approver.post(&format!("/api/v1/changes/{first}/rollouts"), json!({})).await;
+    assert_eq!(
+        (status, rollout["state"].as_str()),
+        (StatusCode::CREATED, Some("applied")),
+        "{rollout}"
+    );
+
+    // Revealing a secret: a session in its window may; after it, only with the password.
+    let reveal = json!({"path": "secrets/db.env"});
+    let (status, revealed) = approver.post("/api/v1/revisions/1/reveal", reveal.clone()).await;
+    assert_eq!((status, revealed["content"].as_str()), (StatusCode::OK, Some("DB_PASSWORD=one\n")));
+    tokio::time::sleep(window + Duration::from_millis(500)).await;
+    refused(approver.post("/api/v1/revisions/1/reveal", reveal.clone()).await);
+    let with_password = json!({"path": "secrets/db.env", "password": PASSWORD});
+    assert_eq!(
+        approver.post("/api/v1/revisions/1/reveal", with_password.clone()).await.0,
+        StatusCode::OK
+    );
+
+    // The token is not asked again for approvals and rollouts, but a reveal needs the
+    // password even with a token: a leaked token alone shows no secret.
+    let second = new_change(1, "DB_PASSWORD=two\n").await;
+    let bot = |method: reqwest::Method, path: String, body: serde_json::Value| {
+        Client::new()
+            .request(method, server.url(&path))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let approved = bot(reqwest::Method::POST, format!("/api/v1/changes/{second}/approvals"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), StatusCode::CREATED);
+    let reveal_by_token = bot(reqwest::Method::POST, "/api/v1/revisions/1/reveal".into(), reveal)
+        .await
+        .unwrap();
+    refused(common::json_of(reveal_by_token).await);
+    let reveal_by_token = bot(reqwest::Method::POST, "/api/v1/revisions/1/reveal".into(), with_password)
+        .await
+        .unwrap();
+    assert_eq!(reveal_by_token.status(), StatusCode::OK);
+
+    let (_, audit) = admin.get("/api/v1/audit?limit=50").await;
+    let confirmations = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "session.confirm" && e["actor"] == "abel")
+        .count();
+    assert_eq!(confirmations, 2, "the confirmation and the reveal's password entry are audited");
+    server.stop().await;
+}

@@ -36,6 +36,35 @@ pub fn ErrorBox(#[prop(into)] message: String) -> impl IntoView {
     view! { <div class="error-box" role="alert" data-test="error">{message}</div> }
 }
 
+/// The failure of an action on a page. When the action needs a recent password, the box
+/// asks for it in place; the person then repeats the action.
+#[component]
+pub fn ActionError(#[prop(into)] message: String, #[prop(default = "action-error")] test: &'static str) -> impl IntoView {
+    let needs_password = message == domain::api::PASSWORD_REQUIRED;
+    view! {
+        <div class="error-box" role="alert" data-test=test>
+            {message}
+            {needs_password.then(|| view! { <PasswordPrompt /> })}
+        </div>
+    }
+}
+
+/// Asks the signed-in person for their password again (see [`crate::api::confirm_password`]).
+#[component]
+pub fn PasswordPrompt() -> impl IntoView {
+    let confirm = ServerAction::<crate::api::ConfirmPassword>::new();
+    view! {
+        <ActionForm action=confirm attr:class="inline confirm-password" attr:data-test="password-prompt">
+            <input type="password" name="password" autocomplete="current-password" required placeholder="Your password" data-test="confirm-password" />
+            <button type="submit" class="primary" data-test="confirm-password-submit">"Confirm password"</button>
+        </ActionForm>
+        {move || confirm.value().get().map(|result| match result {
+            Ok(()) => view! { <p class="success-note" data-test="password-confirmed">"Confirmed. Repeat the action."</p> }.into_any(),
+            Err(err) => view! { <p data-test="confirm-error">{error_text(&err)}</p> }.into_any(),
+        })}
+    }
+}
+
 /// Shows a timestamp as `2026-11-25 13:45:00 UTC`.
 pub fn when(at: &str) -> String {
     let trimmed = at.split('.').next().unwrap_or(at).trim_end_matches('Z');

@@ -3,7 +3,7 @@
 use crate::{
     api::{ApproveChange, RebaseChange, RejectChange, RolloutChange, SubmitChange, change, change_diff, change_rollout, changes},
     components::{
-        ErrorBox, ShortHash, StateBadge,
+        ActionError, ErrorBox, ShortHash, StateBadge,
         diff::DiffViewer,
         error_text,
         layout::{Layout, use_me},
@@ -148,7 +148,7 @@ pub fn ChangePage() -> impl IntoView {
     view! {
         <Title text="Change · etc-shadow" />
         <Layout title="Change">
-            {move || actions.failure().map(|message| view! { <div class="error-box" role="alert" data-test="action-error">{message}</div> })}
+            {move || actions.failure().map(|message| view! { <ActionError message /> })}
             <p class="muted small live-flag" data-test="live-flag" data-live=move || feed.connected.get().to_string()>
                 {move || if feed.connected.get() { "● Rollout progress streams live on this page." } else { "" }}
             </p>

@@ -5,7 +5,7 @@
 use crate::{
     api::{AcknowledgeIncident, AdoptIncident, ReconcileIncident, ResolveIncident, incident, incidents, shadow_diff},
     components::{
-        ErrorBox, ShortHash, StateBadge,
+        ActionError, ErrorBox, ShortHash, StateBadge,
         diff::DiffViewer,
         error_text,
         layout::{Layout, use_me},
@@ -149,7 +149,7 @@ pub fn IncidentPage() -> impl IntoView {
     view! {
         <Title text="Incident · etc-shadow" />
         <Layout title="Incident">
-            {move || failure().map(|message| view! { <div class="error-box" role="alert" data-test="action-error">{message}</div> })}
+            {move || failure().map(|message| view! { <ActionError message /> })}
             {move || adopt.value().get().and_then(|r| r.ok()).map(|change| view! {
                 <div class="success-box" data-test="adopt-result">
                     "The shadow's content is now change " <a href=format!("/changes/{change}") data-test="adopted-change">{format!("#{change}")}</a> ", waiting for review."

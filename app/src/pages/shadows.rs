@@ -5,7 +5,7 @@
 use crate::{
     api::{AddShadow, CheckShadow, ReconcileShadow, RemoveShadow, shadow_detail, shadow_diff, shadows},
     components::{
-        ErrorBox, ShortHash, StateBadge,
+        ActionError, ErrorBox, ShortHash, StateBadge,
         diff::DiffViewer,
         error_text,
         layout::{Layout, use_me},
@@ -40,7 +40,7 @@ pub fn ShadowsPage() -> impl IntoView {
     view! {
         <Title text="Shadows · etc-shadow" />
         <Layout title="Shadows">
-            {move || failure().map(|message| view! { <div class="error-box" role="alert" data-test="shadow-error">{message}</div> })}
+            {move || failure().map(|message| view! { <ActionError message test="shadow-error" /> })}
             {move || reconcile.value().get().and_then(|r| r.ok()).map(|r| view! {
                 <div class="success-box" data-test="reconcile-result">
                     {format!("Reconcile rollout #{} {}", r.id, r.state)} " " <a href=format!("/rollouts/{}", r.id)>"details"</a>
