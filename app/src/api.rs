@@ -639,3 +639,76 @@ pub async fn rollout(id: i64) -> Result<RolloutView, ServerFnError> {
     caller()?;
     control::rollouts::get(&db()?, id).await.map_err(fail)
 }
+
+/// The caller's API tokens (an admin's list has everyone's); never their secrets.
+#[server]
+pub async fn tokens() -> Result<Vec<domain::api::TokenView>, ServerFnError> {
+    use ssr::*;
+    control::sessions::list_tokens(&db()?, &caller()?).await.map_err(fail)
+}
+
+/// A new API token for the caller, at most their role; its secret is shown once.
+#[server]
+pub async fn create_token(name: String, role: Option<String>) -> Result<domain::api::NewToken, ServerFnError> {
+    use ssr::*;
+    let role = match role.filter(|r| !r.is_empty()) {
+        Some(role) => Some(role.parse::<domain::Role>().map_err(ServerFnError::new)?),
+        None => None,
+    };
+    control::sessions::create_token(&db()?, &caller()?, &name, role).await.map_err(fail)
+}
+
+#[server]
+pub async fn revoke_token(id: i64) -> Result<(), ServerFnError> {
+    use ssr::*;
+    control::sessions::revoke_token(&db()?, &caller()?, id).await.map_err(fail)
+}
+
+/// Every account (admins).
+#[server]
+pub async fn users() -> Result<Vec<domain::api::UserView>, ServerFnError> {
+    use ssr::*;
+    caller()?.require(domain::Role::Admin).map_err(fail)?;
+    control::users::list(&db()?).await.map_err(fail)
+}
+
+#[server]
+pub async fn create_user(username: String, role: String, password: String) -> Result<domain::api::UserView, ServerFnError> {
+    use ssr::*;
+    let role = role.parse::<domain::Role>().map_err(ServerFnError::new)?;
+    control::users::add(&db()?, &caller()?, &username, role, password)
+        .await
+        .map_err(fail)
+}
+
+/// Changes a user's role, or disables (`disabled = "true"`) or enables them.
+#[server]
+pub async fn update_user(username: String, role: Option<String>, disabled: Option<String>) -> Result<domain::api::UserView, ServerFnError> {
+    use ssr::*;
+    let role = match role.filter(|r| !r.is_empty()) {
+        Some(role) => Some(role.parse::<domain::Role>().map_err(ServerFnError::new)?),
+        None => None,
+    };
+    let disabled = disabled.map(|d| d == "true");
+    control::users::update(&db()?, &caller()?, &username, role, disabled)
+        .await
+        .map_err(fail)
+}
+
+/// A secret entry's content, to an approver or admin who gives their password again.
+/// Audited; the page shows it in place and never stores it.
+#[server]
+pub async fn reveal_secret(revision: i64, path: String, password: String) -> Result<String, ServerFnError> {
+    use ssr::*;
+    let limits = use_context::<control::login::Limits>().unwrap_or_default();
+    let db = db()?;
+    let secret = session_secret();
+    let caller = control::sessions::reconfirm(&db, &limits, secret.as_deref(), &caller()?, &password, client_address())
+        .await
+        .map_err(fail)?;
+    if let Some(options) = use_context::<leptos_axum::ResponseOptions>() {
+        options.insert_header(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    }
+    let revealed = control::revisions::reveal(&db, &caller, revision, &path).await.map_err(fail)?;
+    Ok(revealed.content.unwrap_or_default())
+}

@@ -4,6 +4,8 @@ use crate::{Caller, Db, Error, Result, audit, format_time, now};
 use domain::Role;
 use serde_json::json;
 
+pub use domain::api::{NewToken, TokenView};
+
 /// How long sessions last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -194,14 +196,6 @@ pub async fn delete(db: &Db, secret: &str, caller: &Caller) -> Result<()> {
 }
 
 /// A new API token; the secret is returned once and only its hash is kept.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct NewToken {
-    pub id: i64,
-    pub name: String,
-    pub role: Role,
-    pub token: String,
-}
-
 pub async fn create_token(db: &Db, caller: &Caller, name: &str, role: Option<Role>) -> Result<NewToken> {
     caller.require_recent_password()?;
     let role = role.unwrap_or(caller.role);
@@ -266,20 +260,9 @@ pub async fn lookup_token(db: &Db, token: &str) -> Result<Option<Caller>> {
     }))
 }
 
-/// An API token as its owner (or an admin) sees it: never the secret.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
-pub struct TokenView {
-    pub id: i64,
-    pub owner: String,
-    pub name: String,
-    pub role: String,
-    pub created_at: String,
-    pub revoked_at: Option<String>,
-}
-
 /// The caller's tokens; an admin sees everyone's.
 pub async fn list_tokens(db: &Db, caller: &Caller) -> Result<Vec<TokenView>> {
-    Ok(sqlx::query_as(
+    let rows: Vec<(i64, String, String, String, String, Option<String>)> = sqlx::query_as(
         "SELECT t.id, u.username AS owner, t.name, t.role, t.created_at, t.revoked_at
          FROM api_tokens t JOIN users u ON u.id = t.user_id
          WHERE ?1 OR t.user_id = ?2 ORDER BY t.id DESC",
@@ -287,7 +270,18 @@ pub async fn list_tokens(db: &Db, caller: &Caller) -> Result<Vec<TokenView>> {
     .bind(caller.role == Role::Admin)
     .bind(caller.user_id)
     .fetch_all(&db.read)
-    .await?)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, owner, name, role, created_at, revoked_at)| TokenView {
+            id,
+            owner,
+            name,
+            role,
+            created_at,
+            revoked_at,
+        })
+        .collect())
 }
 
 /// Revokes a token: its owner or an admin. Another user's token is "not found" to a

@@ -157,6 +157,13 @@ pub async fn list(db: &Db) -> Result<Vec<UserView>> {
     rows.into_iter().map(UserRow::into_view).collect()
 }
 
+/// An admin creates a user, with a recent password.
+pub async fn add(db: &Db, caller: &Caller, username: &str, role: Role, password: String) -> Result<UserView> {
+    caller.require(Role::Admin)?;
+    caller.require_recent_password()?;
+    create(db, &caller.username, username, role, password).await
+}
+
 /// An admin changes another user's role and/or disables or enables them, with a recent
 /// password; the user's sessions end at once. Admins cannot lock themselves out.
 pub async fn update(db: &Db, caller: &Caller, username: &str, role: Option<Role>, disabled: Option<bool>) -> Result<UserView> {

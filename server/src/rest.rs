@@ -527,8 +527,7 @@ async fn create_user(
     Extension(auth): Extension<Authenticated>,
     JsonBody(body): JsonBody<NewUserBody>,
 ) -> ApiResult<Response> {
-    auth.caller.require_recent_password()?;
-    let user = control::users::create(&state.db, &auth.caller.username, &body.username, body.role, body.password).await?;
+    let user = control::users::add(&state.db, &auth.caller, &body.username, body.role, body.password).await?;
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }
 

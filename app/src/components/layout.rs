@@ -33,7 +33,11 @@ pub fn Layout(#[prop(into)] title: String, children: ChildrenFn) -> impl IntoVie
                         match me.await {
                             Ok(me) => view! {
                                 <div class="who">
-                                    {me.role.allows(domain::Role::Admin).then(|| view! { <a href="/webhooks" data-test="nav-webhooks">"Webhooks"</a> })}
+                                    {me.role.allows(domain::Role::Admin).then(|| view! {
+                                        <a href="/users" data-test="nav-users">"Users"</a>
+                                        <a href="/webhooks" data-test="nav-webhooks">"Webhooks"</a>
+                                    })}
+                                    <a href="/tokens" data-test="nav-tokens">"Tokens"</a>
                                     <span data-test="whoami">{me.username.clone()}</span>
                                     <span class="role">{me.role.to_string()}</span>
                                     <ActionForm action=logout>

@@ -1,9 +1,9 @@
 //! The primary configuration: entries of the current revision, one entry, and history.
 
 use crate::{
-    api::{entry, revision, revision_diff, revisions},
+    api::{RevealSecret as Reveal, entry, revision, revision_diff, revisions},
     components::{
-        ErrorBox, ShortHash,
+        ActionError, ErrorBox, ShortHash,
         diff::DiffViewer,
         error_text,
         layout::{Layout, use_me},
@@ -35,6 +35,31 @@ pub fn edit_href(path: &str, change: Option<i64>) -> String {
 
 fn can_edit() -> bool {
     use_me().is_some_and(|me| me.role.allows(Role::Editor))
+}
+
+fn can_reveal() -> bool {
+    use_me().is_some_and(|me| me.role.allows(Role::Approver))
+}
+
+/// Shows a secret entry's content in place to an approver or admin who enters their
+/// password again. The reveal is audited; the content lives only in this page's memory.
+#[component]
+fn RevealSecret(revision: i64, path: String) -> impl IntoView {
+    let reveal = ServerAction::<Reveal>::new();
+    view! {
+        <ActionForm action=reveal attr:class="fields" attr:data-test="reveal-form">
+            <input type="hidden" name="revision" value=revision />
+            <input type="hidden" name="path" value=path />
+            <label class="grow">"Your password, to reveal it (audited)"
+                <input type="password" name="password" required autocomplete="current-password" data-test="reveal-password" />
+            </label>
+            <button type="submit" class="danger" data-test="reveal">"Reveal"</button>
+        </ActionForm>
+        {move || reveal.value().get().map(|result| match result {
+            Ok(content) => view! { <pre class="revealed" data-test="revealed">{content}</pre> }.into_any(),
+            Err(err) => view! { <ActionError message=error_text(&err) /> }.into_any(),
+        })}
+    }
 }
 
 #[component]
@@ -123,7 +148,10 @@ pub fn EntryPage() -> impl IntoView {
                                     {can_edit().then(|| view! { <a class="button primary" href=edit_href(&e.entry.path, None)>"Edit in a change"</a> })}
                                 </div>
                                 {match e.content {
-                                    None => view! { <p class="secret-note">"This entry is secret; its content is not shown."</p> }.into_any(),
+                                    None => view! {
+                                        <p class="secret-note">"This entry is secret; its content is not shown."</p>
+                                        {can_reveal().then(|| view! { <RevealSecret revision=e.revision path=e.entry.path.clone() /> })}
+                                    }.into_any(),
                                     Some(_) => view! {
                                         <table class="code" data-test="entry-content">
                                             <tbody>
