@@ -11,13 +11,21 @@ RUST_PACKAGES := etc-shadow-domain etc-shadow-store etc-shadow-control etc-shado
 # Randomised crash rollouts in the crash sweep (CRASH_ROLLOUTS=1000 make unit for the long run).
 CRASH_ROLLOUTS ?= 200
 
-.PHONY: demo test setup setup-test build-release build lint unit e2e bench clean-demo
+# Seconds per fuzz target (`make fuzz FUZZ_SECONDS=600` for a longer run).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := format_json format_yaml format_toml format_ini format_env key_diff agent_prepare
+
+.PHONY: demo test setup setup-test build-release build lint unit e2e fuzz fuzz-short bench clean-demo
 
 demo: setup build-release
 	./target/release/etc-shadow demo --data-dir $(DEMO_DIR) --listen $(DEMO_LISTEN) --site-root target/site
 
-test: setup-test lint unit e2e
+test: setup-test lint unit fuzz-short e2e
 	@echo "all tests passed"
+
+# Every fuzz target for a short while, as part of `make test`.
+fuzz-short:
+	$(MAKE) fuzz FUZZ_SECONDS=20
 
 setup:
 	./scripts/setup.sh
@@ -39,6 +47,7 @@ lint:
 	cargo clippy -p etc-shadow-server --features crash-points --all-targets -- -D warnings
 	cargo clippy -p etc-shadow-agent --features failpoints -- -D warnings
 	cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
+	cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 unit:
 	cargo build -p etc-shadow-agent --features failpoints
@@ -47,6 +56,18 @@ unit:
 
 e2e: build
 	cd end2end && npx playwright test
+
+# Coverage-guided fuzzing of what parses untrusted input (fuzz/): each target for
+# FUZZ_SECONDS from the seeds in fuzz/seeds (bombs included); a panic, a hang of 10 s on one
+# input or 2 GiB of memory fails. New inputs go to fuzz/corpus, crashes to fuzz/artifacts.
+fuzz:
+	./scripts/setup.sh --fuzz
+	cargo fuzz build --sanitizer none --release
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  cargo fuzz run --sanitizer none --release $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 || exit 1; \
+	done
 
 # Rollout latency for 1, 10 and 50 agent shadows and two configuration sets, with the
 # time split into fsync, hashing, writes and the network (figures in docs/performance.md).

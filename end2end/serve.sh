@@ -13,6 +13,9 @@ export ETC_SHADOW_DEMO_AGENT_LISTEN=${E2E_AGENT_LISTEN:-127.0.0.1:3111}
 echo "e2e-editor-password" | $bin user add e2e-editor --role editor --password-stdin --data-dir "$data"
 echo "e2e-approver-password" | $bin user add e2e-approver --role approver --password-stdin --data-dir "$data"
 echo "e2e-viewer-password" | $bin user add e2e-viewer --role viewer --password-stdin --data-dir "$data"
+echo "e2e-admin-password" | $bin user add e2e-admin --role admin --password-stdin --data-dir "$data"
+# Short enough for one journey to outwait it; every other journey acts well within it.
+export ETC_SHADOW_REAUTH_WINDOW=${E2E_REAUTH_WINDOW:-20s}
 $bin demo --data-dir "$data" --listen "$listen" --site-root target/site &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT INT TERM

@@ -2,6 +2,7 @@
 # Installs what building etc-shadow needs and skips what is already there.
 #   scripts/setup.sh          toolchain for building and running the console
 #   scripts/setup.sh --test   the same, plus Chromium and the Playwright test runner
+#   scripts/setup.sh --fuzz   cargo-fuzz only (libFuzzer builds with the C++ compiler)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,17 @@ want_test=false
 [ "${1:-}" = "--test" ] && want_test=true
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+if [ "${1:-}" = "--fuzz" ]; then
+  # Stable Rust runs cargo-fuzz with `--sanitizer none` (no -Z flags): coverage-guided
+  # libFuzzer finds panics, hangs and memory blow-ups, not what only ASan would see.
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    say "installing cargo-fuzz (about 2 minutes)"
+    cargo install cargo-fuzz --locked
+  fi
+  say "ready to fuzz"
+  exit 0
+fi
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else

@@ -85,10 +85,12 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
+    /// Positions are 1-based; a parser's 0 (serde_json's column at the end of an empty
+    /// line, found by fuzzing) is the first column.
     fn at(line: usize, column: usize, message: impl Into<String>) -> Self {
         ValidationError {
-            line: u32::try_from(line).unwrap_or(u32::MAX),
-            column: u32::try_from(column).unwrap_or(u32::MAX),
+            line: u32::try_from(line.max(1)).unwrap_or(u32::MAX),
+            column: u32::try_from(column.max(1)).unwrap_or(u32::MAX),
             message: message.into(),
         }
     }
@@ -339,6 +341,18 @@ mod tests {
 
     fn check(format: Format, text: &str) -> Result<(), ValidationError> {
         validate(format, text.as_bytes())
+    }
+
+    #[test]
+    fn every_error_names_a_place_from_line_one_column_one() {
+        for format in Format::ALL {
+            for text in ["", "\n", "{", "[", "= x\n", "a:\n  - b\n c: [\n"] {
+                if let Err(err) = check(format, text) {
+                    assert!(err.line >= 1 && err.column >= 1, "{format} {text:?}: {err:?}");
+                }
+            }
+        }
+        assert_eq!(check(Format::Json, "").unwrap_err().column, 1);
     }
 
     #[test]

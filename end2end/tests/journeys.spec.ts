@@ -209,3 +209,92 @@ test.describe('without JavaScript', () => {
     await expect(page.locator('[data-test=entry-diff]')).toHaveCount(4);
   });
 });
+
+test('an approval after the recent-password window asks for the password in place', async ({ browser }) => {
+  // serve.sh sets the window to 20 s; this journey outwaits it once.
+  test.setTimeout(120_000);
+  const editorPage = await browser.newPage();
+  await new LoginPage(editorPage).signInAs(users.editor);
+  const editor = new EditorPage(editorPage);
+  await editor.open('nginx/site.conf');
+  await editor.text().fill('server {\n    listen 8080;\n    server_name example.test;\n}\n');
+  const id = await editor.save('Listen on 8080');
+  await hydrated(editorPage);
+  await new ChangePage(editorPage).act('submit');
+  await expect(editorPage.getByTestId('change-header')).toHaveAttribute('data-state', 'submitted');
+
+  const page = await browser.newPage();
+  await new LoginPage(page).signInAs(users.approver);
+  const change = new ChangePage(page);
+  await change.open(id);
+  await page.waitForTimeout(21_000);
+  await change.act('approve');
+  const refusal = page.getByTestId('action-error');
+  await expect(refusal).toContainText('confirm your password');
+  await expect(page.getByTestId('change-header')).toHaveAttribute('data-state', 'submitted');
+  await page.getByTestId('confirm-password').fill('not my password');
+  await page.getByTestId('confirm-password-submit').click();
+  await expect(page.getByTestId('confirm-error')).toContainText('wrong password');
+  await page.getByTestId('confirm-password').fill(users.approver.password);
+  await page.getByTestId('confirm-password-submit').click();
+  await expect(page.getByTestId('password-confirmed')).toBeVisible();
+  await change.act('approve');
+  await expect(page.getByTestId('change-header')).toHaveAttribute('data-state', 'approved');
+  await expect(page.getByTestId('approval')).toHaveAttribute('data-valid', 'true');
+  await expect(page.getByTestId('action-error')).toHaveCount(0);
+});
+
+test('an admin manages users and API tokens in the console', async ({ page, request }) => {
+  await new LoginPage(page).signInAs(users.admin);
+  await page.getByTestId('nav-users').click();
+  await expect(page).toHaveURL(/\/users$/);
+  await hydrated(page);
+  await page.getByTestId('user-name').fill('e2e-newcomer');
+  await page.getByTestId('user-role').selectOption('viewer');
+  await page.getByTestId('user-password').fill('a newcomer passphrase');
+  await page.getByTestId('user-add').click();
+  const row = page.locator('[data-test=user-row][data-name="e2e-newcomer"]');
+  await expect(row).toHaveAttribute('data-role', 'viewer');
+  await row.getByTestId('user-set-role').selectOption('editor');
+  await row.getByTestId('user-save-role').click();
+  await expect(row).toHaveAttribute('data-role', 'editor');
+  await expect(page.getByTestId('user-updated')).toContainText('e2e-newcomer is now editor');
+  await row.getByTestId('user-disable').click();
+  await expect(row).toHaveAttribute('data-disabled', 'true');
+
+  // A token is shown once, works as a bearer token, and stops working when revoked.
+  await page.getByTestId('nav-tokens').click();
+  await expect(page).toHaveURL(/\/tokens$/);
+  await hydrated(page);
+  await page.getByTestId('token-name').fill('release pipeline');
+  await page.getByTestId('token-role').selectOption('viewer');
+  await page.getByTestId('token-create').click();
+  const secret = (await page.getByTestId('new-token-secret').textContent()) ?? '';
+  expect(secret).toMatch(/^esk_[0-9a-f]{64}$/);
+  const tokenRow = page.locator('[data-test=token-row][data-name="release pipeline"]');
+  await expect(tokenRow).toHaveAttribute('data-active', 'true');
+  await expect(page.getByTestId('token-table')).not.toContainText(secret);
+  const who = await request.get('/api/v1/session', { headers: { authorization: `Bearer ${secret}` } });
+  expect(who.status()).toBe(200);
+  expect((await who.json()).role).toBe('viewer');
+  await tokenRow.getByTestId('token-revoke').click();
+  await expect(tokenRow).toHaveAttribute('data-active', 'false');
+  const after = await request.get('/api/v1/session', { headers: { authorization: `Bearer ${secret}` } });
+  expect(after.status()).toBe(401);
+});
+
+test('an approver reveals a secret entry with the password, and the reveal is audited', async ({ page }) => {
+  await new LoginPage(page).signInAs(users.approver);
+  await page.goto('/entry?path=secrets/db.env');
+  await hydrated(page);
+  await expect(page.locator('.secret-note')).toBeVisible();
+  await expect(page.getByTestId('revealed')).toHaveCount(0);
+  await page.getByTestId('reveal-password').fill('not my password');
+  await page.getByTestId('reveal').click();
+  await expect(page.getByTestId('action-error')).toContainText('wrong password');
+  await page.getByTestId('reveal-password').fill(users.approver.password);
+  await page.getByTestId('reveal').click();
+  await expect(page.getByTestId('revealed')).toContainText('DB_PASSWORD=');
+  await page.goto('/audit');
+  await expect(page.locator('body')).toContainText('secret.reveal');
+});

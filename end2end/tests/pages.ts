@@ -4,6 +4,7 @@ export const users = {
   editor: { name: 'e2e-editor', password: 'e2e-editor-password' },
   approver: { name: 'e2e-approver', password: 'e2e-approver-password' },
   viewer: { name: 'e2e-viewer', password: 'e2e-viewer-password' },
+  admin: { name: 'e2e-admin', password: 'e2e-admin-password' },
 };
 
 /** Waits until the wasm has hydrated the page, so clicks reach their handlers. */

@@ -1,0 +1,13 @@
+//! The yaml validator on arbitrary bytes: an answer (valid or a located error), never a
+//! panic, a hang or unbounded memory.
+#![no_main]
+
+use domain::Format;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|content: &[u8]| {
+    if let Err(err) = domain::format::validate(Format::Yaml, content) {
+        // The error names a place inside the input.
+        assert!(err.line >= 1 && err.column >= 1, "{err:?}");
+    }
+});
