@@ -104,6 +104,37 @@ pub(crate) fn apply(base: &EntrySet, ops: &[ChangeEntryRow]) -> EntrySet {
     result
 }
 
+/// The format an edit gives, else the one of the entry it replaces, else a guess.
+fn entry_format(path: &EntryPath, given: Option<&str>, existing: Option<&EntryRow>) -> Result<Format> {
+    Ok(match (given, existing) {
+        (Some(text), _) => text
+            .parse()
+            .map_err(|err: domain::format::UnknownFormat| Error::BadRequest(err.to_string()))?,
+        (None, Some(existing)) => existing.format.parse().unwrap_or(Format::Text),
+        (None, None) => Format::guess(path.as_str()),
+    })
+}
+
+/// An edit's content with the secret values it showed as placeholders put back (see
+/// [`crate::secrets::restore`]), from what `original` (the entry being replaced) holds.
+async fn restore_secrets(
+    conn: &mut SqliteConnection,
+    db: &Db,
+    path: &EntryPath,
+    format: Format,
+    content: String,
+    original: Option<&EntryRow>,
+) -> Result<String> {
+    if !domain::redact::has_placeholder(&content) {
+        return Ok(content);
+    }
+    let stored = match original.and_then(|row| row.blob.as_deref()) {
+        Some(hash) => String::from_utf8_lossy(&revisions::blob(conn, &db.keys, hash).await?).into_owned(),
+        None => String::new(),
+    };
+    crate::secrets::restore(db, path.as_str(), format, &content, &stored)
+}
+
 /// A validated entry ready to store, with its bytes.
 struct PreparedPut {
     row: EntryRow,
@@ -117,13 +148,7 @@ fn parse_path(raw: &str) -> Result<EntryPath> {
 /// Validates one put: path, format (the content must parse), mode, owner, group. Missing
 /// policy fields keep the values of the entry being replaced, or take the defaults.
 fn prepare_put(path: &EntryPath, edit: &EntryEdit, existing: Option<&EntryRow>) -> Result<PreparedPut> {
-    let format: Format = match (&edit.format, existing) {
-        (Some(text), _) => text
-            .parse()
-            .map_err(|err: domain::format::UnknownFormat| Error::BadRequest(err.to_string()))?,
-        (None, Some(existing)) => existing.format.parse().unwrap_or(Format::Text),
-        (None, None) => Format::guess(path.as_str()),
-    };
+    let format = entry_format(path, edit.format.as_deref(), existing)?;
     let defaults = Policy::default();
     let mode = match (&edit.mode, existing) {
         (Some(text), _) => parse_mode(text).map_err(|err| Error::BadRequest(err.to_string()))?,
@@ -165,11 +190,12 @@ fn prepare_put(path: &EntryPath, edit: &EntryEdit, existing: Option<&EntryRow>) 
     Ok(PreparedPut { row, content })
 }
 
-/// Stores an entry's content and the operation. A secret entry's content is sealed, and
-/// its blob is named by a keyed fingerprint: a plain content hash would let anyone with
-/// the database test guesses against it.
-async fn store_put(conn: &mut SqliteConnection, keys: &crate::secrets::Keyring, change_id: i64, put: &PreparedPut) -> Result<()> {
-    if put.row.secret {
+/// Stores an entry's content and the operation. The content of a secret entry, or of one
+/// holding secret values, is sealed, and its blob is named by a keyed fingerprint: a plain
+/// content hash would let anyone with the database test guesses against it.
+async fn store_put(conn: &mut SqliteConnection, db: &Db, change_id: i64, put: &PreparedPut) -> Result<()> {
+    let keys = &db.keys;
+    if put.row.secret || crate::secrets::holds_secrets(db, &put.row.format, &put.content) {
         let mut row = put.row.clone();
         let id = format!("s{}", keys.fingerprint(&put.content));
         sqlx::query("INSERT OR IGNORE INTO blobs (hash, content, size, sealed) VALUES (?, ?, ?, 1)")
@@ -279,7 +305,13 @@ pub async fn create(db: &Db, caller: &Caller, input: NewChange) -> Result<Change
         if !seen.insert(path.clone()) {
             return Err(Error::BadRequest(format!("path {path} appears twice in the change")));
         }
-        match prepare_entry(&path, entry, base.get(path.as_str()))? {
+        let existing = base.get(path.as_str());
+        let mut entry = entry.clone();
+        if let Some(content) = entry.content.take() {
+            let format = entry_format(&path, entry.format.as_deref(), existing)?;
+            entry.content = Some(restore_secrets(&mut tx, db, &path, format, content, existing).await?);
+        }
+        match prepare_entry(&path, &entry, existing)? {
             Prepared::Put(put) => puts.push(put),
             Prepared::Delete(row) => deletes.push(row),
         }
@@ -297,7 +329,7 @@ pub async fn create(db: &Db, caller: &Caller, input: NewChange) -> Result<Change
     .fetch_one(&mut *tx)
     .await?;
     for put in &puts {
-        store_put(&mut tx, &db.keys, id, put).await?;
+        store_put(&mut tx, db, id, put).await?;
     }
     for row in &deletes {
         store_op(&mut tx, id, "delete", row).await?;
@@ -386,8 +418,19 @@ pub async fn put_entry(db: &Db, caller: &Caller, id: i64, path: &str, edit: Entr
     let mut tx = db.begin().await?;
     let change = load_for_edit(&mut tx, caller, id).await?;
     let base = revisions::entries(&mut tx, change.base_revision).await?;
-    let put = prepare_put(&path, &edit, base.get(path.as_str()))?;
-    store_put(&mut tx, &db.keys, id, &put).await?;
+    let existing = base.get(path.as_str());
+    // Placeholders stand for what the editor was shown: the change's own content of the
+    // path if it has one, else the base revision's.
+    let current = operations(&mut tx, id)
+        .await?
+        .into_iter()
+        .find(|op| op.entry.path == path.as_str() && op.op == "put")
+        .map(|op| op.entry);
+    let mut edit = edit;
+    let format = entry_format(&path, edit.format.as_deref(), existing)?;
+    edit.content = restore_secrets(&mut tx, db, &path, format, edit.content, current.as_ref().or(existing)).await?;
+    let put = prepare_put(&path, &edit, existing)?;
+    store_put(&mut tx, db, id, &put).await?;
     let view = finish_edit(&mut tx, caller, &change, "change.edit", json!({"put": path.as_str()})).await?;
     tx.commit().await?;
     Ok(view)
@@ -635,7 +678,7 @@ pub async fn diff(db: &Db, id: i64) -> Result<DiffView> {
     let base = revisions::entries(&mut conn, change.base_revision).await?;
     let ops = operations(&mut conn, id).await?;
     let after = apply(&base, &ops);
-    let entries = revisions::diff_sets(&mut conn, &db.keys, &base, &after, false).await?;
+    let entries = revisions::diff_sets(&mut conn, db, &base, &after, false).await?;
     Ok(DiffView {
         from: format!("revision {}", change.base_revision),
         to: format!("change {id}"),
@@ -649,16 +692,17 @@ pub async fn entry_content(db: &Db, id: i64, path: &str) -> Result<Option<String
     let path = parse_path(path)?;
     let mut conn = db.read.acquire().await?;
     load(&mut conn, id).await?;
-    let row: Option<(Option<String>, bool)> =
-        sqlx::query_as("SELECT blob, secret FROM change_entries WHERE change_id = ? AND path = ? AND op = 'put'")
+    let row: Option<(Option<String>, bool, String)> =
+        sqlx::query_as("SELECT blob, secret, format FROM change_entries WHERE change_id = ? AND path = ? AND op = 'put'")
             .bind(id)
             .bind(path.as_str())
             .fetch_optional(&mut *conn)
             .await?;
     match row {
-        Some((Some(hash), false)) => Ok(Some(
-            String::from_utf8_lossy(&revisions::blob(&mut conn, &db.keys, &hash).await?).into_owned(),
-        )),
+        Some((Some(hash), false, format)) => {
+            let text = String::from_utf8_lossy(&revisions::blob(&mut conn, &db.keys, &hash).await?).into_owned();
+            Ok(Some(crate::secrets::redact(db, &format, &text)))
+        }
         _ => Ok(None),
     }
 }

@@ -18,6 +18,9 @@ pub struct Db {
     write: SqlitePool,
     /// Seals and opens what is encrypted at rest (see [`crate::secrets`]).
     pub keys: std::sync::Arc<crate::secrets::Keyring>,
+    /// Key names whose values are secret inside structured entries (see
+    /// [`domain::redact`]); set once at start, before the handle is shared.
+    pub secret_keys: std::sync::Arc<domain::redact::SecretKeys>,
 }
 
 /// This control plane's fencing identity.
@@ -57,6 +60,7 @@ impl Db {
             read,
             write,
             keys: std::sync::Arc::new(keys),
+            secret_keys: std::sync::Arc::default(),
         };
         db.initialise().await?;
         crate::secrets::check_keys(&db).await?;

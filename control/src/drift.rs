@@ -745,6 +745,9 @@ impl Monitor {
             let secret = want.is_some_and(|w| w.secret);
             let content_differs = matches!(drift.kind, DriftKind::Content | DriftKind::Missing | DriftKind::Unexpected);
             let (text, keys) = if content_differs && !secret {
+                // Both sides as people may see them: secret values as placeholders, also in
+                // a file the primary does not have (its format guessed from its name).
+                let format = new.as_ref().or(old.as_ref()).map_or("text", |e| e.format.as_str()).to_string();
                 let primary = match want.and_then(|w| w.blob.clone()) {
                     Some(blob) => {
                         let mut conn = self.db.read.acquire().await?;
@@ -752,6 +755,7 @@ impl Monitor {
                     }
                     None => String::new(),
                 };
+                let primary = crate::secrets::redact(&self.db, &format, &primary);
                 let shadow = match have {
                     Some(_) => driver
                         .read_entry(&drift.path)
@@ -760,6 +764,7 @@ impl Monitor {
                         .map_err(|err| Error::conflict("shadow_unavailable", format!("{name}: {err}")))?,
                     None => String::new(),
                 };
+                let shadow = crate::secrets::redact(&self.db, &format, &shadow);
                 let keys = match (want, have) {
                     (Some(want), Some(_)) => want
                         .format

@@ -170,11 +170,11 @@ pub async fn reveal(db: &Db, caller: &crate::Caller, number: i64, path: &str) ->
     let path = EntryPath::parse(path).map_err(|err| Error::BadRequest(err.to_string()))?;
     let mut conn = db.read.acquire().await?;
     let row = entry_row(&mut conn, number, &path).await?;
-    if !row.secret {
-        return Err(Error::BadRequest(format!("{path} is not secret: read it with GET")));
-    }
     let hash = row.blob.clone().ok_or_else(|| Error::Internal(format!("{path} has no content")))?;
     let content = String::from_utf8_lossy(&blob(&mut conn, &db.keys, &hash).await?).into_owned();
+    if !row.secret && !crate::secrets::holds_secrets(db, &row.format, content.as_bytes()) {
+        return Err(Error::BadRequest(format!("{path} holds no secret: read it with GET")));
+    }
     drop(conn);
     let mut tx = db.begin().await?;
     crate::audit::append(
@@ -199,7 +199,10 @@ pub async fn entry(db: &Db, number: i64, path: &str) -> Result<EntryContent> {
     let mut conn = db.read.acquire().await?;
     let row = entry_row(&mut conn, number, &path).await?;
     let content = match (&row.blob, row.secret) {
-        (Some(hash), false) => Some(String::from_utf8_lossy(&blob(&mut conn, &db.keys, hash).await?).into_owned()),
+        (Some(hash), false) => {
+            let text = String::from_utf8_lossy(&blob(&mut conn, &db.keys, hash).await?).into_owned();
+            Some(crate::secrets::redact(db, &row.format, &text))
+        }
         _ => None,
     };
     Ok(EntryContent {
@@ -218,7 +221,7 @@ pub async fn diff(db: &Db, from: i64, to: i64) -> Result<DiffView> {
     Ok(DiffView {
         from: format!("revision {from}"),
         to: format!("revision {to}"),
-        entries: diff_sets(&mut conn, &db.keys, &old, &new, false).await?,
+        entries: diff_sets(&mut conn, db, &old, &new, false).await?,
     })
 }
 
@@ -255,7 +258,7 @@ pub(crate) fn policy_changes(old: &EntryRow, new: &EntryRow) -> Vec<String> {
 /// whether it changed. `include_unchanged` keeps unchanged entries in the list.
 pub(crate) async fn diff_sets(
     conn: &mut SqliteConnection,
-    keys: &crate::secrets::Keyring,
+    db: &Db,
     old: &EntrySet,
     new: &EntrySet,
     include_unchanged: bool,
@@ -282,8 +285,8 @@ pub(crate) async fn diff_sets(
         }
         let secret = before.is_some_and(|e| e.secret) || after.is_some_and(|e| e.secret);
         let (text, keys) = if content_changed && !secret {
-            let old_text = text_of(conn, keys, before).await?;
-            let new_text = text_of(conn, keys, after).await?;
+            let old_text = text_of(conn, db, before).await?;
+            let new_text = text_of(conn, db, after).await?;
             let keys = match (before, after) {
                 (Some(b), Some(a)) if b.format == a.format => a
                     .format
@@ -310,9 +313,13 @@ pub(crate) async fn diff_sets(
     Ok(result)
 }
 
-async fn text_of(conn: &mut SqliteConnection, keys: &crate::secrets::Keyring, entry: Option<&EntryRow>) -> Result<String> {
-    match entry.and_then(|e| e.blob.as_deref()) {
-        Some(hash) => Ok(String::from_utf8_lossy(&blob(conn, keys, hash).await?).into_owned()),
+/// An entry's content as a diff shows it: secret values as placeholders.
+async fn text_of(conn: &mut SqliteConnection, db: &Db, entry: Option<&EntryRow>) -> Result<String> {
+    match entry.and_then(|e| e.blob.as_deref().map(|hash| (e, hash))) {
+        Some((entry, hash)) => {
+            let text = String::from_utf8_lossy(&blob(conn, &db.keys, hash).await?).into_owned();
+            Ok(crate::secrets::redact(db, &entry.format, &text))
+        }
         None => Ok(String::new()),
     }
 }

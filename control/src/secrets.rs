@@ -251,6 +251,15 @@ impl Keyring {
         blake3::keyed_hash(&self.fingerprint, value).to_hex().to_string()
     }
 
+    /// The keyed fingerprint of a secret value inside an entry, shown in its placeholder
+    /// (domain-separated from the fingerprints that name sealed blobs).
+    pub fn value_fingerprint(&self, value: &str) -> String {
+        let mut hasher = blake3::Hasher::new_keyed(&self.fingerprint);
+        hasher.update(b"etc-shadow secret value\0");
+        hasher.update(value.as_bytes());
+        hasher.finalize().to_hex().to_string()
+    }
+
     /// Whether values sealed with the previous key may remain (a rotation not finished).
     pub fn rotating(&self) -> bool {
         self.previous.is_some()
@@ -275,6 +284,28 @@ impl Keyring {
         self.previous = None;
         self.write(false)
     }
+}
+
+/// `text`, the content of an entry of `format`, as people may see it: the values of secret
+/// keys (see [`domain::redact`]) as placeholders with a keyed fingerprint.
+pub fn redact(db: &crate::Db, format: &str, text: &str) -> String {
+    let format = format.parse().unwrap_or(domain::Format::Text);
+    domain::redact::redact(format, text, &db.secret_keys, &|value| db.keys.value_fingerprint(value))
+}
+
+/// Puts the values behind placeholders in an edited `text` back, from `original`, the
+/// stored content of the same entry; a placeholder that is unknown or moved to an
+/// ordinary key refuses the edit.
+pub fn restore(db: &crate::Db, path: &str, format: domain::Format, edited: &str, original: &str) -> Result<String> {
+    domain::redact::restore(format, edited, original, &db.secret_keys, &|value| db.keys.value_fingerprint(value))
+        .map_err(|err| Error::BadRequest(format!("{path}: {err}")))
+}
+
+/// True when an entry's content holds secret values, so it is sealed at rest like a
+/// secret entry.
+pub fn holds_secrets(db: &crate::Db, format: &str, content: &[u8]) -> bool {
+    let format = format.parse().unwrap_or(domain::Format::Text);
+    std::str::from_utf8(content).is_ok_and(|text| domain::redact::has_secrets(format, text, &db.secret_keys))
 }
 
 /// Seals what is stored in clear (values from before sealing existed) or, with `reseal`,

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod path;
 pub mod policy;
 pub mod protocol;
+pub mod redact;
 pub mod role;
 
 pub use format::{Format, ValidationError};

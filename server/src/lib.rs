@@ -49,6 +49,8 @@ pub struct Config {
     pub sessions: control::sessions::Policy,
     /// Brute-force limits of sign-in.
     pub login_limits: control::login::Limits,
+    /// Key names whose values are secret inside json, yaml, toml, ini and env entries.
+    pub secret_keys: domain::redact::SecretKeys,
 }
 
 impl Config {
@@ -65,6 +67,7 @@ impl Config {
             check_concurrency: 16,
             sessions: control::sessions::Policy::default(),
             login_limits: control::login::Limits::default(),
+            secret_keys: domain::redact::SecretKeys::default(),
         }
     }
 }
@@ -175,7 +178,8 @@ pub fn router(state: AppState) -> Router {
 /// Opens the database, raises the epoch, recovers unfinished rollouts (presumed abort
 /// for undecided ones), and builds the state.
 pub async fn prepare(config: Config) -> control::Result<AppState> {
-    let db = Db::open(&config.data_dir).await?;
+    let mut db = Db::open(&config.data_dir).await?;
+    db.secret_keys = Arc::new(config.secret_keys.clone());
     let identity = db.raise_epoch().await?;
     tracing::info!(control_plane = %identity.id, epoch = identity.epoch, "control plane started");
     let registry = Arc::new(Registry::new(&config.data_dir, std::time::Duration::from_secs(10)));

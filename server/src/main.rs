@@ -108,6 +108,10 @@ struct ServeArgs {
     /// changes) need a password entry this recent: the sign-in, or a confirmation.
     #[arg(long, env = "ETC_SHADOW_REAUTH_WINDOW", default_value = "5m", value_parser = parse_duration)]
     reauth_window: Duration,
+    /// Comma-separated patterns of key names whose values are secret inside json, yaml,
+    /// toml, ini and env entries (case-insensitive substrings; empty: none).
+    #[arg(long, env = "ETC_SHADOW_SECRET_KEYS", default_value = "password,passwd,secret,token,key,credential,private", value_parser = domain::redact::SecretKeys::parse)]
+    secret_keys: domain::redact::SecretKeys,
 }
 
 #[derive(Subcommand)]
@@ -183,6 +187,7 @@ fn config(data_dir: PathBuf, args: &ServeArgs) -> Config {
     config.check_interval = args.check_interval;
     config.unreachable_after = args.unreachable_after;
     config.check_concurrency = usize::from(args.check_concurrency);
+    config.secret_keys = args.secret_keys.clone();
     config.sessions = control::sessions::Policy {
         lifetime: time::Duration::minutes(args.session_lifetime_minutes),
         idle: time::Duration::minutes(args.session_idle_minutes),

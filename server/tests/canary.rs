@@ -1,5 +1,7 @@
-//! The secrets canary: a secret value is created, changed, rolled out, drifted on a
-//! shadow, diffed, adopted and revealed, against the real `etc-shadow serve` process;
+//! The secrets canary: a secret value — of a secret entry, and of a secret key inside an
+//! ordinary toml entry — is created, changed, rolled out, edited around (the toml file's
+//! other lines), drifted on a shadow, diffed, adopted and revealed, against the real
+//! `etc-shadow serve` process;
 //! then every API answer, every page, the server's log, the webhook payloads and the
 //! SQLite database with its WAL are searched for the plaintext. It may appear only in the
 //! shadow's files and in the one authorised reveal.
@@ -17,7 +19,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-const CANARIES: [&str; 3] = ["CANARY-d41c-first", "CANARY-9e07-second", "CANARY-77ab-drifted"];
+const CANARIES: [&str; 6] = [
+    "CANARY-d41c-first",
+    "CANARY-9e07-second",
+    "CANARY-77ab-drifted",
+    // Values of `api_token` in app.toml, an entry that is not secret as a whole.
+    "CANARY-5b1e-keyed-first",
+    "CANARY-c3d9-keyed-second",
+    "CANARY-0f2a-keyed-drifted",
+];
 
 fn cli(data: &Path, args: &[&str], stdin: &str) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
@@ -105,6 +115,22 @@ async fn hook_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
     (url, seen)
 }
 
+/// The clear content of an entry holding secrets, revealed with the password (never kept
+/// with the searched answers).
+async fn client_reveal(client: &Client2, base: &str, revision: i64, path: &str) -> String {
+    let response = client
+        .http
+        .post(format!("{base}/api/v1/revisions/{revision}/reveal"))
+        .header("origin", base)
+        .json(&json!({"path": path, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let revealed: Value = response.json().await.unwrap();
+    revealed["content"].as_str().unwrap().to_string()
+}
+
 fn leaks(what: &str, haystack: &[u8]) -> Vec<String> {
     CANARIES
         .iter()
@@ -152,7 +178,7 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
                 "/api/v1/changes",
                 json!({"base_revision": revision, "message": "database password", "entries": [
                     {"path": "secrets/db.env", "content": format!("DB_PASSWORD={canary}\n"), "format": "text", "mode": "0600", "secret": true},
-                    {"path": "app.toml", "content": format!("[server]\nport = {}\n", 8080 + revision), "format": "toml", "mode": "0644"}
+                    {"path": "app.toml", "content": format!("[server]\nport = {}\napi_token = \"{}\"\n", 8080 + revision, CANARIES[3 + revision]), "format": "toml", "mode": "0644"}
                 ]}),
             )
             .await;
@@ -172,8 +198,56 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
         "the shadow holds the secret"
     );
 
+    // The toml file is shown with a placeholder for its token; an edit of its other lines
+    // keeps the stored token, which reaches the shadow unchanged.
+    let shown = editor.get("/api/v1/revisions/2/entries/app.toml").await;
+    let shown = shown["content"].as_str().unwrap().to_string();
+    assert!(shown.contains("api_token = \"«secret:"), "{shown}");
+    let change = editor
+        .post(
+            "/api/v1/changes",
+            json!({"base_revision": 2, "message": "another port", "entries": [
+                {"path": "app.toml", "content": shown.replace("port = 8081", "port = 9090"), "format": "toml", "mode": "0644"}
+            ]}),
+        )
+        .await;
+    let edited = change["id"].as_i64().unwrap();
+    editor.post(&format!("/api/v1/changes/{edited}/submit"), json!({})).await;
+    editor.get(&format!("/api/v1/changes/{edited}/diff")).await;
+    approver.post(&format!("/api/v1/changes/{edited}/approvals"), json!({})).await;
+    let rollout = approver.post(&format!("/api/v1/changes/{edited}/rollouts"), json!({})).await;
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    assert_eq!(
+        std::fs::read_to_string(live.join("app.toml")).unwrap(),
+        format!("[server]\nport = 9090\napi_token = \"{}\"\n", CANARIES[4]),
+        "the shadow holds the stored token and the edited port"
+    );
+    // A placeholder cannot be moved to another key to read the value there.
+    let moved = shown.replace(
+        "port = 8081",
+        &format!(
+            "port = 8081\nnote = \"{}\"",
+            &shown[shown.find("«secret:").unwrap()..shown.find('»').unwrap() + '»'.len_utf8()]
+        ),
+    );
+    let (status, refused) = editor
+        .send(
+            Method::POST,
+            "/api/v1/changes",
+            Some(json!({"base_revision": 3, "message": "move it", "entries": [
+                {"path": "app.toml", "content": moved, "format": "toml", "mode": "0644"}
+            ]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+
     // Drifted by hand on the shadow, diffed, adopted.
     std::fs::write(live.join("secrets/db.env"), format!("DB_PASSWORD={}\n", CANARIES[2])).unwrap();
+    std::fs::write(
+        live.join("app.toml"),
+        format!("[server]\nport = 9090\napi_token = \"{}\"\n", CANARIES[5]),
+    )
+    .unwrap();
     let started = Instant::now();
     let incident = loop {
         let page = editor.get("/api/v1/incidents?shadow=dc1&status=unresolved").await;
@@ -195,6 +269,8 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
         "/api/v1/revisions/1/diff/2".to_string(),
         "/api/v1/revisions/2".to_string(),
         "/api/v1/revisions/2/entries/secrets/db.env".to_string(),
+        "/api/v1/revisions/2/diff/3".to_string(),
+        "/api/v1/revisions/3/entries/app.toml".to_string(),
         "/api/v1/audit?limit=200".to_string(),
         "/api/v1/incidents".to_string(),
         "/api/v1/rollouts".to_string(),
@@ -210,6 +286,8 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
         "/".to_string(),
         "/config".to_string(),
         "/entry?path=secrets/db.env".to_string(),
+        "/entry?path=app.toml".to_string(),
+        "/edit?path=app.toml".to_string(),
         "/revisions/2".to_string(),
         format!("/changes/{}", changes[1]),
         format!("/changes/{adopted_id}"),
@@ -240,6 +318,9 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
     assert_eq!(revealed.headers()["cache-control"], "no-store");
     let revealed: Value = revealed.json().await.unwrap();
     assert_eq!(revealed["content"], format!("DB_PASSWORD={}\n", CANARIES[1]));
+    // The token inside the ordinary toml entry is revealed the same way.
+    let revealed = client_reveal(&approver, &base, 3, "app.toml").await;
+    assert!(revealed.contains(CANARIES[4]), "{revealed}");
     let audit = editor.get("/api/v1/audit?limit=5").await;
     assert!(audit.to_string().contains("secret.reveal"), "{audit}");
 
