@@ -7,7 +7,7 @@ DEMO_DIR ?= demo-data
 DEMO_LISTEN ?= 127.0.0.1:3000
 # Packages are tested one by one: building the whole workspace at once would unify the
 # `ssr` and `hydrate` features of `app`.
-RUST_PACKAGES := etc-shadow-domain etc-shadow-store etc-shadow-control etc-shadow-agent etc-shadow-server etc-shadow-bench
+RUST_PACKAGES := etc-shadow-domain etc-shadow-store etc-shadow-control etc-shadow-tls etc-shadow-agent etc-shadow-server etc-shadow-bench
 # Randomised crash rollouts in the crash sweep (CRASH_ROLLOUTS=1000 make unit for the long run).
 CRASH_ROLLOUTS ?= 200
 

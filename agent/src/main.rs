@@ -27,7 +27,7 @@ use std::{
 use store::{Store, StoreError};
 use tokio::sync::watch;
 
-mod tls;
+use tls_serve as tls;
 
 #[derive(Parser)]
 #[command(name = "etc-shadow-agent", version, about = "Shadow agent of etc-shadow")]

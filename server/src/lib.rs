@@ -37,8 +37,11 @@ pub struct Config {
     /// The console's origin as browsers see it (`https://config.example.com`). When unset,
     /// a request's Origin is compared with the Host it was sent to.
     pub public_origin: Option<String>,
-    /// Mark the session cookie `Secure` (set when served behind TLS).
+    /// Mark the session cookie `Secure` and send HSTS (when served over TLS, here or by a
+    /// proxy in front).
     pub secure_cookies: bool,
+    /// Serve HTTPS with this PEM certificate chain and private key.
+    pub tls: Option<TlsFiles>,
     /// Time between drift sweeps over every shadow.
     pub check_interval: std::time::Duration,
     /// Failed checks in a row before an `unreachable` incident opens.
@@ -62,6 +65,7 @@ impl Config {
             site_root: PathBuf::from("target/site"),
             public_origin: None,
             secure_cookies: false,
+            tls: None,
             check_interval: std::time::Duration::from_secs(5),
             unreachable_after: 3,
             check_concurrency: 16,
@@ -70,6 +74,13 @@ impl Config {
             secret_keys: domain::redact::SecretKeys::default(),
         }
     }
+}
+
+/// The console's own certificate and key (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Shared by every route and server function.
@@ -177,7 +188,9 @@ pub fn router(state: AppState) -> Router {
 
 /// Opens the database, raises the epoch, recovers unfinished rollouts (presumed abort
 /// for undecided ones), and builds the state.
-pub async fn prepare(config: Config) -> control::Result<AppState> {
+pub async fn prepare(mut config: Config) -> control::Result<AppState> {
+    // Over TLS the cookie must never travel in clear, and browsers keep to HTTPS.
+    config.secure_cookies |= config.tls.is_some();
     let mut db = Db::open(&config.data_dir).await?;
     db.secret_keys = Arc::new(config.secret_keys.clone());
     let identity = db.raise_epoch().await?;
@@ -197,12 +210,17 @@ pub async fn prepare(config: Config) -> control::Result<AppState> {
     })
 }
 
-/// Serves until the future `shutdown` completes.
+/// Serves until the future `shutdown` completes: over HTTPS when the configuration names
+/// a certificate (a bad one is refused before anything starts), else plain HTTP.
 pub async fn serve(
     state: AppState,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tls = match &state.config.tls {
+        Some(files) => Some(tls_serve::acceptor(&files.cert, &files.key).map_err(std::io::Error::other)?.0),
+        None => None,
+    };
     let db = state.db.clone();
     // Decided rollouts whose shadows were unreachable keep being driven to completion.
     let coordinator = state.coordinator.clone();
@@ -228,20 +246,12 @@ pub async fn serve(
         }
     });
     let app = router(state);
-    // Graceful shutdown waits for open connections; event streams never end by
-    // themselves, so after the signal they get a short grace period and no more.
-    let (signalled, grace) = tokio::sync::oneshot::channel::<()>();
-    // The peer address is what sign-in limits count by (never a header a client sets).
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = signalled.send(());
-    });
-    let result = tokio::select! {
-        result = server.into_future() => result,
-        () = async {
-            let _ = grace.await;
-            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-        } => Ok(()),
+    let result = match tls {
+        Some(acceptor) => {
+            tls_serve::serve(listener, acceptor, app, shutdown).await;
+            Ok(())
+        }
+        None => serve_http(listener, app, shutdown).await,
     };
     recovery.abort();
     purge.abort();
@@ -250,6 +260,28 @@ pub async fn serve(
     monitor.stop();
     db.close().await;
     result
+}
+
+/// Plain HTTP. Graceful shutdown waits for open connections; event streams never end by
+/// themselves, so after the signal they get a short grace period and no more.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (signalled, grace) = tokio::sync::oneshot::channel::<()>();
+    // The peer address is what sign-in limits count by (never a header a client sets).
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = signalled.send(());
+    });
+    tokio::select! {
+        result = server.into_future() => result,
+        () = async {
+            let _ = grace.await;
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        } => Ok(()),
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -95,9 +95,16 @@ struct ServeArgs {
     /// The console's public origin, when it differs from the Host requests arrive with.
     #[arg(long, env = "ETC_SHADOW_PUBLIC_ORIGIN")]
     public_origin: Option<String>,
-    /// Mark the session cookie Secure (when a TLS proxy fronts the console).
+    /// Mark the session cookie Secure and send HSTS (when a TLS proxy fronts the console;
+    /// implied by --tls-cert).
     #[arg(long, env = "ETC_SHADOW_SECURE_COOKIES")]
     secure_cookies: bool,
+    /// Serve the console over HTTPS with this PEM certificate (chain); needs --tls-key.
+    #[arg(long, env = "ETC_SHADOW_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "ETC_SHADOW_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// A session ends this long after sign-in, however busy.
     #[arg(long, env = "ETC_SHADOW_SESSION_LIFETIME_MINUTES", default_value_t = 720, value_parser = clap::value_parser!(i64).range(1..=43_200))]
     session_lifetime_minutes: i64,
@@ -183,6 +190,13 @@ fn config(data_dir: PathBuf, args: &ServeArgs) -> Config {
     config.max_body = args.max_body_bytes;
     config.site_root = args.site_root.clone();
     config.public_origin = args.public_origin.clone();
+    config.tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(server::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
     config.secure_cookies = args.secure_cookies;
     config.check_interval = args.check_interval;
     config.unreachable_after = args.unreachable_after;
@@ -217,7 +231,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             for (name, role, password) in &seeded.passwords {
                 println!("  user {name:<9} role {role:<9} password {password}   (shown once)");
             }
-            println!("  console: http://{}/", args.listen);
+            let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+            println!("  console: {scheme}://{}/", args.listen);
             listen_and_serve(state, args.listen).await
         }
         Command::User(command) => {

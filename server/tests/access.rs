@@ -271,3 +271,86 @@ async fn a_new_login_gets_a_fresh_session_id() {
     assert_ne!(ids[0], ids[1]);
     server.stop().await;
 }
+
+/// Object-level checks: holding the id of someone else's change, entry or token is not
+/// enough to act on it, through the REST API or the console's server functions; each
+/// refusal leaves the object exactly as it was.
+#[tokio::test]
+async fn an_id_of_someone_elses_object_does_not_let_a_caller_act_on_it() {
+    let server = TestServer::start().await;
+    server.user("erin", Role::Editor).await;
+    server.user("eve", Role::Editor).await;
+    server.user("vera", Role::Viewer).await;
+    let erin = server.login("erin").await;
+    let eve = server.login("eve").await;
+    let vera = server.login("vera").await;
+    let mut body = change_body(0, "secrets/db.env", "DB_PASSWORD=hunter2\n");
+    body["entries"][0]["secret"] = json!(true);
+    let (_, change) = erin.post("/api/v1/changes", body).await;
+    let id = change["id"].as_i64().unwrap();
+    let (_, before) = erin.get(&format!("/api/v1/changes/{id}")).await;
+
+    // Another editor cannot edit, remove from, submit or rebase erin's change.
+    let entry = json!({"content": "DB_PASSWORD=mine\n", "format": "env"});
+    let refusals = [
+        eve.put(&format!("/api/v1/changes/{id}/entries/secrets/db.env"), entry.clone())
+            .await,
+        eve.put(&format!("/api/v1/changes/{id}/entries/other.json"), json!({"content": "{}"}))
+            .await,
+        eve.delete(&format!("/api/v1/changes/{id}/entries/secrets/db.env")).await,
+        eve.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await,
+        eve.post(&format!("/api/v1/changes/{id}/rebase"), json!({})).await,
+        vera.put(&format!("/api/v1/changes/{id}/entries/secrets/db.env"), entry).await,
+    ];
+    for (status, body) in refusals {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+    // The same through the console's server functions.
+    for (function, form) in [
+        (
+            "save_entry",
+            format!("change={id}&base_revision=0&message=m&path=secrets%2Fdb.env&content=x&format=env&mode=0600"),
+        ),
+        (
+            "remove_entry",
+            format!("change={id}&base_revision=0&message=m&path=secrets%2Fdb.env"),
+        ),
+        ("submit_change", format!("id={id}")),
+    ] {
+        let response = eve
+            .client
+            .post(server.url(&server_fn_path(function)))
+            .header("origin", server.origin())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{function} on someone else's change");
+    }
+    let (_, after) = erin.get(&format!("/api/v1/changes/{id}")).await;
+    assert_eq!(before, after, "nothing about the change moved");
+
+    // Reading a secret entry of someone else's change by its id shows no content either.
+    let response = eve
+        .client
+        .post(server.url(&server_fn_path("change_entry")))
+        .header("origin", server.origin())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("id={id}&path=secrets%2Fdb.env"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(!response.text().await.unwrap().contains("hunter2"));
+
+    // Ids that do not exist are 404, never another object's data.
+    for path in ["/api/v1/changes/9999", "/api/v1/incidents/9999", "/api/v1/rollouts/9999"] {
+        assert_eq!(eve.get(path).await.0, StatusCode::NOT_FOUND, "{path}");
+    }
+    assert_eq!(
+        eve.post("/api/v1/incidents/9999/acknowledge", json!({})).await.0,
+        StatusCode::NOT_FOUND
+    );
+    server.stop().await;
+}

@@ -521,3 +521,54 @@ async fn the_console_asks_for_the_password_again_and_manages_tokens_and_users_by
     assert_eq!(editor.get("/api/v1/session").await.0, StatusCode::UNAUTHORIZED, "disabled at once");
     server.stop().await;
 }
+
+/// With a certificate the console itself serves HTTPS (rustls): the session cookie is
+/// `Secure`, every answer carries HSTS, and plain HTTP gets no answer on that port.
+#[tokio::test]
+async fn the_console_serves_https_with_secure_cookies_and_hsts() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("console.pem"), certs.path().join("console.key"));
+    tls_serve::generate_if_missing(&cert, &key, "127.0.0.1:443".parse().unwrap()).unwrap();
+    let files = server::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let server = TestServer::start_with(|config| config.tls = Some(files)).await;
+    server.user("ada", Role::Admin).await;
+    let origin = format!("https://{}", server.addr);
+    // The self-signed certificate of this test is trusted by its pin elsewhere; here the
+    // point is what the console answers over TLS.
+    let client = Client::builder()
+        .danger_accept_invalid_certs(true)
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let response = client
+        .post(format!("{origin}/api/v1/session"))
+        .header("origin", &origin)
+        .json(&json!({"username": "ada", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = header(&response, "set-cookie").to_string();
+    assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{cookie}");
+    assert!(header(&response, "strict-transport-security").contains("max-age="));
+    let me = client.get(format!("{origin}/api/v1/session")).send().await.unwrap();
+    assert_eq!(me.status(), StatusCode::OK, "the Secure cookie works over HTTPS");
+    let page = client.get(format!("{origin}/login")).send().await.unwrap();
+    assert!(header(&page, "strict-transport-security").contains("max-age="));
+    let plain = Client::new().get(server.url("/healthz")).send().await;
+    assert!(plain.is_err(), "plain HTTP is not answered on the HTTPS port: {plain:?}");
+    server.stop().await;
+
+    // A broken certificate is refused before anything is served.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut config = server::Config::new(data.path().to_path_buf(), listener.local_addr().unwrap());
+    config.tls = Some(server::TlsFiles { cert, key });
+    let state = server::prepare(config).await.unwrap();
+    let served = server::serve(state, listener, std::future::pending()).await;
+    assert!(served.is_err(), "serve refuses a bad certificate");
+}

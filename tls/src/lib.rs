@@ -1,10 +1,12 @@
-//! The agent's optional TLS listener.
+//! Serving HTTPS with rustls, for the agent and for the console: loading or generating a
+//! certificate, its pin, and the accept loop. Knows nothing of what is served.
 //!
 //! The control plane pins each agent's certificate by its SHA-256 fingerprint (the
 //! `tls_pin` of the shadow), so a self-signed certificate is as good as one from a CA:
-//! `--tls-generate` creates one on first start and the agent logs its pin.
+//! `--tls-generate` creates one on first start and the agent logs its pin. The console's
+//! certificate is the one browsers check, usually issued by a CA.
 
-use axum::Router;
+use axum::{Extension, Router, extract::ConnectInfo};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
@@ -72,7 +74,9 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<(TlsAcceptor, String), String
 }
 
 /// Serves `app` over TLS until `shutdown` completes. A failed handshake closes only that
-/// connection.
+/// connection. Each request carries the peer's address as `ConnectInfo<SocketAddr>`, as
+/// with axum's own `into_make_service_with_connect_info`. Connections still open when
+/// `shutdown` completes are left to end with the process.
 pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, app: Router, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
@@ -87,7 +91,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, app: Router, sh
             () = &mut shutdown => return,
         };
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        let app = app.clone().layer(Extension(ConnectInfo(peer)));
         tokio::spawn(async move {
             let stream = match acceptor.accept(stream).await {
                 Ok(stream) => stream,
