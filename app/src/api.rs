@@ -456,14 +456,14 @@ pub async fn add_shadow(
     token: Option<String>,
     tls_pin: Option<String>,
     path: Option<String>,
-) -> Result<(), ServerFnError> {
+) -> Result<Option<String>, ServerFnError> {
     use ssr::*;
     let shadow = match driver.as_str() {
         "agent" => control::shadows::NewShadow::Agent {
             name,
             url: url.unwrap_or_default(),
-            // The console asks for the agent's token (it could not show a generated one).
-            token: Some(token.unwrap_or_default()),
+            // Empty: the control plane generates one, answered this once.
+            token: token.filter(|t| !t.trim().is_empty()),
             tls_pin,
         },
         "directory" => control::shadows::NewShadow::Directory {
@@ -472,7 +472,13 @@ pub async fn add_shadow(
         },
         other => return Err(ServerFnError::new(format!("unknown driver {other:?}"))),
     };
-    control::shadows::add(&db()?, &caller()?, shadow).await.map_err(fail).map(drop)
+    let (_, generated) = control::shadows::add(&db()?, &caller()?, shadow).await.map_err(fail)?;
+    if generated.is_some()
+        && let Some(options) = use_context::<leptos_axum::ResponseOptions>()
+    {
+        options.insert_header(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    }
+    Ok(generated)
 }
 
 #[server]

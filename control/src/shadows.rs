@@ -85,22 +85,18 @@ fn validate_name(name: &str) -> Result<()> {
     }
 }
 
-pub async fn add(db: &Db, actor: &Caller, shadow: NewShadow) -> Result<ShadowView> {
+pub async fn add(db: &Db, actor: &Caller, shadow: NewShadow) -> Result<(ShadowView, Option<String>)> {
     actor.require(Role::Admin)?;
     add_as(db, &actor.username, shadow).await
-}
-
-/// Registers a shadow; `actor` names who did it in the audit log (the CLI passes `cli`).
-pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<ShadowView> {
-    add_returning_token(db, actor, shadow).await.map(|(view, _)| view)
 }
 
 /// Prefix of generated agent tokens, so secret scanners recognise them.
 pub const AGENT_TOKEN_PREFIX: &str = "est_";
 
-/// Registers a shadow; answers the agent token too when the control plane generated it
-/// (the only time it is ever shown: it is stored sealed and never returned again).
-pub async fn add_returning_token(db: &Db, actor: &str, shadow: NewShadow) -> Result<(ShadowView, Option<String>)> {
+/// Registers a shadow; `actor` names who did it in the audit log (the CLI passes `cli`).
+/// Answers the agent token too when the control plane generated it (the only time it is
+/// ever shown: it is stored sealed and never returned again).
+pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<(ShadowView, Option<String>)> {
     let mut generated = None;
     let (name, driver, url, token, tls_pin, path) = match &shadow {
         NewShadow::Agent { name, url, token, tls_pin } => {

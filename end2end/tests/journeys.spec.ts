@@ -281,6 +281,22 @@ test('an admin manages users and API tokens in the console', async ({ page, requ
   await expect(tokenRow).toHaveAttribute('data-active', 'false');
   const after = await request.get('/api/v1/session', { headers: { authorization: `Bearer ${secret}` } });
   expect(after.status()).toBe(401);
+
+  // An agent shadow registered without a token gets a generated one, shown this once.
+  await page.goto('/shadows');
+  await hydrated(page);
+  await page.getByTestId('shadow-name').fill('e2e-new-node');
+  await page.getByTestId('shadow-driver').selectOption('agent');
+  await page.getByTestId('shadow-url').fill('http://127.0.0.1:9');
+  await page.getByTestId('shadow-register').click();
+  await expect(page.getByTestId('agent-token-secret')).toHaveText(/^est_[0-9a-f]{64}$/);
+  const generated = (await page.getByTestId('agent-token-secret').textContent()) ?? '';
+  const node = page.locator('[data-test=shadow-row][data-name="e2e-new-node"]');
+  await expect(node).toHaveCount(1);
+  await page.reload();
+  await expect(page.locator('body')).not.toContainText(generated);
+  await page.locator('[data-test=shadow-row][data-name="e2e-new-node"]').getByTestId('remove-shadow').click();
+  await expect(page.locator('[data-test=shadow-row][data-name="e2e-new-node"]')).toHaveCount(0);
 });
 
 test('an approver reveals a secret entry with the password, and the reveal is audited', async ({ page }) => {

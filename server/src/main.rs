@@ -305,7 +305,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                         }
                         _ => return Err("give either --agent URL [--token-file F] or --directory PATH".into()),
                     };
-                    let (view, token) = control::shadows::add_returning_token(&db, "cli", shadow).await.map_err(fail)?;
+                    let (view, token) = control::shadows::add_as(&db, "cli", shadow).await.map_err(fail)?;
                     if let Some(token) = token {
                         println!("agent token (shown this once; write it to the agent's --token-file, mode 0600):\n{token}");
                     }

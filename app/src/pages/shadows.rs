@@ -41,6 +41,12 @@ pub fn ShadowsPage() -> impl IntoView {
         <Title text="Shadows · etc-shadow" />
         <Layout title="Shadows">
             {move || failure().map(|message| view! { <ActionError message test="shadow-error" /> })}
+            {move || add.value().get().and_then(|r| r.ok()).flatten().map(|token| view! {
+                <div class="success-box" data-test="agent-token">
+                    "Shadow registered. Its agent token, shown only now — put it in the agent's --token-file: "
+                    <code data-test="agent-token-secret">{token}</code>
+                </div>
+            })}
             {move || reconcile.value().get().and_then(|r| r.ok()).map(|r| view! {
                 <div class="success-box" data-test="reconcile-result">
                     {format!("Reconcile rollout #{} {}", r.id, r.state)} " " <a href=format!("/rollouts/{}", r.id)>"details"</a>
@@ -111,18 +117,18 @@ pub fn ShadowsPage() -> impl IntoView {
                 <section class="card" data-test="add-shadow">
                     <h2>"Register a shadow"</h2>
                     <ActionForm action=add attr:class="fields">
-                        <label>"Name" <input name="name" required placeholder="dr-site" /></label>
+                        <label>"Name" <input name="name" required placeholder="dr-site" data-test="shadow-name" /></label>
                         <label>"Driver"
-                            <select name="driver">
+                            <select name="driver" data-test="shadow-driver">
                                 <option value="agent">"agent"</option>
                                 <option value="directory">"directory"</option>
                             </select>
                         </label>
-                        <label class="grow">"Agent URL" <input name="url" placeholder="https://10.0.0.5:7300" /></label>
-                        <label>"Agent token" <input name="token" type="password" autocomplete="off" /></label>
+                        <label class="grow">"Agent URL" <input name="url" placeholder="https://10.0.0.5:7300" data-test="shadow-url" /></label>
+                        <label>"Agent token (empty: generate one)" <input name="token" type="password" autocomplete="off" /></label>
                         <label class="grow">"TLS pin (https)" <input name="tls_pin" placeholder="SHA-256 fingerprint the agent logs" autocomplete="off" /></label>
                         <label class="grow">"Directory path" <input name="path" placeholder="/mnt/backup/etc/myservice" /></label>
-                        <button type="submit" class="primary">"Register"</button>
+                        <button type="submit" class="primary" data-test="shadow-register">"Register"</button>
                     </ActionForm>
                     <p class="muted">"A new shadow is pending until a reconcile brings it to the current revision."</p>
                 </section>
