@@ -646,6 +646,13 @@ pub async fn rollout(id: i64) -> Result<RolloutView, ServerFnError> {
     control::rollouts::get(&db()?, id).await.map_err(fail)
 }
 
+/// A role picked in a form; empty means "none given".
+fn optional_role(role: Option<String>) -> Result<Option<domain::Role>, ServerFnError> {
+    role.filter(|r| !r.is_empty())
+        .map(|r| r.parse::<domain::Role>().map_err(ServerFnError::new))
+        .transpose()
+}
+
 /// The caller's API tokens (an admin's list has everyone's); never their secrets.
 #[server]
 pub async fn tokens() -> Result<Vec<domain::api::TokenView>, ServerFnError> {
@@ -657,11 +664,9 @@ pub async fn tokens() -> Result<Vec<domain::api::TokenView>, ServerFnError> {
 #[server]
 pub async fn create_token(name: String, role: Option<String>) -> Result<domain::api::NewToken, ServerFnError> {
     use ssr::*;
-    let role = match role.filter(|r| !r.is_empty()) {
-        Some(role) => Some(role.parse::<domain::Role>().map_err(ServerFnError::new)?),
-        None => None,
-    };
-    control::sessions::create_token(&db()?, &caller()?, &name, role).await.map_err(fail)
+    control::sessions::create_token(&db()?, &caller()?, &name, optional_role(role)?)
+        .await
+        .map_err(fail)
 }
 
 #[server]
@@ -691,12 +696,8 @@ pub async fn create_user(username: String, role: String, password: String) -> Re
 #[server]
 pub async fn update_user(username: String, role: Option<String>, disabled: Option<String>) -> Result<domain::api::UserView, ServerFnError> {
     use ssr::*;
-    let role = match role.filter(|r| !r.is_empty()) {
-        Some(role) => Some(role.parse::<domain::Role>().map_err(ServerFnError::new)?),
-        None => None,
-    };
     let disabled = disabled.map(|d| d == "true");
-    control::users::update(&db()?, &caller()?, &username, role, disabled)
+    control::users::update(&db()?, &caller()?, &username, optional_role(role)?, disabled)
         .await
         .map_err(fail)
 }

@@ -67,6 +67,13 @@ impl SecretKeys {
     }
 }
 
+/// The patterns as `parse` reads them: `password,token`.
+impl std::fmt::Display for SecretKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.patterns.join(","))
+    }
+}
+
 /// One secret value: its key and the byte range of the value's text (inside the quotes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretSpan {
@@ -516,6 +523,8 @@ mod tests {
 
     #[test]
     fn patterns_are_configurable_and_case_blind() {
+        let default = SecretKeys::default();
+        assert_eq!(SecretKeys::parse(&default.to_string()).unwrap(), default);
         let keys = SecretKeys::parse("pin, Passphrase").unwrap();
         assert!(keys.matches("SIM_PIN") && keys.matches("passphrase_file") && !keys.matches("password"));
         assert!(SecretKeys::parse("").unwrap().patterns().is_empty());

@@ -117,7 +117,7 @@ struct ServeArgs {
     reauth_window: Duration,
     /// Comma-separated patterns of key names whose values are secret inside json, yaml,
     /// toml, ini and env entries (case-insensitive substrings; empty: none).
-    #[arg(long, env = "ETC_SHADOW_SECRET_KEYS", default_value = "password,passwd,secret,token,key,credential,private", value_parser = domain::redact::SecretKeys::parse)]
+    #[arg(long, env = "ETC_SHADOW_SECRET_KEYS", default_value_t = domain::redact::SecretKeys::default(), value_parser = domain::redact::SecretKeys::parse)]
     secret_keys: domain::redact::SecretKeys,
 }
 
