@@ -647,6 +647,7 @@ pub async fn rollout(id: i64) -> Result<RolloutView, ServerFnError> {
 }
 
 /// A role picked in a form; empty means "none given".
+#[cfg(feature = "ssr")]
 fn optional_role(role: Option<String>) -> Result<Option<domain::Role>, ServerFnError> {
     role.filter(|r| !r.is_empty())
         .map(|r| r.parse::<domain::Role>().map_err(ServerFnError::new))
