@@ -211,7 +211,7 @@ test.describe('without JavaScript', () => {
 });
 
 test('an approval after the recent-password window asks for the password in place', async ({ browser }) => {
-  // serve.sh sets the window to 20 s; this journey outwaits it once.
+  // serve.sh sets the window to 30 s; this journey outwaits it once.
   test.setTimeout(120_000);
   const editorPage = await browser.newPage();
   await new LoginPage(editorPage).signInAs(users.editor);
@@ -227,7 +227,7 @@ test('an approval after the recent-password window asks for the password in plac
   await new LoginPage(page).signInAs(users.approver);
   const change = new ChangePage(page);
   await change.open(id);
-  await page.waitForTimeout(21_000);
+  await page.waitForTimeout(31_000);
   await change.act('approve');
   const refusal = page.getByTestId('action-error');
   await expect(refusal).toContainText('confirm your password');
