@@ -1,5 +1,5 @@
 import { expect, test } from '@playwright/test';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { dataDir } from '../playwright.config';
 import { ChangePage, EditorPage, LoginPage, hydrated, users } from './pages';
@@ -154,10 +154,8 @@ test('a hand edit on a shadow becomes an incident live, and reconcile brings the
   await page.evaluate(() => ((window as unknown as { stillThisPage: boolean }).stillThisPage = true));
 
   // Somebody edits a file on the agent's node by hand.
-  writeFileSync(
-    join(dataDir, 'demo-shadows', 'edge', 'live', 'app.toml'),
-    '# Application settings\n[server]\nhost = "0.0.0.0"\nport = 6666\ntimeout = 30\n\n[database]\npool_size = 16\n',
-  );
+  const edited = join(dataDir, 'demo-shadows', 'edge', 'live', 'app.toml');
+  writeFileSync(edited, readFileSync(edited, 'utf8').replace('port = 8080', 'port = 6666'));
   const row = page.locator('[data-test=incident-row][data-shadow=edge]');
   await expect(row).toHaveCount(1);
   await expect(row).toHaveAttribute('data-kind', 'content');
@@ -313,4 +311,13 @@ test('an approver reveals a secret entry with the password, and the reveal is au
   await expect(page.getByTestId('revealed')).toContainText('DB_PASSWORD=');
   await page.goto('/audit');
   await expect(page.locator('body')).toContainText('secret.reveal');
+
+  // A secret key inside an ordinary entry shows as a placeholder, and reveals the same way.
+  await page.goto('/entry?path=app.toml');
+  await hydrated(page);
+  const content = page.getByTestId('entry-content');
+  await expect(content).toContainText('cookie_secret = "«secret:');
+  await page.getByTestId('reveal-password').fill(users.approver.password);
+  await page.getByTestId('reveal').click();
+  await expect(page.getByTestId('revealed')).toContainText(/cookie_secret = "[0-9a-f]{32}"/);
 });

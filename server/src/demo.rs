@@ -184,7 +184,18 @@ pub async fn seed(db: &Db, coordinator: &Coordinator) -> Result<Seeded> {
             base_revision: 0,
             message: "Sample configuration".into(),
             entries: vec![
-                entry("app.toml", APP_TOML, "toml", "0644", false),
+                // A secret value inside an ordinary entry: the console shows it as a
+                // placeholder (see domain::redact). Random, so no demo shares it.
+                entry(
+                    "app.toml",
+                    &format!(
+                        "{APP_TOML}\n[session]\ncookie_secret = \"{}\"\n",
+                        hex::encode(rand::random::<[u8; 16]>())
+                    ),
+                    "toml",
+                    "0644",
+                    false,
+                ),
                 entry("features.json", FEATURES_JSON, "json", "0644", false),
                 entry("nginx/site.conf", SITE_CONF, "text", "0644", false),
                 entry("secrets/db.env", DB_ENV, "env", "0600", true),

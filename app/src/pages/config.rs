@@ -152,7 +152,7 @@ pub fn EntryPage() -> impl IntoView {
                                         <p class="secret-note">"This entry is secret; its content is not shown."</p>
                                         {can_reveal().then(|| view! { <RevealSecret revision=e.revision path=e.entry.path.clone() /> })}
                                     }.into_any(),
-                                    Some(_) => view! {
+                                    Some(content) => view! {
                                         <table class="code" data-test="entry-content">
                                             <tbody>
                                                 {lines.into_iter().enumerate().map(|(i, line)| view! {
@@ -160,6 +160,9 @@ pub fn EntryPage() -> impl IntoView {
                                                 }).collect_view()}
                                             </tbody>
                                         </table>
+                                        // Secret values inside the entry show as placeholders.
+                                        {(can_reveal() && domain::redact::has_placeholder(&content))
+                                            .then(|| view! { <RevealSecret revision=e.revision path=e.entry.path.clone() /> })}
                                     }.into_any(),
                                 }}
                             }.into_any()
