@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{PASSWORD, TestServer, change_body, json_of};
+use common::{PASSWORD, TestServer, change_body, json_of, server_fn_path};
 use domain::Role;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::json;
@@ -161,13 +161,6 @@ async fn roles_are_enforced_inside_server_functions_too() {
     server.stop().await;
 }
 
-fn server_fn_path(name: &str) -> String {
-    leptos::server_fn::axum::server_fn_paths()
-        .map(|(path, _)| path.to_string())
-        .find(|path| path.contains(name))
-        .unwrap_or_else(|| panic!("no server function {name}"))
-}
-
 #[tokio::test]
 async fn cross_origin_state_changes_are_refused() {
     let server = TestServer::start().await;
@@ -317,32 +310,16 @@ async fn an_id_of_someone_elses_object_does_not_let_a_caller_act_on_it() {
         ),
         ("submit_change", format!("id={id}")),
     ] {
-        let response = eve
-            .client
-            .post(server.url(&server_fn_path(function)))
-            .header("origin", server.origin())
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{function} on someone else's change");
+        let (status, _) = eve.server_fn(function, &form).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{function} on someone else's change");
     }
     let (_, after) = erin.get(&format!("/api/v1/changes/{id}")).await;
     assert_eq!(before, after, "nothing about the change moved");
 
     // Reading a secret entry of someone else's change by its id shows no content either.
-    let response = eve
-        .client
-        .post(server.url(&server_fn_path("change_entry")))
-        .header("origin", server.origin())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("id={id}&path=secrets%2Fdb.env"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(!response.text().await.unwrap().contains("hunter2"));
+    let (status, body) = eve.server_fn("change_entry", &format!("id={id}&path=secrets%2Fdb.env")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.contains("hunter2"), "{body}");
 
     // Ids that do not exist are 404, never another object's data.
     for path in ["/api/v1/changes/9999", "/api/v1/incidents/9999", "/api/v1/rollouts/9999"] {

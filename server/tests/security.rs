@@ -292,12 +292,9 @@ async fn sign_in_limits_hold_across_a_restart_and_a_flood_of_random_names() {
     server.stop().await;
 }
 
-/// Sensitive actions need a password entry within the recent window: the sign-in opens
-/// it, `POST /api/v1/session/confirm` reopens it; a refusal changes nothing. API tokens
-/// (minted under a recent password) are not asked again, except to reveal a secret.
-#[tokio::test]
-async fn sensitive_actions_need_a_recent_password() {
-    let window = Duration::from_secs(2);
+/// A server whose recent-password window is `window`, with an editor (erin), an approver
+/// (abel) and an admin (ada).
+async fn short_window_server(window: Duration) -> TestServer {
     let server = TestServer::start_with(|config| {
         config.sessions.recent_password = time::Duration::try_from(window).unwrap();
     })
@@ -305,6 +302,16 @@ async fn sensitive_actions_need_a_recent_password() {
     server.user("erin", Role::Editor).await;
     server.user("abel", Role::Approver).await;
     server.user("ada", Role::Admin).await;
+    server
+}
+
+/// Sensitive actions need a password entry within the recent window: the sign-in opens
+/// it, `POST /api/v1/session/confirm` reopens it; a refusal changes nothing. API tokens
+/// (minted under a recent password) are not asked again, except to reveal a secret.
+#[tokio::test]
+async fn sensitive_actions_need_a_recent_password() {
+    let window = Duration::from_secs(2);
+    let server = short_window_server(window).await;
     let editor = server.login("erin").await;
     let approver = server.login("abel").await;
     let admin = server.login("ada").await;
@@ -437,39 +444,12 @@ async fn sensitive_actions_need_a_recent_password() {
     server.stop().await;
 }
 
-fn server_fn_path(name: &str) -> String {
-    leptos::server_fn::axum::server_fn_paths()
-        .map(|(path, _)| path.to_string())
-        .find(|path| path.rsplit('/').next().is_some_and(|last| last.starts_with(name)))
-        .unwrap_or_else(|| panic!("no server function {name}"))
-}
-
-/// A console action (form-encoded, as the page posts it) with the session's cookie.
-async fn console(session: &common::Session, server: &TestServer, function: &str, form: &str) -> (StatusCode, String) {
-    let response = session
-        .client
-        .post(server.url(&server_fn_path(function)))
-        .header("origin", server.origin())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form.to_string())
-        .send()
-        .await
-        .unwrap();
-    (response.status(), response.text().await.unwrap())
-}
-
 /// The console's own actions obey the recent-password window as the REST API does, and
 /// its Tokens and Users pages act only within their role.
 #[tokio::test]
 async fn the_console_asks_for_the_password_again_and_manages_tokens_and_users_by_role() {
     let window = Duration::from_secs(2);
-    let server = TestServer::start_with(|config| {
-        config.sessions.recent_password = time::Duration::try_from(window).unwrap();
-    })
-    .await;
-    server.user("erin", Role::Editor).await;
-    server.user("abel", Role::Approver).await;
-    server.user("ada", Role::Admin).await;
+    let server = short_window_server(window).await;
     let editor = server.login("erin").await;
     let (_, change) = editor.post("/api/v1/changes", common::change_body(0, "a.json", "{}")).await;
     let id = change["id"].as_i64().unwrap();
@@ -478,30 +458,30 @@ async fn the_console_asks_for_the_password_again_and_manages_tokens_and_users_by
     let admin = server.login("ada").await;
 
     // An editor's token, made and revoked on the Tokens page; never above their role.
-    let (status, body) = console(&editor, &server, "create_token", "name=laptop&role=admin").await;
+    let (status, body) = editor.server_fn("create_token", "name=laptop&role=admin").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let (status, body) = console(&editor, &server, "create_token", "name=laptop&role=").await;
+    let (status, body) = editor.server_fn("create_token", "name=laptop&role=").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let made: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(made["token"].as_str().unwrap().starts_with("esk_"), "{made}");
-    let (status, body) = console(&editor, &server, "tokens", "").await;
+    let (status, body) = editor.server_fn("tokens", "").await;
     assert_eq!(status, StatusCode::OK);
     assert!(!body.contains(made["token"].as_str().unwrap()), "the list never holds the secret");
-    let (status, _) = console(&editor, &server, "revoke_token", &format!("id={}", made["id"])).await;
+    let (status, _) = editor.server_fn("revoke_token", &format!("id={}", made["id"])).await;
     assert_eq!(status, StatusCode::OK);
     // Only admins see or change accounts.
-    assert_eq!(console(&editor, &server, "users", "").await.0, StatusCode::FORBIDDEN);
-    let (status, _) = console(&approver, &server, "update_user", "username=erin&role=admin").await;
+    assert_eq!(editor.server_fn("users", "").await.0, StatusCode::FORBIDDEN);
+    let (status, _) = approver.server_fn("update_user", "username=erin&role=admin").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     tokio::time::sleep(window + Duration::from_millis(500)).await;
-    let (status, body) = console(&approver, &server, "approve_change", &format!("id={id}")).await;
+    let (status, body) = approver.server_fn("approve_change", &format!("id={id}")).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(
         body.contains(domain::api::PASSWORD_REQUIRED),
         "the page recognises the refusal: {body}"
     );
-    let (status, body) = console(&admin, &server, "update_user", "username=erin&disabled=true").await;
+    let (status, body) = admin.server_fn("update_user", "username=erin&disabled=true").await;
     assert!(
         status == StatusCode::FORBIDDEN && body.contains(domain::api::PASSWORD_REQUIRED),
         "{body}"
@@ -509,14 +489,14 @@ async fn the_console_asks_for_the_password_again_and_manages_tokens_and_users_by
     let (_, after) = editor.get(&format!("/api/v1/changes/{id}")).await;
     assert_eq!(after["state"], "submitted", "refused, so nothing changed: {after}");
 
-    let (status, _) = console(&approver, &server, "confirm_password", "password=wrong+password+here").await;
+    let (status, _) = approver.server_fn("confirm_password", "password=wrong+password+here").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let form = format!("password={}", PASSWORD.replace(' ', "+"));
-    assert_eq!(console(&approver, &server, "confirm_password", &form).await.0, StatusCode::OK);
-    let (status, body) = console(&approver, &server, "approve_change", &format!("id={id}")).await;
+    assert_eq!(approver.server_fn("confirm_password", &form).await.0, StatusCode::OK);
+    let (status, body) = approver.server_fn("approve_change", &format!("id={id}")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(console(&admin, &server, "confirm_password", &form).await.0, StatusCode::OK);
-    let (status, body) = console(&admin, &server, "update_user", "username=erin&disabled=true").await;
+    assert_eq!(admin.server_fn("confirm_password", &form).await.0, StatusCode::OK);
+    let (status, body) = admin.server_fn("update_user", "username=erin&disabled=true").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(editor.get("/api/v1/session").await.0, StatusCode::UNAUTHORIZED, "disabled at once");
     server.stop().await;

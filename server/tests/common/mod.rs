@@ -152,6 +152,29 @@ impl Session {
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
         json_of(self.send(Method::DELETE, path, None).await).await
     }
+
+    /// A console server function called as its page posts it (form-encoded), with this
+    /// session's cookie and Origin; answers the status and the body.
+    pub async fn server_fn(&self, name: &str, form: &str) -> (StatusCode, String) {
+        let mut request = self
+            .client
+            .post(format!("{}{}", self.base, server_fn_path(name)))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_string());
+        if let Some(origin) = &self.origin {
+            request = request.header("origin", origin);
+        }
+        let response = request.send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+}
+
+/// The path of a console server function by its name (registered paths end in a hash).
+pub fn server_fn_path(name: &str) -> String {
+    leptos::server_fn::axum::server_fn_paths()
+        .map(|(path, _)| path.to_string())
+        .find(|path| path.rsplit('/').next().is_some_and(|last| last.starts_with(name)))
+        .unwrap_or_else(|| panic!("no server function {name}"))
 }
 
 pub async fn json_of(response: Response) -> (StatusCode, Value) {
