@@ -308,6 +308,48 @@ pub fn holds_secrets(db: &crate::Db, format: &str, content: &[u8]) -> bool {
     std::str::from_utf8(content).is_ok_and(|text| domain::redact::has_secrets(format, text, &db.secret_keys))
 }
 
+/// Seals stored contents that hold secret values under the configured key patterns but
+/// were stored in clear: written before this version, or before a pattern was added. Runs
+/// only when the patterns differ from those of the last check (remembered in `settings`),
+/// so an ordinary start reads nothing. One transaction; answers how many were sealed.
+pub async fn seal_secret_values(db: &crate::Db) -> Result<u64> {
+    let patterns = db.secret_keys.to_string();
+    let mut tx = db.begin().await?;
+    let checked: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE name = 'secret_keys'")
+        .fetch_optional(&mut *tx)
+        .await?;
+    if checked.is_some_and(|(value,)| value == patterns) {
+        return Ok(0);
+    }
+    let candidates: Vec<(String, Vec<u8>, String)> = sqlx::query_as(
+        "SELECT b.hash, b.content, e.format FROM blobs b JOIN (
+           SELECT blob, format FROM revision_entries WHERE secret = 0
+           UNION SELECT blob, format FROM change_entries WHERE secret = 0 AND blob IS NOT NULL
+         ) e ON e.blob = b.hash
+         WHERE b.sealed = 0 AND e.format IN ('json', 'yaml', 'toml', 'ini', 'env')",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut sealed = 0;
+    for (hash, content, format) in candidates {
+        if !holds_secrets(db, &format, &content) {
+            continue;
+        }
+        let done = sqlx::query("UPDATE blobs SET content = ?, sealed = 1 WHERE hash = ? AND sealed = 0")
+            .bind(db.keys.seal(&format!("blob:{hash}"), &content))
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        sealed += done.rows_affected();
+    }
+    sqlx::query("INSERT INTO settings (name, value) VALUES ('secret_keys', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+        .bind(&patterns)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(sealed)
+}
+
 /// Seals what is stored in clear (values from before sealing existed) or, with `reseal`,
 /// every sealed value again with the current key (a rotation). One transaction; answers
 /// how many values were written.

@@ -193,6 +193,10 @@ pub async fn prepare(mut config: Config) -> control::Result<AppState> {
     config.secure_cookies |= config.tls.is_some();
     let mut db = Db::open(&config.data_dir).await?;
     db.secret_keys = Arc::new(config.secret_keys.clone());
+    let sealed = control::secrets::seal_secret_values(&db).await?;
+    if sealed > 0 {
+        tracing::info!(sealed, "sealed stored contents that hold secret values");
+    }
     let identity = db.raise_epoch().await?;
     tracing::info!(control_plane = %identity.id, epoch = identity.epoch, "control plane started");
     let registry = Arc::new(Registry::new(&config.data_dir, std::time::Duration::from_secs(10)));

@@ -552,3 +552,53 @@ async fn the_console_serves_https_with_secure_cookies_and_hsts() {
     let served = server::serve(state, listener, std::future::pending()).await;
     assert!(served.is_err(), "serve refuses a bad certificate");
 }
+
+/// Contents stored in clear before a key pattern applied to them (an older version, or a
+/// pattern added later) are sealed at the next start, and read back the same.
+#[tokio::test]
+async fn stored_contents_with_secret_values_are_sealed_when_the_patterns_change() {
+    let data = tempfile::tempdir().unwrap();
+    let start = |patterns: &str| {
+        let dir = data.path().to_path_buf();
+        let keys = domain::redact::SecretKeys::parse(patterns).unwrap();
+        TestServer::start_with(move |config| {
+            config.data_dir = dir;
+            config.secret_keys = keys;
+        })
+    };
+    let sealed_flags = |server: &TestServer| {
+        let pool = server.state.db.read.clone();
+        async move {
+            let rows: Vec<(bool,)> =
+                sqlx::query_as("SELECT b.sealed FROM blobs b JOIN change_entries e ON e.blob = b.hash WHERE e.path = 'app.toml'")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            rows.into_iter().map(|(sealed,)| sealed).collect::<Vec<_>>()
+        }
+    };
+    let content = "[db]\nuser = \"app\"\npassphrase = \"OLD-CLEAR-VALUE\"\n";
+
+    let server = start("password").await;
+    server.user("erin", Role::Editor).await;
+    let editor = server.login("erin").await;
+    let (status, change) = editor.post("/api/v1/changes", common::change_body(0, "app.toml", content)).await;
+    assert_eq!(status, StatusCode::CREATED, "{change}");
+    let id = change["id"].as_i64().unwrap();
+    assert_eq!(sealed_flags(&server).await, [false], "no pattern matched `passphrase` yet");
+    server.stop().await;
+
+    let server = start("password,passphrase").await;
+    assert_eq!(sealed_flags(&server).await, [true], "sealed at the start with the new pattern");
+    let editor = server.login("erin").await;
+    let (status, shown) = editor.get(&format!("/api/v1/changes/{id}/diff")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!shown.to_string().contains("OLD-CLEAR-VALUE"), "{shown}");
+    assert!(shown.to_string().contains("«secret:"), "{shown}");
+    // Still the same bytes underneath: the change's content hash did not move.
+    let (_, after) = editor.get(&format!("/api/v1/changes/{id}")).await;
+    assert_eq!(after["content_hash"], change["content_hash"]);
+    // With the patterns unchanged, a start checks nothing again.
+    assert_eq!(control::secrets::seal_secret_values(&server.state.db).await.unwrap(), 0);
+    server.stop().await;
+}
