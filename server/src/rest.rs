@@ -234,6 +234,10 @@ async fn create_token(
     Extension(auth): Extension<Authenticated>,
     JsonBody(body): JsonBody<TokenBody>,
 ) -> ApiResult<Response> {
+    // A leaked token must not mint successors that outlive its revocation.
+    if auth.credential == Credential::Token {
+        return Err(Error::Forbidden("API tokens are created from a signed-in session, not with another token".into()).into());
+    }
     let token = sessions::create_token(&state.db, caller(&auth), &body.name, body.role).await?;
     Ok((StatusCode::CREATED, Json(token)).into_response())
 }

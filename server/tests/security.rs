@@ -432,6 +432,11 @@ async fn sensitive_actions_need_a_recent_password() {
         .await
         .unwrap();
     assert_eq!(reveal_by_token.status(), StatusCode::OK);
+    // A token cannot mint another (which would outlive its revocation).
+    let minted = bot(reqwest::Method::POST, "/api/v1/tokens".into(), json!({"name": "child"}))
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), StatusCode::FORBIDDEN);
 
     let (_, audit) = admin.get("/api/v1/audit?limit=50").await;
     let confirmations = audit["items"]
