@@ -419,16 +419,18 @@ pub async fn put_entry(db: &Db, caller: &Caller, id: i64, path: &str, edit: Entr
     let change = load_for_edit(&mut tx, caller, id).await?;
     let base = revisions::entries(&mut tx, change.base_revision).await?;
     let existing = base.get(path.as_str());
-    // Placeholders stand for what the editor was shown: the change's own content of the
-    // path if it has one, else the base revision's.
-    let current = operations(&mut tx, id)
-        .await?
-        .into_iter()
-        .find(|op| op.entry.path == path.as_str() && op.op == "put")
-        .map(|op| op.entry);
     let mut edit = edit;
-    let format = entry_format(&path, edit.format.as_deref(), existing)?;
-    edit.content = restore_secrets(&mut tx, db, &path, format, edit.content, current.as_ref().or(existing)).await?;
+    if domain::redact::has_placeholder(&edit.content) {
+        // Placeholders stand for what the editor was shown: the change's own content of
+        // the path if it has one, else the base revision's.
+        let current = operations(&mut tx, id)
+            .await?
+            .into_iter()
+            .find(|op| op.entry.path == path.as_str() && op.op == "put")
+            .map(|op| op.entry);
+        let format = entry_format(&path, edit.format.as_deref(), existing)?;
+        edit.content = restore_secrets(&mut tx, db, &path, format, edit.content, current.as_ref().or(existing)).await?;
+    }
     let put = prepare_put(&path, &edit, existing)?;
     store_put(&mut tx, db, id, &put).await?;
     let view = finish_edit(&mut tx, caller, &change, "change.edit", json!({"put": path.as_str()})).await?;

@@ -257,3 +257,36 @@ async fn secret_entries_never_show_their_content() {
     assert_eq!(entry["mode"], "0600");
     server.stop().await;
 }
+
+/// Editing a draft through its redacted content keeps the secret value it showed as a
+/// placeholder (the same fingerprint comes back), and a forged placeholder is refused.
+#[tokio::test]
+async fn an_edit_of_a_draft_around_its_secret_value_keeps_the_value() {
+    let server = TestServer::start().await;
+    server.user("erin", Role::Editor).await;
+    let editor = server.login("erin").await;
+    let body = change_body(0, "app.toml", "[db]\nport = 5432\npassword = \"s3cret-value\"\n");
+    let (_, change) = editor.post("/api/v1/changes", body).await;
+    let id = change["id"].as_i64().unwrap();
+    let shown = || async {
+        let (status, body) = editor.server_fn("change_entry", &format!("id={id}&path=app.toml")).await;
+        assert_eq!(status, StatusCode::OK);
+        let content: Option<String> = serde_json::from_str(&body).unwrap();
+        content.unwrap()
+    };
+    let before = shown().await;
+    assert!(
+        before.contains("password = \"«secret:") && !before.contains("s3cret-value"),
+        "{before}"
+    );
+    let edit = json!({"content": before.replace("5432", "6543"), "format": "toml"});
+    let (status, answer) = editor.put(&format!("/api/v1/changes/{id}/entries/app.toml"), edit).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let after = shown().await;
+    assert_eq!(after, before.replace("5432", "6543"), "same placeholder: the stored value was kept");
+    let forged = json!({"content": "[db]\npassword = \"«secret:000000000000»\"\n", "format": "toml"});
+    let (status, _) = editor.put(&format!("/api/v1/changes/{id}/entries/app.toml"), forged).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(shown().await, after, "the refused edit changed nothing");
+    server.stop().await;
+}
