@@ -13,7 +13,7 @@ CRASH_ROLLOUTS ?= 200
 
 # Seconds per fuzz target (`make fuzz FUZZ_SECONDS=600` for a longer run).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := format_json format_yaml format_toml format_ini format_env key_diff agent_prepare
+FUZZ_TARGETS := format_json format_yaml format_toml format_ini format_env key_diff agent_prepare redact
 
 .PHONY: demo test setup setup-test build-release build lint unit e2e fuzz fuzz-short bench clean-demo
 

@@ -9,10 +9,12 @@
 //! hashing, and the rest (network, JSON, HTTP).
 //!
 //! `--suite drift` measures the drift monitor (see `drift.rs`), `--suite incidents` the
-//! Incidents page's queries over 100,000 incidents; `make bench` runs all three.
+//! Incidents page's queries over 100,000 incidents, `--suite redact` the redaction of
+//! secret values in shown entries; `make bench` runs all four.
 
 mod drift;
 mod incidents;
+mod redact;
 
 use clap::Parser;
 use control::{
@@ -36,8 +38,8 @@ use std::{
 #[derive(Parser)]
 #[command(name = "etc-shadow-bench", about = "Rollout latency benchmark of etc-shadow")]
 struct Cli {
-    /// Which measurements: rollouts, drift, incidents.
-    #[arg(long, value_delimiter = ',', default_value = "rollouts,drift,incidents")]
+    /// Which measurements: rollouts, drift, incidents, redact.
+    #[arg(long, value_delimiter = ',', default_value = "rollouts,drift,incidents,redact")]
     suite: Vec<String>,
     /// The agent binary (build it with `cargo build --release -p etc-shadow-agent`).
     #[arg(long, default_value = "target/release/etc-shadow-agent")]
@@ -410,7 +412,8 @@ async fn main() {
                 .await
             }
             "incidents" => incidents::run(cli.incidents, 50).await,
-            other => panic!("unknown suite {other:?}: rollouts, drift or incidents"),
+            "redact" => redact::run(),
+            other => panic!("unknown suite {other:?}: rollouts, drift, incidents or redact"),
         }
         println!();
     }

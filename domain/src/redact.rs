@@ -11,11 +11,18 @@
 //! back only where it stands as the value of a secret key of the same file, so it cannot
 //! be moved to an ordinary key and read there.
 //!
-//! Recognised: json string values (anywhere, also minified), toml strings of `key = value`
-//! lines (basic, literal, and multi-line ones closed on the same line), yaml plain and
-//! quoted scalars and block scalars (`key: |`), and whole values of ini and env lines. Not
-//! recognised: toml inline tables and multi-line strings over several lines, yaml flow
-//! mappings (`creds: {password: x}`), numbers — mark such an entry secret instead.
+//! A secret key's value is every scalar below it: `password = 1234`, each item of
+//! `tokens = ["a", "b"]`, every value of a `[credentials]` table or of a yaml block under
+//! `secrets:`. Values are found by the format's own parser where it tells positions (toml),
+//! else by a scanner of the format's grammar (json, and the line-oriented yaml, ini, env).
+//! Then the redacted text is read again by the format's parser, and every value below a
+//! secret key must be a placeholder (or empty); if one is not — a yaml flow mapping
+//! (`creds: {password: x}`), a multi-line plain scalar, an alias of a value defined
+//! elsewhere, a key spelt with escapes — the whole text is secret and shows as one
+//! placeholder ([`Secrets::Whole`]). So the scanners may fall short, but never show a
+//! secret value: what they miss hides the whole entry. A structured text that is not
+//! valid and names a pattern is hidden whole too (its structure is unknown). Keys below a
+//! secret key are shown (they name fields, like `user` under `credentials`).
 
 use crate::format::Format;
 use std::ops::Range;
@@ -65,6 +72,16 @@ impl SecretKeys {
     pub fn patterns(&self) -> &[String] {
         &self.patterns
     }
+
+    /// False when `text` cannot hold a secret key: no pattern occurs in it, and no escape
+    /// that could spell one (json, yaml and toml keys may be written with `\u0070`).
+    fn may_occur_in(&self, format: Format, text: &str) -> bool {
+        if matches!(format, Format::Json | Format::Yaml | Format::Toml) && text.contains('\\') {
+            return true;
+        }
+        let lower = text.to_ascii_lowercase();
+        self.patterns.iter().any(|pattern| lower.contains(pattern.as_str()))
+    }
 }
 
 /// The patterns as `parse` reads them: `password,token`.
@@ -77,34 +94,49 @@ impl std::fmt::Display for SecretKeys {
 /// One secret value: its key and the byte range of the value's text (inside the quotes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretSpan {
+    /// The secret key it is below (the nearest one).
     pub key: String,
     pub range: Range<usize>,
+    /// Not a string in the text (a number, a boolean, a date, a yaml flow collection): json
+    /// and toml show its placeholder in quotes, which an edit's restore takes away again.
+    pub bare: bool,
 }
 
-/// The secret values of `text` read as `format`, in order. Text entries have none.
-pub fn find(format: Format, text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
-    if keys.patterns.is_empty() {
-        return Vec::new();
+/// What of a text is secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secrets {
+    /// Nothing: the text is shown as it is.
+    None,
+    /// These values, in order.
+    Values(Vec<SecretSpan>),
+    /// The whole text: it holds a secret value redaction cannot cut out on its own.
+    Whole,
+}
+
+/// What of `text`, read as `format`, is secret.
+pub fn secrets(format: Format, text: &str, keys: &SecretKeys) -> Secrets {
+    if keys.patterns.is_empty() || format == Format::Text || !keys.may_occur_in(format, text) {
+        return Secrets::None;
     }
-    let mut spans = match format {
-        Format::Json => json_spans(text, keys),
-        Format::Toml => line_spans(text, keys, toml_line),
-        Format::Yaml => yaml_spans(text, keys),
-        Format::Ini => line_spans(text, keys, |line| assignment(line, &['=', ':'])),
-        Format::Env => line_spans(text, keys, |line| {
-            let rest = line.trim_start().strip_prefix("export ").unwrap_or(line);
-            let skip = line.len() - rest.len();
-            assignment(rest, &['=']).map(|(key, range)| (key, range.start + skip..range.end + skip))
-        }),
-        Format::Text => Vec::new(),
+    if crate::format::validate(format, text.as_bytes()).is_err() {
+        return Secrets::Whole;
+    }
+    let Some(spans) = find(format, text, keys) else {
+        return Secrets::Whole;
     };
-    spans.retain(|span| !span.range.is_empty());
-    spans
+    // Checked twice, with a plain hash standing for the keyed one: what is shown holds no
+    // secret value the format's parser reads, and an edit that keeps it gets the text back.
+    let plain = |value: &str| blake3::hash(value.as_bytes()).to_hex().to_string();
+    let shown = apply(format, text, &spans, &plain);
+    if !all_redacted(format, &shown, keys) || put_back(format, &shown, &known(text, &spans, &plain), keys).as_deref() != Ok(text) {
+        return Secrets::Whole;
+    }
+    if spans.is_empty() { Secrets::None } else { Secrets::Values(spans) }
 }
 
 /// True when `text` holds at least one secret value (its content must then be sealed).
 pub fn has_secrets(format: Format, text: &str, keys: &SecretKeys) -> bool {
-    !find(format, text, keys).is_empty()
+    secrets(format, text, keys) != Secrets::None
 }
 
 /// True when `text` holds a placeholder (an edit of redacted content).
@@ -117,18 +149,41 @@ fn placeholder(fingerprint: &str) -> String {
     format!("{OPEN}{short}{CLOSE}")
 }
 
-/// `text` with every secret value replaced by its placeholder. `fingerprint` is a keyed
-/// hash of a value (hex); only its first [`FINGERPRINT_LEN`] digits are shown.
+/// True when `value` is exactly one placeholder.
+fn is_placeholder(value: &str) -> bool {
+    value
+        .strip_prefix(OPEN)
+        .and_then(|rest| rest.strip_suffix(CLOSE))
+        .is_some_and(|hex| hex.len() == FINGERPRINT_LEN && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// `text` with every secret value replaced by its placeholder, or one placeholder for all
+/// of it ([`Secrets::Whole`]). `fingerprint` is a keyed hash of a value (hex); only its
+/// first [`FINGERPRINT_LEN`] digits are shown.
 pub fn redact(format: Format, text: &str, keys: &SecretKeys, fingerprint: &dyn Fn(&str) -> String) -> String {
-    let spans = find(format, text, keys);
-    if spans.is_empty() {
-        return text.to_string();
+    match secrets(format, text, keys) {
+        Secrets::None => text.to_string(),
+        Secrets::Whole => placeholder(&fingerprint(text)),
+        Secrets::Values(spans) => apply(format, text, &spans, fingerprint),
     }
+}
+
+/// `text` with `spans` replaced by placeholders; a bare value's in quotes where the format
+/// needs them for the text to stay valid.
+fn apply(format: Format, text: &str, spans: &[SecretSpan], fingerprint: &dyn Fn(&str) -> String) -> String {
+    let quote_bare = matches!(format, Format::Json | Format::Toml);
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
     for span in spans {
         out.push_str(&text[at..span.range.start]);
-        out.push_str(&placeholder(&fingerprint(&text[span.range.clone()])));
+        let shown = placeholder(&fingerprint(&text[span.range.clone()]));
+        if span.bare && quote_bare {
+            out.push('"');
+            out.push_str(&shown);
+            out.push('"');
+        } else {
+            out.push_str(&shown);
+        }
         at = span.range.end;
     }
     out.push_str(&text[at..]);
@@ -142,10 +197,15 @@ pub enum RestoreError {
     Unknown(String),
     #[error("a secret placeholder can only be the value of a secret key ({0} is not one)")]
     Misplaced(String),
+    #[error(
+        "this file is shown as one placeholder (its secret values cannot be cut out one by one): keep the placeholder alone to keep the content, or type the whole file"
+    )]
+    Whole,
 }
 
 /// Puts the values behind the placeholders of `edited` back, taking them from `original`
-/// (the stored content of the same entry). A value typed in clear stays as typed.
+/// (the stored content of the same entry). A value typed in clear stays as typed. An edit
+/// that is not valid in its format keeps its placeholders, for validation to refuse it.
 pub fn restore(
     format: Format,
     edited: &str,
@@ -156,23 +216,52 @@ pub fn restore(
     if !has_placeholder(edited) {
         return Ok(edited.to_string());
     }
-    let known: Vec<(String, &str)> = find(format, original, keys)
-        .into_iter()
-        .map(|span| (placeholder(&fingerprint(&original[span.range.clone()])), &original[span.range]))
-        .collect();
+    let known = match secrets(format, original, keys) {
+        Secrets::None => Vec::new(),
+        Secrets::Whole if edited.trim() == placeholder(&fingerprint(original)) => return Ok(original.to_string()),
+        Secrets::Whole => return Err(RestoreError::Whole),
+        Secrets::Values(spans) => known(original, &spans, fingerprint),
+    };
+    put_back(format, edited, &known, keys)
+}
+
+/// A stored secret value: its placeholder, its text, and whether it is bare.
+type Known<'a> = (String, &'a str, bool);
+
+fn known<'a>(text: &'a str, spans: &[SecretSpan], fingerprint: &dyn Fn(&str) -> String) -> Vec<Known<'a>> {
+    spans
+        .iter()
+        .map(|span| {
+            let stored = &text[span.range.clone()];
+            (placeholder(&fingerprint(stored)), stored, span.bare)
+        })
+        .collect()
+}
+
+/// `edited` with the placeholders standing as secret values replaced by the `known` values.
+fn put_back(format: Format, edited: &str, known: &[Known], keys: &SecretKeys) -> Result<String, RestoreError> {
+    if crate::format::validate(format, edited.as_bytes()).is_err() {
+        return Ok(edited.to_string());
+    }
     let mut out = String::with_capacity(edited.len());
     let mut at = 0;
-    for span in find(format, edited, keys) {
+    for span in find(format, edited, keys).unwrap_or_default() {
         let value = &edited[span.range.clone()];
         if !value.contains(OPEN) {
             continue;
         }
-        let Some((_, stored)) = known.iter().find(|(p, _)| p == value) else {
+        let Some((_, stored, bare)) = known.iter().find(|(p, _, _)| p == value) else {
             return Err(RestoreError::Unknown(value.to_string()));
         };
-        out.push_str(&edited[at..span.range.start]);
+        let mut range = span.range;
+        // A number shown as "«…»" becomes the number again.
+        let quoted = |q: char| edited[..range.start].ends_with(q) && edited[range.end..].starts_with(q);
+        if *bare && !span.bare && (quoted('"') || quoted('\'')) {
+            range = range.start - 1..range.end + 1;
+        }
+        out.push_str(&edited[at..range.start]);
         out.push_str(stored);
-        at = span.range.end;
+        at = range.end;
     }
     out.push_str(&edited[at..]);
     // Whatever placeholder is left stood somewhere else than as a secret key's value.
@@ -185,6 +274,91 @@ pub fn restore(
         return Err(RestoreError::Misplaced(key));
     }
     Ok(out)
+}
+
+/// The secret values the format's scanner finds in `text`, in order; `None` when it cannot
+/// read the text.
+fn find(format: Format, text: &str, keys: &SecretKeys) -> Option<Vec<SecretSpan>> {
+    let mut spans = match format {
+        Format::Json => json_spans(text, keys),
+        Format::Toml => toml_spans(text, keys)?,
+        Format::Yaml => yaml_spans(text, keys),
+        Format::Ini => line_spans(text, keys, |line| assignment(line, &['=', ':'])),
+        Format::Env => line_spans(text, keys, |line| {
+            let rest = line.trim_start().strip_prefix("export ").unwrap_or(line);
+            let skip = line.len() - rest.len();
+            assignment(rest, &['=']).map(|(key, range)| (key, range.start + skip..range.end + skip))
+        }),
+        Format::Text => Vec::new(),
+    };
+    spans.retain(|span| !span.range.is_empty());
+    Some(spans)
+}
+
+/// Reads a redacted text with the format's parser: true when every value below a secret
+/// key is a placeholder, empty or null. Ini and env have no other reading than their
+/// scanner's, so it is true for them.
+fn all_redacted(format: Format, text: &str, keys: &SecretKeys) -> bool {
+    match format {
+        Format::Json => {
+            let mut deserializer = serde_json::Deserializer::from_str(text);
+            // The text was validated: its depth is bounded.
+            deserializer.disable_recursion_limit();
+            serde::Deserialize::deserialize(&mut deserializer).is_ok_and(|value| json_redacted(&value, false, keys))
+        }
+        Format::Toml => text
+            .parse::<toml::Table>()
+            .is_ok_and(|table| table.iter().all(|(key, value)| toml_redacted(value, keys.matches(key), keys))),
+        Format::Yaml => yaml_rust2::YamlLoader::load_from_str(text)
+            .is_ok_and(|documents| documents.iter().all(|document| yaml_redacted(document, false, keys))),
+        Format::Ini | Format::Env | Format::Text => true,
+    }
+}
+
+fn json_redacted(value: &serde_json::Value, secret: bool, keys: &SecretKeys) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .all(|(key, value)| json_redacted(value, secret || keys.matches(key), keys)),
+        Value::Array(items) => items.iter().all(|item| json_redacted(item, secret, keys)),
+        Value::String(text) => !secret || text.is_empty() || is_placeholder(text),
+        Value::Null => true,
+        Value::Bool(_) | Value::Number(_) => !secret,
+    }
+}
+
+fn toml_redacted(value: &toml::Value, secret: bool, keys: &SecretKeys) -> bool {
+    use toml::Value;
+    match value {
+        Value::Table(table) => table
+            .iter()
+            .all(|(key, value)| toml_redacted(value, secret || keys.matches(key), keys)),
+        Value::Array(items) => items.iter().all(|item| toml_redacted(item, secret, keys)),
+        Value::String(text) => !secret || text.is_empty() || is_placeholder(text),
+        Value::Integer(_) | Value::Float(_) | Value::Boolean(_) | Value::Datetime(_) => !secret,
+    }
+}
+
+fn yaml_redacted(value: &yaml_rust2::Yaml, secret: bool, keys: &SecretKeys) -> bool {
+    use yaml_rust2::Yaml;
+    match value {
+        Yaml::Hash(map) => map.iter().all(|(key, value)| {
+            let name = match key {
+                Yaml::String(text) | Yaml::Real(text) => text.clone(),
+                Yaml::Integer(n) => n.to_string(),
+                Yaml::Boolean(b) => b.to_string(),
+                _ => String::new(),
+            };
+            // A key below a secret key is shown, so it must not be a structure hiding one.
+            (!secret || !matches!(key, Yaml::Hash(_) | Yaml::Array(_))) && yaml_redacted(value, secret || keys.matches(&name), keys)
+        }),
+        Yaml::Array(items) => items.iter().all(|item| yaml_redacted(item, secret, keys)),
+        // A block scalar ends with its line break.
+        Yaml::String(text) => !secret || text.is_empty() || is_placeholder(text.trim_end()),
+        Yaml::Null => true,
+        _ => !secret,
+    }
 }
 
 /// Spans of line-oriented formats: `parse` answers a line's key and the value's range
@@ -200,6 +374,7 @@ fn line_spans(text: &str, keys: &SecretKeys, parse: impl Fn(&str) -> Option<(Str
             spans.push(SecretSpan {
                 key,
                 range: offset + range.start..offset + range.end,
+                bare: false,
             });
         }
         offset += line.len();
@@ -231,57 +406,105 @@ fn unquote(value: &str) -> Option<Range<usize>> {
     (value.len() >= 2 && value.ends_with(quote)).then(|| 1..value.len() - 1)
 }
 
-/// toml `key = "…"`, `key = '…'` and single-line or multi-line strings starting there.
-fn toml_line(line: &str) -> Option<(String, Range<usize>)> {
-    let trimmed = line.trim_start();
-    if trimmed.is_empty() || trimmed.starts_with(['#', '[']) {
-        return None;
-    }
-    let at = find_unquoted(line, '=')?;
-    let key = line[..at].trim().replace(['"', '\''], "");
-    let value_start = at + 1 + (line[at + 1..].len() - line[at + 1..].trim_start().len());
-    let value = &line[value_start..];
-    let quote = value.chars().next().filter(|c| *c == '"' || *c == '\'')?;
-    if value.starts_with(&format!("{quote}{quote}{quote}")) {
-        // Only one that closes on this line (see the module doc).
-        let inner = &value[3..];
-        let end = inner.find(&format!("{quote}{quote}{quote}"))?;
-        return Some((key, value_start + 3..value_start + 3 + end));
-    }
-    let inner = &value[1..];
-    let mut escaped = false;
-    for (i, c) in inner.char_indices() {
-        match c {
-            '\\' if quote == '"' && !escaped => escaped = true,
-            c if c == quote && !escaped => return Some((key, value_start + 1..value_start + 1 + i)),
-            _ => escaped = false,
-        }
-    }
-    None
+/// toml values by the parser's own spans: below a secret key, every scalar, in arrays,
+/// inline tables, `[tables]` and `[[arrays of tables]]` alike.
+fn toml_spans(text: &str, keys: &SecretKeys) -> Option<Vec<SecretSpan>> {
+    let document = toml_edit::ImDocument::parse(text).ok()?;
+    let mut spans = Vec::new();
+    toml_table(document.as_table(), None, text, keys, &mut spans);
+    spans.sort_by_key(|span| span.range.start);
+    Some(spans)
 }
 
-/// The first `wanted` outside quotes.
-fn find_unquoted(line: &str, wanted: char) -> Option<usize> {
-    let mut quote = None;
-    for (i, c) in line.char_indices() {
-        match (quote, c) {
-            (None, '"' | '\'') => quote = Some(c),
-            (Some(q), c) if c == q => quote = None,
-            (None, c) if c == wanted => return Some(i),
-            _ => {}
-        }
-    }
-    None
+/// The secret key a value under `key` is below: the inherited one, else `key` if it is one.
+fn secret_below(inherited: Option<&str>, key: &str, keys: &SecretKeys) -> Option<String> {
+    inherited.map(str::to_string).or_else(|| keys.matches(key).then(|| key.to_string()))
 }
 
+fn toml_table(table: &toml_edit::Table, secret: Option<&str>, text: &str, keys: &SecretKeys, spans: &mut Vec<SecretSpan>) {
+    use toml_edit::Item;
+    for (key, item) in table.iter() {
+        let secret = secret_below(secret, key, keys);
+        match item {
+            Item::Value(value) => toml_value(value, secret.as_deref(), text, keys, spans),
+            Item::Table(table) => toml_table(table, secret.as_deref(), text, keys, spans),
+            Item::ArrayOfTables(tables) => {
+                for table in tables.iter() {
+                    toml_table(table, secret.as_deref(), text, keys, spans);
+                }
+            }
+            Item::None => {}
+        }
+    }
+}
+
+fn toml_value(value: &toml_edit::Value, secret: Option<&str>, text: &str, keys: &SecretKeys, spans: &mut Vec<SecretSpan>) {
+    use toml_edit::Value;
+    match value {
+        Value::Array(items) => {
+            for item in items.iter() {
+                toml_value(item, secret, text, keys, spans);
+            }
+        }
+        Value::InlineTable(table) => {
+            for (key, value) in table.iter() {
+                toml_value(value, secret_below(secret, key, keys).as_deref(), text, keys, spans);
+            }
+        }
+        scalar => {
+            let (Some(key), Some(range)) = (secret, scalar.span()) else {
+                return;
+            };
+            let Some(raw) = text.get(range.clone()) else { return };
+            let (range, bare) = match scalar {
+                Value::String(_) => {
+                    let quotes = if raw.starts_with("\"\"\"") || raw.starts_with("\'\'\'") {
+                        3
+                    } else {
+                        1
+                    };
+                    (
+                        range.start + quotes..range.end.saturating_sub(quotes).max(range.start + quotes),
+                        false,
+                    )
+                }
+                _ => (range, true),
+            };
+            spans.push(SecretSpan {
+                key: key.to_string(),
+                range,
+                bare,
+            });
+        }
+    }
+}
+
+/// json by its grammar: below a secret key, every string, number and boolean, in nested
+/// objects and arrays too. Keys are read as written (an escaped key is caught by the
+/// check after redaction).
 fn json_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
+    /// An open object or array, and the secret key it is below.
+    struct Open {
+        object: bool,
+        secret: Option<String>,
+    }
     let bytes = text.as_bytes();
     let mut spans = Vec::new();
+    let mut stack: Vec<Open> = Vec::new();
+    // In an object: the last string read where a key stands, and whether its ':' was read.
+    let mut key: Option<String> = None;
+    let mut after_colon = false;
     let mut i = 0;
-    // The last string read, if the next token may make it a key.
-    let mut pending_key: Option<String> = None;
-    let mut key_for_value: Option<String> = None;
     while i < bytes.len() {
+        let in_object = stack.last().is_some_and(|open| open.object);
+        let is_value = !in_object || after_colon;
+        let secret = || {
+            let inherited = stack.last().and_then(|open| open.secret.as_deref());
+            match (&key, after_colon) {
+                (Some(key), true) => secret_below(inherited, key, keys),
+                _ => inherited.map(str::to_string),
+            }
+        };
         match bytes[i] {
             b'"' => {
                 let start = i + 1;
@@ -290,21 +513,58 @@ fn json_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
                     j += if bytes[j] == b'\\' { 2 } else { 1 };
                 }
                 let end = j.min(bytes.len());
-                if let Some(key) = key_for_value.take() {
-                    if keys.matches(&key) {
-                        spans.push(SecretSpan { key, range: start..end });
+                if is_value {
+                    if let Some(key) = secret() {
+                        spans.push(SecretSpan {
+                            key,
+                            range: start..end,
+                            bare: false,
+                        });
                     }
+                    after_colon = false;
                 } else {
-                    pending_key = text.get(start..end).map(str::to_string);
+                    key = text.get(start..end).map(str::to_string);
                 }
                 i = end + 1;
                 continue;
             }
-            b':' => key_for_value = pending_key.take(),
+            b':' => after_colon = true,
+            b'{' | b'[' => {
+                let secret = if is_value { secret() } else { None };
+                stack.push(Open {
+                    object: bytes[i] == b'{',
+                    secret,
+                });
+                after_colon = false;
+                key = None;
+            }
+            b'}' | b']' => {
+                stack.pop();
+                after_colon = false;
+            }
+            b',' => {
+                after_colon = false;
+                key = None;
+            }
             b' ' | b'\t' | b'\n' | b'\r' => {}
             _ => {
-                pending_key = None;
-                key_for_value = None;
+                // A number, true, false or null (or what a person typed there).
+                let start = i;
+                while i < bytes.len() && !b",:{}[]\" \t\n\r".contains(&bytes[i]) {
+                    i += 1;
+                }
+                if is_value
+                    && &text[start..i] != "null"
+                    && let Some(key) = secret()
+                {
+                    spans.push(SecretSpan {
+                        key,
+                        range: start..i,
+                        bare: true,
+                    });
+                }
+                after_colon = false;
+                continue;
             }
         }
         i += 1;
@@ -312,6 +572,9 @@ fn json_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
     spans
 }
 
+/// yaml by lines: `key: value` with plain, quoted or block (`|`, `>`) scalars, and below a
+/// secret key without a value on its line, every value of the more-indented block (or of
+/// the sequence at its indent). A flow collection (`[a, b]`) is one value.
 fn yaml_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
     let lines: Vec<(usize, &str)> = {
         let mut offset = 0;
@@ -324,24 +587,52 @@ fn yaml_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
             .collect()
     };
     let mut spans = Vec::new();
+    // The column of a secret key whose block is being read, and the key.
+    let mut block: Option<(usize, String)> = None;
     let mut index = 0;
     while index < lines.len() {
         let (offset, line) = lines[index];
         index += 1;
         let indent = line.len() - line.trim_start().len();
+        let item = line.trim_start().starts_with("- ") || line.trim_start() == "-";
         let body = line.trim_start();
-        let body = body.strip_prefix("- ").map_or(body, str::trim_start);
+        let body = body.strip_prefix('-').filter(|_| item).map_or(body, str::trim_start);
         if body.is_empty() || body.starts_with('#') {
             continue;
         }
-        let Some(at) = yaml_colon(body) else { continue };
-        let key = body[..at].trim().trim_matches(['"', '\'']).to_string();
-        if !keys.matches(&key) {
-            continue;
+        if let Some((column, _)) = &block
+            && !(indent > *column || (indent == *column && item))
+        {
+            block = None;
         }
         let body_start = line.len() - body.len();
-        let value_start = body_start + at + 1 + (body[at + 1..].len() - body[at + 1..].trim_start().len());
-        let value = line[value_start..].trim_end();
+        let (key, value_start) = match yaml_colon(body) {
+            Some(at) => {
+                let key = body[..at].trim().trim_matches(['"', '\'']).to_string();
+                let after = &body[at + 1..];
+                (key, body_start + at + 1 + (after.len() - after.trim_start().len()))
+            }
+            // An item or a continuation line of a block's value.
+            None if block.is_some() => (String::new(), body_start),
+            None => continue,
+        };
+        let Some(secret) = block
+            .as_ref()
+            .map(|(_, key)| key.clone())
+            .or_else(|| keys.matches(&key).then(|| key.clone()))
+        else {
+            continue;
+        };
+        let (value_start, value) = skip_properties(value_start, line[value_start..].trim_end());
+        // `key: # note` has no value on its line.
+        let value = if value.starts_with('#') { "" } else { value };
+        if value.is_empty() {
+            // The value is the block below.
+            if block.is_none() {
+                block = Some((body_start, secret));
+            }
+            continue;
+        }
         if value.starts_with(['|', '>']) {
             // A block scalar: the more-indented lines that follow.
             let first = index;
@@ -358,24 +649,79 @@ fn yaml_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
                 let (start_offset, start_line) = lines[first];
                 let start = start_offset + (start_line.len() - start_line.trim_start().len());
                 let end = lines[last].0 + lines[last].1.len();
-                spans.push(SecretSpan { key, range: start..end });
+                spans.push(SecretSpan {
+                    key: secret,
+                    range: start..end,
+                    bare: false,
+                });
             }
             continue;
         }
-        if value.is_empty() || value.starts_with(['{', '[', '&', '*', '!', '#']) {
+        if value.starts_with('*') {
+            // An alias: its anchor's value is redacted where it stands, or the check fails.
             continue;
         }
-        let value = match value.find(" #") {
-            Some(comment) if !value.starts_with(['"', '\'']) => value[..comment].trim_end(),
-            _ => value,
+        let (range, bare) = if value.starts_with(['[', '{']) {
+            (0..value.len(), true)
+        } else {
+            (yaml_scalar(value), false)
         };
-        let range = unquote(value).unwrap_or(0..value.len());
         spans.push(SecretSpan {
-            key,
+            key: secret,
             range: offset + value_start + range.start..offset + value_start + range.end,
+            bare,
         });
     }
     spans
+}
+
+/// Skips a yaml node's anchor (`&name`) and tag (`!tag`): where the value starts, and it.
+fn skip_properties(mut start: usize, mut value: &str) -> (usize, &str) {
+    while value.starts_with(['&', '!']) {
+        let end = value.find([' ', '\t']).unwrap_or(value.len());
+        let rest = value[end..].trim_start();
+        start += value.len() - rest.len();
+        value = rest;
+    }
+    (start, value)
+}
+
+/// The range of a yaml scalar's text in `value`: inside its quotes, or the plain scalar
+/// before a comment.
+fn yaml_scalar(value: &str) -> Range<usize> {
+    match value.chars().next() {
+        Some('"') => {
+            let mut escaped = false;
+            for (i, c) in value.char_indices().skip(1) {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => return 1..i,
+                    _ => escaped = false,
+                }
+            }
+            0..value.len()
+        }
+        Some('\'') => {
+            // '' is an escaped quote inside.
+            let bytes = value.as_bytes();
+            let mut i = 1;
+            while i < bytes.len() {
+                if bytes[i] == b'\'' {
+                    if bytes.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    return 1..i;
+                }
+                i += 1;
+            }
+            0..value.len()
+        }
+        _ => match value.find(" #") {
+            Some(comment) => 0..value[..comment].trim_end().len(),
+            None => 0..value.len(),
+        },
+    }
 }
 
 /// The colon ending a yaml mapping key (followed by a space or the line's end).
@@ -405,62 +751,123 @@ mod tests {
         redact(format, text, &SecretKeys::default(), &fp)
     }
 
-    fn secrets(format: Format, text: &str) -> Vec<String> {
-        find(format, text, &SecretKeys::default())
-            .into_iter()
-            .map(|s| text[s.range].to_string())
-            .collect()
+    fn shown_as(value: &str) -> String {
+        placeholder(&fp(value))
+    }
+
+    /// The secret values of `text`; panics when it is hidden whole.
+    fn values(format: Format, text: &str) -> Vec<String> {
+        match secrets(format, text, &SecretKeys::default()) {
+            Secrets::None => Vec::new(),
+            Secrets::Values(spans) => spans.into_iter().map(|s| text[s.range].to_string()).collect(),
+            Secrets::Whole => panic!("{format} hidden whole:\n{text}"),
+        }
     }
 
     #[test]
     fn finds_the_secret_values_of_every_structured_format() {
         assert_eq!(
-            secrets(
+            values(
                 Format::Json,
                 r#"{"user": "app", "password": "hunter2", "nested": {"api_token":"t0k\"en"}, "n": 1}"#
             ),
             ["hunter2", r#"t0k\"en"#]
         );
         assert_eq!(
-            secrets(
+            values(
                 Format::Toml,
                 "[db]\nuser = \"app\"\npassword = \"hunter2\" # comment\n\"private.key\" = 'lit'\nport = 5432\n"
             ),
             ["hunter2", "lit"]
         );
         assert_eq!(
-            secrets(
+            values(
                 Format::Yaml,
-                "db:\n  user: app\n  password: hunter2 # comment\n  token: \"quoted: yes\"\n  - secret_key: item\ncert_key: |\n  line one\n  line two\nafter: 1\n"
+                "db:\n  user: app\n  password: hunter2 # comment\n  token: \"quoted: yes\" # c\n  items:\n  - secret_key: item\ncert_key: |\n  line one\n  line two\nafter: 1\n"
             ),
             ["hunter2", "quoted: yes", "item", "line one\n  line two"]
         );
         assert_eq!(
-            secrets(Format::Ini, "[s]\nuser = app\nPassword = \"x y\"\n; token = commented\n"),
+            values(Format::Ini, "[s]\nuser = app\nPassword = \"x y\"\n; token = commented\n"),
             ["x y"]
         );
         assert_eq!(
-            secrets(
+            values(
                 Format::Env,
                 "DB_USER=app\nexport DB_PASSWORD='s3 cr3t'\nAPI_TOKEN=abc\n# SECRET=no\n"
             ),
             ["s3 cr3t", "abc"]
         );
-        assert!(secrets(Format::Text, "password = hunter2").is_empty());
-        assert!(secrets(Format::Json, r#"{"keys": [1, 2], "password": 5, "monkey": null}"#).is_empty());
+        assert!(values(Format::Text, "password = hunter2").is_empty());
+        assert!(values(Format::Json, r#"{"keys": [], "password": null, "monkey": ""}"#).is_empty());
+        assert!(values(Format::Toml, "user = \"app\"\n").is_empty());
+    }
+
+    #[test]
+    fn every_value_below_a_secret_key_is_secret_whatever_its_shape() {
+        assert_eq!(
+            values(
+                Format::Toml,
+                "pin_key = 1234\nenabled = true\ndb = { user = \"app\", password = \"p1\" }\ntokens = [\"t1\", \"t2\"]\n\
+                 private_key = \"\"\"\nline one\nline two\"\"\"\nupdated = 2024-01-01\n\
+                 [credentials]\nuser = \"u\"\nport = 22\n\
+                 [[api_keys]]\nvalue = \"k1\"\n\
+                 [server]\nsecret.token = \"dotted\"\nname = \"web\"\n"
+            ),
+            ["1234", "p1", "t1", "t2", "\nline one\nline two", "u", "22", "k1", "dotted"]
+        );
+        assert_eq!(
+            values(
+                Format::Json,
+                r#"{"credentials": {"user": "u", "port": 22, "list": [true, "x", null]}, "pin_key": 1234, "tokens": ["a", "b"], "name": "web"}"#
+            ),
+            ["u", "22", "true", "x", "1234", "a", "b"]
+        );
+        assert_eq!(
+            values(
+                Format::Yaml,
+                "secrets:\n  db: one\n  nested:\n    deep: two\n  list:\n  - three\n  - name: four\napi_keys:\n- five\n- 'six'\ntokens: [a, b]\npassword: &pw seven\nname: web\n"
+            ),
+            ["one", "two", "three", "four", "five", "six", "[a, b]", "seven"]
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_cut_out_hides_the_whole_text() {
+        let keys = SecretKeys::default();
+        for (format, text) in [
+            // A flow mapping's keys are not on lines of their own.
+            (Format::Yaml, "creds: {user: app, password: hunter2}\n"),
+            // A folded plain scalar goes on over lines.
+            (Format::Yaml, "password: first\n  second\n"),
+            // An alias of a value defined under an ordinary key.
+            (Format::Yaml, "plain: &v hunter2\npassword: *v\n"),
+            // A key spelt with escapes.
+            (Format::Json, r#"{"pass\u0077ord": "hunter2"}"#),
+            (Format::Yaml, "\"pass\\u0077ord\": hunter2\n"),
+            // Not valid, and it names a pattern.
+            (Format::Json, r#"{"password": "hunter2""#),
+            (Format::Toml, "password = hunter2\n"),
+        ] {
+            assert_eq!(secrets(format, text, &keys), Secrets::Whole, "{format}: {text}");
+            assert_eq!(shown(format, text), shown_as(text), "{format}: {text}");
+            assert!(has_secrets(format, text, &keys));
+        }
+        // toml's parser reads escaped keys, so there they are found one by one.
+        assert_eq!(values(Format::Toml, "\"pass\\u0077ord\" = \"hunter2\"\n"), ["hunter2"]);
+        // Not valid and naming no pattern: shown as it is.
+        assert_eq!(secrets(Format::Json, "{\"user\": ", &keys), Secrets::None);
     }
 
     #[test]
     fn redaction_shows_a_fingerprint_and_keeps_the_format_valid() {
-        let toml = "[db]\nuser = \"app\"\npassword = \"hunter2\"\n";
+        let toml = "[db]\nuser = \"app\"\npassword = \"hunter2\"\npin_key = 1234\n";
         let redacted = shown(Format::Toml, toml);
-        assert!(!redacted.contains("hunter2"), "{redacted}");
-        assert!(
-            redacted.contains(&format!("password = \"«secret:{}»\"", &fp("hunter2")[..12])),
-            "{redacted}"
-        );
+        assert!(!redacted.contains("hunter2") && !redacted.contains("1234"), "{redacted}");
+        assert!(redacted.contains(&format!("password = \"{}\"", shown_as("hunter2"))), "{redacted}");
+        assert!(redacted.contains(&format!("pin_key = \"{}\"", shown_as("1234"))), "{redacted}");
         crate::format::validate(Format::Toml, redacted.as_bytes()).unwrap();
-        let json = r#"{"password": "hunter2", "user": "app"}"#;
+        let json = r#"{"password": "hunter2", "user": "app", "pin_key": 12}"#;
         crate::format::validate(Format::Json, shown(Format::Json, json).as_bytes()).unwrap();
         let yaml = "password: hunter2\nuser: app\n";
         crate::format::validate(Format::Yaml, shown(Format::Yaml, yaml).as_bytes()).unwrap();
@@ -469,19 +876,51 @@ mod tests {
         assert_ne!(shown(Format::Env, "A_TOKEN=x\n"), shown(Format::Env, "A_TOKEN=y\n"));
     }
 
+    /// Texts with secret values of every shape, for the round trip.
+    const SHAPES: &[(Format, &str)] = &[
+        (
+            Format::Toml,
+            "[db]\nuser = \"app\"\npassword = \"hunter2\"\npin_key = 1234\ncredentials = { token = 'x', n = 2.5 }\n[[api_keys]]\nv = [\"a\", true]\n",
+        ),
+        (
+            Format::Json,
+            "{\n  \"user\": \"app\",\n  \"password\": \"hunter2\",\n  \"secrets\": {\"a\": [1, \"b\", false]}\n}\n",
+        ),
+        (
+            Format::Yaml,
+            "user: app\npassword: hunter2\nsecrets:\n  a: 1\n  b:\n  - x\ntokens: [p, q]\ncert_key: |\n  one\n  two\n",
+        ),
+        (Format::Ini, "[s]\nuser = app\npassword = hunter2\n"),
+        (Format::Env, "DB_USER=app\nDB_PASSWORD=hunter2\n"),
+        (Format::Yaml, "creds: {password: hunter2}\n"),
+    ];
+
+    #[test]
+    fn restoring_what_was_shown_gives_back_the_stored_text() {
+        let keys = SecretKeys::default();
+        for &(format, text) in SHAPES {
+            let redacted = shown(format, text);
+            assert_ne!(redacted, text, "{format}");
+            for value in ["hunter2", "1234", "2.5"] {
+                assert!(!redacted.contains(value), "{format}: {redacted}");
+            }
+            assert_eq!(restore(format, &redacted, text, &keys, &fp).unwrap(), text, "{format}");
+        }
+    }
+
     #[test]
     fn an_edit_of_other_lines_keeps_the_stored_secret_and_a_new_value_replaces_it() {
         let keys = SecretKeys::default();
         for (format, original, other_line) in [
             (
                 Format::Toml,
-                "[db]\nuser = \"app\"\npassword = \"hunter2\"\n",
+                "[db]\nuser = \"app\"\npassword = \"hunter2\"\npin_key = 1234\n",
                 ("user = \"app\"", "user = \"web\""),
             ),
             (Format::Env, "DB_USER=app\nDB_PASSWORD=hunter2\n", ("DB_USER=app", "DB_USER=web")),
             (
                 Format::Json,
-                "{\n  \"user\": \"app\",\n  \"password\": \"hunter2\"\n}\n",
+                "{\n  \"user\": \"app\",\n  \"password\": \"hunter2\",\n  \"pin_key\": 1234\n}\n",
                 ("\"app\"", "\"web\""),
             ),
             (Format::Yaml, "user: app\npassword: hunter2\n", ("user: app", "user: web")),
@@ -492,17 +931,37 @@ mod tests {
             let restored = restore(format, &edited, original, &keys, &fp).unwrap();
             assert_eq!(restored, original.replace(other_line.0, other_line.1), "{format}");
             // A value typed in clear is taken as typed.
-            let typed = edited.replace(&format!("«secret:{}»", &fp("hunter2")[..12]), "new-one");
-            assert_eq!(restore(format, &typed, original, &keys, &fp).unwrap(), typed, "{format}");
+            let typed = edited.replace(&shown_as("hunter2"), "new-one");
+            let restored = restore(format, &typed, original, &keys, &fp).unwrap();
+            assert!(
+                restored.contains("new-one") && !restored.contains("hunter2"),
+                "{format}: {restored}"
+            );
         }
+    }
+
+    #[test]
+    fn a_text_hidden_whole_is_kept_or_typed_anew_as_a_whole() {
+        let keys = SecretKeys::default();
+        let original = "creds: {user: app, password: hunter2}\n";
+        let whole = shown(Format::Yaml, original);
+        assert_eq!(
+            restore(Format::Yaml, &format!("{whole}\n"), original, &keys, &fp).unwrap(),
+            original
+        );
+        assert_eq!(
+            restore(Format::Yaml, &format!("a: 1\nb: {whole}\n"), original, &keys, &fp),
+            Err(RestoreError::Whole)
+        );
+        let anew = "creds: {user: web, password: other}\n";
+        assert_eq!(restore(Format::Yaml, anew, original, &keys, &fp).unwrap(), anew);
     }
 
     #[test]
     fn a_placeholder_cannot_be_forged_or_moved_to_an_ordinary_key() {
         let keys = SecretKeys::default();
         let original = "DB_PASSWORD=hunter2\nNOTE=hello\n";
-        let redacted = redact(Format::Env, original, &keys, &fp);
-        let placeholder = redacted.lines().next().unwrap().strip_prefix("DB_PASSWORD=").unwrap().to_string();
+        let placeholder = shown_as("hunter2");
         let moved = format!("DB_PASSWORD=x\nNOTE={placeholder}\n");
         assert_eq!(
             restore(Format::Env, &moved, original, &keys, &fp),
@@ -519,6 +978,19 @@ mod tests {
             restore(Format::Env, &other, original, &keys, &fp),
             Err(RestoreError::Unknown(_))
         ));
+        // Nor can it be moved out from below a secret key in json or toml.
+        let json = r#"{"secrets": {"a": "hunter2"}, "note": "x"}"#;
+        let moved = format!(r#"{{"secrets": {{"a": "y"}}, "note": "{placeholder}"}}"#);
+        assert!(matches!(
+            restore(Format::Json, &moved, json, &keys, &fp),
+            Err(RestoreError::Misplaced(_))
+        ));
+        let toml = "[secrets]\na = \"hunter2\"\n[plain]\nnote = \"x\"\n";
+        let moved = format!("[secrets]\na = \"y\"\n[plain]\nnote = \"{placeholder}\"\n");
+        assert!(matches!(
+            restore(Format::Toml, &moved, toml, &keys, &fp),
+            Err(RestoreError::Misplaced(_))
+        ));
     }
 
     #[test]
@@ -529,6 +1001,6 @@ mod tests {
         assert!(keys.matches("SIM_PIN") && keys.matches("passphrase_file") && !keys.matches("password"));
         assert!(SecretKeys::parse("").unwrap().patterns().is_empty());
         assert!(SecretKeys::parse("bad pattern!").is_err());
-        assert!(find(Format::Env, "PASSWORD=x\n", &SecretKeys::parse("").unwrap()).is_empty());
+        assert_eq!(secrets(Format::Env, "PASSWORD=x\n", &SecretKeys::parse("").unwrap()), Secrets::None);
     }
 }

@@ -1,5 +1,6 @@
-//! The secrets canary: a secret value — of a secret entry, and of a secret key inside an
-//! ordinary toml entry — is created, changed, rolled out, edited around (the toml file's
+//! The secrets canary: a secret value — of a secret entry, of secret keys inside an
+//! ordinary toml entry (a string, an inline table's, a number), and of a yaml flow mapping
+//! that can only be hidden whole — is created, changed, rolled out, edited around (the toml file's
 //! other lines), drifted on a shadow, diffed, adopted and revealed, against the real
 //! `etc-shadow serve` process;
 //! then every API answer, every page, the server's log, the webhook payloads and the
@@ -19,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-const CANARIES: [&str; 6] = [
+const CANARIES: [&str; 11] = [
     "CANARY-d41c-first",
     "CANARY-9e07-second",
     "CANARY-77ab-drifted",
@@ -27,7 +28,22 @@ const CANARIES: [&str; 6] = [
     "CANARY-5b1e-keyed-first",
     "CANARY-c3d9-keyed-second",
     "CANARY-0f2a-keyed-drifted",
+    // `password` of the inline table `database = { … }` in app.toml.
+    "CANARY-61aa-inline-first",
+    "CANARY-8b3f-inline-second",
+    // `password` in a yaml flow mapping of backup.yaml, hidden whole.
+    "CANARY-e7d0-flow-first",
+    "CANARY-44c1-flow-second",
+    // `pin_key`, a number in app.toml.
+    PIN,
 ];
+const PIN: &str = "480917263";
+
+/// app.toml of a revision: a port, and secret values as a string, in an inline table and
+/// as a number.
+fn app_toml(port: u16, token: &str, inline: &str) -> String {
+    format!("[server]\nport = {port}\napi_token = \"{token}\"\ndatabase = {{ user = \"app\", password = \"{inline}\" }}\npin_key = {PIN}\n")
+}
 
 fn cli(data: &Path, args: &[&str], stdin: &str) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
@@ -178,7 +194,8 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
                 "/api/v1/changes",
                 json!({"base_revision": revision, "message": "database password", "entries": [
                     {"path": "secrets/db.env", "content": format!("DB_PASSWORD={canary}\n"), "format": "text", "mode": "0600", "secret": true},
-                    {"path": "app.toml", "content": format!("[server]\nport = {}\napi_token = \"{}\"\n", 8080 + revision, CANARIES[3 + revision]), "format": "toml", "mode": "0644"}
+                    {"path": "app.toml", "content": app_toml(8080 + revision as u16, CANARIES[3 + revision], CANARIES[6 + revision]), "format": "toml", "mode": "0644"},
+                    {"path": "backup.yaml", "content": format!("backup: {{user: app, password: {}}}\n", CANARIES[8 + revision]), "format": "yaml", "mode": "0644"}
                 ]}),
             )
             .await;
@@ -203,6 +220,13 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
     let shown = editor.get("/api/v1/revisions/2/entries/app.toml").await;
     let shown = shown["content"].as_str().unwrap().to_string();
     assert!(shown.contains("api_token = \"«secret:"), "{shown}");
+    assert!(
+        shown.contains("password = \"«secret:") && shown.contains("pin_key = \"«secret:"),
+        "{shown}"
+    );
+    let whole = editor.get("/api/v1/revisions/2/entries/backup.yaml").await;
+    let whole = whole["content"].as_str().unwrap();
+    assert!(whole.starts_with("«secret:") && whole.ends_with('»'), "hidden whole: {whole}");
     let change = editor
         .post(
             "/api/v1/changes",
@@ -219,8 +243,8 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
     assert_eq!(rollout["state"], "applied", "{rollout}");
     assert_eq!(
         std::fs::read_to_string(live.join("app.toml")).unwrap(),
-        format!("[server]\nport = 9090\napi_token = \"{}\"\n", CANARIES[4]),
-        "the shadow holds the stored token and the edited port"
+        app_toml(9090, CANARIES[4], CANARIES[7]),
+        "the shadow holds the stored secret values and the edited port"
     );
     // A placeholder cannot be moved to another key to read the value there.
     let moved = shown.replace(
@@ -243,11 +267,7 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
 
     // Drifted by hand on the shadow, diffed, adopted.
     std::fs::write(live.join("secrets/db.env"), format!("DB_PASSWORD={}\n", CANARIES[2])).unwrap();
-    std::fs::write(
-        live.join("app.toml"),
-        format!("[server]\nport = 9090\napi_token = \"{}\"\n", CANARIES[5]),
-    )
-    .unwrap();
+    std::fs::write(live.join("app.toml"), app_toml(9090, CANARIES[5], CANARIES[7])).unwrap();
     let started = Instant::now();
     let incident = loop {
         let page = editor.get("/api/v1/incidents?shadow=dc1&status=unresolved").await;
@@ -271,6 +291,7 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
         "/api/v1/revisions/2/entries/secrets/db.env".to_string(),
         "/api/v1/revisions/2/diff/3".to_string(),
         "/api/v1/revisions/3/entries/app.toml".to_string(),
+        "/api/v1/revisions/3/entries/backup.yaml".to_string(),
         "/api/v1/audit?limit=200".to_string(),
         "/api/v1/incidents".to_string(),
         "/api/v1/rollouts".to_string(),
@@ -288,6 +309,7 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
         "/entry?path=secrets/db.env".to_string(),
         "/entry?path=app.toml".to_string(),
         "/edit?path=app.toml".to_string(),
+        "/entry?path=backup.yaml".to_string(),
         "/revisions/2".to_string(),
         format!("/changes/{}", changes[1]),
         format!("/changes/{adopted_id}"),
@@ -320,7 +342,10 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
     assert_eq!(revealed["content"], format!("DB_PASSWORD={}\n", CANARIES[1]));
     // The token inside the ordinary toml entry is revealed the same way.
     let revealed = client_reveal(&approver, &base, 3, "app.toml").await;
-    assert!(revealed.contains(CANARIES[4]), "{revealed}");
+    assert!(revealed.contains(CANARIES[4]) && revealed.contains(CANARIES[7]), "{revealed}");
+    assert!(revealed.contains(PIN), "{revealed}");
+    let revealed = client_reveal(&approver, &base, 3, "backup.yaml").await;
+    assert!(revealed.contains(CANARIES[9]), "{revealed}");
     let audit = editor.get("/api/v1/audit?limit=5").await;
     assert!(audit.to_string().contains("secret.reveal"), "{audit}");
 
