@@ -12,6 +12,7 @@ pub mod db;
 pub mod drift;
 pub mod error;
 pub mod incidents;
+pub mod lock;
 pub mod login;
 pub mod metrics;
 pub mod revisions;

@@ -413,9 +413,11 @@ pub async fn seal_stored(db: &crate::Db, reseal: bool) -> Result<u64> {
 }
 
 /// `etc-shadow secrets rotate`: a new encryption key, every sealed value re-sealed with it,
-/// the old key dropped. Run it with the server stopped. Safe to run again after a crash:
-/// the old key stays in the key file until every value is re-sealed.
+/// the old key dropped. Refused while a server runs on the directory (it would go on with
+/// the old key). Safe to run again after a crash: the old key stays in the key file until
+/// every value is re-sealed.
 pub async fn rotate(data_dir: &Path) -> Result<u64> {
+    let _lock = crate::lock::DataDirLock::acquire(data_dir, "rotating the key")?;
     let mut keys = Keyring::load_or_create(data_dir)?;
     if !keys.rotating() {
         keys.begin_rotation()?;

@@ -41,8 +41,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SecretsCommand {
-    /// Make a new encryption key and re-encrypt every secret with it (stop the server
-    /// first). Safe to run again if interrupted: the old key stays until all is done.
+    /// Make a new encryption key and re-encrypt every secret with it (refused while a
+    /// server runs on the data directory). Safe to run again if interrupted: the old key
+    /// stays until all is done.
     Rotate,
 }
 
@@ -214,10 +215,12 @@ async fn run(cli: Cli) -> Result<(), String> {
     let fail = |err: control::Error| err.to_string();
     match cli.command {
         Command::Serve(args) => {
+            let _lock = control::lock::DataDirLock::acquire(&cli.data_dir, "starting another").map_err(fail)?;
             let state = prepare(config(cli.data_dir, &args)).await.map_err(fail)?;
             listen_and_serve(state, args.listen).await
         }
         Command::Demo(args) => {
+            let _lock = control::lock::DataDirLock::acquire(&cli.data_dir, "starting another").map_err(fail)?;
             let state = prepare(config(cli.data_dir.clone(), &args)).await.map_err(fail)?;
             let _agent = server::demo::start_shadows(&state.db, &cli.data_dir).await?;
             let seeded = server::demo::seed(&state.db, &state.coordinator).await.map_err(fail)?;

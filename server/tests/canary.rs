@@ -355,6 +355,29 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(hooks.lock().unwrap().len() >= 3, "webhooks were delivered");
+    // While the server runs, neither a rotation nor a second server may use its directory.
+    for args in [&["secrets", "rotate"][..], &["serve", "--listen", "127.0.0.1:0"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill();
+            panic!("{args:?} runs beside the server");
+        }
+        let refused = child.wait_with_output().unwrap();
+        assert!(!refused.status.success(), "{args:?} ran beside the server");
+        let message = String::from_utf8_lossy(&refused.stderr);
+        assert!(message.contains("in use by a running etc-shadow server"), "{args:?}: {message}");
+    }
     let _ = server.kill();
     let _ = server.wait();
 
