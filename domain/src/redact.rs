@@ -149,8 +149,9 @@ fn placeholder(fingerprint: &str) -> String {
     format!("{OPEN}{short}{CLOSE}")
 }
 
-/// True when `value` is exactly one placeholder.
-fn is_placeholder(value: &str) -> bool {
+/// True when `value` is exactly one placeholder (a whole text hidden as one is that,
+/// trimmed).
+pub fn is_placeholder(value: &str) -> bool {
     value
         .strip_prefix(OPEN)
         .and_then(|rest| rest.strip_suffix(CLOSE))
@@ -217,7 +218,7 @@ pub fn restore(
         return Ok(edited.to_string());
     }
     let known = match secrets(format, original, keys) {
-        Secrets::None => Vec::new(),
+        Secrets::None => Known::new(),
         Secrets::Whole if edited.trim() == placeholder(&fingerprint(original)) => return Ok(original.to_string()),
         Secrets::Whole => return Err(RestoreError::Whole),
         Secrets::Values(spans) => known(original, &spans, fingerprint),
@@ -225,21 +226,21 @@ pub fn restore(
     put_back(format, edited, &known, keys)
 }
 
-/// A stored secret value: its placeholder, its text, and whether it is bare.
-type Known<'a> = (String, &'a str, bool);
+/// The stored secret values by their placeholders: the text, and whether it is bare.
+type Known<'a> = std::collections::HashMap<String, (&'a str, bool)>;
 
-fn known<'a>(text: &'a str, spans: &[SecretSpan], fingerprint: &dyn Fn(&str) -> String) -> Vec<Known<'a>> {
+fn known<'a>(text: &'a str, spans: &[SecretSpan], fingerprint: &dyn Fn(&str) -> String) -> Known<'a> {
     spans
         .iter()
         .map(|span| {
             let stored = &text[span.range.clone()];
-            (placeholder(&fingerprint(stored)), stored, span.bare)
+            (placeholder(&fingerprint(stored)), (stored, span.bare))
         })
         .collect()
 }
 
 /// `edited` with the placeholders standing as secret values replaced by the `known` values.
-fn put_back(format: Format, edited: &str, known: &[Known], keys: &SecretKeys) -> Result<String, RestoreError> {
+fn put_back(format: Format, edited: &str, known: &Known, keys: &SecretKeys) -> Result<String, RestoreError> {
     if crate::format::validate(format, edited.as_bytes()).is_err() {
         return Ok(edited.to_string());
     }
@@ -250,7 +251,7 @@ fn put_back(format: Format, edited: &str, known: &[Known], keys: &SecretKeys) ->
         if !value.contains(OPEN) {
             continue;
         }
-        let Some((_, stored, bare)) = known.iter().find(|(p, _, _)| p == value) else {
+        let Some((stored, bare)) = known.get(value) else {
             return Err(RestoreError::Unknown(value.to_string()));
         };
         let mut range = span.range;

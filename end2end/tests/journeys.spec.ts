@@ -85,6 +85,8 @@ test('an edit after approval voids it until approved again', async ({ browser })
   await new LoginPage(editorPage).signInAs(users.editor);
   const editor = new EditorPage(editorPage);
   await editor.open('app.toml');
+  // The demo's app.toml holds a secret key, shown as a placeholder the editor explains.
+  await expect(editorPage.getByTestId('editor-secrets-hint')).toContainText('Leave one as it is to keep the stored value');
   await editor.text().fill('[server]\nhost = "0.0.0.0"\nport = 8080\ntimeout = 45\n');
   const id = await editor.save('Longer timeout');
   const change = new ChangePage(editorPage);

@@ -137,6 +137,7 @@ fn EditorForm(draft: Draft, change: Option<i64>) -> impl IntoView {
                 </label>
             })}
             {change.map(|_| view! { <input type="hidden" name="message" value="" /> })}
+            {secrets_hint(&draft.content)}
             <CodeEditor content format name="content" />
             <div class="actions">
                 <button type="submit" class="primary" data-test="editor-save" disabled=move || save.pending().get()>
@@ -156,4 +157,19 @@ fn EditorForm(draft: Draft, change: Option<i64>) -> impl IntoView {
         })}
         {move || failure().map(|message| view! { <div class="error-box" role="alert" data-test="save-error">{message}</div> })}
     }
+}
+
+/// What placeholders in the content shown mean for a save.
+fn secrets_hint(content: &str) -> Option<impl IntoView + use<>> {
+    let text = if domain::redact::is_placeholder(content.trim()) {
+        "This file holds secret values that cannot be shown apart from the rest, so it is shown \
+         as one placeholder. Save it unchanged to keep the stored content, or replace it with \
+         the whole file."
+    } else if domain::redact::has_placeholder(content) {
+        "Secret values are shown as «secret:…» placeholders. Leave one as it is to keep the \
+         stored value, or type a new value in its place."
+    } else {
+        return None;
+    };
+    Some(view! { <p class="muted" data-test="editor-secrets-hint">{text}</p> })
 }
