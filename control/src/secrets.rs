@@ -2,7 +2,10 @@
 //! entries, agent tokens and webhook signing secrets.
 //!
 //! The key file (`secret.key` in the data directory, mode 0600, made at first start; or
-//! the file `ETC_SHADOW_SECRET_KEY_FILE` names) holds three lines:
+//! the file `ETC_SHADOW_SECRET_KEY_FILE` names) holds three lines; the same text may be
+//! given instead in the environment variable `ETC_SHADOW_SECRET_KEY`, on one line
+//! (`encryption <hex> fingerprint <hex>`; `etc-shadow secrets generate` prints one), for
+//! secret stores that hand keys to processes that way:
 //!
 //! ```text
 //! encryption <64 hex>    the key new values are sealed with (XChaCha20-Poly1305)
@@ -30,6 +33,8 @@ use std::{
 pub const KEY_FILE: &str = "secret.key";
 /// Environment variable naming another key file.
 pub const KEY_FILE_ENV: &str = "ETC_SHADOW_SECRET_KEY_FILE";
+/// Environment variable holding the keys themselves (then no key file is read or made).
+pub const KEY_ENV: &str = "ETC_SHADOW_SECRET_KEY";
 /// Prefix of a sealed value stored as text.
 const TEXT_PREFIX: &str = "esv1:";
 /// The key shown in the documentation: never accepted.
@@ -52,8 +57,24 @@ impl Key {
     }
 }
 
+/// Where the keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    File(PathBuf),
+    Env,
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::File(path) => write!(f, "secret key file {}", path.display()),
+            KeySource::Env => write!(f, "environment variable {KEY_ENV}"),
+        }
+    }
+}
+
 pub struct Keyring {
-    path: PathBuf,
+    source: KeySource,
     current: Key,
     previous: Option<Key>,
     fingerprint: [u8; 32],
@@ -62,12 +83,12 @@ pub struct Keyring {
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key material.
-        f.debug_struct("Keyring").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Keyring").field("source", &self.source).finish_non_exhaustive()
     }
 }
 
-fn parse_key(name: &str, hex_key: &str, path: &Path) -> Result<[u8; 32]> {
-    let bad = |why: &str| Error::Internal(format!("secret key file {}: the {name} key {why}", path.display()));
+fn parse_key(name: &str, hex_key: &str, source: &KeySource) -> Result<[u8; 32]> {
+    let bad = |why: &str| Error::Internal(format!("{source}: the {name} key {why}"));
     let bytes: [u8; 32] = hex::decode(hex_key.trim())
         .map_err(|_| bad("is not hex"))?
         .try_into()
@@ -83,21 +104,34 @@ fn random_key() -> [u8; 32] {
 }
 
 impl Keyring {
-    /// Where the key file is: `ETC_SHADOW_SECRET_KEY_FILE`, else `secret.key` in the data
-    /// directory.
-    pub fn path_for(data_dir: &Path) -> PathBuf {
-        std::env::var_os(KEY_FILE_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| data_dir.join(KEY_FILE))
+    /// Where the keys are: `ETC_SHADOW_SECRET_KEY` when it is set (even empty, which is
+    /// refused rather than replaced by a new key file), else the file
+    /// `ETC_SHADOW_SECRET_KEY_FILE` names, else `secret.key` in the data directory.
+    pub fn source_for(data_dir: &Path) -> KeySource {
+        if std::env::var_os(KEY_ENV).is_some() {
+            return KeySource::Env;
+        }
+        KeySource::File(
+            std::env::var_os(KEY_FILE_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| data_dir.join(KEY_FILE)),
+        )
     }
 
-    /// Loads the key file, creating it (mode 0600) if there is none yet.
+    pub fn source(&self) -> &KeySource {
+        &self.source
+    }
+
+    /// Loads the keys, creating the key file (mode 0600) if there is none yet.
     pub fn load_or_create(data_dir: &Path) -> Result<Keyring> {
-        let path = Self::path_for(data_dir);
+        let path = match Self::source_for(data_dir) {
+            KeySource::Env => return Self::from_env(),
+            KeySource::File(path) => path,
+        };
         if !path.exists() {
             let ring = Keyring {
-                path: path.clone(),
+                source: KeySource::File(path.clone()),
                 current: Key::new(random_key()),
                 previous: None,
                 fingerprint: random_key(),
@@ -106,6 +140,27 @@ impl Keyring {
             tracing::info!(path = %path.display(), "created the secret key file; back it up apart from the database");
         }
         Self::load(&path)
+    }
+
+    fn from_env() -> Result<Keyring> {
+        let text = std::env::var_os(KEY_ENV)
+            .unwrap_or_default()
+            .into_string()
+            .map_err(|_| Error::Internal(format!("{}: not text", KeySource::Env)))?;
+        Self::parse(&text, KeySource::Env)
+    }
+
+    /// The same keys read again from where they came from.
+    pub fn reload(&self) -> Result<Keyring> {
+        match &self.source {
+            KeySource::File(path) => Self::load(path),
+            KeySource::Env => Self::from_env(),
+        }
+    }
+
+    /// A new set of keys as `ETC_SHADOW_SECRET_KEY` takes them, on one line.
+    pub fn generate() -> String {
+        format!("encryption {} fingerprint {}", hex::encode(random_key()), hex::encode(random_key()))
     }
 
     pub fn load(path: &Path) -> Result<Keyring> {
@@ -118,46 +173,65 @@ impl Keyring {
             )));
         }
         let text = std::fs::read_to_string(path).map_err(|err| Error::Internal(format!("secret key file {}: {err}", path.display())))?;
+        Self::parse(&text, KeySource::File(path.to_path_buf()))
+    }
+
+    /// Keys from `name hex` pairs, on lines or on one line; `#` starts a comment line.
+    fn parse(text: &str, source: KeySource) -> Result<Keyring> {
         let mut encryption = None;
         let mut previous = None;
         let mut fingerprint = None;
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-            let (name, value) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let mut words = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .flat_map(str::split_whitespace);
+        let mut position = 0;
+        while let Some(name) = words.next() {
+            position += 1;
+            let value = words.next().unwrap_or("");
             let slot = match name {
                 "encryption" => &mut encryption,
                 "previous" => &mut previous,
                 "fingerprint" => &mut fingerprint,
-                other => {
+                // A short word is a misspelt name; anything else may be key material in
+                // the wrong place, and is never shown.
+                other if other.len() <= 16 && other.chars().all(|c| c.is_ascii_alphabetic()) => {
+                    return Err(Error::Internal(format!("{source}: unknown key name {other:?}")));
+                }
+                _ => {
                     return Err(Error::Internal(format!(
-                        "secret key file {}: unknown line {other:?}",
-                        path.display()
+                        "{source}: pair {position} does not start with a key name (encryption, previous or fingerprint)"
                     )));
                 }
             };
-            *slot = Some(parse_key(name, value, path)?);
+            *slot = Some(parse_key(name, value, &source)?);
         }
-        let missing = |name: &str| Error::Internal(format!("secret key file {}: no {name} key (is it empty?)", path.display()));
+        let missing = |name: &str| Error::Internal(format!("{source}: no {name} key (is it empty?)"));
         Ok(Keyring {
-            path: path.to_path_buf(),
             current: Key::new(encryption.ok_or_else(|| missing("encryption"))?),
             previous: previous.map(Key::new),
             fingerprint: fingerprint.ok_or_else(|| missing("fingerprint"))?,
+            source,
         })
     }
 
     /// Writes the key file atomically with mode 0600.
     fn write(&self, create_new: bool) -> Result<()> {
+        let KeySource::File(path) = &self.source else {
+            return Err(Error::Internal(format!("{} cannot be written", self.source)));
+        };
         let mut text = String::from("# etc-shadow secret keys: keep this file private (0600) and backed up apart from the database.\n");
         text.push_str(&format!("encryption {}\n", hex::encode(self.current.bytes)));
         if let Some(previous) = &self.previous {
             text.push_str(&format!("previous {}\n", hex::encode(previous.bytes)));
         }
         text.push_str(&format!("fingerprint {}\n", hex::encode(self.fingerprint)));
-        let io = |err: std::io::Error| Error::Internal(format!("cannot write {}: {err}", self.path.display()));
-        if let Some(parent) = self.path.parent() {
+        let io = |err: std::io::Error| Error::Internal(format!("cannot write {}: {err}", path.display()));
+        if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let temp = self.path.with_extension("key.tmp");
+        let temp = path.with_extension("key.tmp");
         let _ = std::fs::remove_file(&temp);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -167,12 +241,12 @@ impl Keyring {
             .map_err(io)?;
         file.write_all(text.as_bytes()).map_err(io)?;
         file.sync_all().map_err(io)?;
-        if create_new && self.path.exists() {
+        if create_new && path.exists() {
             let _ = std::fs::remove_file(&temp);
-            return Err(Error::Internal(format!("{} appeared meanwhile", self.path.display())));
+            return Err(Error::Internal(format!("{} appeared meanwhile", path.display())));
         }
-        std::fs::rename(&temp, &self.path).map_err(io)?;
-        if let Some(parent) = self.path.parent()
+        std::fs::rename(&temp, path).map_err(io)?;
+        if let Some(parent) = path.parent()
             && let Ok(dir) = std::fs::File::open(parent)
         {
             let _ = dir.sync_all();
@@ -271,7 +345,18 @@ impl Keyring {
         if self.previous.is_some() {
             return Err(Error::conflict(
                 "rotation_pending",
-                "a rotation is already under way; finish it first (etc-shadow secrets rotate --finish)",
+                "a rotation is already under way; run etc-shadow secrets rotate again to finish it",
+            ));
+        }
+        if self.source == KeySource::Env {
+            return Err(Error::conflict(
+                "rotation_by_environment",
+                format!(
+                    "the keys come from {KEY_ENV}, which etc-shadow cannot change: set it to a new encryption key, \
+                     the current one as previous and the same fingerprint key \
+                     (encryption <new> previous <current> fingerprint <same>; etc-shadow secrets generate prints new keys), \
+                     run etc-shadow secrets rotate, then drop previous"
+                ),
             ));
         }
         let new = Key::new(random_key());
@@ -279,10 +364,14 @@ impl Keyring {
         self.write(false)
     }
 
-    /// Last step of a rotation, once every value is sealed with the current key.
+    /// Last step of a rotation, once every value is sealed with the current key. Keys from
+    /// the environment are not written: the operator drops `previous` there.
     pub fn finish_rotation(&mut self) -> Result<()> {
         self.previous = None;
-        self.write(false)
+        match self.source {
+            KeySource::File(_) => self.write(false),
+            KeySource::Env => Ok(()),
+        }
     }
 }
 
@@ -422,7 +511,7 @@ pub async fn rotate(data_dir: &Path) -> Result<u64> {
     if !keys.rotating() {
         keys.begin_rotation()?;
     }
-    let db = crate::Db::open_with(data_dir, Keyring::load(&keys.path)?).await?;
+    let db = crate::Db::open_with(data_dir, keys.reload()?).await?;
     let written = seal_stored(&db, true).await;
     db.close().await;
     let written = written?;
@@ -437,8 +526,8 @@ pub async fn check_keys(db: &crate::Db) -> Result<()> {
     let keys = &db.keys;
     let mismatch = |what: &str| {
         Error::Internal(format!(
-            "the secret key file {} does not open this database's sealed {what}: restore the key file that belongs to it",
-            keys.path.display()
+            "the {} does not open this database's sealed {what}: restore the keys that belong to it",
+            keys.source
         ))
     };
     let blob: Option<(String, Vec<u8>)> = sqlx::query_as("SELECT hash, content FROM blobs WHERE sealed = 1 LIMIT 1")
@@ -534,5 +623,29 @@ mod tests {
         let finished = ring(dir.path());
         assert_eq!(finished.open("c", &new).unwrap(), b"v");
         assert!(finished.open("c", &old).is_err(), "the old key is gone");
+    }
+
+    #[test]
+    fn keys_from_the_environment_are_read_on_one_line_and_checked_alike() {
+        let generated = Keyring::generate();
+        assert!(!generated.contains('\n'), "one line");
+        let keys = Keyring::parse(&generated, KeySource::Env).unwrap();
+        let again = Keyring::parse(&generated, KeySource::Env).unwrap();
+        let sealed = keys.seal("c", b"v");
+        assert_eq!(again.open("c", &sealed).unwrap(), b"v");
+        assert_eq!(keys.fingerprint(b"x"), again.fingerprint(b"x"));
+        assert_ne!(Keyring::generate(), generated, "random");
+        for bad in ["", "   ", &format!("encryption {EXAMPLE_KEY} fingerprint {}", "12".repeat(32))] {
+            let err = Keyring::parse(bad, KeySource::Env).unwrap_err().to_string();
+            assert!(err.contains("environment variable ETC_SHADOW_SECRET_KEY"), "{err}");
+        }
+        // A value in the wrong place is named by its position, never shown.
+        let err = Keyring::parse(&format!("{} {generated}", "ab".repeat(32)), KeySource::Env)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains(&"ab".repeat(32)), "{err}");
+        // Nothing to write: a rotation is the operator's, in the environment.
+        let mut keys = keys;
+        assert!(keys.begin_rotation().unwrap_err().to_string().contains("previous <current>"));
     }
 }

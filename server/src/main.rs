@@ -45,6 +45,9 @@ enum SecretsCommand {
     /// server runs on the data directory). Safe to run again if interrupted: the old key
     /// stays until all is done.
     Rotate,
+    /// Print a new random set of keys, as ETC_SHADOW_SECRET_KEY takes them (for keys
+    /// handed to the server by the environment rather than a key file).
+    Generate,
 }
 
 #[derive(Subcommand)]
@@ -337,10 +340,18 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Secrets(SecretsCommand::Rotate) => {
             let written = control::secrets::rotate(&cli.data_dir).await.map_err(fail)?;
-            println!(
-                "new encryption key in {}; {written} secret values re-encrypted",
-                control::secrets::Keyring::path_for(&cli.data_dir).display()
-            );
+            match control::secrets::Keyring::source_for(&cli.data_dir) {
+                source @ control::secrets::KeySource::File(_) => {
+                    println!("new encryption key in the {source}; {written} secret values re-encrypted")
+                }
+                source => {
+                    println!("{written} secret values re-encrypted with the encryption key of the {source}; drop its previous key now")
+                }
+            }
+            Ok(())
+        }
+        Command::Secrets(SecretsCommand::Generate) => {
+            println!("{}", control::secrets::Keyring::generate());
             Ok(())
         }
         Command::Audit(AuditCommand::Verify) => {

@@ -607,3 +607,84 @@ async fn stored_contents_with_secret_values_are_sealed_when_the_patterns_change(
     assert_eq!(control::secrets::seal_secret_values(&server.state.db).await.unwrap(), 0);
     server.stop().await;
 }
+
+/// `etc-shadow ARGS --data-dir DATA` with `ETC_SHADOW_SECRET_KEY` set to `keys` (unset when
+/// `None`) for that process only: success, stdout and stderr.
+fn cli_with_keys(data: &std::path::Path, keys: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_etc-shadow"));
+    command.args(args).arg("--data-dir").arg(data);
+    command.env_remove(control::secrets::KEY_FILE_ENV);
+    match keys {
+        Some(keys) => command.env(control::secrets::KEY_ENV, keys),
+        None => command.env_remove(control::secrets::KEY_ENV),
+    };
+    let output = command.output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn keys_given_by_the_environment_seal_the_database_and_rotate_there() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let (ok, first, _) = cli_with_keys(&data, None, &["secrets", "generate"]);
+    assert!(ok);
+    let first = first.trim().to_string();
+    // A generated agent token is sealed with the keys of the environment; no key file.
+    let (ok, out, err) = cli_with_keys(&data, Some(&first), &["shadow", "add", "edge", "--agent", "http://127.0.0.1:9"]);
+    assert!(ok, "{out}{err}");
+    assert!(!data.join(control::secrets::KEY_FILE).exists(), "no key file is made");
+    assert!(cli_with_keys(&data, Some(&first), &["shadow", "list"]).0);
+    // Other keys, or a key file made anew, do not open it; an empty variable is refused.
+    let (_, other, _) = cli_with_keys(&data, None, &["secrets", "generate"]);
+    for keys in [Some(other.trim()), None] {
+        let (ok, _, err) = cli_with_keys(&data, keys, &["shadow", "list"]);
+        assert!(!ok && err.contains("does not open this database"), "{keys:?}: {err}");
+    }
+    std::fs::remove_file(data.join(control::secrets::KEY_FILE)).unwrap();
+    let (ok, _, err) = cli_with_keys(&data, Some(""), &["shadow", "list"]);
+    assert!(!ok && err.contains("ETC_SHADOW_SECRET_KEY: no encryption key"), "{err}");
+    assert!(
+        !data.join(control::secrets::KEY_FILE).exists(),
+        "an empty variable makes no key file"
+    );
+
+    // Rotation: the operator sets a new encryption key with the current one as previous.
+    let (ok, _, err) = cli_with_keys(&data, Some(&first), &["secrets", "rotate"]);
+    assert!(!ok && err.contains("previous <current>"), "{err}");
+    let word = |keys: &str, name: &str| {
+        let words: Vec<&str> = keys.split_whitespace().collect();
+        words[words.iter().position(|w| *w == name).unwrap() + 1].to_string()
+    };
+    let new = format!(
+        "encryption {} previous {} fingerprint {}",
+        word(other.trim(), "encryption"),
+        word(&first, "encryption"),
+        word(&first, "fingerprint")
+    );
+    let (ok, out, err) = cli_with_keys(&data, Some(&new), &["secrets", "rotate"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("1 secret values re-encrypted") && out.contains("drop its previous key"),
+        "{out}"
+    );
+    // Re-sealed: the new key alone opens it, the old one no longer does.
+    let settled = format!(
+        "encryption {} fingerprint {}",
+        word(other.trim(), "encryption"),
+        word(&first, "fingerprint")
+    );
+    let (ok, _, err) = cli_with_keys(&data, Some(&settled), &["shadow", "list"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli_with_keys(&data, Some(&first), &["shadow", "list"]);
+    assert!(!ok && err.contains("does not open this database"), "{err}");
+    // No error or output along the way showed a key.
+    for keys in [&first, &settled] {
+        for word in keys.split_whitespace().filter(|w| w.len() == 64) {
+            assert!(!out.contains(word) && !err.contains(word));
+        }
+    }
+}
