@@ -21,6 +21,9 @@ pub struct Db {
     /// Key names whose values are secret inside structured entries (see
     /// [`domain::redact`]); set once at start, before the handle is shared.
     pub secret_keys: std::sync::Arc<domain::redact::SecretKeys>,
+    /// Webhooks may reach loopback, private and link-local addresses (see
+    /// [`crate::webhooks`]); set once at start.
+    pub webhook_internal: bool,
 }
 
 /// This control plane's fencing identity.
@@ -61,6 +64,7 @@ impl Db {
             write,
             keys: std::sync::Arc::new(keys),
             secret_keys: std::sync::Arc::default(),
+            webhook_internal: false,
         };
         db.initialise().await?;
         crate::secrets::check_keys(&db).await?;

@@ -10,7 +10,11 @@ use domain::{Role, api::Page};
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::{Sqlite, Transaction};
-use std::time::Duration;
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 pub const EVENTS: [&str; 5] = [
     "incident.opened",
@@ -86,6 +90,9 @@ pub async fn create(db: &Db, caller: &Caller, input: NewWebhook) -> Result<Webho
         return Err(Error::BadRequest(
             "put no credentials in a webhook URL; the signature authenticates us".into(),
         ));
+    }
+    if !db.webhook_internal {
+        refuse_internal(&parsed).await?;
     }
     for event in &input.events {
         if !EVENTS.contains(&event.as_str()) {
@@ -191,13 +198,110 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(ring::hmac::sign(&key, body).as_ref()))
 }
 
+/// True for addresses inside the network or the host: loopback, private, link-local (the
+/// cloud metadata service at 169.254.169.254 among them), carrier-grade NAT, unspecified,
+/// broadcast, multicast, and IPv6 unique-local, and IPv4 addresses mapped into IPv6.
+pub fn internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| internal(IpAddr::V4(v4)))
+        }
+    }
+}
+
+fn internal_refusal(host: &str) -> String {
+    format!("{host} is an internal address; a webhook may reach it only when the server runs with --webhook-allow-internal")
+}
+
+/// Refuses a URL whose host is, or resolves only to, internal addresses. A name that does
+/// not resolve now is let through: delivery checks again (see [`PublicOnly`]).
+async fn refuse_internal(url: &reqwest::Url) -> Result<()> {
+    let host = url.host_str().unwrap_or_default();
+    let refuse = || Error::BadRequest(internal_refusal(host));
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) if internal(IpAddr::V4(ip)) => return Err(refuse()),
+        Some(url::Host::Ipv6(ip)) if internal(IpAddr::V6(ip)) => return Err(refuse()),
+        Some(url::Host::Domain(name)) => {
+            if let Ok(found) = tokio::net::lookup_host((name, 0)).await {
+                let found: Vec<SocketAddr> = found.collect();
+                if !found.is_empty() && found.iter().all(|addr| internal(addr.ip())) {
+                    return Err(refuse());
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The resolver of webhook deliveries when internal addresses are refused: a name is
+/// resolved at each connection and only its public addresses are used, so a name that
+/// changes to an internal address after it was registered (DNS rebinding) reaches nothing.
+pub struct PublicOnly;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct InternalAddress(String);
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let name = name.as_str().to_string();
+        Box::pin(async move {
+            let public: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|addr| !internal(addr.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(Box::new(InternalAddress(internal_refusal(&name))) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Why a delivery could not be sent, in words fit for the delivery log (never the URL's
+/// path or the payload).
+fn send_error(err: &reqwest::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    while let Some(error) = source {
+        if let Some(internal) = error.downcast_ref::<InternalAddress>() {
+            return format!("refused: {internal}");
+        }
+        source = error.source();
+    }
+    if err.is_timeout() {
+        "timed out".to_string()
+    } else {
+        "connection failed".to_string()
+    }
+}
+
 /// Sends due deliveries, forever.
 pub async fn run(db: Db) {
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("HTTP client");
+        .redirect(reqwest::redirect::Policy::none());
+    if !db.webhook_internal {
+        http = http.dns_resolver(Arc::new(PublicOnly));
+    }
+    let http = http.build().expect("HTTP client");
     loop {
         if let Err(err) = deliver_due(&db, &http).await {
             tracing::warn!(%err, "webhook delivery round failed");
@@ -216,30 +320,41 @@ async fn deliver_due(db: &Db, http: &reqwest::Client) -> Result<()> {
     .await?;
     for (id, event, payload, url, secret, attempts) in due {
         let secret = db.keys.open_text(&format!("webhook-secret:{url}"), &secret)?;
-        let result = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("x-etc-shadow-event", &event)
-            .header("x-etc-shadow-delivery", id.to_string())
-            .header("x-etc-shadow-signature", signature(&secret, payload.as_bytes()))
-            .body(payload)
-            .send()
-            .await;
+        // Registered while internal addresses were allowed: an address literal is not
+        // resolved, so it is checked here.
+        let literal = reqwest::Url::parse(&url).ok().and_then(|parsed| match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        });
+        let refused = (!db.webhook_internal && literal.is_some_and(internal)).then(|| {
+            format!(
+                "refused: {}",
+                internal_refusal(&literal.map(|ip| ip.to_string()).unwrap_or_default())
+            )
+        });
         let attempts = attempts + 1;
-        let (status, error) = match result {
-            Ok(response) if response.status().is_success() => (Some(i64::from(response.status().as_u16())), None),
-            Ok(response) => (
-                Some(i64::from(response.status().as_u16())),
-                Some(format!("answered {}", response.status())),
-            ),
-            Err(err) => (
-                None,
-                Some(if err.is_timeout() {
-                    "timed out".to_string()
-                } else {
-                    "connection failed".to_string()
-                }),
-            ),
+        let (status, error) = match refused {
+            Some(refused) => (None, Some(refused)),
+            None => {
+                let result = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-etc-shadow-event", &event)
+                    .header("x-etc-shadow-delivery", id.to_string())
+                    .header("x-etc-shadow-signature", signature(&secret, payload.as_bytes()))
+                    .body(payload)
+                    .send()
+                    .await;
+                match result {
+                    Ok(response) if response.status().is_success() => (Some(i64::from(response.status().as_u16())), None),
+                    Ok(response) => (
+                        Some(i64::from(response.status().as_u16())),
+                        Some(format!("answered {}", response.status())),
+                    ),
+                    Err(err) => (None, Some(send_error(&err))),
+                }
+            }
         };
         let at = now();
         if error.is_none() {
@@ -272,6 +387,9 @@ async fn deliver_due(db: &Db, http: &reqwest::Client) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use reqwest::dns::Resolve;
+
     #[test]
     fn signature_is_hmac_sha256_hex() {
         // RFC 4231 test case 2.
@@ -279,5 +397,41 @@ mod tests {
             super::signature("Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn internal_addresses_are_told_apart_from_public_ones() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "8.8.8.8", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(!internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_of_only_internal_addresses_resolves_to_nothing_for_deliveries() {
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let err = match PublicOnly.resolve(name).await {
+            Ok(addrs) => panic!("localhost resolved to {:?}", addrs.collect::<Vec<_>>()),
+            Err(err) => err.to_string(),
+        };
+        assert!(err.contains("localhost is an internal address"), "{err}");
     }
 }

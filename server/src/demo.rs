@@ -94,6 +94,8 @@ pub async fn start_shadows(db: &Db, data_dir: &std::path::Path) -> std::result::
         .arg("--tls-key")
         .arg(root.join("edge/tls-key.pem"))
         .arg("--tls-generate")
+        // The control plane's keys are not the agent's business.
+        .env_remove(control::secrets::KEY_ENV)
         .kill_on_drop(true)
         .spawn()
         .map_err(|err| {

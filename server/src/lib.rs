@@ -54,6 +54,8 @@ pub struct Config {
     pub login_limits: control::login::Limits,
     /// Key names whose values are secret inside json, yaml, toml, ini and env entries.
     pub secret_keys: domain::redact::SecretKeys,
+    /// Let webhooks reach loopback, private and link-local addresses.
+    pub webhook_internal: bool,
 }
 
 impl Config {
@@ -72,6 +74,7 @@ impl Config {
             sessions: control::sessions::Policy::default(),
             login_limits: control::login::Limits::default(),
             secret_keys: domain::redact::SecretKeys::default(),
+            webhook_internal: false,
         }
     }
 }
@@ -193,6 +196,7 @@ pub async fn prepare(mut config: Config) -> control::Result<AppState> {
     config.secure_cookies |= config.tls.is_some();
     let mut db = Db::open(&config.data_dir).await?;
     db.secret_keys = Arc::new(config.secret_keys.clone());
+    db.webhook_internal = config.webhook_internal;
     let sealed = control::secrets::seal_secret_values(&db).await?;
     if sealed > 0 {
         tracing::info!(sealed, "sealed stored contents that hold secret values");

@@ -123,6 +123,10 @@ struct ServeArgs {
     /// toml, ini and env entries (case-insensitive substrings; empty: none).
     #[arg(long, env = "ETC_SHADOW_SECRET_KEYS", default_value_t = domain::redact::SecretKeys::default(), value_parser = domain::redact::SecretKeys::parse)]
     secret_keys: domain::redact::SecretKeys,
+    /// Let webhooks reach loopback, private, link-local and other internal addresses
+    /// (refused by default, so a webhook cannot be aimed at services inside the network).
+    #[arg(long, env = "ETC_SHADOW_WEBHOOK_ALLOW_INTERNAL")]
+    webhook_allow_internal: bool,
 }
 
 #[derive(Subcommand)]
@@ -206,6 +210,7 @@ fn config(data_dir: PathBuf, args: &ServeArgs) -> Config {
     config.unreachable_after = args.unreachable_after;
     config.check_concurrency = usize::from(args.check_concurrency);
     config.secret_keys = args.secret_keys.clone();
+    config.webhook_internal = args.webhook_allow_internal;
     config.sessions = control::sessions::Policy {
         lifetime: time::Duration::minutes(args.session_lifetime_minutes),
         idle: time::Duration::minutes(args.session_idle_minutes),

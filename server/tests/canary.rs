@@ -165,7 +165,14 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
     let addr = free_port();
     let log = root.path().join("server.log");
     let mut server = Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
-        .args(["serve", "--listen", &addr.to_string(), "--check-interval", "250ms"])
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--check-interval",
+            "250ms",
+            "--webhook-allow-internal",
+        ])
         .arg("--data-dir")
         .arg(&data)
         .env("ETC_SHADOW_LOG", "debug,sqlx=debug,hyper=info,h2=info,reqwest=info")

@@ -688,3 +688,39 @@ fn keys_given_by_the_environment_seal_the_database_and_rotate_there() {
         }
     }
 }
+
+#[tokio::test]
+async fn webhooks_cannot_be_aimed_inside_the_network_unless_allowed() {
+    let server = TestServer::start_with(|config| config.webhook_internal = false).await;
+    server.user("ada", Role::Admin).await;
+    let admin = server.login("ada").await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://[::1]/hook",
+        "http://10.0.0.7/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:192.168.1.1]/hook",
+        "http://0.0.0.0:8080/",
+        // A name is resolved: localhost has only loopback addresses.
+        "http://localhost:3000/hook",
+    ] {
+        let (status, refused) = admin.post("/api/v1/webhooks", json!({"url": url})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {refused}");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("--webhook-allow-internal"),
+            "{url}: {refused}"
+        );
+    }
+    let (_, listed) = admin.get("/api/v1/webhooks").await;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(0),
+        "nothing refused was stored: {listed}"
+    );
+    // A public address is taken (nothing is sent until an event happens).
+    let (status, created) = admin.post("/api/v1/webhooks", json!({"url": "http://93.184.216.34/hook"})).await;
+    assert!(status.is_success(), "{created}");
+}

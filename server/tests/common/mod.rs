@@ -30,6 +30,8 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().unwrap();
         let mut config = Config::new(dir.path().to_path_buf(), addr);
+        // The tests' webhook receivers listen on loopback.
+        config.webhook_internal = true;
         adjust(&mut config);
         let state = server::prepare(config).await.expect("server state");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
