@@ -226,6 +226,15 @@ pub fn internal(ip: IpAddr) -> bool {
     }
 }
 
+/// The address a URL names literally (`http://10.0.0.7/`), if it does.
+fn literal_address(url: &reqwest::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
+    }
+}
+
 fn internal_refusal(host: &str) -> String {
     format!("{host} is an internal address; a webhook may reach it only when the server runs with --webhook-allow-internal")
 }
@@ -234,19 +243,18 @@ fn internal_refusal(host: &str) -> String {
 /// not resolve now is let through: delivery checks again (see [`PublicOnly`]).
 async fn refuse_internal(url: &reqwest::Url) -> Result<()> {
     let host = url.host_str().unwrap_or_default();
-    let refuse = || Error::BadRequest(internal_refusal(host));
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) if internal(IpAddr::V4(ip)) => return Err(refuse()),
-        Some(url::Host::Ipv6(ip)) if internal(IpAddr::V6(ip)) => return Err(refuse()),
-        Some(url::Host::Domain(name)) => {
-            if let Ok(found) = tokio::net::lookup_host((name, 0)).await {
+    let internal_only = match literal_address(url) {
+        Some(ip) => internal(ip),
+        None => match tokio::net::lookup_host((host, 0)).await {
+            Ok(found) => {
                 let found: Vec<SocketAddr> = found.collect();
-                if !found.is_empty() && found.iter().all(|addr| internal(addr.ip())) {
-                    return Err(refuse());
-                }
+                !found.is_empty() && found.iter().all(|addr| internal(addr.ip()))
             }
-        }
-        _ => {}
+            Err(_) => false,
+        },
+    };
+    if internal_only {
+        return Err(Error::BadRequest(internal_refusal(host)));
     }
     Ok(())
 }
@@ -322,17 +330,11 @@ async fn deliver_due(db: &Db, http: &reqwest::Client) -> Result<()> {
         let secret = db.keys.open_text(&format!("webhook-secret:{url}"), &secret)?;
         // Registered while internal addresses were allowed: an address literal is not
         // resolved, so it is checked here.
-        let literal = reqwest::Url::parse(&url).ok().and_then(|parsed| match parsed.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            _ => None,
-        });
-        let refused = (!db.webhook_internal && literal.is_some_and(internal)).then(|| {
-            format!(
-                "refused: {}",
-                internal_refusal(&literal.map(|ip| ip.to_string()).unwrap_or_default())
-            )
-        });
+        let refused = reqwest::Url::parse(&url)
+            .ok()
+            .and_then(|parsed| literal_address(&parsed))
+            .filter(|ip| !db.webhook_internal && internal(*ip))
+            .map(|ip| format!("refused: {}", internal_refusal(&ip.to_string())));
         let attempts = attempts + 1;
         let (status, error) = match refused {
             Some(refused) => (None, Some(refused)),

@@ -91,11 +91,9 @@ impl std::fmt::Display for SecretKeys {
     }
 }
 
-/// One secret value: its key and the byte range of the value's text (inside the quotes).
+/// One secret value: the byte range of its text (inside the quotes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretSpan {
-    /// The secret key it is below (the nearest one).
-    pub key: String,
     pub range: Range<usize>,
     /// Not a string in the text (a number, a boolean, a date, a yaml flow collection): json
     /// and toml show its placeholder in quotes, which an edit's restore takes away again.
@@ -373,7 +371,6 @@ fn line_spans(text: &str, keys: &SecretKeys, parse: impl Fn(&str) -> Option<(Str
             && keys.matches(&key)
         {
             spans.push(SecretSpan {
-                key,
                 range: offset + range.start..offset + range.end,
                 bare: false,
             });
@@ -412,26 +409,26 @@ fn unquote(value: &str) -> Option<Range<usize>> {
 fn toml_spans(text: &str, keys: &SecretKeys) -> Option<Vec<SecretSpan>> {
     let document = toml_edit::ImDocument::parse(text).ok()?;
     let mut spans = Vec::new();
-    toml_table(document.as_table(), None, text, keys, &mut spans);
+    toml_table(document.as_table(), false, text, keys, &mut spans);
     spans.sort_by_key(|span| span.range.start);
     Some(spans)
 }
 
-/// The secret key a value under `key` is below: the inherited one, else `key` if it is one.
-fn secret_below(inherited: Option<&str>, key: &str, keys: &SecretKeys) -> Option<String> {
-    inherited.map(str::to_string).or_else(|| keys.matches(key).then(|| key.to_string()))
+/// Whether a value under `key` is secret: below a secret key already, or `key` is one.
+fn secret_below(inherited: bool, key: &str, keys: &SecretKeys) -> bool {
+    inherited || keys.matches(key)
 }
 
-fn toml_table(table: &toml_edit::Table, secret: Option<&str>, text: &str, keys: &SecretKeys, spans: &mut Vec<SecretSpan>) {
+fn toml_table(table: &toml_edit::Table, secret: bool, text: &str, keys: &SecretKeys, spans: &mut Vec<SecretSpan>) {
     use toml_edit::Item;
     for (key, item) in table.iter() {
         let secret = secret_below(secret, key, keys);
         match item {
-            Item::Value(value) => toml_value(value, secret.as_deref(), text, keys, spans),
-            Item::Table(table) => toml_table(table, secret.as_deref(), text, keys, spans),
+            Item::Value(value) => toml_value(value, secret, text, keys, spans),
+            Item::Table(table) => toml_table(table, secret, text, keys, spans),
             Item::ArrayOfTables(tables) => {
                 for table in tables.iter() {
-                    toml_table(table, secret.as_deref(), text, keys, spans);
+                    toml_table(table, secret, text, keys, spans);
                 }
             }
             Item::None => {}
@@ -439,7 +436,7 @@ fn toml_table(table: &toml_edit::Table, secret: Option<&str>, text: &str, keys: 
     }
 }
 
-fn toml_value(value: &toml_edit::Value, secret: Option<&str>, text: &str, keys: &SecretKeys, spans: &mut Vec<SecretSpan>) {
+fn toml_value(value: &toml_edit::Value, secret: bool, text: &str, keys: &SecretKeys, spans: &mut Vec<SecretSpan>) {
     use toml_edit::Value;
     match value {
         Value::Array(items) => {
@@ -449,13 +446,11 @@ fn toml_value(value: &toml_edit::Value, secret: Option<&str>, text: &str, keys: 
         }
         Value::InlineTable(table) => {
             for (key, value) in table.iter() {
-                toml_value(value, secret_below(secret, key, keys).as_deref(), text, keys, spans);
+                toml_value(value, secret_below(secret, key, keys), text, keys, spans);
             }
         }
         scalar => {
-            let (Some(key), Some(range)) = (secret, scalar.span()) else {
-                return;
-            };
+            let Some(range) = scalar.span().filter(|_| secret) else { return };
             let Some(raw) = text.get(range.clone()) else { return };
             let (range, bare) = match scalar {
                 Value::String(_) => {
@@ -471,11 +466,7 @@ fn toml_value(value: &toml_edit::Value, secret: Option<&str>, text: &str, keys: 
                 }
                 _ => (range, true),
             };
-            spans.push(SecretSpan {
-                key: key.to_string(),
-                range,
-                bare,
-            });
+            spans.push(SecretSpan { range, bare });
         }
     }
 }
@@ -484,28 +475,23 @@ fn toml_value(value: &toml_edit::Value, secret: Option<&str>, text: &str, keys: 
 /// objects and arrays too. Keys are read as written (an escaped key is caught by the
 /// check after redaction).
 fn json_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
-    /// An open object or array, and the secret key it is below.
+    /// An open object or array, and whether it is below a secret key.
     struct Open {
         object: bool,
-        secret: Option<String>,
+        secret: bool,
     }
     let bytes = text.as_bytes();
     let mut spans = Vec::new();
     let mut stack: Vec<Open> = Vec::new();
-    // In an object: the last string read where a key stands, and whether its ':' was read.
-    let mut key: Option<String> = None;
+    // In an object: whether the last string read where a key stands is a secret key, and
+    // whether its ':' was read.
+    let mut key_is_secret = false;
     let mut after_colon = false;
     let mut i = 0;
     while i < bytes.len() {
         let in_object = stack.last().is_some_and(|open| open.object);
         let is_value = !in_object || after_colon;
-        let secret = || {
-            let inherited = stack.last().and_then(|open| open.secret.as_deref());
-            match (&key, after_colon) {
-                (Some(key), true) => secret_below(inherited, key, keys),
-                _ => inherited.map(str::to_string),
-            }
-        };
+        let secret = stack.last().is_some_and(|open| open.secret) || (after_colon && key_is_secret);
         match bytes[i] {
             b'"' => {
                 let start = i + 1;
@@ -515,29 +501,27 @@ fn json_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
                 }
                 let end = j.min(bytes.len());
                 if is_value {
-                    if let Some(key) = secret() {
+                    if secret {
                         spans.push(SecretSpan {
-                            key,
                             range: start..end,
                             bare: false,
                         });
                     }
                     after_colon = false;
                 } else {
-                    key = text.get(start..end).map(str::to_string);
+                    key_is_secret = text.get(start..end).is_some_and(|key| keys.matches(key));
                 }
                 i = end + 1;
                 continue;
             }
             b':' => after_colon = true,
             b'{' | b'[' => {
-                let secret = if is_value { secret() } else { None };
                 stack.push(Open {
                     object: bytes[i] == b'{',
-                    secret,
+                    secret: is_value && secret,
                 });
                 after_colon = false;
-                key = None;
+                key_is_secret = false;
             }
             b'}' | b']' => {
                 stack.pop();
@@ -545,7 +529,7 @@ fn json_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
             }
             b',' => {
                 after_colon = false;
-                key = None;
+                key_is_secret = false;
             }
             b' ' | b'\t' | b'\n' | b'\r' => {}
             _ => {
@@ -554,12 +538,8 @@ fn json_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
                 while i < bytes.len() && !b",:{}[]\" \t\n\r".contains(&bytes[i]) {
                     i += 1;
                 }
-                if is_value
-                    && &text[start..i] != "null"
-                    && let Some(key) = secret()
-                {
+                if is_value && secret && &text[start..i] != "null" {
                     spans.push(SecretSpan {
-                        key,
                         range: start..i,
                         bare: true,
                     });
@@ -588,8 +568,8 @@ fn yaml_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
             .collect()
     };
     let mut spans = Vec::new();
-    // The column of a secret key whose block is being read, and the key.
-    let mut block: Option<(usize, String)> = None;
+    // The column of a secret key whose block is being read.
+    let mut block: Option<usize> = None;
     let mut index = 0;
     while index < lines.len() {
         let (offset, line) = lines[index];
@@ -601,36 +581,32 @@ fn yaml_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
         if body.is_empty() || body.starts_with('#') {
             continue;
         }
-        if let Some((column, _)) = &block
-            && !(indent > *column || (indent == *column && item))
+        if let Some(column) = block
+            && !(indent > column || (indent == column && item))
         {
             block = None;
         }
         let body_start = line.len() - body.len();
         let (key, value_start) = match yaml_colon(body) {
             Some(at) => {
-                let key = body[..at].trim().trim_matches(['"', '\'']).to_string();
+                let key = body[..at].trim().trim_matches(['"', '\'']);
                 let after = &body[at + 1..];
                 (key, body_start + at + 1 + (after.len() - after.trim_start().len()))
             }
             // An item or a continuation line of a block's value.
-            None if block.is_some() => (String::new(), body_start),
+            None if block.is_some() => ("", body_start),
             None => continue,
         };
-        let Some(secret) = block
-            .as_ref()
-            .map(|(_, key)| key.clone())
-            .or_else(|| keys.matches(&key).then(|| key.clone()))
-        else {
+        if block.is_none() && !keys.matches(key) {
             continue;
-        };
+        }
         let (value_start, value) = skip_properties(value_start, line[value_start..].trim_end());
         // `key: # note` has no value on its line.
         let value = if value.starts_with('#') { "" } else { value };
         if value.is_empty() {
             // The value is the block below.
             if block.is_none() {
-                block = Some((body_start, secret));
+                block = Some(body_start);
             }
             continue;
         }
@@ -651,7 +627,6 @@ fn yaml_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
                 let start = start_offset + (start_line.len() - start_line.trim_start().len());
                 let end = lines[last].0 + lines[last].1.len();
                 spans.push(SecretSpan {
-                    key: secret,
                     range: start..end,
                     bare: false,
                 });
@@ -668,7 +643,6 @@ fn yaml_spans(text: &str, keys: &SecretKeys) -> Vec<SecretSpan> {
             (yaml_scalar(value), false)
         };
         spans.push(SecretSpan {
-            key: secret,
             range: offset + value_start + range.start..offset + value_start + range.end,
             bare,
         });
