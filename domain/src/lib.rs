@@ -21,6 +21,7 @@ pub mod policy;
 pub mod protocol;
 pub mod redact;
 pub mod role;
+pub mod rollout;
 
 pub use format::{Format, ValidationError};
 pub use hash::Hash;
