@@ -52,6 +52,8 @@ lint:
 unit:
 	cargo build -p etc-shadow-agent --features failpoints
 	for p in etc-shadow-domain etc-shadow-store etc-shadow-control etc-shadow-agent; do cargo test -p $$p || exit 1; done
+	# The rollout state machine's property test again, printing how many cases it ran.
+	cargo test -p etc-shadow-domain --lib rollout::tests::random -- --nocapture
 	ETC_SHADOW_CRASH_ROLLOUTS=$(CRASH_ROLLOUTS) cargo test -p etc-shadow-server --features crash-points
 
 e2e: build

@@ -61,6 +61,12 @@ if $want_test; then
     as_root apt-get update
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
   fi
+  # The tests back up a database with the sqlite3 shell and time nothing else with it.
+  if ! command -v sqlite3 >/dev/null; then
+    say "installing sqlite3 from Debian packages"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y sqlite3
+  fi
   if [ ! -x end2end/node_modules/.bin/playwright ] || [ end2end/package-lock.json -nt end2end/node_modules/.package-lock.json ]; then
     say "installing the Playwright test runner (without its browser download)"
     (cd end2end && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)

@@ -277,10 +277,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         root: receiver,
         recheck: Arc::new(tokio::sync::Notify::new()),
     };
-    let watched = vec![
-        cli.state_dir.join("revisions"),
-        cli.dir.parent().map(PathBuf::from).unwrap_or_default(),
-    ];
+    // Generations, the live link and every file are inside the managed directory.
+    let watched = vec![cli.dir.clone()];
     let _watcher = watch_files(&state, sender, watched).map_err(|err| format!("cannot watch the live directory: {err}"))?;
     let app = Router::new()
         .route("/v1/state", get(get_state))

@@ -195,7 +195,7 @@ impl Bench {
     async fn open(dir: &Path) -> Bench {
         let db = Db::open(dir).await.unwrap();
         let identity = db.raise_epoch().await.unwrap();
-        let registry = Arc::new(Registry::new(dir, Duration::from_secs(120)));
+        let registry = Arc::new(Registry::new(Duration::from_secs(120)));
         let mut coordinator = Coordinator::new(db.clone(), registry.clone(), identity);
         coordinator.prepare_timeout = Duration::from_secs(300);
         coordinator.commit_patience = Duration::from_secs(300);
@@ -461,6 +461,7 @@ async fn rollouts(cli: &Cli) {
                 let fence = Fence {
                     control_plane_id: identity.id,
                     epoch: identity.epoch,
+                    target_root: None,
                 };
                 let averages = breakdown(agents.addrs[0], fence, entries, bytes, cli.breakdown_calls).await;
                 breakdowns.push((format!("{entries} × {} KiB", bytes / 1024), averages));

@@ -377,13 +377,32 @@ fn prepare_entry(path: &EntryPath, entry: &EntryInput, existing: Option<&EntryRo
     prepare_put(path, &edit, existing).map(Prepared::Put)
 }
 
-/// Loads a change for an edit by its author; refuses closed changes.
+/// Refuses any edit or review of a change whose rollout has started and not ended: what
+/// was approved is what ships and what the revision records (DESIGN "Rollout lifecycle").
+async fn refuse_if_frozen(conn: &mut SqliteConnection, id: i64) -> Result<()> {
+    let open: Vec<(i64, String)> = sqlx::query_as("SELECT id, state FROM rollouts WHERE change_id = ? ORDER BY id DESC LIMIT 1")
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?;
+    if let Some((rollout, state)) = open.first()
+        && domain::rollout::State::parse(state).is_some_and(|state| !state.is_terminal())
+    {
+        return Err(Error::conflict(
+            "change_frozen",
+            format!("change {id} is being rolled out (rollout {rollout}, {state}); it cannot change until the rollout ends"),
+        ));
+    }
+    Ok(())
+}
+
+/// Loads a change for an edit by its author; refuses closed and frozen changes.
 async fn load_for_edit(conn: &mut SqliteConnection, caller: &Caller, id: i64) -> Result<ChangeRow> {
     caller.require(Role::Editor)?;
     let change = load(conn, id).await?;
     if change.author_id != caller.user_id {
         return Err(Error::Forbidden("only the author can edit a change".into()));
     }
+    refuse_if_frozen(conn, id).await?;
     if !change.state()?.is_open() {
         return Err(Error::conflict(
             "change_closed",
@@ -546,6 +565,7 @@ async fn load_for_review(conn: &mut SqliteConnection, caller: &Caller, id: i64) 
             "separation of duties: the author cannot review their own change".into(),
         ));
     }
+    refuse_if_frozen(conn, id).await?;
     match change.state()? {
         ChangeState::Submitted | ChangeState::Approved => Ok(change),
         ChangeState::Draft => Err(Error::conflict(

@@ -26,6 +26,43 @@ pub struct Db {
     pub webhook_internal: bool,
 }
 
+/// Refuses a missing or empty database in a directory that holds anything else.
+fn refuse_missing_database(data_dir: &Path) -> Result<()> {
+    let missing = match std::fs::metadata(data_dir.join(DATABASE_FILE)) {
+        Ok(meta) => meta.len() == 0,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => true,
+        Err(err) => return Err(Error::Internal(format!("cannot read {}: {err}", data_dir.display()))),
+    };
+    if !missing {
+        return Ok(());
+    }
+    let entries = match std::fs::read_dir(data_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(Error::Internal(format!("cannot list {}: {err}", data_dir.display()))),
+    };
+    let mut found: Vec<String> = entries
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        // The lock is taken before the database is opened; SQLite's own side files of a
+        // database that was never written say nothing.
+        .filter(|name| name != crate::lock::LOCK_FILE && name != DATABASE_FILE && !name.starts_with(&format!("{DATABASE_FILE}-")))
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort();
+    Err(Error::conflict(
+        "database_missing",
+        format!(
+            "{} has no database ({DATABASE_FILE} is missing or empty) but holds {}: this looks like a control plane whose database was lost. \
+             Restore the database from a backup, or start a new control plane here with --initialize",
+            data_dir.display(),
+            found.join(", ")
+        ),
+    ))
+}
+
 /// This control plane's fencing identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -34,8 +71,20 @@ pub struct Identity {
 }
 
 impl Db {
-    /// Opens (creating if missing) the database in `data_dir` and applies migrations.
+    /// Opens the database in `data_dir` and applies migrations; creates it only in an
+    /// empty (or new) directory, see [`Db::open_or_initialize`].
     pub async fn open(data_dir: &Path) -> Result<Db> {
+        Self::open_or_initialize(data_dir, false).await
+    }
+
+    /// Opens the database in `data_dir`, creating it when missing. A directory that holds
+    /// a control plane's state (a key file, shadow state) but no database, or an empty
+    /// one, is refused unless `initialize`: a deleted database next to its keys must not
+    /// silently start a brand-new control plane that the shadows would then refuse.
+    pub async fn open_or_initialize(data_dir: &Path, initialize: bool) -> Result<Db> {
+        if !initialize {
+            refuse_missing_database(data_dir)?;
+        }
         std::fs::create_dir_all(data_dir).map_err(|err| Error::Internal(format!("cannot create {}: {err}", data_dir.display())))?;
         let keys = crate::secrets::Keyring::load_or_create(data_dir)?;
         Self::open_with(data_dir, keys).await

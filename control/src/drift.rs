@@ -122,14 +122,16 @@ impl Monitor {
     /// spared: a rollout stuck waiting for one dead shadow must not blind the monitor to
     /// the rest of the fleet.)
     async fn in_flight(&self, name: &str) -> Result<bool> {
-        let (pending,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM rollout_shadows rs JOIN rollouts r ON r.id = rs.rollout_id
-             WHERE r.state IN ('preparing', 'committing') AND rs.shadow = ? AND rs.phase NOT IN ('committed', 'removed')",
+        let phases: Vec<(String,)> = sqlx::query_as(
+            "SELECT rs.phase FROM rollout_shadows rs JOIN rollouts r ON r.id = rs.rollout_id
+             WHERE r.finished_at IS NULL AND rs.shadow = ?",
         )
         .bind(name)
-        .fetch_one(&self.db.read)
+        .fetch_all(&self.db.read)
         .await?;
-        Ok(pending > 0)
+        Ok(phases
+            .iter()
+            .any(|(phase,)| domain::rollout::Phase::parse(phase).is_none_or(domain::rollout::Phase::in_flight)))
     }
 
     /// Checks one shadow now and records what was seen.
@@ -484,7 +486,10 @@ impl Monitor {
         let mut events = self.coordinator.subscribe();
         loop {
             match events.recv().await {
-                Ok(event) if event.shadow.is_none() && matches!(event.phase.as_str(), "applied" | "failed" | "aborted") => {
+                Ok(event)
+                    if event.shadow.is_none()
+                        && domain::rollout::State::parse(&event.phase).is_some_and(domain::rollout::State::is_terminal) =>
+                {
                     let shadows: Vec<(String,)> = match sqlx::query_as("SELECT shadow FROM rollout_shadows WHERE rollout_id = ?")
                         .bind(event.rollout)
                         .fetch_all(&self.db.read)

@@ -446,6 +446,7 @@ pub async fn get(db: &Db, id: i64) -> Result<IncidentView> {
                 observed_hash: row.observed_hash,
                 expected_policy: row.expected_policy,
                 observed_policy: row.observed_policy,
+                observed_kind: None,
             })
         })
         .collect();

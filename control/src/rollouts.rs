@@ -1,9 +1,18 @@
-//! Rollouts: turning an approved change into the next revision.
+//! Rollouts: turning an approved change into the next revision, on every shadow or none.
 //!
-//! The rollout journal is the `rollouts` and `rollout_shadows` tables. With no shadows
-//! registered, the decision and the new revision are written in one transaction and the
-//! rollout is `applied` at once; with shadows, [`Coordinator`] runs the two phases on the
-//! same records. The revision becomes current at the commit decision.
+//! The rollout journal is the `rollouts` and `rollout_shadows` tables; what the states
+//! mean and which transitions exist is [`domain::rollout`], a pure state machine. The
+//! [`Coordinator`] only carries out its decisions: every event (a shadow's answer, the
+//! deadline, a restart, an operator's exit) is applied to the journal in one transaction
+//! ([`Coordinator::apply`]: load, step, persist, audit), and the actions the machine answers
+//! (send commit, send abort) are performed after that transaction commits.
+//!
+//! A rollout belongs to a background task of the coordinator, never to the request that
+//! started it: a client that hangs up changes nothing. The task prepares every shadow
+//! against one deadline, so an undecided rollout always ends, and the approved plan (the
+//! next entry set, computed once at the start) is what is sent, proven and written as the
+//! revision at the commit decision; the change is frozen until the rollout ends. With no
+//! shadows registered, the decision and the revision are one transaction.
 
 use crate::{
     Caller, Db, Error, Result, audit,
@@ -19,10 +28,12 @@ use domain::{
     api::{ChangeState, Page, RolloutEvent, RolloutShadowView, RolloutView},
     hash::root_hash,
     protocol::{Fence, PrepareRequest, StagedEntry},
+    rollout::{Action, Decision, Event, Phase, Progress, Rollout, State},
 };
+use futures::StreamExt;
 use serde_json::json;
 use sqlx::SqliteConnection;
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 /// Root hash of an entry set as stored.
 pub(crate) fn root_of(entries: &EntrySet) -> Result<Hash> {
@@ -38,8 +49,20 @@ pub(crate) fn root_of(entries: &EntrySet) -> Result<Hash> {
     Ok(root_hash(parsed.iter().map(|(path, hash)| (path, *hash))))
 }
 
-/// Refuses unless the change is approved by a still-valid approval and based on the
-/// current revision.
+/// Rollouts not yet in a terminal state (a terminal rollout has its `finished_at`).
+async fn open_rollouts(conn: &mut SqliteConnection) -> Result<Vec<i64>> {
+    let rows: Vec<(i64,)> = sqlx::query_as("SELECT id FROM rollouts WHERE finished_at IS NULL ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+fn busy() -> Error {
+    Error::conflict("rollout_running", "another rollout is in progress")
+}
+
+/// Refuses unless the change is approved by a still-valid approval, based on the current
+/// revision, and no other rollout is open.
 async fn check_rollable(conn: &mut SqliteConnection, change: &ChangeRow) -> Result<i64> {
     let approvals = changes::approvals(conn, change).await?;
     match change.state()? {
@@ -79,15 +102,11 @@ async fn check_rollable(conn: &mut SqliteConnection, change: &ChangeRow) -> Resu
             ),
         ));
     }
-    let (running,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rollouts WHERE state IN ('preparing', 'committing')")
-        .fetch_one(&mut *conn)
-        .await?;
-    if running > 0 {
-        return Err(Error::conflict("rollout_running", "another rollout is in progress"));
+    if !open_rollouts(conn).await?.is_empty() {
+        return Err(busy());
     }
     Ok(current)
 }
-
 /// Writes revision `number` (entries `next`) as the result of `change`, inside `tx`.
 async fn write_revision(tx: &mut SqliteConnection, number: i64, root: &str, change: &ChangeRow, next: &EntrySet) -> Result<()> {
     sqlx::query("INSERT INTO revisions (number, root, parent, author, message, created_at, change_id) VALUES (?, ?, ?, ?, ?, ?, ?)")
@@ -178,7 +197,9 @@ fn crash_point(name: &str) {
     let _ = name;
 }
 
-/// What a rollout sends, to whom.
+/// What a rollout sends, to whom, and (for a change) the entry set it becomes. Computed
+/// once, at the start, from the approved change: the same plan is prepared, proven and
+/// written as the revision at the commit decision.
 struct Plan {
     id: i64,
     revision: i64,
@@ -187,39 +208,48 @@ struct Plan {
     reconcile: bool,
     entries: Vec<StagedEntry>,
     shadows: Vec<String>,
+    /// For a change rollout: the change and the entry set of the next revision.
+    change: Option<(ChangeRow, EntrySet)>,
 }
 
-/// The rollout coordinator: two-phase commit across shadows with a durable journal in
-/// SQLite (`rollouts`, `rollout_shadows`). Prepare on all in parallel; log the decision;
-/// then commit on all (retrying each until it acknowledges) or abort on all. On start,
-/// [`Coordinator::recover`] aborts undecided rollouts (presumed abort) and drives decided
-/// ones to completion.
+/// What the journal says of a rollout besides its state machine.
+struct Meta {
+    kind: String,
+    revision: i64,
+    change_id: Option<i64>,
+}
+
+/// The rollout coordinator: two-phase commit across shadows with the journal in SQLite.
+/// Prepare on all in parallel against one deadline; log the decision; then commit on all
+/// (retrying each until it answers) or abort on all. [`Coordinator::recover`] presumes
+/// abort for undecided rollouts nobody runs and drives decided ones to completion.
 pub struct Coordinator {
     pub db: Db,
     pub registry: Arc<Registry>,
     pub identity: Identity,
-    /// How long one shadow may take to prepare.
+    /// The prepare deadline: a rollout not decided this long after it started is aborted.
     pub prepare_timeout: Duration,
-    /// How long a request waits for commits before answering `committing`; recovery keeps
-    /// retrying afterwards.
+    /// How long a request that waits for the outcome waits for the commits after the
+    /// decision before answering `committing` (the rollout goes on regardless).
     pub commit_patience: Duration,
-    /// Held for as long as a rollout runs (one at a time).
+    /// How long one commit or abort call to a shadow may take.
+    pub call_timeout: Duration,
+    /// Held by the task that owns the open rollout (one at a time).
     running: Arc<tokio::sync::Mutex<()>>,
+    /// Woken when an operator changed an open rollout (a cancel, a release), so its task
+    /// stops waiting at once instead of at the next answer or retry.
+    operator_moved: tokio::sync::Notify,
     /// Moves when a rollout starts or ends: a drift check that saw it move discards what
     /// it read.
     generation: std::sync::atomic::AtomicU64,
     events: tokio::sync::broadcast::Sender<RolloutEvent>,
 }
 
-/// A started rollout: finished already (no shadows), or to be executed while `running`
-/// is held.
-enum Started {
-    Done(RolloutView),
-    Running {
-        plan: Plan,
-        change: ChangeRow,
-        running: tokio::sync::OwnedMutexGuard<()>,
-    },
+/// The commit answers that no retry can change: the shadow no longer holds the staging
+/// (wiped, aborted there) or refuses this writer. Anything else (unreachable, a timeout,
+/// a full disk) is retried.
+fn final_commit_refusal(err: &ShadowError) -> bool {
+    !err.transient && matches!(err.code.as_str(), "fenced" | "not_found" | "conflict")
 }
 
 impl Coordinator {
@@ -230,7 +260,9 @@ impl Coordinator {
             identity,
             prepare_timeout: Duration::from_secs(10),
             commit_patience: Duration::from_secs(20),
+            call_timeout: Duration::from_secs(10),
             running: Arc::new(tokio::sync::Mutex::new(())),
+            operator_moved: tokio::sync::Notify::new(),
             generation: std::sync::atomic::AtomicU64::new(0),
             events: tokio::sync::broadcast::channel(1024).0,
         }
@@ -265,57 +297,67 @@ impl Coordinator {
         });
     }
 
-    fn fence(&self) -> Fence {
+    /// The right to start a rollout: refused at once while the journal has an open one;
+    /// otherwise granted as soon as the task of the last one has let go (it may still be
+    /// on its way out after its terminal state).
+    async fn acquire_running(&self) -> Result<tokio::sync::OwnedMutexGuard<()>> {
+        let mut conn = self.db.read.acquire().await?;
+        if !open_rollouts(&mut conn).await?.is_empty() {
+            return Err(busy());
+        }
+        drop(conn);
+        tokio::time::timeout(Duration::from_secs(5), self.running.clone().lock_owned())
+            .await
+            .map_err(|_| busy())
+    }
+
+    /// The writer's identity for a commit or abort of the rollout of `root`.
+    fn fence(&self, root: &str) -> Fence {
         Fence {
             control_plane_id: self.identity.id.clone(),
             epoch: self.identity.epoch,
+            target_root: Some(root.to_string()),
         }
-    }
-
-    fn busy() -> Error {
-        Error::conflict("rollout_running", "another rollout is in progress")
     }
 
     /// Rolls out an approved change to every registered shadow. Answers when the rollout
-    /// is applied, failed, or still committing after [`Self::commit_patience`].
-    pub async fn roll_out(&self, caller: &Caller, change_id: i64) -> Result<RolloutView> {
-        match self.start(caller, change_id).await? {
-            Started::Done(view) => Ok(view),
-            Started::Running { plan, change, running } => {
-                let view = self.execute(plan, Some(change)).await;
-                drop(running);
-                view
-            }
-        }
+    /// ended, or as it stands once [`Self::commit_patience`] passed after the deadline; the
+    /// rollout itself belongs to the coordinator, so a caller that hangs up changes nothing.
+    pub async fn roll_out(self: &Arc<Self>, caller: &Caller, change_id: i64) -> Result<RolloutView> {
+        let (id, task) = self.start_change(caller, change_id).await?;
+        self.wait(id, task).await
     }
 
     /// Starts rolling out an approved change and answers at once, with the rollout as
-    /// it stands (`preparing`); the rollout goes on in the background and its progress
-    /// is streamed by [`Self::subscribe`]. Checks and refusals happen before it answers.
+    /// it stands (`preparing`); its progress is streamed by [`Self::subscribe`]. Checks
+    /// and refusals happen before it answers.
     pub async fn roll_out_detached(self: &Arc<Self>, caller: &Caller, change_id: i64) -> Result<RolloutView> {
-        match self.start(caller, change_id).await? {
-            Started::Done(view) => Ok(view),
-            Started::Running { plan, change, running } => {
-                let id = plan.id;
-                let coordinator = self.clone();
-                tokio::spawn(async move {
-                    // A failure here (the database gone) leaves the rollout to recovery.
-                    if let Err(err) = coordinator.execute(plan, Some(change)).await {
-                        tracing::error!(rollout = id, %err, "rollout stopped; recovery will finish it");
-                    }
-                    drop(running);
-                });
-                get(&self.db, id).await
-            }
+        let (id, _task) = self.start_change(caller, change_id).await?;
+        get(&self.db, id).await
+    }
+
+    /// Pushes the current revision to one shadow (which may hold anything), as a
+    /// reconcile rollout. The content is already approved, so no change is involved.
+    pub async fn reconcile(self: &Arc<Self>, caller: &Caller, shadow: &str) -> Result<RolloutView> {
+        let (id, task) = self.start_reconcile(caller, shadow).await?;
+        self.wait(id, task).await
+    }
+
+    async fn wait(&self, id: i64, task: Option<tokio::task::JoinHandle<()>>) -> Result<RolloutView> {
+        if let Some(task) = task {
+            // Dropping the handle (the caller hung up, or waited long enough) leaves the
+            // task running.
+            let _ = tokio::time::timeout(self.prepare_timeout + self.commit_patience, task).await;
         }
+        get(&self.db, id).await
     }
 
     /// Checks the change and writes the rollout's journal rows; with no shadow at all the
-    /// rollout is decided and applied right here.
-    async fn start(&self, caller: &Caller, change_id: i64) -> Result<Started> {
+    /// rollout is decided and applied right here. Otherwise the rollout's task is started.
+    async fn start_change(self: &Arc<Self>, caller: &Caller, change_id: i64) -> Result<(i64, Option<tokio::task::JoinHandle<()>>)> {
         caller.require(Role::Approver)?;
         caller.require_recent_password()?;
-        let running = self.running.clone().try_lock_owned().map_err(|_| Self::busy())?;
+        let running = self.acquire_running().await?;
         let mut tx = self.db.begin().await?;
         let change = changes::load(&mut tx, change_id).await?;
         let current = check_rollable(&mut tx, &change).await?;
@@ -332,6 +374,11 @@ impl Coordinator {
             .map(|(n,)| n)
             .collect();
         let decided_now = shadows.is_empty();
+        let (state, decision) = if decided_now {
+            (State::Applied, Some(Decision::Commit))
+        } else {
+            (State::Preparing, None)
+        };
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO rollouts (change_id, kind, revision, root, base_root, state, decision, started_by, started_at)
              VALUES (?, 'change', ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -340,8 +387,8 @@ impl Coordinator {
         .bind(number)
         .bind(&root)
         .bind(&base_root)
-        .bind(if decided_now { "applied" } else { "preparing" })
-        .bind(decided_now.then_some("commit"))
+        .bind(state.as_str())
+        .bind(decision.map(Decision::as_str))
         .bind(&caller.username)
         .bind(now())
         .fetch_one(&mut *tx)
@@ -363,18 +410,10 @@ impl Coordinator {
                 json!({"rollout": id, "revision": number, "root": root, "shadows": []}),
             )
             .await?;
-            let view = view_in(&mut tx, id).await?;
             tx.commit().await?;
-            return Ok(Started::Done(view));
+            return Ok((id, None));
         }
-        for shadow in &shadows {
-            sqlx::query("INSERT INTO rollout_shadows (rollout_id, shadow, phase, updated_at) VALUES (?, ?, 'pending', ?)")
-                .bind(id)
-                .bind(shadow)
-                .bind(now())
-                .execute(&mut *tx)
-                .await?;
-        }
+        insert_targets(&mut tx, id, &shadows).await?;
         sqlx::query("UPDATE shadows SET status = 'rolling_out'").execute(&mut *tx).await?;
         audit::append(&mut tx, &caller.username, "rollout.start", &format!("rollout/{id}"), details).await?;
         let entries = staged_entries(&mut tx, &self.db.keys, &next).await?;
@@ -388,45 +427,37 @@ impl Coordinator {
             reconcile: false,
             entries,
             shadows,
+            change: Some((change, next)),
         };
-        Ok(Started::Running { plan, change, running })
+        Ok((id, Some(self.launch(plan, running))))
     }
 
-    /// Pushes the current revision to one shadow (which may hold anything), as a
-    /// reconcile rollout. The content is already approved, so no change is involved.
-    pub async fn reconcile(&self, caller: &Caller, shadow: &str) -> Result<RolloutView> {
+    async fn start_reconcile(self: &Arc<Self>, caller: &Caller, shadow: &str) -> Result<(i64, Option<tokio::task::JoinHandle<()>>)> {
         caller.require(Role::Approver)?;
         caller.require_recent_password()?;
         crate::shadows::get(&self.db, shadow).await?;
-        let _running = self.running.try_lock().map_err(|_| Self::busy())?;
+        let running = self.acquire_running().await?;
         let mut tx = self.db.begin().await?;
-        let (running,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rollouts WHERE state IN ('preparing', 'committing')")
-            .fetch_one(&mut *tx)
-            .await?;
-        if running > 0 {
-            return Err(Self::busy());
+        if !open_rollouts(&mut tx).await?.is_empty() {
+            return Err(busy());
         }
         let current = revisions::current_number(&mut tx).await?;
         let set = revisions::entries(&mut tx, current).await?;
         let root = root_of(&set)?.to_hex();
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO rollouts (change_id, kind, revision, root, base_root, state, started_by, started_at, target_shadow)
-             VALUES (NULL, 'reconcile', ?, ?, ?, 'preparing', ?, ?, ?) RETURNING id",
+             VALUES (NULL, 'reconcile', ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(current)
         .bind(&root)
         .bind(&root)
+        .bind(State::Preparing.as_str())
         .bind(&caller.username)
         .bind(now())
         .bind(shadow)
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO rollout_shadows (rollout_id, shadow, phase, updated_at) VALUES (?, ?, 'pending', ?)")
-            .bind(id)
-            .bind(shadow)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
+        insert_targets(&mut tx, id, &[shadow.to_string()]).await?;
         audit::append(
             &mut tx,
             &caller.username,
@@ -437,6 +468,7 @@ impl Coordinator {
         .await?;
         let entries = staged_entries(&mut tx, &self.db.keys, &set).await?;
         tx.commit().await?;
+        crate::incidents::note_reconcile(&self.db, shadow, &caller.username, "reconcile_started", json!({"rollout": id})).await?;
         let plan = Plan {
             id,
             revision: current,
@@ -445,29 +477,46 @@ impl Coordinator {
             reconcile: true,
             entries,
             shadows: vec![shadow.to_string()],
+            change: None,
         };
-        crate::incidents::note_reconcile(&self.db, shadow, &caller.username, "reconcile_started", json!({"rollout": id})).await?;
-        let view = self.execute(plan, None).await?;
-        crate::incidents::note_reconcile(
-            &self.db,
-            shadow,
-            "coordinator",
-            "reconcile_finished",
-            json!({"rollout": id, "state": view.state, "error": view.error}),
-        )
-        .await?;
-        Ok(view)
+        Ok((id, Some(self.launch(plan, running))))
     }
 
-    async fn execute(&self, plan: Plan, change: Option<ChangeRow>) -> Result<RolloutView> {
-        self.bump();
-        let result = self.execute_plan(plan, change).await;
-        self.bump();
-        result
+    /// The rollout's own task: it runs to a terminal state (or until the process stops,
+    /// when recovery takes over), whoever started it and whether or not they still wait.
+    fn launch(self: &Arc<Self>, plan: Plan, running: tokio::sync::OwnedMutexGuard<()>) -> tokio::task::JoinHandle<()> {
+        let coordinator = self.clone();
+        tokio::spawn(async move {
+            let id = plan.id;
+            let reconciled = plan.reconcile.then(|| plan.shadows[0].clone());
+            coordinator.bump();
+            if let Err(err) = coordinator.drive(plan).await {
+                tracing::error!(rollout = id, %err, "rollout stopped; recovery will finish it");
+            }
+            if let Some(shadow) = reconciled {
+                let view = get(&coordinator.db, id).await;
+                let (state, error) = view.map(|v| (v.state, v.error)).unwrap_or_default();
+                if let Err(err) = crate::incidents::note_reconcile(
+                    &coordinator.db,
+                    &shadow,
+                    "coordinator",
+                    "reconcile_finished",
+                    json!({"rollout": id, "state": state, "error": error}),
+                )
+                .await
+                {
+                    tracing::warn!(rollout = id, %err, "cannot note the reconcile on the incident");
+                }
+            }
+            coordinator.bump();
+            drop(running);
+        })
     }
 
-    async fn execute_plan(&self, plan: Plan, change: Option<ChangeRow>) -> Result<RolloutView> {
-        self.emit(plan.id, None, "preparing", Some(plan.root.clone()));
+    /// Prepares every shadow against the deadline, then commits or aborts as decided.
+    async fn drive(&self, plan: Plan) -> Result<()> {
+        self.emit(plan.id, None, State::Preparing.as_str(), Some(plan.root.clone()));
+        let deadline = tokio::time::Instant::now() + self.prepare_timeout;
         let request = PrepareRequest {
             control_plane_id: self.identity.id.clone(),
             epoch: self.identity.epoch,
@@ -475,17 +524,254 @@ impl Coordinator {
             target_root: plan.root.clone(),
             base_root: plan.base_root.clone(),
             reconcile: plan.reconcile,
-            entries: plan.entries,
+            entries: plan.entries.clone(),
         };
-        let prepares = plan.shadows.iter().map(|name| {
-            let request = request.clone();
+        let mut prepares: futures::stream::FuturesUnordered<_> = plan
+            .shadows
+            .iter()
+            .map(|name| {
+                let request = request.clone();
+                async move {
+                    let result = match self.registry.driver(&self.db, name).await {
+                        Ok(driver) => driver.prepare(plan.id, request).await,
+                        Err(err) => Err(ShadowError {
+                            code: "driver".into(),
+                            message: err.public_message(),
+                            transient: false,
+                        }),
+                    };
+                    (name.clone(), result)
+                }
+            })
+            .collect();
+        loop {
+            let operator_moved = self.operator_moved.notified();
+            let answer = tokio::select! {
+                answer = tokio::time::timeout_at(deadline, prepares.next()) => answer,
+                () = operator_moved => {
+                    // A cancel decided the rollout meanwhile; the late answers stay unheard.
+                    let mut conn = self.db.read.acquire().await?;
+                    if load_in(&mut conn, plan.id).await?.0.decision.is_some() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let event = match answer {
+                Ok(Some((shadow, Ok(answer)))) => match answer.root {
+                    Some(root) => Event::Prepared { shadow, root },
+                    None => Event::Refused {
+                        shadow,
+                        reason: "answered prepared without a staged root".into(),
+                    },
+                },
+                Ok(Some((shadow, Err(err)))) => Event::Refused {
+                    shadow,
+                    reason: err.to_string(),
+                },
+                Ok(None) => break,
+                // The shadows still staging are refused; whatever they stage late is
+                // aborted (a store also refuses to stage a rollout it has aborted).
+                Err(_) => Event::DeadlinePassed,
+            };
+            let deadline_passed = event == Event::DeadlinePassed;
+            let (rollout, actions) = self.record(plan.id, event, Some(&plan)).await?;
+            self.perform(plan.id, &plan.root, &actions).await?;
+            if !deadline_passed {
+                crash_point("after_prepare");
+            }
+            if rollout.decision.is_some() {
+                break;
+            }
+        }
+        drop(prepares);
+        crash_point("after_decision");
+        self.drive_commit(plan.id).await
+    }
+
+    /// Applies an event from a shadow or the clock; an event that does not fit (a late or
+    /// forged answer) is logged and changes nothing.
+    async fn record(&self, id: i64, event: Event, plan: Option<&Plan>) -> Result<(Rollout, Vec<Action>)> {
+        match self.apply(id, event, plan, None).await {
+            Err(Error::Conflict {
+                code: "rollout_state",
+                message,
+            }) => {
+                tracing::warn!(rollout = id, %message, "event ignored");
+                let mut conn = self.db.read.acquire().await?;
+                Ok((load_in(&mut conn, id).await?.0, Vec::new()))
+            }
+            other => other,
+        }
+    }
+
+    /// One event, one transaction: load the rollout from the journal, let the state
+    /// machine step, persist what changed together with its consequences (the revision
+    /// at a commit decision, audit rows, webhooks, the shadow's observed root), commit.
+    /// The actions are carried out by the caller afterwards, so nothing is ever sent that
+    /// the journal does not already hold.
+    async fn apply(&self, id: i64, event: Event, plan: Option<&Plan>, operator: Option<&Caller>) -> Result<(Rollout, Vec<Action>)> {
+        let mut tx = self.db.begin().await?;
+        let (mut rollout, meta) = load_in(&mut tx, id).await?;
+        let before = rollout.clone();
+        let operator_action = match &event {
+            Event::Released { shadow, .. } => Some(("rollout.release", json!({"shadow": shadow}))),
+            Event::Cancelled { .. } => Some(("rollout.cancel", json!({}))),
+            _ => None,
+        };
+        let actions = rollout
+            .step(event)
+            .map_err(|invalid| Error::conflict("rollout_state", format!("rollout {id}: {invalid}")))?;
+        let at = now();
+        for (name, progress) in &rollout.shadows {
+            let old = before.shadows.get(name);
+            if old == Some(progress) {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE rollout_shadows SET phase = ?, staged_root = ?, receipt_root = ?, error = ?, updated_at = ? WHERE rollout_id = ? AND shadow = ?",
+            )
+            .bind(progress.phase.as_str())
+            .bind(&progress.staged_root)
+            .bind(&progress.receipt_root)
+            .bind(&progress.error)
+            .bind(&at)
+            .bind(id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+            let newly_committed =
+                matches!(progress.phase, Phase::Committed | Phase::Mismatch) && old.map(|o| o.phase) != Some(progress.phase);
+            if newly_committed {
+                // The receipt is the latest observation of the shadow.
+                let in_sync = progress.phase == Phase::Committed;
+                sqlx::query(
+                    "UPDATE shadows SET status = ?, observed_root = ?, observed_revision = ?, last_contact_at = ?, last_error = NULL,
+                     last_in_sync_at = CASE WHEN ? THEN ? ELSE last_in_sync_at END WHERE name = ?",
+                )
+                .bind(if in_sync { "in_sync" } else { "drifted" })
+                .bind(&progress.receipt_root)
+                .bind(meta.revision)
+                .bind(&at)
+                .bind(in_sync)
+                .bind(&at)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let target = format!("rollout/{id}");
+        if let (Some((action, details)), Some(caller)) = (operator_action, operator) {
+            audit::append(&mut tx, &caller.username, action, &target, details).await?;
+        }
+        for action in &actions {
+            match action {
+                Action::LogDecision(Decision::Commit) => {
+                    if meta.kind == "change" {
+                        let (change, next) = plan
+                            .and_then(|p| p.change.as_ref())
+                            .ok_or_else(|| Error::Internal(format!("rollout {id} decided to commit without its plan")))?;
+                        write_revision(&mut tx, meta.revision, &rollout.root, change, next).await?;
+                    }
+                    audit::append(&mut tx, "coordinator", "rollout.decide", &target, json!({"decision": "commit"})).await?;
+                }
+                Action::LogDecision(Decision::Abort) => {
+                    let action = if rollout.state == State::Failed {
+                        "rollout.failed"
+                    } else {
+                        "rollout.aborted"
+                    };
+                    audit::append(
+                        &mut tx,
+                        "coordinator",
+                        action,
+                        &target,
+                        json!({"decision": "abort", "error": rollout.error}),
+                    )
+                    .await?;
+                    crate::webhooks::enqueue(
+                        &mut tx,
+                        "rollout.failed",
+                        json!({"rollout": id, "state": rollout.state.as_str(), "revision": meta.revision, "root": rollout.root, "error": rollout.error}),
+                    )
+                    .await?;
+                }
+                Action::Finished(state @ (State::Applied | State::Incomplete)) => {
+                    let event = if *state == State::Applied {
+                        crash_point("before_applied_audit");
+                        "rollout.applied"
+                    } else {
+                        "rollout.incomplete"
+                    };
+                    audit::append(
+                        &mut tx,
+                        "coordinator",
+                        event,
+                        &target,
+                        json!({"kind": meta.kind, "root": rollout.root, "error": rollout.error}),
+                    )
+                    .await?;
+                    crate::webhooks::enqueue(
+                        &mut tx,
+                        event,
+                        json!({"rollout": id, "kind": meta.kind, "change": meta.change_id, "root": rollout.root, "error": rollout.error}),
+                    )
+                    .await?;
+                }
+                Action::Finished(_) | Action::SendCommit(_) | Action::SendAbort(_) => {}
+            }
+        }
+        if rollout.state != before.state || rollout.decision != before.decision || rollout.error != before.error {
+            sqlx::query(
+                "UPDATE rollouts SET state = ?, decision = ?, error = ?, finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE id = ?",
+            )
+            .bind(rollout.state.as_str())
+            .bind(rollout.decision.map(Decision::as_str))
+            .bind(&rollout.error)
+            .bind(rollout.state.is_terminal())
+            .bind(&at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if actions.contains(&Action::LogDecision(Decision::Commit)) {
+            crash_point("before_decision");
+        }
+        tx.commit().await?;
+        for (name, progress) in &rollout.shadows {
+            if before.shadows.get(name) != Some(progress) {
+                let root = progress.receipt_root.clone().or_else(|| progress.staged_root.clone());
+                self.emit(id, Some(name), progress.phase.as_str(), root);
+            }
+        }
+        if rollout.state != before.state {
+            self.emit(id, None, rollout.state.as_str(), Some(rollout.root.clone()));
+        }
+        Ok((rollout, actions))
+    }
+
+    /// Carries out the aborts an event asked for (commits are sent by
+    /// [`Self::drive_commit`], which asks the journal whom it still waits for).
+    async fn perform(&self, id: i64, root: &str, actions: &[Action]) -> Result<()> {
+        let aborts: Vec<String> = actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::SendAbort(shadow) => Some(shadow.clone()),
+                _ => None,
+            })
+            .collect();
+        if aborts.is_empty() {
+            return Ok(());
+        }
+        let calls = aborts.into_iter().map(|name| {
+            let fence = self.fence(root);
             async move {
-                let result = match self.registry.driver(&self.db, name).await {
-                    Ok(driver) => match tokio::time::timeout(self.prepare_timeout, driver.prepare(plan.id, request)).await {
-                        Ok(result) => result,
+                let result = match self.registry.driver(&self.db, &name).await {
+                    Ok(driver) => match tokio::time::timeout(self.call_timeout, driver.abort(id, fence)).await {
+                        Ok(result) => result.map(|_| ()),
                         Err(_) => Err(ShadowError {
                             code: "timeout".into(),
-                            message: format!("no answer within {:?}", self.prepare_timeout),
+                            message: format!("no answer within {:?}", self.call_timeout),
                             transient: true,
                         }),
                     },
@@ -495,250 +781,18 @@ impl Coordinator {
                         transient: false,
                     }),
                 };
-                (name.clone(), result)
-            }
-        });
-        let results = futures::future::join_all(prepares).await;
-        let mut refusals = Vec::new();
-        for (name, result) in &results {
-            let (phase, staged_root, error) = match result {
-                Ok(answer) if answer.root.as_deref() == Some(plan.root.as_str()) => ("prepared", answer.root.clone(), None),
-                Ok(answer) => (
-                    "refused",
-                    answer.root.clone(),
-                    Some(format!(
-                        "staged root {} differs from the revision's root",
-                        answer.root.clone().unwrap_or_default()
-                    )),
-                ),
-                Err(err) => ("refused", None, Some(err.to_string())),
-            };
-            if let Some(error) = &error {
-                refusals.push(format!("{name}: {error}"));
-            }
-            sqlx::query(
-                "UPDATE rollout_shadows SET phase = ?, staged_root = ?, error = ?, updated_at = ? WHERE rollout_id = ? AND shadow = ?",
-            )
-            .bind(phase)
-            .bind(&staged_root)
-            .bind(error)
-            .bind(now())
-            .bind(plan.id)
-            .bind(name)
-            .execute(self.db.read_write())
-            .await?;
-            self.emit(plan.id, Some(name), phase, staged_root);
-            crash_point("after_prepare");
-        }
-        // The decision, durably, before any shadow is told.
-        let mut tx = self.db.begin().await?;
-        let commit = refusals.is_empty();
-        if commit {
-            if let Some(change) = &change {
-                let base = revisions::entries(&mut tx, plan.revision - 1).await?;
-                let ops = changes::operations(&mut tx, change.id).await?;
-                write_revision(&mut tx, plan.revision, &plan.root, change, &changes::apply(&base, &ops)).await?;
-            }
-            sqlx::query("UPDATE rollouts SET decision = 'commit', state = 'committing' WHERE id = ?")
-                .bind(plan.id)
-                .execute(&mut *tx)
-                .await?;
-            audit::append(
-                &mut tx,
-                "coordinator",
-                "rollout.decide",
-                &format!("rollout/{}", plan.id),
-                json!({"decision": "commit"}),
-            )
-            .await?;
-        } else {
-            let error = format!("prepare refused, every shadow aborted: {}", refusals.join("; "));
-            sqlx::query("UPDATE rollouts SET decision = 'abort', state = 'failed', error = ?, finished_at = ? WHERE id = ?")
-                .bind(&error)
-                .bind(now())
-                .bind(plan.id)
-                .execute(&mut *tx)
-                .await?;
-            audit::append(
-                &mut tx,
-                "coordinator",
-                "rollout.failed",
-                &format!("rollout/{}", plan.id),
-                json!({"decision": "abort", "error": error}),
-            )
-            .await?;
-            crate::webhooks::enqueue(
-                &mut tx,
-                "rollout.failed",
-                json!({"rollout": plan.id, "revision": plan.revision, "root": plan.root, "error": error}),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        self.emit(plan.id, None, if commit { "committing" } else { "failed" }, None);
-        crash_point("after_decision");
-        if commit {
-            self.drive_commit(plan.id, self.commit_patience).await?;
-        } else {
-            self.drive_abort(plan.id).await?;
-        }
-        get(&self.db, plan.id).await
-    }
-
-    /// Commits on every shadow not yet acknowledged, retrying unreachable ones until
-    /// `patience` runs out; marks the rollout applied once every receipt matches.
-    async fn drive_commit(&self, id: i64, patience: Duration) -> Result<()> {
-        let (root, kind): (String, String) = sqlx::query_as("SELECT root, kind FROM rollouts WHERE id = ?")
-            .bind(id)
-            .fetch_one(&self.db.read)
-            .await?;
-        // A shadow removed after the decision is no longer a target: waiting for it would
-        // block every later rollout.
-        sqlx::query(
-            "UPDATE rollout_shadows SET phase = 'removed', error = 'the shadow was removed before it committed', updated_at = ?
-             WHERE rollout_id = ? AND phase NOT IN ('committed', 'removed') AND shadow NOT IN (SELECT name FROM shadows)",
-        )
-        .bind(now())
-        .bind(id)
-        .execute(self.db.read_write())
-        .await?;
-        let pending: Vec<(String,)> = sqlx::query_as(
-            "SELECT shadow FROM rollout_shadows WHERE rollout_id = ? AND phase NOT IN ('committed', 'removed') ORDER BY shadow",
-        )
-        .bind(id)
-        .fetch_all(&self.db.read)
-        .await?;
-        let deadline = tokio::time::Instant::now() + patience;
-        let commits = pending.into_iter().map(|(name,)| {
-            let fence = self.fence();
-            async move {
-                let mut delay = Duration::from_millis(100);
-                loop {
-                    let result = match self.registry.driver(&self.db, &name).await {
-                        Ok(driver) => driver.commit(id, fence.clone()).await,
-                        Err(err) => Err(ShadowError {
-                            code: "driver".into(),
-                            message: err.public_message(),
-                            transient: false,
-                        }),
-                    };
-                    match result {
-                        Ok(answer) => return (name, Ok(answer.root.unwrap_or_default())),
-                        Err(err) if err.transient && tokio::time::Instant::now() + delay < deadline => {
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(2));
-                        }
-                        Err(err) => return (name, Err(err)),
-                    }
-                }
-            }
-        });
-        for (name, result) in futures::future::join_all(commits).await {
-            match result {
-                Ok(receipt) => {
-                    let mut tx = self.db.begin().await?;
-                    let matches = receipt == root;
-                    sqlx::query("UPDATE rollout_shadows SET phase = 'committed', receipt_root = ?, error = ?, updated_at = ? WHERE rollout_id = ? AND shadow = ?")
-                        .bind(&receipt)
-                        .bind((!matches).then(|| format!("committed, but now serves {receipt}")))
-                        .bind(now())
-                        .bind(id)
-                        .bind(&name)
-                        .execute(&mut *tx)
-                        .await?;
-                    let status = if matches { "in_sync" } else { "drifted" };
-                    sqlx::query(
-                        "UPDATE shadows SET status = ?, observed_root = ?, observed_revision = (SELECT revision FROM rollouts WHERE id = ?),
-                         last_contact_at = ?, last_error = NULL, last_in_sync_at = CASE WHEN ? THEN ? ELSE last_in_sync_at END WHERE name = ?",
-                    )
-                    .bind(status)
-                    .bind(&receipt)
-                    .bind(id)
-                    .bind(now())
-                    .bind(matches)
-                    .bind(now())
-                    .bind(&name)
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await?;
-                    self.emit(id, Some(&name), "committed", Some(receipt));
-                    crash_point("after_commit");
-                }
-                Err(err) => {
-                    sqlx::query("UPDATE rollout_shadows SET error = ?, updated_at = ? WHERE rollout_id = ? AND shadow = ?")
-                        .bind(format!("waiting to commit: {err}"))
-                        .bind(now())
-                        .bind(id)
-                        .bind(&name)
-                        .execute(self.db.read_write())
-                        .await?;
-                }
-            }
-        }
-        let (waiting,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM rollout_shadows s JOIN rollouts r ON r.id = s.rollout_id
-             WHERE s.rollout_id = ? AND s.phase != 'removed' AND (s.phase != 'committed' OR s.receipt_root IS NOT r.root)",
-        )
-        .bind(id)
-        .fetch_one(&self.db.read)
-        .await?;
-        if waiting == 0 {
-            crash_point("before_applied_audit");
-            let mut tx = self.db.begin().await?;
-            sqlx::query("UPDATE rollouts SET state = 'applied', finished_at = ?, error = NULL WHERE id = ? AND state = 'committing'")
-                .bind(now())
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            audit::append(
-                &mut tx,
-                "coordinator",
-                "rollout.applied",
-                &format!("rollout/{id}"),
-                json!({"kind": kind, "root": root}),
-            )
-            .await?;
-            crate::webhooks::enqueue(&mut tx, "rollout.applied", json!({"rollout": id, "kind": kind, "root": root})).await?;
-            tx.commit().await?;
-            self.emit(id, None, "applied", Some(root));
-        }
-        Ok(())
-    }
-
-    /// Aborts the rollout on every shadow it touched (idempotent on the shadow side).
-    async fn drive_abort(&self, id: i64) -> Result<()> {
-        let targets: Vec<(String,)> = sqlx::query_as("SELECT shadow FROM rollout_shadows WHERE rollout_id = ? AND phase != 'aborted'")
-            .bind(id)
-            .fetch_all(&self.db.read)
-            .await?;
-        let aborts = targets.into_iter().map(|(name,)| {
-            let fence = self.fence();
-            async move {
-                let result = match self.registry.driver(&self.db, &name).await {
-                    Ok(driver) => driver.abort(id, fence).await,
-                    Err(err) => Err(ShadowError {
-                        code: "driver".into(),
-                        message: err.public_message(),
-                        transient: false,
-                    }),
-                };
                 (name, result)
             }
         });
-        for (name, result) in futures::future::join_all(aborts).await {
-            if let Err(err) = &result {
-                tracing::warn!(rollout = id, shadow = %name, %err, "abort not acknowledged; the shadow drops the staging at its next prepare");
-                continue;
+        for (name, result) in futures::future::join_all(calls).await {
+            match result {
+                Ok(()) => {
+                    self.record(id, Event::AbortAcknowledged { shadow: name }, None).await?;
+                }
+                Err(err) => {
+                    tracing::warn!(rollout = id, shadow = %name, %err, "abort not acknowledged; the shadow drops the staging at its next prepare");
+                }
             }
-            sqlx::query(
-                "UPDATE rollout_shadows SET phase = 'aborted', updated_at = ? WHERE rollout_id = ? AND shadow = ? AND phase != 'refused'",
-            )
-            .bind(now())
-            .bind(id)
-            .bind(&name)
-            .execute(self.db.read_write())
-            .await?;
-            self.emit(id, Some(&name), "aborted", None);
         }
         sqlx::query(
             "UPDATE shadows SET status = CASE WHEN observed_root IS NULL THEN 'pending' ELSE status END WHERE status = 'rolling_out'",
@@ -748,43 +802,255 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Presumed abort for rollouts without a logged decision; completion for the ones
-    /// decided to commit. Run at start, before serving, and then periodically (with
-    /// `undecided = false`) so a shadow that was down receives its commit.
-    pub async fn recover(&self, undecided: bool) -> Result<()> {
-        let Ok(_running) = self.running.try_lock() else { return Ok(()) };
-        if undecided {
-            let open: Vec<(i64,)> = sqlx::query_as("SELECT id FROM rollouts WHERE decision IS NULL AND state = 'preparing'")
-                .fetch_all(&self.db.read)
-                .await?;
-            for (id,) in open {
-                let mut tx = self.db.begin().await?;
-                sqlx::query("UPDATE rollouts SET decision = 'abort', state = 'aborted', error = ?, finished_at = ? WHERE id = ?")
-                    .bind("presumed abort: the control plane stopped before deciding")
-                    .bind(now())
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                audit::append(
-                    &mut tx,
-                    "coordinator",
-                    "rollout.aborted",
-                    &format!("rollout/{id}"),
-                    json!({"reason": "presumed abort on recovery"}),
-                )
-                .await?;
-                tx.commit().await?;
-                self.drive_abort(id).await?;
+    /// Sends the commit to every shadow the rollout still waits for, again and again
+    /// (backing off to 5 s) until each answered with a receipt, refused for good, was
+    /// released by an operator or removed from the fleet.
+    async fn drive_commit(&self, id: i64) -> Result<()> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            // Registered before the journal is read, so a release made after the read
+            // still wakes this round.
+            let operator_moved = self.operator_moved.notified();
+            tokio::pin!(operator_moved);
+            let mut conn = self.db.read.acquire().await?;
+            let (rollout, _) = load_in(&mut conn, id).await?;
+            let registered: std::collections::BTreeSet<String> = sqlx::query_as::<_, (String,)>("SELECT name FROM shadows")
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .map(|(n,)| n)
+                .collect();
+            drop(conn);
+            let mut waiting = Vec::new();
+            for shadow in rollout.awaiting_commit() {
+                if registered.contains(&shadow) {
+                    waiting.push(shadow);
+                } else {
+                    self.record(id, Event::Removed { shadow }, None).await?;
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            let fence = self.fence(&rollout.root);
+            let calls = waiting.into_iter().map(|name| {
+                let fence = fence.clone();
+                async move {
+                    let result = match self.registry.driver(&self.db, &name).await {
+                        Ok(driver) => match tokio::time::timeout(self.call_timeout, driver.commit(id, fence)).await {
+                            Ok(result) => result,
+                            Err(_) => Err(ShadowError {
+                                code: "timeout".into(),
+                                message: format!("no answer within {:?}", self.call_timeout),
+                                transient: true,
+                            }),
+                        },
+                        Err(err) => Err(ShadowError {
+                            code: "driver".into(),
+                            message: err.public_message(),
+                            transient: true,
+                        }),
+                    };
+                    (name, result)
+                }
+            });
+            let results = tokio::select! {
+                results = futures::future::join_all(calls) => results,
+                // Commits are idempotent: those dropped here are sent again next round
+                // to whoever is still waited for.
+                () = &mut operator_moved => continue,
+            };
+            let mut answered = false;
+            for (shadow, result) in results {
+                match result {
+                    Ok(answer) => {
+                        let receipt = answer.root.unwrap_or_default();
+                        self.record(id, Event::Committed { shadow, receipt }, None).await?;
+                        crash_point("after_commit");
+                        answered = true;
+                    }
+                    Err(err) if final_commit_refusal(&err) => {
+                        self.record(
+                            id,
+                            Event::CommitRefused {
+                                shadow,
+                                reason: err.to_string(),
+                            },
+                            None,
+                        )
+                        .await?;
+                        answered = true;
+                    }
+                    Err(err) => {
+                        // Not a state change: a note of why the wait goes on.
+                        sqlx::query("UPDATE rollout_shadows SET error = ?, updated_at = ? WHERE rollout_id = ? AND shadow = ?")
+                            .bind(format!("waiting to commit: {err}"))
+                            .bind(now())
+                            .bind(id)
+                            .bind(&shadow)
+                            .execute(self.db.read_write())
+                            .await?;
+                    }
+                }
+            }
+            if answered {
+                delay = Duration::from_millis(100);
+            } else {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = &mut operator_moved => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
-        let committing: Vec<(i64,)> = sqlx::query_as("SELECT id FROM rollouts WHERE decision = 'commit' AND state = 'committing'")
-            .fetch_all(&self.db.read)
-            .await?;
-        for (id,) in committing {
-            self.drive_commit(id, Duration::from_secs(2)).await?;
+    }
+
+    /// An operator stops waiting for one shadow's commit (it is dark, or its disk is
+    /// gone): the rollout ends `incomplete` once nobody else is waited for, and the
+    /// shadow is judged by the drift monitor like any other. Audited.
+    pub async fn release(&self, caller: &Caller, id: i64, shadow: &str) -> Result<RolloutView> {
+        caller.require(Role::Approver)?;
+        caller.require_recent_password()?;
+        get(&self.db, id).await?;
+        let event = Event::Released {
+            shadow: shadow.to_string(),
+            by: caller.username.clone(),
+        };
+        self.apply(id, event, None, Some(caller)).await?;
+        self.operator_moved.notify_waiters();
+        get(&self.db, id).await
+    }
+
+    /// An operator aborts a rollout that is still preparing (before the deadline would).
+    /// Audited.
+    pub async fn cancel(&self, caller: &Caller, id: i64) -> Result<RolloutView> {
+        caller.require(Role::Approver)?;
+        caller.require_recent_password()?;
+        get(&self.db, id).await?;
+        let event = Event::Cancelled {
+            by: caller.username.clone(),
+        };
+        let (rollout, actions) = self.apply(id, event, None, Some(caller)).await?;
+        self.operator_moved.notify_waiters();
+        self.perform(id, &rollout.root, &actions).await?;
+        get(&self.db, id).await
+    }
+
+    /// Takes over open rollouts that no task of this process runs: at start, and then
+    /// periodically. An undecided one is presumed aborted (its starter stopped before
+    /// deciding); a decided one gets a task that drives its commits to completion.
+    pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        let Ok(running) = self.running.clone().try_lock_owned() else {
+            // A task owns the open rollout.
+            return Ok(());
+        };
+        let mut conn = self.db.read.acquire().await?;
+        let open = open_rollouts(&mut conn).await?;
+        drop(conn);
+        let mut committing = Vec::new();
+        for id in open {
+            let (rollout, actions) = self.record(id, Event::Restarted, None).await?;
+            self.perform(id, &rollout.root, &actions).await?;
+            if actions.iter().any(|a| matches!(a, Action::SendCommit(_))) {
+                committing.push(id);
+            }
         }
+        if committing.is_empty() {
+            return Ok(());
+        }
+        let coordinator = self.clone();
+        tokio::spawn(async move {
+            coordinator.bump();
+            for id in committing {
+                if let Err(err) = coordinator.drive_commit(id).await {
+                    tracing::error!(rollout = id, %err, "recovery stopped; it is tried again");
+                }
+            }
+            coordinator.bump();
+            drop(running);
+        });
         Ok(())
     }
+}
+
+/// The journal rows of a new rollout's targets, each `pending`.
+async fn insert_targets(tx: &mut SqliteConnection, id: i64, shadows: &[String]) -> Result<()> {
+    for shadow in shadows {
+        sqlx::query("INSERT INTO rollout_shadows (rollout_id, shadow, phase, updated_at) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(shadow)
+            .bind(Phase::Pending.as_str())
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct JournalRow {
+    kind: String,
+    revision: i64,
+    change_id: Option<i64>,
+    root: String,
+    state: String,
+    decision: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct JournalShadowRow {
+    shadow: String,
+    phase: String,
+    staged_root: Option<String>,
+    receipt_root: Option<String>,
+    error: Option<String>,
+}
+
+/// A rollout's state machine as the journal holds it.
+async fn load_in(conn: &mut SqliteConnection, id: i64) -> Result<(Rollout, Meta)> {
+    let row: JournalRow = sqlx::query_as("SELECT kind, revision, change_id, root, state, decision, error FROM rollouts WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no rollout {id}")))?;
+    let corrupt = |what: &str| Error::Internal(format!("rollout {id} has an unknown {what}"));
+    let state = State::parse(&row.state).ok_or_else(|| corrupt("state"))?;
+    let decision = match &row.decision {
+        Some(text) => Some(Decision::parse(text).ok_or_else(|| corrupt("decision"))?),
+        None => None,
+    };
+    let rows: Vec<JournalShadowRow> =
+        sqlx::query_as("SELECT shadow, phase, staged_root, receipt_root, error FROM rollout_shadows WHERE rollout_id = ?")
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut shadows = BTreeMap::new();
+    for shadow in rows {
+        let phase = Phase::parse(&shadow.phase).ok_or_else(|| corrupt("phase"))?;
+        shadows.insert(
+            shadow.shadow,
+            Progress {
+                phase,
+                staged_root: shadow.staged_root,
+                receipt_root: shadow.receipt_root,
+                error: shadow.error,
+            },
+        );
+    }
+    let rollout = Rollout {
+        root: row.root,
+        state,
+        decision,
+        error: row.error,
+        shadows,
+    };
+    let meta = Meta {
+        kind: row.kind,
+        revision: row.revision,
+        change_id: row.change_id,
+    };
+    Ok((rollout, meta))
 }
 
 #[derive(sqlx::FromRow)]

@@ -427,7 +427,6 @@ fn tls_failure(err: &reqwest::Error) -> Option<&rustls::Error> {
 /// Opens drivers for registered shadows. Directory stores are kept open, one per
 /// shadow, because a store holds its state in memory between calls.
 pub struct Registry {
-    data_dir: PathBuf,
     request_timeout: Duration,
     http: reqwest::Client,
     /// One client per pinned certificate (each trusts only its pin).
@@ -436,11 +435,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(data_dir: &Path, request_timeout: Duration) -> Registry {
+    pub fn new(request_timeout: Duration) -> Registry {
         // Plain HTTP only: an https URL without a pin is refused at registration.
         let http = reqwest::Client::builder().timeout(request_timeout).build().expect("HTTP client");
         Registry {
-            data_dir: data_dir.to_path_buf(),
             request_timeout,
             http,
             pinned: Mutex::new(HashMap::new()),
@@ -514,8 +512,10 @@ impl Registry {
                 if let Some(store) = self.directories.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
                     return Ok(Driver::Directory(store.clone()));
                 }
-                let state_dir = self.data_dir.join("shadows").join(name);
+                // Everything the shadow is lives at its path, its fence state included: a
+                // backup volume holds real bytes and fences a second control plane.
                 let live = PathBuf::from(path);
+                let state_dir = live.join(store::DIRECTORY_STATE);
                 let store = tokio::task::spawn_blocking(move || Store::open(&live, &state_dir, None))
                     .await
                     .map_err(|err| Error::Internal(err.to_string()))?

@@ -16,11 +16,12 @@ use std::{
     time::Duration,
 };
 
-pub const EVENTS: [&str; 5] = [
+pub const EVENTS: [&str; 6] = [
     "incident.opened",
     "incident.updated",
     "incident.resolved",
     "rollout.applied",
+    "rollout.incomplete",
     "rollout.failed",
 ];
 

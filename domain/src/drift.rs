@@ -96,6 +96,20 @@ pub struct EntryDrift {
     /// `0644 root:root`, owner and group only where managed.
     pub expected_policy: Option<String>,
     pub observed_policy: Option<String>,
+    /// What the shadow holds at the path when it is not a regular file (`symlink`,
+    /// `special`, `unreadable`, `invalid_name`); `observed_policy` then says what it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_kind: Option<String>,
+}
+
+/// How an observed entry reads in a drift record: its policy, or what it is instead of a
+/// regular file.
+fn observed_text(have: &ObservedEntry, owner: &str, group: &str) -> String {
+    match (&have.kind, &have.detail) {
+        (Some(kind), Some(detail)) => format!("{kind}: {detail}"),
+        (Some(kind), None) => kind.clone(),
+        _ => policy_text(&have.mode, owner, group),
+    }
 }
 
 fn policy_text(mode: &str, owner: &str, group: &str) -> String {
@@ -126,6 +140,7 @@ pub fn classify(
                 observed_hash: None,
                 expected_policy,
                 observed_policy: None,
+                observed_kind: None,
             });
             continue;
         };
@@ -135,7 +150,7 @@ pub fn classify(
         // Owner and group count only where the primary manages them.
         let have_owner = if want.owner.is_empty() { "" } else { have.owner.as_str() };
         let have_group = if want.group.is_empty() { "" } else { have.group.as_str() };
-        let policy_differs = have.mode != want.mode || have_owner != want.owner || have_group != want.group;
+        let policy_differs = have.kind.is_none() && (have.mode != want.mode || have_owner != want.owner || have_group != want.group);
         let bytes_same = policy_differs
             && EntryPath::parse(&want.path)
                 .ok()
@@ -155,7 +170,8 @@ pub fn classify(
             expected_hash: Some(want.entry_hash.clone()),
             observed_hash: Some(have.entry_hash.clone()),
             expected_policy,
-            observed_policy: Some(policy_text(&have.mode, have_owner, have_group)),
+            observed_policy: Some(observed_text(have, have_owner, have_group)),
+            observed_kind: have.kind.clone(),
         });
     }
     let known: std::collections::BTreeSet<&str> = expected.iter().map(|e| e.path.as_str()).collect();
@@ -167,7 +183,8 @@ pub fn classify(
                 expected_hash: None,
                 observed_hash: Some(have.entry_hash.clone()),
                 expected_policy: None,
-                observed_policy: Some(policy_text(&have.mode, "", "")),
+                observed_policy: Some(observed_text(have, "", "")),
+                observed_kind: have.kind.clone(),
             });
         }
     }
@@ -207,6 +224,8 @@ mod tests {
             owner: "root".into(),
             group: "root".into(),
             size: content.len() as i64,
+            kind: None,
+            detail: None,
         }
     }
 

@@ -30,6 +30,8 @@ pub enum PathError {
     ControlCharacter,
     #[error("path must not contain a backslash")]
     Backslash,
+    #[error("names starting with '..' are reserved for the shadow's own files")]
+    Reserved,
 }
 
 impl EntryPath {
@@ -52,6 +54,8 @@ impl EntryPath {
             match segment {
                 "" | "." => continue,
                 ".." => return Err(PathError::ParentSegment),
+                // A shadow keeps its generations and links under such names (`..data`).
+                reserved if reserved.starts_with("..") => return Err(PathError::Reserved),
                 other => segments.push(other),
             }
         }

@@ -42,6 +42,12 @@ pub struct PrepareRequest {
 pub struct Fence {
     pub control_plane_id: String,
     pub epoch: i64,
+    /// The root of the rollout this commit or abort is for. A shadow commits or drops
+    /// only a staging of exactly that root, so a writer whose rollout numbers collide with
+    /// another's (a copy restored from an old backup numbers its rollouts again) cannot
+    /// commit or abort what it did not stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_root: Option<String>,
 }
 
 /// The shadow's view of one rollout.
@@ -71,6 +77,14 @@ pub struct ObservedEntry {
     pub owner: String,
     pub group: String,
     pub size: i64,
+    /// Set for what a shadow holds that is not a regular file it could serve: `symlink`
+    /// (one the shadow did not create), `special` (a fifo, socket or device), `unreadable`,
+    /// `invalid_name` (a name the path rules refuse). Never skipped: each is drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// What it is, for the incident (`symlink to /tmp/evil.conf`); never file content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

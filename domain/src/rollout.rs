@@ -347,10 +347,7 @@ impl Rollout {
             },
             Event::Cancelled { by } => {
                 if self.state != State::Preparing {
-                    return Err(Invalid(format!(
-                        "a rollout that is {} cannot be cancelled",
-                        self.state.as_str()
-                    )));
+                    return Err(Invalid(format!("a rollout that is {} cannot be cancelled", self.state.as_str())));
                 }
                 Ok(self.decide(Decision::Abort, &format!("cancelled by {by} before the decision")))
             }
@@ -490,10 +487,7 @@ impl Rollout {
             self.error = None;
         } else {
             self.state = State::Incomplete;
-            self.error = Some(format!(
-                "committed, but not proven on every shadow: {}",
-                short.join(", ")
-            ));
+            self.error = Some(format!("committed, but not proven on every shadow: {}", short.join(", ")));
         }
         vec![Action::Finished(self.state)]
     }

@@ -31,6 +31,7 @@ fuzz_target!(|body: &[u8]| {
         let _ = shadow.store.abort(1, &domain::protocol::Fence {
             control_plane_id: request.control_plane_id.clone(),
             epoch: request.epoch,
+            target_root: None,
         });
     }
     assert_eq!(shadow.store.live_root().expect("live root"), before, "prepare never changes the live files");

@@ -160,7 +160,7 @@ async fn find_user(db: &Db, name: &str) -> Result<Option<Caller>> {
 
 /// Creates the demo users (if missing) and rolls out the sample configuration (if the
 /// store is still empty). Safe to run again: it never overwrites what exists.
-pub async fn seed(db: &Db, coordinator: &Coordinator) -> Result<Seeded> {
+pub async fn seed(db: &Db, coordinator: &std::sync::Arc<Coordinator>) -> Result<Seeded> {
     let mut passwords = Vec::new();
     for (name, role) in [(DEMO_EDITOR, Role::Editor), (DEMO_APPROVER, Role::Approver)] {
         if find_user(db, name).await?.is_none() {

@@ -46,6 +46,10 @@ pub struct Config {
     pub check_interval: std::time::Duration,
     /// Failed checks in a row before an `unreachable` incident opens.
     pub unreachable_after: i64,
+    /// Create the database even where the data directory holds other state without one.
+    pub initialize: bool,
+    /// A rollout not decided this long after it started is aborted everywhere.
+    pub prepare_deadline: std::time::Duration,
     /// Shadows checked at once in a sweep.
     pub check_concurrency: usize,
     /// Session lifetime and idle timeout.
@@ -70,6 +74,8 @@ impl Config {
             tls: None,
             check_interval: std::time::Duration::from_secs(5),
             unreachable_after: 3,
+            prepare_deadline: std::time::Duration::from_secs(10),
+            initialize: false,
             check_concurrency: 16,
             sessions: control::sessions::Policy::default(),
             login_limits: control::login::Limits::default(),
@@ -194,7 +200,7 @@ pub fn router(state: AppState) -> Router {
 pub async fn prepare(mut config: Config) -> control::Result<AppState> {
     // Over TLS the cookie must never travel in clear, and browsers keep to HTTPS.
     config.secure_cookies |= config.tls.is_some();
-    let mut db = Db::open(&config.data_dir).await?;
+    let mut db = Db::open_or_initialize(&config.data_dir, config.initialize).await?;
     db.secret_keys = Arc::new(config.secret_keys.clone());
     db.webhook_internal = config.webhook_internal;
     let sealed = control::secrets::seal_secret_values(&db).await?;
@@ -203,9 +209,11 @@ pub async fn prepare(mut config: Config) -> control::Result<AppState> {
     }
     let identity = db.raise_epoch().await?;
     tracing::info!(control_plane = %identity.id, epoch = identity.epoch, "control plane started");
-    let registry = Arc::new(Registry::new(&config.data_dir, std::time::Duration::from_secs(10)));
-    let coordinator = Arc::new(Coordinator::new(db.clone(), registry.clone(), identity));
-    coordinator.recover(true).await?;
+    let registry = Arc::new(Registry::new(std::time::Duration::from_secs(10)));
+    let mut coordinator = Coordinator::new(db.clone(), registry.clone(), identity);
+    coordinator.prepare_timeout = config.prepare_deadline;
+    let coordinator = Arc::new(coordinator);
+    coordinator.recover().await?;
     let mut monitor = Monitor::new(db.clone(), registry, coordinator.clone(), config.check_interval);
     monitor.unreachable_after = config.unreachable_after.max(1);
     monitor.concurrency = config.check_concurrency.max(1);
@@ -235,7 +243,7 @@ pub async fn serve(
     let recovery = tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            if let Err(err) = coordinator.recover(false).await {
+            if let Err(err) = coordinator.recover().await {
                 tracing::warn!(%err, "rollout recovery failed; retrying");
             }
         }

@@ -15,6 +15,11 @@ struct Cli {
     /// Directory of the database and keys.
     #[arg(long, global = true, env = "ETC_SHADOW_DATA_DIR", default_value = "etc-shadow-data")]
     data_dir: PathBuf,
+    /// Create a new database even though the data directory already holds other state
+    /// (a key file, shadow state) without one. Without it that is refused, so a lost
+    /// database is never silently replaced by a new, empty control plane.
+    #[arg(long, global = true, env = "ETC_SHADOW_INITIALIZE")]
+    initialize: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,6 +88,10 @@ struct ServeArgs {
     /// Drift check interval, such as `5s`, `500ms` or `1m`.
     #[arg(long, env = "ETC_SHADOW_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     check_interval: Duration,
+    /// A rollout not decided this long after it started (a shadow slow or silent at
+    /// prepare) is aborted on every shadow.
+    #[arg(long, env = "ETC_SHADOW_PREPARE_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    prepare_deadline: Duration,
     /// Failed checks in a row before a shadow's `unreachable` incident opens.
     #[arg(long, env = "ETC_SHADOW_UNREACHABLE_AFTER", default_value_t = 3)]
     unreachable_after: i64,
@@ -208,6 +217,7 @@ fn config(data_dir: PathBuf, args: &ServeArgs) -> Config {
     config.secure_cookies = args.secure_cookies;
     config.check_interval = args.check_interval;
     config.unreachable_after = args.unreachable_after;
+    config.prepare_deadline = args.prepare_deadline;
     config.check_concurrency = usize::from(args.check_concurrency);
     config.secret_keys = args.secret_keys.clone();
     config.webhook_internal = args.webhook_allow_internal;
@@ -224,12 +234,22 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve(args) => {
             let _lock = control::lock::DataDirLock::acquire(&cli.data_dir, "starting another").map_err(fail)?;
-            let state = prepare(config(cli.data_dir, &args)).await.map_err(fail)?;
+            let state = prepare(Config {
+                initialize: cli.initialize,
+                ..config(cli.data_dir, &args)
+            })
+            .await
+            .map_err(fail)?;
             listen_and_serve(state, args.listen).await
         }
         Command::Demo(args) => {
             let _lock = control::lock::DataDirLock::acquire(&cli.data_dir, "starting another").map_err(fail)?;
-            let state = prepare(config(cli.data_dir.clone(), &args)).await.map_err(fail)?;
+            let state = prepare(Config {
+                initialize: cli.initialize,
+                ..config(cli.data_dir.clone(), &args)
+            })
+            .await
+            .map_err(fail)?;
             let _agent = server::demo::start_shadows(&state.db, &cli.data_dir).await?;
             let seeded = server::demo::seed(&state.db, &state.coordinator).await.map_err(fail)?;
             println!("etc-shadow demo: data in {}", cli.data_dir.display());
@@ -247,7 +267,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             listen_and_serve(state, args.listen).await
         }
         Command::User(command) => {
-            let db = control::Db::open(&cli.data_dir).await.map_err(fail)?;
+            let db = control::Db::open_or_initialize(&cli.data_dir, cli.initialize).await.map_err(fail)?;
             match command {
                 UserCommand::Add { name, role, .. } => {
                     let user = control::users::create(&db, "cli", &name, role, read_password()?)
@@ -288,7 +308,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Shadow(command) => {
-            let db = control::Db::open(&cli.data_dir).await.map_err(fail)?;
+            let db = control::Db::open_or_initialize(&cli.data_dir, cli.initialize).await.map_err(fail)?;
             match command {
                 ShadowCommand::Add {
                     name,
@@ -360,7 +380,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Audit(AuditCommand::Verify) => {
-            let db = control::Db::open(&cli.data_dir).await.map_err(fail)?;
+            let db = control::Db::open_or_initialize(&cli.data_dir, cli.initialize).await.map_err(fail)?;
             let report = control::audit::verify(&db).await.map_err(fail)?;
             db.close().await;
             if report.intact {

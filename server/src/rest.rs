@@ -94,6 +94,13 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::POST, "/api/v1/changes/{id}/rollouts", Some(Approver), post(start_rollout)),
         route(Method::GET, "/api/v1/rollouts", Some(Viewer), get(list_rollouts)),
         route(Method::GET, "/api/v1/rollouts/{id}", Some(Viewer), get(get_rollout)),
+        route(Method::POST, "/api/v1/rollouts/{id}/cancel", Some(Approver), post(cancel_rollout)),
+        route(
+            Method::POST,
+            "/api/v1/rollouts/{id}/shadows/{name}/release",
+            Some(Approver),
+            post(release_rollout_shadow),
+        ),
         route(Method::POST, "/api/v1/validate", Some(Editor), post(validate_entry)),
         route(Method::GET, "/api/v1/events", Some(Viewer), get(events)),
         route(Method::GET, "/api/v1/audit", Some(Viewer), get(list_audit)),
@@ -692,6 +699,22 @@ async fn adopt_incident(
 ) -> ApiResult<Response> {
     let change = state.monitor.adopt(caller(&auth), id).await?;
     Ok((StatusCode::CREATED, Json(change)).into_response())
+}
+
+async fn cancel_rollout(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(id): PathParams<i64>,
+) -> ApiResult<Response> {
+    Ok(Json(state.coordinator.cancel(caller(&auth), id).await?).into_response())
+}
+
+async fn release_rollout_shadow(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams((id, name)): PathParams<(i64, String)>,
+) -> ApiResult<Response> {
+    Ok(Json(state.coordinator.release(caller(&auth), id, &name).await?).into_response())
 }
 
 async fn reconcile_shadow(

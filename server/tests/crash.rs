@@ -23,10 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-const POINTS: [&str; 10] = [
+const POINTS: [&str; 11] = [
     "after_start",
     "after_prepare:1",
     "after_prepare:2",
+    "before_decision",
     "after_prepare:3",
     "after_decision",
     "after_commit:1",

@@ -228,7 +228,7 @@ async fn a_second_control_plane_and_a_stale_copy_are_fenced() {
         .arg(format!(".backup '{}'", copy_file.display()))
         .status()
         .expect("sqlite3");
-    copy_dir_all(&fleet.server.data_dir().join("shadows"), &copy_dir.path().join("shadows"));
+    // (Directory shadows keep their state at their own path: nothing of them to copy.)
     let key = control::secrets::KEY_FILE;
     std::fs::copy(fleet.server.data_dir().join(key), copy_dir.path().join(key)).unwrap();
 
@@ -287,21 +287,6 @@ async fn a_second_control_plane_and_a_stale_copy_are_fenced() {
     let (_, third) = fleet.roll_out(change_body(2, "app.toml", "[server]\nport = 9191\n")).await;
     assert_eq!(third["state"], "applied", "{third}");
     fleet.server.stop().await;
-}
-
-fn copy_dir_all(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        let kind = entry.file_type().unwrap();
-        if kind.is_dir() {
-            copy_dir_all(&entry.path(), &target);
-        } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target).unwrap();
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,14 +431,16 @@ async fn readers_never_see_a_mix_of_two_revisions() {
     let mut roots = vec![first["root"].as_str().unwrap().to_string()];
     let live = fleet.directories[0].clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // The reader resolves the live link once per snapshot, as a service reloading its
-    // configuration would, then reads every file of that generation.
+    // The reader resolves the live link (`..data`) once per snapshot, as a service
+    // reloading its configuration would, then reads every file of that generation.
     let reader = std::thread::spawn({
         let stop = stop.clone();
         move || {
             let mut seen = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(generation) = std::fs::canonicalize(&live) else { continue };
+                let Ok(generation) = std::fs::canonicalize(live.join("..data")) else {
+                    continue;
+                };
                 // A generation removed while being read fails loudly (not found); only a
                 // complete read counts as a snapshot.
                 if let Some(files) = read_generation(&generation) {
@@ -606,7 +593,8 @@ async fn a_shadow_that_cannot_write_refuses_prepare_and_nothing_changes() {
     let mut live = fleet.live_dirs();
     live.push(node.live.clone());
     let before: Vec<_> = live.iter().map(|d| snapshot(d)).collect();
-    let revisions = node.state.join("revisions");
+    // Generations are staged inside the managed directory itself.
+    let revisions = node.live.clone();
 
     let assert_refused = |rollout: &Value, reason: &str| {
         assert_eq!(rollout["state"], "failed", "{rollout}");

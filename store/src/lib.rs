@@ -1,13 +1,28 @@
 //! Storage of one shadow: a directory of live configuration files that is replaced all at
-//! once.
+//! once, inside the directory itself.
 //!
-//! Each staged revision is written into its own directory under the state directory
-//! (every file written to a temporary name, fsynced, renamed; every directory fsynced).
-//! The live path is a symlink to one of them and is switched with a single `rename`, the
-//! way kubelet updates ConfigMap volumes: a reader that resolves the link once sees the old
-//! set or the new set, never a mix. The store's own durable state (highest epoch, the
-//! control plane it is bound to, live and staged rollouts) is a JSON file replaced
-//! atomically, so it survives `kill -9` at any point.
+//! The layout is kubelet's AtomicWriter's, so it works where the directory is a mount
+//! point (a container volume, its own partition) or on another file system than the state
+//! directory: every generation is written inside the managed directory `D` as
+//! `D/..r<rollout>-rev<revision>` (each file created owner-only with `O_EXCL | O_NOFOLLOW`,
+//! given its mode, fsynced; the directory fsynced, then renamed from its `.tmp` name);
+//! `D/..data` is a symlink to the live generation, switched with one `rename`; and each
+//! top-level name of the revision is a symlink `D/name -> ..data/name`. A reader opening
+//! `D/app.toml` sees the old set or the new set, never a mix. The files that were in `D`
+//! before the first commit are moved aside into `D/..original-<time>` (the same file
+//! system, so a rename), and so is anything planted there later when a commit replaces it;
+//! the newest three are kept. Names starting with `..` are the store's; no entry may
+//! have one.
+//!
+//! Nothing in `D` is ever skipped when it is observed: a symlink the store did not create,
+//! a fifo, socket or device, an unreadable file and a name the path rules refuse are each
+//! an entry of their own kind (see [`domain::protocol::ObservedEntry::kind`]), so they are
+//! drift. Staging and commit never follow a symlink they did not create.
+//!
+//! The store's own durable state (highest epoch, the control plane it is bound to, live
+//! and staged rollouts) is a JSON file in the state directory, replaced atomically, so it
+//! survives `kill -9` at any point; a directory shadow keeps it inside `D` too
+//! (`D/..etc-shadow`), so a backup volume carries its fence with it.
 //!
 //! This crate is used by the agent daemon and, for `directory` shadows, by the control
 //! plane itself. It knows nothing of HTTP.
@@ -20,10 +35,10 @@ use domain::{
 };
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs::{self, File, OpenOptions},
     io::{self, Write},
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{
         Mutex,
@@ -34,6 +49,15 @@ use std::{
 
 /// How many finished rollouts the store remembers for status queries.
 const HISTORY: usize = 256;
+
+/// The live link inside the managed directory.
+const DATA_LINK: &str = "..data";
+/// Where the files found in the directory before the store owned it (or planted later)
+/// are moved aside; the newest [`ORIGINALS_KEPT`] are kept.
+const ORIGINAL_PREFIX: &str = "..original-";
+const ORIGINALS_KEPT: usize = 3;
+/// A directory shadow's state directory inside its path.
+pub const DIRECTORY_STATE: &str = "..etc-shadow";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -87,7 +111,7 @@ struct Generation {
     rollout: i64,
     revision: i64,
     root: String,
-    /// Directory name under `<state>/revisions`.
+    /// Name of its directory inside the managed one, without the leading `..`.
     dir: String,
     manifest: BTreeMap<String, Manifested>,
 }
@@ -99,6 +123,10 @@ struct Persisted {
     live: Option<Generation>,
     staged: Option<Generation>,
     history: Vec<(i64, RolloutPhase)>,
+    /// The roots of aborted rollouts whose abort named one, so that a late prepare of the
+    /// same rollout is refused but another writer's rollout of the same number is not.
+    #[serde(default)]
+    aborted_roots: BTreeMap<i64, String>,
 }
 
 pub struct Store {
@@ -265,6 +293,130 @@ mod disk_budget {
     }
 }
 
+/// Faults for tests (feature `failpoints`), each chosen by an environment variable:
+/// `ETC_SHADOW_FAILPOINT_CRASH=after_stage|after_switch` aborts the process (like
+/// `kill -9`) after a prepare was staged and saved but before it is answered, or after
+/// the live link switched but before the state recording it was saved;
+/// `ETC_SHADOW_FAILPOINT_COMMIT=io` fails every commit before the switch (a disk that
+/// cannot be written); `ETC_SHADOW_FAILPOINT_EDIT_AFTER_SWITCH=PATH` appends a line to
+/// that live file right after the switch (a hand edit racing the commit).
+mod failpoint {
+    use std::path::Path;
+
+    #[cfg(feature = "failpoints")]
+    pub fn crash(point: &str) {
+        if std::env::var("ETC_SHADOW_FAILPOINT_CRASH").is_ok_and(|wanted| wanted == point) {
+            eprintln!("failpoint: crash {point}");
+            std::process::abort();
+        }
+    }
+
+    #[cfg(feature = "failpoints")]
+    pub fn commit_fails() -> bool {
+        std::env::var("ETC_SHADOW_FAILPOINT_COMMIT").is_ok_and(|v| v == "io")
+    }
+
+    #[cfg(feature = "failpoints")]
+    pub fn edit_after_switch(live: &Path) {
+        use std::io::Write;
+        if let Ok(path) = std::env::var("ETC_SHADOW_FAILPOINT_EDIT_AFTER_SWITCH")
+            && let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(live.join(path))
+        {
+            let _ = file.write_all(b"# edited while the commit ran\n");
+        }
+    }
+
+    #[cfg(not(feature = "failpoints"))]
+    #[inline]
+    pub fn crash(_point: &str) {}
+
+    #[cfg(not(feature = "failpoints"))]
+    #[inline]
+    pub fn commit_fails() -> bool {
+        false
+    }
+
+    #[cfg(not(feature = "failpoints"))]
+    #[inline]
+    pub fn edit_after_switch(_live: &Path) {}
+}
+
+/// How [`Store::observe`] reads a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// The managed directory: the store's names skipped, its links followed.
+    Managed,
+    /// One generation directory, as it is.
+    Generation,
+}
+
+/// What one look at a tree found.
+#[derive(Default)]
+struct Observed {
+    /// Regular files with their entry hashes, by path.
+    files: Vec<(EntryPath, Hash, ObservedEntry)>,
+    /// Everything that is not a regular file the store could serve, by path.
+    others: Vec<ObservedEntry>,
+}
+
+impl Observed {
+    fn other(&mut self, path: &str, kind: &str, detail: String) {
+        // The hash names what is there, so its root differs from any revision's.
+        let mut hasher = blake3::Hasher::new();
+        for part in ["etc-shadow non-file v1", path, kind, &detail] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        self.others.push(ObservedEntry {
+            path: path.to_string(),
+            entry_hash: hasher.finalize().to_hex().to_string(),
+            mode: String::new(),
+            owner: String::new(),
+            group: String::new(),
+            size: 0,
+            kind: Some(kind.to_string()),
+            detail: Some(detail),
+        });
+    }
+
+    /// The Merkle root of the regular files; with anything else present, a root that no
+    /// revision has (it covers what else is there).
+    fn root(&self) -> Hash {
+        let files = root_hash(self.files.iter().map(|(path, hash, _)| (path, *hash)));
+        if self.others.is_empty() {
+            return files;
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"etc-shadow root with non-files v1");
+        hasher.update(&files.0);
+        for other in &self.others {
+            hasher.update(&(other.path.len() as u64).to_le_bytes());
+            hasher.update(other.path.as_bytes());
+            hasher.update(other.entry_hash.as_bytes());
+        }
+        Hash(*hasher.finalize().as_bytes())
+    }
+
+    fn entries(self) -> Vec<ObservedEntry> {
+        let mut entries: Vec<ObservedEntry> = self.files.into_iter().map(|(_, _, entry)| entry).chain(self.others).collect();
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        entries
+    }
+}
+
+/// Reads a file without following a symlink at its last component.
+fn read_no_follow(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    let mut content = Vec::new();
+    file.read_to_end(&mut content)?;
+    Ok(content)
+}
+
 fn user_name(uid: u32) -> String {
     nix::unistd::User::from_uid(uid.into())
         .ok()
@@ -285,7 +437,16 @@ impl Store {
     /// Opens the store, creating the state directory. `pinned_control_plane` binds the
     /// store to that id from the start (`--control-plane-id`).
     pub fn open(live: &Path, state_dir: &Path, pinned_control_plane: Option<String>) -> Result<Store> {
-        fs::create_dir_all(state_dir.join("revisions")).map_err(|err| io_error(format!("create {}", state_dir.display()), err))?;
+        if fs::symlink_metadata(live).is_ok_and(|meta| meta.file_type().is_symlink()) {
+            // The layout of earlier versions: the managed path was itself a link into the
+            // state directory. It becomes a plain directory; the next reconcile fills it.
+            tracing::warn!(path = %live.display(), "replacing the old live link by a managed directory; reconcile this shadow");
+            fs::remove_file(live).map_err(|err| io_error(format!("remove the old link {}", live.display()), err))?;
+        }
+        fs::create_dir_all(live).map_err(|err| io_error(format!("create {}", live.display()), err))?;
+        fs::create_dir_all(state_dir).map_err(|err| io_error(format!("create {}", state_dir.display()), err))?;
+        fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700))
+            .map_err(|err| io_error(format!("chmod {}", state_dir.display()), err))?;
         let state_file = state_dir.join("state.json");
         let persisted = match fs::read(&state_file) {
             Ok(bytes) => {
@@ -309,29 +470,95 @@ impl Store {
             hashes: HashCache::default(),
         };
         store.clean_orphans()?;
+        // Killed after the live link switched but before the state recorded it: the
+        // switch happens only for a commit, so the commit is finished now.
+        if let Some(staged) = store.persisted.staged.clone()
+            && store.linked_generation() == Some(store.generation_dir(&staged.dir))
+        {
+            store.switch_to(&staged)?;
+            store.finish_commit(staged)?;
+        }
         Ok(store)
     }
 
-    /// Removes revision directories neither live, staged nor the previous live one (a
-    /// crash can leave half-written staging behind).
+    /// The directory of a generation (by its name in the journal) inside the managed one.
+    fn generation_dir(&self, dir: &str) -> PathBuf {
+        self.live.join(format!("..{dir}"))
+    }
+
+    /// Whether a top-level name of the managed directory is the store's own: the live
+    /// link, a generation or its staging, a moved-aside original, the state directory.
+    fn reserved(&self, name: &str) -> bool {
+        let state_inside =
+            self.state_dir.parent() == Some(self.live.as_path()) && self.state_dir.file_name().is_some_and(|n| n.to_string_lossy() == name);
+        state_inside
+            || name == DATA_LINK
+            || name == format!("{DATA_LINK}.tmp")
+            || name.starts_with(ORIGINAL_PREFIX)
+            || name.strip_prefix("..r").is_some_and(|rest| {
+                let rest = rest.strip_suffix(".tmp").unwrap_or(rest);
+                rest.split_once("-rev")
+                    .is_some_and(|(rollout, revision)| rollout.parse::<i64>().is_ok() && revision.parse::<i64>().is_ok())
+            })
+            || name.starts_with("..trash-")
+    }
+
+    /// The live generation's directory, as the live link says (`None` before the first
+    /// commit, or when the link was tampered with).
+    fn linked_generation(&self) -> Option<PathBuf> {
+        let target = fs::read_link(self.live.join(DATA_LINK)).ok()?;
+        let name = target.to_str()?;
+        if name.contains('/') || !self.reserved(name) {
+            return None;
+        }
+        let dir = self.live.join(name);
+        fs::symlink_metadata(&dir).ok().filter(|m| m.is_dir()).map(|_| dir)
+    }
+
+    /// Removes generation directories neither live, staged nor linked (a crash can leave
+    /// half-written staging behind).
     fn clean_orphans(&mut self) -> Result<()> {
-        let keep: Vec<String> = [&self.persisted.live, &self.persisted.staged]
+        let mut keep: Vec<String> = [&self.persisted.live, &self.persisted.staged]
             .into_iter()
             .flatten()
-            .map(|g| g.dir.clone())
+            .map(|g| format!("..{}", g.dir))
             .collect();
-        let current_target = fs::read_link(&self.live)
-            .ok()
-            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
-        let revisions = self.state_dir.join("revisions");
-        let entries = fs::read_dir(&revisions).map_err(|err| io_error(format!("list {}", revisions.display()), err))?;
+        if let Some(linked) = self.linked_generation() {
+            keep.push(linked.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        }
+        let entries = fs::read_dir(&self.live).map_err(|err| io_error(format!("list {}", self.live.display()), err))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&name) && current_target.as_deref() != Some(&name) && name.ends_with(".tmp") {
+            let generation = name.starts_with("..r") && self.reserved(&name);
+            if (generation && name.ends_with(".tmp") && !keep.contains(&name)) || name.starts_with("..trash-") {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
         Ok(())
+    }
+
+    /// Takes the state directory's lock (held until the guard drops) and reads the state
+    /// again: two processes may open the same shadow (two control planes registering one
+    /// backup volume), and each write must see the other's fence.
+    fn lock_state(&mut self) -> Result<File> {
+        let path = self.state_dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|err| io_error(format!("open {}", path.display()), err))?;
+        lock.lock().map_err(|err| io_error(format!("lock {}", path.display()), err))?;
+        let state_file = self.state_dir.join("state.json");
+        match fs::read(&state_file) {
+            Ok(bytes) => {
+                self.persisted =
+                    serde_json::from_slice(&bytes).map_err(|err| StoreError::Io(format!("{} is corrupt: {err}", state_file.display())))?;
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_error(format!("read {}", state_file.display()), err)),
+        }
+        Ok(lock)
     }
 
     fn save(&self) -> Result<()> {
@@ -344,6 +571,8 @@ impl Store {
         self.persisted.history.push((rollout, phase));
         let excess = self.persisted.history.len().saturating_sub(HISTORY);
         self.persisted.history.drain(..excess);
+        let remembered: BTreeSet<i64> = self.persisted.history.iter().map(|(id, _)| *id).collect();
+        self.persisted.aborted_roots.retain(|id, _| remembered.contains(id));
     }
 
     /// Checks the writer's identity (bound control plane, epoch) without recording it, so
@@ -379,23 +608,19 @@ impl Store {
         self.persisted.live.as_ref().map_or(&EMPTY, |g| &g.manifest)
     }
 
-    /// Every regular file under `root` with its entry hash, as the shadow holds it. Files
-    /// whose `stat` is unchanged since the last look are not read again.
-    /// Without `cached`, every file is read (the read-back that proves what was staged).
-    fn observe(&self, root: &Path, manifest: &BTreeMap<String, Manifested>, cached: bool) -> Result<Vec<(EntryPath, Hash, ObservedEntry)>> {
-        timed(|t| &mut t.hash, || self.observe_untimed(root, manifest, cached))
+    /// Everything under `root` as a reader finds it: every regular file with its entry
+    /// hash, and everything else as an entry of its own kind. `Layout::Managed` reads the
+    /// managed directory through the store's own top-level links into the linked
+    /// generation (and judges every other name there); `Layout::Generation` reads one
+    /// generation directory as it is. Files whose `stat` is unchanged since the last look
+    /// are not read again when `cached`; without it every file is read (the read-back
+    /// that proves what was staged).
+    fn observe(&self, root: &Path, layout: Layout, manifest: &BTreeMap<String, Manifested>, cached: bool) -> Result<Observed> {
+        timed(|t| &mut t.hash, || self.observe_untimed(root, layout, manifest, cached))
     }
 
-    fn observe_untimed(
-        &self,
-        root: &Path,
-        manifest: &BTreeMap<String, Manifested>,
-        cached: bool,
-    ) -> Result<Vec<(EntryPath, Hash, ObservedEntry)>> {
-        let mut found = Vec::new();
-        if !root.exists() {
-            return Ok(found);
-        }
+    fn observe_untimed(&self, root: &Path, layout: Layout, manifest: &BTreeMap<String, Manifested>, cached: bool) -> Result<Observed> {
+        let mut observed = Observed::default();
         let racy_after = SystemTime::now()
             .checked_sub(RACY_WINDOW)
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
@@ -403,93 +628,136 @@ impl Store {
         let mut cache = self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut seen = std::collections::HashSet::new();
         let unmanaged = Manifested::default();
-        let mut pending = vec![root.to_path_buf()];
-        while let Some(dir) = pending.pop() {
-            let entries = fs::read_dir(&dir).map_err(|err| io_error(format!("list {}", dir.display()), err))?;
-            for entry in entries {
-                let entry = entry.map_err(|err| io_error(format!("list {}", dir.display()), err))?;
-                let path = entry.path();
-                // `fstatat` relative to the open directory: no walk of the whole path per
-                // file, and (like `lstat`) symlinks are not followed.
-                let meta = entry.metadata().map_err(|err| io_error(format!("stat {}", path.display()), err))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') && name.contains(".tmp-") {
+        // (where it is on disk, the path a reader of the managed directory uses)
+        let mut found: Vec<(PathBuf, String)> = Vec::new();
+        let top = match fs::read_dir(root) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(observed),
+            Err(err) => return Err(io_error(format!("list {}", root.display()), err)),
+        };
+        let linked = match layout {
+            Layout::Managed => self.linked_generation(),
+            Layout::Generation => None,
+        };
+        for entry in top {
+            let entry = entry.map_err(|err| io_error(format!("list {}", root.display()), err))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if layout == Layout::Managed {
+                if self.reserved(&name) {
                     continue;
                 }
-                if meta.is_dir() {
-                    pending.push(path);
-                    continue;
-                }
-                if !meta.is_file() {
-                    continue;
-                }
-                let relative = path
-                    .strip_prefix(root)
-                    .map_err(|_| StoreError::Io("path outside the root".into()))?;
-                let Ok(entry_path) = EntryPath::parse(&relative.to_string_lossy()) else {
-                    continue;
-                };
-                let expected = manifest.get(entry_path.as_str()).unwrap_or(&unmanaged);
-                let signature = FileSignature::of(&meta);
-                if cached {
-                    seen.insert(entry_path.as_str().to_string());
-                }
-                if cached
-                    && let Some((cached_signature, cached_expected, hash, observed)) = cache.get(entry_path.as_str())
-                    && *cached_signature == signature
-                    && cached_expected == expected
+                // The store's own link `name -> ..data/name` leads into the generation.
+                if let (Some(generation), Ok(target)) = (&linked, fs::read_link(entry.path()))
+                    && target == Path::new(DATA_LINK).join(&name)
+                    && fs::symlink_metadata(generation.join(&name)).is_ok()
                 {
-                    found.push((entry_path, *hash, observed.clone()));
+                    found.push((generation.join(&name), name));
                     continue;
                 }
-                let content = fs::read(&path).map_err(|err| io_error(format!("read {}", path.display()), err))?;
-                self.hashes.files_hashed.fetch_add(1, Ordering::Relaxed);
-                let policy = Policy {
-                    mode: meta.permissions().mode() & 0o7777,
-                    owner: if expected.owner.is_empty() {
-                        String::new()
-                    } else {
-                        user_name(meta.uid())
-                    },
-                    group: if expected.group.is_empty() {
-                        String::new()
-                    } else {
-                        group_name(meta.gid())
-                    },
-                    secret: expected.secret,
-                };
-                let hash = entry_hash(&entry_path, &policy, &content);
-                let observed = ObservedEntry {
-                    path: entry_path.to_string(),
-                    entry_hash: hash.to_hex(),
-                    mode: format_mode(policy.mode),
-                    owner: user_name(meta.uid()),
-                    group: group_name(meta.gid()),
-                    size: i64::try_from(content.len()).unwrap_or(i64::MAX),
-                };
-                // Cache only what `stat` can vouch for: a file still inside the racy window
-                // could change again without changing its signature.
-                let changed_at = Duration::new(
-                    u64::try_from(signature.ctime.0).unwrap_or(0),
-                    u32::try_from(signature.ctime.1).unwrap_or(0),
-                );
-                if cached && changed_at < racy_after {
-                    cache.insert(
-                        entry_path.as_str().to_string(),
-                        (signature, expected.clone(), hash, observed.clone()),
-                    );
-                } else if cached {
-                    cache.remove(entry_path.as_str());
-                }
-                found.push((entry_path, hash, observed));
             }
+            found.push((entry.path(), name));
+        }
+        while let Some((disk, relative)) = found.pop() {
+            // `lstat`: a symlink is what it is, never followed.
+            let meta = match fs::symlink_metadata(&disk) {
+                Ok(meta) => meta,
+                Err(err) => {
+                    observed.other(&relative, "unreadable", err.to_string());
+                    continue;
+                }
+            };
+            let file_type = meta.file_type();
+            if file_type.is_symlink() {
+                let target = fs::read_link(&disk).map(|t| t.display().to_string()).unwrap_or_default();
+                observed.other(&relative, "symlink", format!("symlink to {target}"));
+                continue;
+            }
+            if file_type.is_dir() {
+                match fs::read_dir(&disk) {
+                    Ok(entries) => {
+                        for entry in entries.flatten() {
+                            let name = entry.file_name().to_string_lossy().into_owned();
+                            found.push((entry.path(), format!("{relative}/{name}")));
+                        }
+                    }
+                    Err(err) => observed.other(&relative, "unreadable", format!("directory: {err}")),
+                }
+                continue;
+            }
+            if !file_type.is_file() {
+                observed.other(&relative, "special", "not a regular file (fifo, socket or device)".to_string());
+                continue;
+            }
+            let Ok(entry_path) = EntryPath::parse(&relative) else {
+                observed.other(&relative, "invalid_name", "a name the path rules refuse".to_string());
+                continue;
+            };
+            let expected = manifest.get(entry_path.as_str()).unwrap_or(&unmanaged);
+            let signature = FileSignature::of(&meta);
+            if cached {
+                seen.insert(entry_path.as_str().to_string());
+            }
+            if cached
+                && let Some((cached_signature, cached_expected, hash, entry)) = cache.get(entry_path.as_str())
+                && *cached_signature == signature
+                && cached_expected == expected
+            {
+                observed.files.push((entry_path, *hash, entry.clone()));
+                continue;
+            }
+            let content = match read_no_follow(&disk) {
+                Ok(content) => content,
+                Err(err) => {
+                    observed.other(&relative, "unreadable", err.to_string());
+                    continue;
+                }
+            };
+            self.hashes.files_hashed.fetch_add(1, Ordering::Relaxed);
+            let policy = Policy {
+                mode: meta.permissions().mode() & 0o7777,
+                owner: if expected.owner.is_empty() {
+                    String::new()
+                } else {
+                    user_name(meta.uid())
+                },
+                group: if expected.group.is_empty() {
+                    String::new()
+                } else {
+                    group_name(meta.gid())
+                },
+                secret: expected.secret,
+            };
+            let hash = entry_hash(&entry_path, &policy, &content);
+            let entry = ObservedEntry {
+                path: entry_path.to_string(),
+                entry_hash: hash.to_hex(),
+                mode: format_mode(policy.mode),
+                owner: user_name(meta.uid()),
+                group: group_name(meta.gid()),
+                size: i64::try_from(content.len()).unwrap_or(i64::MAX),
+                kind: None,
+                detail: None,
+            };
+            // Cache only what `stat` can vouch for: a file still inside the racy window
+            // could change again without changing its signature.
+            let changed_at = Duration::new(
+                u64::try_from(signature.ctime.0).unwrap_or(0),
+                u32::try_from(signature.ctime.1).unwrap_or(0),
+            );
+            if cached && changed_at < racy_after {
+                cache.insert(entry_path.as_str().to_string(), (signature, expected.clone(), hash, entry.clone()));
+            } else if cached {
+                cache.remove(entry_path.as_str());
+            }
+            observed.files.push((entry_path, hash, entry));
         }
         if cached {
             // Forget files that are gone.
             cache.retain(|path, _| seen.contains(path));
         }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(found)
+        observed.files.sort_by(|a, b| a.0.cmp(&b.0));
+        observed.others.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(observed)
     }
 
     /// How many files this store has read and hashed since it was opened (the rest were
@@ -498,49 +766,49 @@ impl Store {
         self.hashes.files_hashed.load(Ordering::Relaxed)
     }
 
-    fn root_of(observed: &[(EntryPath, Hash, ObservedEntry)]) -> Hash {
-        root_hash(observed.iter().map(|(path, hash, _)| (path, *hash)))
-    }
-
-    /// The root of what the live directory holds right now.
+    /// The root of what the managed directory holds right now.
     pub fn live_root(&self) -> Result<Hash> {
-        Ok(Self::root_of(&self.observe(&self.live, self.live_manifest(), true)?))
+        Ok(self.observe(&self.live, Layout::Managed, self.live_manifest(), true)?.root())
     }
 
     pub fn state(&self, with_entries: bool) -> Result<ShadowState> {
-        let observed = self.observe(&self.live, self.live_manifest(), true)?;
+        let observed = self.observe(&self.live, Layout::Managed, self.live_manifest(), true)?;
         Ok(ShadowState {
             control_plane_id: self.persisted.control_plane_id.clone().or(self.pinned_control_plane.clone()),
             highest_epoch: self.persisted.highest_epoch,
             live_revision: self.persisted.live.as_ref().map(|g| g.revision),
-            live_root: Self::root_of(&observed).to_hex(),
+            live_root: observed.root().to_hex(),
             staged: self.persisted.staged.as_ref().map(|g| StagedInfo {
                 rollout: g.rollout,
                 revision: g.revision,
                 root: g.root.clone(),
             }),
-            entries: with_entries.then(|| observed.into_iter().map(|(_, _, o)| o).collect()),
+            entries: with_entries.then(|| observed.entries()),
         })
     }
 
-    /// The live bytes of one entry.
+    /// The live bytes of one entry, found as a reader of the managed directory finds it
+    /// (through the store's own links) without following any other symlink.
     pub fn read_entry(&self, path: &str) -> Result<Vec<u8>> {
         let path = EntryPath::parse(path).map_err(|err| StoreError::BadRequest(format!("invalid path: {err}")))?;
-        let file = self.live.join(path.as_str());
-        let meta = fs::symlink_metadata(&file).map_err(|_| StoreError::NotFound(format!("no live entry {path}")))?;
-        if !meta.is_file() {
-            return Err(StoreError::NotFound(format!("no live entry {path}")));
-        }
-        // The path is clean, but a directory on the way may be a symlink someone planted on
-        // the node (`conf -> /etc`): only files really inside the live tree are served.
-        let inside = match (fs::canonicalize(&file), fs::canonicalize(&self.live)) {
-            (Ok(real), Ok(live)) => real.starts_with(&live),
-            _ => false,
+        let not_found = || StoreError::NotFound(format!("no live entry {path}"));
+        let mut segments = path.as_str().split('/');
+        let first = segments.next().ok_or_else(not_found)?;
+        let top = self.live.join(first);
+        let mut file = match (self.linked_generation(), fs::read_link(&top)) {
+            (Some(generation), Ok(target)) if target == Path::new(DATA_LINK).join(first) => generation.join(first),
+            _ => top,
         };
-        if !inside {
-            return Err(StoreError::NotFound(format!("no live entry {path}")));
+        for segment in segments {
+            if !fs::symlink_metadata(&file).is_ok_and(|m| m.is_dir()) {
+                return Err(not_found());
+            }
+            file = file.join(segment);
         }
-        fs::read(&file).map_err(|err| io_error(format!("read {path}"), err))
+        if !fs::symlink_metadata(&file).is_ok_and(|m| m.is_file()) {
+            return Err(not_found());
+        }
+        read_no_follow(&file).map_err(|err| io_error(format!("read {path}"), err))
     }
 
     pub fn status(&self, rollout: i64) -> RolloutAnswer {
@@ -584,6 +852,7 @@ impl Store {
     }
 
     fn prepare_untimed(&mut self, rollout: i64, request: &PrepareRequest) -> Result<RolloutAnswer> {
+        let _lock = self.lock_state()?;
         self.check_fence(&request.control_plane_id, request.epoch)?;
         if let Some(staged) = self.persisted.staged.as_ref().filter(|g| g.rollout == rollout) {
             if staged.root == request.target_root {
@@ -597,8 +866,37 @@ impl Store {
                 "rollout {rollout} is already staged with another root"
             )));
         }
-        if self.persisted.live.as_ref().is_some_and(|g| g.rollout == rollout) {
+        // Revisions only grow in one control plane's history: a writer offering an older
+        // one than this shadow last committed is a copy restored from an old backup, and
+        // must not move the shadow backwards, not even by a reconcile.
+        if let Some(live) = &self.persisted.live
+            && request.revision < live.revision
+        {
+            return Err(StoreError::Fenced(format!(
+                "revision {} is older than revision {} that this shadow last committed; the writer is behind (restored from an old copy?)",
+                request.revision, live.revision
+            )));
+        }
+        // (The same number with another root is another writer's rollout: the checks below
+        // judge it like any other.)
+        if self
+            .persisted
+            .live
+            .as_ref()
+            .is_some_and(|g| g.rollout == rollout && g.root == request.target_root)
+        {
             return Err(StoreError::Conflict(format!("rollout {rollout} is already committed")));
+        }
+        // A prepare that arrives after its abort (it was slow, or the abort overtook it)
+        // must not leave a staging behind that nobody will ever decide.
+        let aborted = self
+            .persisted
+            .history
+            .iter()
+            .any(|(id, phase)| *id == rollout && *phase == RolloutPhase::Aborted);
+        let aborted_root = self.persisted.aborted_roots.get(&rollout);
+        if aborted && aborted_root.is_none_or(|root| *root == request.target_root) {
+            return Err(StoreError::Conflict(format!("rollout {rollout} was aborted here")));
         }
         // Validate everything before touching the disk.
         let mut parsed = Vec::with_capacity(request.entries.len());
@@ -650,27 +948,34 @@ impl Store {
         }
         // A newer prepare replaces an older staged one that was never decided here.
         if let Some(old) = self.persisted.staged.take() {
-            let _ = fs::remove_dir_all(self.state_dir.join("revisions").join(&old.dir));
+            let _ = fs::remove_dir_all(self.generation_dir(&old.dir));
             self.remember(old.rollout, RolloutPhase::Aborted);
         }
         let dir_name = format!("r{rollout}-rev{}", request.revision);
-        let revisions = self.state_dir.join("revisions");
-        let staging = revisions.join(format!("{dir_name}.tmp"));
+        let final_dir = self.generation_dir(&dir_name);
+        let staging = self.live.join(format!("..{dir_name}.tmp"));
+        // Never followed: std removes a symlink itself, not what it points to.
         let _ = fs::remove_dir_all(&staging);
-        fs::create_dir(&staging).map_err(|err| io_error(format!("create {}", staging.display()), err))?;
-        fs::set_permissions(&staging, fs::Permissions::from_mode(0o755)).map_err(|err| io_error("chmod staging", err))?;
+        // Private while it is written: nobody reads a half-written generation.
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .map_err(|err| io_error(format!("create {}", staging.display()), err))?;
         if let Err(err) = self.write_staging(&staging, &parsed) {
             // Leave nothing behind: on a full disk, a half-written revision would only
             // make the next attempt fail too.
             let _ = fs::remove_dir_all(&staging);
             return Err(err);
         }
-        let final_dir = revisions.join(&dir_name);
+        fs::set_permissions(&staging, fs::Permissions::from_mode(0o755)).map_err(|err| io_error("chmod staging", err))?;
+        if self.linked_generation().as_deref() == Some(final_dir.as_path()) {
+            return Err(StoreError::Conflict(format!("rollout {rollout} is live here already")));
+        }
         let _ = fs::remove_dir_all(&final_dir);
         fs::rename(&staging, &final_dir).map_err(|err| io_error("rename staging", err))?;
-        fsync_dir(&revisions)?;
+        fsync_dir(&self.live)?;
         // Prove what was staged by reading it back.
-        let staged_root = Self::root_of(&self.observe(&final_dir, &manifest, false)?).to_hex();
+        let staged_root = self.observe(&final_dir, Layout::Generation, &manifest, false)?.root().to_hex();
         if staged_root != request.target_root {
             let _ = fs::remove_dir_all(&final_dir);
             return Err(StoreError::RootMismatch(format!(
@@ -688,6 +993,7 @@ impl Store {
         });
         self.remember(rollout, RolloutPhase::Prepared);
         self.save()?;
+        failpoint::crash("after_stage");
         Ok(RolloutAnswer {
             rollout,
             phase: RolloutPhase::Prepared,
@@ -695,23 +1001,46 @@ impl Store {
         })
     }
 
-    /// Writes every entry under `staging` durably: files, then their directories.
+    /// Writes every entry under `staging` (a fresh, private directory) durably: each file
+    /// created owner-only with `O_EXCL | O_NOFOLLOW`, given its mode and owner before it is
+    /// fsynced, then every directory fsynced. Nothing is followed or overwritten.
     fn write_staging(&self, staging: &Path, parsed: &[(EntryPath, Policy, Hash, &[u8])]) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut directories = vec![staging.to_path_buf()];
         for (path, policy, _, content) in parsed {
             let target = staging.join(path.as_str());
-            if let Some(parent) = target.parent()
-                && !parent.exists()
-            {
-                fs::create_dir_all(parent).map_err(|err| io_error(format!("create {}", parent.display()), err))?;
-                let mut dir = parent.to_path_buf();
-                while dir != *staging {
-                    directories.push(dir.clone());
-                    dir = dir.parent().map(Path::to_path_buf).unwrap_or_else(|| staging.to_path_buf());
+            let mut dir = staging.to_path_buf();
+            let segments: Vec<&str> = path.as_str().split('/').collect();
+            for segment in &segments[..segments.len() - 1] {
+                dir = dir.join(segment);
+                match fs::symlink_metadata(&dir) {
+                    Ok(meta) if meta.is_dir() => {}
+                    Ok(_) => return Err(StoreError::BadRequest(format!("{path}: {segment} is also a file"))),
+                    Err(_) => {
+                        fs::DirBuilder::new()
+                            .mode(0o755)
+                            .create(&dir)
+                            .map_err(|err| io_error(format!("create {}", dir.display()), err))?;
+                        directories.push(dir.clone());
+                    }
                 }
             }
-            write_atomically(&target, content, policy.mode)?;
-            self.apply_ownership(&target, policy)?;
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                .open(&target)
+                .map_err(|err| io_error(format!("create {}", target.display()), err))?;
+            timed(
+                |t| &mut t.write,
+                || disk_budget::charge(content.len()).and_then(|()| file.write_all(content)),
+            )
+            .map_err(|err| io_error(format!("write {}", target.display()), err))?;
+            file.set_permissions(fs::Permissions::from_mode(policy.mode))
+                .map_err(|err| io_error(format!("chmod {}", target.display()), err))?;
+            self.apply_ownership(&file, &target, policy)?;
+            timed(|t| &mut t.fsync, || file.sync_all()).map_err(|err| io_error(format!("fsync {}", target.display()), err))?;
         }
         for dir in directories.iter().rev() {
             fsync_dir(dir)?;
@@ -719,7 +1048,7 @@ impl Store {
         Ok(())
     }
 
-    fn apply_ownership(&self, file: &Path, policy: &Policy) -> Result<()> {
+    fn apply_ownership(&self, file: &File, shown: &Path, policy: &Policy) -> Result<()> {
         if policy.owner.is_empty() && policy.group.is_empty() {
             return Ok(());
         }
@@ -742,10 +1071,10 @@ impl Store {
                     .gid,
             )
         };
-        nix::unistd::chown(file, uid, gid).map_err(|err| {
+        nix::unistd::fchown(std::os::fd::AsRawFd::as_raw_fd(file), uid, gid).map_err(|err| {
             StoreError::Io(format!(
                 "cannot chown {} to {}:{}: {err}",
-                file.display(),
+                shown.display(),
                 policy.owner,
                 policy.group
             ))
@@ -762,11 +1091,21 @@ impl Store {
     }
 
     fn commit_untimed(&mut self, rollout: i64, fence: &Fence) -> Result<RolloutAnswer> {
+        let _lock = self.lock_state()?;
         self.check_fence(&fence.control_plane_id, fence.epoch)?;
-        self.accept_fence(&fence.control_plane_id, fence.epoch);
+        // The writer's epoch is recorded only by a commit that switches something: a
+        // repeated or refused commit (a stale copy's recovery, say) must not fence the
+        // control plane that actually writes here.
         if self.persisted.live.as_ref().is_some_and(|g| g.rollout == rollout)
             && self.persisted.staged.as_ref().is_none_or(|g| g.rollout != rollout)
         {
+            if let (Some(root), Some(live)) = (&fence.target_root, &self.persisted.live)
+                && *root != live.root
+            {
+                return Err(StoreError::Conflict(format!(
+                    "rollout {rollout} committed here has another root: a different writer's rollout"
+                )));
+            }
             // Already committed: make sure the link points there (a crash may have
             // happened between the rename and the state write) and answer the root.
             return Ok(RolloutAnswer {
@@ -776,7 +1115,12 @@ impl Store {
             });
         }
         let staged = match self.persisted.staged.clone() {
-            Some(staged) if staged.rollout == rollout => staged,
+            Some(staged) if staged.rollout == rollout && fence.target_root.as_ref().is_none_or(|root| *root == staged.root) => staged,
+            Some(staged) if staged.rollout == rollout => {
+                return Err(StoreError::Conflict(format!(
+                    "rollout {rollout} is staged here with another root: a different writer's rollout"
+                )));
+            }
             _ => {
                 let phase = self.status(rollout).phase;
                 return Err(match phase {
@@ -785,32 +1129,18 @@ impl Store {
                 });
             }
         };
-        let target = self.state_dir.join("revisions").join(&staged.dir);
-        let target = fs::canonicalize(&target).map_err(|err| io_error(format!("resolve {}", target.display()), err))?;
-        self.switch_live(&target)?;
-        let previous = self.persisted.live.replace(staged);
-        self.persisted.staged = None;
-        self.remember(rollout, RolloutPhase::Committed);
-        self.save()?;
-        // Keep the previous generation for readers still inside it; drop older ones. Each
-        // is renamed away first, so a slow reader still inside it gets "not found" rather
-        // than a listing that deletion has half emptied.
-        let keep: Vec<String> = self.persisted.live.iter().chain(previous.iter()).map(|g| g.dir.clone()).collect();
-        let revisions = self.state_dir.join("revisions");
-        if let Ok(entries) = fs::read_dir(&revisions) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !keep.contains(&name) {
-                    let trash = revisions.join(format!(".trash-{name}"));
-                    let doomed = if name.starts_with(".trash-") || fs::rename(entry.path(), &trash).is_err() {
-                        entry.path()
-                    } else {
-                        trash
-                    };
-                    let _ = fs::remove_dir_all(doomed);
-                }
-            }
+        if failpoint::commit_fails() {
+            return Err(StoreError::Io(format!("failpoint: the commit of rollout {rollout} fails")));
         }
+        // The epoch is persisted before the switch it allows.
+        if fence.epoch > self.persisted.highest_epoch || self.persisted.control_plane_id.is_none() {
+            self.accept_fence(&fence.control_plane_id, fence.epoch);
+            self.save()?;
+        }
+        self.switch_to(&staged)?;
+        failpoint::edit_after_switch(&self.live);
+        failpoint::crash("after_switch");
+        self.finish_commit(staged)?;
         Ok(RolloutAnswer {
             rollout,
             phase: RolloutPhase::Committed,
@@ -818,43 +1148,157 @@ impl Store {
         })
     }
 
-    /// Points the live path at `target` atomically.
-    fn switch_live(&self, target: &Path) -> Result<()> {
-        let parent = self.live.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        fs::create_dir_all(parent).map_err(|err| io_error(format!("create {}", parent.display()), err))?;
-        if let Ok(meta) = fs::symlink_metadata(&self.live)
-            && meta.is_dir()
-        {
-            // A plain directory is where the live link must go: keep its contents aside.
-            let aside = self.state_dir.join(format!("original-{}", std::process::id()));
-            fs::rename(&self.live, &aside).map_err(|err| io_error(format!("move the original {} aside", self.live.display()), err))?;
-        }
-        let name = self
+    /// Records a switched generation as live, then drops generations older than the
+    /// previous one (kept for readers still inside it). Each is renamed away first, so a
+    /// slow reader still inside it gets "not found" rather than a half-emptied listing.
+    fn finish_commit(&mut self, staged: Generation) -> Result<()> {
+        let rollout = staged.rollout;
+        let previous = self.persisted.live.replace(staged);
+        self.persisted.staged = None;
+        self.remember(rollout, RolloutPhase::Committed);
+        self.save()?;
+        let keep: Vec<String> = self
+            .persisted
             .live
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "live".into());
-        let link = parent.join(format!(".{name}.etc-shadow-link"));
-        let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(target, &link).map_err(|err| io_error(format!("create link {}", link.display()), err))?;
-        fs::rename(&link, &self.live).map_err(|err| io_error(format!("switch {}", self.live.display()), err))?;
-        fsync_dir(parent)
+            .iter()
+            .chain(previous.iter())
+            .map(|g| format!("..{}", g.dir))
+            .collect();
+        let entries = fs::read_dir(&self.live).map_err(|err| io_error(format!("list {}", self.live.display()), err))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let generation = name.starts_with("..r") && !name.ends_with(".tmp") && self.reserved(&name);
+            if generation && !keep.contains(&name) {
+                let trash = self.live.join(format!("..trash-{name}"));
+                let doomed = if fs::rename(entry.path(), &trash).is_ok() {
+                    trash
+                } else {
+                    entry.path()
+                };
+                let _ = fs::remove_dir_all(doomed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `generation` live inside the managed directory: whatever there is not the
+    /// store's goes aside into `..original-<time>`; `..data` is switched with one rename;
+    /// then the top-level links are made to match (new names appear, dropped ones go).
+    /// Idempotent, so a commit interrupted anywhere is finished by doing it again.
+    fn switch_to(&self, generation: &Generation) -> Result<()> {
+        let target = format!("..{}", generation.dir);
+        let wanted: BTreeSet<String> = generation
+            .manifest
+            .keys()
+            .filter_map(|path| path.split('/').next().map(str::to_string))
+            .collect();
+        let ours = |name: &str| fs::read_link(self.live.join(name)).is_ok_and(|t| t == Path::new(DATA_LINK).join(name));
+        // 1. What is not the store's (the files found before its first commit, anything
+        // planted since) is moved aside, never followed, never lost.
+        let mut aside: Option<PathBuf> = None;
+        let entries = fs::read_dir(&self.live).map_err(|err| io_error(format!("list {}", self.live.display()), err))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if self.reserved(&name) || ours(&name) {
+                continue;
+            }
+            let dir = match &aside {
+                Some(dir) => dir.clone(),
+                None => {
+                    let stamp = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_nanos();
+                    let dir = self.live.join(format!("{ORIGINAL_PREFIX}{stamp}"));
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&dir)
+                        .map_err(|err| io_error(format!("create {}", dir.display()), err))?;
+                    aside = Some(dir.clone());
+                    dir
+                }
+            };
+            fs::rename(entry.path(), dir.join(entry.file_name()))
+                .map_err(|err| io_error(format!("move {name} aside into {}", dir.display()), err))?;
+        }
+        if let Some(dir) = &aside {
+            fsync_dir(dir)?;
+            tracing::info!(path = %dir.display(), "files the shadow did not manage were moved aside");
+            self.prune_originals();
+        }
+        // 2. The switch: one rename of the live link.
+        let link = self.live.join(DATA_LINK);
+        if fs::read_link(&link).ok().as_deref() != Some(Path::new(&target)) {
+            let temporary = self.live.join(format!("{DATA_LINK}.tmp"));
+            let _ = fs::remove_file(&temporary);
+            std::os::unix::fs::symlink(&target, &temporary).map_err(|err| io_error(format!("create link {}", temporary.display()), err))?;
+            fs::rename(&temporary, &link).map_err(|err| io_error(format!("switch {}", link.display()), err))?;
+            fsync_dir(&self.live)?;
+        }
+        // 3. The top-level links a reader opens.
+        for name in &wanted {
+            if ours(name) {
+                continue;
+            }
+            let temporary = self.live.join(format!("{DATA_LINK}.tmp"));
+            let _ = fs::remove_file(&temporary);
+            std::os::unix::fs::symlink(Path::new(DATA_LINK).join(name), &temporary)
+                .map_err(|err| io_error(format!("create link {name}"), err))?;
+            fs::rename(&temporary, self.live.join(name)).map_err(|err| io_error(format!("link {name}"), err))?;
+        }
+        let entries = fs::read_dir(&self.live).map_err(|err| io_error(format!("list {}", self.live.display()), err))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !self.reserved(&name) && !wanted.contains(&name) && ours(&name) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        fsync_dir(&self.live)
+    }
+
+    /// Keeps the newest [`ORIGINALS_KEPT`] moved-aside directories.
+    fn prune_originals(&self) {
+        let Ok(entries) = fs::read_dir(&self.live) else { return };
+        let mut originals: Vec<(u128, PathBuf)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let stamp = name.strip_prefix(ORIGINAL_PREFIX)?.parse::<u128>().ok()?;
+                Some((stamp, entry.path()))
+            })
+            .collect();
+        originals.sort();
+        let excess = originals.len().saturating_sub(ORIGINALS_KEPT);
+        for (_, dir) in originals.into_iter().take(excess) {
+            let _ = fs::remove_dir_all(dir);
+        }
     }
 
     /// Drops the staged revision. Idempotent; refuses a rollout already committed.
     pub fn abort(&mut self, rollout: i64, fence: &Fence) -> Result<RolloutAnswer> {
+        let _lock = self.lock_state()?;
         self.check_fence(&fence.control_plane_id, fence.epoch)?;
-        if self.persisted.live.as_ref().is_some_and(|g| g.rollout == rollout) {
+        let same = |root: &String| fence.target_root.as_ref().is_none_or(|wanted| wanted == root);
+        if self.persisted.live.as_ref().is_some_and(|g| g.rollout == rollout && same(&g.root)) {
             return Err(StoreError::Conflict(format!("rollout {rollout} is already committed here")));
         }
         // Only a write that changes something records the writer's epoch: an abort of a
         // rollout this shadow never staged (a refused writer cleaning up) must not fence
         // the control plane that actually writes here.
-        if let Some(staged) = self.persisted.staged.take_if(|g| g.rollout == rollout) {
-            let _ = fs::remove_dir_all(self.state_dir.join("revisions").join(&staged.dir));
+        if let Some(staged) = self.persisted.staged.take_if(|g| g.rollout == rollout && same(&g.root)) {
+            let _ = fs::remove_dir_all(self.generation_dir(&staged.dir));
             self.accept_fence(&fence.control_plane_id, fence.epoch);
         }
-        self.remember(rollout, RolloutPhase::Aborted);
+        // Another writer's rollout of the same number, committed or staged here, stays
+        // as it is; the abort is remembered for its own root only.
+        let foreign = self.persisted.live.as_ref().is_some_and(|g| g.rollout == rollout)
+            || self.persisted.staged.as_ref().is_some_and(|g| g.rollout == rollout);
+        if !foreign {
+            self.remember(rollout, RolloutPhase::Aborted);
+            if let Some(root) = &fence.target_root {
+                self.persisted.aborted_roots.insert(rollout, root.clone());
+            }
+        }
         self.save()?;
         Ok(RolloutAnswer {
             rollout,

@@ -46,6 +46,7 @@ fn fence(epoch: i64) -> Fence {
     Fence {
         control_plane_id: "cp-a".into(),
         epoch,
+        target_root: None,
     }
 }
 
@@ -79,7 +80,12 @@ fn prepare_then_commit_switches_live_and_proves_the_root() {
     let prepared = store.prepare(7, &req).unwrap();
     assert_eq!(prepared.phase, RolloutPhase::Prepared);
     assert_eq!(prepared.root.as_deref(), Some(req.target_root.as_str()));
-    assert!(!f.live.exists(), "nothing is live before the commit");
+    assert!(!f.live.join("app.toml").exists(), "nothing is live before the commit");
+    assert_eq!(
+        store.live_root().unwrap().to_hex(),
+        empty_root(),
+        "the staging is not seen as drift"
+    );
     let committed = store.commit(7, &fence(1)).unwrap();
     assert_eq!(committed.root.as_deref(), Some(req.target_root.as_str()));
     assert_eq!(fs::read_to_string(f.live.join("nginx/site.conf")).unwrap(), "listen 80;\n");
@@ -87,7 +93,11 @@ fn prepare_then_commit_switches_live_and_proves_the_root() {
         fs::metadata(f.live.join("nginx/site.conf")).unwrap().permissions().mode() & 0o7777,
         0o600
     );
-    assert!(fs::symlink_metadata(&f.live).unwrap().file_type().is_symlink());
+    // kubelet's layout inside the directory: `..data` is the switched link, each
+    // top-level name a link through it.
+    assert!(fs::symlink_metadata(&f.live).unwrap().is_dir());
+    assert_eq!(fs::read_link(f.live.join("..data")).unwrap(), Path::new("..r7-rev1"));
+    assert_eq!(fs::read_link(f.live.join("nginx")).unwrap(), Path::new("..data/nginx"));
     // Idempotent, and it survives a restart.
     assert_eq!(store.commit(7, &fence(1)).unwrap().phase, RolloutPhase::Committed);
     drop(store);
@@ -133,7 +143,8 @@ fn writes_from_another_control_plane_or_an_older_epoch_are_fenced() {
             1,
             &Fence {
                 control_plane_id: "cp-b".into(),
-                epoch: 9
+                epoch: 9,
+                target_root: None,
             }
         ),
         Err(StoreError::Fenced(_))
@@ -160,7 +171,7 @@ fn tampered_requests_change_nothing() {
         assert!(matches!(store.prepare(1, &escape), Err(StoreError::BadRequest(_))), "{path}");
     }
     assert!(store.state(false).unwrap().staged.is_none());
-    assert!(!f.live.exists());
+    assert_eq!(fs::read_dir(&f.live).unwrap().count(), 0, "nothing written");
 }
 
 #[test]
@@ -174,7 +185,10 @@ fn abort_drops_the_staged_revision_and_commit_after_abort_is_refused() {
     assert_eq!(store.status(3).phase, RolloutPhase::Aborted);
     assert!(matches!(store.commit(3, &fence(1)), Err(StoreError::Conflict(_))));
     assert_eq!(store.abort(3, &fence(1)).unwrap().phase, RolloutPhase::Aborted, "idempotent");
-    assert!(!f.live.exists());
+    assert_eq!(fs::read_dir(&f.live).unwrap().count(), 0, "the staging is gone");
+    // A prepare that arrives after its abort is refused: nothing lingers undecided.
+    let late = store.prepare(3, &request(1, 1, &empty_root(), vec![entry("a", "1", "0644")]));
+    assert!(matches!(late, Err(StoreError::Conflict(_))), "{late:?}");
 }
 
 #[test]
@@ -247,7 +261,7 @@ fn an_owner_the_shadow_cannot_apply_fails_prepare_and_stages_nothing() {
     assert_eq!(err.code(), "io");
     assert!(err.to_string().contains("no such user \"no-such-user-on-this-shadow\""), "{err}");
     assert_eq!(store.status(1).phase, RolloutPhase::Unknown);
-    let leftovers: Vec<_> = fs::read_dir(f.state.join("revisions")).unwrap().flatten().collect();
+    let leftovers: Vec<_> = fs::read_dir(&f.live).unwrap().flatten().collect();
     assert!(leftovers.is_empty(), "nothing staged: {leftovers:?}");
     assert!(matches!(store.commit(1, &fence(1)), Err(StoreError::NotFound(_))));
 }
@@ -281,12 +295,180 @@ fn paths_are_confined_to_the_live_tree_whatever_the_caller_sends() {
         );
     }
     assert_eq!(store.read_entry("conf/app.toml").unwrap(), b"port = 1\n");
-    // Symlinks are not entries: the walk neither follows nor reports them.
+    // Symlinks are never followed, and never skipped: each is an entry of its own kind.
     let state = store.state(true).unwrap();
-    let paths: Vec<String> = state.entries.unwrap().into_iter().map(|e| e.path).collect();
-    assert_eq!(paths, ["conf/app.toml"]);
+    let seen: Vec<(String, Option<String>)> = state.entries.unwrap().into_iter().map(|e| (e.path, e.kind)).collect();
+    assert_eq!(
+        seen,
+        [
+            ("conf/app.toml".to_string(), None),
+            ("conf/passwd".to_string(), Some("symlink".to_string())),
+            ("escape".to_string(), Some("symlink".to_string()))
+        ]
+    );
+    assert_ne!(state.live_root, req.target_root, "planted links are drift");
     // A NUL in a prepared path is refused like `..`.
     let mut nul = request(1, 2, &state.live_root, vec![entry("a", "1", "0644")]);
     nul.entries[0].path = "a\0b".into();
     assert!(matches!(store.prepare(2, &nul), Err(StoreError::BadRequest(_))));
+}
+
+/// Every file directly or below `dir`, as bytes, without following links.
+fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in fs::read_dir(&current).unwrap().flatten() {
+            let meta = fs::symlink_metadata(entry.path()).unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.is_file() {
+                let relative = entry.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                files.insert(relative, fs::read(entry.path()).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn an_existing_directory_is_adopted_in_place_and_its_files_stay_recoverable() {
+    let f = fixture();
+    fs::create_dir_all(f.live.join("conf.d")).unwrap();
+    fs::write(f.live.join("app.toml"), "hand-made\n").unwrap();
+    fs::write(f.live.join("conf.d/old.conf"), "old\n").unwrap();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let before = store.state(false).unwrap().live_root;
+    let mut req = request(1, 1, &before, vec![entry("app.toml", "port = 1\n", "0644")]);
+    req.reconcile = true;
+    store.prepare(1, &req).unwrap();
+    let committed = store.commit(1, &fence(1)).unwrap();
+    assert_eq!(
+        committed.root.as_deref(),
+        Some(req.target_root.as_str()),
+        "an exact copy: nothing else left"
+    );
+    assert_eq!(fs::read_to_string(f.live.join("app.toml")).unwrap(), "port = 1\n");
+    // The original content is kept inside the directory itself (the same file system).
+    let originals: Vec<PathBuf> = fs::read_dir(&f.live)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(ORIGINAL_PREFIX))
+        .collect();
+    assert_eq!(originals.len(), 1, "{originals:?}");
+    let kept = files_under(&originals[0]);
+    assert_eq!(kept.get("app.toml").map(Vec::as_slice), Some(&b"hand-made\n"[..]));
+    assert_eq!(kept.get("conf.d/old.conf").map(Vec::as_slice), Some(&b"old\n"[..]));
+}
+
+#[test]
+fn a_planted_symlink_is_drift_and_a_reconcile_neither_follows_nor_keeps_it() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let req = request(
+        1,
+        1,
+        &empty_root(),
+        vec![entry("app.toml", "port = 1\n", "0644"), entry("conf.d/a.conf", "a\n", "0644")],
+    );
+    store.prepare(1, &req).unwrap();
+    store.commit(1, &fence(1)).unwrap();
+    let evil = f._dir.path().join("evil.conf");
+    fs::write(&evil, "evil\n").unwrap();
+    // A new name beside the managed ones, a managed file replaced by a link, and a fifo.
+    std::os::unix::fs::symlink(&evil, f.live.join("conf.d/zz.conf")).unwrap();
+    fs::remove_file(f.live.join("app.toml")).unwrap();
+    std::os::unix::fs::symlink(&evil, f.live.join("app.toml")).unwrap();
+    nix::unistd::mkfifo(&f.live.join("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let state = store.state(true).unwrap();
+    assert_ne!(state.live_root, req.target_root);
+    let kinds: BTreeMap<String, Option<String>> = state.entries.unwrap().into_iter().map(|e| (e.path, e.kind)).collect();
+    assert_eq!(kinds.get("app.toml"), Some(&Some("symlink".to_string())), "{kinds:?}");
+    assert_eq!(kinds.get("conf.d/zz.conf"), Some(&Some("symlink".to_string())), "{kinds:?}");
+    assert_eq!(kinds.get("pipe"), Some(&Some("special".to_string())), "{kinds:?}");
+    assert!(
+        matches!(store.read_entry("app.toml"), Err(StoreError::NotFound(_))),
+        "a planted link is not served"
+    );
+
+    let mut again = request(1, 1, &state.live_root, req.entries.clone());
+    again.reconcile = true;
+    store.prepare(2, &again).unwrap();
+    let committed = store.commit(2, &fence(1)).unwrap();
+    assert_eq!(committed.root.as_deref(), Some(req.target_root.as_str()));
+    assert_eq!(fs::read_to_string(&evil).unwrap(), "evil\n", "the link's target was never written");
+    assert_eq!(fs::read_to_string(f.live.join("app.toml")).unwrap(), "port = 1\n");
+    // conf.d came from the generation, so the planted link inside it went with the old one.
+    assert!(fs::symlink_metadata(f.live.join("conf.d/zz.conf")).is_err());
+}
+
+#[test]
+fn a_kill_after_the_switch_before_the_state_is_saved_is_finished_at_the_next_start() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let first = request(1, 1, &empty_root(), vec![entry("app.toml", "port = 1\n", "0644")]);
+    store.prepare(1, &first).unwrap();
+    store.commit(1, &fence(1)).unwrap();
+    let second = request(
+        1,
+        2,
+        &first.target_root,
+        vec![entry("app.toml", "port = 2\n", "0644"), entry("new.conf", "n\n", "0644")],
+    );
+    store.prepare(2, &second).unwrap();
+    // The switch alone, as if the process died right after it.
+    let staged = store.persisted.staged.clone().unwrap();
+    store.switch_to(&staged).unwrap();
+    drop(store);
+    let store = Store::open(&f.live, &f.state, None).unwrap();
+    assert_eq!(store.status(2).phase, RolloutPhase::Committed);
+    let state = store.state(false).unwrap();
+    assert_eq!(state.live_revision, Some(2));
+    assert_eq!(state.live_root, second.target_root);
+}
+
+#[test]
+fn two_stores_on_one_directory_see_each_others_fence() {
+    let f = fixture();
+    let mut first = Store::open(&f.live, &f.state, None).unwrap();
+    let mut second = Store::open(&f.live, &f.state, None).unwrap();
+    let req = request(1, 1, &empty_root(), vec![entry("a", "1", "0644")]);
+    first.prepare(1, &req).unwrap();
+    first.commit(1, &fence(1)).unwrap();
+    let mut other = request(9, 5, &req.target_root, vec![entry("a", "2", "0644")]);
+    other.control_plane_id = "cp-b".into();
+    assert!(matches!(second.prepare(1, &other), Err(StoreError::Fenced(_))));
+}
+
+#[test]
+fn a_writer_whose_rollout_numbers_collide_cannot_commit_or_abort_what_it_did_not_stage() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let mine = request(1, 1, &empty_root(), vec![entry("a", "mine", "0644")]);
+    let theirs = request(2, 1, &empty_root(), vec![entry("a", "theirs", "0644")]);
+    let with_root = |epoch: i64, root: &str| Fence {
+        control_plane_id: "cp-a".into(),
+        epoch,
+        target_root: Some(root.to_string()),
+    };
+    // A copy restored from an old backup aborts "its" rollout 4 before this writer's
+    // rollout 4 arrives: the later prepare is not taken for a late one.
+    store.abort(4, &with_root(2, &theirs.target_root)).unwrap();
+    store.prepare(4, &mine).unwrap();
+    // Its commit and abort of number 4 leave this writer's staging alone.
+    assert!(matches!(
+        store.commit(4, &with_root(2, &theirs.target_root)),
+        Err(StoreError::Conflict(_))
+    ));
+    store.abort(4, &with_root(2, &theirs.target_root)).unwrap();
+    assert_eq!(store.status(4).phase, RolloutPhase::Prepared);
+    let committed = store.commit(4, &with_root(1, &mine.target_root)).unwrap();
+    assert_eq!(committed.root.as_deref(), Some(mine.target_root.as_str()));
+    // A late prepare of the very rollout that was aborted is still refused.
+    store.abort(5, &with_root(2, &theirs.target_root)).unwrap();
+    let mut late = theirs.clone();
+    late.base_root = mine.target_root.clone();
+    late.revision = 2;
+    assert!(matches!(store.prepare(5, &late), Err(StoreError::Conflict(_))));
 }

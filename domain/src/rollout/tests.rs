@@ -108,7 +108,10 @@ fn a_receipt_of_another_root_ends_the_wait_as_incomplete() {
     rollout.step(prepared("s1")).unwrap();
     rollout.step(committed("s0", "hand-edited")).unwrap();
     assert_eq!(rollout.shadows["s0"].phase, Phase::Mismatch);
-    assert_eq!(rollout.step(committed("s1", ROOT)).unwrap(), vec![Action::Finished(State::Incomplete)]);
+    assert_eq!(
+        rollout.step(committed("s1", ROOT)).unwrap(),
+        vec![Action::Finished(State::Incomplete)]
+    );
     assert!(rollout.error.as_deref().unwrap().contains("s0 mismatch"));
 }
 
@@ -194,7 +197,11 @@ impl Random {
 /// Any event the world could produce, including lost, late, repeated and forged ones.
 fn random_event(random: &mut Random, shadows: &[String]) -> Event {
     let shadow = shadows[random.below(shadows.len())].clone();
-    let root = if random.below(5) == 0 { "other".to_string() } else { ROOT.to_string() };
+    let root = if random.below(5) == 0 {
+        "other".to_string()
+    } else {
+        ROOT.to_string()
+    };
     match random.below(12) {
         0..=2 => Event::Prepared { shadow, root },
         3 => Event::Refused {
@@ -269,7 +276,10 @@ fn check_invariants(rollout: &Rollout, before: &Rollout, actions: &[Action], log
         }
     }
     if rollout.state == State::Committing {
-        assert!(rollout.shadows.values().any(|p| p.phase == Phase::Prepared), "committing with nobody to wait for");
+        assert!(
+            rollout.shadows.values().any(|p| p.phase == Phase::Prepared),
+            "committing with nobody to wait for"
+        );
     }
     // A shadow's receipt is only ever recorded under a commit decision.
     for progress in rollout.shadows.values() {

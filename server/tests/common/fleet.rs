@@ -90,6 +90,15 @@ impl Agent {
         agent
     }
 
+    /// An agent on plain HTTP whose managed directory is `live` (a mount point, another
+    /// file system), its state and token under `root`.
+    pub fn start_managing(root: &Path, live: PathBuf) -> Agent {
+        let mut agent = Self::configure(root, false);
+        agent.live = live;
+        agent.restart();
+        agent
+    }
+
     fn start_with(root: &Path, tls: bool) -> Agent {
         let mut agent = Self::configure(root, tls);
         agent.restart();
@@ -151,6 +160,22 @@ impl Agent {
         wait_listening(self.addr);
     }
 
+    /// `kill -STOP`: the process stays, its sockets accept, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// `kill -CONT` after [`Agent::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a running agent");
+        let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill {signal}");
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -166,22 +191,26 @@ impl Drop for Agent {
     }
 }
 
-/// Every regular file under `dir` (following the live link) with its bytes and mode.
+/// Every file a reader of the managed directory `dir` finds (through the shadow's links;
+/// the shadow's own `..` names are not files of the configuration) with its bytes and mode.
 pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>, u32)> {
     use std::os::unix::fs::PermissionsExt;
     let mut files = Vec::new();
-    let root = match std::fs::canonicalize(dir) {
-        Ok(root) => root,
-        Err(_) => return files,
-    };
-    let mut pending = vec![root.clone()];
+    if !dir.exists() {
+        return files;
+    }
+    let mut pending = vec![dir.to_path_buf()];
     while let Some(current) = pending.pop() {
         for entry in std::fs::read_dir(&current).unwrap().flatten() {
-            let meta = entry.metadata().unwrap();
+            if current == dir && entry.file_name().to_string_lossy().starts_with("..") {
+                continue;
+            }
+            // Followed, as a reader opening the path would.
+            let Ok(meta) = std::fs::metadata(entry.path()) else { continue };
             if meta.is_dir() {
                 pending.push(entry.path());
             } else {
-                let relative = entry.path().strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+                let relative = entry.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
                 files.push((relative, std::fs::read(entry.path()).unwrap(), meta.permissions().mode() & 0o7777));
             }
         }
