@@ -30,7 +30,7 @@ pub mod ssr {
     pub fn caller() -> Result<control::Caller, ServerFnError> {
         use_context::<http::request::Parts>()
             .and_then(|parts| parts.extensions.get::<control::Caller>().cloned())
-            .ok_or_else(|| ServerFnError::new("authentication required"))
+            .ok_or_else(|| ServerFnError::new(domain::api::SIGNED_OUT))
     }
 
     /// Service errors as the page shows them (internal details stay in the log).
@@ -102,9 +102,7 @@ pub async fn login(username: String, password: String, next: Option<String>) -> 
         crate::SESSION_COOKIE
     ));
     // Only local paths, so the form cannot be used as an open redirect.
-    let target = next
-        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
-        .unwrap_or_else(|| "/".to_string());
+    let target = domain::api::local_next(next.as_deref());
     leptos_axum::redirect(&target);
     Ok(())
 }

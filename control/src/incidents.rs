@@ -118,6 +118,55 @@ fn notice(id: i64, shadow: &str, kind: &str, status: &str, change: &str) -> Inci
     }
 }
 
+/// A "changed" event within this long of the previous one replaces it (counted), so a file
+/// that keeps changing does not grow the timeline, or the webhook queue, by one row each time.
+const COALESCE_CHANGES: time::Duration = time::Duration::minutes(1);
+
+/// Folds a change of picture into the incident's latest event when that is a recent
+/// "changed" one: its time and details become the newest, `changes` counts them. Answers
+/// whether it did.
+async fn coalesce_change(conn: &mut SqliteConnection, incident: i64, details: &serde_json::Value) -> Result<bool> {
+    let last: Option<(i64, String, String, String)> =
+        sqlx::query_as("SELECT id, event, at, details FROM incident_events WHERE incident_id = ? ORDER BY id DESC LIMIT 1")
+            .bind(incident)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((event_id, event, at, previous)) = last else {
+        return Ok(false);
+    };
+    let recent = time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+        .is_ok_and(|at| time::OffsetDateTime::now_utc() - at < COALESCE_CHANGES);
+    if event != "changed" || !recent {
+        return Ok(false);
+    }
+    let count = serde_json::from_str::<serde_json::Value>(&previous)
+        .ok()
+        .and_then(|p| p.get("changes").and_then(serde_json::Value::as_i64))
+        .unwrap_or(1);
+    let mut details = details.clone();
+    details["changes"] = json!(count + 1);
+    sqlx::query("UPDATE incident_events SET at = ?, details = ? WHERE id = ?")
+        .bind(now())
+        .bind(details.to_string())
+        .bind(event_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(true)
+}
+
+/// Resolves the open incidents of a shadow that is being removed (inside its removal's
+/// transaction): nobody can reconcile or adopt on a shadow that no longer exists.
+pub(crate) async fn close_for_removed_shadow(tx: &mut Transaction<'_, Sqlite>, shadow: &str, actor: &str) -> Result<()> {
+    let open: Vec<(i64,)> = sqlx::query_as("SELECT id FROM incidents WHERE shadow = ? AND status != 'resolved'")
+        .bind(shadow)
+        .fetch_all(&mut **tx)
+        .await?;
+    for (id,) in open {
+        close(tx, id, actor, "shadow_removed", json!({"resolution": "shadow_removed"})).await?;
+    }
+    Ok(())
+}
+
 async fn add_event(conn: &mut SqliteConnection, incident: i64, actor: &str, event: &str, details: serde_json::Value) -> Result<()> {
     sqlx::query("INSERT INTO incident_events (incident_id, at, actor, event, details) VALUES (?, ?, ?, ?, ?)")
         .bind(incident)
@@ -248,12 +297,17 @@ pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Resu
             replace_entries(&mut tx, id, &finding.entries).await?;
             let details = json!({"kinds": finding.kinds, "observed_root": finding.observed_root,
                 "entries": entries_summary(&finding.entries), "detail": finding.detail});
-            add_event(&mut tx, id, "monitor", "changed", details).await?;
+            let coalesced = coalesce_change(&mut tx, id, &details).await?;
+            if !coalesced {
+                add_event(&mut tx, id, "monitor", "changed", details).await?;
+            }
             let (status,): (String,) = sqlx::query_as("SELECT status FROM incidents WHERE id = ?")
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
-            webhooks::enqueue(&mut tx, "incident.updated", hook_data(id, shadow, worst.as_str(), &all, &status)).await?;
+            if !coalesced {
+                webhooks::enqueue(&mut tx, "incident.updated", hook_data(id, shadow, worst.as_str(), &all, &status)).await?;
+            }
             Some(notice(id, shadow, worst.as_str(), &status, "updated"))
         }
     };

@@ -187,6 +187,12 @@ pub async fn remove(db: &Db, actor: &str, name: &str) -> Result<()> {
     if removed.rows_affected() == 0 {
         return Err(Error::NotFound(format!("no shadow {name}")));
     }
+    crate::incidents::close_for_removed_shadow(&mut tx, name, actor).await?;
+    // Its check history goes with it.
+    sqlx::query("DELETE FROM shadow_checks WHERE shadow = ?")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
     audit::append(&mut tx, actor, "shadow.remove", &format!("shadow/{name}"), json!({})).await?;
     tx.commit().await?;
     Ok(())

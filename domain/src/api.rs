@@ -9,6 +9,30 @@ use serde::{Deserialize, Serialize};
 /// older than the recent window; the console recognises it and asks for the password.
 pub const PASSWORD_REQUIRED: &str = "confirm your password to do this: your last password entry is older than the recent window";
 
+/// The message of a console action refused because the session ended (signed out in
+/// another tab, idle or past its lifetime); the console recognises it and offers to sign
+/// in again, coming back to the same page.
+pub const SIGNED_OUT: &str = "your session has ended: sign in again to continue";
+
+/// The sign-in page that returns to `next` (a local path with its query) afterwards.
+pub fn login_href(next: &str) -> String {
+    let mut encoded = String::with_capacity(next.len());
+    for byte in next.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => encoded.push(byte as char),
+            other => encoded.push_str(&format!("%{other:02X}")),
+        }
+    }
+    format!("/login?next={encoded}")
+}
+
+/// The `next` of a sign-in, kept only when it is a local path (never an open redirect).
+pub fn local_next(next: Option<&str>) -> String {
+    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.starts_with("/login"))
+        .unwrap_or("/")
+        .to_string()
+}
+
 /// `{"items": [...], "next": ...}`: one page and the cursor of the next one, if any.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
@@ -473,4 +497,25 @@ pub struct CheckView {
     pub observed_root: Option<String>,
     pub latency_ms: i64,
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod sign_in_tests {
+    use super::*;
+
+    #[test]
+    fn the_sign_in_comes_back_only_to_local_paths() {
+        assert_eq!(login_href("/incidents/7?tab=diff"), "/login?next=/incidents/7%3Ftab%3Ddiff");
+        assert_eq!(local_next(Some("/incidents/7?tab=diff")), "/incidents/7?tab=diff");
+        for outside in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example",
+            "evil",
+            "/login?next=/x",
+        ] {
+            assert_eq!(local_next(Some(outside)), "/", "{outside}");
+        }
+        assert_eq!(local_next(None), "/");
+    }
 }

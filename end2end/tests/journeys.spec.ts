@@ -6,7 +6,8 @@ import { ChangePage, EditorPage, LoginPage, hydrated, users } from './pages';
 
 test('nothing is reachable without signing in, and a wrong password is refused', async ({ page }) => {
   await page.goto('/config');
-  await expect(page).toHaveURL(/\/login$/);
+  // To the sign-in, which would come back to the page.
+  await expect(page).toHaveURL(/\/login\?next=\/config$/);
   await new LoginPage(page).signIn({ name: users.editor.name, password: 'not the password' });
   await expect(page.getByTestId('login-error')).toContainText('wrong username or password');
   await expect(page).toHaveURL(/\/login$/);

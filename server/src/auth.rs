@@ -47,6 +47,29 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
+/// A console server function (under `/api/`, outside the REST API's `/api/v1/`).
+fn is_server_fn(path: &str) -> bool {
+    path.starts_with("/api/") && !path.starts_with("/api/v1/")
+}
+
+/// A refusal in the shape the caller reads: the REST API's JSON error, or, for a console
+/// server function, the server-function error encoding, so the page shows the reason (and
+/// offers to sign in again) instead of failing to decode the answer.
+fn refuse(path: &str, err: Error) -> Response {
+    if !is_server_fn(path) {
+        return ApiError(err).into_response();
+    }
+    use leptos::server_fn::error::FromServerFnError;
+    let status = axum::http::StatusCode::from_u16(err.status()).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let message = match err {
+        Error::Unauthorized => domain::api::SIGNED_OUT.to_string(),
+        other => other.public_message(),
+    };
+    let refusal: leptos::prelude::ServerFnError = leptos::prelude::ServerFnError::ServerError(message);
+    let body = refusal.ser();
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
 fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -67,6 +90,7 @@ fn origin_matches(state: &AppState, headers: &HeaderMap, origin: &str) -> bool {
 /// Origin rule: a state-changing request that relies on the cookie must carry an `Origin`
 /// equal to the console's own; a mismatching Origin is refused outright.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
     let headers = request.headers();
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_string);
     let unsafe_method = !is_safe(request.method());
@@ -76,7 +100,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         && let Some(origin) = &origin
         && !origin_matches(&state, headers, origin)
     {
-        return ApiError(Error::Forbidden("cross-origin request refused".into())).into_response();
+        return refuse(&path, Error::Forbidden("cross-origin request refused".into()));
     }
     let found = if let Some(token) = bearer(headers) {
         match control::sessions::lookup_token(&state.db, token).await {
@@ -84,8 +108,8 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
                 caller,
                 credential: Credential::Token,
             }),
-            Ok(None) => return ApiError(Error::Unauthorized).into_response(),
-            Err(err) => return ApiError(err).into_response(),
+            Ok(None) => return refuse(&path, Error::Unauthorized),
+            Err(err) => return refuse(&path, err),
         }
     } else if let Some(secret) = session_cookie(headers) {
         // A cookie alone never authorises a state change: browsers send Origin with
@@ -98,7 +122,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
                     caller,
                     credential: Credential::Session(secret),
                 }),
-                Err(err) => return ApiError(err).into_response(),
+                Err(err) => return refuse(&path, err),
             }
         }
     } else {
@@ -120,16 +144,18 @@ fn is_public(method: &Method, path: &str) -> bool {
         || path.starts_with(crate::LOGIN_SERVER_FN_PREFIX)
 }
 
-/// Deny by default: without a caller, API paths get 401 and pages redirect to the login.
+/// Deny by default: without a caller, API paths get 401 (server functions in their own
+/// encoding) and pages redirect to the sign-in, which comes back to the page afterwards.
 pub async fn deny_by_default(request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if request.extensions().get::<Authenticated>().is_some() || is_public(request.method(), path) {
         return next.run(request).await;
     }
     if path.starts_with("/api/") || path == "/metrics" {
-        ApiError(Error::Unauthorized).into_response()
+        refuse(path, Error::Unauthorized)
     } else {
-        Redirect::to("/login").into_response()
+        let back = request.uri().path_and_query().map_or(path, |p| p.as_str());
+        Redirect::to(&domain::api::login_href(back)).into_response()
     }
 }
 

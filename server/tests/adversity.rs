@@ -647,3 +647,59 @@ async fn planted_symlinks_are_drift_with_their_path_and_kind() {
     }
     assert_eq!(std::fs::read_to_string(&evil).unwrap(), "evil\n");
 }
+
+/// Break 9: a console action after the session ended is refused in the shape the page
+/// decodes (the server-function error encoding, not the REST API's JSON), saying the
+/// session ended; a page opened without a session sends the person to the sign-in, which
+/// comes back to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_action_without_a_session_is_refused_in_the_shape_the_page_reads() {
+    let server = TestServer::start().await;
+    let anonymous = server.anonymous();
+    let (status, body) = anonymous.server_fn("acknowledge_incident", "id=1").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body, format!("ServerError|{}", domain::api::SIGNED_OUT), "decodable by the page");
+    // The REST API keeps its JSON.
+    let (status, body) = anonymous.post("/api/v1/incidents/1/acknowledge", json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    // A page: to the sign-in, and back afterwards.
+    let response = anonymous.send(reqwest::Method::GET, "/incidents/7?tab=diff", None).await;
+    assert!(response.status().is_redirection(), "{}", response.status());
+    assert_eq!(response.headers()["location"], "/login?next=/incidents/7%3Ftab%3Ddiff");
+    server.stop().await;
+}
+
+/// Growth is bounded: a file that keeps changing adds one coalesced "changed" event, not
+/// one per change; removing a shadow resolves its open incidents and drops its checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_keeps_changing_and_a_removed_shadow_leave_bounded_records() {
+    let fleet = fleet(Duration::from_secs(10)).await;
+    for round in 0..6 {
+        std::fs::write(fleet.directory.join("app.toml"), format!("[server]\nport = {}\n", 7000 + round)).unwrap();
+        let (status, body) = fleet.editor.post("/api/v1/shadows/dc1/check", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (_, page) = fleet.editor.get("/api/v1/incidents?shadow=dc1").await;
+    let id = page["items"][0]["id"].as_i64().expect("an incident for dc1");
+    let (_, incident) = fleet.editor.get(&format!("/api/v1/incidents/{id}")).await;
+    let events: Vec<&str> = incident["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["detected", "changed"], "{incident}");
+    assert_eq!(incident["timeline"][1]["details"]["changes"], 5, "{incident}");
+
+    let (status, body) = fleet.admin.delete("/api/v1/shadows/dc1").await;
+    assert!(status.is_success(), "{body}");
+    let (_, incident) = fleet.editor.get(&format!("/api/v1/incidents/{id}")).await;
+    assert_eq!(incident["status"], "resolved", "{incident}");
+    assert_eq!(incident["resolution"], "shadow_removed", "{incident}");
+    let (checks,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM shadow_checks WHERE shadow = 'dc1'")
+        .fetch_one(&fleet.server.state.db.read)
+        .await
+        .unwrap();
+    assert_eq!(checks, 0, "the removed shadow's checks are gone");
+}

@@ -33,13 +33,33 @@ pub fn error_text(err: &ServerFnError) -> String {
 /// A failure box for a page section.
 #[component]
 pub fn ErrorBox(#[prop(into)] message: String) -> impl IntoView {
-    view! { <div class="error-box" role="alert" data-test="error">{message}</div> }
+    if message == domain::api::SIGNED_OUT {
+        return view! { <SignInAgain /> }.into_any();
+    }
+    view! { <div class="error-box" role="alert" data-test="error">{message}</div> }.into_any()
+}
+
+/// The session ended: a way to sign in again that comes back to this very page.
+#[component]
+pub fn SignInAgain() -> impl IntoView {
+    let location = leptos_router::hooks::use_location();
+    let href = move || domain::api::login_href(&format!("{}{}", location.pathname.get(), location.search.get()));
+    view! {
+        <div class="error-box" role="alert" data-test="signed-out">
+            "Your session has ended. "
+            <a href=href data-test="sign-in-again" rel="external">"Sign in again"</a>
+            " to continue here."
+        </div>
+    }
 }
 
 /// The failure of an action on a page. When the action needs a recent password, the box
 /// asks for it in place; the person then repeats the action.
 #[component]
 pub fn ActionError(#[prop(into)] message: String, #[prop(default = "action-error")] test: &'static str) -> impl IntoView {
+    if message == domain::api::SIGNED_OUT {
+        return view! { <SignInAgain /> }.into_any();
+    }
     let needs_password = message == domain::api::PASSWORD_REQUIRED;
     view! {
         <div class="error-box" role="alert" data-test=test>
@@ -47,6 +67,7 @@ pub fn ActionError(#[prop(into)] message: String, #[prop(default = "action-error
             {needs_password.then(|| view! { <PasswordPrompt /> })}
         </div>
     }
+    .into_any()
 }
 
 /// Asks the signed-in person for their password again (see [`crate::api::confirm_password`]).

@@ -13,7 +13,11 @@ use crate::{
         when,
     },
 };
-use domain::{Role, api::IncidentView, drift::DriftKind};
+use domain::{
+    Role,
+    api::{DiffView, IncidentView},
+    drift::DriftKind,
+};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::{
@@ -133,7 +137,7 @@ pub fn IncidentPage() -> impl IntoView {
             + reconcile.version().get()
             + feed.incident_changes.get()
     };
-    let data = Resource::new(move || (id(), versions()), |(id, _)| incident(id));
+    let data = Resource::new(move || (id(), versions()), |(id, _)| incident_with_diff(id));
     let failure = move || {
         [
             acknowledge.value().get().and_then(|r| r.err()),
@@ -164,7 +168,7 @@ pub fn IncidentPage() -> impl IntoView {
                 {move || Suspend::new(async move {
                     match data.await {
                         Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
-                        Ok(incident) => view! { <IncidentDetail incident acknowledge resolve adopt reconcile /> }.into_any(),
+                        Ok((incident, diff)) => view! { <IncidentDetail incident diff acknowledge resolve adopt reconcile /> }.into_any(),
                     }
                 })}
             </Transition>
@@ -172,9 +176,26 @@ pub fn IncidentPage() -> impl IntoView {
     }
 }
 
+/// What the incident page shows: the incident and, while it is unresolved, the diff of the
+/// primary against its shadow now (or why it could not be read). One resource for both: a
+/// resource created inside another's `Suspend` is not matched up when a page loaded
+/// directly hydrates, and the page panics.
+type IncidentWithDiff = (IncidentView, Option<Result<DiffView, String>>);
+
+async fn incident_with_diff(id: i64) -> Result<IncidentWithDiff, ServerFnError> {
+    let incident = incident(id).await?;
+    let diff = if incident.status == "resolved" {
+        None
+    } else {
+        Some(shadow_diff(incident.shadow.clone()).await.map_err(|err| error_text(&err)))
+    };
+    Ok((incident, diff))
+}
+
 #[component]
 fn IncidentDetail(
     incident: IncidentView,
+    diff: Option<Result<DiffView, String>>,
     acknowledge: ServerAction<AcknowledgeIncident>,
     resolve: ServerAction<ResolveIncident>,
     adopt: ServerAction<AdoptIncident>,
@@ -184,17 +205,6 @@ fn IncidentDetail(
     let role = me.as_ref().map(|m| m.role).unwrap_or(Role::Viewer);
     let unresolved = incident.status != "resolved";
     let id = incident.id;
-    let shadow = incident.shadow.clone();
-    let diff = Resource::new(
-        move || (shadow.clone(), unresolved),
-        |(shadow, unresolved)| async move {
-            if unresolved {
-                shadow_diff(shadow).await.map(Some)
-            } else {
-                Ok(None)
-            }
-        },
-    );
     let adoptable = incident.entries.iter().any(|e| {
         matches!(
             e.kind,
@@ -272,18 +282,13 @@ fn IncidentDetail(
                 </tbody>
             </table>
         })}
-        {unresolved.then(|| view! {
+        {diff.map(|diff| view! {
             <h2>"The primary against the shadow, now"</h2>
-            <Transition fallback=|| view! { <p class="muted">"Reading the shadow…"</p> }>
-                {move || Suspend::new(async move {
-                    match diff.await {
-                        Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
-                        Ok(None) => ().into_any(),
-                        Ok(Some(diff)) if diff.entries.is_empty() => view! { <p class="muted" data-test="shadow-matches">"The shadow holds the current revision again."</p> }.into_any(),
-                        Ok(Some(diff)) => view! { <DiffViewer diff /> }.into_any(),
-                    }
-                })}
-            </Transition>
+            {match diff {
+                Err(message) => view! { <ErrorBox message /> }.into_any(),
+                Ok(diff) if diff.entries.is_empty() => view! { <p class="muted" data-test="shadow-matches">"The shadow holds the current revision again."</p> }.into_any(),
+                Ok(diff) => view! { <DiffViewer diff /> }.into_any(),
+            }}
         })}
         <h2>"Timeline"</h2>
         <ol class="timeline" data-test="timeline">

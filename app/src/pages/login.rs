@@ -5,6 +5,9 @@ use leptos_meta::Title;
 #[component]
 pub fn LoginPage() -> impl IntoView {
     let login = ServerAction::<Login>::new();
+    // Where the person was when the session ended (a link, a bookmark, an action).
+    let query = leptos_router::hooks::use_query_map();
+    let next = move || domain::api::local_next(query.read().get("next").as_deref());
     let failure = move || login.value().get().and_then(|result| result.err()).map(|err| error_text(&err));
     view! {
         <Title text="Sign in · etc-shadow" />
@@ -13,7 +16,7 @@ pub fn LoginPage() -> impl IntoView {
                 <h1>"etc-shadow"</h1>
                 <p class="muted">"Configuration control plane. Sign in to continue."</p>
                 <ActionForm action=login attr:data-test="login-form">
-                    <input type="hidden" name="next" value="/" />
+                    <input type="hidden" name="next" value=next />
                     <label>"Username" <input name="username" autocomplete="username" required data-test="login-username" /></label>
                     <label>
                         "Password"
