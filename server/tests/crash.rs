@@ -147,7 +147,10 @@ impl Client2 {
 
 /// The root of what a live directory holds (test entries have no owner, group or secret).
 fn disk_root(dir: &Path) -> String {
-    let files = snapshot(dir);
+    files_root(&snapshot(dir))
+}
+
+fn files_root(files: &[(String, Vec<u8>, u32)]) -> String {
     let hashed: Vec<(EntryPath, domain::Hash)> = files
         .iter()
         .map(|(path, content, mode)| {
@@ -164,6 +167,72 @@ fn disk_root(dir: &Path) -> String {
         })
         .collect();
     root_hash(hashed.iter().map(|(p, h)| (p, *h))).to_hex()
+}
+
+/// A change of two files that always change together.
+fn pair(base: i64, round: usize) -> Value {
+    json!({"base_revision": base, "message": format!("round {round}"), "entries": [
+        {"path": "app.toml", "content": format!("[server]\nround = {round}\n"), "format": "toml", "mode": "0644"},
+        {"path": "nginx/site.conf", "content": format!("# round {round}\nlisten 80;\n"), "format": "text", "mode": "0644"}
+    ]})
+}
+
+/// Reads every shadow's live generation (resolving `..data` once, as a service reloading
+/// its configuration does) over and over while the sweep runs, and keeps every root seen.
+struct Reader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<std::collections::BTreeSet<String>>,
+}
+
+impl Reader {
+    fn start(dirs: Vec<PathBuf>) -> Reader {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut seen = std::collections::BTreeSet::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for dir in &dirs {
+                        let Ok(generation) = std::fs::canonicalize(dir.join("..data")) else { continue };
+                        // A generation removed while being read fails (not found): only
+                        // complete reads count.
+                        if let Some(root) = generation_root(&generation) {
+                            seen.insert(root);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                seen
+            }
+        });
+        Reader { stop, thread }
+    }
+
+    fn finish(self) -> std::collections::BTreeSet<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// The root of one generation directory, or `None` if it vanished while being read.
+fn generation_root(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).ok()? {
+            let entry = entry.ok()?;
+            let meta = std::fs::symlink_metadata(entry.path()).ok()?;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                let relative = entry.path().strip_prefix(dir).ok()?.to_string_lossy().into_owned();
+                files.push((relative, std::fs::read(entry.path()).ok()?, meta.permissions().mode() & 0o7777));
+            }
+        }
+    }
+    files.sort();
+    Some(files_root(&files))
 }
 
 async fn settle(client: &Client2) -> Value {
@@ -250,7 +319,8 @@ impl Sweep {
         if let Some(server) = Process::start(&self.data, self.addr, crash) {
             let editor = Client2::login(&self.base(), "erin").await;
             let approver = Client2::login(&self.base(), "abel").await;
-            let body = change_body(number, "app.toml", &format!("[server]\nround = {i}\n"));
+            // Two files change together in every revision: a mix would pair them wrongly.
+            let body = pair(number, i);
             let (status, change) = editor.post("/api/v1/changes", body).await.unwrap();
             assert_eq!(status, StatusCode::CREATED, "{change}");
             let id = change["id"].as_i64().unwrap();
@@ -307,6 +377,55 @@ impl Sweep {
     }
 }
 
+impl Sweep {
+    /// One rollout during which the agent kills itself inside its store (a failpoint):
+    /// `after_stage` (staged and saved, not answered) or `after_switch` (the live link
+    /// switched, the state not saved). It is started again once it died.
+    async fn agent_crash_round(&mut self, i: usize, point: &str) {
+        let server = Process::start(&self.data, self.addr, None).expect("start");
+        let editor = Client2::login(&self.base(), "erin").await;
+        let approver = Client2::login(&self.base(), "abel").await;
+        let previous = editor.get("/api/v1/revisions?limit=1").await["items"][0].clone();
+        let number = previous["number"].as_i64().unwrap();
+        self.agent.kill();
+        self.agent.env = vec![("ETC_SHADOW_FAILPOINT_CRASH".into(), point.into())];
+        self.agent.restart();
+        let (status, change) = editor.post("/api/v1/changes", pair(number, i)).await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{change}");
+        let id = change["id"].as_i64().unwrap();
+        editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await.unwrap();
+        approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await.unwrap();
+        approver
+            .post(&format!("/api/v1/changes/{id}/rollouts?wait=false"), json!({}))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        while !self.agent.exited() {
+            assert!(started.elapsed() < Duration::from_secs(20), "round {i}: the agent never reached {point}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.agent.env.clear();
+        self.agent.restart();
+        let last = settle(&editor).await;
+        let current = editor.get("/api/v1/revisions?limit=1").await["items"][0].clone();
+        let expected_root = if point == "after_switch" {
+            // The switch happens only for a commit: the agent finishes it when it starts.
+            assert_eq!(last["state"], "applied", "round {i} ({point}): {last}");
+            assert_eq!(current["number"], number + 1);
+            last["root"].as_str().unwrap().to_string()
+        } else {
+            // No answer to prepare: aborted everywhere.
+            assert_eq!(last["state"], "failed", "round {i} ({point}): {last}");
+            assert_eq!(current["number"], number);
+            previous["root"].as_str().unwrap().to_string()
+        };
+        for dir in &self.live {
+            assert_eq!(disk_root(dir), expected_root, "round {i} (agent {point}): {}", dir.display());
+        }
+        server.finish(Duration::ZERO);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_sweep_leaves_every_shadow_on_the_decided_revision() {
     let rounds: usize = std::env::var("ETC_SHADOW_CRASH_ROLLOUTS")
@@ -319,6 +438,7 @@ async fn crash_sweep_leaves_every_shadow_on_the_decided_revision() {
         .unwrap_or(0x5eed);
     eprintln!("crash sweep: {rounds} rollouts, seed {seed}");
     let mut sweep = Sweep::new();
+    let reader = Reader::start(sweep.live.clone());
     let mut state = seed;
     let mut next = || {
         // xorshift64: reproducible from the printed seed.
@@ -330,11 +450,34 @@ async fn crash_sweep_leaves_every_shadow_on_the_decided_revision() {
     for (i, point) in POINTS.iter().enumerate() {
         sweep.round(i, point, false).await;
     }
-    for i in POINTS.len()..rounds.max(POINTS.len()) {
+    let agent_points = ["after_stage", "after_switch"];
+    for (i, point) in agent_points.iter().enumerate() {
+        sweep.agent_crash_round(POINTS.len() + i, point).await;
+    }
+    for i in POINTS.len() + agent_points.len()..rounds.max(POINTS.len() + agent_points.len()) {
         let point = POINTS[(next() % POINTS.len() as u64) as usize];
-        let kill_agent = next() % 10 == 0;
-        let point = if kill_agent { "after_decision" } else { point };
-        sweep.round(i, point, kill_agent).await;
+        match next() % 20 {
+            0 | 1 => sweep.round(i, "after_decision", true).await,
+            2 => sweep.agent_crash_round(i, agent_points[(next() % 2) as usize]).await,
+            _ => sweep.round(i, point, false).await,
+        }
+    }
+    // Every snapshot a reader took during the sweep and the recoveries is one revision,
+    // never a mix of two.
+    let seen = reader.finish();
+    let server = Process::start(&sweep.data, sweep.addr, None).expect("start");
+    let viewer = Client2::login(&sweep.base(), "erin").await;
+    let revisions: std::collections::BTreeSet<String> = viewer.get("/api/v1/revisions?limit=500").await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["root"].as_str().unwrap().to_string())
+        .collect();
+    server.finish(Duration::ZERO);
+    eprintln!("crash sweep: the reader saw {} distinct generations", seen.len());
+    assert!(seen.len() > 2, "the reader saw the sweep: {seen:?}");
+    for root in &seen {
+        assert!(revisions.contains(root), "a reader saw {root}, which is no revision: a mix");
     }
 }
 

@@ -160,6 +160,11 @@ impl Agent {
         wait_listening(self.addr);
     }
 
+    /// Whether the process has exited by itself (a failpoint that aborts it).
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_none_or(|child| child.try_wait().ok().flatten().is_some())
+    }
+
     /// `kill -STOP`: the process stays, its sockets accept, nothing answers.
     pub fn pause(&self) {
         self.signal("-STOP");
