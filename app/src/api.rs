@@ -644,6 +644,20 @@ pub async fn rollout(id: i64) -> Result<RolloutView, ServerFnError> {
     control::rollouts::get(&db()?, id).await.map_err(fail)
 }
 
+/// Aborts a rollout that is still preparing (an operator's exit; audited).
+#[server]
+pub async fn cancel_rollout(id: i64) -> Result<RolloutView, ServerFnError> {
+    use ssr::*;
+    coordinator()?.cancel(&caller()?, id).await.map_err(fail)
+}
+
+/// Stops waiting for one shadow's commit (an operator's exit; audited).
+#[server]
+pub async fn release_rollout_shadow(id: i64, shadow: String) -> Result<RolloutView, ServerFnError> {
+    use ssr::*;
+    coordinator()?.release(&caller()?, id, &shadow).await.map_err(fail)
+}
+
 /// A role picked in a form; empty means "none given".
 #[cfg(feature = "ssr")]
 fn optional_role(role: Option<String>) -> Result<Option<domain::Role>, ServerFnError> {

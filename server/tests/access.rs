@@ -125,7 +125,11 @@ async fn every_server_function_needs_a_session_except_login() {
     // Pages redirect to the login instead.
     let response = client.get(server.url("/changes")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
-    assert_eq!(response.headers()["location"], "/login?next=/changes", "and back to the page afterwards");
+    assert_eq!(
+        response.headers()["location"],
+        "/login?next=/changes",
+        "and back to the page afterwards"
+    );
     let response = client.get(server.url("/login")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     server.stop().await;

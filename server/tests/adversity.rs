@@ -348,6 +348,19 @@ async fn an_operator_cancels_a_rollout_that_is_still_preparing() {
     let (status, cancelled) = fleet.approver.post(&format!("/api/v1/rollouts/{rollout}/cancel"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{cancelled}");
     assert_eq!(cancelled["state"], "aborted", "{cancelled}");
+    // The console's door to the same exit.
+    let (status, started) = fleet
+        .approver
+        .post(&format!("/api/v1/changes/{id}/rollouts?wait=false"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let second = started["id"].as_i64().unwrap();
+    let (status, body) = fleet.approver.server_fn("cancel_rollout", &format!("id={second}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, view) = fleet.editor.get(&format!("/api/v1/rollouts/{second}")).await;
+    assert_eq!(view["state"], "aborted", "{view}");
+    let (status, body) = fleet.editor.server_fn("cancel_rollout", &format!("id={second}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "an editor has no exit: {body}");
     fleet.agent.resume();
     let (status, again) = fleet.roll_out(id).await;
     assert_eq!(status, StatusCode::CREATED, "{again}");

@@ -193,7 +193,9 @@ impl Reader {
                 let mut seen = std::collections::BTreeSet::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     for dir in &dirs {
-                        let Ok(generation) = std::fs::canonicalize(dir.join("..data")) else { continue };
+                        let Ok(generation) = std::fs::canonicalize(dir.join("..data")) else {
+                            continue;
+                        };
                         // A generation removed while being read fails (not found): only
                         // complete reads count.
                         if let Some(root) = generation_root(&generation) {
@@ -401,7 +403,10 @@ impl Sweep {
             .unwrap();
         let started = Instant::now();
         while !self.agent.exited() {
-            assert!(started.elapsed() < Duration::from_secs(20), "round {i}: the agent never reached {point}");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "round {i}: the agent never reached {point}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.agent.env.clear();

@@ -181,7 +181,8 @@ fn RolloutProgress(rollout: RolloutView, feed: LiveFeed) -> impl IntoView {
     let waiting: Vec<String> = r
         .shadows
         .iter()
-        .filter(|s| !matches!(s.phase.as_str(), "committed" | "aborted" | "refused" | "removed"))
+        // The phases still in flight (see `domain::rollout::Phase::in_flight`).
+        .filter(|s| domain::rollout::Phase::parse(&s.phase).is_some_and(domain::rollout::Phase::in_flight))
         .map(|s| s.name.clone())
         .collect();
     let (class, headline) = match r.state.as_str() {

@@ -2,15 +2,15 @@
 //! rollout is running the detail page refreshes itself every second.
 
 use crate::{
-    api::{rollout, rollouts},
+    api::{CancelRollout, ReleaseRolloutShadow, rollout, rollouts},
     components::{
-        ErrorBox, ShortHash, StateBadge, error_text,
-        layout::Layout,
+        ActionError, ErrorBox, ShortHash, StateBadge, error_text,
+        layout::{Layout, use_me},
         live::{LiveFeed, phase_rank},
         when,
     },
 };
-use domain::api::RolloutView;
+use domain::{Role, api::RolloutView};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::{use_params_map, use_query_map};
@@ -111,7 +111,22 @@ pub fn RolloutPage() -> impl IntoView {
     let params = use_params_map();
     let id = move || params.read().get("id").and_then(|n| n.parse::<i64>().ok()).unwrap_or(-1);
     let tick = RwSignal::new(0u32);
-    let data = Resource::new(move || (id(), tick.get()), |(id, _)| rollout(id));
+    let cancel = ServerAction::<CancelRollout>::new();
+    let release = ServerAction::<ReleaseRolloutShadow>::new();
+    let data = Resource::new(
+        move || (id(), tick.get(), cancel.version().get() + release.version().get()),
+        |(id, _, _)| rollout(id),
+    );
+    let failure = move || {
+        [
+            cancel.value().get().and_then(|r| r.err()),
+            release.value().get().and_then(|r| r.err()),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        .map(|e| error_text(&e))
+    };
     // Poll while the rollout is still moving.
     Effect::new(move |_| {
         let running = data
@@ -125,6 +140,7 @@ pub fn RolloutPage() -> impl IntoView {
     view! {
         <Title text="Rollout · etc-shadow" />
         <Layout title="Rollout">
+            {move || failure().map(|message| view! { <ActionError message /> })}
             <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
                 {move || Suspend::new(async move {
                     match data.await {
@@ -141,6 +157,7 @@ pub fn RolloutPage() -> impl IntoView {
                                     <dt>"Finished"</dt><dd>{r.finished_at.as_deref().map(when).unwrap_or_else(|| "—".into())}</dd>
                                 </dl>
                                 {r.error.clone().map(|e| view! { <div class="error-box" data-test="rollout-error">{e}</div> })}
+                                <RolloutExits rollout=r.clone() cancel release />
                             </section>
                             <RolloutShadows rollout=r />
                         }.into_any(),
@@ -149,4 +166,43 @@ pub fn RolloutPage() -> impl IntoView {
             </Transition>
         </Layout>
     }
+}
+
+/// The exits an approver has from a rollout that waits: cancel one still preparing (the
+/// prepare deadline would end it too), or release a shadow whose commit never comes (dark,
+/// or its disk broken), so the rollout ends `incomplete` and the shadow is reconciled as
+/// drift. Both are audited.
+#[component]
+fn RolloutExits(rollout: RolloutView, cancel: ServerAction<CancelRollout>, release: ServerAction<ReleaseRolloutShadow>) -> impl IntoView {
+    let approver = use_me().is_some_and(|me| me.role.allows(Role::Approver));
+    let id = rollout.id;
+    let waiting: Vec<String> = rollout
+        .shadows
+        .iter()
+        .filter(|s| rollout.state == "committing" && s.phase == "prepared")
+        .map(|s| s.name.clone())
+        .collect();
+    let preparing = rollout.state == "preparing";
+    approver.then(|| {
+        view! {
+            <div class="actions" data-test="rollout-exits">
+                {preparing.then(|| view! {
+                    <ActionForm action=cancel attr:class="inline">
+                        <input type="hidden" name="id" value=id />
+                        <button type="submit" data-test="cancel-rollout" title="Abort on every shadow now">"Cancel rollout"</button>
+                    </ActionForm>
+                })}
+                {(!waiting.is_empty()).then(|| view! { <span class="muted">"Waiting for the commit of: "</span> })}
+                {waiting.into_iter().map(|shadow| view! {
+                    <ActionForm action=release attr:class="inline">
+                        <input type="hidden" name="id" value=id />
+                        <input type="hidden" name="shadow" value=shadow.clone() />
+                        <button type="submit" data-test="release-shadow" data-shadow=shadow.clone() title="Stop waiting for this shadow; it stays drifted until reconciled">
+                            {format!("Release {shadow}")}
+                        </button>
+                    </ActionForm>
+                }).collect_view()}
+            </div>
+        }
+    })
 }
