@@ -87,11 +87,17 @@ impl Db {
         }
         std::fs::create_dir_all(data_dir).map_err(|err| Error::Internal(format!("cannot create {}: {err}", data_dir.display())))?;
         let keys = crate::secrets::Keyring::load_or_create(data_dir)?;
-        Self::open_with(data_dir, keys).await
+        Self::open_with_keys(data_dir, keys).await
     }
 
-    /// Opens the database with the given keys (a rotation opens it with both).
+    /// Opens an existing database with the given keys (a rotation opens it with both);
+    /// never makes a new one where other state is.
     pub async fn open_with(data_dir: &Path, keys: crate::secrets::Keyring) -> Result<Db> {
+        refuse_missing_database(data_dir)?;
+        Self::open_with_keys(data_dir, keys).await
+    }
+
+    async fn open_with_keys(data_dir: &Path, keys: crate::secrets::Keyring) -> Result<Db> {
         std::fs::create_dir_all(data_dir).map_err(|err| Error::Internal(format!("cannot create {}: {err}", data_dir.display())))?;
         let url = format!("sqlite://{}", data_dir.join(DATABASE_FILE).display());
         let options = SqliteConnectOptions::from_str(&url)?

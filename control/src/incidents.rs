@@ -379,14 +379,26 @@ async fn close(tx: &mut Transaction<'_, Sqlite>, id: i64, actor: &str, resolutio
 /// Timeline entries for a reconcile of `shadow` (started, finished), on its open incident.
 pub async fn note_reconcile(db: &Db, shadow: &str, actor: &str, event: &str, details: serde_json::Value) -> Result<()> {
     let mut tx = db.begin().await?;
+    note_reconcile_in(&mut tx, shadow, actor, event, details).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`note_reconcile`] inside a transaction (the one that starts the reconcile).
+pub(crate) async fn note_reconcile_in(
+    conn: &mut SqliteConnection,
+    shadow: &str,
+    actor: &str,
+    event: &str,
+    details: serde_json::Value,
+) -> Result<()> {
     let open: Option<(i64,)> = sqlx::query_as("SELECT id FROM incidents WHERE shadow = ? AND status != 'resolved'")
         .bind(shadow)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await?;
     if let Some((id,)) = open {
-        add_event(&mut tx, id, actor, event, details).await?;
+        add_event(conn, id, actor, event, details).await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 

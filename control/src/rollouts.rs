@@ -467,8 +467,8 @@ impl Coordinator {
         )
         .await?;
         let entries = staged_entries(&mut tx, &self.db.keys, &set).await?;
+        crate::incidents::note_reconcile_in(&mut tx, shadow, &caller.username, "reconcile_started", json!({"rollout": id})).await?;
         tx.commit().await?;
-        crate::incidents::note_reconcile(&self.db, shadow, &caller.username, "reconcile_started", json!({"rollout": id})).await?;
         let plan = Plan {
             id,
             revision: current,
@@ -923,7 +923,7 @@ impl Coordinator {
 
     /// An operator aborts a rollout that is still preparing (before the deadline would).
     /// Audited.
-    pub async fn cancel(&self, caller: &Caller, id: i64) -> Result<RolloutView> {
+    pub async fn cancel(self: &Arc<Self>, caller: &Caller, id: i64) -> Result<RolloutView> {
         caller.require(Role::Approver)?;
         caller.require_recent_password()?;
         get(&self.db, id).await?;
@@ -932,7 +932,14 @@ impl Coordinator {
         };
         let (rollout, actions) = self.apply(id, event, None, Some(caller)).await?;
         self.operator_moved.notify_waiters();
-        self.perform(id, &rollout.root, &actions).await?;
+        // The aborts belong to the coordinator, not to this request: a caller that hangs
+        // up does not leave them unsent.
+        let coordinator = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = coordinator.perform(id, &rollout.root, &actions).await {
+                tracing::warn!(rollout = id, %err, "aborts after a cancel not all acknowledged");
+            }
+        });
         get(&self.db, id).await
     }
 

@@ -9,7 +9,8 @@
 //! - No commit is sent before the decision to commit is logged, and the decision is made
 //!   once: when every shadow prepared the target root. One refusal, the deadline, a
 //!   restart or an operator's cancel decides abort instead (presumed abort).
-//! - `applied` only when every shadow still targeted returned a receipt equal to the root.
+//! - `applied` only when every shadow still targeted returned a receipt equal to the root
+//!   (and at least one did: a rollout whose shadows were all removed proved nothing).
 //!   A shadow that commits but proves another root ends its wait as `mismatch`; one that
 //!   can no longer commit (its staging gone) as `lost`; one an operator released as
 //!   `released`. A committed rollout with any of those ends `incomplete`.
@@ -482,9 +483,13 @@ impl Rollout {
             .filter(|(_, p)| matches!(p.phase, Phase::Mismatch | Phase::Lost | Phase::Released))
             .map(|(name, p)| format!("{name} {}", p.phase.as_str()))
             .collect();
-        if short.is_empty() {
+        let proven = self.shadows.values().any(|p| p.phase == Phase::Committed);
+        if short.is_empty() && proven {
             self.state = State::Applied;
             self.error = None;
+        } else if short.is_empty() {
+            self.state = State::Incomplete;
+            self.error = Some("committed, but every shadow was removed before it proved the root".into());
         } else {
             self.state = State::Incomplete;
             self.error = Some(format!("committed, but not proven on every shadow: {}", short.join(", ")));

@@ -716,3 +716,67 @@ async fn a_file_that_keeps_changing_and_a_removed_shadow_leave_bounded_records()
         .unwrap();
     assert_eq!(checks, 0, "the removed shadow's checks are gone");
 }
+
+/// Break 6, the recovery half: a backup taken while a rollout was committing, started
+/// after the original finished it, drives that commit again at start. The shadows answer
+/// it as already done without recording the copy's (higher) epoch, so the original is not
+/// fenced and goes on writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_recovery_of_an_old_copy_does_not_fence_the_original() {
+    let mut fleet = fleet(Duration::from_secs(10)).await;
+    fleet.agent.kill();
+    fleet.agent.env = vec![("ETC_SHADOW_FAILPOINT_COMMIT".into(), "io".into())];
+    fleet.agent.restart();
+    let id = fleet.approved_change(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
+    let (_, started) = fleet
+        .approver
+        .post(&format!("/api/v1/changes/{id}/rollouts?wait=false"), json!({}))
+        .await;
+    let rollout = started["id"].as_i64().unwrap();
+    let begun = Instant::now();
+    while fleet.editor.get(&format!("/api/v1/rollouts/{rollout}")).await.1["state"] != "committing" {
+        assert!(begun.elapsed() < Duration::from_secs(20), "never committing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The backup, taken while the commit waits for the agent.
+    let copy = fleet.root.path().join("mid-rollout-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    sqlx::query("VACUUM INTO ?")
+        .bind(copy.join(control::db::DATABASE_FILE).to_str().unwrap())
+        .execute(fleet.server.state.db.read_write())
+        .await
+        .unwrap();
+    let key = control::secrets::KEY_FILE;
+    std::fs::copy(fleet.server.data_dir().join(key), copy.join(key)).unwrap();
+    // The agent heals; the original finishes the rollout.
+    fleet.agent.kill();
+    fleet.agent.env.clear();
+    fleet.agent.restart();
+    let done = fleet.settled(rollout, Duration::from_secs(30)).await;
+    assert_eq!(done["state"], "applied", "{done}");
+
+    // The copy starts (a higher epoch than the original's) and recovers "its" rollout.
+    let stale = TestServer::start_with(|config| config.data_dir = copy.clone()).await;
+    let viewer = stale.login("erin").await;
+    let begun = Instant::now();
+    let recovered = loop {
+        let (_, view) = viewer.get(&format!("/api/v1/rollouts/{rollout}")).await;
+        if view["state"] != "committing" {
+            break view;
+        }
+        assert!(begun.elapsed() < Duration::from_secs(20), "the copy's recovery never ended: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The copy drove the commit: the agent answered it as done (same rollout, same root).
+    assert_eq!(recovered["state"], "applied", "{recovered}");
+    assert_eq!(phase_of(&recovered, "edge")["receipt_root"], recovered["root"], "{recovered}");
+    stale.stop().await;
+
+    let id = fleet.approved_change(change_body(2, "app.toml", "[server]\nport = 9191\n")).await;
+    let (_, next) = fleet.roll_out(id).await;
+    assert_eq!(
+        next["state"], "applied",
+        "the original is not fenced by the copy's recovery: {next}"
+    );
+    assert_eq!(file(&fleet.agent.live, "app.toml"), "[server]\nport = 9191\n");
+}

@@ -127,6 +127,43 @@ struct Persisted {
     /// same rollout is refused but another writer's rollout of the same number is not.
     #[serde(default)]
     aborted_roots: BTreeMap<i64, String>,
+    /// The previous live generation's directory, kept for readers still inside it.
+    #[serde(default)]
+    previous: Option<String>,
+    /// The `..original-*` directories this store made (a planted one is not the store's:
+    /// it is drift like anything else), oldest first.
+    #[serde(default)]
+    originals: Vec<String>,
+}
+
+impl Persisted {
+    /// Refuses a state whose names could lead outside the managed directory (a state file
+    /// on a volume someone else can write).
+    fn check(self, file: &Path) -> Result<Persisted> {
+        let generation = |dir: &str| {
+            dir.strip_prefix('r')
+                .and_then(|rest| rest.split_once("-rev"))
+                .is_some_and(|(rollout, revision)| {
+                    !rollout.is_empty()
+                        && !revision.is_empty()
+                        && rollout.bytes().all(|b| b.is_ascii_digit())
+                        && revision.bytes().all(|b| b.is_ascii_digit())
+                })
+        };
+        let dirs = [&self.live, &self.staged].into_iter().flatten().map(|g| g.dir.as_str());
+        let original = |name: &String| {
+            name.strip_prefix(ORIGINAL_PREFIX)
+                .is_some_and(|stamp| !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit()))
+        };
+        if dirs.chain(self.previous.iter().map(String::as_str)).all(generation) && self.originals.iter().all(original) {
+            Ok(self)
+        } else {
+            Err(StoreError::Io(format!(
+                "{} names directories the store never makes; refusing it",
+                file.display()
+            )))
+        }
+    }
 }
 
 pub struct Store {
@@ -241,12 +278,19 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .ok_or_else(|| StoreError::Io(format!("{} has no parent", path.display())))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temporary = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temporary)
-        .map_err(|err| io_error(format!("create {}", temporary.display()), err))?;
+    // A leftover (or planted) temporary is removed, never followed: a symlink there is
+    // unlinked itself, and the new file is created exclusively without following links.
+    let _ = fs::remove_file(&temporary);
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&temporary)
+    }
+    .map_err(|err| io_error(format!("create {}", temporary.display()), err))?;
     let written = timed(
         |t| &mut t.write,
         || disk_budget::charge(bytes.len()).and_then(|()| file.write_all(bytes)),
@@ -417,6 +461,75 @@ fn read_no_follow(path: &Path) -> io::Result<Vec<u8>> {
     Ok(content)
 }
 
+/// A directory held open: names are resolved inside this very directory (through
+/// `/proc/self/fd`), so renaming it or putting a symlink in its place meanwhile changes
+/// nothing about where files go. Opened without following a symlink.
+struct DirHandle {
+    file: File,
+}
+
+impl DirHandle {
+    fn open(path: &Path) -> Result<DirHandle> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_DIRECTORY.bits() | nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(path)
+            .map_err(|err| io_error(format!("open {}", path.display()), err))?;
+        Ok(DirHandle { file })
+    }
+
+    /// The path of `name` inside this directory, whatever its own path is now.
+    fn path(&self, name: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&self.file))).join(name)
+    }
+
+    /// A new directory inside this one (refused if the name exists), held open; it must be
+    /// this process's own, so a directory swapped in between is not written to.
+    fn create_dir(&self, name: &str, mode: u32) -> Result<DirHandle> {
+        fs::DirBuilder::new()
+            .mode(mode)
+            .create(self.path(name))
+            .map_err(|err| io_error(format!("create {name}"), err))?;
+        let dir = DirHandle::open(&self.path(name))?;
+        let meta = dir.file.metadata().map_err(|err| io_error(format!("stat {name}"), err))?;
+        if meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(StoreError::Io(format!("{name} was replaced as it was made")));
+        }
+        Ok(dir)
+    }
+
+    /// A new file inside this one, owner-only, never following a link, never overwriting.
+    fn create_file(&self, name: &str) -> Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(self.path(name))
+            .map_err(|err| io_error(format!("create {name}"), err))
+    }
+
+    fn chmod(&self, mode: u32) -> Result<()> {
+        self.file
+            .set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|err| io_error("chmod a directory", err))
+    }
+
+    fn sync(&self) -> Result<()> {
+        timed(|t| &mut t.fsync, || self.file.sync_all()).map_err(|err| io_error("fsync a directory", err))
+    }
+
+    /// Whether `path` (not followed) is this very directory.
+    fn is_at(&self, path: &Path) -> bool {
+        match (self.file.metadata(), fs::symlink_metadata(path)) {
+            (Ok(held), Ok(there)) => there.is_dir() && held.dev() == there.dev() && held.ino() == there.ino(),
+            _ => false,
+        }
+    }
+}
+
 fn user_name(uid: u32) -> String {
     nix::unistd::User::from_uid(uid.into())
         .ok()
@@ -438,8 +551,19 @@ impl Store {
     /// store to that id from the start (`--control-plane-id`).
     pub fn open(live: &Path, state_dir: &Path, pinned_control_plane: Option<String>) -> Result<Store> {
         if fs::symlink_metadata(live).is_ok_and(|meta| meta.file_type().is_symlink()) {
-            // The layout of earlier versions: the managed path was itself a link into the
-            // state directory. It becomes a plain directory; the next reconcile fills it.
+            let target = fs::read_link(live).unwrap_or_default();
+            let old_layout = target.starts_with(state_dir.join("revisions"))
+                || fs::canonicalize(live)
+                    .is_ok_and(|real| fs::canonicalize(state_dir.join("revisions")).is_ok_and(|r| real.starts_with(r)));
+            if !old_layout {
+                return Err(StoreError::BadRequest(format!(
+                    "{} is a symlink to {}: give the real directory to manage",
+                    live.display(),
+                    target.display()
+                )));
+            }
+            // The layout of earlier versions: the managed path was a link into the state
+            // directory. It becomes a plain directory; the next reconcile fills it.
             tracing::warn!(path = %live.display(), "replacing the old live link by a managed directory; reconcile this shadow");
             fs::remove_file(live).map_err(|err| io_error(format!("remove the old link {}", live.display()), err))?;
         }
@@ -449,9 +573,9 @@ impl Store {
             .map_err(|err| io_error(format!("chmod {}", state_dir.display()), err))?;
         let state_file = state_dir.join("state.json");
         let persisted = match fs::read(&state_file) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|err| StoreError::Io(format!("{} is corrupt: {err}", state_file.display())))?
-            }
+            Ok(bytes) => serde_json::from_slice::<Persisted>(&bytes)
+                .map_err(|err| StoreError::Io(format!("{} is corrupt: {err}", state_file.display())))?
+                .check(&state_file)?,
             Err(err) if err.kind() == io::ErrorKind::NotFound => Persisted::default(),
             Err(err) => return Err(io_error(format!("read {}", state_file.display()), err)),
         };
@@ -469,16 +593,24 @@ impl Store {
             persisted,
             hashes: HashCache::default(),
         };
+        let lock = store.lock_state()?;
         store.clean_orphans()?;
-        // Killed after the live link switched but before the state recorded it: the
-        // switch happens only for a commit, so the commit is finished now.
-        if let Some(staged) = store.persisted.staged.clone()
-            && store.linked_generation() == Some(store.generation_dir(&staged.dir))
-        {
-            store.switch_to(&staged)?;
-            store.finish_commit(staged)?;
-        }
+        store.finish_interrupted_switch()?;
+        drop(lock);
         Ok(store)
+    }
+
+    /// Killed (or failed) after the live link switched but before the state recorded it:
+    /// the switch happens only for a commit, so the commit is finished now, before anything
+    /// could drop the generation readers are in.
+    fn finish_interrupted_switch(&mut self) -> Result<()> {
+        if let Some(staged) = self.persisted.staged.clone()
+            && self.linked_generation() == Some(self.generation_dir(&staged.dir))
+        {
+            self.switch_to(&staged)?;
+            self.finish_commit(staged)?;
+        }
+        Ok(())
     }
 
     /// The directory of a generation (by its name in the journal) inside the managed one.
@@ -486,21 +618,38 @@ impl Store {
         self.live.join(format!("..{dir}"))
     }
 
-    /// Whether a top-level name of the managed directory is the store's own: the live
-    /// link, a generation or its staging, a moved-aside original, the state directory.
+    /// Whether a top-level name of the managed directory is the store's own: the live link
+    /// (and its temporary), a generation it keeps (live, staged, previous) or is staging,
+    /// an original it moved aside, the state directory. A planted name of the same shape
+    /// is not the store's: it is seen, as drift.
     fn reserved(&self, name: &str) -> bool {
         let state_inside =
             self.state_dir.parent() == Some(self.live.as_path()) && self.state_dir.file_name().is_some_and(|n| n.to_string_lossy() == name);
+        let kept = [&self.persisted.live, &self.persisted.staged]
+            .into_iter()
+            .flatten()
+            .map(|g| g.dir.as_str())
+            .chain(self.persisted.previous.as_deref())
+            .any(|dir| name.strip_prefix("..") == Some(dir));
         state_inside
+            || kept
             || name == DATA_LINK
             || name == format!("{DATA_LINK}.tmp")
-            || name.starts_with(ORIGINAL_PREFIX)
-            || name.strip_prefix("..r").is_some_and(|rest| {
-                let rest = rest.strip_suffix(".tmp").unwrap_or(rest);
-                rest.split_once("-rev")
-                    .is_some_and(|(rollout, revision)| rollout.parse::<i64>().is_ok() && revision.parse::<i64>().is_ok())
-            })
-            || name.starts_with("..trash-")
+            || self.persisted.originals.iter().any(|o| o == name)
+            || (name.starts_with("..r") && name.ends_with(".tmp") && self.staging_shape(name))
+            || (name.starts_with("..trash-") && self.staging_shape(name))
+    }
+
+    /// The shape of a generation's name (`..r<rollout>-rev<revision>`, optionally as
+    /// `..trash-…` or `….tmp`), for what a crash may leave behind while it is written or
+    /// removed.
+    fn staging_shape(&self, name: &str) -> bool {
+        let rest = name.strip_prefix("..trash-").unwrap_or(name);
+        let rest = rest.strip_prefix("..").unwrap_or(rest);
+        let rest = rest.strip_suffix(".tmp").unwrap_or(rest);
+        rest.strip_prefix('r').and_then(|r| r.split_once("-rev")).is_some_and(|(a, b)| {
+            !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+        })
     }
 
     /// The live generation's directory, as the live link says (`None` before the first
@@ -529,8 +678,9 @@ impl Store {
         let entries = fs::read_dir(&self.live).map_err(|err| io_error(format!("list {}", self.live.display()), err))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let generation = name.starts_with("..r") && self.reserved(&name);
-            if (generation && name.ends_with(".tmp") && !keep.contains(&name)) || name.starts_with("..trash-") {
+            let staging = name.starts_with("..r") && name.ends_with(".tmp") && self.staging_shape(&name);
+            let trash = name.starts_with("..trash-") && self.staging_shape(&name);
+            if (staging && !keep.contains(&name)) || trash {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
@@ -552,8 +702,9 @@ impl Store {
         let state_file = self.state_dir.join("state.json");
         match fs::read(&state_file) {
             Ok(bytes) => {
-                self.persisted =
-                    serde_json::from_slice(&bytes).map_err(|err| StoreError::Io(format!("{} is corrupt: {err}", state_file.display())))?;
+                self.persisted = serde_json::from_slice::<Persisted>(&bytes)
+                    .map_err(|err| StoreError::Io(format!("{} is corrupt: {err}", state_file.display())))?
+                    .check(&state_file)?;
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(io_error(format!("read {}", state_file.display()), err)),
@@ -853,6 +1004,7 @@ impl Store {
 
     fn prepare_untimed(&mut self, rollout: i64, request: &PrepareRequest) -> Result<RolloutAnswer> {
         let _lock = self.lock_state()?;
+        self.finish_interrupted_switch()?;
         self.check_fence(&request.control_plane_id, request.epoch)?;
         if let Some(staged) = self.persisted.staged.as_ref().filter(|g| g.rollout == rollout) {
             if staged.root == request.target_root {
@@ -946,34 +1098,47 @@ impl Store {
                 });
             }
         }
-        // A newer prepare replaces an older staged one that was never decided here.
+        // A newer prepare replaces an older staged one that was never decided here; an
+        // older one arriving late does not replace a newer one.
+        if let Some(staged) = &self.persisted.staged
+            && staged.rollout > rollout
+        {
+            return Err(StoreError::Conflict(format!(
+                "rollout {} is staged here, newer than rollout {rollout}",
+                staged.rollout
+            )));
+        }
         if let Some(old) = self.persisted.staged.take() {
             let _ = fs::remove_dir_all(self.generation_dir(&old.dir));
             self.remember(old.rollout, RolloutPhase::Aborted);
         }
         let dir_name = format!("r{rollout}-rev{}", request.revision);
         let final_dir = self.generation_dir(&dir_name);
-        let staging = self.live.join(format!("..{dir_name}.tmp"));
+        let staging_name = format!("..{dir_name}.tmp");
+        let staging = self.live.join(&staging_name);
         // Never followed: std removes a symlink itself, not what it points to.
         let _ = fs::remove_dir_all(&staging);
-        // Private while it is written: nobody reads a half-written generation.
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&staging)
-            .map_err(|err| io_error(format!("create {}", staging.display()), err))?;
-        if let Err(err) = self.write_staging(&staging, &parsed) {
+        // Private while it is written: nobody reads a half-written generation. Held open,
+        // so a rename or a symlink put in its place meanwhile changes nothing.
+        let managed = DirHandle::open(&self.live)?;
+        let handle = managed.create_dir(&staging_name, 0o700)?;
+        if let Err(err) = self.write_staging(&handle, &parsed) {
             // Leave nothing behind: on a full disk, a half-written revision would only
             // make the next attempt fail too.
             let _ = fs::remove_dir_all(&staging);
             return Err(err);
         }
-        fs::set_permissions(&staging, fs::Permissions::from_mode(0o755)).map_err(|err| io_error("chmod staging", err))?;
+        handle.chmod(0o755)?;
         if self.linked_generation().as_deref() == Some(final_dir.as_path()) {
             return Err(StoreError::Conflict(format!("rollout {rollout} is live here already")));
         }
         let _ = fs::remove_dir_all(&final_dir);
         fs::rename(&staging, &final_dir).map_err(|err| io_error("rename staging", err))?;
-        fsync_dir(&self.live)?;
+        managed.sync()?;
+        if !handle.is_at(&final_dir) {
+            let _ = fs::remove_dir_all(&final_dir);
+            return Err(StoreError::Io("the staged directory was replaced while it was written".into()));
+        }
         // Prove what was staged by reading it back.
         let staged_root = self.observe(&final_dir, Layout::Generation, &manifest, false)?.root().to_hex();
         if staged_root != request.target_root {
@@ -1001,51 +1166,59 @@ impl Store {
         })
     }
 
-    /// Writes every entry under `staging` (a fresh, private directory) durably: each file
-    /// created owner-only with `O_EXCL | O_NOFOLLOW`, given its mode and owner before it is
-    /// fsynced, then every directory fsynced. Nothing is followed or overwritten.
-    fn write_staging(&self, staging: &Path, parsed: &[(EntryPath, Policy, Hash, &[u8])]) -> Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut directories = vec![staging.to_path_buf()];
+    /// Writes every entry into `staging` (a fresh, private directory, held open) durably:
+    /// each directory made inside the one before it, each file created owner-only with
+    /// `O_EXCL | O_NOFOLLOW`, given its mode and owner before it is fsynced, then every
+    /// directory fsynced. Every name is resolved inside a directory held open, so nothing
+    /// is followed, overwritten or written elsewhere.
+    fn write_staging(&self, staging: &DirHandle, parsed: &[(EntryPath, Policy, Hash, &[u8])]) -> Result<()> {
+        let mut directories: BTreeMap<String, DirHandle> = BTreeMap::new();
         for (path, policy, _, content) in parsed {
-            let target = staging.join(path.as_str());
-            let mut dir = staging.to_path_buf();
             let segments: Vec<&str> = path.as_str().split('/').collect();
-            for segment in &segments[..segments.len() - 1] {
-                dir = dir.join(segment);
-                match fs::symlink_metadata(&dir) {
-                    Ok(meta) if meta.is_dir() => {}
-                    Ok(_) => return Err(StoreError::BadRequest(format!("{path}: {segment} is also a file"))),
-                    Err(_) => {
-                        fs::DirBuilder::new()
-                            .mode(0o755)
-                            .create(&dir)
-                            .map_err(|err| io_error(format!("create {}", dir.display()), err))?;
-                        directories.push(dir.clone());
-                    }
+            let (file_name, parents) = segments
+                .split_last()
+                .ok_or_else(|| StoreError::BadRequest(format!("{path}: empty")))?;
+            let mut prefix = String::new();
+            for segment in parents {
+                let parent_prefix = prefix.clone();
+                prefix = if prefix.is_empty() {
+                    segment.to_string()
+                } else {
+                    format!("{prefix}/{segment}")
+                };
+                if directories.contains_key(&prefix) {
+                    continue;
                 }
+                let parent = if parent_prefix.is_empty() {
+                    staging
+                } else {
+                    &directories[&parent_prefix]
+                };
+                let dir = match DirHandle::open(&parent.path(segment)) {
+                    Ok(dir) => dir,
+                    Err(_) if fs::symlink_metadata(parent.path(segment)).is_ok() => {
+                        return Err(StoreError::BadRequest(format!("{path}: {segment} is also a file")));
+                    }
+                    Err(_) => parent.create_dir(segment, 0o755)?,
+                };
+                directories.insert(prefix.clone(), dir);
             }
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-                .open(&target)
-                .map_err(|err| io_error(format!("create {}", target.display()), err))?;
+            let parent = if prefix.is_empty() { staging } else { &directories[&prefix] };
+            let mut file = parent.create_file(file_name)?;
             timed(
                 |t| &mut t.write,
                 || disk_budget::charge(content.len()).and_then(|()| file.write_all(content)),
             )
-            .map_err(|err| io_error(format!("write {}", target.display()), err))?;
+            .map_err(|err| io_error(format!("write {path}"), err))?;
             file.set_permissions(fs::Permissions::from_mode(policy.mode))
-                .map_err(|err| io_error(format!("chmod {}", target.display()), err))?;
-            self.apply_ownership(&file, &target, policy)?;
-            timed(|t| &mut t.fsync, || file.sync_all()).map_err(|err| io_error(format!("fsync {}", target.display()), err))?;
+                .map_err(|err| io_error(format!("chmod {path}"), err))?;
+            self.apply_ownership(&file, Path::new(path.as_str()), policy)?;
+            timed(|t| &mut t.fsync, || file.sync_all()).map_err(|err| io_error(format!("fsync {path}"), err))?;
         }
-        for dir in directories.iter().rev() {
-            fsync_dir(dir)?;
+        for dir in directories.values().rev() {
+            dir.sync()?;
         }
-        Ok(())
+        staging.sync()
     }
 
     fn apply_ownership(&self, file: &File, shown: &Path, policy: &Policy) -> Result<()> {
@@ -1092,6 +1265,7 @@ impl Store {
 
     fn commit_untimed(&mut self, rollout: i64, fence: &Fence) -> Result<RolloutAnswer> {
         let _lock = self.lock_state()?;
+        self.finish_interrupted_switch()?;
         self.check_fence(&fence.control_plane_id, fence.epoch)?;
         // The writer's epoch is recorded only by a commit that switches something: a
         // repeated or refused commit (a stale copy's recovery, say) must not fence the
@@ -1154,6 +1328,7 @@ impl Store {
     fn finish_commit(&mut self, staged: Generation) -> Result<()> {
         let rollout = staged.rollout;
         let previous = self.persisted.live.replace(staged);
+        self.persisted.previous = previous.as_ref().map(|g| g.dir.clone());
         self.persisted.staged = None;
         self.remember(rollout, RolloutPhase::Committed);
         self.save()?;
@@ -1167,7 +1342,7 @@ impl Store {
         let entries = fs::read_dir(&self.live).map_err(|err| io_error(format!("list {}", self.live.display()), err))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let generation = name.starts_with("..r") && !name.ends_with(".tmp") && self.reserved(&name);
+            let generation = name.starts_with("..r") && !name.ends_with(".tmp") && self.staging_shape(&name);
             if generation && !keep.contains(&name) {
                 let trash = self.live.join(format!("..trash-{name}"));
                 let doomed = if fs::rename(entry.path(), &trash).is_ok() {
@@ -1185,55 +1360,63 @@ impl Store {
     /// store's goes aside into `..original-<time>`; `..data` is switched with one rename;
     /// then the top-level links are made to match (new names appear, dropped ones go).
     /// Idempotent, so a commit interrupted anywhere is finished by doing it again.
-    fn switch_to(&self, generation: &Generation) -> Result<()> {
+    fn switch_to(&mut self, generation: &Generation) -> Result<()> {
         let target = format!("..{}", generation.dir);
         let wanted: BTreeSet<String> = generation
             .manifest
             .keys()
             .filter_map(|path| path.split('/').next().map(str::to_string))
             .collect();
-        let ours = |name: &str| fs::read_link(self.live.join(name)).is_ok_and(|t| t == Path::new(DATA_LINK).join(name));
+        let live = self.live.clone();
+        let ours = move |name: &str| fs::read_link(live.join(name)).is_ok_and(|t| t == Path::new(DATA_LINK).join(name));
         // 1. What is not the store's (the files found before its first commit, anything
-        // planted since) is moved aside, never followed, never lost.
-        let mut aside: Option<PathBuf> = None;
+        // planted since, a directory planted where the live link goes) is moved aside,
+        // never followed, never lost: all of it, or (on a failure) none of it.
+        let managed = DirHandle::open(&self.live)?;
+        let link = self.live.join(DATA_LINK);
+        let mut foreign: Vec<String> = Vec::new();
         let entries = fs::read_dir(&self.live).map_err(|err| io_error(format!("list {}", self.live.display()), err))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if self.reserved(&name) || ours(&name) {
+            let link_slot = name == DATA_LINK || name == format!("{DATA_LINK}.tmp");
+            let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+            if (link_slot && is_link) || (!link_slot && (self.reserved(&name) || ours(&name))) {
                 continue;
             }
-            let dir = match &aside {
-                Some(dir) => dir.clone(),
-                None => {
-                    let stamp = SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_nanos();
-                    let dir = self.live.join(format!("{ORIGINAL_PREFIX}{stamp}"));
-                    fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&dir)
-                        .map_err(|err| io_error(format!("create {}", dir.display()), err))?;
-                    aside = Some(dir.clone());
-                    dir
-                }
-            };
-            fs::rename(entry.path(), dir.join(entry.file_name()))
-                .map_err(|err| io_error(format!("move {name} aside into {}", dir.display()), err))?;
+            foreign.push(name);
         }
-        if let Some(dir) = &aside {
-            fsync_dir(dir)?;
-            tracing::info!(path = %dir.display(), "files the shadow did not manage were moved aside");
+        if !foreign.is_empty() {
+            let stamp = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            let name = format!("{ORIGINAL_PREFIX}{stamp}");
+            let aside = managed.create_dir(&name, 0o700)?;
+            let mut moved: Vec<&String> = Vec::new();
+            for entry in &foreign {
+                if let Err(err) = fs::rename(managed.path(entry), aside.path(entry)) {
+                    // Put back what was moved: the directory stays as it was.
+                    for back in moved {
+                        let _ = fs::rename(aside.path(back), managed.path(back));
+                    }
+                    let _ = fs::remove_dir(managed.path(&name));
+                    return Err(io_error(format!("move {entry} aside"), err));
+                }
+                moved.push(entry);
+            }
+            aside.sync()?;
+            self.persisted.originals.push(name.clone());
+            self.save()?;
+            tracing::info!(path = %self.live.join(&name).display(), "files the shadow did not manage were moved aside");
             self.prune_originals();
         }
         // 2. The switch: one rename of the live link.
-        let link = self.live.join(DATA_LINK);
         if fs::read_link(&link).ok().as_deref() != Some(Path::new(&target)) {
             let temporary = self.live.join(format!("{DATA_LINK}.tmp"));
             let _ = fs::remove_file(&temporary);
             std::os::unix::fs::symlink(&target, &temporary).map_err(|err| io_error(format!("create link {}", temporary.display()), err))?;
             fs::rename(&temporary, &link).map_err(|err| io_error(format!("switch {}", link.display()), err))?;
-            fsync_dir(&self.live)?;
+            managed.sync()?;
         }
         // 3. The top-level links a reader opens.
         for name in &wanted {
@@ -1256,27 +1439,24 @@ impl Store {
         fsync_dir(&self.live)
     }
 
-    /// Keeps the newest [`ORIGINALS_KEPT`] moved-aside directories.
-    fn prune_originals(&self) {
-        let Ok(entries) = fs::read_dir(&self.live) else { return };
-        let mut originals: Vec<(u128, PathBuf)> = entries
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let stamp = name.strip_prefix(ORIGINAL_PREFIX)?.parse::<u128>().ok()?;
-                Some((stamp, entry.path()))
-            })
-            .collect();
-        originals.sort();
-        let excess = originals.len().saturating_sub(ORIGINALS_KEPT);
-        for (_, dir) in originals.into_iter().take(excess) {
-            let _ = fs::remove_dir_all(dir);
+    /// Keeps the newest [`ORIGINALS_KEPT`] of the directories this store moved aside.
+    fn prune_originals(&mut self) {
+        let excess = self.persisted.originals.len().saturating_sub(ORIGINALS_KEPT);
+        let dropped: Vec<String> = self.persisted.originals.drain(..excess).collect();
+        if dropped.is_empty() {
+            return;
+        }
+        if self.save().is_ok() {
+            for name in dropped {
+                let _ = fs::remove_dir_all(self.live.join(name));
+            }
         }
     }
 
     /// Drops the staged revision. Idempotent; refuses a rollout already committed.
     pub fn abort(&mut self, rollout: i64, fence: &Fence) -> Result<RolloutAnswer> {
         let _lock = self.lock_state()?;
+        self.finish_interrupted_switch()?;
         self.check_fence(&fence.control_plane_id, fence.epoch)?;
         let same = |root: &String| fence.target_root.as_ref().is_none_or(|wanted| wanted == root);
         if self.persisted.live.as_ref().is_some_and(|g| g.rollout == rollout && same(&g.root)) {

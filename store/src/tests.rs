@@ -472,3 +472,79 @@ fn a_writer_whose_rollout_numbers_collide_cannot_commit_or_abort_what_it_did_not
     late.revision = 2;
     assert!(matches!(store.prepare(5, &late), Err(StoreError::Conflict(_))));
 }
+
+#[test]
+fn a_switch_whose_state_was_not_saved_is_finished_before_the_next_write_not_deleted() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let first = request(1, 1, &empty_root(), vec![entry("app.toml", "port = 1\n", "0644")]);
+    store.prepare(1, &first).unwrap();
+    store.commit(1, &fence(1)).unwrap();
+    let second = request(1, 2, &first.target_root, vec![entry("app.toml", "port = 2\n", "0644")]);
+    store.prepare(2, &second).unwrap();
+    // The switch happened, the state write after it failed (a full disk, say).
+    let staged = store.persisted.staged.clone().unwrap();
+    store.switch_to(&staged).unwrap();
+    // The next write, in the same process, finishes that commit instead of dropping the
+    // generation readers are in.
+    let third = request(1, 3, &second.target_root, vec![entry("app.toml", "port = 3\n", "0644")]);
+    store.prepare(3, &third).unwrap();
+    assert_eq!(store.status(2).phase, RolloutPhase::Committed);
+    assert_eq!(fs::read_to_string(f.live.join("app.toml")).unwrap(), "port = 2\n");
+    assert_eq!(store.live_root().unwrap().to_hex(), second.target_root);
+}
+
+#[test]
+fn names_shaped_like_the_stores_own_but_planted_are_seen_not_hidden() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let req = request(1, 1, &empty_root(), vec![entry("a", "1", "0644")]);
+    store.prepare(1, &req).unwrap();
+    store.commit(1, &fence(1)).unwrap();
+    for planted in ["..r9-rev9", "..original-99999999999999999999", "..data2"] {
+        fs::create_dir(f.live.join(planted)).unwrap();
+        fs::write(f.live.join(planted).join("x"), "hidden?").unwrap();
+    }
+    let state = store.state(true).unwrap();
+    assert_ne!(state.live_root, req.target_root, "planted names are drift");
+    let kinds: Vec<(String, Option<String>)> = state.entries.unwrap().into_iter().map(|e| (e.path, e.kind)).collect();
+    for planted in ["..r9-rev9/x", "..original-99999999999999999999/x", "..data2/x"] {
+        assert!(
+            kinds.contains(&(planted.to_string(), Some("invalid_name".to_string()))),
+            "{planted} in {kinds:?}"
+        );
+    }
+    // A reconcile moves them aside with the rest, and they stay recoverable.
+    let mut again = request(1, 1, &state.live_root, req.entries.clone());
+    again.reconcile = true;
+    store.prepare(2, &again).unwrap();
+    assert_eq!(store.commit(2, &fence(1)).unwrap().root.as_deref(), Some(req.target_root.as_str()));
+}
+
+#[test]
+fn a_late_prepare_of_an_older_rollout_does_not_replace_a_newer_staging() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let newer = request(1, 1, &empty_root(), vec![entry("a", "new", "0644")]);
+    let older = request(1, 1, &empty_root(), vec![entry("a", "old", "0644")]);
+    store.prepare(8, &newer).unwrap();
+    assert!(matches!(store.prepare(7, &older), Err(StoreError::Conflict(_))));
+    assert_eq!(
+        store.commit(8, &fence(1)).unwrap().root.as_deref(),
+        Some(newer.target_root.as_str())
+    );
+}
+
+#[test]
+fn a_state_file_naming_a_directory_outside_is_refused() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    store
+        .prepare(1, &request(1, 1, &empty_root(), vec![entry("a", "1", "0644")]))
+        .unwrap();
+    drop(store);
+    let file = f.state.join("state.json");
+    let text = fs::read_to_string(&file).unwrap().replace("\"r1-rev1\"", "\"/../../../victim\"");
+    fs::write(&file, text).unwrap();
+    assert!(matches!(Store::open(&f.live, &f.state, None), Err(StoreError::Io(_))));
+}

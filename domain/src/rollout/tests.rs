@@ -264,6 +264,10 @@ fn check_invariants(rollout: &Rollout, before: &Rollout, actions: &[Action], log
         State::Failed | State::Aborted => assert_eq!(rollout.decision, Some(Decision::Abort)),
     }
     if rollout.state == State::Applied {
+        assert!(
+            rollout.shadows.values().any(|p| p.phase == Phase::Committed),
+            "applied without any proof"
+        );
         for (name, progress) in &rollout.shadows {
             assert!(
                 matches!(progress.phase, Phase::Committed | Phase::Removed),
