@@ -551,10 +551,16 @@ impl Store {
     /// store to that id from the start (`--control-plane-id`).
     pub fn open(live: &Path, state_dir: &Path, pinned_control_plane: Option<String>) -> Result<Store> {
         if fs::symlink_metadata(live).is_ok_and(|meta| meta.file_type().is_symlink()) {
+            // Earlier versions pointed it at `<their state directory>/revisions/r<n>-rev<m>`
+            // (for a directory shadow, under the control plane's data directory).
             let target = fs::read_link(live).unwrap_or_default();
-            let old_layout = target.starts_with(state_dir.join("revisions"))
-                || fs::canonicalize(live)
-                    .is_ok_and(|real| fs::canonicalize(state_dir.join("revisions")).is_ok_and(|r| real.starts_with(r)));
+            let old_layout = target.parent().and_then(Path::file_name).is_some_and(|n| n == "revisions")
+                && target.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.strip_prefix('r').and_then(|r| r.split_once("-rev")).is_some_and(|(a, b)| {
+                        !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+                    })
+                });
             if !old_layout {
                 return Err(StoreError::BadRequest(format!(
                     "{} is a symlink to {}: give the real directory to manage",

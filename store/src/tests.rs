@@ -548,3 +548,22 @@ fn a_state_file_naming_a_directory_outside_is_refused() {
     fs::write(&file, text).unwrap();
     assert!(matches!(Store::open(&f.live, &f.state, None), Err(StoreError::Io(_))));
 }
+
+#[test]
+fn a_symlinked_directory_is_refused_unless_it_is_the_old_layout() {
+    let f = fixture();
+    let elsewhere = f._dir.path().join("srv-app");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::write(elsewhere.join("app.toml"), "kept\n").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &f.live).unwrap();
+    assert!(matches!(Store::open(&f.live, &f.state, None), Err(StoreError::BadRequest(_))));
+    assert_eq!(fs::read_to_string(elsewhere.join("app.toml")).unwrap(), "kept\n", "untouched");
+    // An earlier version's link into its revisions becomes a managed directory.
+    fs::remove_file(&f.live).unwrap();
+    let old = f._dir.path().join("old-state").join("revisions").join("r3-rev2");
+    fs::create_dir_all(&old).unwrap();
+    std::os::unix::fs::symlink(&old, &f.live).unwrap();
+    let store = Store::open(&f.live, &f.state, None).unwrap();
+    assert!(fs::symlink_metadata(&f.live).unwrap().is_dir());
+    assert_eq!(store.live_root().unwrap().to_hex(), empty_root());
+}
