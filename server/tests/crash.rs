@@ -329,7 +329,7 @@ impl Sweep {
             editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await.unwrap();
             approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await.unwrap();
             // The answer may never come: the process dies at the crash point.
-            let _ = approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+            let answer = approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
             if kill_agent {
                 self.agent.kill();
             }
@@ -337,7 +337,7 @@ impl Sweep {
             assert_eq!(
                 crashed,
                 crash.is_some(),
-                "round {i}: the crash point {point} is reached in every rollout"
+                "round {i}: the crash point {point} is reached in every rollout: {answer:?}"
             );
         }
         let server = Process::start(&self.data, self.addr, None).expect("recovery start");

@@ -678,15 +678,22 @@ impl Store {
             .flatten()
             .map(|g| format!("..{}", g.dir))
             .collect();
-        if let Some(linked) = self.linked_generation() {
-            keep.push(linked.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        keep.extend(self.persisted.previous.iter().map(|dir| format!("..{dir}")));
+        if let Some(target) = fs::read_link(self.live.join(DATA_LINK))
+            .ok()
+            .and_then(|t| t.to_str().map(str::to_string))
+        {
+            keep.push(target);
         }
         let entries = fs::read_dir(&self.live).map_err(|err| io_error(format!("list {}", self.live.display()), err))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let staging = name.starts_with("..r") && name.ends_with(".tmp") && self.staging_shape(&name);
+            // A generation shaped like the store's but recorded nowhere: staged by a
+            // process killed before it saved its state (or planted). Never a directory a
+            // reader is in: the live link's target is kept.
+            let generation = name.starts_with("..r") && self.staging_shape(&name);
             let trash = name.starts_with("..trash-") && self.staging_shape(&name);
-            if (staging && !keep.contains(&name)) || trash {
+            if (generation && !keep.contains(&name)) || trash {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
@@ -1011,6 +1018,7 @@ impl Store {
     fn prepare_untimed(&mut self, rollout: i64, request: &PrepareRequest) -> Result<RolloutAnswer> {
         let _lock = self.lock_state()?;
         self.finish_interrupted_switch()?;
+        self.clean_orphans()?;
         self.check_fence(&request.control_plane_id, request.epoch)?;
         if let Some(staged) = self.persisted.staged.as_ref().filter(|g| g.rollout == rollout) {
             if staged.root == request.target_root {
@@ -1397,7 +1405,17 @@ impl Store {
                 .unwrap_or_default()
                 .as_nanos();
             let name = format!("{ORIGINAL_PREFIX}{stamp}");
-            let aside = managed.create_dir(&name, 0o700)?;
+            // Recorded before it is made, so a kill meanwhile leaves no original nobody knows.
+            self.persisted.originals.push(name.clone());
+            self.save()?;
+            let aside = match managed.create_dir(&name, 0o700) {
+                Ok(aside) => aside,
+                Err(err) => {
+                    self.persisted.originals.retain(|o| *o != name);
+                    let _ = self.save();
+                    return Err(err);
+                }
+            };
             let mut moved: Vec<&String> = Vec::new();
             for entry in &foreign {
                 if let Err(err) = fs::rename(managed.path(entry), aside.path(entry)) {
@@ -1406,13 +1424,13 @@ impl Store {
                         let _ = fs::rename(aside.path(back), managed.path(back));
                     }
                     let _ = fs::remove_dir(managed.path(&name));
+                    self.persisted.originals.retain(|o| *o != name);
+                    let _ = self.save();
                     return Err(io_error(format!("move {entry} aside"), err));
                 }
                 moved.push(entry);
             }
             aside.sync()?;
-            self.persisted.originals.push(name.clone());
-            self.save()?;
             tracing::info!(path = %self.live.join(&name).display(), "files the shadow did not manage were moved aside");
             self.prune_originals();
         }

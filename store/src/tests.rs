@@ -567,3 +567,19 @@ fn a_symlinked_directory_is_refused_unless_it_is_the_old_layout() {
     assert!(fs::symlink_metadata(&f.live).unwrap().is_dir());
     assert_eq!(store.live_root().unwrap().to_hex(), empty_root());
 }
+
+#[test]
+fn a_generation_staged_by_a_process_killed_before_saving_is_cleaned_not_drift() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let req = request(1, 1, &empty_root(), vec![entry("a", "1", "0644")]);
+    store.prepare(1, &req).unwrap();
+    store.commit(1, &fence(1)).unwrap();
+    // What a kill between the staging's rename and the state write leaves behind.
+    fs::create_dir(f.live.join("..r2-rev2")).unwrap();
+    fs::write(f.live.join("..r2-rev2/a"), "2").unwrap();
+    drop(store);
+    let store = Store::open(&f.live, &f.state, None).unwrap();
+    assert_eq!(store.live_root().unwrap().to_hex(), req.target_root);
+    assert!(!f.live.join("..r2-rev2").exists());
+}
