@@ -766,27 +766,13 @@ impl Coordinator {
         let calls = aborts.into_iter().map(|name| {
             let fence = self.fence(root);
             async move {
-                let result = match self.registry.driver(&self.db, &name).await {
-                    Ok(driver) => match tokio::time::timeout(self.call_timeout, driver.abort(id, fence)).await {
-                        Ok(result) => result.map(|_| ()),
-                        Err(_) => Err(ShadowError {
-                            code: "timeout".into(),
-                            message: format!("no answer within {:?}", self.call_timeout),
-                            transient: true,
-                        }),
-                    },
-                    Err(err) => Err(ShadowError {
-                        code: "driver".into(),
-                        message: err.public_message(),
-                        transient: false,
-                    }),
-                };
+                let result = self.call(&name, |driver| async move { driver.abort(id, fence).await }).await;
                 (name, result)
             }
         });
         for (name, result) in futures::future::join_all(calls).await {
             match result {
-                Ok(()) => {
+                Ok(_) => {
                     self.record(id, Event::AbortAcknowledged { shadow: name }, None).await?;
                 }
                 Err(err) => {
@@ -800,6 +786,28 @@ impl Coordinator {
         .execute(self.db.read_write())
         .await?;
         Ok(())
+    }
+
+    /// One commit or abort call to a shadow, bounded by [`Self::call_timeout`]. A shadow
+    /// that cannot be opened (its driver settings) or does not answer in time is a
+    /// transient failure: commits are retried, aborts only logged.
+    async fn call<F, Fut>(&self, name: &str, op: F) -> Result<domain::protocol::RolloutAnswer, ShadowError>
+    where
+        F: FnOnce(crate::shadows::Driver) -> Fut,
+        Fut: std::future::Future<Output = Result<domain::protocol::RolloutAnswer, ShadowError>>,
+    {
+        let driver = self.registry.driver(&self.db, name).await.map_err(|err| ShadowError {
+            code: "driver".into(),
+            message: err.public_message(),
+            transient: true,
+        })?;
+        tokio::time::timeout(self.call_timeout, op(driver)).await.unwrap_or_else(|_| {
+            Err(ShadowError {
+                code: "timeout".into(),
+                message: format!("no answer within {:?}", self.call_timeout),
+                transient: true,
+            })
+        })
     }
 
     /// Sends the commit to every shadow the rollout still waits for, again and again
@@ -836,21 +844,7 @@ impl Coordinator {
             let calls = waiting.into_iter().map(|name| {
                 let fence = fence.clone();
                 async move {
-                    let result = match self.registry.driver(&self.db, &name).await {
-                        Ok(driver) => match tokio::time::timeout(self.call_timeout, driver.commit(id, fence)).await {
-                            Ok(result) => result,
-                            Err(_) => Err(ShadowError {
-                                code: "timeout".into(),
-                                message: format!("no answer within {:?}", self.call_timeout),
-                                transient: true,
-                            }),
-                        },
-                        Err(err) => Err(ShadowError {
-                            code: "driver".into(),
-                            message: err.public_message(),
-                            transient: true,
-                        }),
-                    };
+                    let result = self.call(&name, |driver| async move { driver.commit(id, fence).await }).await;
                     (name, result)
                 }
             });

@@ -230,9 +230,7 @@ async fn a_client_that_hangs_up_leaves_a_rollout_that_still_ends_by_its_deadline
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_of_another_root_ends_the_rollout_incomplete_with_an_incident() {
     let mut fleet = fleet(Duration::from_secs(10)).await;
-    fleet.agent.kill();
-    fleet.agent.env = vec![("ETC_SHADOW_FAILPOINT_EDIT_AFTER_SWITCH".into(), "app.toml".into())];
-    fleet.agent.restart();
+    fleet.agent.restart_with(&[("ETC_SHADOW_FAILPOINT_EDIT_AFTER_SWITCH", "app.toml")]);
     let id = fleet.approved_change(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
     let (status, rollout) = fleet.roll_out(id).await;
     assert_eq!(status, StatusCode::CREATED, "{rollout}");
@@ -260,9 +258,7 @@ async fn a_receipt_of_another_root_ends_the_rollout_incomplete_with_an_incident(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Nothing is wedged: the agent, healthy again, is reconciled.
-    fleet.agent.kill();
-    fleet.agent.env.clear();
-    fleet.agent.restart();
+    fleet.agent.restart_with(&[]);
     let (status, reconcile) = fleet.approver.post("/api/v1/shadows/edge/reconcile", json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{reconcile}");
     assert_eq!(reconcile["state"], "applied", "{reconcile}");
@@ -275,9 +271,7 @@ async fn a_receipt_of_another_root_ends_the_rollout_incomplete_with_an_incident(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_releases_a_shadow_that_cannot_commit() {
     let mut fleet = fleet(Duration::from_secs(10)).await;
-    fleet.agent.kill();
-    fleet.agent.env = vec![("ETC_SHADOW_FAILPOINT_COMMIT".into(), "io".into())];
-    fleet.agent.restart();
+    fleet.agent.restart_with(&[("ETC_SHADOW_FAILPOINT_COMMIT", "io")]);
     let id = fleet.approved_change(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
     let (status, started) = fleet
         .approver
@@ -319,9 +313,7 @@ async fn an_operator_releases_a_shadow_that_cannot_commit() {
             .any(|row| row["action"] == "rollout.release" && row["actor"] == "abel" && row["target"] == format!("rollout/{rollout}")),
         "the release is audited: {audit}"
     );
-    fleet.agent.kill();
-    fleet.agent.env.clear();
-    fleet.agent.restart();
+    fleet.agent.restart_with(&[]);
     // The next rollout is not refused as busy (edge still serves revision 1, so it is
     // refused there by the base-root check and aborted everywhere: drift, not a wedge).
     let (status, after) = fleet.roll_out(next).await;
@@ -724,9 +716,7 @@ async fn a_file_that_keeps_changing_and_a_removed_shadow_leave_bounded_records()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_up_recovery_of_an_old_copy_does_not_fence_the_original() {
     let mut fleet = fleet(Duration::from_secs(10)).await;
-    fleet.agent.kill();
-    fleet.agent.env = vec![("ETC_SHADOW_FAILPOINT_COMMIT".into(), "io".into())];
-    fleet.agent.restart();
+    fleet.agent.restart_with(&[("ETC_SHADOW_FAILPOINT_COMMIT", "io")]);
     let id = fleet.approved_change(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
     let (_, started) = fleet
         .approver
@@ -749,9 +739,7 @@ async fn the_start_up_recovery_of_an_old_copy_does_not_fence_the_original() {
     let key = control::secrets::KEY_FILE;
     std::fs::copy(fleet.server.data_dir().join(key), copy.join(key)).unwrap();
     // The agent heals; the original finishes the rollout.
-    fleet.agent.kill();
-    fleet.agent.env.clear();
-    fleet.agent.restart();
+    fleet.agent.restart_with(&[]);
     let done = fleet.settled(rollout, Duration::from_secs(30)).await;
     assert_eq!(done["state"], "applied", "{done}");
 

@@ -389,9 +389,7 @@ impl Sweep {
         let approver = Client2::login(&self.base(), "abel").await;
         let previous = editor.get("/api/v1/revisions?limit=1").await["items"][0].clone();
         let number = previous["number"].as_i64().unwrap();
-        self.agent.kill();
-        self.agent.env = vec![("ETC_SHADOW_FAILPOINT_CRASH".into(), point.into())];
-        self.agent.restart();
+        self.agent.restart_with(&[("ETC_SHADOW_FAILPOINT_CRASH", point)]);
         let (status, change) = editor.post("/api/v1/changes", pair(number, i)).await.unwrap();
         assert_eq!(status, StatusCode::CREATED, "{change}");
         let id = change["id"].as_i64().unwrap();
@@ -409,8 +407,7 @@ impl Sweep {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.agent.env.clear();
-        self.agent.restart();
+        self.agent.restart_with(&[]);
         let last = settle(&editor).await;
         let current = editor.get("/api/v1/revisions?limit=1").await["items"][0].clone();
         let expected_root = if point == "after_switch" {

@@ -136,26 +136,25 @@ struct Persisted {
     originals: Vec<String>,
 }
 
+/// Whether `name` is a generation's directory name as the store makes them:
+/// `r<rollout>-rev<revision>`, both decimal.
+fn generation_name(name: &str) -> bool {
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix('r')
+        .and_then(|rest| rest.split_once("-rev"))
+        .is_some_and(|(rollout, revision)| digits(rollout) && digits(revision))
+}
+
 impl Persisted {
     /// Refuses a state whose names could lead outside the managed directory (a state file
     /// on a volume someone else can write).
     fn check(self, file: &Path) -> Result<Persisted> {
-        let generation = |dir: &str| {
-            dir.strip_prefix('r')
-                .and_then(|rest| rest.split_once("-rev"))
-                .is_some_and(|(rollout, revision)| {
-                    !rollout.is_empty()
-                        && !revision.is_empty()
-                        && rollout.bytes().all(|b| b.is_ascii_digit())
-                        && revision.bytes().all(|b| b.is_ascii_digit())
-                })
-        };
         let dirs = [&self.live, &self.staged].into_iter().flatten().map(|g| g.dir.as_str());
         let original = |name: &String| {
             name.strip_prefix(ORIGINAL_PREFIX)
                 .is_some_and(|stamp| !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit()))
         };
-        if dirs.chain(self.previous.iter().map(String::as_str)).all(generation) && self.originals.iter().all(original) {
+        if dirs.chain(self.previous.iter().map(String::as_str)).all(generation_name) && self.originals.iter().all(original) {
             Ok(self)
         } else {
             Err(StoreError::Io(format!(
@@ -555,12 +554,7 @@ impl Store {
             // (for a directory shadow, under the control plane's data directory).
             let target = fs::read_link(live).unwrap_or_default();
             let old_layout = target.parent().and_then(Path::file_name).is_some_and(|n| n == "revisions")
-                && target.file_name().is_some_and(|n| {
-                    let n = n.to_string_lossy();
-                    n.strip_prefix('r').and_then(|r| r.split_once("-rev")).is_some_and(|(a, b)| {
-                        !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
-                    })
-                });
+                && target.file_name().is_some_and(|n| generation_name(&n.to_string_lossy()));
             if !old_layout {
                 return Err(StoreError::BadRequest(format!(
                     "{} is a symlink to {}: give the real directory to manage",
@@ -652,10 +646,7 @@ impl Store {
     fn staging_shape(&self, name: &str) -> bool {
         let rest = name.strip_prefix("..trash-").unwrap_or(name);
         let rest = rest.strip_prefix("..").unwrap_or(rest);
-        let rest = rest.strip_suffix(".tmp").unwrap_or(rest);
-        rest.strip_prefix('r').and_then(|r| r.split_once("-rev")).is_some_and(|(a, b)| {
-            !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
-        })
+        generation_name(rest.strip_suffix(".tmp").unwrap_or(rest))
     }
 
     /// The live generation's directory, as the live link says (`None` before the first

@@ -160,6 +160,14 @@ impl Agent {
         wait_listening(self.addr);
     }
 
+    /// Kills the process (-9) and starts it again with exactly this extra environment
+    /// (failpoints; empty for none).
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.kill();
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.restart();
+    }
+
     /// Whether the process has exited by itself (a failpoint that aborts it).
     pub fn exited(&mut self) -> bool {
         self.child.as_mut().is_none_or(|child| child.try_wait().ok().flatten().is_some())
