@@ -1,9 +1,15 @@
 //! Configuration formats and their validators.
 //!
-//! Every validator is bounded before it is correct: nesting deeper than [`MAX_DEPTH`] and
-//! YAML alias expansion beyond [`MAX_YAML_EXPANSION`] nodes are refused before a tree is
-//! built, so a hostile entry cannot exhaust memory or the stack. Errors carry a 1-based
-//! line and column so the console can point at the exact spot.
+//! Every validator is bounded before it is correct: nesting deeper than [`MAX_DEPTH`] and a
+//! YAML document that would expand (aliases repeating what they name) to more than
+//! [`MAX_EXPANDED_BYTES`] are refused before a tree is built, so a hostile entry cannot
+//! exhaust memory or the stack. The budget is in bytes, not nodes: one alias of a
+//! megabyte scalar costs a megabyte.
+//!
+//! Errors carry a 1-based line and column so the console can point at the exact spot, and
+//! say what is wrong without quoting the text: a message may reach people who must not
+//! read the content (a secret value put back into an edit, a shadow's file). Every error is
+//! made by [`ValidationError::at`], which takes out whatever a parser's message quotes.
 
 use serde::{Deserialize, Serialize};
 use std::{fmt, str::FromStr};
@@ -12,8 +18,13 @@ use std::{fmt, str::FromStr};
 /// (80 levels of inline arrays, inline tables or dotted keys) and its limit applies there.
 pub const MAX_DEPTH: usize = 128;
 
-/// Upper bound on the number of nodes a YAML document may expand to through aliases.
-pub const MAX_YAML_EXPANSION: u64 = 100_000;
+/// Upper bound on what a YAML document may expand to when loaded: the bytes of its scalars,
+/// each alias counted as what it repeats, plus [`NODE_COST`] for every node.
+pub const MAX_EXPANDED_BYTES: u64 = 32 * 1024 * 1024;
+
+/// What one node of a loaded tree costs beyond its text (the tree's own bookkeeping), for
+/// [`MAX_EXPANDED_BYTES`].
+pub const NODE_COST: u64 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -85,24 +96,68 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    /// Positions are 1-based; a parser's 0 (serde_json's column at the end of an empty
-    /// line, found by fuzzing) is the first column.
-    fn at(line: usize, column: usize, message: impl Into<String>) -> Self {
+    /// The one constructor. Positions are 1-based; a parser's 0 (serde_json's column at the
+    /// end of an empty line, found by fuzzing) is the first column. The message keeps no
+    /// quoted fragment of the text (see [`unquoted`]).
+    pub fn at(line: usize, column: usize, message: impl AsRef<str>) -> Self {
         ValidationError {
             line: u32::try_from(line.max(1)).unwrap_or(u32::MAX),
             column: u32::try_from(column.max(1)).unwrap_or(u32::MAX),
-            message: message.into(),
+            message: unquoted(message.as_ref()),
         }
     }
 
-    fn at_offset(text: &str, offset: usize, message: impl Into<String>) -> Self {
+    fn at_offset(text: &str, offset: usize, message: impl AsRef<str>) -> Self {
         let (line, column) = line_col(text, offset);
         ValidationError::at(line, column, message)
     }
 }
 
+/// `message` with every quoted fragment (between backticks, a backtick and an apostrophe,
+/// or double quotes) replaced by `…`, unless it is a token of a grammar: one to three
+/// punctuation characters (`=`, `]]`, `"""`) or a literal such as `true`. Parsers quote the
+/// text they stumble on (toml's "duplicate key `x`", yaml's "unexpected character: `c'");
+/// what they quote may be a secret value, so no message carries it. Line and column say
+/// where.
+pub fn unquoted(message: &str) -> String {
+    const LITERALS: [&str; 5] = ["true", "false", "inf", "nan", "null"];
+    let keep = |inner: &str| {
+        (!inner.is_empty() && inner.chars().count() <= 3 && inner.chars().all(|c| c.is_ascii_punctuation()))
+            || LITERALS.contains(&inner)
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = rest[open..].chars().next().unwrap_or('"');
+        let after = &rest[open + 1..];
+        let close = if quote == '`' { after.find(['`', '\'']) } else { after.find('"') };
+        out.push_str(&rest[..open]);
+        match close {
+            Some(close) => {
+                let inner = &after[..close];
+                let end_quote = after[close..].chars().next().unwrap_or(quote);
+                if keep(inner) {
+                    out.push(quote);
+                    out.push_str(inner);
+                    out.push(end_quote);
+                } else {
+                    out.push('…');
+                }
+                rest = &after[close + end_quote.len_utf8()..];
+            }
+            None => {
+                // An open quote with no end: what follows it is quoted text.
+                out.push('…');
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -192,16 +247,17 @@ fn validate_yaml(text: &str) -> Result<(), ValidationError> {
     use std::collections::HashMap;
     use yaml_rust2::parser::{Event, Parser};
 
-    /// One open collection: how many nodes it holds so far and the anchor it defines.
+    /// One open collection: what it costs so far (see [`MAX_EXPANDED_BYTES`]) and the
+    /// anchor it defines.
     struct Open {
-        nodes: u64,
+        cost: u64,
         anchor: usize,
     }
 
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Open> = Vec::new();
-    // Node count of each anchored node, so an alias costs what it expands to.
-    let mut anchor_sizes: HashMap<usize, u64> = HashMap::new();
+    // What each anchored node costs, so an alias costs what it repeats.
+    let mut anchor_costs: HashMap<usize, u64> = HashMap::new();
     let mut expanded: u64 = 0;
 
     loop {
@@ -209,42 +265,50 @@ fn validate_yaml(text: &str) -> Result<(), ValidationError> {
             .next_token()
             .map_err(|err| ValidationError::at(err.marker().line(), err.marker().col() + 1, err.info()))?;
         let position = |message: String| ValidationError::at(marker.line(), marker.col() + 1, message);
-        // The size of a completed node, which is added to its parent.
+        // The cost of a completed node, which is added to its parent's.
         let completed: Option<u64> = match event {
             Event::StreamEnd => break,
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 if stack.len() >= MAX_DEPTH {
                     return Err(position(format!("nesting deeper than {MAX_DEPTH} levels")));
                 }
-                stack.push(Open { nodes: 1, anchor });
+                stack.push(Open { cost: NODE_COST, anchor });
+                expanded = expanded.saturating_add(NODE_COST);
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let open = stack.pop().expect("the parser balances collections");
                 if open.anchor != 0 {
-                    anchor_sizes.insert(open.anchor, open.nodes);
+                    anchor_costs.insert(open.anchor, open.cost);
                 }
-                Some(open.nodes)
+                Some(open.cost)
             }
-            Event::Scalar(_, _, anchor, _) => {
+            // A collection's own cost and its items' were counted as they came; a scalar's
+            // or an alias's is new.
+            Event::Scalar(value, _, anchor, _) => {
+                let cost = NODE_COST.saturating_add(value.len() as u64);
                 if anchor != 0 {
-                    anchor_sizes.insert(anchor, 1);
+                    anchor_costs.insert(anchor, cost);
                 }
-                Some(1)
+                expanded = expanded.saturating_add(cost);
+                Some(cost)
             }
             Event::Alias(anchor) => {
-                let size = anchor_sizes.get(&anchor).copied().unwrap_or(1);
-                Some(size)
+                let cost = anchor_costs.get(&anchor).copied().unwrap_or(NODE_COST);
+                expanded = expanded.saturating_add(cost);
+                Some(cost)
             }
             _ => None,
         };
-        if let Some(size) = completed {
-            expanded = expanded.saturating_add(size);
-            if expanded > MAX_YAML_EXPANSION {
-                return Err(position(format!("aliases expand to more than {MAX_YAML_EXPANSION} nodes")));
-            }
+        if let Some(cost) = completed {
             if let Some(parent) = stack.last_mut() {
-                parent.nodes = parent.nodes.saturating_add(size);
+                parent.cost = parent.cost.saturating_add(cost);
+            }
+            if expanded > MAX_EXPANDED_BYTES {
+                return Err(position(format!(
+                    "the document expands to more than {} MiB when loaded (aliases count what they repeat)",
+                    MAX_EXPANDED_BYTES / (1024 * 1024)
+                )));
             }
         }
     }
@@ -321,7 +385,7 @@ fn validate_env(text: &str) -> Result<(), ValidationError> {
             return Err(ValidationError::at(
                 line,
                 key_column,
-                format!("invalid variable name {key:?} (letters, digits and '_', not starting with a digit)"),
+                "invalid variable name (letters, digits and '_', not starting with a digit)",
             ));
         }
         let value_column = key_column + key.chars().count() + 1;
@@ -416,9 +480,64 @@ mod tests {
             previous = name;
         }
         let err = check(Format::Yaml, &bomb).unwrap_err();
-        assert!(err.message.contains("aliases expand"), "{err}");
+        assert!(err.message.contains("expands to more than"), "{err}");
         // A modest use of aliases stays fine.
         assert!(check(Format::Yaml, "base: &base {x: 1}\none: *base\ntwo: *base\n").is_ok());
+    }
+
+    #[test]
+    fn yaml_budget_is_in_bytes_so_few_aliases_of_a_large_scalar_are_refused() {
+        // One megabyte scalar and 5,000 aliases: few nodes, five gigabytes once loaded.
+        let mut bomb = format!("big: &big \"{}\"\nrefs:\n", "x".repeat(1 << 20));
+        for _ in 0..5000 {
+            bomb.push_str("- *big\n");
+        }
+        let err = check(Format::Yaml, &bomb).unwrap_err();
+        assert!(err.message.contains("expands to more than 32 MiB"), "{err}");
+        // The same scalar named a few times is fine, and so is a large document without
+        // aliases.
+        let few = format!("big: &big \"{}\"\nrefs: [*big, *big, *big]\n", "x".repeat(1 << 20));
+        assert!(check(Format::Yaml, &few).is_ok());
+        let large: String = (0..50_000).map(|i| format!("key{i}: value number {i}\n")).collect();
+        assert!(check(Format::Yaml, &large).is_ok());
+        // Nested anchors count what they repeat at every level.
+        let mut nested = format!("a: &a \"{}\"\n", "y".repeat(1 << 14));
+        for (name, previous) in [("b", "a"), ("c", "b"), ("d", "c"), ("e", "b")] {
+            nested.push_str(&format!("{name}: &{name} [*{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}]\n"));
+        }
+        assert!(check(Format::Yaml, &nested).is_ok(), "a, b, c, d and e: about 10 MiB");
+        // Three more of d (8 MiB each) pass the budget.
+        nested.push_str("f: [*d, *d, *d]\n");
+        assert!(check(Format::Yaml, &nested).is_err());
+    }
+
+    #[test]
+    fn no_error_message_quotes_the_text() {
+        let canary = "CANARY-0b7d";
+        for (format, text) in [
+            (Format::Toml, format!("{canary} = 1\n{canary} = 2\n")),
+            (Format::Toml, format!("[a]\nx = 1\n[a]\n{canary} = 2\n")),
+            (Format::Toml, format!("x = {{ y = \"{canary}\", y = 2 }}\n")),
+            (Format::Toml, format!("x = {canary}\n")),
+            (Format::Yaml, format!("a: 1\n@{canary}\n")),
+            (Format::Yaml, format!("a: !<{canary} x\n")),
+            (Format::Yaml, format!("a: *{canary}\n")),
+            (Format::Yaml, format!("%TAG !{canary}! x\n---\na: 1\n")),
+            (Format::Json, format!("{{\"a\": {canary}}}")),
+            (Format::Json, format!("{{\"a\": \"{canary}\\q\"}}")),
+            (Format::Env, format!("{canary}-X=1\n")),
+            (Format::Env, format!("A=\"{canary}\n")),
+            (Format::Ini, format!("[{canary}\n")),
+            (Format::Ini, format!("{canary}\n")),
+        ] {
+            if let Err(err) = check(format, &text) {
+                assert!(!err.to_string().contains("CANARY"), "{format} quotes the text: {err}");
+            }
+        }
+        assert_eq!(unquoted("duplicate key `secret` in table `db`"), "duplicate key … in table …");
+        assert_eq!(unquoted("expected `=` or `]]`"), "expected `=` or `]]`");
+        assert_eq!(unquoted("unexpected character: `c'"), "unexpected character: …");
+        assert_eq!(unquoted("bad \"quoted\" and `open"), "bad … and …");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The per-key view of a diff for structured formats: `server.timeout: 30 → 45`, blind to
 //! formatting (indentation, key order, quoting styles, comments).
 
-use crate::format::{Format, validate};
+use crate::format::{Format, MAX_EXPANDED_BYTES, validate};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -59,22 +59,35 @@ pub fn key_changes(format: Format, old: &str, new: &str) -> Option<Vec<KeyChange
     Some(changes)
 }
 
-type Flat = BTreeMap<String, String>;
+/// The flattened keys and values, and the bytes they hold.
+#[derive(Default)]
+struct Flat {
+    keys: BTreeMap<String, String>,
+    bytes: u64,
+}
 
-fn flatten(format: Format, text: &str) -> Option<Flat> {
-    let mut flat = Flat::new();
-    match format {
+impl Flat {
+    /// Adds one key; false once the keys hold more than [`MAX_EXPANDED_BYTES`] (a long key
+    /// above many leaves is repeated in each of them), when the walk stops.
+    fn put(&mut self, key: String, value: String) -> bool {
+        self.bytes = self.bytes.saturating_add((key.len() + value.len()) as u64);
+        self.keys.insert(key, value);
+        self.bytes <= MAX_EXPANDED_BYTES
+    }
+}
+
+fn flatten(format: Format, text: &str) -> Option<BTreeMap<String, String>> {
+    let mut flat = Flat::default();
+    let complete = match format {
         Format::Json => walk_json(&serde_json::from_str(text).ok()?, "", &mut flat),
         Format::Toml => walk_toml(&toml::Value::Table(text.parse::<toml::Table>().ok()?), "", &mut flat),
-        Format::Yaml => {
-            for (i, doc) in yaml_rust2::YamlLoader::load_from_str(text).ok()?.iter().enumerate() {
-                let prefix = if i == 0 { String::new() } else { format!("---{i}") };
-                walk_yaml(doc, &prefix, &mut flat);
-            }
-        }
+        Format::Yaml => yaml_rust2::YamlLoader::load_from_str(text).ok()?.iter().enumerate().all(|(i, doc)| {
+            let prefix = if i == 0 { String::new() } else { format!("---{i}") };
+            walk_yaml(doc, &prefix, &mut flat)
+        }),
         _ => return None,
-    }
-    Some(flat)
+    };
+    complete.then_some(flat.keys)
 }
 
 /// `a.b` for plain keys, `a["odd key"]` otherwise.
@@ -95,65 +108,50 @@ fn leaf(prefix: &str) -> String {
     }
 }
 
-fn walk_json(value: &serde_json::Value, prefix: &str, out: &mut Flat) {
+// Each walk returns false when the keys outgrew their budget (see [`Flat::put`]).
+
+fn walk_json(value: &serde_json::Value, prefix: &str, out: &mut Flat) -> bool {
     match value {
         serde_json::Value::Object(map) if !map.is_empty() => {
-            for (key, value) in map {
-                walk_json(value, &child(prefix, key), out);
-            }
+            map.iter().all(|(key, value)| walk_json(value, &child(prefix, key), out))
         }
-        serde_json::Value::Array(items) if !items.is_empty() => {
-            for (i, value) in items.iter().enumerate() {
-                walk_json(value, &format!("{prefix}[{i}]"), out);
-            }
-        }
-        other => {
-            out.insert(leaf(prefix), other.to_string());
-        }
+        serde_json::Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .all(|(i, value)| walk_json(value, &format!("{prefix}[{i}]"), out)),
+        other => out.put(leaf(prefix), other.to_string()),
     }
 }
 
-fn walk_toml(value: &toml::Value, prefix: &str, out: &mut Flat) {
+fn walk_toml(value: &toml::Value, prefix: &str, out: &mut Flat) -> bool {
     match value {
         toml::Value::Table(table) if !table.is_empty() => {
-            for (key, value) in table {
-                walk_toml(value, &child(prefix, key), out);
-            }
+            table.iter().all(|(key, value)| walk_toml(value, &child(prefix, key), out))
         }
-        toml::Value::Array(items) if !items.is_empty() => {
-            for (i, value) in items.iter().enumerate() {
-                walk_toml(value, &format!("{prefix}[{i}]"), out);
-            }
-        }
-        toml::Value::String(text) => {
-            out.insert(leaf(prefix), serde_json::Value::String(text.clone()).to_string());
-        }
-        other => {
-            out.insert(leaf(prefix), other.to_string());
-        }
+        toml::Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .all(|(i, value)| walk_toml(value, &format!("{prefix}[{i}]"), out)),
+        toml::Value::String(text) => out.put(leaf(prefix), serde_json::Value::String(text.clone()).to_string()),
+        other => out.put(leaf(prefix), other.to_string()),
     }
 }
 
-fn walk_yaml(value: &yaml_rust2::Yaml, prefix: &str, out: &mut Flat) {
+fn walk_yaml(value: &yaml_rust2::Yaml, prefix: &str, out: &mut Flat) -> bool {
     use yaml_rust2::Yaml;
     match value {
-        Yaml::Hash(map) if !map.is_empty() => {
-            for (key, value) in map {
-                let key = match key {
-                    Yaml::String(s) => s.clone(),
-                    other => scalar(other),
-                };
-                walk_yaml(value, &child(prefix, &key), out);
-            }
-        }
-        Yaml::Array(items) if !items.is_empty() => {
-            for (i, value) in items.iter().enumerate() {
-                walk_yaml(value, &format!("{prefix}[{i}]"), out);
-            }
-        }
-        other => {
-            out.insert(leaf(prefix), scalar(other));
-        }
+        Yaml::Hash(map) if !map.is_empty() => map.iter().all(|(key, value)| {
+            let key = match key {
+                Yaml::String(s) => s.clone(),
+                other => scalar(other),
+            };
+            walk_yaml(value, &child(prefix, &key), out)
+        }),
+        Yaml::Array(items) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .all(|(i, value)| walk_yaml(value, &format!("{prefix}[{i}]"), out)),
+        other => out.put(leaf(prefix), scalar(other)),
     }
 }
 
@@ -214,5 +212,18 @@ mod tests {
         assert_eq!(key_changes(Format::Json, "{", "{}"), None);
         let bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n";
         assert_eq!(key_changes(Format::Yaml, "a: 1\n", bomb), None, "refused before building a tree");
+    }
+
+    #[test]
+    fn a_long_key_above_many_leaves_stops_the_key_view() {
+        // 128 KiB of key names above 400 leaves: 51 MiB of flattened keys from 130 KiB.
+        let long = "k".repeat(1 << 17);
+        let leaves: Vec<String> = (0..400).map(|i| format!("\"{i}\": 1")).collect();
+        let json = format!("{{\"{long}\": {{{}}}}}", leaves.join(", "));
+        assert_eq!(key_changes(Format::Json, "{}", &json), None);
+        // A tenth of it is still shown key by key.
+        let leaves: Vec<String> = (0..40).map(|i| format!("\"{i}\": 1")).collect();
+        let json = format!("{{\"{long}\": {{{}}}}}", leaves.join(", "));
+        assert_eq!(key_changes(Format::Json, "{}", &json).map(|changes| changes.len()), Some(41), "40 keys and the empty document");
     }
 }

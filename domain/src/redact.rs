@@ -189,17 +189,33 @@ fn apply(format: Format, text: &str, spans: &[SecretSpan], fingerprint: &dyn Fn(
     out
 }
 
-/// Why an edited text cannot have its secrets put back.
+/// Why an edited text cannot have its secrets put back. It names the place in the edited
+/// text, never the text: the line of a misplaced placeholder may hold a secret value already
+/// put back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {
-    #[error("{0} does not stand for a secret value of this file; type the new value in clear")]
-    Unknown(String),
-    #[error("a secret placeholder can only be the value of a secret key ({0} is not one)")]
-    Misplaced(String),
+    #[error(
+        "line {line}, column {column}: this placeholder does not stand for a secret value of this file; type the new value in clear"
+    )]
+    Unknown { line: u32, column: u32 },
+    #[error("line {line}, column {column}: a secret placeholder can only be the value of a secret key")]
+    Misplaced { line: u32, column: u32 },
     #[error(
         "this file is shown as one placeholder (its secret values cannot be cut out one by one): keep the placeholder alone to keep the content, or type the whole file"
     )]
     Whole,
+    #[error("the edit is not valid with the stored secret values in place of its placeholders; type the values in clear")]
+    Invalid,
+}
+
+impl RestoreError {
+    fn at(text: &str, offset: usize, make: fn(u32, u32) -> RestoreError) -> RestoreError {
+        let (line, column) = crate::format::line_col(text, offset);
+        make(
+            u32::try_from(line).unwrap_or(u32::MAX),
+            u32::try_from(column).unwrap_or(u32::MAX),
+        )
+    }
 }
 
 /// Puts the values behind the placeholders of `edited` back, taking them from `original`
@@ -238,6 +254,7 @@ fn known<'a>(text: &'a str, spans: &[SecretSpan], fingerprint: &dyn Fn(&str) -> 
 }
 
 /// `edited` with the placeholders standing as secret values replaced by the `known` values.
+/// Only a valid edit gets its values back, and the result must be valid too.
 fn put_back(format: Format, edited: &str, known: &Known, keys: &SecretKeys) -> Result<String, RestoreError> {
     if crate::format::validate(format, edited.as_bytes()).is_err() {
         return Ok(edited.to_string());
@@ -250,7 +267,9 @@ fn put_back(format: Format, edited: &str, known: &Known, keys: &SecretKeys) -> R
             continue;
         }
         let Some((stored, bare)) = known.get(value) else {
-            return Err(RestoreError::Unknown(value.to_string()));
+            return Err(RestoreError::at(edited, span.range.start, |line, column| {
+                RestoreError::Unknown { line, column }
+            }));
         };
         let mut range = span.range;
         // A number shown as "«…»" becomes the number again.
@@ -258,21 +277,29 @@ fn put_back(format: Format, edited: &str, known: &Known, keys: &SecretKeys) -> R
         if *bare && !span.bare && (quoted('"') || quoted('\'')) {
             range = range.start - 1..range.end + 1;
         }
+        // Whatever placeholder lies between the values stands somewhere else than as a
+        // secret key's value.
+        misplaced(edited, at..range.start)?;
         out.push_str(&edited[at..range.start]);
         out.push_str(stored);
         at = range.end;
     }
+    misplaced(edited, at..edited.len())?;
     out.push_str(&edited[at..]);
-    // Whatever placeholder is left stood somewhere else than as a secret key's value.
-    if let Some(start) = out.find(OPEN) {
-        let rest = &out[start..];
-        let end = rest.find(CLOSE).map_or(rest.len(), |i| i + CLOSE.len_utf8());
-        let line_start = out[..start].rfind('\n').map_or(0, |i| i + 1);
-        let key = out[line_start..start].trim().trim_end_matches(['=', ':', '"', '\'', ' ']).trim();
-        let key = if key.is_empty() { rest[..end].to_string() } else { key.to_string() };
-        return Err(RestoreError::Misplaced(key));
+    if crate::format::validate(format, out.as_bytes()).is_err() {
+        return Err(RestoreError::Invalid);
     }
     Ok(out)
+}
+
+/// Refuses a placeholder in `edited[range]`, where no secret value stands.
+fn misplaced(edited: &str, range: Range<usize>) -> Result<(), RestoreError> {
+    match edited[range.clone()].find(OPEN) {
+        Some(offset) => Err(RestoreError::at(edited, range.start + offset, |line, column| {
+            RestoreError::Misplaced { line, column }
+        })),
+        None => Ok(()),
+    }
 }
 
 /// The secret values the format's scanner finds in `text`, in order; `None` when it cannot
@@ -940,32 +967,72 @@ mod tests {
         let moved = format!("DB_PASSWORD=x\nNOTE={placeholder}\n");
         assert_eq!(
             restore(Format::Env, &moved, original, &keys, &fp),
-            Err(RestoreError::Misplaced("NOTE".into()))
+            Err(RestoreError::Misplaced { line: 2, column: 6 })
         );
         let forged = "DB_PASSWORD=«secret:000000000000»\n";
         assert!(matches!(
             restore(Format::Env, forged, original, &keys, &fp),
-            Err(RestoreError::Unknown(_))
+            Err(RestoreError::Unknown { .. })
         ));
         // Another file's placeholder means nothing here.
         let other = redact(Format::Env, "API_TOKEN=other\n", &keys, &fp);
         assert!(matches!(
             restore(Format::Env, &other, original, &keys, &fp),
-            Err(RestoreError::Unknown(_))
+            Err(RestoreError::Unknown { .. })
         ));
         // Nor can it be moved out from below a secret key in json or toml.
         let json = r#"{"secrets": {"a": "hunter2"}, "note": "x"}"#;
         let moved = format!(r#"{{"secrets": {{"a": "y"}}, "note": "{placeholder}"}}"#);
         assert!(matches!(
             restore(Format::Json, &moved, json, &keys, &fp),
-            Err(RestoreError::Misplaced(_))
+            Err(RestoreError::Misplaced { .. })
         ));
         let toml = "[secrets]\na = \"hunter2\"\n[plain]\nnote = \"x\"\n";
         let moved = format!("[secrets]\na = \"y\"\n[plain]\nnote = \"{placeholder}\"\n");
         assert!(matches!(
             restore(Format::Toml, &moved, toml, &keys, &fp),
-            Err(RestoreError::Misplaced(_))
+            Err(RestoreError::Misplaced { .. })
         ));
+    }
+
+    #[test]
+    fn a_refused_restore_names_the_place_and_never_a_stored_value() {
+        let keys = SecretKeys::default();
+        let secret = "CANARY-stored-cookie";
+        // A placeholder under an ordinary key on the line of a secret one, in toml and json,
+        // and one in a yaml comment: the stored value is put back before the misplaced
+        // placeholder is found, on the same line.
+        for (format, original, edited) in [
+            (
+                Format::Toml,
+                format!("x = {{ cookie_secret = \"{secret}\", y = \"plain\" }}\n"),
+                "x = { cookie_secret = \"P\", y = \"P\" }\n",
+            ),
+            (
+                Format::Json,
+                format!("{{\"x\": {{\"cookie_secret\": \"{secret}\", \"y\": \"plain\"}}}}"),
+                "{\"x\": {\"cookie_secret\": \"P\", \"y\": \"P\"}}",
+            ),
+            (
+                Format::Yaml,
+                format!("cookie_secret: {secret} # note\n"),
+                "cookie_secret: P # P\n",
+            ),
+            (Format::Env, format!("COOKIE_SECRET={secret} # x\n"), "COOKIE_SECRET=P #P\n"),
+        ] {
+            let edited = edited.replace('P', &shown_as(secret));
+            let err = restore(format, &edited, &original, &keys, &fp).unwrap_err();
+            assert!(
+                matches!(err, RestoreError::Misplaced { line: 1, .. } | RestoreError::Unknown { line: 1, .. }),
+                "{format}: {err}"
+            );
+            assert!(!err.to_string().contains("CANARY"), "{format}: {err}");
+        }
+        // A value put back where it is not valid (a literal string's quote inside a basic
+        // string) is refused, without the text.
+        let original = "password = 'CANARY\"q'\n";
+        let edited = format!("password = \"{}\"\n", shown_as("CANARY\"q"));
+        assert_eq!(restore(Format::Toml, &edited, original, &keys, &fp), Err(RestoreError::Invalid));
     }
 
     #[test]
