@@ -153,7 +153,11 @@ async fn prepare(
 ) -> Response {
     let Json(request) = match body {
         Ok(body) => body,
-        Err(rejection) => return error(rejection.status(), "bad_request", rejection.body_text()),
+        // serde's message may quote a value of the request (an entry's content): the
+        // control plane passes a refusal on to people, so nothing quoted goes back.
+        Err(rejection) => {
+            return error(rejection.status(), "bad_request", domain::format::unquoted(&rejection.body_text()));
+        }
     };
     match with_store(&state, move |store| Ok((store.prepare(id, &request)?, store::last_timings()))).await {
         Ok((answer, timings)) => (server_timing(timings), Json(answer)).into_response(),

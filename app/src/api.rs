@@ -44,17 +44,21 @@ pub mod ssr {
         ServerFnError::new(err.public_message())
     }
 
+    /// Whether the session cookie is `Secure` (and `__Host-` named).
+    pub fn secure_cookies() -> bool {
+        use_context::<crate::ConsoleSettings>().is_some_and(|s| s.secure_cookies)
+    }
+
     pub fn session_secret() -> Option<String> {
         let parts = use_context::<http::request::Parts>()?;
-        parts
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == crate::SESSION_COOKIE)
-            .map(|(_, value)| value.to_string())
+        domain::api::session_from_cookies(
+            parts
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|value| value.to_str().ok()),
+            secure_cookies(),
+        )
     }
 
     /// The peer address of the connection (never a header a client can set).
@@ -94,12 +98,10 @@ pub async fn login(username: String, password: String, next: Option<String>) -> 
             other => fail(other),
         })?;
     let secret = control::sessions::create(&db, &caller, policy).await.map_err(fail)?;
-    let secure = use_context::<crate::ConsoleSettings>().is_some_and(|s| s.secure_cookies);
-    let max_age = policy.lifetime.whole_seconds();
-    let secure = if secure { "; Secure" } else { "" };
-    set_cookie(format!(
-        "{}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
-        crate::SESSION_COOKIE
+    set_cookie(domain::api::session_set_cookie(
+        &secret,
+        secure_cookies(),
+        policy.lifetime.whole_seconds(),
     ));
     // Only local paths, so the form cannot be used as an open redirect.
     let target = domain::api::local_next(next.as_deref());
@@ -114,7 +116,7 @@ pub async fn logout() -> Result<(), ServerFnError> {
     if let Some(secret) = session_secret() {
         control::sessions::delete(&db()?, &secret, &caller).await.map_err(fail)?;
     }
-    set_cookie(format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", crate::SESSION_COOKIE));
+    set_cookie(domain::api::session_clear_cookie(secure_cookies()));
     leptos_axum::redirect("/login");
     Ok(())
 }

@@ -18,9 +18,6 @@ use leptos_router::{
     path,
 };
 
-/// Name of the session cookie (HttpOnly, so the wasm side never reads it).
-pub const SESSION_COOKIE: &str = "etc_shadow_session";
-
 /// Settings the server passes to server functions through context.
 #[derive(Debug, Clone, Copy)]
 pub struct ConsoleSettings {

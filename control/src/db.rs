@@ -26,6 +26,48 @@ pub struct Db {
     pub webhook_internal: bool,
 }
 
+/// Creates `dir` and what is missing above it owner-only (an existing directory is left as
+/// it is).
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|err| Error::Internal(format!("cannot create {}: {err}", dir.display())))
+}
+
+/// Makes the data directory owner-only, creating it so or making an existing one so: it
+/// holds the database (password and session hashes, sealed secrets) and the key file, and
+/// nothing in it is anyone else's to read.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    create_private_dir(dir)?;
+    let failed = |err: std::io::Error| Error::Internal(format!("cannot read {}: {err}", dir.display()));
+    let mode = std::fs::metadata(dir).map_err(failed)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|err| Error::Internal(format!("cannot make {} private: {err}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// Makes the database's files owner-only (SQLite makes them with the process's umask).
+fn private_database_files(data_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = data_dir.join(format!("{DATABASE_FILE}{suffix}"));
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|err| Error::Internal(format!("cannot make {} private: {err}", path.display())))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a missing or empty database in a directory that holds anything else.
 fn refuse_missing_database(data_dir: &Path) -> Result<()> {
     let missing = match std::fs::metadata(data_dir.join(DATABASE_FILE)) {
@@ -85,7 +127,7 @@ impl Db {
         if !initialize {
             refuse_missing_database(data_dir)?;
         }
-        std::fs::create_dir_all(data_dir).map_err(|err| Error::Internal(format!("cannot create {}: {err}", data_dir.display())))?;
+        private_dir(data_dir)?;
         let keys = crate::secrets::Keyring::load_or_create(data_dir)?;
         Self::open_with_keys(data_dir, keys).await
     }
@@ -98,7 +140,7 @@ impl Db {
     }
 
     async fn open_with_keys(data_dir: &Path, keys: crate::secrets::Keyring) -> Result<Db> {
-        std::fs::create_dir_all(data_dir).map_err(|err| Error::Internal(format!("cannot create {}: {err}", data_dir.display())))?;
+        private_dir(data_dir)?;
         let url = format!("sqlite://{}", data_dir.join(DATABASE_FILE).display());
         let options = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
@@ -110,6 +152,7 @@ impl Db {
             .pragma("secure_delete", "ON");
         let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("../migrations").run(&write).await?;
+        private_database_files(data_dir)?;
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options.read_only(true))
@@ -191,5 +234,35 @@ impl Db {
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn the_data_directory_the_database_and_the_key_file_are_owner_only() {
+        let root = tempfile::tempdir().unwrap();
+        // A data directory made by hand with the usual umask is made private at open.
+        let data = root.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let db = Db::open_or_initialize(&data, true).await.unwrap();
+        db.close().await;
+        assert_eq!(mode(&data), 0o700);
+        for name in [DATABASE_FILE, crate::secrets::KEY_FILE] {
+            assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+        }
+        // A new one is born private.
+        let fresh = root.path().join("a/b/data");
+        Db::open_or_initialize(&fresh, true).await.unwrap().close().await;
+        assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&fresh.join(DATABASE_FILE)), 0o600);
     }
 }

@@ -550,14 +550,14 @@ impl Monitor {
                 Ok(response) => {
                     delay = Duration::from_millis(250);
                     let mut body = response.bytes_stream();
-                    let mut buffer = String::new();
+                    let mut buffer: Vec<u8> = Vec::new();
                     let mut last_root: Option<String> = None;
                     while let Some(Ok(chunk)) = body.next().await {
-                        buffer.push_str(&String::from_utf8_lossy(&chunk));
+                        buffer.extend_from_slice(&chunk);
                         let mut changed = false;
-                        while let Some(end) = buffer.find("\n\n") {
-                            let frame: String = buffer.drain(..end + 2).collect();
-                            let root = frame
+                        while let Some(end) = buffer.windows(2).position(|pair| pair == b"\n\n") {
+                            let frame: Vec<u8> = buffer.drain(..end + 2).collect();
+                            let root = String::from_utf8_lossy(&frame)
                                 .lines()
                                 .find_map(|line| line.strip_prefix("data:"))
                                 .and_then(|data| serde_json::from_str::<serde_json::Value>(data.trim()).ok())
@@ -566,6 +566,13 @@ impl Monitor {
                                 changed |= last_root.as_ref().is_some_and(|last| *last != root);
                                 last_root = Some(root);
                             }
+                        }
+                        // An event is a few hundred bytes: a stream that sends more without
+                        // ending one is not an agent's, and is dropped (and opened again
+                        // after the usual wait) rather than buffered on.
+                        if buffer.len() > MAX_EVENT_BYTES {
+                            tracing::warn!(shadow = %name, "agent event stream sent an event over 64 KiB; dropped");
+                            break;
                         }
                         if changed && let Err(err) = self.check(&name, Trigger::Event).await {
                             tracing::warn!(shadow = %name, %err, "event-driven check failed");
@@ -689,6 +696,9 @@ impl Monitor {
         }
     }
 }
+
+/// The longest event accepted on an agent's event stream.
+const MAX_EVENT_BYTES: usize = 64 * 1024;
 
 /// Aborts a task when dropped (when the loop that owns it is aborted).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

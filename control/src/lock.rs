@@ -4,6 +4,7 @@
 //! The operating system releases it when the process ends, however it ends.
 
 use crate::{Error, Result};
+use std::os::unix::fs::OpenOptionsExt;
 use std::{
     fs::{File, OpenOptions, TryLockError},
     path::Path,
@@ -22,10 +23,11 @@ impl DataDirLock {
     /// Takes the lock for `what` (said in the refusal of another taker), or answers that a
     /// server holds it.
     pub fn acquire(data_dir: &Path, what: &str) -> Result<DataDirLock> {
-        std::fs::create_dir_all(data_dir).map_err(|err| Error::Internal(format!("{}: {err}", data_dir.display())))?;
+        crate::db::private_dir(data_dir)?;
         let path = data_dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .create(true)
+            .mode(0o600)
             .truncate(false)
             .write(true)
             .open(&path)

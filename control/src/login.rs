@@ -2,7 +2,9 @@
 //! client address in SQLite (a restart does not reset them), and past a few free
 //! failures each further one doubles a wait (1 s, 2 s, 4 s … up to a cap): backoff, not a
 //! permanent lockout, so an attacker cannot lock the real user out for good. While a wait
-//! runs, attempts are refused (429 with Retry-After) before any password is checked.
+//! runs, attempts are refused (429 with Retry-After) before any password is checked, and
+//! each attempt is counted before its password is (see [`sign_in`]); password hashing runs
+//! a bounded number at a time (see [`crate::users`]).
 
 use crate::{Caller, Db, Error, Result, format_time};
 use std::net::IpAddr;
@@ -52,6 +54,13 @@ fn address_key(address: IpAddr) -> String {
 
 /// Checks a username and password under the limits; `client` is the peer address of the
 /// connection (never a header a client can set).
+///
+/// The attempt is counted as a failure before the password is checked, in the same write
+/// transaction as the look at the block ([`charge`]): parallel guesses are serialised by
+/// the single writer, so no more of them reach the password check than the limits let
+/// through one by one. A right password takes its own charge back ([`forgive`]). A wrong
+/// one is audited and logged, naming the account only when one has that name (a password
+/// typed into the name field must not end up in the log).
 pub async fn sign_in(db: &Db, limits: &Limits, username: &str, password: &str, client: Option<IpAddr>) -> Result<Caller> {
     let account: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE username = ?")
         .bind(username)
@@ -69,12 +78,43 @@ pub async fn sign_in(db: &Db, limits: &Limits, username: &str, password: &str, c
     if let Some(client) = client {
         keys.push((address_key(client), "address", limits.address_free));
     }
+    charge(db, limits, &keys).await?;
+    match crate::users::authenticate(db, username, password).await {
+        Ok(caller) => {
+            forgive(db, &keys).await?;
+            Ok(caller)
+        }
+        Err(Error::Unauthorized) => {
+            let who = if account.is_some() { username } else { "(no such account)" };
+            let address = client.map_or_else(|| "unknown".to_string(), |client| client.to_string());
+            tracing::warn!(account = who, address = %address, "sign-in refused: wrong name or password");
+            let mut tx = db.begin().await?;
+            crate::audit::append(
+                &mut tx,
+                "anonymous",
+                "session.login_failed",
+                &format!("user/{who}"),
+                serde_json::json!({ "address": address }),
+            )
+            .await?;
+            tx.commit().await?;
+            Err(Error::Unauthorized)
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Refuses the attempt while one of its keys waits out a block; otherwise counts it as a
+/// failure of every key (starting a block where that reaches the free failures), in one
+/// transaction.
+async fn charge(db: &Db, limits: &Limits, keys: &[(String, &str, i64)]) -> Result<()> {
     let now = time::OffsetDateTime::now_utc();
-    for (key, _, _) in &keys {
+    let mut tx = db.begin().await?;
+    for (key, _, _) in keys {
         let blocked: Option<(String,)> = sqlx::query_as("SELECT blocked_until FROM login_throttle WHERE key = ? AND blocked_until > ?")
             .bind(key)
             .bind(format_time(now))
-            .fetch_optional(&db.read)
+            .fetch_optional(&mut *tx)
             .await?;
         if let Some((until,)) = blocked {
             let until = time::OffsetDateTime::parse(&until, &time::format_description::well_known::Rfc3339).unwrap_or(now);
@@ -82,58 +122,63 @@ pub async fn sign_in(db: &Db, limits: &Limits, username: &str, password: &str, c
             return Err(Error::TooManyRequests { retry_after: wait });
         }
     }
-    match crate::users::authenticate(db, username, password).await {
-        Ok(caller) => {
-            sqlx::query("DELETE FROM login_throttle WHERE key = ?")
-                .bind(&keys[0].0)
-                .execute(db.read_write())
+    for (key, pool, free) in keys {
+        // Failures older than the memory start the count again.
+        let (failures,): (i64,) = sqlx::query_as(
+            "INSERT INTO login_throttle (key, pool, failures, last_failure_at) VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT (key) DO UPDATE SET
+               failures = CASE WHEN last_failure_at < ?4 THEN 1 ELSE failures + 1 END,
+               last_failure_at = ?3
+             RETURNING failures",
+        )
+        .bind(key)
+        .bind(pool)
+        .bind(format_time(now))
+        .bind(format_time(now - limits.memory))
+        .fetch_one(&mut *tx)
+        .await?;
+        if failures >= *free {
+            let doublings = u32::try_from((failures - free).min(30)).unwrap_or(30);
+            let wait = (limits.base * 2f64.powi(doublings as i32)).min(limits.max);
+            sqlx::query("UPDATE login_throttle SET blocked_until = ? WHERE key = ?")
+                .bind(format_time(now + wait))
+                .bind(key)
+                .execute(&mut *tx)
                 .await?;
-            Ok(caller)
         }
-        Err(Error::Unauthorized) => {
-            for (key, pool, free) in &keys {
-                record_failure(db, limits, key, pool, *free).await?;
-            }
-            Err(Error::Unauthorized)
-        }
-        Err(other) => Err(other),
-    }
-}
-
-async fn record_failure(db: &Db, limits: &Limits, key: &str, pool: &str, free: i64) -> Result<()> {
-    let now = time::OffsetDateTime::now_utc();
-    let mut tx = db.begin().await?;
-    // Failures older than the memory start the count again.
-    let (failures,): (i64,) = sqlx::query_as(
-        "INSERT INTO login_throttle (key, pool, failures, last_failure_at) VALUES (?1, ?2, 1, ?3)
-         ON CONFLICT (key) DO UPDATE SET
-           failures = CASE WHEN last_failure_at < ?4 THEN 1 ELSE failures + 1 END,
-           last_failure_at = ?3
-         RETURNING failures",
-    )
-    .bind(key)
-    .bind(pool)
-    .bind(format_time(now))
-    .bind(format_time(now - limits.memory))
-    .fetch_one(&mut *tx)
-    .await?;
-    if failures >= free {
-        let doublings = u32::try_from((failures - free).min(30)).unwrap_or(30);
-        let wait = (limits.base * 2f64.powi(doublings as i32)).min(limits.max);
-        sqlx::query("UPDATE login_throttle SET blocked_until = ? WHERE key = ?")
-            .bind(format_time(now + wait))
-            .bind(key)
+        if *pool != "account" {
+            // The capped pools: past the cap, the oldest go.
+            sqlx::query(
+                "DELETE FROM login_throttle WHERE key IN (
+                   SELECT key FROM login_throttle WHERE pool = ?1 ORDER BY last_failure_at DESC LIMIT -1 OFFSET ?2)",
+            )
+            .bind(pool)
+            .bind(limits.pool_cap)
             .execute(&mut *tx)
             .await?;
+        }
     }
-    if pool != "account" {
-        // The capped pools: past the cap, the oldest go.
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A right password: the account starts afresh, and the address gets back the failure this
+/// attempt was charged (and loses a block that charge started).
+async fn forgive(db: &Db, keys: &[(String, &str, i64)]) -> Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM login_throttle WHERE key = ?")
+        .bind(&keys[0].0)
+        .execute(&mut *tx)
+        .await?;
+    for (key, _, free) in &keys[1..] {
         sqlx::query(
-            "DELETE FROM login_throttle WHERE key IN (
-               SELECT key FROM login_throttle WHERE pool = ?1 ORDER BY last_failure_at DESC LIMIT -1 OFFSET ?2)",
+            "UPDATE login_throttle SET
+               blocked_until = CASE WHEN failures - 1 < ?2 THEN NULL ELSE blocked_until END,
+               failures = MAX(failures - 1, 0)
+             WHERE key = ?1",
         )
-        .bind(pool)
-        .bind(limits.pool_cap)
+        .bind(key)
+        .bind(free)
         .execute(&mut *tx)
         .await?;
     }

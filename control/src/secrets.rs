@@ -229,7 +229,7 @@ impl Keyring {
         text.push_str(&format!("fingerprint {}\n", hex::encode(self.fingerprint)));
         let io = |err: std::io::Error| Error::Internal(format!("cannot write {}: {err}", path.display()));
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
+            crate::db::create_private_dir(parent)?;
         }
         let temp = path.with_extension("key.tmp");
         let _ = std::fs::remove_file(&temp);

@@ -104,6 +104,20 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<(ShadowVi
             if !(url.starts_with("http://") || https) {
                 return Err(Error::BadRequest("an agent URL starts with http:// or https://".into()));
             }
+            // The URL is shown to every viewer and kept in the audit log: it carries no
+            // credentials (the bearer token, sealed, authenticates us), and nothing but a
+            // host, a port and a path prefix.
+            let parsed = reqwest::Url::parse(url).map_err(|_| Error::BadRequest("the agent URL is not a URL".into()))?;
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                return Err(Error::BadRequest(
+                    "put no credentials in an agent URL; give the agent's token as the token".into(),
+                ));
+            }
+            if parsed.host_str().is_none() || parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(Error::BadRequest(
+                    "an agent URL is scheme://host[:port][/path], without a query or a fragment".into(),
+                ));
+            }
             let token = match token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
                 Some(given) => given.to_string(),
                 None => {
@@ -223,6 +237,92 @@ pub struct ShadowError {
     pub transient: bool,
 }
 
+/// The largest answer read from an agent: a state listing every entry, or one entry's
+/// bytes. Past it the answer is refused (`too_large`), not read on into memory.
+pub const MAX_AGENT_ANSWER: usize = 32 * 1024 * 1024;
+
+/// The largest error answer read from an agent.
+const MAX_AGENT_ERROR: usize = 64 * 1024;
+
+/// The longest message of a shadow's passed on to people, logs and webhooks.
+const MAX_SHADOW_MESSAGE: usize = 400;
+
+/// The HTTP client every call to an agent is built from: it follows no redirect (an agent
+/// that answers elsewhere is refused, so a compromised or intercepted one cannot make the
+/// control plane fetch another address, nor take the bearer token there).
+pub fn agent_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none())
+}
+
+/// Reads an agent's answer, at most `limit` bytes of it.
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ShadowError> {
+    let too_large = || ShadowError {
+        code: "too_large".into(),
+        message: format!("the agent's answer is larger than {} MiB", limit / (1024 * 1024)),
+        transient: false,
+    };
+    if response.content_length().is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|err| ShadowError {
+        code: "unreachable".into(),
+        message: format!("the agent's answer broke off: {}", without_url(&err)),
+        transient: true,
+    })? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The refusal an agent answered with, as it may be passed on: its code if it is one
+/// (lowercase words), and its message without quoted fragments (see
+/// [`domain::format::unquoted`]) and cut short. An agent's message may echo what it was
+/// sent (a protocol error quoting an entry's content) or be anything a compromised agent
+/// likes; people, the audit log and webhooks see only this.
+async fn refusal(response: reqwest::Response, transient: bool) -> ShadowError {
+    let status = response.status();
+    let body = read_bounded(response, MAX_AGENT_ERROR)
+        .await
+        .ok()
+        .and_then(|body| serde_json::from_slice::<AgentErrorBody>(&body).ok());
+    match body {
+        Some(body) => ShadowError {
+            code: if !body.error.code.is_empty()
+                && body.error.code.len() <= 40
+                && body.error.code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            {
+                body.error.code
+            } else {
+                "protocol".into()
+            },
+            message: shadow_message(&body.error.message),
+            transient,
+        },
+        None => ShadowError {
+            code: "protocol".into(),
+            message: format!("agent answered {status}"),
+            transient,
+        },
+    }
+}
+
+/// A shadow's own words, as they may be shown: no quoted fragment, no control characters,
+/// at most [`MAX_SHADOW_MESSAGE`] characters.
+pub fn shadow_message(message: &str) -> String {
+    let clean: String = domain::format::unquoted(message)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match clean.char_indices().nth(MAX_SHADOW_MESSAGE) {
+        Some((cut, _)) => format!("{}…", &clean[..cut]),
+        None => clean,
+    }
+}
+
 impl std::fmt::Display for ShadowError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code, self.message)
@@ -290,31 +390,20 @@ impl Driver {
         })?;
         let status = response.status();
         if status.is_success() {
-            let body = response.bytes().await.map_err(|err| ShadowError {
-                code: "unreachable".into(),
-                message: format!("the agent's answer broke off: {}", without_url(&err)),
-                transient: true,
-            })?;
+            let body = read_bounded(response, MAX_AGENT_ANSWER).await?;
             AGENT_BYTES.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
             return serde_json::from_slice(&body).map_err(|err| ShadowError {
                 code: "protocol".into(),
-                message: format!("the agent's answer is not what the protocol says: {err}"),
+                message: format!(
+                    "the agent's answer is not what the protocol says (line {}, column {})",
+                    err.line(),
+                    err.column()
+                ),
                 transient: true,
             });
         }
         let transient = status.is_server_error() && status != reqwest::StatusCode::INTERNAL_SERVER_ERROR;
-        match response.json::<AgentErrorBody>().await {
-            Ok(body) => Err(ShadowError {
-                code: body.error.code,
-                message: body.error.message,
-                transient,
-            }),
-            Err(_) => Err(ShadowError {
-                code: "protocol".into(),
-                message: format!("agent answered {status}"),
-                transient,
-            }),
-        }
+        Err(refusal(response, transient).await)
     }
 
     pub async fn state(&self, entries: bool) -> Result<ShadowState, ShadowError> {
@@ -343,19 +432,9 @@ impl Driver {
                         transient: true,
                     })?;
                 if !response.status().is_success() {
-                    let status = response.status();
-                    let body = response.json::<AgentErrorBody>().await.ok();
-                    return Err(ShadowError {
-                        code: body.as_ref().map(|b| b.error.code.clone()).unwrap_or_else(|| "protocol".into()),
-                        message: body.map(|b| b.error.message).unwrap_or_else(|| format!("agent answered {status}")),
-                        transient: false,
-                    });
+                    return Err(refusal(response, false).await);
                 }
-                response.bytes().await.map(|b| b.to_vec()).map_err(|err| ShadowError {
-                    code: "protocol".into(),
-                    message: err.to_string(),
-                    transient: true,
-                })
+                read_bounded(response, MAX_AGENT_ANSWER).await
             }
         }
     }
@@ -443,7 +522,7 @@ pub struct Registry {
 impl Registry {
     pub fn new(request_timeout: Duration) -> Registry {
         // Plain HTTP only: an https URL without a pin is refused at registration.
-        let http = reqwest::Client::builder().timeout(request_timeout).build().expect("HTTP client");
+        let http = agent_client().timeout(request_timeout).build().expect("HTTP client");
         Registry {
             request_timeout,
             http,
@@ -483,7 +562,7 @@ impl Registry {
         let token = db.keys.open_text(&format!("shadow-token:{name}"), &token)?;
         let client = match tls_pin.as_deref() {
             Some(pin) => crate::tls::pinned_client(pin, None)?,
-            None => reqwest::Client::builder()
+            None => agent_client()
                 .connect_timeout(self.request_timeout)
                 .build()
                 .map_err(|err| Error::Internal(err.to_string()))?,

@@ -103,7 +103,7 @@ pub fn pinned_client(pin: &str, timeout: Option<Duration>) -> Result<reqwest::Cl
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    let builder = reqwest::Client::builder()
+    let builder = crate::shadows::agent_client()
         .use_preconfigured_tls(config)
         .connect_timeout(timeout.unwrap_or(Duration::from_secs(10)));
     match timeout {

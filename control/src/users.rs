@@ -13,25 +13,41 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
-/// Hashes on the blocking pool: argon2 is deliberately slow and must not stall the runtime.
+/// Password hashes computed at once, at most: each takes 19 MiB and a core for a moment,
+/// so a flood of sign-ins waits its turn instead of taking the memory and the cores.
+pub const CONCURRENT_HASHES: usize = 2;
+
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_HASHES);
+
+/// How long a password check waits for its turn before the server answers "busy".
+const HASHING_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Runs `work` (a hash or a verification) on the blocking pool, one of at most
+/// [`CONCURRENT_HASHES`]: argon2 is deliberately slow and must not stall the runtime.
+async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let _permit = tokio::time::timeout(HASHING_WAIT, HASHING.acquire())
+        .await
+        .map_err(|_| Error::TooManyRequests { retry_after: 5 })?
+        .map_err(|err| Error::Internal(err.to_string()))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| Error::Internal(err.to_string()))
+}
+
+/// Hashes a password (see [`hashing`]).
 pub async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         let salt = argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         hasher()
             .hash_password(password.as_bytes(), &salt)
             .map(|hash| hash.to_string())
             .map_err(|err| Error::Internal(format!("password hashing failed: {err}")))
     })
-    .await
-    .map_err(|err| Error::Internal(err.to_string()))?
+    .await?
 }
 
-async fn password_matches(password: String, stored: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&stored).is_ok_and(|parsed| hasher().verify_password(password.as_bytes(), &parsed).is_ok())
-    })
-    .await
-    .unwrap_or(false)
+async fn password_matches(password: String, stored: String) -> Result<bool> {
+    hashing(move || PasswordHash::new(&stored).is_ok_and(|parsed| hasher().verify_password(password.as_bytes(), &parsed).is_ok())).await
 }
 
 /// A fixed hash to verify against when the user does not exist, so a login for an unknown
@@ -132,10 +148,10 @@ pub async fn authenticate(db: &Db, username: &str, password: &str) -> Result<Cal
                 DUMMY_HASH.get_or_init(|| hash).clone()
             }
         };
-        password_matches(password.to_string(), dummy).await;
+        password_matches(password.to_string(), dummy).await?;
         return Err(refused());
     };
-    if !password_matches(password.to_string(), stored).await || disabled {
+    if !password_matches(password.to_string(), stored).await? || disabled {
         return Err(refused());
     }
     let role = role

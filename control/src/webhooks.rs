@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sqlx::{Sqlite, Transaction};
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
@@ -199,13 +199,17 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(ring::hmac::sign(&key, body).as_ref()))
 }
 
-/// True for addresses inside the network or the host: loopback, private, link-local (the
-/// cloud metadata service at 169.254.169.254 among them), carrier-grade NAT, unspecified,
-/// broadcast, multicast, and IPv6 unique-local, and IPv4 addresses mapped into IPv6.
+/// True for addresses inside the network or the host, or that lead there: loopback,
+/// private, link-local (the cloud metadata service at 169.254.169.254 among them),
+/// carrier-grade NAT, benchmarking (198.18/15), IETF protocol assignments (192.0.0/24),
+/// reserved (240/4), unspecified, broadcast, multicast; IPv6 unique-local, link- and
+/// site-local; and every IPv6 form that carries an IPv4 address (mapped, compatible, NAT64
+/// 64:ff9b::/96 and 64:ff9b:1::/48, 6to4 2002::/16, Teredo 2001::/32), which is judged by
+/// that address (Teredo's is obfuscated, so it is refused outright).
 pub fn internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -214,15 +218,30 @@ pub fn internal(ip: IpAddr) -> bool {
                 || v4.is_multicast()
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+                || (a == 192 && b == 0 && c == 0)
+                || a >= 240
         }
         IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
+            let embedded = |high: u16, low: u16| Ipv4Addr::new((high >> 8) as u8, high as u8, (low >> 8) as u8, low as u8);
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
+                || (first & 0xffc0) == 0xfec0
                 || v6.to_ipv4_mapped().is_some_and(|v4| internal(IpAddr::V4(v4)))
+                // IPv4-compatible (::a.b.c.d, deprecated) and NAT64 (64:ff9b::/96): the
+                // IPv4 address in the last 32 bits.
+                || (segments[..6] == [0; 6] && internal(IpAddr::V4(embedded(segments[6], segments[7]))))
+                || (segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && internal(IpAddr::V4(embedded(segments[6], segments[7]))))
+                // NAT64 for local use: whatever it translates to.
+                || (segments[0] == 0x64 && segments[1] == 0xff9b && segments[2] == 1)
+                // 6to4: the IPv4 address in bits 16..48.
+                || (first == 0x2002 && internal(IpAddr::V4(embedded(segments[1], segments[2]))))
+                || (first == 0x2001 && segments[1] == 0)
         }
     }
 }
@@ -304,9 +323,13 @@ fn send_error(err: &reqwest::Error) -> String {
 
 /// Sends due deliveries, forever.
 pub async fn run(db: Db) {
+    // No proxy from the environment (HTTP_PROXY, HTTPS_PROXY): the resolver check below
+    // would then judge the proxy's address, and the proxy would reach the named target,
+    // internal or not.
     let mut http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none());
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
     if !db.webhook_internal {
         http = http.dns_resolver(Arc::new(PublicOnly));
     }
@@ -420,10 +443,33 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            // Ranges and IPv6 forms of IPv4 addresses the first filter missed.
+            "198.18.0.1",
+            "198.19.255.254",
+            "192.0.0.8",
+            "240.0.0.1",
+            "250.1.2.3",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::808:808",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::1",
+            "::127.0.0.1",
+            "fec0::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(internal(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "8.8.8.8", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "100.128.0.1",
+            "198.20.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
             assert!(!internal(ip.parse().unwrap()), "{ip}");
         }
     }

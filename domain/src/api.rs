@@ -14,6 +14,41 @@ pub const PASSWORD_REQUIRED: &str = "confirm your password to do this: your last
 /// in again, coming back to the same page.
 pub const SIGNED_OUT: &str = "your session has ended: sign in again to continue";
 
+/// The session cookie's name: with `Secure` (over TLS) the `__Host-` prefix, which browsers
+/// accept only from a secure origin, with `Path=/` and no `Domain`, so a neighbouring
+/// subdomain or a plain-HTTP page cannot plant or shadow it.
+pub fn session_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "__Host-etc_shadow_session"
+    } else {
+        "etc_shadow_session"
+    }
+}
+
+/// The `Set-Cookie` value of a new session: HttpOnly, SameSite=Strict, Secure over TLS.
+pub fn session_set_cookie(secret: &str, secure: bool, max_age_seconds: i64) -> String {
+    let name = session_cookie_name(secure);
+    let attributes = if secure { "; Secure" } else { "" };
+    format!("{name}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_seconds}{attributes}")
+}
+
+/// The `Set-Cookie` value that ends the session cookie.
+pub fn session_clear_cookie(secure: bool) -> String {
+    session_set_cookie("", secure, 0)
+}
+
+/// The session secret among `Cookie` header values; over TLS only the `__Host-` cookie
+/// counts.
+pub fn session_from_cookies<'a>(headers: impl IntoIterator<Item = &'a str>, secure: bool) -> Option<String> {
+    let wanted = session_cookie_name(secure);
+    headers
+        .into_iter()
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| *name == wanted && !value.is_empty())
+        .map(|(_, value)| value.to_string())
+}
+
 /// The sign-in page that returns to `next` (a local path with its query) afterwards.
 pub fn login_href(next: &str) -> String {
     let mut encoded = String::with_capacity(next.len());

@@ -122,8 +122,7 @@ impl ValidationError {
 pub fn unquoted(message: &str) -> String {
     const LITERALS: [&str; 5] = ["true", "false", "inf", "nan", "null"];
     let keep = |inner: &str| {
-        (!inner.is_empty() && inner.chars().count() <= 3 && inner.chars().all(|c| c.is_ascii_punctuation()))
-            || LITERALS.contains(&inner)
+        (!inner.is_empty() && inner.chars().count() <= 3 && inner.chars().all(|c| c.is_ascii_punctuation())) || LITERALS.contains(&inner)
     };
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
@@ -320,7 +319,7 @@ fn validate_toml(text: &str) -> Result<(), ValidationError> {
         Ok(_) => Ok(()),
         Err(err) => {
             let offset = err.span().map_or(0, |span| span.start);
-            Err(ValidationError::at_offset(text, offset, err.message().trim().to_string()))
+            Err(ValidationError::at_offset(text, offset, err.message().trim()))
         }
     }
 }
@@ -503,7 +502,9 @@ mod tests {
         // Nested anchors count what they repeat at every level.
         let mut nested = format!("a: &a \"{}\"\n", "y".repeat(1 << 14));
         for (name, previous) in [("b", "a"), ("c", "b"), ("d", "c"), ("e", "b")] {
-            nested.push_str(&format!("{name}: &{name} [*{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}]\n"));
+            nested.push_str(&format!(
+                "{name}: &{name} [*{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}]\n"
+            ));
         }
         assert!(check(Format::Yaml, &nested).is_ok(), "a, b, c, d and e: about 10 MiB");
         // Three more of d (8 MiB each) pass the budget.

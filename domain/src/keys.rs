@@ -81,10 +81,14 @@ fn flatten(format: Format, text: &str) -> Option<BTreeMap<String, String>> {
     let complete = match format {
         Format::Json => walk_json(&serde_json::from_str(text).ok()?, "", &mut flat),
         Format::Toml => walk_toml(&toml::Value::Table(text.parse::<toml::Table>().ok()?), "", &mut flat),
-        Format::Yaml => yaml_rust2::YamlLoader::load_from_str(text).ok()?.iter().enumerate().all(|(i, doc)| {
-            let prefix = if i == 0 { String::new() } else { format!("---{i}") };
-            walk_yaml(doc, &prefix, &mut flat)
-        }),
+        Format::Yaml => yaml_rust2::YamlLoader::load_from_str(text)
+            .ok()?
+            .iter()
+            .enumerate()
+            .all(|(i, doc)| {
+                let prefix = if i == 0 { String::new() } else { format!("---{i}") };
+                walk_yaml(doc, &prefix, &mut flat)
+            }),
         _ => return None,
     };
     complete.then_some(flat.keys)
@@ -112,9 +116,7 @@ fn leaf(prefix: &str) -> String {
 
 fn walk_json(value: &serde_json::Value, prefix: &str, out: &mut Flat) -> bool {
     match value {
-        serde_json::Value::Object(map) if !map.is_empty() => {
-            map.iter().all(|(key, value)| walk_json(value, &child(prefix, key), out))
-        }
+        serde_json::Value::Object(map) if !map.is_empty() => map.iter().all(|(key, value)| walk_json(value, &child(prefix, key), out)),
         serde_json::Value::Array(items) if !items.is_empty() => items
             .iter()
             .enumerate()
@@ -125,9 +127,7 @@ fn walk_json(value: &serde_json::Value, prefix: &str, out: &mut Flat) -> bool {
 
 fn walk_toml(value: &toml::Value, prefix: &str, out: &mut Flat) -> bool {
     match value {
-        toml::Value::Table(table) if !table.is_empty() => {
-            table.iter().all(|(key, value)| walk_toml(value, &child(prefix, key), out))
-        }
+        toml::Value::Table(table) if !table.is_empty() => table.iter().all(|(key, value)| walk_toml(value, &child(prefix, key), out)),
         toml::Value::Array(items) if !items.is_empty() => items
             .iter()
             .enumerate()
@@ -224,6 +224,10 @@ mod tests {
         // A tenth of it is still shown key by key.
         let leaves: Vec<String> = (0..40).map(|i| format!("\"{i}\": 1")).collect();
         let json = format!("{{\"{long}\": {{{}}}}}", leaves.join(", "));
-        assert_eq!(key_changes(Format::Json, "{}", &json).map(|changes| changes.len()), Some(41), "40 keys and the empty document");
+        assert_eq!(
+            key_changes(Format::Json, "{}", &json).map(|changes| changes.len()),
+            Some(41),
+            "40 keys and the empty document"
+        );
     }
 }

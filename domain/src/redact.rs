@@ -194,9 +194,7 @@ fn apply(format: Format, text: &str, spans: &[SecretSpan], fingerprint: &dyn Fn(
 /// put back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {
-    #[error(
-        "line {line}, column {column}: this placeholder does not stand for a secret value of this file; type the new value in clear"
-    )]
+    #[error("line {line}, column {column}: this placeholder does not stand for a secret value of this file; type the new value in clear")]
     Unknown { line: u32, column: u32 },
     #[error("line {line}, column {column}: a secret placeholder can only be the value of a secret key")]
     Misplaced { line: u32, column: u32 },
@@ -211,10 +209,7 @@ pub enum RestoreError {
 impl RestoreError {
     fn at(text: &str, offset: usize, make: fn(u32, u32) -> RestoreError) -> RestoreError {
         let (line, column) = crate::format::line_col(text, offset);
-        make(
-            u32::try_from(line).unwrap_or(u32::MAX),
-            u32::try_from(column).unwrap_or(u32::MAX),
-        )
+        make(u32::try_from(line).unwrap_or(u32::MAX), u32::try_from(column).unwrap_or(u32::MAX))
     }
 }
 
@@ -267,8 +262,9 @@ fn put_back(format: Format, edited: &str, known: &Known, keys: &SecretKeys) -> R
             continue;
         }
         let Some((stored, bare)) = known.get(value) else {
-            return Err(RestoreError::at(edited, span.range.start, |line, column| {
-                RestoreError::Unknown { line, column }
+            return Err(RestoreError::at(edited, span.range.start, |line, column| RestoreError::Unknown {
+                line,
+                column,
             }));
         };
         let mut range = span.range;
@@ -1013,11 +1009,7 @@ mod tests {
                 format!("{{\"x\": {{\"cookie_secret\": \"{secret}\", \"y\": \"plain\"}}}}"),
                 "{\"x\": {\"cookie_secret\": \"P\", \"y\": \"P\"}}",
             ),
-            (
-                Format::Yaml,
-                format!("cookie_secret: {secret} # note\n"),
-                "cookie_secret: P # P\n",
-            ),
+            (Format::Yaml, format!("cookie_secret: {secret} # note\n"), "cookie_secret: P # P\n"),
             (Format::Env, format!("COOKIE_SECRET={secret} # x\n"), "COOKIE_SECRET=P #P\n"),
         ] {
             let edited = edited.replace('P', &shown_as(secret));

@@ -11,8 +11,6 @@ use axum::{
 use control::{Caller, Error};
 use domain::Role;
 
-pub const SESSION_COOKIE: &str = "etc_shadow_session";
-
 /// How the caller proved who they are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Credential {
@@ -36,15 +34,11 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.to_string())
+pub fn session_cookie(headers: &HeaderMap, secure: bool) -> Option<String> {
+    domain::api::session_from_cookies(
+        headers.get_all(header::COOKIE).iter().filter_map(|value| value.to_str().ok()),
+        secure,
+    )
 }
 
 /// A console server function (under `/api/`, outside the REST API's `/api/v1/`).
@@ -111,7 +105,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
             Ok(None) => return refuse(&path, Error::Unauthorized),
             Err(err) => return refuse(&path, err),
         }
-    } else if let Some(secret) = session_cookie(headers) {
+    } else if let Some(secret) = session_cookie(headers, state.config.secure_cookies) {
         // A cookie alone never authorises a state change: browsers send Origin with
         // every cross-site and same-site POST, so its absence means "not a browser we trust".
         if unsafe_method && origin.is_none() {

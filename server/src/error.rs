@@ -71,6 +71,8 @@ fn json_rejection(rejection: JsonRejection) -> Response {
     } else {
         "bad_request"
     };
+    // serde's messages quote the values they stumble on (an entry's content): the answer
+    // keeps none of it (see `domain::format::unquoted`).
     let message = match &rejection {
         JsonRejection::JsonDataError(err) => format!(
             "invalid request body: {}",
@@ -86,6 +88,7 @@ fn json_rejection(rejection: JsonRejection) -> Response {
         ),
         other => other.body_text(),
     };
+    let message = domain::format::unquoted(&message);
     let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
         StatusCode::BAD_REQUEST
     } else {

@@ -6,7 +6,7 @@
 
 use crate::{
     AppState,
-    auth::{Authenticated, Credential, SESSION_COOKIE},
+    auth::{Authenticated, Credential},
     error::{ApiError, ApiResult, JsonBody, PathParams, QueryParams},
 };
 use axum::{
@@ -184,18 +184,14 @@ struct LoginBody {
     password: String,
 }
 
-/// The Set-Cookie value for a session: HttpOnly, SameSite=Strict, Secure over TLS.
+/// The Set-Cookie value for a session (see [`domain::api::session_set_cookie`]).
 pub fn session_cookie_header(secret: &str, secure: bool, policy: sessions::Policy) -> HeaderValue {
-    let max_age = policy.lifetime.whole_seconds();
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
-    ))
-    .expect("hex session ids are valid header values")
+    HeaderValue::from_str(&domain::api::session_set_cookie(secret, secure, policy.lifetime.whole_seconds()))
+        .expect("hex session ids are valid header values")
 }
 
-pub fn clear_cookie_header() -> HeaderValue {
-    HeaderValue::from_static("etc_shadow_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+pub fn clear_cookie_header(secure: bool) -> HeaderValue {
+    HeaderValue::from_str(&domain::api::session_clear_cookie(secure)).expect("a constant header value")
 }
 
 async fn login(
@@ -220,7 +216,9 @@ async fn logout(State(state): State<AppState>, Extension(auth): Extension<Authen
         Credential::Token => return Err(Error::BadRequest("no session to end: this request used an API token".into()).into()),
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert(header::SET_COOKIE, clear_cookie_header());
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, clear_cookie_header(state.config.secure_cookies));
     Ok(response)
 }
 

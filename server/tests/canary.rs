@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-const CANARIES: [&str; 11] = [
+const CANARIES: [&str; 14] = [
     "CANARY-d41c-first",
     "CANARY-9e07-second",
     "CANARY-77ab-drifted",
@@ -36,6 +36,10 @@ const CANARIES: [&str; 11] = [
     "CANARY-44c1-flow-second",
     // `pin_key`, a number in app.toml.
     PIN,
+    // Stored in a draft change (json, yaml, toml) for the refused edits of the error paths.
+    "CANARY-2f6e-draft-json",
+    "CANARY-a9c4-draft-yaml",
+    "CANARY-d05b-draft-toml",
 ];
 const PIN: &str = "480917263";
 
@@ -147,6 +151,97 @@ async fn client_reveal(client: &Client2, base: &str, revision: i64, path: &str) 
     revealed["content"].as_str().unwrap().to_string()
 }
 
+/// The error paths of editing, each driven with a stored secret value that must not come
+/// back in the answer (collected in the searched pile): a placeholder under an ordinary
+/// key on the line where the stored value is put back (toml inline table, one-line json, a
+/// yaml comment), invalid edits with placeholders, a placeholder of another file, and the
+/// same shapes through both doors, `POST /changes` and `PUT …/entries/…`.
+async fn refused_edits_quote_no_secret(editor: &Client2) {
+    let [json_secret, yaml_secret, toml_secret] = [CANARIES[11], CANARIES[12], CANARIES[13]];
+    let draft = editor
+        .post(
+            "/api/v1/changes",
+            json!({"base_revision": 3, "message": "drafts with secrets", "entries": [
+                {"path": "shapes/app.json", "content": format!("{{\"x\": {{\"cookie_secret\": \"{json_secret}\", \"y\": \"plain\"}}}}"), "format": "json"},
+                {"path": "shapes/app.yaml", "content": format!("cookie_secret: {yaml_secret} # note\nother: 1\n"), "format": "yaml"},
+                {"path": "shapes/app.toml", "content": format!("x = {{ cookie_secret = \"{toml_secret}\", y = \"plain\" }}\n"), "format": "toml"}
+            ]}),
+        )
+        .await;
+    let id = draft["id"].as_i64().unwrap();
+    let diff = editor.get(&format!("/api/v1/changes/{id}/diff")).await.to_string();
+    let placeholder = |path: &str| {
+        let from = diff.find(path).unwrap();
+        let start = from + diff[from..].find("«secret:").unwrap();
+        let end = start + diff[start..].find('»').unwrap() + '»'.len_utf8();
+        diff[start..end].to_string()
+    };
+    let (pj, py, pt) = (
+        placeholder("shapes/app.json"),
+        placeholder("shapes/app.yaml"),
+        placeholder("shapes/app.toml"),
+    );
+    let edits = [
+        (
+            "shapes/app.json",
+            "json",
+            format!("{{\"x\": {{\"cookie_secret\": \"{pj}\", \"y\": \"{pj}\"}}}}"),
+        ),
+        ("shapes/app.yaml", "yaml", format!("cookie_secret: {py} # {py}\nother: 1\n")),
+        (
+            "shapes/app.toml",
+            "toml",
+            format!("x = {{ cookie_secret = \"{pt}\", y = \"{pt}\" }}\n"),
+        ),
+        // Invalid with a placeholder, and invalid once the value is back.
+        ("shapes/app.toml", "toml", format!("x = {{ cookie_secret = \"{pt}\", y = }}\n")),
+        ("shapes/app.yaml", "yaml", format!("cookie_secret: {py}\n  other: [\n")),
+        ("shapes/app.json", "json", format!("{{\"x\": {{\"cookie_secret\": {pj}}}}}")),
+        // Another file's placeholder, and one moved to a key of its own.
+        ("shapes/app.toml", "toml", format!("x = {{ cookie_secret = \"{pj}\" }}\n")),
+        ("shapes/app.toml", "toml", format!("cookie_secret = \"{pt}\"\n[{pt}]\n")),
+    ];
+    for (path, format, content) in edits {
+        let (status, answer) = editor
+            .send(
+                Method::PUT,
+                &format!("/api/v1/changes/{id}/entries/{path}"),
+                Some(json!({"content": content, "format": format})),
+            )
+            .await;
+        assert!(status.is_client_error(), "PUT {path}: {status} {answer}\n{content}");
+    }
+    // Through the other door the stored values are the base revision's (it has none of
+    // these paths), and the validation endpoint.
+    for (path, format, content) in [
+        (
+            "shapes/app.toml",
+            "toml",
+            format!("x = {{ cookie_secret = \"{toml_secret}\", y = \"{pt}\" }}\n"),
+        ),
+        ("shapes/bad.env", "env", format!("{toml_secret}-X=1\n")),
+        ("shapes/bad.toml", "toml", format!("{toml_secret} = 1\n{toml_secret} = 2\n")),
+    ] {
+        let (status, answer) = editor
+            .send(
+                Method::POST,
+                "/api/v1/changes",
+                Some(json!({"base_revision": 3, "message": "refused", "entries": [{"path": path, "content": content, "format": format}]})),
+            )
+            .await;
+        assert!(status.is_client_error(), "POST {path}: {status} {answer}");
+        // The validation endpoint answers about the caller's own text; it must not quote it
+        // either (it is collected like every answer).
+        editor
+            .send(
+                Method::POST,
+                "/api/v1/validate",
+                Some(json!({"path": path, "content": content, "format": format})),
+            )
+            .await;
+    }
+}
+
 fn leaks(what: &str, haystack: &[u8]) -> Vec<String> {
     CANARIES
         .iter()
@@ -176,6 +271,13 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
         .arg("--data-dir")
         .arg(&data)
         .env("ETC_SHADOW_LOG", "debug,sqlx=debug,hyper=info,h2=info,reqwest=info")
+        // A proxy in the environment is not used for webhooks (it would get around the
+        // check of their addresses): through this one, which answers nothing, none would
+        // arrive.
+        .env("HTTP_PROXY", format!("http://{}", free_port()))
+        .env("HTTPS_PROXY", format!("http://{}", free_port()))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::options().append(true).open(&log).unwrap())
         .spawn()
@@ -271,6 +373,7 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    refused_edits_quote_no_secret(&editor).await;
 
     // Drifted by hand on the shadow, diffed, adopted.
     std::fs::write(live.join("secrets/db.env"), format!("DB_PASSWORD={}\n", CANARIES[2])).unwrap();

@@ -292,6 +292,55 @@ async fn sign_in_limits_hold_across_a_restart_and_a_flood_of_random_names() {
     server.stop().await;
 }
 
+/// Guesses sent together all reached the password check when the block was looked at
+/// before the hashing and the failure written after it. Counted first, 64 parallel
+/// guesses get exactly the five free checks; each failure is audited, naming the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_get_no_more_checks_than_the_limit() {
+    let server = TestServer::start_with(|config| {
+        config.login_limits = control::login::Limits {
+            account_free: 5,
+            address_free: 1_000_000,
+            base: time::Duration::minutes(5),
+            max: time::Duration::minutes(5),
+            ..Default::default()
+        };
+    })
+    .await;
+    server.user("erin", Role::Editor).await;
+    let client = Client::new();
+    let answers = futures_util::future::join_all(
+        (0..64).map(|guess| sign_in(&client, &server, "erin", if guess == 63 { PASSWORD } else { "a wrong guess" })),
+    )
+    .await;
+    let checked = answers.iter().filter(|r| r.status() == StatusCode::UNAUTHORIZED).count();
+    let refused = answers.iter().filter(|r| r.status() == StatusCode::TOO_MANY_REQUESTS).count();
+    let accepted = answers.iter().filter(|r| r.status() == StatusCode::OK).count();
+    assert!(
+        checked + accepted <= 5 && checked + refused + accepted == 64,
+        "checked {checked}, refused {refused}, accepted {accepted}"
+    );
+    assert!(checked >= 4, "the free guesses were checked: {checked}");
+    let failed: Vec<(String, String)> = sqlx::query_as("SELECT actor, target FROM audit_log WHERE action = 'session.login_failed'")
+        .fetch_all(&server.state.db.read)
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), checked, "{failed:?}");
+    assert!(
+        failed.iter().all(|(actor, target)| actor == "anonymous" && target == "user/erin"),
+        "{failed:?}"
+    );
+    // A name nobody has is audited without the name (it may be a password typed there).
+    let response = sign_in(&client, &server, "hunter2-typed-as-a-name", "x").await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let targets: Vec<(String,)> = sqlx::query_as("SELECT details || target FROM audit_log")
+        .fetch_all(&server.state.db.read)
+        .await
+        .unwrap();
+    assert!(!targets.iter().any(|(t,)| t.contains("hunter2")), "{targets:?}");
+    server.stop().await;
+}
+
 /// A server whose recent-password window is `window`, with an editor (erin), an approver
 /// (abel) and an admin (ada).
 async fn short_window_server(window: Duration) -> TestServer {
@@ -538,6 +587,11 @@ async fn the_console_serves_https_with_secure_cookies_and_hsts() {
     assert_eq!(response.status(), StatusCode::OK);
     let cookie = header(&response, "set-cookie").to_string();
     assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{cookie}");
+    // Named `__Host-`: the browser takes it only from a secure origin, for this host alone.
+    assert!(
+        cookie.starts_with("__Host-etc_shadow_session=") && cookie.contains("Path=/") && !cookie.contains("Domain"),
+        "{cookie}"
+    );
     assert!(header(&response, "strict-transport-security").contains("max-age="));
     let me = client.get(format!("{origin}/api/v1/session")).send().await.unwrap();
     assert_eq!(me.status(), StatusCode::OK, "the Secure cookie works over HTTPS");
@@ -689,6 +743,35 @@ fn keys_given_by_the_environment_seal_the_database_and_rotate_there() {
     }
 }
 
+/// An agent URL is shown to every viewer and written to the audit log: one with a user and
+/// password in it is refused (and so is a query or a fragment), and nothing is recorded.
+#[tokio::test]
+async fn agent_urls_carry_no_credentials() {
+    let server = TestServer::start().await;
+    server.user("ada", Role::Admin).await;
+    let admin = server.login("ada").await;
+    for url in [
+        "http://ops:CANARY-url-password@127.0.0.1:9",
+        "http://ops@127.0.0.1:9",
+        "http://127.0.0.1:9/?token=CANARY-url-password",
+        "http://127.0.0.1:9/#CANARY-url-password",
+    ] {
+        let (status, refused) = admin
+            .post(
+                "/api/v1/shadows",
+                json!({"driver": "agent", "name": "dc9", "url": url, "token": "a-token-of-some-length"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {refused}");
+        assert!(!refused.to_string().contains("CANARY"), "{refused}");
+    }
+    let (_, shadows) = admin.get("/api/v1/shadows").await;
+    assert_eq!(shadows["items"].as_array().map(Vec::len), Some(0), "{shadows}");
+    let (_, audit) = admin.get("/api/v1/audit?limit=50").await;
+    assert!(!audit.to_string().contains("CANARY"), "{audit}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn webhooks_cannot_be_aimed_inside_the_network_unless_allowed() {
     let server = TestServer::start_with(|config| config.webhook_internal = false).await;
@@ -701,6 +784,11 @@ async fn webhooks_cannot_be_aimed_inside_the_network_unless_allowed() {
         "http://169.254.169.254/latest/meta-data/",
         "http://[::ffff:192.168.1.1]/hook",
         "http://0.0.0.0:8080/",
+        // IPv6 forms of internal IPv4 addresses, and ranges the first filter missed.
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+        "http://[2002:7f00:1::1]/hook",
+        "http://198.18.0.1/hook",
+        "http://240.0.0.1/hook",
         // A name is resolved: localhost has only loopback addresses.
         "http://localhost:3000/hook",
     ] {

@@ -695,11 +695,14 @@ impl Store {
     /// again: two processes may open the same shadow (two control planes registering one
     /// backup volume), and each write must see the other's fence.
     fn lock_state(&mut self) -> Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.state_dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(&path)
             .map_err(|err| io_error(format!("open {}", path.display()), err))?;
         lock.lock().map_err(|err| io_error(format!("lock {}", path.display()), err))?;
@@ -1204,7 +1207,9 @@ impl Store {
                     Err(_) if fs::symlink_metadata(parent.path(segment)).is_ok() => {
                         return Err(StoreError::BadRequest(format!("{path}: {segment} is also a file")));
                     }
-                    Err(_) => parent.create_dir(segment, 0o755)?,
+                    // Born private like the generation, opened up to 0755 once written
+                    // whatever the umask (readers must be able to go through it).
+                    Err(_) => parent.create_dir(segment, 0o700)?,
                 };
                 directories.insert(prefix.clone(), dir);
             }
@@ -1215,12 +1220,14 @@ impl Store {
                 || disk_budget::charge(content.len()).and_then(|()| file.write_all(content)),
             )
             .map_err(|err| io_error(format!("write {path}"), err))?;
+            // Owner first, then the mode: a chown clears setuid and setgid bits.
+            self.apply_ownership(&file, Path::new(path.as_str()), policy)?;
             file.set_permissions(fs::Permissions::from_mode(policy.mode))
                 .map_err(|err| io_error(format!("chmod {path}"), err))?;
-            self.apply_ownership(&file, Path::new(path.as_str()), policy)?;
             timed(|t| &mut t.fsync, || file.sync_all()).map_err(|err| io_error(format!("fsync {path}"), err))?;
         }
         for dir in directories.values().rev() {
+            dir.chmod(0o755)?;
             dir.sync()?;
         }
         staging.sync()

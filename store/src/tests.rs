@@ -583,3 +583,23 @@ fn a_generation_staged_by_a_process_killed_before_saving_is_cleaned_not_drift() 
     assert_eq!(store.live_root().unwrap().to_hex(), req.target_root);
     assert!(!f.live.join("..r2-rev2").exists());
 }
+
+#[test]
+fn directories_are_opened_to_0755_and_files_to_their_mode_whatever_the_umask() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    // A private umask (a hardened service's): what the store makes is born owner-only,
+    // and readers can still go through the directories of a committed revision.
+    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let entries = vec![entry("deep/er/site.conf", "listen 80;\n", "0644")];
+    let req = request(1, 1, &empty_root(), entries);
+    let prepared = store.prepare(7, &req);
+    nix::sys::stat::umask(previous);
+    prepared.unwrap();
+    store.commit(7, &fence(1)).unwrap();
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&f.live.join("deep")), 0o755);
+    assert_eq!(mode(&f.live.join("deep/er")), 0o755);
+    assert_eq!(mode(&f.live.join("deep/er/site.conf")), 0o644);
+    assert_eq!(mode(&f.state.join("lock")), 0o600);
+}
