@@ -547,3 +547,63 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
     let message = String::from_utf8_lossy(&status.stderr);
     assert!(message.contains("does not open this database"), "{message}");
 }
+
+/// One anchored scalar of a megabyte and twenty thousand aliases to it: few nodes, twenty
+/// gigabytes once a loader expands it. Posted by an editor and planted on a shadow, against
+/// a server whose address space is capped at 2 GiB: the edit is refused with the reason,
+/// the shadow's diff is answered, and the server answers the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yaml_bomb_is_refused_and_diffed_by_a_server_with_capped_memory() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    for (name, role) in [("ada", "admin"), ("erin", "editor")] {
+        cli(&data, &["user", "add", name, "--role", role, "--password-stdin"], PASSWORD);
+    }
+    let addr = free_port();
+    let log = root.path().join("server.log");
+    let mut server = Command::new("prlimit")
+        .arg(format!("--as={}", 2u64 << 30))
+        .arg(env!("CARGO_BIN_EXE_etc-shadow"))
+        .args(["serve", "--listen", &addr.to_string(), "--check-interval", "1h"])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .spawn()
+        .unwrap();
+    common::fleet::wait_listening(addr);
+    let base = format!("http://{addr}");
+    let seen: Arc<Mutex<Vec<String>>> = Default::default();
+    let admin = Client2::login(&base, "ada", &seen).await;
+    let editor = Client2::login(&base, "erin", &seen).await;
+    let mut bomb = format!("api_token: &big \"{}\"\nrefs:\n", "x".repeat(1 << 20));
+    for _ in 0..20_000 {
+        bomb.push_str("- *big\n");
+    }
+    let (status, refused) = editor
+        .send(
+            Method::POST,
+            "/api/v1/changes",
+            Some(json!({"base_revision": 0, "message": "bomb", "entries": [{"path": "bomb.yaml", "content": bomb, "format": "yaml"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(refused.to_string().contains("expands to more than"), "{refused}");
+    let (status, _) = editor.call(Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK, "the server answers after the bomb");
+
+    // Planted on a shadow, and diffed there.
+    let live = root.path().join("dc1");
+    admin
+        .post("/api/v1/shadows", json!({"driver": "directory", "name": "dc1", "path": live}))
+        .await;
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::write(live.join("bomb.yaml"), &bomb).unwrap();
+    let diff = editor.get("/api/v1/shadows/dc1/diff").await;
+    assert!(diff.to_string().contains("bomb.yaml"), "{diff}");
+    let (status, _) = editor.call(Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK, "the server answers after diffing the planted bomb");
+    assert!(server.try_wait().unwrap().is_none(), "the server is alive");
+    let _ = server.kill();
+    let _ = server.wait();
+}
