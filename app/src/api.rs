@@ -49,18 +49,6 @@ pub mod ssr {
         use_context::<crate::ConsoleSettings>().is_some_and(|s| s.secure_cookies)
     }
 
-    pub fn session_secret() -> Option<String> {
-        let parts = use_context::<http::request::Parts>()?;
-        domain::api::session_from_cookies(
-            parts
-                .headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|value| value.to_str().ok()),
-            secure_cookies(),
-        )
-    }
-
     /// The peer address of the connection (never a header a client can set).
     pub fn client_address() -> Option<std::net::IpAddr> {
         use_context::<http::request::Parts>().and_then(|parts| {
@@ -113,9 +101,7 @@ pub async fn login(username: String, password: String, next: Option<String>) -> 
 pub async fn logout() -> Result<(), ServerFnError> {
     use ssr::*;
     let caller = caller()?;
-    if let Some(secret) = session_secret() {
-        control::sessions::delete(&db()?, &secret, &caller).await.map_err(fail)?;
-    }
+    control::sessions::end(&db()?, &caller).await.map_err(fail)?;
     set_cookie(domain::api::session_clear_cookie(secure_cookies()));
     leptos_axum::redirect("/login");
     Ok(())
@@ -126,10 +112,8 @@ pub async fn logout() -> Result<(), ServerFnError> {
 #[server]
 pub async fn confirm_password(password: String) -> Result<(), ServerFnError> {
     use ssr::*;
-    let caller = caller()?;
     let limits = use_context::<control::login::Limits>().unwrap_or_default();
-    let secret = session_secret().ok_or_else(|| ServerFnError::new("no session to confirm"))?;
-    control::sessions::reconfirm(&db()?, &limits, Some(&secret), &caller, &password, client_address())
+    control::sessions::confirm(&db()?, &limits, &caller()?, &password, client_address())
         .await
         .map_err(fail)
         .map(drop)
@@ -508,8 +492,7 @@ pub async fn check_shadow(name: String) -> Result<(), ServerFnError> {
 #[server]
 pub async fn webhooks() -> Result<Vec<domain::api::WebhookView>, ServerFnError> {
     use ssr::*;
-    caller()?.require(domain::Role::Admin).map_err(fail)?;
-    control::webhooks::list(&db()?).await.map_err(fail)
+    control::webhooks::list(&db()?, &caller()?).await.map_err(fail)
 }
 
 /// `events`: comma-separated event names, empty for all.
@@ -537,8 +520,9 @@ pub async fn remove_webhook(id: i64) -> Result<(), ServerFnError> {
 #[server]
 pub async fn webhook_deliveries() -> Result<Page<domain::api::DeliveryView>, ServerFnError> {
     use ssr::*;
-    caller()?.require(domain::Role::Admin).map_err(fail)?;
-    control::webhooks::deliveries(&db()?, None, None, Some(50)).await.map_err(fail)
+    control::webhooks::deliveries(&db()?, &caller()?, None, None, Some(50))
+        .await
+        .map_err(fail)
 }
 
 /// One shadow with its check history (newest 50).
@@ -677,9 +661,16 @@ pub async fn tokens() -> Result<Vec<domain::api::TokenView>, ServerFnError> {
 
 /// A new API token for the caller, at most their role; its secret is shown once.
 #[server]
-pub async fn create_token(name: String, role: Option<String>) -> Result<domain::api::NewToken, ServerFnError> {
+pub async fn create_token(name: String, role: Option<String>, days: Option<String>) -> Result<domain::api::NewToken, ServerFnError> {
     use ssr::*;
-    control::sessions::create_token(&db()?, &caller()?, &name, optional_role(role)?)
+    let days = match days.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+        Some(text) => Some(
+            text.parse::<i64>()
+                .map_err(|_| ServerFnError::new("days: a whole number of days"))?,
+        ),
+        None => None,
+    };
+    control::sessions::create_token(&db()?, &caller()?, &name, optional_role(role)?, days)
         .await
         .map_err(fail)
 }
@@ -694,8 +685,7 @@ pub async fn revoke_token(id: i64) -> Result<(), ServerFnError> {
 #[server]
 pub async fn users() -> Result<Vec<domain::api::UserView>, ServerFnError> {
     use ssr::*;
-    caller()?.require(domain::Role::Admin).map_err(fail)?;
-    control::users::list(&db()?).await.map_err(fail)
+    control::users::list(&db()?, &caller()?).await.map_err(fail)
 }
 
 #[server]
@@ -724,8 +714,7 @@ pub async fn reveal_secret(revision: i64, path: String, password: String) -> Res
     use ssr::*;
     let limits = use_context::<control::login::Limits>().unwrap_or_default();
     let db = db()?;
-    let secret = session_secret();
-    let caller = control::sessions::reconfirm(&db, &limits, secret.as_deref(), &caller()?, &password, client_address())
+    let caller = control::sessions::with_typed_password(&db, &limits, &caller()?, Some(&password), client_address())
         .await
         .map_err(fail)?;
     if let Some(options) = use_context::<leptos_axum::ResponseOptions>() {

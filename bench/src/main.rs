@@ -204,6 +204,7 @@ impl Bench {
             username: name.into(),
             role,
             recent_password: true,
+            credential: control::Credential::Local,
         };
         let editor_view = control::users::create(&db, "bench", "bench-editor", Role::Editor, "bench-password-1".into())
             .await

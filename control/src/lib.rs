@@ -29,16 +29,43 @@ pub use error::{Error, Result};
 
 use domain::Role;
 
-/// Who is asking: the authenticated user and the role in effect for this request (an API
-/// token may carry a lower role than its owner).
+/// How a caller proved who they are. The rules that depend on it (a token cannot mint
+/// tokens or manage users, reveals nothing without the password typed again, has no
+/// session to confirm or end) are applied by the services, so every door (REST, the
+/// console's server functions, the command line) gets the same answer.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A signed-in session, by its secret (to confirm or end it).
+    Session(String),
+    /// An API token, by its id.
+    Token(i64),
+    /// The server's own process: the command line on its machine, the demo, tests.
+    Local,
+}
+
+/// Never shows a session's secret.
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Session(_) => f.write_str("Session(..)"),
+            Credential::Token(id) => write!(f, "Token({id})"),
+            Credential::Local => f.write_str("Local"),
+        }
+    }
+}
+
+/// Who is asking: the authenticated user, the role in effect for this request (an API
+/// token may carry a lower role than its owner), and how they proved it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub user_id: i64,
     pub username: String,
     pub role: Role,
-    /// The caller entered their password within the recent window (a session), or acts
-    /// with an API token (minting one needed a recent password) or locally (the CLI).
+    /// The caller typed their password within the recent window (a session's sign-in or
+    /// confirmation, a password given with this request), or acts locally. Never true of an
+    /// API token alone.
     pub recent_password: bool,
+    pub credential: Credential,
 }
 
 impl Caller {
@@ -51,14 +78,42 @@ impl Caller {
         }
     }
 
-    /// Refuses a sensitive action (approve, roll out, reconcile, reveal, API tokens, user
-    /// and role changes) unless the caller entered their password recently, so a
-    /// session left open on someone's desk cannot do them.
+    /// Refuses a sensitive action (approve, roll out, reconcile, API tokens, user and role
+    /// changes) unless the caller entered their password recently, so a session left open
+    /// on someone's desk cannot do them. An API token passes: minting it needed a recent
+    /// password, and automation cannot type one.
     pub fn require_recent_password(&self) -> Result<()> {
+        if self.recent_password || matches!(self.credential, Credential::Token(_)) {
+            Ok(())
+        } else {
+            Err(Error::PasswordRequired)
+        }
+    }
+
+    /// Refuses unless the password was typed within the recent window, with a token too:
+    /// for reading secret values, which a leaked token alone must not do.
+    pub fn require_typed_password(&self) -> Result<()> {
         if self.recent_password {
             Ok(())
         } else {
             Err(Error::PasswordRequired)
+        }
+    }
+
+    /// Refuses an API token: `what` (managing tokens and users) needs a person signed in,
+    /// so a leaked token cannot make successors that outlive its revocation.
+    pub fn require_person(&self, what: &str) -> Result<()> {
+        match self.credential {
+            Credential::Token(_) => Err(Error::Forbidden(format!("{what} needs a signed-in session, not an API token"))),
+            Credential::Session(_) | Credential::Local => Ok(()),
+        }
+    }
+
+    /// The session the caller signed in with, if any.
+    pub fn session(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::Session(secret) => Some(secret),
+            Credential::Token(_) | Credential::Local => None,
         }
     }
 }

@@ -166,7 +166,7 @@ async fn entry_row(conn: &mut SqliteConnection, number: i64, path: &EntryPath) -
 /// (checked by the caller of this function). Audited, without the value.
 pub async fn reveal(db: &Db, caller: &crate::Caller, number: i64, path: &str) -> Result<EntryContent> {
     caller.require(domain::Role::Approver)?;
-    caller.require_recent_password()?;
+    caller.require_typed_password()?;
     let path = EntryPath::parse(path).map_err(|err| Error::BadRequest(err.to_string()))?;
     let mut conn = db.read.acquire().await?;
     let row = entry_row(&mut conn, number, &path).await?;

@@ -4,7 +4,7 @@ use crate::{Caller, Db, Error, Result, audit, format_time, now};
 use domain::Role;
 use serde_json::json;
 
-pub use domain::api::{NewToken, TokenView};
+pub use domain::api::{NewToken, TOKEN_DAYS_DEFAULT, TOKEN_DAYS_MAX, TokenView};
 
 /// How long sessions last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,16 +101,21 @@ pub async fn lookup(db: &Db, secret: &str, policy: Policy) -> Result<Option<Call
             .execute(db.read_write())
             .await?;
     }
-    to_caller((user_id, username, role), recent_password).map(Some)
+    to_caller(
+        (user_id, username, role),
+        recent_password,
+        crate::Credential::Session(secret.to_string()),
+    )
+    .map(Some)
 }
 
 /// Checks the caller's password again under the sign-in limits (a stolen session cannot
 /// guess it faster than a sign-in could) and, for a session, records the entry so the
-/// recent window for sensitive actions opens. Returns the caller with a recent password.
+/// recent window for sensitive actions opens. Returns the caller with a recent password
+/// (for this request only, with a token).
 pub async fn reconfirm(
     db: &Db,
     limits: &crate::login::Limits,
-    session: Option<&str>,
     caller: &Caller,
     password: &str,
     client: Option<std::net::IpAddr>,
@@ -120,13 +125,46 @@ pub async fn reconfirm(
         Err(Error::Unauthorized) => return Err(Error::Forbidden("wrong password".into())),
         Err(other) => return Err(other),
     }
-    if let Some(secret) = session {
+    if let Some(secret) = caller.session() {
         record_password(db, secret, caller).await?;
     }
     Ok(Caller {
         recent_password: true,
         ..caller.clone()
     })
+}
+
+/// The signed-in user enters their password again (`POST /api/v1/session/confirm`, the
+/// console's prompt): a token has no session whose window could open.
+pub async fn confirm(
+    db: &Db,
+    limits: &crate::login::Limits,
+    caller: &Caller,
+    password: &str,
+    client: Option<std::net::IpAddr>,
+) -> Result<Caller> {
+    if caller.session().is_none() {
+        return Err(Error::BadRequest("no session to confirm: this request used an API token".into()));
+    }
+    reconfirm(db, limits, caller, password, client).await
+}
+
+/// The caller for reading secret values: with `password`, checked again now; without,
+/// a session's recent entry (a token alone reveals nothing).
+pub async fn with_typed_password(
+    db: &Db,
+    limits: &crate::login::Limits,
+    caller: &Caller,
+    password: Option<&str>,
+    client: Option<std::net::IpAddr>,
+) -> Result<Caller> {
+    match password {
+        Some(password) => reconfirm(db, limits, caller, password, client).await,
+        None => {
+            caller.require_typed_password()?;
+            Ok(caller.clone())
+        }
+    }
 }
 
 /// Records that the session's user entered their password again.
@@ -164,7 +202,7 @@ pub async fn purge_expired(db: &Db, policy: Policy) -> Result<u64> {
     Ok(done.rows_affected())
 }
 
-fn to_caller((user_id, username, role): (i64, String, String), recent_password: bool) -> Result<Caller> {
+fn to_caller((user_id, username, role): (i64, String, String), recent_password: bool, credential: crate::Credential) -> Result<Caller> {
     let role = role
         .parse()
         .map_err(|_| Error::Internal(format!("user {user_id} has an unknown role")))?;
@@ -173,11 +211,15 @@ fn to_caller((user_id, username, role): (i64, String, String), recent_password: 
         username,
         role,
         recent_password,
+        credential,
     })
 }
 
-/// Ends a session server-side.
-pub async fn delete(db: &Db, secret: &str, caller: &Caller) -> Result<()> {
+/// Ends the caller's session server-side (a token has none to end).
+pub async fn end(db: &Db, caller: &Caller) -> Result<()> {
+    let secret = caller
+        .session()
+        .ok_or_else(|| Error::BadRequest("no session to end: this request used an API token".into()))?;
     let mut tx = db.begin().await?;
     sqlx::query("DELETE FROM sessions WHERE id_hash = ?")
         .bind(secret_hash(secret))
@@ -195,8 +237,12 @@ pub async fn delete(db: &Db, secret: &str, caller: &Caller) -> Result<()> {
     Ok(())
 }
 
-/// A new API token; the secret is returned once and only its hash is kept.
-pub async fn create_token(db: &Db, caller: &Caller, name: &str, role: Option<Role>) -> Result<NewToken> {
+/// A new API token; the secret is returned once and only its hash is kept. It works for
+/// `days` (default [`TOKEN_DAYS_DEFAULT`], at most [`TOKEN_DAYS_MAX`]), until revoked, or
+/// until its owner's password changes or the account is disabled. Only a person signed in
+/// makes one: a token cannot mint successors that would outlive its revocation.
+pub async fn create_token(db: &Db, caller: &Caller, name: &str, role: Option<Role>, days: Option<i64>) -> Result<NewToken> {
+    caller.require_person("creating an API token")?;
     caller.require_recent_password()?;
     let role = role.unwrap_or(caller.role);
     if !caller.role.allows(role) {
@@ -209,23 +255,32 @@ pub async fn create_token(db: &Db, caller: &Caller, name: &str, role: Option<Rol
     if name.is_empty() || name.len() > 100 {
         return Err(Error::BadRequest("token name must be 1-100 characters".into()));
     }
+    let days = days.unwrap_or(TOKEN_DAYS_DEFAULT);
+    if !(1..=TOKEN_DAYS_MAX).contains(&days) {
+        return Err(Error::BadRequest(format!(
+            "a token works for 1 to {TOKEN_DAYS_MAX} days (default {TOKEN_DAYS_DEFAULT})"
+        )));
+    }
+    let expires_at = format_time(time::OffsetDateTime::now_utc() + time::Duration::days(days));
     let token = format!("{TOKEN_PREFIX}{}", random_secret());
     let mut tx = db.begin().await?;
-    let (id,): (i64,) =
-        sqlx::query_as("INSERT INTO api_tokens (user_id, name, token_hash, role, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id")
-            .bind(caller.user_id)
-            .bind(name)
-            .bind(secret_hash(&token))
-            .bind(role.as_str())
-            .bind(now())
-            .fetch_one(&mut *tx)
-            .await?;
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO api_tokens (user_id, name, token_hash, role, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(caller.user_id)
+    .bind(name)
+    .bind(secret_hash(&token))
+    .bind(role.as_str())
+    .bind(now())
+    .bind(&expires_at)
+    .fetch_one(&mut *tx)
+    .await?;
     audit::append(
         &mut tx,
         &caller.username,
         "token.create",
         &format!("token/{id}"),
-        json!({"name": name, "role": role}),
+        json!({"name": name, "role": role, "expires_at": expires_at}),
     )
     .await?;
     tx.commit().await?;
@@ -234,23 +289,39 @@ pub async fn create_token(db: &Db, caller: &Caller, name: &str, role: Option<Rol
         name: name.to_string(),
         role,
         token,
+        expires_at,
     })
 }
 
-/// The caller behind a bearer token: the token's role, never above its owner's current role.
+/// The caller behind a bearer token: the token's role, never above its owner's current
+/// role; nobody once it expired or was revoked, or its owner is disabled. Each use is
+/// recorded in `last_used_at`, to the minute.
 pub async fn lookup_token(db: &Db, token: &str) -> Result<Option<Caller>> {
-    let row: Option<(i64, String, String, String)> = sqlx::query_as(
-        "SELECT u.id, u.username, u.role, t.role FROM api_tokens t JOIN users u ON u.id = t.user_id
-         WHERE t.token_hash = ? AND t.revoked_at IS NULL AND u.disabled = 0",
+    let now = time::OffsetDateTime::now_utc();
+    let row: Option<(i64, i64, String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT t.id, u.id, u.username, u.role, t.role, t.last_used_at FROM api_tokens t JOIN users u ON u.id = t.user_id
+         WHERE t.token_hash = ? AND t.revoked_at IS NULL AND t.expires_at > ? AND u.disabled = 0",
     )
     .bind(secret_hash(token))
+    .bind(format_time(now))
     .fetch_optional(&db.read)
     .await?;
-    let Some((user_id, username, user_role, token_role)) = row else {
+    let Some((token_id, user_id, username, user_role, token_role, last_used)) = row else {
         return Ok(None);
     };
-    // Minting the token needed a recent password; automation cannot type one.
-    let owner = to_caller((user_id, username, user_role), true)?;
+    let parse = |at: &str| time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok();
+    if last_used
+        .as_deref()
+        .and_then(parse)
+        .is_none_or(|used| now - used > TOKEN_USE_GRANULARITY)
+    {
+        sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?")
+            .bind(format_time(now))
+            .bind(token_id)
+            .execute(db.read_write())
+            .await?;
+    }
+    let owner = to_caller((user_id, username, user_role), false, crate::Credential::Token(token_id))?;
     let token_role: Role = token_role
         .parse()
         .map_err(|_| Error::Internal("token has an unknown role".into()))?;
@@ -260,10 +331,25 @@ pub async fn lookup_token(db: &Db, token: &str) -> Result<Option<Caller>> {
     }))
 }
 
+/// `last_used_at` of a token is written at most this often.
+const TOKEN_USE_GRANULARITY: time::Duration = time::Duration::minutes(1);
+
+/// Revokes every live token of a user (a password change, a disabled account); answers
+/// how many.
+pub(crate) async fn revoke_all_tokens(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, user_id: i64) -> Result<u64> {
+    let done = sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
+        .bind(now())
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected())
+}
+
 /// The caller's tokens; an admin sees everyone's.
 pub async fn list_tokens(db: &Db, caller: &Caller) -> Result<Vec<TokenView>> {
-    let rows: Vec<(i64, String, String, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT t.id, u.username AS owner, t.name, t.role, t.created_at, t.revoked_at
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(i64, String, String, String, String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT t.id, u.username AS owner, t.name, t.role, t.created_at, t.expires_at, t.last_used_at, t.revoked_at
          FROM api_tokens t JOIN users u ON u.id = t.user_id
          WHERE ?1 OR t.user_id = ?2 ORDER BY t.id DESC",
     )
@@ -273,14 +359,18 @@ pub async fn list_tokens(db: &Db, caller: &Caller) -> Result<Vec<TokenView>> {
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, owner, name, role, created_at, revoked_at)| TokenView {
-            id,
-            owner,
-            name,
-            role,
-            created_at,
-            revoked_at,
-        })
+        .map(
+            |(id, owner, name, role, created_at, expires_at, last_used_at, revoked_at)| TokenView {
+                id,
+                owner,
+                name,
+                role,
+                created_at,
+                expires_at,
+                last_used_at,
+                revoked_at,
+            },
+        )
         .collect())
 }
 

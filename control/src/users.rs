@@ -163,10 +163,19 @@ pub async fn authenticate(db: &Db, username: &str, password: &str) -> Result<Cal
         role,
         // They have just entered it.
         recent_password: true,
+        // Not yet a session: the sign-in makes one from this caller.
+        credential: crate::Credential::Local,
     })
 }
 
-pub async fn list(db: &Db) -> Result<Vec<UserView>> {
+/// Every account (admins).
+pub async fn list(db: &Db, caller: &Caller) -> Result<Vec<UserView>> {
+    caller.require(Role::Admin)?;
+    all(db).await
+}
+
+/// Every account, for the server itself (the command line, the demo).
+pub async fn all(db: &Db) -> Result<Vec<UserView>> {
     let rows: Vec<UserRow> = sqlx::query_as("SELECT id, username, role, disabled, created_at FROM users ORDER BY username")
         .fetch_all(&db.read)
         .await?;
@@ -176,6 +185,7 @@ pub async fn list(db: &Db) -> Result<Vec<UserView>> {
 /// An admin creates a user, with a recent password.
 pub async fn add(db: &Db, caller: &Caller, username: &str, role: Role, password: String) -> Result<UserView> {
     caller.require(Role::Admin)?;
+    caller.require_person("adding a user")?;
     caller.require_recent_password()?;
     create(db, &caller.username, username, role, password).await
 }
@@ -184,6 +194,7 @@ pub async fn add(db: &Db, caller: &Caller, username: &str, role: Role, password:
 /// password; the user's sessions end at once. Admins cannot lock themselves out.
 pub async fn update(db: &Db, caller: &Caller, username: &str, role: Option<Role>, disabled: Option<bool>) -> Result<UserView> {
     caller.require(Role::Admin)?;
+    caller.require_person("changing a user")?;
     caller.require_recent_password()?;
     if role.is_none() && disabled.is_none() {
         return Err(Error::BadRequest("nothing to change: give role and/or disabled".into()));
@@ -199,14 +210,15 @@ pub async fn update(db: &Db, caller: &Caller, username: &str, role: Option<Role>
     if let Some(disabled) = disabled {
         set_disabled(db, &caller.username, username, disabled).await?;
     }
-    list(db)
+    all(db)
         .await?
         .into_iter()
         .find(|u| u.username == username)
         .ok_or_else(|| Error::NotFound(format!("no user {username:?}")))
 }
 
-/// Sets a new password and ends the user's sessions.
+/// Sets a new password and ends the user's sessions and API tokens (a password changed
+/// because it leaked must not leave what it minted working).
 pub async fn set_password(db: &Db, actor: &str, username: &str, password: String) -> Result<()> {
     validate_password(&password)?;
     let password_hash = hash_password(password).await?;
@@ -221,7 +233,15 @@ pub async fn set_password(db: &Db, actor: &str, username: &str, password: String
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    audit::append(&mut tx, actor, "user.password", &format!("user/{username}"), json!({})).await?;
+    let tokens = crate::sessions::revoke_all_tokens(&mut tx, id).await?;
+    audit::append(
+        &mut tx,
+        actor,
+        "user.password",
+        &format!("user/{username}"),
+        json!({"tokens_revoked": tokens}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -264,8 +284,8 @@ pub async fn set_role(db: &Db, actor: &str, username: &str, role: Role) -> Resul
     Ok(())
 }
 
-/// Disables or enables an account. Disabling ends its sessions at once; its API tokens
-/// stop working while it stays disabled.
+/// Disables or enables an account. Disabling ends its sessions and revokes its API tokens
+/// at once (enabling it again brings none of them back).
 pub async fn set_disabled(db: &Db, actor: &str, username: &str, disabled: bool) -> Result<()> {
     let mut tx = db.begin().await?;
     let (id,): (i64,) = sqlx::query_as("UPDATE users SET disabled = ? WHERE username = ? RETURNING id")
@@ -274,14 +294,17 @@ pub async fn set_disabled(db: &Db, actor: &str, username: &str, disabled: bool) 
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no user {username:?}")))?;
+    let mut tokens = 0;
     if disabled {
         sqlx::query("DELETE FROM sessions WHERE user_id = ?")
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        tokens = crate::sessions::revoke_all_tokens(&mut tx, id).await?;
     }
     let action = if disabled { "user.disable" } else { "user.enable" };
-    audit::append(&mut tx, actor, action, &format!("user/{username}"), json!({})).await?;
+    let details = if disabled { json!({"tokens_revoked": tokens}) } else { json!({}) };
+    audit::append(&mut tx, actor, action, &format!("user/{username}"), details).await?;
     tx.commit().await?;
     Ok(())
 }

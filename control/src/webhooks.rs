@@ -132,7 +132,9 @@ pub async fn create(db: &Db, caller: &Caller, input: NewWebhook) -> Result<Webho
     Ok(created)
 }
 
-pub async fn list(db: &Db) -> Result<Vec<WebhookView>> {
+/// The webhooks (admins).
+pub async fn list(db: &Db, caller: &Caller) -> Result<Vec<WebhookView>> {
+    caller.require(Role::Admin)?;
     let rows: Vec<(i64, String, String, String, String)> =
         sqlx::query_as("SELECT id, url, events, created_by, created_at FROM webhooks ORDER BY id")
             .fetch_all(&db.read)
@@ -156,7 +158,15 @@ pub async fn remove(db: &Db, caller: &Caller, id: i64) -> Result<()> {
 }
 
 /// The delivery log, newest first (`webhook` narrows it to one hook).
-pub async fn deliveries(db: &Db, webhook: Option<i64>, before: Option<i64>, limit: Option<i64>) -> Result<Page<DeliveryView>> {
+/// Deliveries, newest first (admins).
+pub async fn deliveries(
+    db: &Db,
+    caller: &Caller,
+    webhook: Option<i64>,
+    before: Option<i64>,
+    limit: Option<i64>,
+) -> Result<Page<DeliveryView>> {
+    caller.require(Role::Admin)?;
     let limit = limit.unwrap_or(50).clamp(1, 500);
     let rows: Vec<DeliveryRow> = sqlx::query_as(
         "SELECT id, webhook_id, event, status, attempts, next_attempt_at, last_status, last_error, created_at, delivered_at

@@ -92,8 +92,20 @@ pub struct TokenView {
     pub name: String,
     pub role: String,
     pub created_at: String,
+    /// When it stops working (see [`TOKEN_DAYS_DEFAULT`]).
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// When it was last used (to the minute).
+    #[serde(default)]
+    pub last_used_at: Option<String>,
     pub revoked_at: Option<String>,
 }
+
+/// Days an API token works when its creator does not say.
+pub const TOKEN_DAYS_DEFAULT: i64 = 90;
+
+/// The longest an API token may work, in days.
+pub const TOKEN_DAYS_MAX: i64 = 365;
 
 /// A new API token: the secret is in this one answer and never again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +114,7 @@ pub struct NewToken {
     pub name: String,
     pub role: Role,
     pub token: String,
+    pub expires_at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,18 +11,11 @@ use axum::{
 use control::{Caller, Error};
 use domain::Role;
 
-/// How the caller proved who they are.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Credential {
-    Session(String),
-    Token,
-}
-
-/// The authenticated caller of this request, put into the request extensions.
+/// The authenticated caller of this request (with how they proved it, see
+/// [`control::Credential`]), put into the request extensions.
 #[derive(Clone, Debug)]
 pub struct Authenticated {
     pub caller: Caller,
-    pub credential: Credential,
 }
 
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -98,10 +91,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     }
     let found = if let Some(token) = bearer(headers) {
         match control::sessions::lookup_token(&state.db, token).await {
-            Ok(Some(caller)) => Some(Authenticated {
-                caller,
-                credential: Credential::Token,
-            }),
+            Ok(Some(caller)) => Some(Authenticated { caller }),
             Ok(None) => return refuse(&path, Error::Unauthorized),
             Err(err) => return refuse(&path, err),
         }
@@ -112,10 +102,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
             None
         } else {
             match control::sessions::lookup(&state.db, &secret, state.config.sessions).await {
-                Ok(found) => found.map(|caller| Authenticated {
-                    caller,
-                    credential: Credential::Session(secret),
-                }),
+                Ok(found) => found.map(|caller| Authenticated { caller }),
                 Err(err) => return refuse(&path, err),
             }
         }

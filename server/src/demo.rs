@@ -149,12 +149,13 @@ pub struct Seeded {
 }
 
 async fn find_user(db: &Db, name: &str) -> Result<Option<Caller>> {
-    Ok(users::list(db).await?.into_iter().find(|u| u.username == name).map(|u| Caller {
+    Ok(users::all(db).await?.into_iter().find(|u| u.username == name).map(|u| Caller {
         user_id: u.id,
         username: u.username,
         role: u.role,
         // The demo seeds locally, as the CLI does.
         recent_password: true,
+        credential: control::Credential::Local,
     }))
 }
 

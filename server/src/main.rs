@@ -294,7 +294,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     println!("{name} is enabled");
                 }
                 UserCommand::List => {
-                    for user in control::users::list(&db).await.map_err(fail)? {
+                    for user in control::users::all(&db).await.map_err(fail)? {
                         println!(
                             "{:<24} {:<9} {}",
                             user.username,

@@ -6,7 +6,7 @@
 
 use crate::{
     AppState,
-    auth::{Authenticated, Credential},
+    auth::Authenticated,
     error::{ApiError, ApiResult, JsonBody, PathParams, QueryParams},
 };
 use axum::{
@@ -211,10 +211,7 @@ async fn login(
 }
 
 async fn logout(State(state): State<AppState>, Extension(auth): Extension<Authenticated>) -> ApiResult<Response> {
-    match &auth.credential {
-        Credential::Session(secret) => sessions::delete(&state.db, secret, &auth.caller).await?,
-        Credential::Token => return Err(Error::BadRequest("no session to end: this request used an API token".into()).into()),
-    }
+    sessions::end(&state.db, &auth.caller).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
@@ -232,6 +229,9 @@ struct TokenBody {
     name: String,
     #[serde(default)]
     role: Option<Role>,
+    /// Days it works (default and maximum: see `sessions::create_token`).
+    #[serde(default)]
+    days: Option<i64>,
 }
 
 async fn create_token(
@@ -239,11 +239,7 @@ async fn create_token(
     Extension(auth): Extension<Authenticated>,
     JsonBody(body): JsonBody<TokenBody>,
 ) -> ApiResult<Response> {
-    // A leaked token must not mint successors that outlive its revocation.
-    if auth.credential == Credential::Token {
-        return Err(Error::Forbidden("API tokens are created from a signed-in session, not with another token".into()).into());
-    }
-    let token = sessions::create_token(&state.db, caller(&auth), &body.name, body.role).await?;
+    let token = sessions::create_token(&state.db, caller(&auth), &body.name, body.role, body.days).await?;
     Ok((StatusCode::CREATED, Json(token)).into_response())
 }
 
@@ -300,15 +296,6 @@ fn client_address(peer: Option<Extension<axum::extract::ConnectInfo<std::net::So
     peer.map(|Extension(info)| info.0.ip())
 }
 
-/// Re-checks the caller's password and, for a session, opens the recent window.
-async fn reconfirm(state: &AppState, auth: &Authenticated, password: &str, client: Option<std::net::IpAddr>) -> ApiResult<control::Caller> {
-    let session = match &auth.credential {
-        Credential::Session(secret) => Some(secret.as_str()),
-        Credential::Token => None,
-    };
-    Ok(sessions::reconfirm(&state.db, &state.config.login_limits, session, &auth.caller, password, client).await?)
-}
-
 /// `POST /api/v1/session/confirm`: the signed-in user enters their password again, which
 /// sensitive actions need within the recent window.
 async fn confirm_session(
@@ -317,10 +304,14 @@ async fn confirm_session(
     peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     JsonBody(body): JsonBody<ConfirmBody>,
 ) -> ApiResult<Response> {
-    if auth.credential == Credential::Token {
-        return Err(Error::BadRequest("no session to confirm: this request used an API token".into()).into());
-    }
-    reconfirm(&state, &auth, &body.password, client_address(peer)).await?;
+    sessions::confirm(
+        &state.db,
+        &state.config.login_limits,
+        &auth.caller,
+        &body.password,
+        client_address(peer),
+    )
+    .await?;
     let window = state.config.sessions.recent_password.whole_seconds();
     Ok(Json(json!({"confirmed": true, "valid_seconds": window})).into_response())
 }
@@ -334,11 +325,14 @@ async fn reveal_secret(
     PathParams(n): PathParams<i64>,
     JsonBody(body): JsonBody<RevealBody>,
 ) -> ApiResult<Response> {
-    let caller = match (&body.password, &auth.credential) {
-        (Some(password), _) => reconfirm(&state, &auth, password, client_address(peer)).await?,
-        (None, Credential::Token) => return Err(Error::PasswordRequired.into()),
-        (None, Credential::Session(_)) => auth.caller.clone(),
-    };
+    let caller = sessions::with_typed_password(
+        &state.db,
+        &state.config.login_limits,
+        &auth.caller,
+        body.password.as_deref(),
+        client_address(peer),
+    )
+    .await?;
     let revealed = revisions::reveal(&state.db, &caller, n, &body.path).await?;
     let mut response = Json(revealed).into_response();
     response
@@ -519,8 +513,8 @@ async fn audit_head(State(state): State<AppState>) -> ApiResult<Response> {
     Ok(Json(control::audit::head(&state.db).await?).into_response())
 }
 
-async fn list_users(State(state): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(json!({"items": control::users::list(&state.db).await?, "next": null})).into_response())
+async fn list_users(State(state): State<AppState>, Extension(auth): Extension<Authenticated>) -> ApiResult<Response> {
+    Ok(Json(json!({"items": control::users::list(&state.db, caller(&auth)).await?, "next": null})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -609,8 +603,8 @@ async fn create_webhook(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-async fn list_webhooks(State(state): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(json!({"items": control::webhooks::list(&state.db).await?, "next": null})).into_response())
+async fn list_webhooks(State(state): State<AppState>, Extension(auth): Extension<Authenticated>) -> ApiResult<Response> {
+    Ok(Json(json!({"items": control::webhooks::list(&state.db, caller(&auth)).await?, "next": null})).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -620,8 +614,12 @@ struct DeliveryQuery {
     limit: Option<i64>,
 }
 
-async fn list_deliveries(State(state): State<AppState>, QueryParams(q): QueryParams<DeliveryQuery>) -> ApiResult<Response> {
-    Ok(Json(control::webhooks::deliveries(&state.db, q.webhook, q.before, q.limit).await?).into_response())
+async fn list_deliveries(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    QueryParams(q): QueryParams<DeliveryQuery>,
+) -> ApiResult<Response> {
+    Ok(Json(control::webhooks::deliveries(&state.db, caller(&auth), q.webhook, q.before, q.limit).await?).into_response())
 }
 
 async fn remove_webhook(

@@ -529,6 +529,7 @@ async fn a_secret_is_found_only_in_the_shadows_files_and_the_authorised_reveal()
         username: "test".into(),
         role: domain::Role::Admin,
         recent_password: true,
+        credential: control::Credential::Local,
     };
     let again = control::revisions::reveal(&db, &caller, 2, "secrets/db.env").await.unwrap();
     assert_eq!(again.content.unwrap(), format!("DB_PASSWORD={}\n", CANARIES[1]));

@@ -812,3 +812,67 @@ async fn webhooks_cannot_be_aimed_inside_the_network_unless_allowed() {
     let (status, created) = admin.post("/api/v1/webhooks", json!({"url": "http://93.184.216.34/hook"})).await;
     assert!(status.is_success(), "{created}");
 }
+
+/// Tokens work for the days they were given (90 by default, at most 365), record when they
+/// were last used, and end when their owner's password changes or the account is disabled
+/// (enabling it again brings none back).
+#[tokio::test]
+async fn tokens_expire_record_their_use_and_end_with_a_password_change_or_a_disabled_account() {
+    let server = TestServer::start().await;
+    server.user("erin", Role::Editor).await;
+    let erin = server.login("erin").await;
+    let (status, refused) = erin.post("/api/v1/tokens", json!({"name": "ci", "days": 366})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    let (status, _) = erin.post("/api/v1/tokens", json!({"name": "ci", "days": 0})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, made) = erin.post("/api/v1/tokens", json!({"name": "ci"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let expires =
+        time::OffsetDateTime::parse(made["expires_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    let days = (expires - time::OffsetDateTime::now_utc()).whole_hours() as f64 / 24.0;
+    assert!((89.9..=90.0).contains(&days), "90 days by default: {days}");
+    let token = |made: &serde_json::Value| made["token"].as_str().unwrap().to_string();
+    let client = Client::new();
+    let use_token = |token: String| {
+        let request = client.get(server.url("/api/v1/revisions")).bearer_auth(token);
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(use_token(token(&made)).await, StatusCode::OK);
+    let (_, listed) = erin.get("/api/v1/tokens").await;
+    let row = &listed["items"][0];
+    assert!(row["last_used_at"].is_string(), "the use is recorded: {listed}");
+    assert_eq!(row["expires_at"], made["expires_at"]);
+
+    // Past its expiry it is no credential.
+    sqlx::query("UPDATE api_tokens SET expires_at = '2000-01-01T00:00:00.000Z' WHERE id = ?")
+        .bind(made["id"].as_i64().unwrap())
+        .execute(server.state.db.read_write())
+        .await
+        .unwrap();
+    assert_eq!(use_token(token(&made)).await, StatusCode::UNAUTHORIZED);
+
+    // A password change ends the tokens.
+    let (_, second) = erin.post("/api/v1/tokens", json!({"name": "ci-2", "days": 1})).await;
+    assert_eq!(use_token(token(&second)).await, StatusCode::OK);
+    control::users::set_password(&server.state.db, "test", "erin", "another long password".into())
+        .await
+        .unwrap();
+    assert_eq!(use_token(token(&second)).await, StatusCode::UNAUTHORIZED);
+
+    // So does disabling the account, for good.
+    control::users::set_password(&server.state.db, "test", "erin", PASSWORD.into())
+        .await
+        .unwrap();
+    let erin = server.login("erin").await;
+    let (_, third) = erin.post("/api/v1/tokens", json!({"name": "ci-3"})).await;
+    assert_eq!(use_token(token(&third)).await, StatusCode::OK);
+    control::users::set_disabled(&server.state.db, "test", "erin", true).await.unwrap();
+    assert_eq!(use_token(token(&third)).await, StatusCode::UNAUTHORIZED);
+    control::users::set_disabled(&server.state.db, "test", "erin", false).await.unwrap();
+    assert_eq!(
+        use_token(token(&third)).await,
+        StatusCode::UNAUTHORIZED,
+        "enabling brings no token back"
+    );
+    server.stop().await;
+}

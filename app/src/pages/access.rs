@@ -30,7 +30,7 @@ pub fn TokensPage() -> impl IntoView {
             {move || create.value().get().map(|result| match result {
                 Ok(token) => view! {
                     <div class="success-box" data-test="new-token">
-                        {format!("Token \u{201c}{}\u{201d} ({}) created. Copy it now; it is never shown again: ", token.name, token.role)}
+                        {format!("Token \u{201c}{}\u{201d} ({}) created, working until {}. Copy it now; it is never shown again: ", token.name, token.role, when(&token.expires_at))}
                         <code data-test="new-token-secret">{token.token}</code>
                         <div class="muted small">"Send it as Authorization: Bearer <token>."</div>
                     </div>
@@ -40,7 +40,11 @@ pub fn TokensPage() -> impl IntoView {
             {move || revoke.value().get().and_then(|r| r.err()).map(|err| view! { <ActionError message=error_text(&err) /> })}
             <section class="card">
                 <h2>"Create a token"</h2>
-                <p class="muted small">"A token acts as you, with at most your role, until revoked. Automation uses it instead of a session."</p>
+                <p class="muted small">{format!(
+                    "A token acts as you, with at most your role, for the days you give ({} by default, at most {}), until revoked, or until your password changes or your account is disabled. Automation uses it instead of a session; it cannot make tokens or manage users, and reveals a secret only with your password.",
+                    domain::api::TOKEN_DAYS_DEFAULT,
+                    domain::api::TOKEN_DAYS_MAX
+                )}</p>
                 <ActionForm action=create attr:class="fields">
                     <label class="grow">"Name" <input name="name" required maxlength="100" placeholder="release pipeline" data-test="token-name" /></label>
                     <label>"Role"
@@ -48,6 +52,9 @@ pub fn TokensPage() -> impl IntoView {
                             <option value="">"my role"</option>
                             {role_options(None)}
                         </select>
+                    </label>
+                    <label>"Days"
+                        <input name="days" type="number" min="1" max=domain::api::TOKEN_DAYS_MAX placeholder=domain::api::TOKEN_DAYS_DEFAULT.to_string() data-test="token-days" />
                     </label>
                     <button type="submit" class="primary" data-test="token-create">"Create"</button>
                 </ActionForm>
@@ -59,7 +66,7 @@ pub fn TokensPage() -> impl IntoView {
                         Ok(list) if list.is_empty() => view! { <p class="muted" data-test="no-tokens">"No tokens."</p> }.into_any(),
                         Ok(list) => view! {
                             <table class="table" data-test="token-table">
-                                <thead><tr><th>"#"</th><th>"Name"</th><th>"Owner"</th><th>"Role"</th><th>"Created"</th><th>"State"</th><th></th></tr></thead>
+                                <thead><tr><th>"#"</th><th>"Name"</th><th>"Owner"</th><th>"Role"</th><th>"Created"</th><th>"Last used"</th><th>"State"</th><th></th></tr></thead>
                                 <tbody>
                                     {list.into_iter().map(|t| {
                                         let active = t.revoked_at.is_none();
@@ -70,7 +77,12 @@ pub fn TokensPage() -> impl IntoView {
                                                 <td>{t.owner.clone()}</td>
                                                 <td>{t.role.clone()}</td>
                                                 <td>{when(&t.created_at)}</td>
-                                                <td>{t.revoked_at.as_deref().map(|at| format!("revoked {}", when(at))).unwrap_or_else(|| "active".into())}</td>
+                                                <td>{t.last_used_at.as_deref().map(when).unwrap_or_else(|| "never".into())}</td>
+                                                <td>{match (&t.revoked_at, &t.expires_at) {
+                                                    (Some(at), _) => format!("revoked {}", when(at)),
+                                                    (None, Some(until)) => format!("works until {}", when(until)),
+                                                    (None, None) => "active".into(),
+                                                }}</td>
                                                 <td>
                                                     {active.then(|| view! {
                                                         <ActionForm action=revoke attr:class="inline">
