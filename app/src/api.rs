@@ -539,8 +539,7 @@ pub async fn shadow_detail(name: String) -> Result<(domain::api::ShadowView, Vec
 #[server]
 pub async fn shadow_diff(name: String) -> Result<DiffView, ServerFnError> {
     use ssr::*;
-    caller()?;
-    monitor()?.shadow_diff(&name).await.map_err(fail)
+    monitor()?.shadow_diff(&caller()?, &name).await.map_err(fail)
 }
 
 /// Incidents, newest first. Empty strings mean "any".

@@ -659,7 +659,11 @@ impl Monitor {
                 mode: Some(have.mode.clone()),
                 owner: known.filter(|k| !k.owner.is_empty()).map(|_| have.owner.clone()),
                 group: known.filter(|k| !k.grp.is_empty()).map(|_| have.group.clone()),
-                secret: known.map(|k| k.secret),
+                // A file the primary does not have, named like a secret (a `tls.key`),
+                // becomes a secret entry: sealed, and never shown.
+                secret: known
+                    .map(|k| k.secret)
+                    .or_else(|| crate::secrets::named_like_a_secret(&self.db, &drift.path).then_some(true)),
                 delete: false,
             });
         }
@@ -714,7 +718,12 @@ impl Monitor {
     /// now, entry by entry: `removed` entries the shadow lacks, `added` files it should not
     /// have, `modified` ones with their line diff and policy changes. Secret entries are
     /// never diffed, only marked changed.
-    pub async fn shadow_diff(&self, name: &str) -> Result<domain::api::DiffView> {
+    ///
+    /// A file the primary does not manage may hold anything (an agent's directory before
+    /// its first commit, a `tls.key` on a backup volume): below the approver role its
+    /// content, hash and size are not shown, and a file named like a secret (its name
+    /// matches the secret key patterns) is shown to nobody.
+    pub async fn shadow_diff(&self, caller: &crate::Caller, name: &str) -> Result<domain::api::DiffView> {
         use domain::api::{DiffView, EntryDiff, EntryView};
         let driver = self.registry.driver(&self.db, name).await?;
         let state = tokio::time::timeout(self.check_timeout, driver.state(true))
@@ -758,8 +767,26 @@ impl Monitor {
                 }
             }
             let secret = want.is_some_and(|w| w.secret);
+            let hidden = match want {
+                Some(_) => None,
+                None if crate::secrets::named_like_a_secret(&self.db, &drift.path) => {
+                    Some("named like a secret, so never shown; adopting it makes a secret entry".to_string())
+                }
+                None if !caller.role.allows(domain::Role::Approver) => {
+                    Some("the primary does not manage this file: its content is shown to approvers and admins".to_string())
+                }
+                None => None,
+            };
+            let new = match (new, &hidden) {
+                (Some(view), Some(_)) => Some(EntryView {
+                    size: 0,
+                    entry_hash: String::new(),
+                    ..view
+                }),
+                (view, _) => view,
+            };
             let content_differs = matches!(drift.kind, DriftKind::Content | DriftKind::Missing | DriftKind::Unexpected);
-            let (text, keys) = if content_differs && !secret {
+            let (text, keys) = if content_differs && !secret && hidden.is_none() {
                 // Both sides as people may see them: secret values as placeholders, also in
                 // a file the primary does not have (its format guessed from its name).
                 let format = new.as_ref().or(old.as_ref()).map_or("text", |e| e.format.as_str()).to_string();
@@ -809,6 +836,7 @@ impl Monitor {
                 text,
                 secret_changed: secret && drift.kind == DriftKind::Content,
                 keys,
+                hidden,
             });
         }
         Ok(DiffView {

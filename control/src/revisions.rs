@@ -300,6 +300,7 @@ pub(crate) async fn diff_sets(
             (None, None)
         };
         result.push(EntryDiff {
+            hidden: None,
             path: path.clone(),
             status: status.to_string(),
             old: before.map(EntryRow::view),

@@ -390,6 +390,13 @@ pub fn restore(db: &crate::Db, path: &str, format: domain::Format, edited: &str,
         .map_err(|err| Error::BadRequest(format!("{path}: {err}")))
 }
 
+/// True when the file name of `path` (its last segment) matches a secret key pattern:
+/// `tls.key`, `db-password.txt`.
+pub fn named_like_a_secret(db: &crate::Db, path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    db.secret_keys.matches(name)
+}
+
 /// True when an entry's content holds secret values, so it is sealed at rest like a
 /// secret entry.
 pub fn holds_secrets(db: &crate::Db, format: &str, content: &[u8]) -> bool {

@@ -314,6 +314,10 @@ pub struct EntryDiff {
     /// that does not parse.
     #[serde(default)]
     pub keys: Option<Vec<crate::keys::KeyChange>>,
+    /// Why the content is not shown (a file on a shadow that the primary does not
+    /// manage, to a caller below approver, or named like a secret, to anyone), else `None`.
+    #[serde(default)]
+    pub hidden: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

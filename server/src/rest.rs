@@ -648,8 +648,12 @@ async fn shadow_checks(
     Ok(Json(state.monitor.checks(&name, q.before, q.limit).await?).into_response())
 }
 
-async fn diff_shadow(State(state): State<AppState>, PathParams(name): PathParams<String>) -> ApiResult<Response> {
-    Ok(Json(state.monitor.shadow_diff(&name).await?).into_response())
+async fn diff_shadow(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(name): PathParams<String>,
+) -> ApiResult<Response> {
+    Ok(Json(state.monitor.shadow_diff(caller(&auth), &name).await?).into_response())
 }
 
 async fn list_incidents(State(state): State<AppState>, QueryParams(filter): QueryParams<IncidentFilter>) -> ApiResult<Response> {

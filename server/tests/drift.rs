@@ -722,3 +722,56 @@ async fn a_rollout_stuck_committing_on_one_dark_shadow_leaves_the_rest_of_the_fl
     assert_eq!(edge["status"], "in_sync", "{edge}");
     fleet.server.stop().await;
 }
+
+/// Files a shadow holds that the primary does not manage may be anything: below the
+/// approver role their content, hash and size are not shown in the shadow's diff, a file
+/// named like a secret (`tls.key`) is shown to nobody, and adopting it makes a secret
+/// entry, sealed at rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmanaged_files_on_a_shadow_are_not_shown_below_approver_and_adopt_seals_secret_names() {
+    let fleet = fleet(Duration::from_millis(100), false).await;
+    let dc1 = &fleet.dirs[0];
+    std::fs::write(dc1.join("notes.conf"), "CANARY-unmanaged-notes\n").unwrap();
+    std::fs::write(dc1.join("tls.key"), "-----BEGIN PRIVATE KEY-----\nCANARY-unmanaged-key\n").unwrap();
+    let (incident, _) = fleet.open_incident("dc1", WITHIN).await;
+    // An editor (below approver) sees that they are there, nothing of what is in them.
+    let (status, diff) = fleet.editor.get("/api/v1/shadows/dc1/diff").await;
+    assert_eq!(status, StatusCode::OK, "{diff}");
+    let text = diff.to_string();
+    assert!(text.contains("notes.conf") && text.contains("tls.key"), "{diff}");
+    assert!(!text.contains("CANARY"), "content shown below approver: {diff}");
+    let entries = diff["entries"].as_array().unwrap();
+    for entry in entries.iter().filter(|e| e["status"] == "added") {
+        assert!(entry["hidden"].is_string(), "{entry}");
+        assert_eq!(entry["new"]["entry_hash"], "", "no hash to test guesses against: {entry}");
+    }
+    // An approver sees the ordinary file, and still not the one named like a secret.
+    let (_, diff) = fleet.approver.get("/api/v1/shadows/dc1/diff").await;
+    let text = diff.to_string();
+    assert!(text.contains("CANARY-unmanaged-notes"), "{diff}");
+    assert!(!text.contains("CANARY-unmanaged-key"), "{diff}");
+    // Adopted, the key becomes a secret entry: sealed, never shown.
+    let (status, change) = fleet
+        .editor
+        .post(&format!("/api/v1/incidents/{}/adopt", incident["id"]), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{change}");
+    let key = change["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "tls.key")
+        .unwrap()
+        .clone();
+    assert_eq!(key["secret"], true, "{change}");
+    let (_, diff) = fleet.approver.get(&format!("/api/v1/changes/{}/diff", change["id"])).await;
+    assert!(!diff.to_string().contains("CANARY-unmanaged-key"), "{diff}");
+    let stored: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT content FROM blobs")
+        .fetch_all(&fleet.server.state.db.read)
+        .await
+        .unwrap();
+    assert!(
+        !stored.iter().any(|(data,)| data.windows(20).any(|w| w == b"CANARY-unmanaged-key")),
+        "an adopted key is sealed at rest"
+    );
+}

@@ -56,6 +56,10 @@ fn EntryDiffView(entry: EntryDiff, layout: RwSignal<Layout>) -> impl IntoView {
     let secret_note = entry
         .secret_changed
         .then(|| view! { <p class="secret-note" data-test="secret-changed">"Secret content changed (not shown)."</p> });
+    let hidden_note = entry
+        .hidden
+        .clone()
+        .map(|why| view! { <p class="secret-note" data-test="content-hidden">{format!("Content not shown: {why}.")}</p> });
     let hunks = StoredValue::new(hunks);
     // A huge diff is rendered a page of lines at a time, so the page stays responsive.
     let shown = RwSignal::new(PAGE_LINES);
@@ -72,6 +76,7 @@ fn EntryDiffView(entry: EntryDiff, layout: RwSignal<Layout>) -> impl IntoView {
                 </ul>
             })}
             {secret_note}
+            {hidden_note}
             {keys.map(|keys| if keys.is_empty() {
                 view! { <p class="muted" data-test="keys-formatting-only">"Only formatting differs: every key has the same value."</p> }.into_any()
             } else {
