@@ -407,7 +407,7 @@ pub async fn audit_log(
 pub async fn audit_verify() -> Result<AuditVerification, ServerFnError> {
     use ssr::*;
     caller()?;
-    control::audit::verify(&db()?).await.map_err(fail)
+    monitor()?.verify_audit().await.map_err(fail)
 }
 
 #[server]

@@ -333,6 +333,7 @@ async fn breakdown(addr: SocketAddr, fence: Fence, entries: usize, bytes: usize,
             base_root: state.live_root,
             reconcile: false,
             entries: staged,
+            audit_head: None,
         };
         for step in 0..2 {
             let started = Instant::now();

@@ -414,7 +414,7 @@ async fn load_for_edit(conn: &mut SqliteConnection, caller: &Caller, id: i64) ->
 
 /// After an edit: back to draft, rejection cleared, new hash (voiding approvals), audited.
 async fn finish_edit(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut crate::db::Tx,
     caller: &Caller,
     change: &ChangeRow,
     action: &str,

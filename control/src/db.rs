@@ -105,6 +105,36 @@ fn refuse_missing_database(data_dir: &Path) -> Result<()> {
     ))
 }
 
+/// A write transaction and the audit chain's key. It is the connection for queries
+/// (`&mut *tx`), and commits like a transaction; dropped without a commit, it rolls back.
+pub struct Tx {
+    inner: Transaction<'static, Sqlite>,
+    chain: domain::audit::ChainKey,
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<()> {
+        Ok(self.inner.commit().await?)
+    }
+
+    pub(crate) fn chain_key(&self) -> &domain::audit::ChainKey {
+        &self.chain
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
+
 /// This control plane's fencing identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -166,6 +196,7 @@ impl Db {
         };
         db.initialise().await?;
         crate::secrets::check_keys(&db).await?;
+        crate::audit::key_the_chain(&db).await?;
         crate::secrets::seal_stored(&db, false).await?;
         Ok(db)
     }
@@ -175,9 +206,13 @@ impl Db {
         &self.write
     }
 
-    /// Starts a write transaction on the single writer connection.
-    pub async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.write.begin().await?)
+    /// Starts a write transaction on the single writer connection. It carries the audit
+    /// chain's key, so a row appended inside it is keyed (see [`crate::audit::append`]).
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(Tx {
+            inner: self.write.begin().await?,
+            chain: self.keys.audit_key(),
+        })
     }
 
     /// Makes the control plane's id and revision 0 the first time the database is opened.

@@ -714,6 +714,12 @@ impl Drop for AbortOnDrop {
 }
 
 impl Monitor {
+    /// The audit chain verified, and checked against the head each shadow keeps (see
+    /// [`crate::audit::verify_against_shadows`]).
+    pub async fn verify_audit(&self) -> Result<domain::api::AuditVerification> {
+        crate::audit::verify_against_shadows(&self.db, &self.registry, self.check_timeout).await
+    }
+
     /// The visual diff of the primary (current revision) against what one shadow holds
     /// now, entry by entry: `removed` entries the shadow lacks, `added` files it should not
     /// have, `modified` ones with their line diff and policy changes. Secret entries are

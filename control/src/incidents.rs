@@ -9,7 +9,7 @@ use domain::{
     drift::{DriftKind, EntryDrift},
 };
 use serde_json::json;
-use sqlx::{Sqlite, SqliteConnection, Transaction};
+use sqlx::SqliteConnection;
 use std::collections::BTreeSet;
 
 /// What one check found on one shadow that differs from what it should hold.
@@ -156,7 +156,7 @@ async fn coalesce_change(conn: &mut SqliteConnection, incident: i64, details: &s
 
 /// Resolves the open incidents of a shadow that is being removed (inside its removal's
 /// transaction): nobody can reconcile or adopt on a shadow that no longer exists.
-pub(crate) async fn close_for_removed_shadow(tx: &mut Transaction<'_, Sqlite>, shadow: &str, actor: &str) -> Result<()> {
+pub(crate) async fn close_for_removed_shadow(tx: &mut crate::db::Tx, shadow: &str, actor: &str) -> Result<()> {
     let open: Vec<(i64,)> = sqlx::query_as("SELECT id FROM incidents WHERE shadow = ? AND status != 'resolved'")
         .bind(shadow)
         .fetch_all(&mut **tx)
@@ -358,7 +358,7 @@ pub async fn resolve_in_sync(db: &Db, shadow: &str) -> Result<Option<IncidentNot
     Ok(Some(notice(id, shadow, &kind, "resolved", "resolved")))
 }
 
-async fn close(tx: &mut Transaction<'_, Sqlite>, id: i64, actor: &str, resolution: &str, details: serde_json::Value) -> Result<()> {
+async fn close(tx: &mut crate::db::Tx, id: i64, actor: &str, resolution: &str, details: serde_json::Value) -> Result<()> {
     let (shadow, kind, kinds): (String, String, String) = sqlx::query_as(
         "UPDATE incidents SET status = 'resolved', resolution = ?, resolved_at = ? WHERE id = ? RETURNING shadow, kind, kinds",
     )
@@ -533,7 +533,7 @@ pub async fn get(db: &Db, id: i64) -> Result<IncidentView> {
     Ok(view)
 }
 
-async fn open_incident(tx: &mut Transaction<'_, Sqlite>, id: i64) -> Result<(String, String, String)> {
+async fn open_incident(tx: &mut crate::db::Tx, id: i64) -> Result<(String, String, String)> {
     let row: (String, String, String) = sqlx::query_as("SELECT shadow, kind, status FROM incidents WHERE id = ?")
         .bind(id)
         .fetch_optional(&mut **tx)
@@ -610,7 +610,7 @@ pub async fn resolve(db: &Db, caller: &Caller, id: i64, note: Option<&str>) -> R
 /// Records that an adopt made change `change_id` from the shadow's content; the incident
 /// stays open until that change is rolled out (the next check then finds the shadow in
 /// sync).
-pub(crate) async fn note_adopted(tx: &mut Transaction<'_, Sqlite>, id: i64, actor: &str, change_id: i64, paths: &[String]) -> Result<()> {
+pub(crate) async fn note_adopted(tx: &mut crate::db::Tx, id: i64, actor: &str, change_id: i64, paths: &[String]) -> Result<()> {
     let details = json!({"change": change_id, "paths": paths});
     add_event(tx, id, actor, "adopted", details.clone()).await?;
     audit::append(tx, actor, "incident.adopt", &format!("incident/{id}"), details).await?;

@@ -517,6 +517,7 @@ impl Coordinator {
     async fn drive(&self, plan: Plan) -> Result<()> {
         self.emit(plan.id, None, State::Preparing.as_str(), Some(plan.root.clone()));
         let deadline = tokio::time::Instant::now() + self.prepare_timeout;
+        let head = crate::audit::head(&self.db).await?;
         let request = PrepareRequest {
             control_plane_id: self.identity.id.clone(),
             epoch: self.identity.epoch,
@@ -525,6 +526,10 @@ impl Coordinator {
             base_root: plan.base_root.clone(),
             reconcile: plan.reconcile,
             entries: plan.entries.clone(),
+            audit_head: (head.seq > 0).then_some(domain::audit::Anchor {
+                seq: head.seq,
+                hash: head.hash,
+            }),
         };
         let mut prepares: futures::stream::FuturesUnordered<_> = plan
             .shadows

@@ -327,6 +327,12 @@ impl Keyring {
 
     /// The keyed fingerprint of a secret value inside an entry, shown in its placeholder
     /// (domain-separated from the fingerprints that name sealed blobs).
+    /// The key of the audit chain (see [`domain::audit`]): derived from the fingerprint key,
+    /// which stays the same across rotations, so the chain verifies before and after one.
+    pub fn audit_key(&self) -> domain::audit::ChainKey {
+        domain::audit::ChainKey::derive(&self.fingerprint)
+    }
+
     pub fn value_fingerprint(&self, value: &str) -> String {
         let mut hasher = blake3::Hasher::new_keyed(&self.fingerprint);
         hasher.update(b"etc-shadow secret value\0");

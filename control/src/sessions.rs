@@ -336,7 +336,7 @@ const TOKEN_USE_GRANULARITY: time::Duration = time::Duration::minutes(1);
 
 /// Revokes every live token of a user (a password change, a disabled account); answers
 /// how many.
-pub(crate) async fn revoke_all_tokens(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, user_id: i64) -> Result<u64> {
+pub(crate) async fn revoke_all_tokens(tx: &mut crate::db::Tx, user_id: i64) -> Result<u64> {
     let done = sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
         .bind(now())
         .bind(user_id)

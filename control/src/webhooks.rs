@@ -9,7 +9,6 @@ use crate::{Caller, Db, Error, Result, audit, audit::page, now};
 use domain::{Role, api::Page};
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::{Sqlite, Transaction};
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
@@ -181,7 +180,7 @@ pub async fn deliveries(
 }
 
 /// Queues `event` for every webhook that wants it, in the caller's transaction.
-pub(crate) async fn enqueue(tx: &mut Transaction<'_, Sqlite>, event: &str, data: serde_json::Value) -> Result<()> {
+pub(crate) async fn enqueue(tx: &mut crate::db::Tx, event: &str, data: serde_json::Value) -> Result<()> {
     let hooks: Vec<(i64, String)> = sqlx::query_as("SELECT id, events FROM webhooks").fetch_all(&mut **tx).await?;
     let at = now();
     for (id, events) in hooks {

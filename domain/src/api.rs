@@ -369,12 +369,39 @@ pub struct AuditEntry {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditVerification {
+    /// The chain verifies and no shadow holds a head it contradicts.
     pub intact: bool,
     pub rows: i64,
     pub head: String,
     pub first_bad_seq: Option<i64>,
     pub problem: Option<ChainBreak>,
     pub message: String,
+    /// Rows with a plain hash, written before the chain was keyed (an earlier version's).
+    #[serde(default)]
+    pub plain_rows: i64,
+    /// The chain against the head each shadow keeps.
+    #[serde(default)]
+    pub anchors: Vec<AnchorCheck>,
+}
+
+/// One shadow's kept head of the audit chain, checked against the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorCheck {
+    pub shadow: String,
+    /// The row the shadow's head names, if it holds one.
+    pub seq: Option<i64>,
+    /// `matches`, `cut` (the log ends before that row), `differs` (that row has another
+    /// hash: the chain was recomputed or rewritten), `none` (no head kept yet) or
+    /// `unavailable` (the shadow did not answer).
+    pub status: String,
+    pub message: String,
+}
+
+impl AnchorCheck {
+    /// True when the shadow's head contradicts the log.
+    pub fn contradicts(&self) -> bool {
+        self.status == "cut" || self.status == "differs"
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

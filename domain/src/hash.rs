@@ -75,6 +75,10 @@ impl Encoder {
     pub(crate) fn new(context: &str) -> Self {
         Encoder(blake3::Hasher::new_derive_key(context))
     }
+    /// BLAKE3 in keyed mode: only who holds `key` computes the same hash.
+    pub(crate) fn keyed(key: &[u8; 32]) -> Self {
+        Encoder(blake3::Hasher::new_keyed(key))
+    }
     pub(crate) fn bytes(&mut self, field: &[u8]) -> &mut Self {
         self.0.update(&(field.len() as u64).to_le_bytes());
         self.0.update(field);

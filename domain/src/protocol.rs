@@ -34,6 +34,11 @@ pub struct PrepareRequest {
     #[serde(default)]
     pub reconcile: bool,
     pub entries: Vec<StagedEntry>,
+    /// The head of the control plane's audit chain when the rollout began: the shadow
+    /// keeps the highest it was sent, so that a recomputed chain or a cut tail is found
+    /// when the chain is verified against the shadows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<crate::audit::Anchor>,
 }
 
 /// Commit and abort carry the writer's identity too, so they are fenced like prepare.
@@ -106,6 +111,9 @@ pub struct ShadowState {
     pub staged: Option<StagedInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<Vec<ObservedEntry>>,
+    /// The highest head of the writer's audit chain this shadow was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<crate::audit::Anchor>,
 }
 
 /// Error body of the agent: `{"error": {"code", "message"}}` like the control plane's.

@@ -381,8 +381,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Audit(AuditCommand::Verify) => {
             let db = control::Db::open_or_initialize(&cli.data_dir, cli.initialize).await.map_err(fail)?;
-            let report = control::audit::verify(&db).await.map_err(fail)?;
+            let registry = control::shadows::Registry::new(std::time::Duration::from_secs(10));
+            let report = control::audit::verify_against_shadows(&db, &registry, std::time::Duration::from_secs(10))
+                .await
+                .map_err(fail)?;
             db.close().await;
+            for anchor in &report.anchors {
+                println!("shadow {}: {} ({})", anchor.shadow, anchor.status, anchor.message);
+            }
             if report.intact {
                 println!("{} (head {})", report.message, report.head);
                 Ok(())

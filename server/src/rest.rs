@@ -506,7 +506,7 @@ async fn list_audit(State(state): State<AppState>, QueryParams(filter): QueryPar
 }
 
 async fn verify_audit(State(state): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(control::audit::verify(&state.db).await?).into_response())
+    Ok(Json(state.monitor.verify_audit().await?).into_response())
 }
 
 async fn audit_head(State(state): State<AppState>) -> ApiResult<Response> {

@@ -134,6 +134,10 @@ struct Persisted {
     /// it is drift like anything else), oldest first.
     #[serde(default)]
     originals: Vec<String>,
+    /// The highest head of the writer's audit chain sent with a prepare (never lowered:
+    /// a writer restored from an old backup does not take it back).
+    #[serde(default)]
+    audit_head: Option<domain::audit::Anchor>,
 }
 
 /// Whether `name` is a generation's directory name as the store makes them:
@@ -942,6 +946,7 @@ impl Store {
                 root: g.root.clone(),
             }),
             entries: with_entries.then(|| observed.entries()),
+            audit_head: self.persisted.audit_head.clone(),
         })
     }
 
@@ -1156,7 +1161,17 @@ impl Store {
                 request.target_root
             )));
         }
+        let writer_changed = self.persisted.control_plane_id.as_deref() != Some(request.control_plane_id.as_str());
         self.accept_fence(&request.control_plane_id, request.epoch);
+        if writer_changed {
+            // Another control plane's chain is another chain.
+            self.persisted.audit_head = None;
+        }
+        if let Some(head) = &request.audit_head
+            && self.persisted.audit_head.as_ref().is_none_or(|kept| head.seq > kept.seq)
+        {
+            self.persisted.audit_head = Some(head.clone());
+        }
         self.persisted.staged = Some(Generation {
             rollout,
             revision: request.revision,

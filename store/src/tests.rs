@@ -39,6 +39,7 @@ fn request(epoch: i64, revision: i64, base: &str, entries: Vec<StagedEntry>) -> 
         base_root: base.into(),
         reconcile: false,
         entries,
+        audit_head: None,
     }
 }
 

@@ -53,8 +53,27 @@ pub fn AuditPage() -> impl IntoView {
                     </ActionForm>
                 </div>
                 {move || verify.value().get().map(|result| match result {
-                    Ok(v) if v.intact => view! { <div class="success-box" data-test="verify-result" data-intact="true">{format!("✓ {}", v.message)}</div> }.into_any(),
-                    Ok(v) => view! { <div class="error-box" data-test="verify-result" data-intact="false">{format!("✗ {}", v.message)}</div> }.into_any(),
+                    Ok(v) => {
+                        let anchors = v.anchors.clone();
+                        let verdict = if v.intact {
+                            view! { <div class="success-box" data-test="verify-result" data-intact="true">{format!("✓ {}", v.message)}</div> }.into_any()
+                        } else {
+                            view! { <div class="error-box" data-test="verify-result" data-intact="false">{format!("✗ {}", v.message)}</div> }.into_any()
+                        };
+                        view! {
+                            {verdict}
+                            {(!anchors.is_empty()).then(|| view! {
+                                <p class="muted small">"The heads the shadows keep (sent with each rollout): a cut tail or a recomputed chain shows here."</p>
+                                <ul class="anchors" data-test="audit-anchors">
+                                    {anchors.into_iter().map(|a| view! {
+                                        <li data-test="audit-anchor" data-shadow=a.shadow.clone() data-status=a.status.clone()>
+                                            <strong>{a.shadow.clone()}</strong>{format!(": {} — {}", a.status, a.message)}
+                                        </li>
+                                    }).collect_view()}
+                                </ul>
+                            })}
+                        }.into_any()
+                    }
                     Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
                 })}
             </section>
