@@ -308,6 +308,7 @@ async fn breakdown(addr: SocketAddr, fence: Fence, entries: usize, bytes: usize,
                     owner: String::new(),
                     group: String::new(),
                     secret: false,
+                    sealed: false,
                 }
             })
             .collect();
@@ -334,6 +335,7 @@ async fn breakdown(addr: SocketAddr, fence: Fence, entries: usize, bytes: usize,
             reconcile: false,
             entries: staged,
             audit_head: None,
+            content_key: None,
         };
         for step in 0..2 {
             let started = Instant::now();

@@ -197,7 +197,10 @@ async fn store_put(conn: &mut SqliteConnection, db: &Db, change_id: i64, put: &P
     let keys = &db.keys;
     if put.row.secret || crate::secrets::holds_secrets(db, &put.row.format, &put.content) {
         let mut row = put.row.clone();
-        let id = format!("s{}", keys.fingerprint(&put.content));
+        let id = format!("{SEALED_BLOB_PREFIX}{}", keys.fingerprint(&put.content));
+        // Its entry hash is keyed too: the root of a revision must not let anyone test a
+        // guessed value either.
+        row.entry_hash = sealed_hash(db, &row, &put.content)?.to_hex();
         sqlx::query("INSERT OR IGNORE INTO blobs (hash, content, size, sealed) VALUES (?, ?, ?, 1)")
             .bind(&id)
             .bind(keys.seal(&format!("blob:{id}"), &put.content))
@@ -214,6 +217,26 @@ async fn store_put(conn: &mut SqliteConnection, db: &Db, change_id: i64, put: &P
         .execute(&mut *conn)
         .await?;
     store_op(conn, change_id, "put", &put.row).await
+}
+
+/// The name prefix of a sealed blob.
+pub(crate) const SEALED_BLOB_PREFIX: &str = "s";
+
+/// True for the name of a sealed blob (a keyed fingerprint, not a content hash).
+pub(crate) fn is_sealed_blob(name: &str) -> bool {
+    name.starts_with(SEALED_BLOB_PREFIX)
+}
+
+/// The entry hash of a sealed entry, under the content key.
+pub(crate) fn sealed_hash(db: &Db, row: &EntryRow, content: &[u8]) -> Result<domain::Hash> {
+    let path = EntryPath::parse(&row.path).map_err(|err| Error::Internal(format!("{}: {err}", row.path)))?;
+    let policy = Policy {
+        mode: u32::try_from(row.mode).unwrap_or(0),
+        owner: row.owner.clone(),
+        group: row.grp.clone(),
+        secret: row.secret,
+    };
+    Ok(domain::hash::sealed_entry_hash(&db.keys.content_key(), &path, &policy, content))
 }
 
 async fn store_op(conn: &mut SqliteConnection, change_id: i64, op: &str, row: &EntryRow) -> Result<()> {

@@ -367,6 +367,7 @@ impl Monitor {
                 owner: row.owner.clone(),
                 group: row.grp.clone(),
                 secret: row.secret,
+                sealed: row.blob.as_deref().is_some_and(crate::changes::is_sealed_blob),
             })
             .collect();
         let observed = state.entries.clone().unwrap_or_default();
@@ -382,7 +383,8 @@ impl Monitor {
                 contents.insert(have.path.clone(), revisions::blob(&mut conn, &self.db.keys, blob).await?);
             }
         }
-        Ok(classify(&wanted, &observed, |path| contents.get(path).cloned()))
+        let key = self.db.keys.content_key();
+        Ok(classify(&wanted, &observed, |path| contents.get(path).cloned(), Some(&key)))
     }
 
     /// A check failed: `fenced` if the shadow refused us as a writer, else unreachable.

@@ -145,8 +145,11 @@ async fn write_revision(tx: &mut SqliteConnection, number: i64, root: &str, chan
     Ok(())
 }
 
-/// The entries of a set as the agent protocol sends them (content included).
-async fn staged_entries(conn: &mut SqliteConnection, keys: &crate::secrets::Keyring, set: &EntrySet) -> Result<Vec<StagedEntry>> {
+/// The entries of a set as the agent protocol sends them (content included). An entry
+/// whose hash is keyed (a sealed one, stored since entries are keyed) says so, for the
+/// shadow to hash it the same way.
+async fn staged_entries(conn: &mut SqliteConnection, db: &Db, set: &EntrySet) -> Result<Vec<StagedEntry>> {
+    let keys = &db.keys;
     let mut entries = Vec::with_capacity(set.len());
     for row in set.values() {
         let hash = row
@@ -154,7 +157,9 @@ async fn staged_entries(conn: &mut SqliteConnection, keys: &crate::secrets::Keyr
             .as_deref()
             .ok_or_else(|| Error::Internal(format!("{} has no content", row.path)))?;
         let content = revisions::blob(conn, keys, hash).await?;
+        let sealed = crate::changes::is_sealed_blob(hash) && crate::changes::sealed_hash(db, row, &content)?.to_hex() == row.entry_hash;
         entries.push(StagedEntry {
+            sealed,
             path: row.path.clone(),
             content: String::from_utf8(content).map_err(|_| Error::Internal(format!("{} is not UTF-8", row.path)))?,
             mode: domain::policy::format_mode(u32::try_from(row.mode).unwrap_or(0)),
@@ -416,7 +421,7 @@ impl Coordinator {
         insert_targets(&mut tx, id, &shadows).await?;
         sqlx::query("UPDATE shadows SET status = 'rolling_out'").execute(&mut *tx).await?;
         audit::append(&mut tx, &caller.username, "rollout.start", &format!("rollout/{id}"), details).await?;
-        let entries = staged_entries(&mut tx, &self.db.keys, &next).await?;
+        let entries = staged_entries(&mut tx, &self.db, &next).await?;
         tx.commit().await?;
         crash_point("after_start");
         let plan = Plan {
@@ -466,7 +471,7 @@ impl Coordinator {
             json!({"shadow": shadow, "revision": current, "root": root}),
         )
         .await?;
-        let entries = staged_entries(&mut tx, &self.db.keys, &set).await?;
+        let entries = staged_entries(&mut tx, &self.db, &set).await?;
         crate::incidents::note_reconcile_in(&mut tx, shadow, &caller.username, "reconcile_started", json!({"rollout": id})).await?;
         tx.commit().await?;
         let plan = Plan {
@@ -530,6 +535,7 @@ impl Coordinator {
                 seq: head.seq,
                 hash: head.hash,
             }),
+            content_key: plan.entries.iter().any(|e| e.sealed).then(|| self.db.keys.content_key().to_hex()),
         };
         let mut prepares: futures::stream::FuturesUnordered<_> = plan
             .shadows

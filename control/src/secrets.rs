@@ -333,6 +333,13 @@ impl Keyring {
         domain::audit::ChainKey::derive(&self.fingerprint)
     }
 
+    /// The key sealed entries are hashed under (see [`domain::hash::sealed_entry_hash`]),
+    /// sent to the shadows in each prepare: derived from the fingerprint key, so it stays
+    /// the same across rotations (rotating must not change a revision's root).
+    pub fn content_key(&self) -> domain::hash::ContentKey {
+        domain::hash::ContentKey::derive(&self.fingerprint)
+    }
+
     pub fn value_fingerprint(&self, value: &str) -> String {
         let mut hasher = blake3::Hasher::new_keyed(&self.fingerprint);
         hasher.update(b"etc-shadow secret value\0");

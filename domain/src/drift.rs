@@ -82,6 +82,8 @@ pub struct ExpectedEntry {
     pub owner: String,
     pub group: String,
     pub secret: bool,
+    /// Its content is sealed at the control plane: its entry hash may be keyed.
+    pub sealed: bool,
 }
 
 /// One differing entry.
@@ -122,10 +124,15 @@ fn policy_text(mode: &str, owner: &str, group: &str) -> String {
 /// Compares entry by entry. `expected_content` gives the primary's bytes of a path, used
 /// to tell a policy-only difference (the shadow's hash equals the primary's bytes under
 /// the shadow's policy) from one where the bytes differ too.
+///
+/// `key` is the content key sealed entries are hashed under (see
+/// [`crate::hash::sealed_entry_hash`]); a sealed entry's hash is compared both ways, as
+/// one kept before entries were keyed is plain.
 pub fn classify(
     expected: &[ExpectedEntry],
     observed: &[ObservedEntry],
     expected_content: impl Fn(&str) -> Option<Vec<u8>>,
+    key: Option<&crate::hash::ContentKey>,
 ) -> Vec<EntryDrift> {
     use std::collections::BTreeMap;
     let observed: BTreeMap<&str, &ObservedEntry> = observed.iter().map(|o| (o.path.as_str(), o)).collect();
@@ -162,7 +169,12 @@ pub fn classify(
                         group: have_group.to_string(),
                         secret: want.secret,
                     };
-                    expected_content(&want.path).is_some_and(|bytes| entry_hash(&path, &policy, &bytes).to_hex() == have.entry_hash)
+                    expected_content(&want.path).is_some_and(|bytes| {
+                        entry_hash(&path, &policy, &bytes).to_hex() == have.entry_hash
+                            || key
+                                .filter(|_| want.sealed)
+                                .is_some_and(|key| crate::hash::sealed_entry_hash(key, &path, &policy, &bytes).to_hex() == have.entry_hash)
+                    })
                 });
         drifts.push(EntryDrift {
             path: want.path.clone(),
@@ -209,6 +221,7 @@ mod tests {
             owner: String::new(),
             group: String::new(),
             secret: false,
+            sealed: false,
         }
     }
 
@@ -256,7 +269,7 @@ mod tests {
             };
             Some(bytes.as_bytes().to_vec())
         };
-        let drifts = classify(&want, &have, contents);
+        let drifts = classify(&want, &have, contents, None);
         let kinds: Vec<(&str, DriftKind)> = drifts.iter().map(|d| (d.path.as_str(), d.kind)).collect();
         assert_eq!(
             kinds,
@@ -271,7 +284,7 @@ mod tests {
         let chmod = drifts.iter().find(|d| d.path == "chmodded").unwrap();
         assert_eq!(chmod.expected_policy.as_deref(), Some("0640"));
         assert_eq!(chmod.observed_policy.as_deref(), Some("0644"));
-        assert!(classify(&want[..1], &have[..1], contents).is_empty());
+        assert!(classify(&want[..1], &have[..1], contents, None).is_empty());
     }
 
     #[test]

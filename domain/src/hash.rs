@@ -14,6 +14,35 @@ pub const NODE_CONTEXT: &str = "etc-shadow 2026-11 merkle node v1";
 pub const ROOT_CONTEXT: &str = "etc-shadow 2026-11 merkle root v1";
 pub const CHANGE_CONTEXT: &str = "etc-shadow 2026-11 change v1";
 pub const CONTENT_CONTEXT: &str = "etc-shadow 2026-11 content v1";
+pub const SEALED_ENTRY_CONTEXT: &str = "etc-shadow 2026-12 sealed entry v1";
+pub const CONTENT_KEY_CONTEXT: &str = "etc-shadow 2026-12 sealed content key v1";
+
+/// The key the content of sealed entries (secret entries, and entries holding secret
+/// values) is hashed under, so that their entry hashes, and the roots over them, give
+/// nobody without it anything to test a guessed value against. The control plane derives
+/// it from its key file and sends it to the shadows inside each prepare. Never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ContentKey([u8; 32]);
+
+impl ContentKey {
+    pub fn derive(secret: &[u8; 32]) -> ContentKey {
+        ContentKey(blake3::derive_key(CONTENT_KEY_CONTEXT, secret))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Result<ContentKey, InvalidHash> {
+        Hash::from_hex(text).map(|hash| ContentKey(hash.0))
+    }
+}
+
+impl fmt::Debug for ContentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ContentKey(..)")
+    }
+}
 
 /// A 32-byte BLAKE3 digest, shown and serialised as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -108,6 +137,20 @@ impl Encoder {
 /// The content address of a blob of bytes (the key of the `blobs` table).
 pub fn content_hash(content: &[u8]) -> Hash {
     Hash(blake3::derive_key(CONTENT_CONTEXT, content))
+}
+
+/// The hash of a sealed entry: path and policy as [`entry_hash`], and the content's keyed
+/// BLAKE3 under `key` in place of the content.
+pub fn sealed_entry_hash(key: &ContentKey, path: &EntryPath, policy: &Policy, content: &[u8]) -> Hash {
+    let digest = Hash(*blake3::keyed_hash(&key.0, content).as_bytes());
+    Encoder::new(SEALED_ENTRY_CONTEXT)
+        .bytes(path.as_str().as_bytes())
+        .u32(policy.mode)
+        .bytes(policy.owner.as_bytes())
+        .bytes(policy.group.as_bytes())
+        .u8(u8::from(policy.secret))
+        .hash(&digest)
+        .finish()
 }
 
 /// The hash of one entry: path, policy and content.
@@ -217,6 +260,29 @@ mod tests {
         assert_eq!(secret().to_hex(), VECTOR_ENTRY_SECRET);
         assert_eq!(root_hash([]).to_hex(), VECTOR_ROOT_EMPTY);
         assert_eq!(three().to_hex(), VECTOR_ROOT_THREE);
+    }
+
+    #[test]
+    fn a_sealed_entrys_hash_cannot_be_tested_against_a_guess_without_the_key() {
+        let key = ContentKey::derive(&[9; 32]);
+        let policy = Policy {
+            mode: 0o600,
+            secret: true,
+            ..Policy::default()
+        };
+        let p = path("secrets/db.env");
+        let kept = sealed_entry_hash(&key, &p, &policy, b"DB_PASSWORD=hunter2\n");
+        // The right guess, hashed the plain way or under another key, does not match.
+        assert_ne!(kept, entry_hash(&p, &policy, b"DB_PASSWORD=hunter2\n"));
+        assert_ne!(
+            kept,
+            sealed_entry_hash(&ContentKey::derive(&[8; 32]), &p, &policy, b"DB_PASSWORD=hunter2\n")
+        );
+        // Under the key, equal content gives the equal hash, and other content another.
+        assert_eq!(kept, sealed_entry_hash(&key, &p, &policy, b"DB_PASSWORD=hunter2\n"));
+        assert_ne!(kept, sealed_entry_hash(&key, &p, &policy, b"DB_PASSWORD=hunter3\n"));
+        assert_eq!(ContentKey::from_hex(&key.to_hex()).unwrap(), key);
+        assert_eq!(format!("{key:?}"), "ContentKey(..)");
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub struct StagedEntry {
     pub group: String,
     #[serde(default)]
     pub secret: bool,
+    /// Its content is sealed at the control plane (a secret entry, or one holding secret
+    /// values): its entry hash is [`crate::hash::sealed_entry_hash`] under the request's
+    /// `content_key`.
+    #[serde(default)]
+    pub sealed: bool,
 }
 
 /// `PUT /v1/rollouts/{id}`: stage a revision.
@@ -39,6 +44,9 @@ pub struct PrepareRequest {
     /// when the chain is verified against the shadows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_head: Option<crate::audit::Anchor>,
+    /// The key sealed entries are hashed under (hex), when the request has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_key: Option<String>,
 }
 
 /// Commit and abort carry the writer's identity too, so they are fenced like prepare.

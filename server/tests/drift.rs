@@ -775,3 +775,78 @@ async fn unmanaged_files_on_a_shadow_are_not_shown_below_approver_and_adopt_seal
         "an adopted key is sealed at rest"
     );
 }
+
+/// A secret entry's hash, and the hash of an entry holding secret values, are keyed with
+/// the control plane's content key: a viewer who guesses the value (a default password)
+/// and hashes it the documented way, entry or root, matches nothing. The shadows, a
+/// directory and an agent over HTTPS, get the key inside the prepare, hash alike (in sync,
+/// no incident), and still see a hand edit of the secret file as drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_entries_give_a_viewer_no_hash_to_test_a_guess_against() {
+    let fleet = fleet(Duration::from_secs(3600), true).await;
+    let rollout = fleet
+        .roll_out(json!({"base_revision": 1, "message": "secrets", "entries": [
+            {"path": "secrets/db.env", "content": "DB_PASSWORD=hunter2\n", "format": "text", "mode": "0600", "secret": true},
+            {"path": "app.toml", "content": "[server]\nport = 8080\napi_token = \"changeme\"\n", "format": "toml", "mode": "0644"}
+        ]}))
+        .await;
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    fleet.server.user("vera", Role::Viewer).await;
+    let viewer = fleet.server.login("vera").await;
+    let (_, revision) = viewer.get("/api/v1/revisions/2").await;
+    let guess = |path: &str, mode: u32, secret: bool, content: &str| {
+        let policy = domain::Policy {
+            mode,
+            secret,
+            ..Default::default()
+        };
+        domain::hash::entry_hash(&domain::EntryPath::parse(path).unwrap(), &policy, content.as_bytes())
+    };
+    let shown = |path: &str| {
+        revision["entries"].as_array().unwrap().iter().find(|e| e["path"] == path).unwrap()["entry_hash"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let right_guesses = [
+        ("secrets/db.env", guess("secrets/db.env", 0o600, true, "DB_PASSWORD=hunter2\n")),
+        (
+            "app.toml",
+            guess("app.toml", 0o644, false, "[server]\nport = 8080\napi_token = \"changeme\"\n"),
+        ),
+    ];
+    for (path, hash) in &right_guesses {
+        assert_ne!(shown(path), hash.to_hex(), "{path}: the right guess matches the shown hash");
+    }
+    // Nor does the root over the guessed hashes and the shown others.
+    let mut hashes: Vec<(domain::EntryPath, domain::Hash)> = revision["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let path = e["path"].as_str().unwrap();
+            let hash = right_guesses
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, h)| *h)
+                .unwrap_or_else(|| domain::Hash::from_hex(e["entry_hash"].as_str().unwrap()).unwrap());
+            (domain::EntryPath::parse(path).unwrap(), hash)
+        })
+        .collect();
+    hashes.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    let guessed_root = domain::hash::root_hash(hashes.iter().map(|(p, h)| (p, *h))).to_hex();
+    assert_ne!(revision["root"].as_str().unwrap(), guessed_root);
+
+    // Both shadows hash the sealed entries alike: in sync, no incident.
+    for shadow in ["dc1", "edge"] {
+        let (_, checked) = fleet.editor.post(&format!("/api/v1/shadows/{shadow}/check"), json!({})).await;
+        assert_eq!(checked["status"], "in_sync", "{shadow}: {checked}");
+    }
+    assert!(fleet.incidents("status=unresolved").await.is_empty());
+    // A hand edit of the secret file on the agent is drift.
+    let edge = fleet.agent.as_ref().unwrap();
+    std::fs::write(edge.live.join("secrets/db.env"), "DB_PASSWORD=other\n").unwrap();
+    fleet.editor.post("/api/v1/shadows/edge/check", json!({})).await;
+    let (incident, _) = fleet.open_incident("edge", WITHIN).await;
+    assert_eq!(kinds(&incident), ["content"], "{incident}");
+}

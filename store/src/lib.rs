@@ -104,6 +104,9 @@ struct Manifested {
     owner: String,
     group: String,
     secret: bool,
+    /// Hashed under the writer's content key (see [`domain::hash::sealed_entry_hash`]).
+    #[serde(default)]
+    sealed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +141,19 @@ struct Persisted {
     /// a writer restored from an old backup does not take it back).
     #[serde(default)]
     audit_head: Option<domain::audit::Anchor>,
+    /// The key sealed entries are hashed under (hex), from the writer's last prepare that
+    /// carried one. The shadow holds the sealed contents themselves, so the key adds
+    /// nothing to what it could tell.
+    #[serde(default)]
+    content_key: Option<String>,
+}
+
+/// An entry's hash: sealed under `key` when it has one, else plain.
+fn hash_entry(key: Option<&domain::hash::ContentKey>, path: &EntryPath, policy: &Policy, content: &[u8]) -> Hash {
+    match key {
+        Some(key) => domain::hash::sealed_entry_hash(key, path, policy, content),
+        None => entry_hash(path, policy, content),
+    }
 }
 
 /// Whether `name` is a generation's directory name as the store makes them:
@@ -889,7 +905,13 @@ impl Store {
                 },
                 secret: expected.secret,
             };
-            let hash = entry_hash(&entry_path, &policy, &content);
+            let key = self
+                .persisted
+                .content_key
+                .as_deref()
+                .filter(|_| expected.sealed)
+                .and_then(|text| domain::hash::ContentKey::from_hex(text).ok());
+            let hash = hash_entry(key.as_ref(), &entry_path, &policy, &content);
             let entry = ObservedEntry {
                 path: entry_path.to_string(),
                 entry_hash: hash.to_hex(),
@@ -1064,6 +1086,13 @@ impl Store {
             return Err(StoreError::Conflict(format!("rollout {rollout} was aborted here")));
         }
         // Validate everything before touching the disk.
+        let content_key = match &request.content_key {
+            Some(text) => Some(
+                domain::hash::ContentKey::from_hex(text)
+                    .map_err(|_| StoreError::BadRequest("the content key is not 64 hex digits".into()))?,
+            ),
+            None => None,
+        };
         let mut parsed = Vec::with_capacity(request.entries.len());
         let mut manifest = BTreeMap::new();
         for entry in &request.entries {
@@ -1079,7 +1108,16 @@ impl Store {
                 group: entry.group.clone(),
                 secret: entry.secret,
             };
-            let hash = timed(|t| &mut t.hash, || entry_hash(&path, &policy, entry.content.as_bytes()));
+            let key = match (entry.sealed, &content_key) {
+                (false, _) => None,
+                (true, Some(key)) => Some(key),
+                (true, None) => {
+                    return Err(StoreError::BadRequest(format!(
+                        "{path} is sealed, but the request carries no content key"
+                    )));
+                }
+            };
+            let hash = timed(|t| &mut t.hash, || hash_entry(key, &path, &policy, entry.content.as_bytes()));
             if manifest
                 .insert(
                     path.to_string(),
@@ -1087,6 +1125,7 @@ impl Store {
                         owner: policy.owner.clone(),
                         group: policy.group.clone(),
                         secret: policy.secret,
+                        sealed: entry.sealed,
                     },
                 )
                 .is_some()
@@ -1152,7 +1191,11 @@ impl Store {
             let _ = fs::remove_dir_all(&final_dir);
             return Err(StoreError::Io("the staged directory was replaced while it was written".into()));
         }
-        // Prove what was staged by reading it back.
+        // Prove what was staged by reading it back (sealed entries under the request's key,
+        // which the live tree is read with from now on).
+        if let Some(key) = &request.content_key {
+            self.persisted.content_key = Some(key.clone());
+        }
         let staged_root = self.observe(&final_dir, Layout::Generation, &manifest, false)?.root().to_hex();
         if staged_root != request.target_root {
             let _ = fs::remove_dir_all(&final_dir);

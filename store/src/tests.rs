@@ -9,6 +9,7 @@ fn entry(path: &str, content: &str, mode: &str) -> StagedEntry {
         owner: String::new(),
         group: String::new(),
         secret: false,
+        sealed: false,
     }
 }
 
@@ -40,6 +41,7 @@ fn request(epoch: i64, revision: i64, base: &str, entries: Vec<StagedEntry>) -> 
         reconcile: false,
         entries,
         audit_head: None,
+        content_key: None,
     }
 }
 
