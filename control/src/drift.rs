@@ -794,7 +794,23 @@ impl Monitor {
                 (view, _) => view,
             };
             let content_differs = matches!(drift.kind, DriftKind::Content | DriftKind::Missing | DriftKind::Unexpected);
-            let (text, keys) = if content_differs && !secret && hidden.is_none() {
+            let mut hidden = hidden;
+            // The shadow's bytes, unless there are none or they are too large to diff.
+            let shadow = match have {
+                Some(_) if content_differs && !secret && hidden.is_none() => match driver.read_entry(&drift.path).await {
+                    Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                    Err(err) if err.code == "too_large" => {
+                        hidden = Some(format!(
+                            "too large to diff (over {} MiB)",
+                            crate::shadows::MAX_AGENT_ANSWER / (1024 * 1024)
+                        ));
+                        None
+                    }
+                    Err(err) => return Err(Error::conflict("shadow_unavailable", format!("{name}: {err}"))),
+                },
+                _ => Some(String::new()),
+            };
+            let (text, keys) = if let Some(shadow) = shadow.filter(|_| content_differs && !secret && hidden.is_none()) {
                 // Both sides as people may see them: secret values as placeholders, also in
                 // a file the primary does not have (its format guessed from its name).
                 let format = new.as_ref().or(old.as_ref()).map_or("text", |e| e.format.as_str()).to_string();
@@ -806,14 +822,6 @@ impl Monitor {
                     None => String::new(),
                 };
                 let primary = crate::secrets::redact(&self.db, &format, &primary);
-                let shadow = match have {
-                    Some(_) => driver
-                        .read_entry(&drift.path)
-                        .await
-                        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-                        .map_err(|err| Error::conflict("shadow_unavailable", format!("{name}: {err}")))?,
-                    None => String::new(),
-                };
                 let shadow = crate::secrets::redact(&self.db, &format, &shadow);
                 let keys = match (want, have) {
                     (Some(want), Some(_)) => want

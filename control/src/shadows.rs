@@ -418,7 +418,15 @@ impl Driver {
         match self {
             Driver::Directory(store) => {
                 let path = path.to_string();
-                Self::blocking(store, move |s| s.read_entry(&path)).await
+                let bytes = Self::blocking(store, move |s| s.read_entry(&path)).await?;
+                if bytes.len() > MAX_AGENT_ANSWER {
+                    return Err(ShadowError {
+                        code: "too_large".into(),
+                        message: format!("the file is larger than {} MiB", MAX_AGENT_ANSWER / (1024 * 1024)),
+                        transient: false,
+                    });
+                }
+                Ok(bytes)
             }
             Driver::Agent { http, url, token } => {
                 let response = http

@@ -600,6 +600,17 @@ async fn a_yaml_bomb_is_refused_and_diffed_by_a_server_with_capped_memory() {
         .await;
     std::fs::create_dir_all(&live).unwrap();
     std::fs::write(live.join("bomb.yaml"), &bomb).unwrap();
+    // A file over the read limit is listed as too large to diff, not read into memory.
+    std::fs::write(live.join("huge.conf"), vec![b'x'; 33 << 20]).unwrap();
+    let diff = admin.get("/api/v1/shadows/dc1/diff").await;
+    assert!(diff.to_string().contains("bomb.yaml"), "{diff}");
+    let huge = diff["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "huge.conf")
+        .unwrap();
+    assert!(huge["hidden"].as_str().unwrap().contains("too large to diff"), "{huge}");
     let diff = editor.get("/api/v1/shadows/dc1/diff").await;
     assert!(diff.to_string().contains("bomb.yaml"), "{diff}");
     let (status, _) = editor.call(Method::GET, "/healthz", None).await;
