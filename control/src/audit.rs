@@ -277,6 +277,12 @@ pub async fn verify_against_shadows(
         };
         report.anchors.push(check);
     }
+    if report.intact && !report.anchors.iter().any(|check| check.status == "matches") {
+        report.message = format!(
+            "{}; no shadow vouches for it yet (none keeps a head, or none answered): a cut tail could not be seen",
+            report.message
+        );
+    }
     if let Some(worst) = report
         .anchors
         .iter()
@@ -289,7 +295,12 @@ pub async fn verify_against_shadows(
             format!("{}; and {}", report.message, worst.message)
         };
         report.intact = false;
-        let seq = worst.seq.unwrap_or(0);
+        // A cut tail: the first row missing; a differing row: that row (the rewrite may
+        // start before it, which the chain itself cannot tell).
+        let seq = match worst.status.as_str() {
+            "cut" => report.rows + 1,
+            _ => worst.seq.unwrap_or(0),
+        };
         report.first_bad_seq = Some(report.first_bad_seq.map_or(seq, |bad| bad.min(seq)));
     }
     Ok(report)

@@ -42,7 +42,16 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 /// nothing in it is anyone else's to read.
 pub fn private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    create_private_dir(dir)?;
+    if !dir.exists() {
+        return create_private_dir(dir);
+    }
+    // An existing directory is tightened only when it is empty or a data directory
+    // already (it holds the database or the key file): a mistyped --data-dir such as a
+    // home directory is left as it is (and refused later).
+    let empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
+    if !empty && !dir.join(DATABASE_FILE).exists() && !dir.join(crate::secrets::KEY_FILE).exists() {
+        return Ok(());
+    }
     let failed = |err: std::io::Error| Error::Internal(format!("cannot read {}: {err}", dir.display()));
     let mode = std::fs::metadata(dir).map_err(failed)?.permissions().mode();
     if mode & 0o077 != 0 {
@@ -294,6 +303,13 @@ mod tests {
         for name in [DATABASE_FILE, crate::secrets::KEY_FILE] {
             assert_eq!(mode(&data.join(name)), 0o600, "{name}");
         }
+        // A directory with other things in it (a mistyped --data-dir) is left as it is.
+        let home = root.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::write(home.join("notes.txt"), "mine").unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(Db::open(&home).await.is_err(), "refused: it holds other things");
+        assert_eq!(mode(&home), 0o755, "and not touched");
         // A new one is born private.
         let fresh = root.path().join("a/b/data");
         Db::open_or_initialize(&fresh, true).await.unwrap().close().await;

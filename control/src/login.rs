@@ -100,7 +100,12 @@ pub async fn sign_in(db: &Db, limits: &Limits, username: &str, password: &str, c
             tx.commit().await?;
             Err(Error::Unauthorized)
         }
-        Err(other) => Err(other),
+        // Not an answer about the password (the server was busy hashing, the database
+        // failed): the attempt takes its charge back.
+        Err(other) => {
+            forgive(db, &keys).await?;
+            Err(other)
+        }
     }
 }
 

@@ -535,7 +535,8 @@ impl Coordinator {
                 seq: head.seq,
                 hash: head.hash,
             }),
-            content_key: plan.entries.iter().any(|e| e.sealed).then(|| self.db.keys.content_key().to_hex()),
+            // Always: the shadow hashes sealed entries and files it holds unmanaged with it.
+            content_key: Some(self.db.keys.content_key().to_hex()),
         };
         let mut prepares: futures::stream::FuturesUnordered<_> = plan
             .shadows

@@ -85,8 +85,13 @@ fn validate_name(name: &str) -> Result<()> {
     }
 }
 
+/// An admin registers a shadow. Every rollout sends a shadow every entry, secrets in clear,
+/// so this needs a person signed in with a recent password: a leaked admin token must not
+/// be able to point a new shadow at itself and reconcile it.
 pub async fn add(db: &Db, actor: &Caller, shadow: NewShadow) -> Result<(ShadowView, Option<String>)> {
     actor.require(Role::Admin)?;
+    actor.require_person("registering a shadow")?;
+    actor.require_recent_password()?;
     add_as(db, &actor.username, shadow).await
 }
 

@@ -341,7 +341,7 @@ fn validate_ini(text: &str) -> Result<(), ValidationError> {
                     return Err(ValidationError::at(
                         line,
                         indent + trimmed.chars().count() + 1,
-                        "section header is missing ']'",
+                        "section header is missing its closing bracket",
                     ));
                 }
             }
@@ -353,7 +353,7 @@ fn validate_ini(text: &str) -> Result<(), ValidationError> {
                 return Err(ValidationError::at(
                     line,
                     indent + 1,
-                    "expected `key = value`, `[section]` or a comment",
+                    "expected key = value, a [section] header or a comment",
                 ));
             }
         }
@@ -391,7 +391,8 @@ fn validate_env(text: &str) -> Result<(), ValidationError> {
         let value = value.trim_end();
         for quote in ['"', '\''] {
             if value.starts_with(quote) && (value.len() < 2 || !value.ends_with(quote)) {
-                return Err(ValidationError::at(line, value_column, format!("unterminated {quote} quote")));
+                let which = if quote == '"' { "double" } else { "single" };
+                return Err(ValidationError::at(line, value_column, format!("unterminated {which} quote")));
             }
         }
     }

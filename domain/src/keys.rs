@@ -67,6 +67,14 @@ struct Flat {
 }
 
 impl Flat {
+    /// Charges a key prefix made on the way down (each level's holds its ancestors', so a
+    /// deep document of long keys would otherwise hold their squares); false past the
+    /// budget.
+    fn enter(&mut self, prefix: &str) -> bool {
+        self.bytes = self.bytes.saturating_add(prefix.len() as u64);
+        self.bytes <= MAX_EXPANDED_BYTES
+    }
+
     /// Adds one key; false once the keys hold more than [`MAX_EXPANDED_BYTES`] (a long key
     /// above many leaves is repeated in each of them), when the walk stops.
     fn put(&mut self, key: String, value: String) -> bool {
@@ -116,22 +124,28 @@ fn leaf(prefix: &str) -> String {
 
 fn walk_json(value: &serde_json::Value, prefix: &str, out: &mut Flat) -> bool {
     match value {
-        serde_json::Value::Object(map) if !map.is_empty() => map.iter().all(|(key, value)| walk_json(value, &child(prefix, key), out)),
-        serde_json::Value::Array(items) if !items.is_empty() => items
-            .iter()
-            .enumerate()
-            .all(|(i, value)| walk_json(value, &format!("{prefix}[{i}]"), out)),
+        serde_json::Value::Object(map) if !map.is_empty() => map.iter().all(|(key, value)| {
+            let prefix = child(prefix, key);
+            out.enter(&prefix) && walk_json(value, &prefix, out)
+        }),
+        serde_json::Value::Array(items) if !items.is_empty() => items.iter().enumerate().all(|(i, value)| {
+            let prefix = format!("{prefix}[{i}]");
+            out.enter(&prefix) && walk_json(value, &prefix, out)
+        }),
         other => out.put(leaf(prefix), other.to_string()),
     }
 }
 
 fn walk_toml(value: &toml::Value, prefix: &str, out: &mut Flat) -> bool {
     match value {
-        toml::Value::Table(table) if !table.is_empty() => table.iter().all(|(key, value)| walk_toml(value, &child(prefix, key), out)),
-        toml::Value::Array(items) if !items.is_empty() => items
-            .iter()
-            .enumerate()
-            .all(|(i, value)| walk_toml(value, &format!("{prefix}[{i}]"), out)),
+        toml::Value::Table(table) if !table.is_empty() => table.iter().all(|(key, value)| {
+            let prefix = child(prefix, key);
+            out.enter(&prefix) && walk_toml(value, &prefix, out)
+        }),
+        toml::Value::Array(items) if !items.is_empty() => items.iter().enumerate().all(|(i, value)| {
+            let prefix = format!("{prefix}[{i}]");
+            out.enter(&prefix) && walk_toml(value, &prefix, out)
+        }),
         toml::Value::String(text) => out.put(leaf(prefix), serde_json::Value::String(text.clone()).to_string()),
         other => out.put(leaf(prefix), other.to_string()),
     }
@@ -145,12 +159,13 @@ fn walk_yaml(value: &yaml_rust2::Yaml, prefix: &str, out: &mut Flat) -> bool {
                 Yaml::String(s) => s.clone(),
                 other => scalar(other),
             };
-            walk_yaml(value, &child(prefix, &key), out)
+            let prefix = child(prefix, &key);
+            out.enter(&prefix) && walk_yaml(value, &prefix, out)
         }),
-        Yaml::Array(items) if !items.is_empty() => items
-            .iter()
-            .enumerate()
-            .all(|(i, value)| walk_yaml(value, &format!("{prefix}[{i}]"), out)),
+        Yaml::Array(items) if !items.is_empty() => items.iter().enumerate().all(|(i, value)| {
+            let prefix = format!("{prefix}[{i}]");
+            out.enter(&prefix) && walk_yaml(value, &prefix, out)
+        }),
         other => out.put(leaf(prefix), scalar(other)),
     }
 }
@@ -212,6 +227,20 @@ mod tests {
         assert_eq!(key_changes(Format::Json, "{", "{}"), None);
         let bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n";
         assert_eq!(key_changes(Format::Yaml, "a: 1\n", bomb), None, "refused before building a tree");
+    }
+
+    #[test]
+    fn deep_nesting_under_a_long_key_stops_the_key_view() {
+        // A 512 KiB key, then 120 levels: the prefixes alone would hold 512 KiB x 120.
+        let long = "k".repeat(1 << 19);
+        let mut json = format!("{{\"{long}\": ");
+        for _ in 0..120 {
+            json.push_str("{\"a\": ");
+        }
+        json.push('1');
+        json.push_str(&"}".repeat(121));
+        crate::format::validate(Format::Json, json.as_bytes()).unwrap();
+        assert!(key_changes(Format::Json, "{}", &json).is_none(), "the key view went on");
     }
 
     #[test]

@@ -126,7 +126,13 @@ pub fn secrets(format: Format, text: &str, keys: &SecretKeys) -> Secrets {
     // secret value the format's parser reads, and an edit that keeps it gets the text back.
     let plain = |value: &str| blake3::hash(value.as_bytes()).to_hex().to_string();
     let shown = apply(format, text, &spans, &plain);
-    if !all_redacted(format, &shown, keys) || put_back(format, &shown, &known(text, &spans, &plain), keys).as_deref() != Ok(text) {
+    // The shown text is parsed again: it must be bounded like any untrusted text (cutting a
+    // span out can drop an anchor's redefinition, so that its aliases repeat another,
+    // larger node).
+    if crate::format::validate(format, shown.as_bytes()).is_err()
+        || !all_redacted(format, &shown, keys)
+        || put_back(format, &shown, &known(text, &spans, &plain), keys).as_deref() != Ok(text)
+    {
         return Secrets::Whole;
     }
     if spans.is_empty() { Secrets::None } else { Secrets::Values(spans) }
@@ -1025,6 +1031,17 @@ mod tests {
         let original = "password = 'CANARY\"q'\n";
         let edited = format!("password = \"{}\"\n", shown_as("CANARY\"q"));
         assert_eq!(restore(Format::Toml, &edited, original, &keys, &fp), Err(RestoreError::Invalid));
+    }
+
+    #[test]
+    fn a_redaction_that_would_make_aliases_repeat_a_large_node_hides_the_whole_text() {
+        // `&x` is redefined inside the secret value, so the aliases after it repeat a short
+        // scalar; cut out, the redefinition is gone and they would repeat the large one.
+        let mut text = format!("a: &x \"{}\"\npassword: [&x z]\nlist: [", "y".repeat(1 << 20));
+        text.push_str(&vec!["*x"; 40_000].join(", "));
+        text.push_str("]\n");
+        crate::format::validate(Format::Yaml, text.as_bytes()).unwrap();
+        assert_eq!(secrets(Format::Yaml, &text, &SecretKeys::default()), Secrets::Whole);
     }
 
     #[test]

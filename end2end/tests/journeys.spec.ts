@@ -132,6 +132,11 @@ test('the audit log verifies its chain and filters', async ({ page }) => {
   await expect(page.getByTestId('audit-head')).toContainText('#');
   await page.getByTestId('verify-chain').click();
   await expect(page.getByTestId('verify-result')).toHaveAttribute('data-intact', 'true');
+  // Checked against the head every shadow keeps from its rollouts.
+  await expect(page.getByTestId('audit-anchor')).toHaveCount(4);
+  for (const name of ['backup', 'dc1', 'dr-site', 'edge']) {
+    await expect(page.locator(`[data-test=audit-anchor][data-shadow="${name}"]`)).toHaveAttribute('data-status', 'matches');
+  }
   await page.getByTestId('audit-filter-action').fill('change.approve');
   await page.getByTestId('audit-filter-apply').click();
   await expect(page).toHaveURL(/action=change.approve/);
@@ -269,7 +274,9 @@ test('an admin manages users and API tokens in the console', async ({ page, requ
   await hydrated(page);
   await page.getByTestId('token-name').fill('release pipeline');
   await page.getByTestId('token-role').selectOption('viewer');
+  await page.getByTestId('token-days').fill('7');
   await page.getByTestId('token-create').click();
+  await expect(page.getByTestId('new-token')).toContainText('working until');
   const secret = (await page.getByTestId('new-token-secret').textContent()) ?? '';
   expect(secret).toMatch(/^esk_[0-9a-f]{64}$/);
   const tokenRow = page.locator('[data-test=token-row][data-name="release pipeline"]');

@@ -19,9 +19,11 @@ fn concrete(pattern: &str) -> String {
         .replace("{*path}", "x.conf")
 }
 
-/// Routes only a person signed in may use: no API token mints tokens or manages users.
-const PEOPLE_ONLY: [(&str, &str); 3] = [
+/// Routes only a person signed in may use: no API token mints tokens, manages users or
+/// registers a shadow (which every rollout would then send the secrets to).
+const PEOPLE_ONLY: [(&str, &str); 4] = [
     ("POST", "/api/v1/tokens"),
+    ("POST", "/api/v1/shadows"),
     ("POST", "/api/v1/users"),
     ("PATCH", "/api/v1/users/{name}"),
 ];
@@ -380,6 +382,20 @@ fn actions() -> Vec<Action> {
             name: "change a user",
             rest: (Method::PATCH, "/api/v1/users/target", json!({"role": "viewer"})),
             server_fn: ("update_user", "username=target&role=viewer"),
+            role: Admin,
+            token: false,
+        },
+        Action {
+            name: "register a shadow",
+            rest: (
+                Method::POST,
+                "/api/v1/shadows",
+                json!({"driver": "agent", "name": "NAME", "url": "http://127.0.0.1:9", "token": "a-token-of-some-length"}),
+            ),
+            server_fn: (
+                "add_shadow",
+                "driver=agent&name=NAME&url=http%3A%2F%2F127.0.0.1%3A9&token=a-token-of-some-length",
+            ),
             role: Admin,
             token: false,
         },

@@ -805,7 +805,13 @@ impl Store {
             .unwrap_or_default();
         let mut cache = self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut seen = std::collections::HashSet::new();
-        let unmanaged = Manifested::default();
+        // A file the writer does not manage may be anything (a key on a backup volume): it is
+        // hashed under the writer's content key once the store has one, so neither its
+        // hash nor the observed root lets anyone test a guess at it.
+        let unmanaged = Manifested {
+            sealed: true,
+            ..Manifested::default()
+        };
         // (where it is on disk, the path a reader of the managed directory uses)
         let mut found: Vec<(PathBuf, String)> = Vec::new();
         let top = match fs::read_dir(root) {
