@@ -876,3 +876,100 @@ async fn tokens_expire_record_their_use_and_end_with_a_password_change_or_a_disa
     );
     server.stop().await;
 }
+
+/// What a fake agent answers, and what it saw.
+#[derive(Default)]
+struct FakeAgent {
+    mode: std::sync::Mutex<&'static str>,
+    /// The address its redirect points at.
+    elsewhere: std::sync::Mutex<String>,
+    /// Requests that reached the address a redirect pointed at.
+    redirected_hits: std::sync::atomic::AtomicUsize,
+    /// Connections to its event stream.
+    event_streams: std::sync::atomic::AtomicUsize,
+}
+
+/// An agent that answers its state with a redirect elsewhere or an endless body, and its
+/// event stream with bytes that never end an event: the control plane follows no redirect,
+/// reads no answer past its bound, and drops a stream that buffers past one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_answers_are_not_followed_elsewhere_nor_read_without_bound() {
+    use axum::{extract::State, response::IntoResponse, routing::get};
+    use std::sync::{Arc, atomic::Ordering};
+    let fake = Arc::new(FakeAgent::default());
+    *fake.mode.lock().unwrap() = "redirect";
+    // Where a redirect would take the control plane (with its bearer token).
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_addr = elsewhere.local_addr().unwrap();
+    let hits = fake.clone();
+    tokio::spawn(async move {
+        let app = axum::Router::new().fallback(move || {
+            hits.redirected_hits.fetch_add(1, Ordering::SeqCst);
+            async { "{}" }
+        });
+        axum::serve(elsewhere, app).await.unwrap()
+    });
+    async fn state(State(fake): State<Arc<FakeAgent>>) -> axum::response::Response {
+        let mode = *fake.mode.lock().unwrap();
+        match mode {
+            "redirect" => {
+                let elsewhere = fake.elsewhere.lock().unwrap().clone();
+                axum::response::Redirect::temporary(&format!("http://{elsewhere}/v1/state")).into_response()
+            }
+            _ => {
+                // 64 MiB in 1 MiB chunks, with no length announced.
+                let chunks =
+                    futures_util::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b' '; 1 << 20]))));
+                axum::body::Body::from_stream(chunks).into_response()
+            }
+        }
+    }
+    async fn events(State(fake): State<Arc<FakeAgent>>) -> axum::response::Response {
+        fake.event_streams.fetch_add(1, Ordering::SeqCst);
+        use futures_util::StreamExt;
+        let endless = futures_util::stream::repeat(()).then(|()| async {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; 8192]))
+        });
+        axum::body::Body::from_stream(endless).into_response()
+    }
+    *fake.elsewhere.lock().unwrap() = elsewhere_addr.to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route("/v1/state", get(state))
+        .route("/v1/events", get(events))
+        .with_state(fake.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let server = TestServer::start_with(|config| config.check_interval = Duration::from_millis(200)).await;
+    server.user("ada", Role::Admin).await;
+    let admin = server.login("ada").await;
+    let (status, body) = admin
+        .post(
+            "/api/v1/shadows",
+            json!({"driver": "agent", "name": "fake", "url": format!("http://{agent_addr}"), "token": "a-token-of-some-length"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, checked) = admin.post("/api/v1/shadows/fake/check", json!({})).await;
+    assert!(checked["last_error"].to_string().contains("307"), "{checked}");
+    assert_eq!(fake.redirected_hits.load(Ordering::SeqCst), 0, "the redirect was followed");
+
+    *fake.mode.lock().unwrap() = "huge";
+    let (_, checked) = admin.post("/api/v1/shadows/fake/check", json!({})).await;
+    assert!(checked["last_error"].to_string().contains("too_large"), "{checked}");
+    let (status, _) = admin.get("/api/v1/shadows").await;
+    assert_eq!(status, StatusCode::OK, "the server answers on");
+
+    // The event stream that never ends an event is dropped and opened again.
+    let started = Instant::now();
+    while fake.event_streams.load(Ordering::SeqCst) < 2 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        fake.event_streams.load(Ordering::SeqCst) >= 2,
+        "the endless event was buffered on instead of dropped"
+    );
+    server.stop().await;
+}
