@@ -1199,8 +1199,12 @@ impl Store {
         }
         // Prove what was staged by reading it back (sealed entries under the request's key,
         // which the live tree is read with from now on).
-        if let Some(key) = &request.content_key {
+        if let Some(key) = &request.content_key
+            && self.persisted.content_key.as_ref() != Some(key)
+        {
             self.persisted.content_key = Some(key.clone());
+            // Hashes cached under no key, or another, are not the ones to show now.
+            self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
         }
         let staged_root = self.observe(&final_dir, Layout::Generation, &manifest, false)?.root().to_hex();
         if staged_root != request.target_root {
