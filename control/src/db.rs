@@ -308,6 +308,7 @@ mod tests {
         std::fs::create_dir(&home).unwrap();
         std::fs::write(home.join("notes.txt"), "mine").unwrap();
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(crate::lock::DataDirLock::acquire(&home, "a test").unwrap());
         assert!(Db::open(&home).await.is_err(), "refused: it holds other things");
         assert_eq!(mode(&home), 0o755, "and not touched");
         // A new one is born private.

@@ -103,7 +103,7 @@ pub async fn sign_in(db: &Db, limits: &Limits, username: &str, password: &str, c
         // Not an answer about the password (the server was busy hashing, the database
         // failed): the attempt takes its charge back.
         Err(other) => {
-            forgive(db, &keys).await?;
+            refund(db, &keys).await?;
             Err(other)
         }
     }
@@ -162,6 +162,26 @@ async fn charge(db: &Db, limits: &Limits, keys: &[(String, &str, i64)]) -> Resul
             .execute(&mut *tx)
             .await?;
         }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// No answer about the password: every key gets back the failure this attempt was charged
+/// (and loses a block that charge started), nothing more.
+async fn refund(db: &Db, keys: &[(String, &str, i64)]) -> Result<()> {
+    let mut tx = db.begin().await?;
+    for (key, _, free) in keys {
+        sqlx::query(
+            "UPDATE login_throttle SET
+               blocked_until = CASE WHEN failures - 1 < ?2 THEN NULL ELSE blocked_until END,
+               failures = MAX(failures - 1, 0)
+             WHERE key = ?1",
+        )
+        .bind(key)
+        .bind(free)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(())

@@ -67,9 +67,9 @@ struct Flat {
 }
 
 impl Flat {
-    /// Charges a key prefix made on the way down (each level's holds its ancestors', so a
-    /// deep document of long keys would otherwise hold their squares); false past the
-    /// budget.
+    /// Charges the prefix of a collection on the way down (each level's holds its
+    /// ancestors', so a deep document of long keys would otherwise hold their squares);
+    /// false past the budget. A leaf's is charged once, by [`Flat::put`].
     fn enter(&mut self, prefix: &str) -> bool {
         self.bytes = self.bytes.saturating_add(prefix.len() as u64);
         self.bytes <= MAX_EXPANDED_BYTES
@@ -124,28 +124,40 @@ fn leaf(prefix: &str) -> String {
 
 fn walk_json(value: &serde_json::Value, prefix: &str, out: &mut Flat) -> bool {
     match value {
-        serde_json::Value::Object(map) if !map.is_empty() => map.iter().all(|(key, value)| {
-            let prefix = child(prefix, key);
-            out.enter(&prefix) && walk_json(value, &prefix, out)
-        }),
-        serde_json::Value::Array(items) if !items.is_empty() => items.iter().enumerate().all(|(i, value)| {
-            let prefix = format!("{prefix}[{i}]");
-            out.enter(&prefix) && walk_json(value, &prefix, out)
-        }),
+        serde_json::Value::Object(map) if !map.is_empty() => {
+            out.enter(prefix)
+                && map.iter().all(|(key, value)| {
+                    let prefix = child(prefix, key);
+                    walk_json(value, &prefix, out)
+                })
+        }
+        serde_json::Value::Array(items) if !items.is_empty() => {
+            out.enter(prefix)
+                && items.iter().enumerate().all(|(i, value)| {
+                    let prefix = format!("{prefix}[{i}]");
+                    walk_json(value, &prefix, out)
+                })
+        }
         other => out.put(leaf(prefix), other.to_string()),
     }
 }
 
 fn walk_toml(value: &toml::Value, prefix: &str, out: &mut Flat) -> bool {
     match value {
-        toml::Value::Table(table) if !table.is_empty() => table.iter().all(|(key, value)| {
-            let prefix = child(prefix, key);
-            out.enter(&prefix) && walk_toml(value, &prefix, out)
-        }),
-        toml::Value::Array(items) if !items.is_empty() => items.iter().enumerate().all(|(i, value)| {
-            let prefix = format!("{prefix}[{i}]");
-            out.enter(&prefix) && walk_toml(value, &prefix, out)
-        }),
+        toml::Value::Table(table) if !table.is_empty() => {
+            out.enter(prefix)
+                && table.iter().all(|(key, value)| {
+                    let prefix = child(prefix, key);
+                    walk_toml(value, &prefix, out)
+                })
+        }
+        toml::Value::Array(items) if !items.is_empty() => {
+            out.enter(prefix)
+                && items.iter().enumerate().all(|(i, value)| {
+                    let prefix = format!("{prefix}[{i}]");
+                    walk_toml(value, &prefix, out)
+                })
+        }
         toml::Value::String(text) => out.put(leaf(prefix), serde_json::Value::String(text.clone()).to_string()),
         other => out.put(leaf(prefix), other.to_string()),
     }
@@ -154,18 +166,24 @@ fn walk_toml(value: &toml::Value, prefix: &str, out: &mut Flat) -> bool {
 fn walk_yaml(value: &yaml_rust2::Yaml, prefix: &str, out: &mut Flat) -> bool {
     use yaml_rust2::Yaml;
     match value {
-        Yaml::Hash(map) if !map.is_empty() => map.iter().all(|(key, value)| {
-            let key = match key {
-                Yaml::String(s) => s.clone(),
-                other => scalar(other),
-            };
-            let prefix = child(prefix, &key);
-            out.enter(&prefix) && walk_yaml(value, &prefix, out)
-        }),
-        Yaml::Array(items) if !items.is_empty() => items.iter().enumerate().all(|(i, value)| {
-            let prefix = format!("{prefix}[{i}]");
-            out.enter(&prefix) && walk_yaml(value, &prefix, out)
-        }),
+        Yaml::Hash(map) if !map.is_empty() => {
+            out.enter(prefix)
+                && map.iter().all(|(key, value)| {
+                    let key = match key {
+                        Yaml::String(s) => s.clone(),
+                        other => scalar(other),
+                    };
+                    let prefix = child(prefix, &key);
+                    walk_yaml(value, &prefix, out)
+                })
+        }
+        Yaml::Array(items) if !items.is_empty() => {
+            out.enter(prefix)
+                && items.iter().enumerate().all(|(i, value)| {
+                    let prefix = format!("{prefix}[{i}]");
+                    walk_yaml(value, &prefix, out)
+                })
+        }
         other => out.put(leaf(prefix), scalar(other)),
     }
 }
@@ -241,6 +259,13 @@ mod tests {
         json.push_str(&"}".repeat(121));
         crate::format::validate(Format::Json, json.as_bytes()).unwrap();
         assert!(key_changes(Format::Json, "{}", &json).is_none(), "the key view went on");
+    }
+
+    #[test]
+    fn a_dense_array_of_four_megabytes_keeps_its_key_view() {
+        let items = vec!["0"; 2_000_000].join(",");
+        let json = format!("{{\"data\": [{items}]}}");
+        assert!(key_changes(Format::Json, "{}", &json).is_some());
     }
 
     #[test]

@@ -942,7 +942,7 @@ async fn agent_answers_are_not_followed_elsewhere_nor_read_without_bound() {
         .with_state(fake.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let server = TestServer::start_with(|config| config.check_interval = Duration::from_millis(200)).await;
+    let server = TestServer::start().await;
     server.user("ada", Role::Admin).await;
     let admin = server.login("ada").await;
     let (status, body) = admin
