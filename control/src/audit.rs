@@ -58,6 +58,21 @@ struct AuditRow {
 }
 
 impl AuditRow {
+    /// The row as the chain verifies it (a malformed hash reads as zero, which no row has).
+    fn into_record(self) -> AuditRecord {
+        let parse = |text: &str| Hash::from_hex(text).unwrap_or(Hash::ZERO);
+        AuditRecord {
+            seq: self.seq,
+            prev_hash: parse(&self.prev_hash),
+            hash: parse(&self.hash),
+            at: self.at,
+            actor: self.actor,
+            action: self.action,
+            target: self.target,
+            details: self.details,
+        }
+    }
+
     fn into_entry(self) -> AuditEntry {
         AuditEntry {
             seq: self.seq,
@@ -133,19 +148,10 @@ pub async fn key_the_chain(db: &Db) -> Result<()> {
         sqlx::query_as("SELECT seq, at, actor, action, target, details, prev_hash, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;
-    let Some(last) = last else {
+    let Some(last) = last.map(AuditRow::into_record) else {
         return Ok(());
     };
-    let fields = AuditFields {
-        seq: last.seq,
-        at: &last.at,
-        actor: &last.actor,
-        action: &last.action,
-        target: &last.target,
-        details: &last.details,
-    };
-    let prev = Hash::from_hex(&last.prev_hash).unwrap_or(Hash::ZERO);
-    if keyed_audit_hash(tx.chain_key(), &fields, &prev).to_hex() == last.hash {
+    if keyed_audit_hash(tx.chain_key(), &last.fields(), &last.prev_hash) == last.hash {
         return Ok(());
     }
     append(
@@ -169,19 +175,7 @@ pub async fn verify(db: &Db) -> Result<AuditVerification> {
         sqlx::query_as::<_, AuditRow>("SELECT seq, at, actor, action, target, details, prev_hash, hash FROM audit_log ORDER BY rowid")
             .fetch(&db.read);
     while let Some(row) = rows.next().await {
-        let row = row?;
-        let seq = row.seq;
-        let parse = |text: &str| Hash::from_hex(text).unwrap_or(Hash::ZERO);
-        let record = AuditRecord {
-            seq,
-            prev_hash: parse(&row.prev_hash),
-            hash: parse(&row.hash),
-            at: row.at,
-            actor: row.actor,
-            action: row.action,
-            target: row.target,
-            details: row.details,
-        };
+        let record = row?.into_record();
         if let Err(problem) = verifier.push(&record) {
             return Ok(AuditVerification {
                 intact: false,
@@ -318,16 +312,8 @@ mod tests {
                 .await
                 .unwrap();
         let mut prev = Hash::ZERO;
-        for row in rows {
-            let fields = AuditFields {
-                seq: row.seq,
-                at: &row.at,
-                actor: &row.actor,
-                action: &row.action,
-                target: &row.target,
-                details: &row.details,
-            };
-            let hash = domain::audit::audit_hash(&fields, &prev);
+        for row in rows.into_iter().map(AuditRow::into_record) {
+            let hash = domain::audit::audit_hash(&row.fields(), &prev);
             sqlx::query("UPDATE audit_log SET prev_hash = ?, hash = ? WHERE seq = ?")
                 .bind(prev.to_hex())
                 .bind(hash.to_hex())

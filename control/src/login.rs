@@ -171,18 +171,7 @@ async fn charge(db: &Db, limits: &Limits, keys: &[(String, &str, i64)]) -> Resul
 /// (and loses a block that charge started), nothing more.
 async fn refund(db: &Db, keys: &[(String, &str, i64)]) -> Result<()> {
     let mut tx = db.begin().await?;
-    for (key, _, free) in keys {
-        sqlx::query(
-            "UPDATE login_throttle SET
-               blocked_until = CASE WHEN failures - 1 < ?2 THEN NULL ELSE blocked_until END,
-               failures = MAX(failures - 1, 0)
-             WHERE key = ?1",
-        )
-        .bind(key)
-        .bind(free)
-        .execute(&mut *tx)
-        .await?;
-    }
+    take_back(&mut tx, keys).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -195,7 +184,14 @@ async fn forgive(db: &Db, keys: &[(String, &str, i64)]) -> Result<()> {
         .bind(&keys[0].0)
         .execute(&mut *tx)
         .await?;
-    for (key, _, free) in &keys[1..] {
+    take_back(&mut tx, &keys[1..]).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Takes this attempt's charge back from each key.
+async fn take_back(tx: &mut crate::db::Tx, keys: &[(String, &str, i64)]) -> Result<()> {
+    for (key, _, free) in keys {
         sqlx::query(
             "UPDATE login_throttle SET
                blocked_until = CASE WHEN failures - 1 < ?2 THEN NULL ELSE blocked_until END,
@@ -204,10 +200,9 @@ async fn forgive(db: &Db, keys: &[(String, &str, i64)]) -> Result<()> {
         )
         .bind(key)
         .bind(free)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 

@@ -54,6 +54,20 @@ pub struct AuditRecord {
     pub hash: Hash,
 }
 
+impl AuditRecord {
+    /// The fields its hash covers.
+    pub fn fields(&self) -> AuditFields<'_> {
+        AuditFields {
+            seq: self.seq,
+            at: &self.at,
+            actor: &self.actor,
+            action: &self.action,
+            target: &self.target,
+            details: &self.details,
+        }
+    }
+}
+
 /// The fields of a row that its hash covers.
 pub struct AuditFields<'a> {
     pub seq: i64,
@@ -151,14 +165,7 @@ impl ChainVerifier {
         if row.prev_hash != self.head {
             return Err(ChainBreak::Link { seq: row.seq });
         }
-        let fields = AuditFields {
-            seq: row.seq,
-            at: &row.at,
-            actor: &row.actor,
-            action: &row.action,
-            target: &row.target,
-            details: &row.details,
-        };
+        let fields = row.fields();
         let keyed = self
             .key
             .as_ref()
@@ -272,27 +279,11 @@ mod tests {
         let mut prev = Hash::ZERO;
         for row in rows.iter_mut() {
             row.prev_hash = prev;
-            if row.seq >= from {
-                let fields = AuditFields {
-                    seq: row.seq,
-                    at: &row.at,
-                    actor: &row.actor,
-                    action: &row.action,
-                    target: &row.target,
-                    details: &row.details,
-                };
-                row.hash = keyed_audit_hash(key, &fields, &prev);
+            row.hash = if row.seq >= from {
+                keyed_audit_hash(key, &row.fields(), &prev)
             } else {
-                let fields = AuditFields {
-                    seq: row.seq,
-                    at: &row.at,
-                    actor: &row.actor,
-                    action: &row.action,
-                    target: &row.target,
-                    details: &row.details,
-                };
-                row.hash = audit_hash(&fields, &prev);
-            }
+                audit_hash(&row.fields(), &prev)
+            };
             prev = row.hash;
         }
         rows
@@ -318,15 +309,7 @@ mod tests {
         let mut prev = forged[1].hash;
         for row in forged[2..].iter_mut() {
             row.prev_hash = prev;
-            let fields = AuditFields {
-                seq: row.seq,
-                at: &row.at,
-                actor: &row.actor,
-                action: &row.action,
-                target: &row.target,
-                details: &row.details,
-            };
-            row.hash = audit_hash(&fields, &prev);
+            row.hash = audit_hash(&row.fields(), &prev);
             prev = row.hash;
         }
         assert_eq!(verify_keyed(&forged, &key), Err(ChainBreak::Unkeyed { seq: 3 }));
