@@ -59,6 +59,10 @@ struct Cli {
     /// exist. The control plane pins it by the fingerprint the agent logs at start.
     #[arg(long, requires = "tls_cert")]
     tls_generate: bool,
+    /// The node's hooks file (TOML: validate, reload, health). It must not be writable by
+    /// group or others, and must belong to root or to this agent's user.
+    #[arg(long, env = "ETC_SHADOW_AGENT_HOOKS")]
+    hooks: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -71,12 +75,17 @@ struct AgentState {
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    error_with_hook(status, code, message, None)
+}
+
+fn error_with_hook(status: StatusCode, code: &str, message: impl Into<String>, hook: Option<domain::protocol::HookRun>) -> Response {
     (
         status,
         Json(AgentErrorBody {
             error: AgentError {
                 code: code.into(),
                 message: message.into(),
+                hook,
             },
         }),
     )
@@ -90,9 +99,15 @@ fn store_error(err: StoreError) -> Response {
         StoreError::BadRequest(_) => StatusCode::BAD_REQUEST,
         StoreError::NotFound(_) => StatusCode::NOT_FOUND,
         StoreError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        StoreError::ValidateFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
     };
+    // The hook's output is not logged here: it may quote the staged files.
     tracing::warn!(code = err.code(), %err, "request refused");
-    error(status, err.code(), err.to_string())
+    let hook = match &err {
+        StoreError::ValidateFailed(run) => Some((**run).clone()),
+        _ => None,
+    };
+    error_with_hook(status, err.code(), err.to_string(), hook)
 }
 
 /// Refuses with 401 before anything else of the request is read.
@@ -195,6 +210,22 @@ async fn abort(State(state): State<AgentState>, Path(id): Path<i64>, Json(fence)
     }
 }
 
+/// `POST /v1/drills`: the node's part of a drill (live root, validate on the live tree,
+/// the health probe).
+async fn drill(State(state): State<AgentState>, Json(request): Json<domain::protocol::DrillRequest>) -> Response {
+    if !(1..=store::hooks::MAX_PROBES).contains(&request.requests) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("requests is 1 to {}", store::hooks::MAX_PROBES),
+        );
+    }
+    match with_store(&state, move |store| store.drill(request.requests)).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(response) => response,
+    }
+}
+
 async fn rollout_status(State(state): State<AgentState>, Path(id): Path<i64>) -> Response {
     match with_store(&state, move |store| Ok(store.status(id))).await {
         Ok(answer) => Json(answer).into_response(),
@@ -272,7 +303,18 @@ async fn run(cli: Cli) -> Result<(), String> {
     if token.len() < 16 {
         return Err("the token must have at least 16 characters".into());
     }
-    let store = Store::open(&cli.dir, &cli.state_dir, cli.control_plane_id.clone()).map_err(|err| err.to_string())?;
+    let mut store = Store::open(&cli.dir, &cli.state_dir, cli.control_plane_id.clone()).map_err(|err| err.to_string())?;
+    if let Some(path) = &cli.hooks {
+        let hooks = store::hooks::Hooks::load(path)?;
+        tracing::info!(
+            file = %path.display(),
+            validate = hooks.validate.is_some(),
+            reload = hooks.reload.is_some(),
+            health = hooks.health.is_some(),
+            "hooks loaded"
+        );
+        store.set_hooks(Some(Arc::new(hooks)));
+    }
     let initial_root = store.live_root().map_err(|err| err.to_string())?.to_hex();
     let (sender, receiver) = watch::channel(initial_root);
     let state = AgentState {
@@ -291,6 +333,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         .route("/v1/rollouts/{id}/commit", post(commit))
         .route("/v1/rollouts/{id}/abort", post(abort))
         .route("/v1/events", get(events))
+        .route("/v1/drills", post(drill))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(cli.max_body_bytes))
         .with_state(state);

@@ -79,6 +79,67 @@ pub struct RolloutAnswer {
     pub phase: RolloutPhase,
     /// For `prepared`: the root of what was staged. For `committed`: the live root now.
     pub root: Option<String>,
+    /// The node's hook that ran for this answer: `validate` for a prepare, `reload` for a
+    /// commit (absent when the node has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookRun>,
+}
+
+/// One run of a node's hook (DESIGN "Agent hooks and drills"): what ran, how it ended and
+/// what it printed (stdout and stderr together, cut to a bound). The control plane masks
+/// every secret value of the revision in `output` before anyone sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookRun {
+    /// `validate`, `reload` or `health`.
+    pub hook: String,
+    /// The argv that ran (placeholders expanded), or the URL probed.
+    pub command: Vec<String>,
+    pub ok: bool,
+    /// The exit status; `None` when it was killed (a timeout) or could not start.
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub timed_out: bool,
+    pub output: String,
+    /// True when the output was longer than the bound and was cut.
+    #[serde(default)]
+    pub truncated: bool,
+    pub duration_ms: i64,
+}
+
+/// `POST /v1/drills`: prove the live tree could take over now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillRequest {
+    /// How many times to probe the health check (latencies are measured), 1 to 1000.
+    #[serde(default = "one")]
+    pub requests: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The node's part of a drill: its live root, and the validate hook on its live tree and
+/// the health probe, each a step (absent when the node has no such hook).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillAnswer {
+    pub live_root: String,
+    pub live_revision: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate: Option<HookRun>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthProbe>,
+}
+
+/// The health probe of a drill: every request's result and the latency percentiles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthProbe {
+    /// The first failed run (or the last run when all passed), with its output.
+    pub run: HookRun,
+    pub requests: u32,
+    pub failures: u32,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 /// One live entry as the shadow sees it on disk.
@@ -133,7 +194,10 @@ pub struct AgentErrorBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentError {
     /// `fenced`, `base_root_mismatch`, `root_mismatch`, `bad_request`, `io`, `conflict`,
-    /// `unauthorized`, `not_found`.
+    /// `unauthorized`, `not_found`, `validate_failed`.
     pub code: String,
     pub message: String,
+    /// For `validate_failed`: the validate hook's run, with its output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookRun>,
 }

@@ -76,6 +76,18 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Io(String),
+    /// The node's validate hook refused the staged tree; nothing was staged.
+    #[error("the validate hook refused the staged tree ({})", hook_end(.0))]
+    ValidateFailed(Box<domain::protocol::HookRun>),
+}
+
+/// How a hook run ended, in a few words.
+pub fn hook_end(run: &domain::protocol::HookRun) -> String {
+    match (run.timed_out, run.exit_code) {
+        (true, _) => format!("killed after {} ms", run.duration_ms),
+        (false, Some(code)) => format!("exit status {code}"),
+        (false, None) => "it could not run".into(),
+    }
 }
 
 impl StoreError {
@@ -88,6 +100,7 @@ impl StoreError {
             StoreError::Conflict(_) => "conflict",
             StoreError::NotFound(_) => "not_found",
             StoreError::Io(_) => "io",
+            StoreError::ValidateFailed(_) => "validate_failed",
         }
     }
 }
@@ -146,6 +159,14 @@ struct Persisted {
     /// nothing to what it could tell.
     #[serde(default)]
     content_key: Option<String>,
+    /// A committed rollout whose reload hook has not run to its end yet: recorded with
+    /// the switch, so a process killed in between runs it at the commit's repetition.
+    #[serde(default)]
+    reload_pending: Option<i64>,
+    /// The last reload hook's run and the rollout it was for, answered again with a
+    /// repeated commit of that rollout.
+    #[serde(default)]
+    last_reload: Option<(i64, domain::protocol::HookRun)>,
 }
 
 /// An entry's hash: sealed under `key` when it has one, else plain.
@@ -191,6 +212,8 @@ pub struct Store {
     pinned_control_plane: Option<String>,
     persisted: Persisted,
     hashes: HashCache,
+    /// The node's hooks (validate before prepared, reload after the switch, health).
+    hooks: Option<std::sync::Arc<hooks::Hooks>>,
 }
 
 /// What `stat` says of a file; if none of it changed, neither did the file. `ctime` moves
@@ -612,6 +635,7 @@ impl Store {
             pinned_control_plane,
             persisted,
             hashes: HashCache::default(),
+            hooks: None,
         };
         let lock = store.lock_state()?;
         store.clean_orphans()?;
@@ -956,6 +980,58 @@ impl Store {
         self.hashes.files_hashed.load(Ordering::Relaxed)
     }
 
+    /// The node's hooks from now on (the agent's `--hooks` file, or the control plane's
+    /// configuration for a directory shadow).
+    pub fn set_hooks(&mut self, hooks: Option<std::sync::Arc<hooks::Hooks>>) {
+        self.hooks = hooks.filter(|h| !h.is_empty());
+    }
+
+    /// The node's part of a drill: its live root, the validate hook run on the live
+    /// generation (`{staged}` is the tree readers see now) and the health probe, `requests`
+    /// times. Read under the store's lock, so no commit switches the tree meanwhile.
+    pub fn drill(&mut self, requests: u32) -> Result<domain::protocol::DrillAnswer> {
+        let _lock = self.lock_state()?;
+        let live_root = self.live_root()?.to_hex();
+        let live_generation = self
+            .persisted
+            .live
+            .as_ref()
+            .map_or_else(|| self.live.clone(), |g| self.generation_dir(&g.dir));
+        let hooks = self.hooks.as_deref();
+        Ok(domain::protocol::DrillAnswer {
+            live_root,
+            live_revision: self.persisted.live.as_ref().map(|g| g.revision),
+            validate: hooks.and_then(|h| h.validate(&live_generation, &self.live)),
+            health: hooks.and_then(|h| h.health(&self.live, requests)),
+        })
+    }
+
+    /// Runs the reload hook of a committed rollout whose reload is still owed (recorded
+    /// with its switch), and records how it ended.
+    fn run_pending_reload(&mut self) -> Result<()> {
+        let Some(rollout) = self.persisted.reload_pending else {
+            return Ok(());
+        };
+        let run = self.hooks.as_deref().and_then(|h| h.reload(&self.live));
+        if let Some(run) = &run
+            && !run.ok
+        {
+            tracing::warn!(rollout, end = %hook_end(run), "the reload hook failed");
+        }
+        self.persisted.reload_pending = None;
+        self.persisted.last_reload = run.map(|run| (rollout, run));
+        self.save()
+    }
+
+    /// The reload run recorded for `rollout`, if there is one.
+    fn reload_of(&self, rollout: i64) -> Option<domain::protocol::HookRun> {
+        self.persisted
+            .last_reload
+            .as_ref()
+            .filter(|(id, _)| *id == rollout)
+            .map(|(_, run)| run.clone())
+    }
+
     /// The root of what the managed directory holds right now.
     pub fn live_root(&self) -> Result<Hash> {
         Ok(self.observe(&self.live, Layout::Managed, self.live_manifest(), true)?.root())
@@ -1008,6 +1084,7 @@ impl Store {
                 rollout,
                 phase: RolloutPhase::Prepared,
                 root: Some(staged.root.clone()),
+                hook: None,
             };
         }
         if let Some(live) = self.persisted.live.as_ref().filter(|g| g.rollout == rollout) {
@@ -1015,6 +1092,7 @@ impl Store {
                 rollout,
                 phase: RolloutPhase::Committed,
                 root: self.live_root().ok().map(|r| r.to_hex()).or(Some(live.root.clone())),
+                hook: None,
             };
         }
         let phase = self
@@ -1028,6 +1106,7 @@ impl Store {
             rollout,
             phase,
             root: None,
+            hook: None,
         }
     }
 
@@ -1053,6 +1132,7 @@ impl Store {
                     rollout,
                     phase: RolloutPhase::Prepared,
                     root: Some(staged.root.clone()),
+                    hook: None,
                 });
             }
             return Err(StoreError::Conflict(format!(
@@ -1214,6 +1294,14 @@ impl Store {
                 request.target_root
             )));
         }
+        // The node's validator judges the tree as it will go live; a refusal stages
+        // nothing (and records no epoch: nothing here changed).
+        let validated = self.hooks.as_deref().and_then(|h| h.validate(&final_dir, &self.live));
+        if let Some(run) = validated.as_ref().filter(|run| !run.ok) {
+            let _ = fs::remove_dir_all(&final_dir);
+            let _ = fsync_dir(&self.live);
+            return Err(StoreError::ValidateFailed(Box::new(run.clone())));
+        }
         let writer_changed = self.persisted.control_plane_id.as_deref() != Some(request.control_plane_id.as_str());
         self.accept_fence(&request.control_plane_id, request.epoch);
         if writer_changed {
@@ -1239,6 +1327,7 @@ impl Store {
             rollout,
             phase: RolloutPhase::Prepared,
             root: Some(staged_root),
+            hook: validated,
         })
     }
 
@@ -1361,11 +1450,16 @@ impl Store {
                 )));
             }
             // Already committed: make sure the link points there (a crash may have
-            // happened between the rename and the state write) and answer the root.
+            // happened between the rename and the state write), run a reload that was
+            // still owed, and answer the root with the reload's run.
+            if self.persisted.reload_pending == Some(rollout) {
+                self.run_pending_reload()?;
+            }
             return Ok(RolloutAnswer {
                 rollout,
                 phase: RolloutPhase::Committed,
                 root: Some(self.live_root()?.to_hex()),
+                hook: self.reload_of(rollout),
             });
         }
         let staged = match self.persisted.staged.clone() {
@@ -1395,10 +1489,12 @@ impl Store {
         failpoint::edit_after_switch(&self.live);
         failpoint::crash("after_switch");
         self.finish_commit(staged)?;
+        self.run_pending_reload()?;
         Ok(RolloutAnswer {
             rollout,
             phase: RolloutPhase::Committed,
             root: Some(self.live_root()?.to_hex()),
+            hook: self.reload_of(rollout),
         })
     }
 
@@ -1410,6 +1506,10 @@ impl Store {
         let previous = self.persisted.live.replace(staged);
         self.persisted.previous = previous.as_ref().map(|g| g.dir.clone());
         self.persisted.staged = None;
+        // The reload is owed from the moment the switch is recorded.
+        if self.hooks.as_ref().is_some_and(|h| h.reload.is_some()) {
+            self.persisted.reload_pending = Some(rollout);
+        }
         self.remember(rollout, RolloutPhase::Committed);
         self.save()?;
         let keep: Vec<String> = self
@@ -1574,9 +1674,12 @@ impl Store {
             rollout,
             phase: RolloutPhase::Aborted,
             root: None,
+            hook: None,
         })
     }
 }
+
+pub mod hooks;
 
 #[cfg(test)]
 mod tests;

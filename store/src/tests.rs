@@ -606,3 +606,97 @@ fn directories_are_opened_to_0755_and_files_to_their_mode_whatever_the_umask() {
     assert_eq!(mode(&f.live.join("deep/er/site.conf")), 0o644);
     assert_eq!(mode(&f.state.join("lock")), 0o600);
 }
+
+fn hooks(text: &str) -> Option<std::sync::Arc<hooks::Hooks>> {
+    Some(std::sync::Arc::new(hooks::Hooks::parse(text).unwrap()))
+}
+
+#[test]
+fn a_validate_hook_that_refuses_stages_nothing_and_one_that_accepts_sees_the_staged_tree() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    // The validator reads the staged tree ({staged}), never the live one.
+    store.set_hooks(hooks(
+        r#"[validate]
+command = ["/bin/sh", "-c", "cat \"$1/app.conf\"; grep -q '^ok' \"$1/app.conf\"", "sh", "{staged}"]
+"#,
+    ));
+    let bad = request(1, 1, &empty_root(), vec![entry("app.conf", "broken line\n", "0644")]);
+    let err = store.prepare(1, &bad).unwrap_err();
+    let StoreError::ValidateFailed(run) = &err else { panic!("{err}") };
+    assert_eq!(err.code(), "validate_failed");
+    assert_eq!(run.exit_code, Some(1));
+    assert!(run.output.contains("broken line"), "{}", run.output);
+    assert_eq!(store.status(1).phase, RolloutPhase::Unknown);
+    assert!(store.state(false).unwrap().staged.is_none());
+    let names: Vec<String> = fs::read_dir(&f.live)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("..r"))
+        .collect();
+    assert!(names.is_empty(), "a refused staging was left behind: {names:?}");
+    // Nothing was accepted from the refused writer: a good prepare then commits.
+    let good_entries = vec![entry("app.conf", "ok\n", "0644")];
+    let good = request(1, 1, &empty_root(), good_entries.clone());
+    let answer = store.prepare(2, &good).unwrap();
+    assert!(answer.hook.as_ref().is_some_and(|h| h.ok && h.hook == "validate"));
+    let committed = store.commit(2, &fence(1)).unwrap();
+    assert_eq!(committed.root.as_deref(), Some(root_of(&good_entries).as_str()));
+}
+
+#[test]
+fn the_reload_hook_runs_after_the_switch_and_its_run_is_answered_again_on_a_repeated_commit() {
+    let f = fixture();
+    let log = f._dir.path().join("reloads.log");
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let reload = format!(
+        "[reload]\ncommand = [\"/bin/sh\", \"-c\", \"cat {{live}}/app.conf >> {}; echo reloaded; exit $(cat {{live}}/code)\"]\n",
+        log.display()
+    );
+    store.set_hooks(hooks(&reload));
+    let entries = vec![entry("app.conf", "v1\n", "0644"), entry("code", "0", "0644")];
+    store.prepare(1, &request(1, 1, &empty_root(), entries.clone())).unwrap();
+    let answer = store.commit(1, &fence(1)).unwrap();
+    let run = answer.hook.unwrap();
+    assert!(run.ok, "{run:?}");
+    // It ran once, after the switch: it read the new file through the live directory.
+    assert_eq!(fs::read_to_string(&log).unwrap(), "v1\n");
+    let again = store.commit(1, &fence(1)).unwrap();
+    assert_eq!(again.hook.map(|h| h.ok), Some(true));
+    assert_eq!(fs::read_to_string(&log).unwrap(), "v1\n", "a repeated commit reloads nothing");
+    // A failing reload is reported, and the files are committed anyway.
+    let next = vec![entry("app.conf", "v2\n", "0644"), entry("code", "7", "0644")];
+    store.prepare(2, &request(1, 2, &root_of(&entries), next.clone())).unwrap();
+    let answer = store.commit(2, &fence(1)).unwrap();
+    assert_eq!(answer.root.as_deref(), Some(root_of(&next).as_str()));
+    let run = answer.hook.unwrap();
+    assert_eq!((run.ok, run.exit_code), (false, Some(7)));
+    assert!(run.output.contains("reloaded"));
+}
+
+#[test]
+fn a_reload_owed_when_the_process_died_runs_at_the_repeated_commit() {
+    let f = fixture();
+    let log = f._dir.path().join("reloads.log");
+    let reload = format!("[reload]\ncommand = [\"/bin/sh\", \"-c\", \"echo run >> {}\"]\n", log.display());
+    let entries = vec![entry("app.conf", "v1\n", "0644")];
+    {
+        let mut store = Store::open(&f.live, &f.state, None).unwrap();
+        store.set_hooks(hooks(&reload));
+        store.prepare(1, &request(1, 1, &empty_root(), entries.clone())).unwrap();
+        // The switch is recorded with the reload owed, as when the process is killed
+        // between the switch and the hook.
+        let staged = store.persisted.staged.clone().unwrap();
+        store.switch_to(&staged).unwrap();
+        store.finish_commit(staged).unwrap();
+        assert_eq!(store.persisted.reload_pending, Some(1));
+    }
+    assert!(!log.exists());
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    store.set_hooks(hooks(&reload));
+    let answer = store.commit(1, &fence(1)).unwrap();
+    assert_eq!(answer.hook.map(|h| h.ok), Some(true));
+    assert_eq!(fs::read_to_string(&log).unwrap(), "run\n");
+    store.commit(1, &fence(1)).unwrap();
+    assert_eq!(fs::read_to_string(&log).unwrap(), "run\n", "owed once, run once");
+}
