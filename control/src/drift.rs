@@ -160,6 +160,7 @@ impl Monitor {
                 code: "timeout".into(),
                 message: format!("no answer within {:?}", self.check_timeout),
                 transient: true,
+                hook: None,
             }),
         };
         let mut conn = self.db.read.acquire().await?;
@@ -296,6 +297,7 @@ impl Monitor {
                     code: "timeout".into(),
                     message: format!("no entry list within {:?}", self.check_timeout),
                     transient: true,
+                    hook: None,
                 }),
             };
             match full {
@@ -471,6 +473,19 @@ impl Monitor {
         // ran (an agent's event, say) are made up for at once.
         let after_rollouts = tokio::spawn(self.clone().follow_rollouts());
         let _stop_with_me = AbortOnDrop(after_rollouts);
+        // Incidents the coordinator opens (a failed reload) reach live pages like ours.
+        let mut coordinator_notices = self.coordinator.subscribe_incidents();
+        let monitor = self.clone();
+        let forward = tokio::spawn(async move {
+            loop {
+                match coordinator_notices.recv().await {
+                    Ok(notice) => monitor.announce(notice),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        let _forward_with_me = AbortOnDrop(forward);
         let mut next_sweep = tokio::time::Instant::now();
         loop {
             // A new agent shadow gets its listener within a second, whatever the interval.

@@ -12,6 +12,10 @@ use serde_json::json;
 use sqlx::SqliteConnection;
 use std::collections::BTreeSet;
 
+/// The drift kinds only: a shadow's drift episode is one incident, and the incidents of
+/// failed reloads and drills live beside it (see [`open_operation`]).
+const DRIFT_ONLY: &str = "kind NOT IN ('reload_failed', 'drill_failed')";
+
 /// What one check found on one shadow that differs from what it should hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -225,11 +229,12 @@ pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Resu
     let fingerprint = finding.fingerprint();
     let at = now();
     let mut tx = db.begin().await?;
-    let open: Option<(i64, String, String)> =
-        sqlx::query_as("SELECT id, kinds, fingerprint FROM incidents WHERE shadow = ? AND status != 'resolved'")
-            .bind(shadow)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let open: Option<(i64, String, String)> = sqlx::query_as(&format!(
+        "SELECT id, kinds, fingerprint FROM incidents WHERE shadow = ? AND status != 'resolved' AND {DRIFT_ONLY}"
+    ))
+    .bind(shadow)
+    .fetch_optional(&mut *tx)
+    .await?;
     let result = match open {
         None => {
             let (id,): (i64,) = sqlx::query_as(
@@ -320,7 +325,7 @@ pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Resu
 /// Answers whether there was such an incident.
 pub async fn seen_again(db: &Db, shadow: &str, expected_root: &str, observed_root: &str) -> Result<bool> {
     let done = sqlx::query(
-        "UPDATE incidents SET last_seen_at = ? WHERE shadow = ? AND status != 'resolved' AND expected_root = ? AND observed_root = ?",
+        &format!("UPDATE incidents SET last_seen_at = ? WHERE shadow = ? AND status != 'resolved' AND {DRIFT_ONLY} AND expected_root = ? AND observed_root = ?"),
     )
     .bind(now())
     .bind(shadow)
@@ -336,11 +341,12 @@ pub async fn seen_again(db: &Db, shadow: &str, expected_root: &str, observed_roo
 /// otherwise as `self_healed` (kept for review).
 pub async fn resolve_in_sync(db: &Db, shadow: &str) -> Result<Option<IncidentNotice>> {
     let mut tx = db.begin().await?;
-    let open: Option<(i64, String, String)> =
-        sqlx::query_as("SELECT id, kind, opened_at FROM incidents WHERE shadow = ? AND status != 'resolved'")
-            .bind(shadow)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let open: Option<(i64, String, String)> = sqlx::query_as(&format!(
+        "SELECT id, kind, opened_at FROM incidents WHERE shadow = ? AND status != 'resolved' AND {DRIFT_ONLY}"
+    ))
+    .bind(shadow)
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some((id, kind, opened_at)) = open else {
         return Ok(None);
     };
@@ -376,6 +382,88 @@ async fn close(tx: &mut crate::db::Tx, id: i64, actor: &str, resolution: &str, d
     Ok(())
 }
 
+/// An operation on a shadow failed (its reload hook after a commit, a drill): opens an
+/// incident of that kind, or adds to the timeline of the one still unresolved. Inside the
+/// caller's transaction, with its audit row and webhook.
+pub(crate) async fn open_operation(
+    tx: &mut crate::db::Tx,
+    shadow: &str,
+    kind: DriftKind,
+    expected_root: &str,
+    observed_root: Option<&str>,
+    details: serde_json::Value,
+) -> Result<IncidentNotice> {
+    debug_assert!(!kind.is_drift());
+    let at = now();
+    let via = if kind == DriftKind::ReloadFailed { "rollout" } else { "drill" };
+    let open: Option<(i64, String)> =
+        sqlx::query_as("SELECT id, status FROM incidents WHERE shadow = ? AND kind = ? AND status != 'resolved'")
+            .bind(shadow)
+            .bind(kind.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+    if let Some((id, status)) = open {
+        sqlx::query("UPDATE incidents SET last_seen_at = ?, expected_root = ?, observed_root = ? WHERE id = ?")
+            .bind(&at)
+            .bind(expected_root)
+            .bind(observed_root)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        add_event(tx, id, via, "failed_again", details).await?;
+        return Ok(notice(id, shadow, kind.as_str(), &status, "updated"));
+    }
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO incidents (shadow, kind, kinds, severity, status, opened_at, last_seen_at, expected_root, observed_root, detected_by, fingerprint)
+         VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(shadow)
+    .bind(kind.as_str())
+    .bind(kind.as_str())
+    .bind(kind.severity())
+    .bind(&at)
+    .bind(&at)
+    .bind(expected_root)
+    .bind(observed_root)
+    .bind(via)
+    .bind(blake3::hash(details.to_string().as_bytes()).to_hex().to_string())
+    .fetch_one(&mut **tx)
+    .await?;
+    add_event(tx, id, via, "detected", details).await?;
+    audit::append(
+        tx,
+        via,
+        "incident.open",
+        &format!("incident/{id}"),
+        json!({"shadow": shadow, "kinds": [kind]}),
+    )
+    .await?;
+    let kinds = BTreeSet::from([kind]);
+    webhooks::enqueue(tx, "incident.opened", hook_data(id, shadow, kind.as_str(), &kinds, "open")).await?;
+    Ok(notice(id, shadow, kind.as_str(), "open", "opened"))
+}
+
+/// The operation that had failed on `shadow` passed now (a reload, a drill): its
+/// unresolved incident of `kind`, if any, is resolved as `self_healed`.
+pub(crate) async fn operation_passed(
+    tx: &mut crate::db::Tx,
+    shadow: &str,
+    kind: DriftKind,
+    details: serde_json::Value,
+) -> Result<Option<IncidentNotice>> {
+    let open: Option<(i64,)> = sqlx::query_as("SELECT id FROM incidents WHERE shadow = ? AND kind = ? AND status != 'resolved'")
+        .bind(shadow)
+        .bind(kind.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some((id,)) = open else { return Ok(None) };
+    let actor = if kind == DriftKind::ReloadFailed { "rollout" } else { "drill" };
+    let mut details = details;
+    details["resolution"] = json!("self_healed");
+    close(tx, id, actor, "self_healed", details).await?;
+    Ok(Some(notice(id, shadow, kind.as_str(), "resolved", "resolved")))
+}
+
 /// Timeline entries for a reconcile of `shadow` (started, finished), on its open incident.
 pub async fn note_reconcile(db: &Db, shadow: &str, actor: &str, event: &str, details: serde_json::Value) -> Result<()> {
     let mut tx = db.begin().await?;
@@ -392,10 +480,12 @@ pub(crate) async fn note_reconcile_in(
     event: &str,
     details: serde_json::Value,
 ) -> Result<()> {
-    let open: Option<(i64,)> = sqlx::query_as("SELECT id FROM incidents WHERE shadow = ? AND status != 'resolved'")
-        .bind(shadow)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let open: Option<(i64,)> = sqlx::query_as(&format!(
+        "SELECT id FROM incidents WHERE shadow = ? AND status != 'resolved' AND {DRIFT_ONLY}"
+    ))
+    .bind(shadow)
+    .fetch_optional(&mut *conn)
+    .await?;
     if let Some((id,)) = open {
         add_event(conn, id, actor, event, details).await?;
     }

@@ -215,6 +215,8 @@ struct Plan {
     shadows: Vec<String>,
     /// For a change rollout: the change and the entry set of the next revision.
     change: Option<(ChangeRow, EntrySet)>,
+    /// The secret fragments of the entry set, masked in what the nodes' hooks print.
+    masks: Vec<String>,
 }
 
 /// What the journal says of a rollout besides its state machine.
@@ -248,6 +250,7 @@ pub struct Coordinator {
     /// it read.
     generation: std::sync::atomic::AtomicU64,
     events: tokio::sync::broadcast::Sender<RolloutEvent>,
+    incident_notices: tokio::sync::broadcast::Sender<domain::api::IncidentNotice>,
 }
 
 /// The commit answers that no retry can change: the shadow no longer holds the staging
@@ -270,6 +273,7 @@ impl Coordinator {
             operator_moved: tokio::sync::Notify::new(),
             generation: std::sync::atomic::AtomicU64::new(0),
             events: tokio::sync::broadcast::channel(1024).0,
+            incident_notices: tokio::sync::broadcast::channel(64).0,
         }
     }
 
@@ -422,6 +426,7 @@ impl Coordinator {
         sqlx::query("UPDATE shadows SET status = 'rolling_out'").execute(&mut *tx).await?;
         audit::append(&mut tx, &caller.username, "rollout.start", &format!("rollout/{id}"), details).await?;
         let entries = staged_entries(&mut tx, &self.db, &next).await?;
+        let masks = crate::hooks::secret_values(&mut tx, &self.db, &next).await?;
         tx.commit().await?;
         crash_point("after_start");
         let plan = Plan {
@@ -433,6 +438,7 @@ impl Coordinator {
             entries,
             shadows,
             change: Some((change, next)),
+            masks,
         };
         Ok((id, Some(self.launch(plan, running))))
     }
@@ -472,6 +478,7 @@ impl Coordinator {
         )
         .await?;
         let entries = staged_entries(&mut tx, &self.db, &set).await?;
+        let masks = crate::hooks::secret_values(&mut tx, &self.db, &set).await?;
         crate::incidents::note_reconcile_in(&mut tx, shadow, &caller.username, "reconcile_started", json!({"rollout": id})).await?;
         tx.commit().await?;
         let plan = Plan {
@@ -483,6 +490,7 @@ impl Coordinator {
             entries,
             shadows: vec![shadow.to_string()],
             change: None,
+            masks,
         };
         Ok((id, Some(self.launch(plan, running))))
     }
@@ -550,6 +558,7 @@ impl Coordinator {
                             code: "driver".into(),
                             message: err.public_message(),
                             transient: false,
+                            hook: None,
                         }),
                     };
                     (name.clone(), result)
@@ -569,6 +578,17 @@ impl Coordinator {
                     continue;
                 }
             };
+            // What the node's validate hook said goes into the journal before the answer
+            // it came with, masked.
+            if let Ok(Some((shadow, result))) = &answer {
+                let hook = match result {
+                    Ok(answer) => answer.hook.clone(),
+                    Err(err) => err.hook.as_deref().cloned(),
+                };
+                if let Some(hook) = hook {
+                    self.save_hook(plan.id, shadow, crate::hooks::mask(hook, &plan.masks)).await?;
+                }
+            }
             let event = match answer {
                 Ok(Some((shadow, Ok(answer)))) => match answer.root {
                     Some(root) => Event::Prepared { shadow, root },
@@ -812,12 +832,14 @@ impl Coordinator {
             code: "driver".into(),
             message: err.public_message(),
             transient: true,
+            hook: None,
         })?;
         tokio::time::timeout(self.call_timeout, op(driver)).await.unwrap_or_else(|_| {
             Err(ShadowError {
                 code: "timeout".into(),
                 message: format!("no answer within {:?}", self.call_timeout),
                 transient: true,
+                hook: None,
             })
         })
     }
@@ -827,13 +849,18 @@ impl Coordinator {
     /// released by an operator or removed from the fleet.
     async fn drive_commit(&self, id: i64) -> Result<()> {
         let mut delay = Duration::from_millis(100);
+        let mut masks: Option<Vec<String>> = None;
         loop {
             // Registered before the journal is read, so a release made after the read
             // still wakes this round.
             let operator_moved = self.operator_moved.notified();
             tokio::pin!(operator_moved);
             let mut conn = self.db.read.acquire().await?;
-            let (rollout, _) = load_in(&mut conn, id).await?;
+            let (rollout, meta) = load_in(&mut conn, id).await?;
+            if masks.is_none() {
+                let set = revisions::entries(&mut conn, meta.revision).await?;
+                masks = Some(crate::hooks::secret_values(&mut conn, &self.db, &set).await?);
+            }
             let registered: std::collections::BTreeSet<String> = sqlx::query_as::<_, (String,)>("SELECT name FROM shadows")
                 .fetch_all(&mut *conn)
                 .await?
@@ -870,6 +897,10 @@ impl Coordinator {
             for (shadow, result) in results {
                 match result {
                     Ok(answer) => {
+                        if let Some(run) = answer.hook {
+                            let run = crate::hooks::mask(run, masks.as_deref().unwrap_or_default());
+                            self.reloaded(id, &shadow, &rollout.root, answer.root.as_deref(), run).await?;
+                        }
                         let receipt = answer.root.unwrap_or_default();
                         self.record(id, Event::Committed { shadow, receipt }, None).await?;
                         crash_point("after_commit");
@@ -909,6 +940,51 @@ impl Coordinator {
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+
+    /// Keeps a hook's run (masked) on the rollout's row of the shadow.
+    async fn save_hook(&self, id: i64, shadow: &str, run: domain::protocol::HookRun) -> Result<()> {
+        let text = serde_json::to_string(&run).map_err(|err| Error::Internal(err.to_string()))?;
+        sqlx::query("UPDATE rollout_shadows SET hook = ? WHERE rollout_id = ? AND shadow = ?")
+            .bind(text)
+            .bind(id)
+            .bind(shadow)
+            .execute(self.db.read_write())
+            .await?;
+        Ok(())
+    }
+
+    /// A shadow committed and ran its reload hook: the run is kept with the receipt, and a
+    /// failure is a `reload_failed` incident (the files are live; the service may still
+    /// run the old ones). A reload that passes ends such an incident. Recorded before the
+    /// commit event, so a crash in between records it again at the repeated commit (the
+    /// node answers the same run).
+    async fn reloaded(&self, id: i64, shadow: &str, root: &str, receipt: Option<&str>, run: domain::protocol::HookRun) -> Result<()> {
+        let text = serde_json::to_string(&run).map_err(|err| Error::Internal(err.to_string()))?;
+        let mut tx = self.db.begin().await?;
+        sqlx::query("UPDATE rollout_shadows SET hook = ? WHERE rollout_id = ? AND shadow = ?")
+            .bind(text)
+            .bind(id)
+            .bind(shadow)
+            .execute(&mut *tx)
+            .await?;
+        let details = json!({"rollout": id, "hook": "reload", "exit_code": run.exit_code, "timed_out": run.timed_out,
+            "output": run.output, "command": run.command});
+        let notice = if run.ok {
+            crate::incidents::operation_passed(&mut tx, shadow, domain::drift::DriftKind::ReloadFailed, details).await?
+        } else {
+            Some(crate::incidents::open_operation(&mut tx, shadow, domain::drift::DriftKind::ReloadFailed, root, receipt, details).await?)
+        };
+        tx.commit().await?;
+        if let Some(notice) = notice {
+            let _ = self.incident_notices.send(notice);
+        }
+        Ok(())
+    }
+
+    /// Incidents the coordinator opened or ended (failed reloads), for live pages.
+    pub fn subscribe_incidents(&self) -> tokio::sync::broadcast::Receiver<domain::api::IncidentNotice> {
+        self.incident_notices.subscribe()
     }
 
     /// An operator stops waiting for one shadow's commit (it is dark, or its disk is
@@ -1089,14 +1165,16 @@ struct RolloutShadowRow {
     staged_root: Option<String>,
     receipt_root: Option<String>,
     error: Option<String>,
+    hook: Option<String>,
 }
 
 async fn with_shadows(conn: &mut SqliteConnection, row: RolloutRow) -> Result<RolloutView> {
-    let shadows: Vec<RolloutShadowRow> =
-        sqlx::query_as("SELECT shadow, phase, staged_root, receipt_root, error FROM rollout_shadows WHERE rollout_id = ? ORDER BY shadow")
-            .bind(row.id)
-            .fetch_all(conn)
-            .await?;
+    let shadows: Vec<RolloutShadowRow> = sqlx::query_as(
+        "SELECT shadow, phase, staged_root, receipt_root, error, hook FROM rollout_shadows WHERE rollout_id = ? ORDER BY shadow",
+    )
+    .bind(row.id)
+    .fetch_all(conn)
+    .await?;
     Ok(RolloutView {
         id: row.id,
         change_id: row.change_id,
@@ -1116,6 +1194,7 @@ async fn with_shadows(conn: &mut SqliteConnection, row: RolloutRow) -> Result<Ro
                 staged_root: s.staged_root,
                 receipt_root: s.receipt_root,
                 error: s.error,
+                hook: s.hook.and_then(|text| serde_json::from_str(&text).ok()),
             })
             .collect(),
     })

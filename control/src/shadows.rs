@@ -32,6 +32,9 @@ struct ShadowRow {
     pub last_in_sync_at: Option<String>,
     pub last_error: Option<String>,
     pub created_at: String,
+    pub last_drill_id: Option<i64>,
+    pub last_drill_verdict: Option<String>,
+    pub last_drill_at: Option<String>,
 }
 
 impl From<ShadowRow> for ShadowView {
@@ -49,6 +52,10 @@ impl From<ShadowRow> for ShadowView {
             last_in_sync_at: row.last_in_sync_at,
             last_error: row.last_error,
             created_at: row.created_at,
+            last_drill: match (row.last_drill_id, row.last_drill_verdict, row.last_drill_at) {
+                (Some(id), Some(verdict), Some(finished_at)) => Some(domain::api::DrillSummary { id, verdict, finished_at }),
+                _ => None,
+            },
         }
     }
 }
@@ -74,7 +81,11 @@ pub enum NewShadow {
     },
 }
 
-const SHADOW_SELECT: &str = "SELECT name, driver, url, tls_pin, path, status, observed_root, observed_revision, last_contact_at, last_in_sync_at, last_error, created_at FROM shadows";
+const SHADOW_SELECT: &str =
+    "SELECT shadows.name, shadows.driver, shadows.url, shadows.tls_pin, shadows.path, shadows.status, shadows.observed_root,
+    shadows.observed_revision, shadows.last_contact_at, shadows.last_in_sync_at, shadows.last_error, shadows.created_at,
+    d.id AS last_drill_id, d.verdict AS last_drill_verdict, d.finished_at AS last_drill_at
+    FROM shadows LEFT JOIN drills d ON d.id = (SELECT MAX(id) FROM drills WHERE drills.shadow = shadows.name)";
 
 fn validate_name(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -240,11 +251,18 @@ pub struct ShadowError {
     pub message: String,
     /// The shadow could not be reached (retry), as opposed to a refusal (final).
     pub transient: bool,
+    /// For `validate_failed`: the node's validate hook's run, its output as the node
+    /// sent it (mask it with [`crate::hooks::mask`] before anyone sees it).
+    pub hook: Option<Box<domain::protocol::HookRun>>,
 }
 
 /// The largest answer read from an agent: a state listing every entry, or one entry's
 /// bytes. Past it the answer is refused (`too_large`), not read on into memory.
 pub const MAX_AGENT_ANSWER: usize = 32 * 1024 * 1024;
+
+/// The longest a call that runs a node's hooks may take on the wire; its caller (the
+/// prepare deadline, the drill's timeout) bounds it further.
+const HOOK_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The largest error answer read from an agent.
 const MAX_AGENT_ERROR: usize = 64 * 1024;
@@ -265,6 +283,7 @@ async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<V
         code: "too_large".into(),
         message: format!("the agent's answer is larger than {} MiB", limit / (1024 * 1024)),
         transient: false,
+        hook: None,
     };
     if response.content_length().is_some_and(|length| length > limit as u64) {
         return Err(too_large());
@@ -274,6 +293,7 @@ async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<V
         code: "unreachable".into(),
         message: format!("the agent's answer broke off: {}", without_url(&err)),
         transient: true,
+        hook: None,
     })? {
         if body.len() + chunk.len() > limit {
             return Err(too_large());
@@ -306,11 +326,13 @@ async fn refusal(response: reqwest::Response, transient: bool) -> ShadowError {
             },
             message: shadow_message(&body.error.message),
             transient,
+            hook: body.error.hook.map(Box::new),
         },
         None => ShadowError {
             code: "protocol".into(),
             message: format!("agent answered {status}"),
             transient,
+            hook: None,
         },
     }
 }
@@ -340,6 +362,10 @@ impl From<StoreError> for ShadowError {
             code: err.code().to_string(),
             message: err.to_string(),
             transient: false,
+            hook: match err {
+                StoreError::ValidateFailed(run) => Some(run),
+                _ => None,
+            },
         }
     }
 }
@@ -365,6 +391,7 @@ impl Driver {
                 code: "io".into(),
                 message: err.to_string(),
                 transient: true,
+                hook: None,
             })?
             .map_err(ShadowError::from)
     }
@@ -381,10 +408,26 @@ impl Driver {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T, ShadowError> {
+        self.call_within(method, path, body, None).await
+    }
+
+    /// [`Self::call`] with its own timeout instead of the client's: calls that run a
+    /// node's hooks (a prepare runs `validate`, a drill `validate` and the probes) take as
+    /// long as the node's operator allowed them; the caller bounds them.
+    async fn call_within<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        timeout: Option<Duration>,
+    ) -> Result<T, ShadowError> {
         let Driver::Agent { http, url, token } = self else {
             unreachable!("HTTP calls are for agents")
         };
         let mut request = http.request(method, format!("{url}{path}")).bearer_auth(token);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -392,6 +435,7 @@ impl Driver {
             message: format!("cannot reach the agent: {}", without_url(&err)),
             code: if tls_failure(&err).is_some() { "tls" } else { "unreachable" }.into(),
             transient: true,
+            hook: None,
         })?;
         let status = response.status();
         if status.is_success() {
@@ -405,6 +449,7 @@ impl Driver {
                     err.column()
                 ),
                 transient: true,
+                hook: None,
             });
         }
         let transient = status.is_server_error() && status != reqwest::StatusCode::INTERNAL_SERVER_ERROR;
@@ -429,6 +474,7 @@ impl Driver {
                         code: "too_large".into(),
                         message: format!("the file is larger than {} MiB", MAX_AGENT_ANSWER / (1024 * 1024)),
                         transient: false,
+                        hook: None,
                     });
                 }
                 Ok(bytes)
@@ -443,6 +489,7 @@ impl Driver {
                         message: format!("cannot reach the agent: {}", without_url(&err)),
                         code: "unreachable".into(),
                         transient: true,
+                        hook: None,
                     })?;
                 if !response.status().is_success() {
                     return Err(refusal(response, false).await);
@@ -460,9 +507,16 @@ impl Driver {
                     code: "protocol".into(),
                     message: err.to_string(),
                     transient: false,
+                    hook: None,
                 })?;
-                self.call(reqwest::Method::PUT, &format!("/v1/rollouts/{rollout}"), Some(body))
-                    .await
+                // The coordinator's prepare deadline bounds it.
+                self.call_within(
+                    reqwest::Method::PUT,
+                    &format!("/v1/rollouts/{rollout}"),
+                    Some(body),
+                    Some(HOOK_CALL_TIMEOUT),
+                )
+                .await
             }
         }
     }
@@ -473,6 +527,23 @@ impl Driver {
             Driver::Agent { .. } => {
                 self.call(reqwest::Method::POST, &format!("/v1/rollouts/{rollout}/commit"), Some(json!(fence)))
                     .await
+            }
+        }
+    }
+
+    /// The node's part of a drill: its live root, validate on its live tree, its health
+    /// probe `requests` times.
+    pub async fn drill(&self, requests: u32) -> Result<domain::protocol::DrillAnswer, ShadowError> {
+        match self {
+            Driver::Directory(store) => Self::blocking(store, move |s| s.drill(requests)).await,
+            Driver::Agent { .. } => {
+                self.call_within(
+                    reqwest::Method::POST,
+                    "/v1/drills",
+                    Some(json!({ "requests": requests })),
+                    Some(HOOK_CALL_TIMEOUT),
+                )
+                .await
             }
         }
     }
@@ -526,6 +597,9 @@ fn tls_failure(err: &reqwest::Error) -> Option<&rustls::Error> {
 /// shadow, because a store holds its state in memory between calls.
 pub struct Registry {
     request_timeout: Duration,
+    /// Where directory shadows' hooks files are (`<dir>/<shadow>.toml`), from the
+    /// control plane's configuration (`--directory-hooks`); never from the API.
+    directory_hooks: Option<PathBuf>,
     http: reqwest::Client,
     /// One client per pinned certificate (each trusts only its pin).
     pinned: Mutex<HashMap<String, reqwest::Client>>,
@@ -538,10 +612,17 @@ impl Registry {
         let http = agent_client().timeout(request_timeout).build().expect("HTTP client");
         Registry {
             request_timeout,
+            directory_hooks: None,
             http,
             pinned: Mutex::new(HashMap::new()),
             directories: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Directory shadows read their hooks from `<dir>/<shadow>.toml` (when it exists).
+    pub fn with_directory_hooks(mut self, dir: Option<PathBuf>) -> Registry {
+        self.directory_hooks = dir;
+        self
     }
 
     fn client_for(&self, tls_pin: Option<&str>) -> Result<reqwest::Client> {
@@ -614,10 +695,22 @@ impl Registry {
                 // backup volume holds real bytes and fences a second control plane.
                 let live = PathBuf::from(path);
                 let state_dir = live.join(store::DIRECTORY_STATE);
-                let store = tokio::task::spawn_blocking(move || Store::open(&live, &state_dir, None))
-                    .await
-                    .map_err(|err| Error::Internal(err.to_string()))?
-                    .map_err(|err| Error::Internal(format!("cannot open directory shadow {name}: {err}")))?;
+                let hooks_file = self
+                    .directory_hooks
+                    .as_deref()
+                    .map(|dir| store::hooks::directory_hooks_file(dir, name))
+                    .filter(|file| file.exists());
+                let store = tokio::task::spawn_blocking(move || {
+                    let mut store = Store::open(&live, &state_dir, None)?;
+                    if let Some(file) = hooks_file {
+                        let hooks = store::hooks::Hooks::load(&file).map_err(StoreError::Io)?;
+                        store.set_hooks(Some(Arc::new(hooks)));
+                    }
+                    Ok::<_, StoreError>(store)
+                })
+                .await
+                .map_err(|err| Error::Internal(err.to_string()))?
+                .map_err(|err| Error::Internal(format!("cannot open directory shadow {name}: {err}")))?;
                 // Two callers may race to open it: the first one in wins, so there is one store.
                 let mut open = self.directories.lock().unwrap_or_else(|p| p.into_inner());
                 let store = open.entry(name.to_string()).or_insert_with(|| Arc::new(Mutex::new(store))).clone();

@@ -15,13 +15,15 @@ use std::{
     time::Duration,
 };
 
-pub const EVENTS: [&str; 6] = [
+pub const EVENTS: [&str; 8] = [
     "incident.opened",
     "incident.updated",
     "incident.resolved",
     "rollout.applied",
     "rollout.incomplete",
     "rollout.failed",
+    "drill.passed",
+    "drill.failed",
 ];
 
 /// Attempts before a delivery is given up as `failed`.

@@ -337,6 +337,10 @@ pub struct RolloutShadowView {
     /// The root the shadow serves after committing: its proof.
     pub receipt_root: Option<String>,
     pub error: Option<String>,
+    /// The node's hook that ran: `validate` at prepare (its refusal aborts the rollout)
+    /// or `reload` after the commit; output masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<crate::protocol::HookRun>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -466,6 +470,70 @@ pub struct ShadowView {
     pub last_in_sync_at: Option<String>,
     pub last_error: Option<String>,
     pub created_at: String,
+    /// The shadow's latest drill, if it ever had one: whether it could take over then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill: Option<DrillSummary>,
+}
+
+/// The verdict of a shadow's latest drill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillSummary {
+    pub id: i64,
+    /// `passed` or `failed`.
+    pub verdict: String,
+    pub finished_at: String,
+}
+
+/// One step of a drill: `parity` (the shadow serves the current revision's root, policy
+/// included), `validate` (the node's validate hook on its live tree) or `health` (the
+/// node's health probe, `requests` times).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillStep {
+    pub name: String,
+    /// `passed`, `failed` or `skipped` (the node has no such hook, or an earlier step
+    /// could not reach it).
+    pub status: String,
+    /// What was found, in words.
+    pub detail: String,
+    /// The hook's run (output masked), for `validate` and `health`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<crate::protocol::HookRun>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+}
+
+/// A drill: the evidence that a shadow could take over, step by step, who asked and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillView {
+    pub id: i64,
+    pub shadow: String,
+    /// A user's name, or `scheduler`.
+    pub requested_by: String,
+    pub started_at: String,
+    pub finished_at: String,
+    /// `passed` when every step that ran passed.
+    pub verdict: String,
+    /// The current revision and its root when the drill ran.
+    pub revision: i64,
+    pub expected_root: String,
+    /// The root the shadow served (absent when it could not be reached).
+    pub observed_root: Option<String>,
+    pub steps: Vec<DrillStep>,
+}
+
+/// `POST /api/v1/shadows/{name}/drills`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewDrill {
+    /// How many health probes to time (1 to 1000; default 1).
+    #[serde(default)]
+    pub requests: Option<u32>,
 }
 
 /// One step of a rollout as it happens, streamed on `GET /api/v1/events` (event `rollout`).

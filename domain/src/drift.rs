@@ -25,10 +25,15 @@ pub enum DriftKind {
     Policy,
     /// Consistent, but an older revision.
     Stale,
+    /// Not drift: the node's reload hook failed after a commit (the files are live, the
+    /// service may still run the old ones).
+    ReloadFailed,
+    /// Not drift: a drill found that the shadow could not take over.
+    DrillFailed,
 }
 
 impl DriftKind {
-    pub const ALL: [DriftKind; 7] = [
+    pub const ALL: [DriftKind; 9] = [
         DriftKind::Fenced,
         DriftKind::Unreachable,
         DriftKind::Content,
@@ -36,7 +41,15 @@ impl DriftKind {
         DriftKind::Unexpected,
         DriftKind::Policy,
         DriftKind::Stale,
+        DriftKind::ReloadFailed,
+        DriftKind::DrillFailed,
     ];
+
+    /// Whether this kind is drift (one episode per shadow, judged by the drift monitor),
+    /// rather than an operation's failure (a reload, a drill) kept beside it.
+    pub fn is_drift(self) -> bool {
+        !matches!(self, DriftKind::ReloadFailed | DriftKind::DrillFailed)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -47,6 +60,8 @@ impl DriftKind {
             DriftKind::Unexpected => "unexpected",
             DriftKind::Policy => "policy",
             DriftKind::Stale => "stale",
+            DriftKind::ReloadFailed => "reload_failed",
+            DriftKind::DrillFailed => "drill_failed",
         }
     }
 
@@ -59,7 +74,12 @@ impl DriftKind {
     pub fn severity(self) -> &'static str {
         match self {
             DriftKind::Fenced => "critical",
-            DriftKind::Unreachable | DriftKind::Content | DriftKind::Missing | DriftKind::Unexpected => "high",
+            DriftKind::Unreachable
+            | DriftKind::Content
+            | DriftKind::Missing
+            | DriftKind::Unexpected
+            | DriftKind::ReloadFailed
+            | DriftKind::DrillFailed => "high",
             DriftKind::Policy | DriftKind::Stale => "medium",
         }
     }

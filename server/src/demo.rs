@@ -148,15 +148,9 @@ pub struct Seeded {
     pub revision: Option<i64>,
 }
 
+/// The demo seeds locally, as the command line does.
 async fn find_user(db: &Db, name: &str) -> Result<Option<Caller>> {
-    Ok(users::all(db).await?.into_iter().find(|u| u.username == name).map(|u| Caller {
-        user_id: u.id,
-        username: u.username,
-        role: u.role,
-        // The demo seeds locally, as the CLI does.
-        recent_password: true,
-        credential: control::Credential::Local,
-    }))
+    users::local_caller(db, name).await
 }
 
 /// Creates the demo users (if missing) and rolls out the sample configuration (if the

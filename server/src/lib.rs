@@ -60,6 +60,10 @@ pub struct Config {
     pub secret_keys: domain::redact::SecretKeys,
     /// Let webhooks reach loopback, private and link-local addresses.
     pub webhook_internal: bool,
+    /// Where directory shadows' hooks files are (`<dir>/<shadow>.toml`).
+    pub directory_hooks: Option<PathBuf>,
+    /// Run a drill on every shadow whose latest is older than this (none when unset).
+    pub drill_interval: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -81,6 +85,8 @@ impl Config {
             login_limits: control::login::Limits::default(),
             secret_keys: domain::redact::SecretKeys::default(),
             webhook_internal: false,
+            directory_hooks: None,
+            drill_interval: None,
         }
     }
 }
@@ -209,7 +215,7 @@ pub async fn prepare(mut config: Config) -> control::Result<AppState> {
     }
     let identity = db.raise_epoch().await?;
     tracing::info!(control_plane = %identity.id, epoch = identity.epoch, "control plane started");
-    let registry = Arc::new(Registry::new(std::time::Duration::from_secs(10)));
+    let registry = Arc::new(Registry::new(std::time::Duration::from_secs(10)).with_directory_hooks(config.directory_hooks.clone()));
     let mut coordinator = Coordinator::new(db.clone(), registry.clone(), identity);
     coordinator.prepare_timeout = config.prepare_deadline;
     let coordinator = Arc::new(coordinator);
@@ -261,6 +267,21 @@ pub async fn serve(
             tokio::time::sleep(std::time::Duration::from_secs(300)).await;
         }
     });
+    // Scheduled drills: a shadow whose latest drill is older than the interval gets one.
+    let drills = state.config.drill_interval.map(|interval| {
+        let db = db.clone();
+        let coordinator = state.coordinator.clone();
+        let monitor = state.monitor.clone();
+        tokio::spawn(async move {
+            loop {
+                match control::drills::run_due(&db, &coordinator.registry, interval).await {
+                    Ok(notices) => notices.into_iter().for_each(|notice| monitor.announce(notice)),
+                    Err(err) => tracing::warn!(%err, "scheduled drills not run"),
+                }
+                tokio::time::sleep(interval.min(std::time::Duration::from_secs(60))).await;
+            }
+        })
+    });
     let app = router(state);
     let result = match tls {
         Some(acceptor) => {
@@ -271,6 +292,9 @@ pub async fn serve(
     };
     recovery.abort();
     purge.abort();
+    if let Some(drills) = drills {
+        drills.abort();
+    }
     drift.abort();
     webhooks.abort();
     monitor.stop();
@@ -316,5 +340,42 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+/// `etc-shadow validate PATH...`: every file under each path (or the file itself) is
+/// parsed as the format its extension names (json, yaml, toml, ini, env; other files are
+/// text and pass), under the same byte budget as the console's own validation. Names the
+/// store keeps for itself (`..data`, `..r1-rev1`) are not entered, so `{live}` and
+/// `{staged}` both check exactly the configuration. Fit for a validate hook that needs
+/// nothing installed.
+pub fn validate_files(paths: &[PathBuf]) -> Result<(), String> {
+    let mut checked = 0usize;
+    let mut failures = Vec::new();
+    let mut pending: Vec<PathBuf> = paths.to_vec();
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::metadata(&path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+        if meta.is_dir() {
+            let listing = std::fs::read_dir(&path).map_err(|err| format!("cannot list {}: {err}", path.display()))?;
+            for entry in listing.flatten() {
+                if !entry.file_name().to_string_lossy().starts_with("..") {
+                    pending.push(entry.path());
+                }
+            }
+            continue;
+        }
+        let format = domain::Format::guess(&path.to_string_lossy());
+        let bytes = std::fs::read(&path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+        checked += 1;
+        if let Err(err) = domain::format::validate(format, &bytes) {
+            failures.push(format!("{}: {format}: {err}", path.display()));
+        }
+    }
+    if failures.is_empty() {
+        println!("{checked} files valid");
+        Ok(())
+    } else {
+        failures.sort();
+        Err(format!("{} of {checked} files invalid:\n{}", failures.len(), failures.join("\n")))
     }
 }

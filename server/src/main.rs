@@ -42,6 +42,25 @@ enum Command {
     /// Manage the key that encrypts secrets at rest.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Make a draft change whose content is exactly DIR's files, with their modes, owners
+    /// and groups (formats guessed from extensions and validated; secrets sealed). A
+    /// symlink, special file or file that is not UTF-8 text refuses the import.
+    Import {
+        dir: PathBuf,
+        #[arg(long, default_value = "Import")]
+        message: String,
+        /// The etc-shadow user named as the change's author (editor role or above); by
+        /// default the user named like the one running this command.
+        #[arg(long, env = "ETC_SHADOW_AUTHOR")]
+        author: Option<String>,
+    },
+    /// Check every file under each PATH (or each file PATH) by the format its extension
+    /// names (json, yaml, toml, ini, env): a validate hook that needs nothing installed.
+    /// Exits 1 naming each file that does not parse.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -136,6 +155,14 @@ struct ServeArgs {
     /// (refused by default, so a webhook cannot be aimed at services inside the network).
     #[arg(long, env = "ETC_SHADOW_WEBHOOK_ALLOW_INTERNAL")]
     webhook_allow_internal: bool,
+    /// Directory of directory shadows' hooks files: shadow NAME's is `<dir>/NAME.toml`
+    /// (validate, reload, health; as an agent's --hooks file, and held to the same rules).
+    #[arg(long, env = "ETC_SHADOW_DIRECTORY_HOOKS")]
+    directory_hooks: Option<PathBuf>,
+    /// Drill every shadow whose latest drill is older than this, such as `1h` (no
+    /// scheduled drills when unset).
+    #[arg(long, env = "ETC_SHADOW_DRILL_INTERVAL", value_parser = parse_duration)]
+    drill_interval: Option<Duration>,
 }
 
 #[derive(Subcommand)]
@@ -221,6 +248,8 @@ fn config(data_dir: PathBuf, args: &ServeArgs) -> Config {
     config.check_concurrency = usize::from(args.check_concurrency);
     config.secret_keys = args.secret_keys.clone();
     config.webhook_internal = args.webhook_allow_internal;
+    config.directory_hooks = args.directory_hooks.clone();
+    config.drill_interval = args.drill_interval;
     config.sessions = control::sessions::Policy {
         lifetime: time::Duration::minutes(args.session_lifetime_minutes),
         idle: time::Duration::minutes(args.session_idle_minutes),
@@ -375,6 +404,31 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Import { dir, message, author } => {
+            let files = control::imports::read_directory(&dir)?;
+            let db = control::Db::open_or_initialize(&cli.data_dir, cli.initialize).await.map_err(fail)?;
+            let name = author
+                .or_else(|| std::env::var("SUDO_USER").ok())
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_default();
+            let caller = control::users::local_caller(&db, &name).await.map_err(fail)?.ok_or_else(|| {
+                format!("no etc-shadow user {name:?}: name the change's author with --author NAME (editor role or above)")
+            })?;
+            let count = files.len();
+            let change = control::imports::import(&db, &caller, control::imports::NewImport { message, files })
+                .await
+                .map_err(fail)?;
+            db.close().await;
+            println!(
+                "imported {count} files from {} as draft change {} by {} ({} entries to put or delete); submit it for review in the console",
+                dir.display(),
+                change.summary.id,
+                caller.username,
+                change.entries.len()
+            );
+            Ok(())
+        }
+        Command::Validate { paths } => server::validate_files(&paths),
         Command::Secrets(SecretsCommand::Generate) => {
             println!("{}", control::secrets::Keyring::generate());
             Ok(())

@@ -119,6 +119,11 @@ pub fn routes() -> Vec<RouteSpec> {
             Some(Approver),
             post(reconcile_shadow),
         ),
+        route(Method::POST, "/api/v1/shadows/{name}/drills", Some(Approver), post(run_drill)),
+        route(Method::GET, "/api/v1/drills", Some(Viewer), get(list_drills)),
+        route(Method::GET, "/api/v1/drills/{id}", Some(Viewer), get(get_drill)),
+        route(Method::POST, "/api/v1/imports", Some(Editor), post(create_import)),
+        route(Method::POST, "/api/v1/revisions/{n}/restore", Some(Editor), post(restore_revision)),
         route(Method::GET, "/api/v1/incidents", Some(Viewer), get(list_incidents)),
         route(Method::GET, "/api/v1/incidents/{id}", Some(Viewer), get(get_incident)),
         route(
@@ -723,6 +728,65 @@ async fn reconcile_shadow(
     PathParams(name): PathParams<String>,
 ) -> ApiResult<Response> {
     let view = state.coordinator.reconcile(caller(&auth), &name).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn run_drill(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(name): PathParams<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    // The body is optional: no body is one health probe.
+    let request: domain::api::NewDrill = if body.iter().all(u8::is_ascii_whitespace) {
+        domain::api::NewDrill::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|err| {
+            Error::BadRequest(format!(
+                "the body is not a drill request: {}",
+                domain::format::unquoted(&err.to_string())
+            ))
+        })?
+    };
+    let requests = request.requests;
+    let (view, notice) = control::drills::run(&state.db, &state.coordinator.registry, caller(&auth), &name, requests).await?;
+    if let Some(notice) = notice {
+        state.monitor.announce(notice);
+    }
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DrillQuery {
+    shadow: Option<String>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_drills(State(state): State<AppState>, QueryParams(q): QueryParams<DrillQuery>) -> ApiResult<Response> {
+    Ok(Json(control::drills::list(&state.db, q.shadow.as_deref(), q.before, q.limit).await?).into_response())
+}
+
+async fn get_drill(State(state): State<AppState>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
+    Ok(Json(control::drills::get(&state.db, id).await?).into_response())
+}
+
+async fn create_import(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    JsonBody(body): JsonBody<control::imports::NewImport>,
+) -> ApiResult<Response> {
+    let view = control::imports::import(&state.db, caller(&auth), body).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn restore_revision(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(n): PathParams<i64>,
+) -> ApiResult<Response> {
+    let view = control::imports::restore(&state.db, caller(&auth), n).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 

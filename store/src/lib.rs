@@ -986,22 +986,18 @@ impl Store {
         self.hooks = hooks.filter(|h| !h.is_empty());
     }
 
-    /// The node's part of a drill: its live root, the validate hook run on the live
-    /// generation (`{staged}` is the tree readers see now) and the health probe, `requests`
-    /// times. Read under the store's lock, so no commit switches the tree meanwhile.
+    /// The node's part of a drill: its live root, the validate hook run on the live tree
+    /// and the health probe, `requests` times. Read under the store's lock, so no commit switches the tree meanwhile.
     pub fn drill(&mut self, requests: u32) -> Result<domain::protocol::DrillAnswer> {
         let _lock = self.lock_state()?;
         let live_root = self.live_root()?.to_hex();
-        let live_generation = self
-            .persisted
-            .live
-            .as_ref()
-            .map_or_else(|| self.live.clone(), |g| self.generation_dir(&g.dir));
         let hooks = self.hooks.as_deref();
         Ok(domain::protocol::DrillAnswer {
             live_root,
             live_revision: self.persisted.live.as_ref().map(|g| g.revision),
-            validate: hooks.and_then(|h| h.validate(&live_generation, &self.live)),
+            // `{staged}` is the managed directory itself: what readers see now, a hand
+            // edit included (the live generation alone would hide one).
+            validate: hooks.and_then(|h| h.validate(&self.live, &self.live)),
             health: hooks.and_then(|h| h.health(&self.live, requests)),
         })
     }

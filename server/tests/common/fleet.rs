@@ -47,6 +47,8 @@ pub struct Agent {
     unprivileged: bool,
     /// Extra environment for the process (failpoints).
     pub env: Vec<(String, String)>,
+    /// The node's hooks file (`--hooks`), when it has one.
+    pub hooks: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -99,6 +101,19 @@ impl Agent {
         agent
     }
 
+    /// An agent on plain HTTP whose node has the hooks file `hooks` (TOML), written owner-only
+    /// beside its state as an operator would.
+    pub fn start_with_hooks(root: &Path, hooks: &str) -> Agent {
+        use std::os::unix::fs::PermissionsExt;
+        let mut agent = Self::configure(root, false);
+        let file = root.join("hooks.toml");
+        std::fs::write(&file, hooks).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        agent.hooks = Some(file);
+        agent.restart();
+        agent
+    }
+
     fn start_with(root: &Path, tls: bool) -> Agent {
         let mut agent = Self::configure(root, tls);
         agent.restart();
@@ -117,6 +132,7 @@ impl Agent {
             tls: tls.then(|| (root.join("tls-cert.pem"), root.join("tls-key.pem"))),
             unprivileged: false,
             env: Vec::new(),
+            hooks: None,
             child: None,
         }
     }
@@ -143,6 +159,9 @@ impl Agent {
             command.uid(NOBODY).gid(NOBODY);
         }
         command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if let Some(hooks) = &self.hooks {
+            command.arg("--hooks").arg(hooks);
+        }
         let child = command
             .arg("--dir")
             .arg(&self.live)

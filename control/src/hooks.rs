@@ -1,0 +1,128 @@
+//! What the nodes' hooks said, made fit to show.
+//!
+//! A validator or a reload command may print any part of the files it read (`nginx -t`
+//! quotes the directive it refuses), and those files hold secrets. So no hook output is
+//! stored, shown, logged or sent anywhere before [`mask`] has replaced every secret value
+//! of the revision concerned: each line and each word of a secret entry, and each secret
+//! value of an entry holding some (with every word of it). Fragments shorter than
+//! [`MIN_MASKED`] characters are left (masking every `true` or `80` would hide the very
+//! output it is there for); a secret that short is no secret.
+
+use crate::{Db, Result, revisions::EntrySet};
+use domain::{
+    format::Format,
+    protocol::HookRun,
+    redact::{self, Secrets},
+};
+use sqlx::SqliteConnection;
+
+/// Fragments shorter than this are not masked.
+pub const MIN_MASKED: usize = 4;
+/// What a masked fragment reads as.
+pub const MASK: &str = "[secret]";
+/// The most output kept of one run once stored (the node already bounds it).
+const MAX_STORED: usize = 16 * 1024;
+
+/// The fragments of `text` to mask: the text, its lines and its words.
+fn fragments(text: &str, into: &mut Vec<String>) {
+    let mut add = |piece: &str| {
+        let piece = piece.trim();
+        if piece.chars().count() >= MIN_MASKED {
+            into.push(piece.to_string());
+        }
+    };
+    add(text);
+    for line in text.lines() {
+        add(line);
+        for word in line.split(|c: char| c.is_whitespace() || "\"'`=:,;()[]{}<>".contains(c)) {
+            add(word);
+        }
+    }
+}
+
+/// Every secret fragment of an entry set, longest first.
+pub(crate) async fn secret_values(conn: &mut SqliteConnection, db: &Db, set: &EntrySet) -> Result<Vec<String>> {
+    let mut values = Vec::new();
+    for row in set.values() {
+        let Some(blob) = row.blob.as_deref() else { continue };
+        let sealed = crate::changes::is_sealed_blob(blob);
+        if !row.secret && !sealed {
+            continue;
+        }
+        let content = crate::revisions::blob(conn, &db.keys, blob).await?;
+        let text = String::from_utf8_lossy(&content);
+        let format = row.format.parse::<Format>().unwrap_or(Format::Text);
+        match (row.secret, redact::secrets(format, &text, &db.secret_keys)) {
+            (false, Secrets::Values(spans)) => {
+                for span in spans {
+                    fragments(&text[span.range], &mut values);
+                }
+            }
+            (false, Secrets::None) => {}
+            _ => fragments(&text, &mut values),
+        }
+    }
+    values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    values.dedup();
+    Ok(values)
+}
+
+/// `run` with every secret fragment of `secrets` (longest first) replaced by [`MASK`],
+/// its output cut to what is stored.
+pub fn mask(mut run: HookRun, secrets: &[String]) -> HookRun {
+    let mut output = std::mem::take(&mut run.output);
+    let mut arguments = std::mem::take(&mut run.command);
+    for secret in secrets {
+        if output.contains(secret.as_str()) {
+            output = output.replace(secret.as_str(), MASK);
+        }
+        for argument in &mut arguments {
+            if argument.contains(secret.as_str()) {
+                *argument = argument.replace(secret.as_str(), MASK);
+            }
+        }
+    }
+    if let Some((cut, _)) = output.char_indices().nth(MAX_STORED) {
+        output.truncate(cut);
+        run.truncated = true;
+    }
+    run.output = output
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' && c != '\t' { ' ' } else { c })
+        .collect();
+    run.command = arguments;
+    run
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(output: &str) -> HookRun {
+        HookRun {
+            hook: "validate".into(),
+            command: vec!["nginx".into(), "-t".into()],
+            ok: false,
+            exit_code: Some(1),
+            timed_out: false,
+            output: output.into(),
+            truncated: false,
+            duration_ms: 3,
+        }
+    }
+
+    #[test]
+    fn every_line_and_word_of_a_secret_is_masked() {
+        let mut secrets = Vec::new();
+        fragments("password = hunter2-long\napi_key: \"sk-live-123456\"\n", &mut secrets);
+        secrets.sort_by(|a, b| b.len().cmp(&a.len()));
+        let masked = mask(
+            run("line 1: unknown value hunter2-long near \"sk-live-123456\"; line 2 sk-live-123456\x1b[0m"),
+            &secrets,
+        );
+        assert!(!masked.output.contains("hunter2"), "{}", masked.output);
+        assert!(!masked.output.contains("sk-live"), "{}", masked.output);
+        assert!(masked.output.contains("unknown value [secret]"));
+        assert!(!masked.output.contains('\x1b'));
+    }
+}
