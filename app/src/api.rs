@@ -722,3 +722,51 @@ pub async fn reveal_secret(revision: i64, path: String, password: String) -> Res
     let revealed = control::revisions::reveal(&db, &caller, revision, &path).await.map_err(fail)?;
     Ok(revealed.content.unwrap_or_default())
 }
+
+/// Runs a drill on a shadow now (approvers): parity, validate on the live tree, and the
+/// health probe `requests` times (1 when empty).
+#[server]
+pub async fn run_drill(name: String, requests: Option<String>) -> Result<domain::api::DrillView, ServerFnError> {
+    use ssr::*;
+    let requests = match requests.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+        Some(text) => Some(
+            text.parse::<u32>()
+                .map_err(|_| ServerFnError::new("requests is a whole number from 1 to 1000"))?,
+        ),
+        None => None,
+    };
+    let (view, notice) = control::drills::run(&db()?, &coordinator()?.registry, &caller()?, &name, requests)
+        .await
+        .map_err(fail)?;
+    if let Some(notice) = notice {
+        monitor()?.announce(notice);
+    }
+    Ok(view)
+}
+
+/// Drills, newest first, optionally of one shadow (empty for all).
+#[server]
+pub async fn drills(shadow: Option<String>, before: Option<i64>) -> Result<Page<domain::api::DrillView>, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    let shadow = shadow.filter(|s| !s.is_empty());
+    control::drills::list(&db()?, shadow.as_deref(), before, Some(50))
+        .await
+        .map_err(fail)
+}
+
+#[server]
+pub async fn drill(id: i64) -> Result<domain::api::DrillView, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::drills::get(&db()?, id).await.map_err(fail)
+}
+
+/// A draft change whose content is revision `number` (a rollback, reviewed like any
+/// change); answers the change's id.
+#[server]
+pub async fn restore_revision(number: i64) -> Result<i64, ServerFnError> {
+    use ssr::*;
+    let change = control::imports::restore(&db()?, &caller()?, number).await.map_err(fail)?;
+    Ok(change.summary.id)
+}

@@ -26,6 +26,7 @@ pub fn Layout(#[prop(into)] title: String, children: ChildrenFn) -> impl IntoVie
                     <A href="/shadows">"Shadows"</A>
                     <A href="/incidents">"Incidents"</A>
                     <A href="/rollouts">"Rollouts"</A>
+                    <A href="/drills">"Drills"</A>
                     <A href="/audit">"Audit"</A>
                 </nav>
                 <Suspense fallback=|| ()>

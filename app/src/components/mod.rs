@@ -91,3 +91,25 @@ pub fn when(at: &str) -> String {
     let trimmed = at.split('.').next().unwrap_or(at).trim_end_matches('Z');
     format!("{} UTC", trimmed.replacen('T', " ", 1))
 }
+
+/// What a node's hook did (validate, reload, health): its command, how it ended and its
+/// output (secret values already masked by the server).
+#[component]
+pub fn HookOutput(run: domain::protocol::HookRun) -> impl IntoView {
+    let end = match (run.timed_out, run.exit_code) {
+        (true, _) => format!("killed after {} ms", run.duration_ms),
+        (false, Some(code)) => format!("exit {code} in {} ms", run.duration_ms),
+        (false, None) => "could not run".to_string(),
+    };
+    let verdict = if run.ok { "passed" } else { "failed" };
+    view! {
+        <details class="hook-run" data-test="hook-run" data-hook=run.hook.clone() data-ok=run.ok.to_string() open=!run.ok>
+            <summary>
+                <span class=format!("badge badge-{verdict}")>{format!("{} {verdict}", run.hook)}</span>
+                " " <span class="muted small">{end}</span>
+            </summary>
+            <div class="muted small"><code>{run.command.join(" ")}</code></div>
+            <pre class="hook-output" data-test="hook-output">{run.output.clone()}{run.truncated.then_some("\n… (cut)")}</pre>
+        </details>
+    }
+}

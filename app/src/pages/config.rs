@@ -211,6 +211,27 @@ pub fn RevisionsPage() -> impl IntoView {
     }
 }
 
+/// "Restore this revision": a draft change whose content is this revision, reviewed and
+/// approved like any change; the page links to it.
+#[component]
+fn RestoreButton(number: i64) -> impl IntoView {
+    let restore = ServerAction::<crate::api::RestoreRevision>::new();
+    view! {
+        <ActionForm action=restore attr:class="inline">
+            <input type="hidden" name="number" value=number.to_string() />
+            <button type="submit" data-test="restore-revision">"Restore this revision"</button>
+        </ActionForm>
+        {move || restore.value().get().and_then(|r| r.err()).map(|e| view! {
+            <crate::components::ActionError message=crate::components::error_text(&e) test="restore-error" />
+        })}
+        {move || restore.value().get().and_then(|r| r.ok()).map(|change| view! {
+            <div class="success-box" data-test="restore-result">
+                "Revision " {number} " is now draft change " <a href=format!("/changes/{change}") data-test="restored-change">{format!("#{change}")}</a> ": submit it for review."
+            </div>
+        })}
+    }
+}
+
 #[component]
 pub fn RevisionPage() -> impl IntoView {
     let params = use_params_map();
@@ -242,6 +263,7 @@ pub fn RevisionPage() -> impl IntoView {
                                         <dt>"Change"</dt><dd>{s.change_id.map(|id| view! { <a href=format!("/changes/{id}")>{format!("#{id}")}</a> })}</dd>
                                         <dt>"Current"</dt><dd>{if rev.current { "yes" } else { "no" }}</dd>
                                     </dl>
+                                    {(!rev.current).then(|| view! { <RestoreButton number=s.number /> })}
                                 </section>
                                 <h2>"Entries"</h2>
                                 <EntryTable entries=rev.entries.clone() revision=s.number current=rev.current />

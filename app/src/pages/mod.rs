@@ -4,6 +4,7 @@ pub mod access;
 pub mod audit;
 pub mod changes;
 pub mod config;
+pub mod drills;
 pub mod editor;
 pub mod incidents;
 pub mod login;

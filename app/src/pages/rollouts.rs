@@ -27,7 +27,7 @@ pub fn RolloutShadows(rollout: RolloutView, #[prop(optional)] feed: Option<LiveF
     let id = rollout.id;
     view! {
         <table class="table" data-test="rollout-shadows">
-            <thead><tr><th>"Shadow"</th><th>"Phase"</th><th>"Steps"</th><th>"Staged root"</th><th>"Receipt root"</th><th>"Proof"</th><th>"Error"</th></tr></thead>
+            <thead><tr><th>"Shadow"</th><th>"Phase"</th><th>"Steps"</th><th>"Staged root"</th><th>"Receipt root"</th><th>"Proof"</th><th>"Error, hook"</th></tr></thead>
             <tbody>
                 {rollout.shadows.into_iter().map(|s| {
                     let proven = s.receipt_root.as_deref() == Some(root.as_str());
@@ -58,7 +58,10 @@ pub fn RolloutShadows(rollout: RolloutView, #[prop(optional)] feed: Option<LiveF
                             <td>{s.staged_root.clone().map(|r| view! { <ShortHash hash=r /> })}</td>
                             <td>{s.receipt_root.clone().map(|r| view! { <ShortHash hash=r /> })}</td>
                             <td>{if proven { "✓ matches" } else { "—" }}</td>
-                            <td class="muted">{s.error.clone()}</td>
+                            <td class="muted">
+                                {s.error.clone()}
+                                {s.hook.clone().map(|run| view! { <crate::components::HookOutput run /> })}
+                            </td>
                         </tr>
                     }
                 }).collect_view()}

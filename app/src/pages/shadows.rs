@@ -3,7 +3,7 @@
 //! against the primary and its check history.
 
 use crate::{
-    api::{AddShadow, CheckShadow, ReconcileShadow, RemoveShadow, shadow_detail, shadow_diff, shadows},
+    api::{AddShadow, CheckShadow, ReconcileShadow, RemoveShadow, RunDrill, shadow_detail, shadow_diff, shadows},
     components::{
         ActionError, ErrorBox, ShortHash, StateBadge,
         diff::DiffViewer,
@@ -62,7 +62,7 @@ pub fn ShadowsPage() -> impl IntoView {
                         Ok(list) if list.is_empty() => view! { <p class="muted" data-test="no-shadows">"No shadows registered. Rollouts only update the primary."</p> }.into_any(),
                         Ok(list) => view! {
                             <table class="table" data-test="shadow-table">
-                                <thead><tr><th>"Name"</th><th>"Driver"</th><th>"Status"</th><th>"Revision"</th><th>"Observed root"</th><th>"Last contact"</th><th>"Last in sync"</th><th></th></tr></thead>
+                                <thead><tr><th>"Name"</th><th>"Driver"</th><th>"Status"</th><th>"Revision"</th><th>"Observed root"</th><th>"Last contact"</th><th>"Last in sync"</th><th>"Last drill"</th><th></th></tr></thead>
                                 <tbody>
                                     {list.into_iter().map(|s| {
                                         let name = s.name.clone();
@@ -86,6 +86,7 @@ pub fn ShadowsPage() -> impl IntoView {
                                                 <td>{s.observed_root.clone().map(|r| view! { <ShortHash hash=r /> })}</td>
                                                 <td>{s.last_contact_at.as_deref().map(when).unwrap_or_else(|| "never".into())}</td>
                                                 <td>{s.last_in_sync_at.as_deref().map(when).unwrap_or_else(|| "never".into())}</td>
+                                                <td><LastDrill last=s.last_drill.clone() /></td>
                                                 <td class="row-actions">
                                                     <ActionForm action=check attr:class="inline">
                                                         <input type="hidden" name="name" value=name.clone() />
@@ -137,24 +138,54 @@ pub fn ShadowsPage() -> impl IntoView {
     }
 }
 
+/// Whether a shadow could take over, by its latest drill.
+#[component]
+fn LastDrill(last: Option<domain::api::DrillSummary>) -> impl IntoView {
+    match last {
+        None => view! { <span class="muted small" data-test="last-drill">"never drilled"</span> }.into_any(),
+        Some(d) => {
+            let words = if d.verdict == "passed" {
+                format!("ready to take over: proven {}", when(&d.finished_at))
+            } else {
+                format!("could not take over at {}", when(&d.finished_at))
+            };
+            view! {
+                <a href=format!("/drills/{}", d.id) class=format!("small drill-{}", d.verdict) data-test="last-drill" data-verdict=d.verdict.clone()>{words}</a>
+            }
+            .into_any()
+        }
+    }
+}
+
 /// One shadow: its state, the visual diff of the primary against it, its check history.
 #[component]
 pub fn ShadowPage() -> impl IntoView {
     let params = use_params_map();
     let name = move || params.read().get("name").unwrap_or_default();
     let check = ServerAction::<CheckShadow>::new();
-    let data = Resource::new(move || (name(), check.version().get()), |(name, _)| shadow_detail(name));
+    let run_drill = ServerAction::<RunDrill>::new();
+    let data = Resource::new(
+        move || (name(), check.version().get(), run_drill.version().get()),
+        |(name, _, _)| shadow_detail(name),
+    );
     let diff = Resource::new(move || (name(), check.version().get()), |(name, _)| shadow_diff(name));
     view! {
         <Title text="Shadow · etc-shadow" />
         <Layout title="Shadow">
+            {move || run_drill.value().get().and_then(|r| r.err()).map(|e| view! { <ActionError message=error_text(&e) test="drill-error" /> })}
+            {move || run_drill.value().get().and_then(|r| r.ok()).map(|drill| view! {
+                <crate::pages::drills::DrillEvidence drill />
+            })}
             <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
                 {move || Suspend::new(async move {
                     match data.await {
                         Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
                         Ok((s, checks)) => {
                             let incidents_href = format!("/incidents?status=&shadow={}", s.name);
+                            let drills_href = format!("/drills?shadow={}", s.name);
                             let check_name = s.name.clone();
+                            let drill_name = s.name.clone();
+                            let approver = use_me().is_some_and(|m| m.role.allows(Role::Approver));
                             view! {
                             <section class="card" data-test="shadow" data-status=s.status.clone()>
                                 <div class="toolbar">
@@ -173,8 +204,16 @@ pub fn ShadowPage() -> impl IntoView {
                                     <dt>"Last contact"</dt><dd>{s.last_contact_at.as_deref().map(when).unwrap_or_else(|| "never".into())}</dd>
                                     <dt>"Last in sync"</dt><dd>{s.last_in_sync_at.as_deref().map(when).unwrap_or_else(|| "never".into())}</dd>
                                     {s.last_error.clone().map(|e| view! { <dt>"Last error"</dt><dd class="muted">{e}</dd> })}
+                                    <dt>"Last drill"</dt><dd><LastDrill last=s.last_drill.clone() /></dd>
                                 </dl>
-                                <a href=incidents_href>"Its incidents"</a>
+                                <a href=incidents_href>"Its incidents"</a> " · " <a href=drills_href>"Its drills"</a>
+                                {approver.then(|| view! {
+                                    <ActionForm action=run_drill attr:class="inline fields">
+                                        <input type="hidden" name="name" value=drill_name />
+                                        <label>"Health probes" <input name="requests" type="number" min="1" max="1000" value="10" data-test="drill-requests" /></label>
+                                        <button type="submit" class="primary" data-test="run-drill">"Run a drill"</button>
+                                    </ActionForm>
+                                })}
                             </section>
                             <h2>"Check history"</h2>
                             <table class="table" data-test="check-history">
