@@ -58,6 +58,47 @@ fn random_password() -> String {
     hex::encode(rand::random::<[u8; 18]>())
 }
 
+/// Writes the demo's hooks files (kept up to date at every start), owner-only, and answers
+/// the directory of the directory shadows' hooks:
+/// - the `edge` agent's node: validate checks every staged json, toml, yaml, ini and env
+///   file with `etc-shadow validate`; reload records each run in `demo-shadows/edge-reloads.log`
+///   (what a `systemctl reload` would be); health needs a non-empty `app.toml`;
+/// - the `dr-site` directory shadow: the same validate, from `hooks.d/dr-site.toml`.
+pub fn write_hooks(data_dir: &std::path::Path) -> std::result::Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let hooks_dir = hooks_dir(data_dir)?;
+    let root = hooks_dir.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    std::fs::create_dir_all(&hooks_dir).map_err(|err| err.to_string())?;
+    for dir in [&root, &hooks_dir] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|err| err.to_string())?;
+    }
+    let me = std::env::current_exe().map_err(|err| err.to_string())?;
+    let validate = format!(
+        "[validate]\ncommand = [{me:?}, \"validate\", \"{{staged}}\"]\ntimeout = \"30s\"\n",
+        me = me.to_string_lossy()
+    );
+    let log = root.join("edge-reloads.log");
+    let edge = format!(
+        "# The demo node's hooks (an operator's file: the control plane never sends a command).\n{validate}\n\
+         [reload]\ncommand = [\"/bin/sh\", \"-c\", \"echo reload at $(date -u +%Y-%m-%dT%H:%M:%SZ) >> \\\"$1\\\"; echo reloaded\", \"sh\", {log:?}]\ntimeout = \"10s\"\n\n\
+         [health]\ncommand = [\"/bin/sh\", \"-c\", \"test -s \\\"$1/app.toml\\\"\", \"sh\", \"{{live}}\"]\ntimeout = \"5s\"\n",
+        log = log.to_string_lossy()
+    );
+    for (file, text) in [(root.join("edge.hooks.toml"), edge), (hooks_dir.join("dr-site.toml"), validate)] {
+        std::fs::write(&file, text).map_err(|err| format!("cannot write {}: {err}", file.display()))?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(|err| err.to_string())?;
+    }
+    Ok(())
+}
+
+/// The directory of the demo's directory-shadow hooks (written by [`write_hooks`]).
+pub fn hooks_dir(data_dir: &std::path::Path) -> std::result::Result<std::path::PathBuf, String> {
+    Ok(std::path::absolute(data_dir)
+        .map_err(|err| err.to_string())?
+        .join("demo-shadows")
+        .join("hooks.d"))
+}
+
 /// Where the demo's agent listens unless `ETC_SHADOW_DEMO_AGENT_LISTEN` says otherwise.
 pub const DEMO_AGENT_LISTEN: &str = "127.0.0.1:3100";
 
@@ -94,6 +135,8 @@ pub async fn start_shadows(db: &Db, data_dir: &std::path::Path) -> std::result::
         .arg("--tls-key")
         .arg(root.join("edge/tls-key.pem"))
         .arg("--tls-generate")
+        .arg("--hooks")
+        .arg(root.join("edge.hooks.toml"))
         // The control plane's keys are not the agent's business.
         .env_remove(control::secrets::KEY_ENV)
         .kill_on_drop(true)

@@ -273,12 +273,17 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Demo(args) => {
             let _lock = control::lock::DataDirLock::acquire(&cli.data_dir, "starting another").map_err(fail)?;
+            let mut config = config(cli.data_dir.clone(), &args);
+            if config.directory_hooks.is_none() {
+                config.directory_hooks = Some(server::demo::hooks_dir(&cli.data_dir)?);
+            }
             let state = prepare(Config {
                 initialize: cli.initialize,
-                ..config(cli.data_dir.clone(), &args)
+                ..config
             })
             .await
             .map_err(fail)?;
+            server::demo::write_hooks(&cli.data_dir)?;
             let _agent = server::demo::start_shadows(&state.db, &cli.data_dir).await?;
             let seeded = server::demo::seed(&state.db, &state.coordinator).await.map_err(fail)?;
             println!("etc-shadow demo: data in {}", cli.data_dir.display());
@@ -290,6 +295,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             for (name, role, password) in &seeded.passwords {
                 println!("  user {name:<9} role {role:<9} password {password}   (shown once)");
+            }
+            // One drill at start: proof that the agent's node could take over now.
+            match control::drills::run_as(&state.db, &state.coordinator.registry, "demo", "edge", Some(10)).await {
+                Ok((drill, _)) => {
+                    let steps: Vec<String> = drill.steps.iter().map(|s| format!("{} {}", s.name, s.status)).collect();
+                    println!("  drill #{} on edge: {} ({})", drill.id, drill.verdict, steps.join(", "));
+                }
+                Err(err) => println!("  drill on edge not run: {err}"),
             }
             let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
             println!("  console: {scheme}://{}/", args.listen);
