@@ -226,6 +226,24 @@ async fn drill(State(state): State<AgentState>, Json(request): Json<domain::prot
     }
 }
 
+/// `POST /v1/validate`: a dry run of prepare's validate hook on the request's tree
+/// (nothing staged, nothing recorded); answers `{"hook": …}` (null without a hook).
+async fn validate_dry_run(
+    State(state): State<AgentState>,
+    body: Result<Json<PrepareRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return error(rejection.status(), "bad_request", domain::format::unquoted(&rejection.body_text()));
+        }
+    };
+    match with_store(&state, move |store| store.validate_dry_run(&request)).await {
+        Ok(hook) => Json(domain::protocol::DryRunAnswer { hook }).into_response(),
+        Err(response) => response,
+    }
+}
+
 async fn rollout_status(State(state): State<AgentState>, Path(id): Path<i64>) -> Response {
     match with_store(&state, move |store| Ok(store.status(id))).await {
         Ok(answer) => Json(answer).into_response(),
@@ -334,6 +352,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         .route("/v1/rollouts/{id}/abort", post(abort))
         .route("/v1/events", get(events))
         .route("/v1/drills", post(drill))
+        .route("/v1/validate", post(validate_dry_run))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(cli.max_body_bytes))
         .with_state(state);

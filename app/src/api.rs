@@ -770,3 +770,11 @@ pub async fn restore_revision(number: i64) -> Result<i64, ServerFnError> {
     let change = control::imports::restore(&db()?, &caller()?, number).await.map_err(fail)?;
     Ok(change.summary.id)
 }
+
+/// What rolling out change `id` would do on every shadow; with `validate` (approvers) the
+/// nodes' validate hooks run as a dry run.
+#[server]
+pub async fn change_plan(id: i64, validate: bool) -> Result<domain::api::RolloutPlan, ServerFnError> {
+    use ssr::*;
+    monitor()?.plan(&caller()?, id, validate).await.map_err(fail)
+}

@@ -604,13 +604,20 @@ pub async fn approve(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
     caller.require_recent_password()?;
     let mut tx = db.begin().await?;
     let change = load_for_review(&mut tx, caller, id).await?;
-    sqlx::query("INSERT OR IGNORE INTO approvals (change_id, approver_id, content_hash, created_at) VALUES (?, ?, ?, ?)")
-        .bind(id)
-        .bind(caller.user_id)
-        .bind(&change.content_hash)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
+    // The approval is for these shadows: a rollout to another set needs a new one. Approving
+    // again (the set changed) records the new set.
+    let targets = target_set(&mut tx).await?;
+    sqlx::query(
+        "INSERT INTO approvals (change_id, approver_id, content_hash, created_at, shadows) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (change_id, approver_id, content_hash) DO UPDATE SET shadows = excluded.shadows, created_at = excluded.created_at",
+    )
+    .bind(id)
+    .bind(caller.user_id)
+    .bind(&change.content_hash)
+    .bind(now())
+    .bind(serde_json::to_string(&targets).map_err(|err| Error::Internal(err.to_string()))?)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("UPDATE changes SET state = 'approved', updated_at = ? WHERE id = ?")
         .bind(now())
         .bind(id)
@@ -621,12 +628,22 @@ pub async fn approve(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
         &caller.username,
         "change.approve",
         &format!("change/{id}"),
-        json!({"content_hash": change.content_hash}),
+        json!({"content_hash": change.content_hash, "shadows": targets}),
     )
     .await?;
     let view = view_in(&mut tx, id).await?;
     tx.commit().await?;
     Ok(view)
+}
+
+/// The shadows a rollout started now would reach: every registered one, by name.
+pub(crate) async fn target_set(conn: &mut SqliteConnection) -> Result<Vec<String>> {
+    Ok(sqlx::query_as::<_, (String,)>("SELECT name FROM shadows ORDER BY name")
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(|(name,)| name)
+        .collect())
 }
 
 pub async fn reject(db: &Db, caller: &Caller, id: i64, reason: &str) -> Result<ChangeView> {
@@ -657,19 +674,20 @@ pub async fn reject(db: &Db, caller: &Caller, id: i64, reason: &str) -> Result<C
 }
 
 pub(crate) async fn approvals(conn: &mut SqliteConnection, change: &ChangeRow) -> Result<Vec<ApprovalView>> {
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT u.username, a.created_at, a.content_hash FROM approvals a JOIN users u ON u.id = a.approver_id WHERE a.change_id = ? ORDER BY a.id",
+    let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT u.username, a.created_at, a.content_hash, a.shadows FROM approvals a JOIN users u ON u.id = a.approver_id WHERE a.change_id = ? ORDER BY a.id",
     )
     .bind(change.id)
     .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(approver, created_at, content_hash)| ApprovalView {
+        .map(|(approver, created_at, content_hash, shadows)| ApprovalView {
             valid: content_hash == change.content_hash,
             approver,
             created_at,
             content_hash,
+            shadows: shadows.and_then(|text| serde_json::from_str(&text).ok()),
         })
         .collect())
 }

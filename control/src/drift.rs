@@ -67,9 +67,9 @@ impl Trigger {
 }
 
 pub struct Monitor {
-    db: Db,
-    registry: Arc<Registry>,
-    coordinator: Arc<Coordinator>,
+    pub(crate) db: Db,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) coordinator: Arc<Coordinator>,
     /// Time between sweeps.
     pub interval: Duration,
     /// Failed checks in a row before an `unreachable` incident opens.
@@ -359,7 +359,7 @@ impl Monitor {
         incidents::record(&self.db, name, &finding, trigger.as_str()).await
     }
 
-    async fn classify(&self, expected: &EntrySet, state: &ShadowState) -> Result<Vec<domain::drift::EntryDrift>> {
+    pub(crate) async fn classify(&self, expected: &EntrySet, state: &ShadowState) -> Result<Vec<domain::drift::EntryDrift>> {
         let wanted: Vec<ExpectedEntry> = expected
             .values()
             .map(|row| ExpectedEntry {

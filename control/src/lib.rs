@@ -18,6 +18,7 @@ pub mod incidents;
 pub mod lock;
 pub mod login;
 pub mod metrics;
+pub mod plans;
 pub mod revisions;
 pub mod rollouts;
 pub mod secrets;

@@ -65,8 +65,25 @@ fn busy() -> Error {
 /// revision, and no other rollout is open.
 async fn check_rollable(conn: &mut SqliteConnection, change: &ChangeRow) -> Result<i64> {
     let approvals = changes::approvals(conn, change).await?;
+    let targets = changes::target_set(conn).await?;
+    let for_targets = |a: &domain::api::ApprovalView| a.valid && a.shadows.as_ref().is_none_or(|set| *set == targets);
     match change.state()? {
-        ChangeState::Approved if approvals.iter().any(|a| a.valid) => {}
+        ChangeState::Approved if approvals.iter().any(for_targets) => {}
+        ChangeState::Approved if approvals.iter().any(|a| a.valid) => {
+            let approved: std::collections::BTreeSet<&String> =
+                approvals.iter().filter(|a| a.valid).filter_map(|a| a.shadows.as_ref()).flatten().collect();
+            let now: std::collections::BTreeSet<&String> = targets.iter().collect();
+            let added: Vec<&str> = now.difference(&approved).map(|s| s.as_str()).collect();
+            let removed: Vec<&str> = approved.difference(&now).map(|s| s.as_str()).collect();
+            return Err(Error::conflict(
+                "approval_targets",
+                format!(
+                    "the shadows changed since the approval (added: {}; removed: {}); the change needs a new approval for the shadows it would reach now",
+                    if added.is_empty() { "none".to_string() } else { added.join(", ") },
+                    if removed.is_empty() { "none".to_string() } else { removed.join(", ") }
+                ),
+            ));
+        }
         ChangeState::Approved => {
             return Err(Error::conflict(
                 "approval_voided",
@@ -148,7 +165,7 @@ async fn write_revision(tx: &mut SqliteConnection, number: i64, root: &str, chan
 /// The entries of a set as the agent protocol sends them (content included). An entry
 /// whose hash is keyed (a sealed one, stored since entries are keyed) says so, for the
 /// shadow to hash it the same way.
-async fn staged_entries(conn: &mut SqliteConnection, db: &Db, set: &EntrySet) -> Result<Vec<StagedEntry>> {
+pub(crate) async fn staged_entries(conn: &mut SqliteConnection, db: &Db, set: &EntrySet) -> Result<Vec<StagedEntry>> {
     let keys = &db.keys;
     let mut entries = Vec::with_capacity(set.len());
     for row in set.values() {

@@ -548,6 +548,25 @@ impl Driver {
         }
     }
 
+    /// A dry run of prepare's validate hook on `request`'s tree (nothing staged).
+    pub async fn validate_dry_run(&self, request: PrepareRequest) -> Result<Option<domain::protocol::HookRun>, ShadowError> {
+        match self {
+            Driver::Directory(store) => Self::blocking(store, move |s| s.validate_dry_run(&request)).await,
+            Driver::Agent { .. } => {
+                let body = serde_json::to_value(&request).map_err(|err| ShadowError {
+                    code: "protocol".into(),
+                    message: err.to_string(),
+                    transient: false,
+                    hook: None,
+                })?;
+                let answer: domain::protocol::DryRunAnswer = self
+                    .call_within(reqwest::Method::POST, "/v1/validate", Some(body), Some(HOOK_CALL_TIMEOUT))
+                    .await?;
+                Ok(answer.hook)
+            }
+        }
+    }
+
     pub async fn abort(&self, rollout: i64, fence: Fence) -> Result<RolloutAnswer, ShadowError> {
         match self {
             Driver::Directory(store) => Self::blocking(store, move |s| s.abort(rollout, &fence)).await,

@@ -266,6 +266,10 @@ pub struct ApprovalView {
     pub content_hash: String,
     /// False once the change was edited after this approval.
     pub valid: bool,
+    /// The shadows the change was approved to reach (absent for approvals made before
+    /// approvals recorded them): a rollout to another set needs a new approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadows: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -525,6 +529,48 @@ pub struct DrillView {
     /// The root the shadow served (absent when it could not be reached).
     pub observed_root: Option<String>,
     pub steps: Vec<DrillStep>,
+}
+
+/// What rolling out a change would do (`GET /api/v1/changes/{id}/plan`): every shadow it
+/// would reach, what each would do per entry relative to what it holds now, and whether it
+/// would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutPlan {
+    pub change_id: i64,
+    /// The revision the rollout would make, and its root.
+    pub revision: i64,
+    pub root: String,
+    /// The root every shadow must serve for its prepare to be accepted.
+    pub base_root: String,
+    /// Set when the change is not based on the current revision (it needs a rebase).
+    pub stale_base: bool,
+    /// Whether the node's validate hooks ran as a dry run (`?validate=true`).
+    pub validated: bool,
+    pub shadows: Vec<ShadowPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowPlan {
+    pub name: String,
+    pub status: String,
+    /// Why this shadow would refuse the rollout (drifted, unreachable, fenced, its
+    /// validate hook), which aborts it everywhere; `None` when it would accept.
+    pub refusal: Option<String>,
+    /// Per entry: `create`, `modify`, `chmod` (policy only) or `delete` (a file the
+    /// revision does not have, moved aside).
+    pub actions: Vec<PlanAction>,
+    /// The validate hook's dry run, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate: Option<crate::protocol::HookRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanAction {
+    pub path: String,
+    pub action: String,
+    /// For `chmod` and `modify` with a policy change: `0644 → 0600`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// `POST /api/v1/shadows/{name}/drills`.

@@ -106,6 +106,13 @@ pub struct HookRun {
     pub duration_ms: i64,
 }
 
+/// `POST /v1/validate`: what the node's validate hook said of a tree it was sent (a dry
+/// run of prepare: nothing staged); `None` when the node has no validate hook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DryRunAnswer {
+    pub hook: Option<HookRun>,
+}
+
 /// `POST /v1/drills`: prove the live tree could take over now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

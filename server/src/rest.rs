@@ -91,6 +91,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::POST, "/api/v1/changes/{id}/approvals", Some(Approver), post(approve_change)),
         route(Method::POST, "/api/v1/changes/{id}/reject", Some(Approver), post(reject_change)),
         route(Method::GET, "/api/v1/changes/{id}/diff", Some(Viewer), get(diff_change)),
+        route(Method::GET, "/api/v1/changes/{id}/plan", Some(Viewer), get(plan_change)),
         route(Method::POST, "/api/v1/changes/{id}/rollouts", Some(Approver), post(start_rollout)),
         route(Method::GET, "/api/v1/rollouts", Some(Viewer), get(list_rollouts)),
         route(Method::GET, "/api/v1/rollouts/{id}", Some(Viewer), get(get_rollout)),
@@ -729,6 +730,24 @@ async fn reconcile_shadow(
 ) -> ApiResult<Response> {
     let view = state.coordinator.reconcile(caller(&auth), &name).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PlanQuery {
+    #[serde(default)]
+    validate: bool,
+}
+
+/// The rollout plan; `?validate=true` (approvers) also runs the nodes' validate hooks as
+/// a dry run.
+async fn plan_change(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Authenticated>,
+    PathParams(id): PathParams<i64>,
+    QueryParams(q): QueryParams<PlanQuery>,
+) -> ApiResult<Response> {
+    Ok(Json(state.monitor.plan(caller(&auth), id, q.validate).await?).into_response())
 }
 
 async fn run_drill(

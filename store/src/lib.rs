@@ -169,6 +169,71 @@ struct Persisted {
     last_reload: Option<(i64, domain::protocol::HookRun)>,
 }
 
+/// One entry of a prepare, checked: its path, policy, entry hash and bytes.
+type ParsedEntry<'a> = (EntryPath, Policy, Hash, &'a [u8]);
+
+/// The prepare's entries checked one by one (path, mode, owner and group, the content key
+/// of sealed ones, no path twice) and hashed, proven to hash to the target root, with the
+/// manifest of what the disk cannot tell. Touches nothing.
+fn parse_entries(request: &PrepareRequest) -> Result<(Vec<ParsedEntry<'_>>, BTreeMap<String, Manifested>)> {
+    let content_key = match &request.content_key {
+        Some(text) => Some(
+            domain::hash::ContentKey::from_hex(text)
+                .map_err(|_| StoreError::BadRequest("the content key is not 64 hex digits".into()))?,
+        ),
+        None => None,
+    };
+    let mut parsed = Vec::with_capacity(request.entries.len());
+    let mut manifest = BTreeMap::new();
+    for entry in &request.entries {
+        let path =
+            EntryPath::parse(&entry.path).map_err(|err| StoreError::BadRequest(format!("invalid path {:?}: {err}", entry.path)))?;
+        let mode = parse_mode(&entry.mode).map_err(|err| StoreError::BadRequest(err.to_string()))?;
+        if !valid_principal(&entry.owner) || !valid_principal(&entry.group) {
+            return Err(StoreError::BadRequest(format!("{path}: invalid owner or group")));
+        }
+        let policy = Policy {
+            mode,
+            owner: entry.owner.clone(),
+            group: entry.group.clone(),
+            secret: entry.secret,
+        };
+        let key = match (entry.sealed, &content_key) {
+            (false, _) => None,
+            (true, Some(key)) => Some(key),
+            (true, None) => {
+                return Err(StoreError::BadRequest(format!(
+                    "{path} is sealed, but the request carries no content key"
+                )));
+            }
+        };
+        let hash = timed(|t| &mut t.hash, || hash_entry(key, &path, &policy, entry.content.as_bytes()));
+        if manifest
+            .insert(
+                path.to_string(),
+                Manifested {
+                    owner: policy.owner.clone(),
+                    group: policy.group.clone(),
+                    secret: policy.secret,
+                    sealed: entry.sealed,
+                },
+            )
+            .is_some()
+        {
+            return Err(StoreError::BadRequest(format!("{path} appears twice")));
+        }
+        parsed.push((path, policy, hash, entry.content.as_bytes()));
+    }
+    let computed = timed(|t| &mut t.hash, || root_hash(parsed.iter().map(|(path, _, hash, _)| (path, *hash)))).to_hex();
+    if computed != request.target_root {
+        return Err(StoreError::RootMismatch(format!(
+            "the entries hash to {computed}, not to the target root {}",
+            request.target_root
+        )));
+    }
+    Ok((parsed, manifest))
+}
+
 /// An entry's hash: sealed under `key` when it has one, else plain.
 fn hash_entry(key: Option<&domain::hash::ContentKey>, path: &EntryPath, policy: &Policy, content: &[u8]) -> Hash {
     match key {
@@ -1168,61 +1233,7 @@ impl Store {
             return Err(StoreError::Conflict(format!("rollout {rollout} was aborted here")));
         }
         // Validate everything before touching the disk.
-        let content_key = match &request.content_key {
-            Some(text) => Some(
-                domain::hash::ContentKey::from_hex(text)
-                    .map_err(|_| StoreError::BadRequest("the content key is not 64 hex digits".into()))?,
-            ),
-            None => None,
-        };
-        let mut parsed = Vec::with_capacity(request.entries.len());
-        let mut manifest = BTreeMap::new();
-        for entry in &request.entries {
-            let path =
-                EntryPath::parse(&entry.path).map_err(|err| StoreError::BadRequest(format!("invalid path {:?}: {err}", entry.path)))?;
-            let mode = parse_mode(&entry.mode).map_err(|err| StoreError::BadRequest(err.to_string()))?;
-            if !valid_principal(&entry.owner) || !valid_principal(&entry.group) {
-                return Err(StoreError::BadRequest(format!("{path}: invalid owner or group")));
-            }
-            let policy = Policy {
-                mode,
-                owner: entry.owner.clone(),
-                group: entry.group.clone(),
-                secret: entry.secret,
-            };
-            let key = match (entry.sealed, &content_key) {
-                (false, _) => None,
-                (true, Some(key)) => Some(key),
-                (true, None) => {
-                    return Err(StoreError::BadRequest(format!(
-                        "{path} is sealed, but the request carries no content key"
-                    )));
-                }
-            };
-            let hash = timed(|t| &mut t.hash, || hash_entry(key, &path, &policy, entry.content.as_bytes()));
-            if manifest
-                .insert(
-                    path.to_string(),
-                    Manifested {
-                        owner: policy.owner.clone(),
-                        group: policy.group.clone(),
-                        secret: policy.secret,
-                        sealed: entry.sealed,
-                    },
-                )
-                .is_some()
-            {
-                return Err(StoreError::BadRequest(format!("{path} appears twice")));
-            }
-            parsed.push((path, policy, hash, entry.content.as_bytes()));
-        }
-        let computed = timed(|t| &mut t.hash, || root_hash(parsed.iter().map(|(path, _, hash, _)| (path, *hash)))).to_hex();
-        if computed != request.target_root {
-            return Err(StoreError::RootMismatch(format!(
-                "the entries hash to {computed}, not to the target root {}",
-                request.target_root
-            )));
-        }
+        let (parsed, manifest) = parse_entries(request)?;
         if !request.reconcile {
             let live = self.live_root()?.to_hex();
             if live != request.base_root {
@@ -1325,6 +1336,30 @@ impl Store {
             root: Some(staged_root),
             hook: validated,
         })
+    }
+
+    /// A dry run of prepare's validation: the entries are checked and written to a
+    /// private scratch generation inside the managed directory, the validate hook runs on
+    /// it, and it is removed. Nothing of the store's state changes (no epoch is recorded,
+    /// the live tree is untouched). `None` when the node has no validate hook.
+    pub fn validate_dry_run(&mut self, request: &PrepareRequest) -> Result<Option<domain::protocol::HookRun>> {
+        let _lock = self.lock_state()?;
+        self.check_fence(&request.control_plane_id, request.epoch)?;
+        let (parsed, _) = parse_entries(request)?;
+        let Some(hooks) = self.hooks.clone().filter(|h| h.validate.is_some()) else {
+            return Ok(None);
+        };
+        // Rollout 0 is never a real one: the scratch name is the store's own shape, so
+        // nothing reads it as drift, and an orphan is cleaned like any staging.
+        let scratch_name = format!("..r0-rev{}.tmp", request.revision);
+        let scratch = self.live.join(&scratch_name);
+        let _ = fs::remove_dir_all(&scratch);
+        let managed = DirHandle::open(&self.live)?;
+        let handle = managed.create_dir(&scratch_name, 0o700)?;
+        let written = self.write_staging(&handle, &parsed);
+        let run = written.as_ref().ok().and_then(|()| hooks.validate(&scratch, &self.live));
+        let _ = fs::remove_dir_all(&scratch);
+        written.map(|()| run)
     }
 
     /// Writes every entry into `staging` (a fresh, private directory, held open) durably:

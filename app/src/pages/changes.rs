@@ -161,11 +161,16 @@ pub fn ChangePage() -> impl IntoView {
                 {move || Suspend::new(async move {
                     match data.await {
                         Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
-                        Ok((view, diff)) => view! {
-                            <ChangeHeader change=view.clone() actions />
-                            <h2>"Diff against revision #" {view.summary.base_revision}</h2>
-                            <DiffViewer diff />
-                        }.into_any(),
+                        Ok((view, diff)) => {
+                            let open = view.summary.state.is_open();
+                            let change_id = view.summary.id;
+                            view! {
+                                <ChangeHeader change=view.clone() actions />
+                                {open.then(|| view! { <PlanSection id=change_id /> })}
+                                <h2>"Diff against revision #" {view.summary.base_revision}</h2>
+                                <DiffViewer diff />
+                            }.into_any()
+                        }
                     }
                 })}
             </Transition>
@@ -273,6 +278,11 @@ fn ChangeHeader(change: ChangeView, actions: Actions) -> impl IntoView {
                         {change.approvals.iter().map(|a| view! {
                             <li data-test="approval" data-valid=a.valid.to_string()>
                                 {format!("{} at {} ", a.approver, when(&a.created_at))}
+                                {a.shadows.as_ref().map(|set| view! {
+                                    <span class="muted small" data-test="approval-shadows">
+                                        {if set.is_empty() { "for no shadow (the primary only) ".to_string() } else { format!("for {} ", set.join(", ")) }}
+                                    </span>
+                                })}
                                 {if a.valid {
                                     view! { <span class="badge badge-approved">"valid"</span> }.into_any()
                                 } else {
@@ -319,4 +329,87 @@ fn ChangeHeader(change: ChangeView, actions: Actions) -> impl IntoView {
             </div>
         </section>
     }
+}
+
+/// The rollout plan of an open change: every shadow it would reach, what each would do per
+/// entry, and which would refuse; approvers can run the nodes' validate hooks as a dry run.
+#[component]
+fn PlanSection(id: i64) -> impl IntoView {
+    let validate = RwSignal::new(false);
+    let plan = Resource::new(move || validate.get(), move |validate| crate::api::change_plan(id, validate));
+    let approver = use_me().is_some_and(|m| m.role.allows(Role::Approver));
+    view! {
+        <section class="card" data-test="rollout-plan">
+            <div class="toolbar">
+                <h2>"Rollout plan"</h2>
+                <span class="spacer"></span>
+                {approver.then(|| view! {
+                    <button type="button" data-test="plan-validate" on:click=move |_| validate.set(true)>"Run the validate hooks (dry run)"</button>
+                })}
+            </div>
+            <Transition fallback=|| view! { <p class="muted">"Asking the shadows…"</p> }>
+                {move || Suspend::new(async move {
+                    match plan.await {
+                        Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
+                        Ok(plan) => view! { <PlanTable plan /> }.into_any(),
+                    }
+                })}
+            </Transition>
+        </section>
+    }
+}
+
+#[component]
+fn PlanTable(plan: domain::api::RolloutPlan) -> impl IntoView {
+    if plan.shadows.is_empty() {
+        return view! { <p class="muted">"No shadows are registered: only the primary would move."</p> }.into_any();
+    }
+    let refusing = plan.shadows.iter().filter(|s| s.refusal.is_some()).count();
+    view! {
+        {plan.stale_base.then(|| view! { <div class="error-box" data-test="plan-stale">"The change is not based on the current revision: rebase it first."</div> })}
+        <p class="muted" data-test="plan-summary" data-refusing=refusing.to_string() data-validated=plan.validated.to_string()>
+            {if refusing == 0 {
+                format!("Revision #{} would reach {} shadows; none would refuse{}.", plan.revision, plan.shadows.len(), if plan.validated { ", their validate hooks included" } else { " (validate hooks not run)" })
+            } else {
+                format!("{refusing} of {} shadows would refuse: the rollout would abort everywhere.", plan.shadows.len())
+            }}
+        </p>
+        <table class="table" data-test="plan-shadows">
+            <thead><tr><th>"Shadow"</th><th>"Status"</th><th>"Would"</th><th>"Per entry"</th></tr></thead>
+            <tbody>
+                {plan.shadows.into_iter().map(|s| {
+                    let refuses = s.refusal.is_some();
+                    view! {
+                        <tr data-test="plan-shadow" data-name=s.name.clone() data-refuses=refuses.to_string()>
+                            <td><a href=format!("/shadows/{}", s.name)>{s.name.clone()}</a></td>
+                            <td><StateBadge state=s.status.clone() /></td>
+                            <td>
+                                {match s.refusal.clone() {
+                                    Some(why) => view! { <span class="badge badge-failed">"refuse"</span> <div class="small" data-test="plan-refusal">{why}</div> }.into_any(),
+                                    None => view! { <span class="badge badge-applied">"accept"</span> }.into_any(),
+                                }}
+                                {s.validate.clone().map(|run| view! { <crate::components::HookOutput run /> })}
+                            </td>
+                            <td>
+                                {if s.actions.is_empty() {
+                                    view! { <span class="muted small">"nothing changes"</span> }.into_any()
+                                } else {
+                                    view! {
+                                        <ul class="plain small">
+                                            {s.actions.into_iter().map(|a| view! {
+                                                <li data-test="plan-action" data-action=a.action.clone()>
+                                                    <span class=format!("badge badge-{}", a.action)>{a.action.clone()}</span> " " <code>{a.path.clone()}</code>
+                                                    {a.policy.map(|p| view! { <span class="muted">{format!(" {p}")}</span> })}
+                                                </li>
+                                            }).collect_view()}
+                                        </ul>
+                                    }.into_any()
+                                }}
+                            </td>
+                        </tr>
+                    }
+                }).collect_view()}
+            </tbody>
+        </table>
+    }.into_any()
 }
