@@ -70,8 +70,12 @@ async fn check_rollable(conn: &mut SqliteConnection, change: &ChangeRow) -> Resu
     match change.state()? {
         ChangeState::Approved if approvals.iter().any(for_targets) => {}
         ChangeState::Approved if approvals.iter().any(|a| a.valid) => {
-            let approved: std::collections::BTreeSet<&String> =
-                approvals.iter().filter(|a| a.valid).filter_map(|a| a.shadows.as_ref()).flatten().collect();
+            let approved: std::collections::BTreeSet<&String> = approvals
+                .iter()
+                .filter(|a| a.valid)
+                .filter_map(|a| a.shadows.as_ref())
+                .flatten()
+                .collect();
             let now: std::collections::BTreeSet<&String> = targets.iter().collect();
             let added: Vec<&str> = now.difference(&approved).map(|s| s.as_str()).collect();
             let removed: Vec<&str> = approved.difference(&now).map(|s| s.as_str()).collect();
@@ -80,7 +84,11 @@ async fn check_rollable(conn: &mut SqliteConnection, change: &ChangeRow) -> Resu
                 format!(
                     "the shadows changed since the approval (added: {}; removed: {}); the change needs a new approval for the shadows it would reach now",
                     if added.is_empty() { "none".to_string() } else { added.join(", ") },
-                    if removed.is_empty() { "none".to_string() } else { removed.join(", ") }
+                    if removed.is_empty() {
+                        "none".to_string()
+                    } else {
+                        removed.join(", ")
+                    }
                 ),
             ));
         }

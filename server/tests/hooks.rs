@@ -417,3 +417,131 @@ async fn a_directory_becomes_a_change_and_an_old_revision_comes_back_reviewed() 
     let (status, nothing) = fleet.editor.post(&format!("/api/v1/revisions/{current}/restore"), json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{nothing}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_shows_each_shadows_actions_and_refusals_and_an_approval_binds_its_shadows() {
+    let fleet = fleet().await;
+    let rollout = fleet.roll_out(entries(0, "{\"a\": 1}", &[("healthy", "yes")])).await;
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    let base = fleet.current().await;
+    // A hand edit on the directory shadow: it no longer serves the base revision.
+    let on_dr = fleet.directory.join("healthy");
+    std::fs::remove_file(&on_dr).unwrap();
+    std::fs::write(&on_dr, "edited by hand").unwrap();
+    let (status, change) = fleet
+        .editor
+        .post(
+            "/api/v1/changes",
+            json!({"base_revision": base, "message": "plan me", "entries": [
+                {"path": "x.json", "content": "{\"a\": ", "format": "text", "mode": "0644"},
+                {"path": "new.txt", "content": "new", "format": "text", "mode": "0644"},
+                {"path": "db.env", "content": format!("DB_PASSWORD={SECRET}\n"), "format": "env", "mode": "0640", "secret": true},
+                {"path": "healthy", "delete": true}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{change}");
+    let id = change["id"].as_i64().unwrap();
+    let before = snapshot(&fleet.agent.live);
+
+    let (status, plan) = fleet.viewer.get(&format!("/api/v1/changes/{id}/plan")).await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    let edge = plan["shadows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "edge")
+        .unwrap()
+        .clone();
+    assert!(edge["refusal"].is_null(), "{edge}");
+    let actions: std::collections::BTreeMap<String, String> = edge["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["path"].as_str().unwrap().to_string(), a["action"].as_str().unwrap().to_string()))
+        .collect();
+    let expected: std::collections::BTreeMap<String, String> = [
+        ("x.json", "modify"),
+        ("new.txt", "create"),
+        ("db.env", "chmod"),
+        ("healthy", "delete"),
+    ]
+    .into_iter()
+    .map(|(p, a)| (p.to_string(), a.to_string()))
+    .collect();
+    assert_eq!(actions, expected, "{edge}");
+    let dr = plan["shadows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "dr")
+        .unwrap()
+        .clone();
+    assert!(dr["refusal"].as_str().unwrap().starts_with("drifted"), "{dr}");
+
+    // The dry run of the validate hooks is an approver's; it finds what the node's
+    // validator refuses, output masked, and changes nothing on the node.
+    let (status, _) = fleet.viewer.get(&format!("/api/v1/changes/{id}/plan?validate=true")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, plan) = fleet.approver.get(&format!("/api/v1/changes/{id}/plan?validate=true")).await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    let edge = plan["shadows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "edge")
+        .unwrap()
+        .clone();
+    assert!(edge["refusal"].as_str().unwrap().contains("validate hook"), "{edge}");
+    assert_eq!(edge["validate"]["ok"], false);
+    assert!(edge["validate"]["output"].as_str().unwrap().contains("x.json"));
+    assert!(!plan.to_string().contains(SECRET));
+    assert_eq!(snapshot(&fleet.agent.live), before, "the dry run changed the node");
+    let leftovers: Vec<String> = std::fs::read_dir(&fleet.agent.live)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("..r0"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let (_, state) = fleet.viewer.get("/api/v1/shadows/edge").await;
+    assert_eq!(state["status"], "in_sync", "{state}");
+
+    // An approval is for the shadows registered when it was given.
+    let (status, _) = fleet.approver.post("/api/v1/shadows/dr/reconcile", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, fixed) = fleet
+        .editor
+        .put(
+            &format!("/api/v1/changes/{id}/entries/x.json"),
+            json!({"content": "{\"a\": 3}", "format": "text", "mode": "0644"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{fixed}");
+    fleet.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+    let (status, approved) = fleet.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{approved}");
+    assert_eq!(approved["approvals"][0]["shadows"], json!(["dr", "edge"]));
+    let late = fleet.root.path().join("late").join("live");
+    control::shadows::add_as(
+        &fleet.server.state.db,
+        "test",
+        control::shadows::NewShadow::Directory {
+            name: "late".into(),
+            path: late.to_string_lossy().into_owned(),
+        },
+    )
+    .await
+    .unwrap();
+    let (status, refused) = fleet.approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"]["code"], "approval_targets");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("added: late"), "{refused}");
+    let (status, _) = fleet.approver.post("/api/v1/shadows/late/reconcile", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, again) = fleet.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    let (status, rollout) = fleet.approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    assert_eq!(rollout["shadows"].as_array().unwrap().len(), 3);
+}

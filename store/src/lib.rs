@@ -178,16 +178,14 @@ type ParsedEntry<'a> = (EntryPath, Policy, Hash, &'a [u8]);
 fn parse_entries(request: &PrepareRequest) -> Result<(Vec<ParsedEntry<'_>>, BTreeMap<String, Manifested>)> {
     let content_key = match &request.content_key {
         Some(text) => Some(
-            domain::hash::ContentKey::from_hex(text)
-                .map_err(|_| StoreError::BadRequest("the content key is not 64 hex digits".into()))?,
+            domain::hash::ContentKey::from_hex(text).map_err(|_| StoreError::BadRequest("the content key is not 64 hex digits".into()))?,
         ),
         None => None,
     };
     let mut parsed = Vec::with_capacity(request.entries.len());
     let mut manifest = BTreeMap::new();
     for entry in &request.entries {
-        let path =
-            EntryPath::parse(&entry.path).map_err(|err| StoreError::BadRequest(format!("invalid path {:?}: {err}", entry.path)))?;
+        let path = EntryPath::parse(&entry.path).map_err(|err| StoreError::BadRequest(format!("invalid path {:?}: {err}", entry.path)))?;
         let mode = parse_mode(&entry.mode).map_err(|err| StoreError::BadRequest(err.to_string()))?;
         if !valid_principal(&entry.owner) || !valid_principal(&entry.group) {
             return Err(StoreError::BadRequest(format!("{path}: invalid owner or group")));
