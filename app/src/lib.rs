@@ -76,6 +76,7 @@ pub fn App() -> impl IntoView {
                 <Route path=path!("/webhooks") view=pages::webhooks::WebhooksPage ssr=SsrMode::Async />
                 <Route path=path!("/tokens") view=pages::access::TokensPage ssr=SsrMode::Async />
                 <Route path=path!("/users") view=pages::access::UsersPage ssr=SsrMode::Async />
+                <Route path=path!("/import") view=pages::imports::ImportPage ssr=SsrMode::Async />
                 <Route path=path!("/drills") view=pages::drills::DrillsPage ssr=SsrMode::Async />
                 <Route path=path!("/drills/:id") view=pages::drills::DrillPage ssr=SsrMode::Async />
                 <Route path=path!("/rollouts") view=pages::rollouts::RolloutsPage ssr=SsrMode::Async />

@@ -262,3 +262,138 @@ fn name_of_group(gid: u32) -> Option<String> {
         .flatten()
         .map(|g| g.name)
 }
+
+/// The most bytes an archive may unpack to.
+pub const MAX_ARCHIVE_UNPACKED: u64 = 64 * 1024 * 1024;
+
+/// Reads a tar archive (gzip-compressed or not, as `tar -C /etc/nginx -czf nginx.tgz .`
+/// makes it) as an import: every regular file with its mode and, where the archive names
+/// them, owner and group. Bounded: it unpacks to at most [`MAX_ARCHIVE_UNPACKED`] bytes
+/// and [`MAX_IMPORT_FILES`] files, so no archive (a gzip bomb) can exhaust the server. A
+/// link, device or fifo refuses the whole import, naming every such path.
+pub fn read_archive(bytes: &[u8]) -> std::result::Result<Vec<ImportFile>, String> {
+    use std::io::Read;
+    let gzip = bytes.starts_with(&[0x1f, 0x8b]);
+    let source: Box<dyn Read + '_> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(bytes))
+    } else {
+        Box::new(bytes)
+    };
+    // One byte past the bound tells "too large" from "exactly at the bound".
+    let mut bounded = source.take(MAX_ARCHIVE_UNPACKED + 1);
+    let mut unpacked = Vec::new();
+    bounded
+        .read_to_end(&mut unpacked)
+        .map_err(|err| format!("the archive cannot be read: {err}"))?;
+    if unpacked.len() as u64 > MAX_ARCHIVE_UNPACKED {
+        return Err(format!(
+            "the archive unpacks to more than {} MiB",
+            MAX_ARCHIVE_UNPACKED / (1024 * 1024)
+        ));
+    }
+    let mut archive = tar::Archive::new(unpacked.as_slice());
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    let entries = archive.entries().map_err(|err| format!("not a tar archive: {err}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|err| format!("the archive is damaged: {err}"))?;
+        let raw = entry.path().map_err(|err| format!("an archive path is not valid: {err}"))?;
+        let path = raw.to_string_lossy().trim_start_matches("./").trim_end_matches('/').to_string();
+        let kind = entry.header().entry_type();
+        if path.is_empty() || path == "." || kind.is_dir() || kind.is_pax_global_extensions() {
+            continue;
+        }
+        if !kind.is_file() {
+            problems.push(format!("{path}: not a regular file (a link, device or fifo)"));
+            continue;
+        }
+        if files.len() >= MAX_IMPORT_FILES {
+            return Err(format!("an import holds at most {MAX_IMPORT_FILES} files"));
+        }
+        let mut content = Vec::new();
+        entry
+            .read_to_end(&mut content)
+            .map_err(|err| format!("{path}: cannot be read: {err}"))?;
+        let Ok(content) = String::from_utf8(content) else {
+            problems.push(format!("{path}: not UTF-8 text"));
+            continue;
+        };
+        let header = entry.header();
+        let name = |value: std::io::Result<Option<&str>>| value.ok().flatten().filter(|n| !n.is_empty()).map(str::to_string);
+        files.push(ImportFile {
+            mode: Some(format_mode(header.mode().map_err(|err| format!("{path}: {err}"))? & 0o7777)),
+            owner: name(header.username().map_err(std::io::Error::other)),
+            group: name(header.groupname().map_err(std::io::Error::other)),
+            path,
+            content,
+            format: None,
+        });
+    }
+    if !problems.is_empty() {
+        problems.sort();
+        return Err(format!("cannot import the archive:\n  {}", problems.join("\n  ")));
+    }
+    if files.is_empty() {
+        return Err("the archive holds no file".into());
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(entries: &[(&str, &[u8], u32, tar::EntryType)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, content, mode, kind) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_size(content.len() as u64);
+            header.set_mode(*mode);
+            header.set_username("root").unwrap();
+            header.set_groupname("adm").unwrap();
+            if kind.is_symlink() {
+                header.set_link_name("/etc/passwd").unwrap();
+            }
+            builder.append_data(&mut header, path, *content).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn a_gzipped_tarball_keeps_modes_and_owners() {
+        let tar = archive(&[
+            ("./nginx.conf", b"events {}\n", 0o644, tar::EntryType::Regular),
+            ("./conf.d/site.conf", b"listen 80;\n", 0o640, tar::EntryType::Regular),
+        ]);
+        let files = read_archive(&gzip(&tar)).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].path, "conf.d/site.conf");
+        assert_eq!(files[0].mode.as_deref(), Some("0640"));
+        assert_eq!((files[0].owner.as_deref(), files[0].group.as_deref()), (Some("root"), Some("adm")));
+        assert_eq!(read_archive(&tar).unwrap(), files, "plain tar reads the same");
+    }
+
+    #[test]
+    fn links_and_bombs_are_refused_with_the_reason() {
+        let with_link = archive(&[
+            ("a.conf", b"x", 0o644, tar::EntryType::Regular),
+            ("evil", b"", 0o777, tar::EntryType::Symlink),
+        ]);
+        assert!(read_archive(&with_link).unwrap_err().contains("evil: not a regular file"));
+        // 200 MiB of zeros compress to a few hundred KiB.
+        let zeros = vec![0u8; 200 * 1024 * 1024];
+        let bomb = gzip(&archive(&[("big", &zeros, 0o644, tar::EntryType::Regular)]));
+        assert!(bomb.len() < 1024 * 1024);
+        assert!(read_archive(&bomb).unwrap_err().contains("more than 64 MiB"));
+        assert!(read_archive(b"not an archive at all").is_err());
+    }
+}

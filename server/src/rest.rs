@@ -11,7 +11,7 @@ use crate::{
 };
 use axum::{
     Extension, Json,
-    extract::State,
+    extract::{FromRequest, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware,
     response::{IntoResponse, Response},
@@ -791,13 +791,109 @@ async fn get_drill(State(state): State<AppState>, PathParams(id): PathParams<i64
     Ok(Json(control::drills::get(&state.db, id).await?).into_response())
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    message: Option<String>,
+}
+
+/// `POST /api/v1/imports`: a draft change whose content is exactly the files given, as
+/// JSON (`{"message", "files": [...]}`), as a tar archive (gzip or not; `?message=`), or
+/// as the console's form (multipart: `message`, an `archive` and/or `files`, whose names
+/// are their paths). The form gets a redirect to the new change, or back to the Import
+/// page with the reason.
 async fn create_import(
     State(state): State<AppState>,
     Extension(auth): Extension<Authenticated>,
-    JsonBody(body): JsonBody<control::imports::NewImport>,
+    QueryParams(q): QueryParams<ImportQuery>,
+    request: axum::extract::Request,
 ) -> ApiResult<Response> {
-    let view = control::imports::import(&state.db, caller(&auth), body).await?;
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let message = q.message.unwrap_or_else(|| "Import".into());
+    if content_type.starts_with("multipart/form-data") {
+        let multipart = axum::extract::Multipart::from_request(request, &state)
+            .await
+            .map_err(|err| Error::BadRequest(format!("the form cannot be read: {}", err.body_text())))?;
+        let outcome = match import_form(multipart).await {
+            Ok(import) => control::imports::import(&state.db, caller(&auth), import).await,
+            Err(err) => Err(err),
+        };
+        let location = match outcome {
+            Ok(view) => format!("/changes/{}", view.summary.id),
+            Err(err) => format!("/import?error={}", percent_encode(&err.public_message())),
+        };
+        return Ok((StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response());
+    }
+    let import = if content_type.starts_with("application/json") {
+        let JsonBody(import) = JsonBody::<control::imports::NewImport>::from_request(request, &state)
+            .await
+            .map_err(|rejection| Error::BadRequest(format!("the body is not an import ({})", rejection.status())))?;
+        import
+    } else {
+        let bytes = axum::body::Bytes::from_request(request, &state)
+            .await
+            .map_err(|_| Error::TooLarge)?;
+        let files = control::imports::read_archive(&bytes).map_err(Error::BadRequest)?;
+        control::imports::NewImport { message, files }
+    };
+    let view = control::imports::import(&state.db, caller(&auth), import).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// The console's import form: a message, an archive, and files named by their paths.
+async fn import_form(mut form: axum::extract::Multipart) -> Result<control::imports::NewImport, Error> {
+    let mut message = String::new();
+    let mut files = Vec::new();
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|err| Error::BadRequest(format!("the form cannot be read: {}", err.body_text())))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        let file_name = field.file_name().map(str::to_string);
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|err| Error::BadRequest(format!("the form cannot be read: {}", err.body_text())))?;
+        match name.as_str() {
+            "message" => message = String::from_utf8_lossy(&bytes).into_owned(),
+            "archive" if !bytes.is_empty() => files.extend(control::imports::read_archive(&bytes).map_err(Error::BadRequest)?),
+            "files" if !bytes.is_empty() => {
+                let path = file_name.unwrap_or_default();
+                // A folder's upload names each file by its path under the folder chosen;
+                // the folder's own name is not part of the entry's path.
+                let path = match path.split_once('/') {
+                    Some((_, rest)) if !rest.is_empty() => rest.to_string(),
+                    _ => path,
+                };
+                let content = String::from_utf8(bytes.to_vec()).map_err(|_| Error::BadRequest(format!("{path}: not UTF-8 text")))?;
+                files.push(control::imports::ImportFile {
+                    path,
+                    content,
+                    mode: None,
+                    owner: None,
+                    group: None,
+                    format: None,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(control::imports::NewImport { message, files })
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 async fn restore_revision(

@@ -545,3 +545,66 @@ async fn the_plan_shows_each_shadows_actions_and_refusals_and_an_approval_binds_
     assert_eq!(rollout["state"], "applied", "{rollout}");
     assert_eq!(rollout["shadows"].as_array().unwrap().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarball_becomes_a_change_with_its_modes_and_a_bomb_or_a_link_is_refused() {
+    let fleet = fleet().await;
+    let found = fleet.root.path().join("node-etc");
+    std::fs::create_dir_all(found.join("conf.d")).unwrap();
+    std::fs::write(found.join("x.json"), "{\"a\": 1}").unwrap();
+    std::fs::write(found.join("conf.d/site.conf"), "listen 80;\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(found.join("conf.d/site.conf"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let tarball = fleet.root.path().join("node.tgz");
+    let tar = |args: &[&str]| assert!(std::process::Command::new("tar").args(args).status().unwrap().success());
+    tar(&["-C", found.to_str().unwrap(), "-czf", tarball.to_str().unwrap(), "."]);
+    let response = fleet
+        .editor
+        .post_bytes(
+            "/api/v1/imports?message=as%20found",
+            "application/gzip",
+            std::fs::read(&tarball).unwrap(),
+        )
+        .await;
+    let (status, change) = common::json_of(response).await;
+    assert_eq!(status, StatusCode::CREATED, "{change}");
+    assert_eq!(change["message"], "as found");
+    let site = change["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "conf.d/site.conf")
+        .unwrap();
+    assert_eq!(site["mode"], "0600", "{site}");
+
+    // A link inside, and an archive that unpacks past the bound, change nothing.
+    std::os::unix::fs::symlink("/etc/shadow", found.join("evil")).unwrap();
+    tar(&["-C", found.to_str().unwrap(), "-czf", tarball.to_str().unwrap(), "."]);
+    let response = fleet
+        .editor
+        .post_bytes("/api/v1/imports", "application/gzip", std::fs::read(&tarball).unwrap())
+        .await;
+    let (status, refused) = common::json_of(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(
+        refused["error"]["message"].as_str().unwrap().contains("evil: not a regular file"),
+        "{refused}"
+    );
+    std::fs::remove_file(found.join("evil")).unwrap();
+    let big = fleet.root.path().join("big");
+    std::fs::create_dir(&big).unwrap();
+    std::fs::write(big.join("zeros"), vec![0u8; 100 * 1024 * 1024]).unwrap();
+    tar(&["-C", big.to_str().unwrap(), "-czf", tarball.to_str().unwrap(), "."]);
+    let bomb = std::fs::read(&tarball).unwrap();
+    assert!(bomb.len() < 1024 * 1024, "a bomb fits in the body limit");
+    let (status, refused) = common::json_of(fleet.editor.post_bytes("/api/v1/imports", "application/gzip", bomb).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(
+        refused["error"]["message"].as_str().unwrap().contains("more than 64 MiB"),
+        "{refused}"
+    );
+    let (_, changes) = fleet.viewer.get("/api/v1/changes").await;
+    assert_eq!(changes["items"].as_array().unwrap().len(), 1, "only the good import made a change");
+}

@@ -22,6 +22,7 @@ pub fn Layout(#[prop(into)] title: String, children: ChildrenFn) -> impl IntoVie
                     <A href="/">"Overview"</A>
                     <A href="/config">"Configuration"</A>
                     <A href="/changes">"Changes"</A>
+                    <A href="/import">"Import"</A>
                     <A href="/revisions">"History"</A>
                     <A href="/shadows">"Shadows"</A>
                     <A href="/incidents">"Incidents"</A>

@@ -6,6 +6,7 @@ pub mod changes;
 pub mod config;
 pub mod drills;
 pub mod editor;
+pub mod imports;
 pub mod incidents;
 pub mod login;
 pub mod overview;

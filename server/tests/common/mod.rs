@@ -139,6 +139,19 @@ impl Session {
         request.send().await.unwrap()
     }
 
+    /// A POST of raw bytes with this content type (an archive, a form).
+    pub async fn post_bytes(&self, path: &str, content_type: &str, body: Vec<u8>) -> Response {
+        let mut request = self
+            .client
+            .post(format!("{}{}", self.base, path))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(origin) = &self.origin {
+            request = request.header("origin", origin);
+        }
+        request.send().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         json_of(self.send(Method::GET, path, None).await).await
     }
