@@ -55,6 +55,8 @@ unit:
 	# The rollout state machine's property test again, printing how many cases it ran.
 	cargo test -p etc-shadow-domain --lib rollout::tests::random -- --nocapture
 	ETC_SHADOW_CRASH_ROLLOUTS=$(CRASH_ROLLOUTS) cargo test -p etc-shadow-server --features crash-points
+	# The systemd units of deploy/ against the binaries just built.
+	./deploy/verify.sh target/debug/etc-shadow target/debug/etc-shadow-agent
 
 e2e: build
 	cd end2end && npx playwright test

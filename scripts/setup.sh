@@ -67,6 +67,12 @@ if $want_test; then
     as_root apt-get update
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y sqlite3
   fi
+  # The deployment units are checked with systemd-analyze (no running systemd needed).
+  if ! command -v systemd-analyze >/dev/null; then
+    say "installing systemd-analyze (Debian package systemd)"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y systemd
+  fi
   if [ ! -x end2end/node_modules/.bin/playwright ] || [ end2end/package-lock.json -nt end2end/node_modules/.package-lock.json ]; then
     say "installing the Playwright test runner (without its browser download)"
     (cd end2end && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
