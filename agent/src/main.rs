@@ -72,6 +72,8 @@ struct AgentState {
     /// The latest live root; changes are streamed on `/v1/events`.
     root: watch::Receiver<String>,
     recheck: Arc<tokio::sync::Notify>,
+    /// Set while a drill runs (one at a time).
+    drilling: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -211,7 +213,8 @@ async fn abort(State(state): State<AgentState>, Path(id): Path<i64>, Json(fence)
 }
 
 /// `POST /v1/drills`: the node's part of a drill (live root, validate on the live tree,
-/// the health probe).
+/// the health probe). The probes run without the store's lock, so prepares, commits and
+/// checks go on meanwhile; one drill at a time, for at most [`DRILL_PROBING`].
 async fn drill(State(state): State<AgentState>, Json(request): Json<domain::protocol::DrillRequest>) -> Response {
     if !(1..=store::hooks::MAX_PROBES).contains(&request.requests) {
         return error(
@@ -220,11 +223,29 @@ async fn drill(State(state): State<AgentState>, Json(request): Json<domain::prot
             format!("requests is 1 to {}", store::hooks::MAX_PROBES),
         );
     }
-    match with_store(&state, move |store| store.drill(request.requests)).await {
+    if state.drilling.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return error(StatusCode::CONFLICT, "conflict", "a drill is running on this node");
+    }
+    let result = async {
+        let (mut answer, hooks, live) =
+            with_store(&state, |store| Ok((store.drill()?, store.hooks(), store.live_dir().to_path_buf()))).await?;
+        if let Some(hooks) = hooks {
+            answer.health = tokio::task::spawn_blocking(move || hooks.health(&live, request.requests, DRILL_PROBING))
+                .await
+                .map_err(|err| error(StatusCode::INTERNAL_SERVER_ERROR, "io", err.to_string()))?;
+        }
+        Ok::<_, Response>(answer)
+    }
+    .await;
+    state.drilling.store(false, std::sync::atomic::Ordering::SeqCst);
+    match result {
         Ok(answer) => Json(answer).into_response(),
         Err(response) => response,
     }
 }
+
+/// The longest a drill's health probes may take on the node.
+const DRILL_PROBING: Duration = Duration::from_secs(120);
 
 /// `POST /v1/validate`: a dry run of prepare's validate hook on the request's tree
 /// (nothing staged, nothing recorded); answers `{"hook": …}` (null without a hook).
@@ -340,6 +361,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         token_hash: blake3::hash(token.as_bytes()),
         root: receiver,
         recheck: Arc::new(tokio::sync::Notify::new()),
+        drilling: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     // Generations, the live link and every file are inside the managed directory.
     let watched = vec![cli.dir.clone()];

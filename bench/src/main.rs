@@ -336,6 +336,7 @@ async fn breakdown(addr: SocketAddr, fence: Fence, entries: usize, bytes: usize,
             entries: staged,
             audit_head: None,
             content_key: None,
+            deadline_ms: None,
         };
         for step in 0..2 {
             let started = Instant::now();

@@ -69,8 +69,10 @@ pub async fn import(db: &Db, caller: &Caller, import: NewImport) -> Result<Chang
             content: Some(file.content),
             format: file.format,
             mode: Some(file.mode.unwrap_or_else(|| "0644".into())),
-            owner: file.owner.filter(|o| !o.is_empty()),
-            group: file.group.filter(|g| !g.is_empty()),
+            // Given even when empty: a missing owner would keep the current entry's, and
+            // the result must be exactly the files as imported.
+            owner: Some(file.owner.unwrap_or_default()),
+            group: Some(file.group.unwrap_or_default()),
             secret: Some(secret),
             delete: false,
         });
@@ -109,8 +111,9 @@ pub async fn restore(db: &Db, caller: &Caller, number: i64) -> Result<ChangeView
             content: Some(String::from_utf8(content).map_err(|_| Error::Internal(format!("{path} is not UTF-8")))?),
             format: Some(row.format.clone()),
             mode: Some(format_mode(u32::try_from(row.mode).unwrap_or(0o644))),
-            owner: Some(row.owner.clone()).filter(|o| !o.is_empty()),
-            group: Some(row.grp.clone()).filter(|g| !g.is_empty()),
+            // Given even when empty (unmanaged): a missing one would keep the current's.
+            owner: Some(row.owner.clone()),
+            group: Some(row.grp.clone()),
             secret: Some(row.secret),
             delete: false,
         });

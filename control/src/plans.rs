@@ -41,6 +41,7 @@ impl Monitor {
                 entries: crate::rollouts::staged_entries(&mut conn, &self.db, &next).await?,
                 audit_head: None,
                 content_key: Some(self.db.keys.content_key().to_hex()),
+                deadline_ms: Some(u64::try_from(crate::drills::DRILL_TIMEOUT.as_millis()).unwrap_or(u64::MAX)),
             })
         } else {
             None

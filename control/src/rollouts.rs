@@ -570,6 +570,7 @@ impl Coordinator {
             }),
             // Always: the shadow hashes sealed entries and files it holds unmanaged with it.
             content_key: Some(self.db.keys.content_key().to_hex()),
+            deadline_ms: Some(u64::try_from(self.prepare_timeout.as_millis()).unwrap_or(u64::MAX)),
         };
         let mut prepares: futures::stream::FuturesUnordered<_> = plan
             .shadows

@@ -265,7 +265,9 @@ pub const MAX_AGENT_ANSWER: usize = 32 * 1024 * 1024;
 const HOOK_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The largest error answer read from an agent.
-const MAX_AGENT_ERROR: usize = 64 * 1024;
+/// A validate refusal carries up to 64 KiB of output, which JSON escaping can make six
+/// times longer.
+const MAX_AGENT_ERROR: usize = 512 * 1024;
 
 /// The longest message of a shadow's passed on to people, logs and webhooks.
 const MAX_SHADOW_MESSAGE: usize = 400;
@@ -535,7 +537,21 @@ impl Driver {
     /// probe `requests` times.
     pub async fn drill(&self, requests: u32) -> Result<domain::protocol::DrillAnswer, ShadowError> {
         match self {
-            Driver::Directory(store) => Self::blocking(store, move |s| s.drill(requests)).await,
+            Driver::Directory(store) => {
+                let (mut answer, hooks, live) = Self::blocking(store, |s| Ok((s.drill()?, s.hooks(), s.live_dir().to_path_buf()))).await?;
+                // Probed without the store's lock: checks and rollouts go on meanwhile.
+                if let Some(hooks) = hooks {
+                    answer.health = tokio::task::spawn_blocking(move || hooks.health(&live, requests, Duration::from_secs(120)))
+                        .await
+                        .map_err(|err| ShadowError {
+                            code: "io".into(),
+                            message: err.to_string(),
+                            transient: true,
+                            hook: None,
+                        })?;
+                }
+                Ok(answer)
+            }
             Driver::Agent { .. } => {
                 self.call_within(
                     reqwest::Method::POST,

@@ -47,6 +47,11 @@ pub struct PrepareRequest {
     /// The key sealed entries are hashed under (hex), when the request has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_key: Option<String>,
+    /// What is left of the writer's prepare deadline, in milliseconds: the node's validate
+    /// hook is cut to it, so a slow validator ends with its output instead of a silence
+    /// the writer already gave up on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 /// Commit and abort carry the writer's identity too, so they are fenced like prepare.

@@ -169,7 +169,10 @@ pub fn router(state: AppState) -> Router {
             "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
         ),
         ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
+        // No referrer leaves the console; same-origin requests keep theirs, and with it the
+        // Origin of a plain form's post (under `no-referrer` a browser sends `Origin: null`
+        // for a form navigation, which the Origin check must refuse).
+        ("referrer-policy", "same-origin"),
         ("cross-origin-opener-policy", "same-origin"),
         ("cross-origin-resource-policy", "same-origin"),
         ("permissions-policy", "camera=(), microphone=(), geolocation=(), payment=(), usb=()"),

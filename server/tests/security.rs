@@ -39,7 +39,7 @@ async fn every_response_carries_the_security_headers_and_pages_a_nonce_policy() 
         assert_eq!(response.status(), status, "{path}");
         assert_eq!(header(&response, "x-content-type-options"), "nosniff", "{path}");
         assert_eq!(header(&response, "x-frame-options"), "DENY", "{path}");
-        assert_eq!(header(&response, "referrer-policy"), "no-referrer", "{path}");
+        assert_eq!(header(&response, "referrer-policy"), "same-origin", "{path}");
         let policy = header(&response, "content-security-policy").to_string();
         assert!(policy.contains("frame-ancestors 'none'"), "{path}: {policy}");
         assert!(!policy.contains("unsafe-inline"), "{path}: {policy}");

@@ -25,6 +25,8 @@ use std::{
 pub const MAX_OUTPUT: usize = 64 * 1024;
 /// The most health probes one drill may ask for.
 pub const MAX_PROBES: u32 = 1000;
+/// How long the output of a hook that ended is still read.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// The environment every hook runs with, and nothing else.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -123,8 +125,9 @@ fn url_spec(url: &str, timeout: Duration) -> Result<HealthSpec, String> {
     if authority.is_empty() || authority.contains('@') || path.contains([' ', '\r', '\n']) {
         return Err("[health] url is not http://host[:port]/path".into());
     }
+    // `host`, `host:port`, `[v6]` or `[v6]:port`.
     let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+        Some((host, port)) if !authority.ends_with(']') => {
             let port: u16 = port.parse().map_err(|_| "[health] url has an invalid port".to_string())?;
             (host.trim_start_matches('[').trim_end_matches(']').to_string(), port)
         }
@@ -207,25 +210,47 @@ impl Hooks {
         self.validate.is_none() && self.reload.is_none() && self.health.is_none()
     }
 
-    /// Runs the validate hook with `{staged}` standing for `staged`.
-    pub fn validate(&self, staged: &Path, live: &Path) -> Option<HookRun> {
-        self.validate.as_ref().map(|spec| run_command("validate", spec, staged, live))
+    /// Runs the validate hook with `{staged}` standing for `staged`, for at most its own
+    /// timeout or `budget` (what is left of the writer's prepare deadline), the shorter.
+    pub fn validate(&self, staged: &Path, live: &Path, budget: Option<Duration>) -> Option<HookRun> {
+        self.validate.as_ref().map(|spec| {
+            let mut spec = spec.clone();
+            if let Some(budget) = budget {
+                spec.timeout = spec.timeout.min(budget.max(Duration::from_millis(100)));
+            }
+            run_command("validate", &spec, staged, live)
+        })
     }
 
-    /// Runs the reload hook.
+    /// Runs the reload hook, then (when it passed) one health probe: a service that
+    /// reloaded into a broken state is a failed reload, with the probe's output.
     pub fn reload(&self, live: &Path) -> Option<HookRun> {
-        self.reload.as_ref().map(|spec| run_command("reload", spec, live, live))
+        let mut run = run_command("reload", self.reload.as_ref()?, live, live);
+        if run.ok
+            && let Some(probe) = self.health(live, 1, Duration::from_secs(60))
+            && !probe.run.ok
+        {
+            run.ok = false;
+            run.output
+                .push_str(&format!("\n(the health probe after the reload failed)\n{}", probe.run.output));
+        }
+        Some(run)
     }
 
-    /// Probes health `requests` times (at least once), timing each.
-    pub fn health(&self, live: &Path, requests: u32) -> Option<HealthProbe> {
+    /// Probes health `requests` times (at least once), timing each, and stops early once
+    /// `within` has passed (`requests` then says how many ran).
+    pub fn health(&self, live: &Path, requests: u32, within: Duration) -> Option<HealthProbe> {
         let spec = self.health.as_ref()?;
         let requests = requests.clamp(1, MAX_PROBES);
+        let started = Instant::now();
         let mut latencies = Vec::with_capacity(requests as usize);
         let mut failures = 0;
         let mut shown: Option<HookRun> = None;
         for _ in 0..requests {
-            let started = Instant::now();
+            if !latencies.is_empty() && started.elapsed() >= within {
+                break;
+            }
+            let probe_started = Instant::now();
             let run = match spec {
                 HealthSpec::Command(command) => run_command("health", command, live, live),
                 HealthSpec::Url {
@@ -236,7 +261,7 @@ impl Hooks {
                     timeout,
                 } => probe_url(url, host, *port, path, *timeout),
             };
-            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            latencies.push(probe_started.elapsed().as_secs_f64() * 1000.0);
             if !run.ok {
                 failures += 1;
             }
@@ -248,7 +273,7 @@ impl Hooks {
         let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
         Some(HealthProbe {
             run: shown?,
-            requests,
+            requests: u32::try_from(latencies.len()).unwrap_or(requests),
             failures,
             p50_ms: at(0.5),
             p99_ms: at(0.99),
@@ -273,6 +298,23 @@ fn read_bounded(mut source: impl Read) -> (Vec<u8>, bool) {
                 let room = MAX_OUTPUT.saturating_sub(kept.len());
                 kept.extend_from_slice(&buffer[..n.min(room)]);
                 truncated |= n > room;
+            }
+        }
+    }
+}
+
+/// Reads `source` to its end into `into`, keeping at most [`MAX_OUTPUT`] bytes (the flag
+/// says whether more came).
+fn read_into(mut source: impl Read, into: &std::sync::Mutex<(Vec<u8>, bool)>) {
+    let mut buffer = [0u8; 8192];
+    loop {
+        match source.read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let mut kept = into.lock().unwrap_or_else(|p| p.into_inner());
+                let room = MAX_OUTPUT.saturating_sub(kept.0.len());
+                kept.0.extend_from_slice(&buffer[..n.min(room)]);
+                kept.1 |= n > room;
             }
         }
     }
@@ -310,8 +352,23 @@ pub fn run_command(hook: &str, spec: &CommandSpec, staged: &Path, live: &Path) -
         Ok(child) => child,
         Err(err) => return finish(false, None, false, format!("cannot start {}: {err}", argv[0]), false),
     };
-    let stdout = child.stdout.take().map(|out| std::thread::spawn(move || read_bounded(out)));
-    let stderr = child.stderr.take().map(|err| std::thread::spawn(move || read_bounded(err)));
+    // Each pipe is read on a thread of its own into a shared buffer; the thread reports
+    // when the pipe ends.
+    type Shared = std::sync::Arc<std::sync::Mutex<(Vec<u8>, bool)>>;
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        let (sender, receiver) = std::sync::mpsc::channel::<()>();
+        let shared: Shared = Default::default();
+        let buffer = shared.clone();
+        std::thread::spawn(move || {
+            if let Some(pipe) = pipe {
+                read_into(pipe, &buffer);
+            }
+            let _ = sender.send(());
+        });
+        (receiver, shared)
+    };
+    let stdout = reader(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = reader(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let deadline = started + spec.timeout;
     let mut timed_out = false;
     let status = loop {
@@ -328,14 +385,27 @@ pub fn run_command(hook: &str, spec: &CommandSpec, staged: &Path, live: &Path) -
             Err(_) => break None,
         }
     };
-    // The group is gone (or finished): the pipes end once no process holds them. A
-    // grandchild that left the group could hold them on; its output is not waited for.
-    let collect = |reader: Option<std::thread::JoinHandle<(Vec<u8>, bool)>>| reader.and_then(|r| r.join().ok()).unwrap_or_default();
+    // A pipe ends when no process holds it any more. One the hook started and left
+    // running (a daemon a reload restarts, `cmd &`, a process that left the group) may
+    // hold it for good: its output is not waited for past a short grace, so no hook can
+    // keep the store (and the agent) waiting.
+    let grace = Instant::now() + OUTPUT_GRACE;
+    let mut held_open = false;
+    let mut collect = |(receiver, shared): (std::sync::mpsc::Receiver<()>, Shared)| {
+        if receiver.recv_timeout(grace.saturating_duration_since(Instant::now())).is_err() {
+            held_open = true;
+        }
+        let mut read = shared.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::take(&mut read.0), read.1)
+    };
     let (mut output, out_cut) = collect(stdout);
     let (errors, err_cut) = collect(stderr);
     output.extend_from_slice(&errors);
-    let truncated = out_cut || err_cut || output.len() > MAX_OUTPUT;
+    let truncated = out_cut || err_cut || held_open || output.len() > MAX_OUTPUT;
     output.truncate(MAX_OUTPUT);
+    if held_open {
+        output.extend_from_slice(b"\n(output not read to its end: a process the hook started still holds it)");
+    }
     let mut text = String::from_utf8_lossy(&output).into_owned();
     if timed_out {
         text.push_str(&format!("\n(killed after {:?})", spec.timeout));
@@ -493,6 +563,41 @@ url = "http://127.0.0.1:8080/healthz"
     }
 
     #[test]
+    fn a_process_the_hook_left_running_does_not_keep_it_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        // A reload that starts a daemon holding its output, and ends at once.
+        let run = run_command(
+            "reload",
+            &spec(&["/bin/sh", "-c", "echo started; sleep 60 & exit 0"], Duration::from_secs(30)),
+            dir.path(),
+            dir.path(),
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "waited for the daemon's output");
+        assert!(run.ok && run.truncated, "{run:?}");
+        assert!(run.output.starts_with("started"), "{}", run.output);
+    }
+
+    #[test]
+    fn a_validate_hook_is_cut_to_the_writers_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = Hooks::parse("[validate]\ncommand = [\"/bin/sleep\", \"30\"]\ntimeout = \"5m\"").unwrap();
+        let started = Instant::now();
+        let run = hooks.validate(dir.path(), dir.path(), Some(Duration::from_millis(300))).unwrap();
+        assert!(run.timed_out && started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn an_ipv6_health_url_parses_with_and_without_a_port() {
+        for (url, port) in [("http://[::1]/healthz", 80), ("http://[::1]:8080/healthz", 8080)] {
+            match url_spec(url, Duration::from_secs(1)).unwrap() {
+                HealthSpec::Url { host, port: p, .. } => assert_eq!((host.as_str(), p), ("::1", port)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn output_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let run = run_command(
@@ -559,7 +664,7 @@ url = "http://127.0.0.1:8080/healthz"
         });
         let hooks = Hooks::parse(&format!("[health]\nurl = \"http://127.0.0.1:{port}/healthz\"")).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let probe = hooks.health(dir.path(), 3).unwrap();
+        let probe = hooks.health(dir.path(), 3, Duration::from_secs(60)).unwrap();
         server.join().unwrap();
         assert_eq!((probe.requests, probe.failures), (3, 1), "{probe:?}");
         assert!(!probe.run.ok);

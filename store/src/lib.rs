@@ -1049,20 +1049,29 @@ impl Store {
         self.hooks = hooks.filter(|h| !h.is_empty());
     }
 
-    /// The node's part of a drill: its live root, the validate hook run on the live tree
-    /// and the health probe, `requests` times. Read under the store's lock, so no commit switches the tree meanwhile.
-    pub fn drill(&mut self, requests: u32) -> Result<domain::protocol::DrillAnswer> {
+    /// The node's part of a drill that needs the store: its live root and the validate
+    /// hook on the live tree, read under the store's lock so no commit switches the tree
+    /// meanwhile (`{staged}` is the managed directory itself: what readers see now, a hand
+    /// edit included). The health probe ([`Store::hooks`]) runs without the lock.
+    pub fn drill(&mut self) -> Result<domain::protocol::DrillAnswer> {
         let _lock = self.lock_state()?;
         let live_root = self.live_root()?.to_hex();
-        let hooks = self.hooks.as_deref();
         Ok(domain::protocol::DrillAnswer {
             live_root,
             live_revision: self.persisted.live.as_ref().map(|g| g.revision),
-            // `{staged}` is the managed directory itself: what readers see now, a hand
-            // edit included (the live generation alone would hide one).
-            validate: hooks.and_then(|h| h.validate(&self.live, &self.live)),
-            health: hooks.and_then(|h| h.health(&self.live, requests)),
+            validate: self.hooks.as_deref().and_then(|h| h.validate(&self.live, &self.live, None)),
+            health: None,
         })
+    }
+
+    /// The node's hooks, if it has any.
+    pub fn hooks(&self) -> Option<std::sync::Arc<hooks::Hooks>> {
+        self.hooks.clone()
+    }
+
+    /// The managed directory.
+    pub fn live_dir(&self) -> &Path {
+        &self.live
     }
 
     /// Runs the reload hook of a committed rollout whose reload is still owed (recorded
@@ -1071,6 +1080,12 @@ impl Store {
         let Some(rollout) = self.persisted.reload_pending else {
             return Ok(());
         };
+        if self.hooks.as_ref().is_none_or(|h| h.reload.is_none()) {
+            // Nothing to run. The mark stays on disk until the next save: harmless, it only
+            // names this rollout, whose reload would be owed if a hook appeared.
+            self.persisted.reload_pending = None;
+            return Ok(());
+        }
         let run = self.hooks.as_deref().and_then(|h| h.reload(&self.live));
         if let Some(run) = &run
             && !run.ok
@@ -1181,6 +1196,7 @@ impl Store {
     }
 
     fn prepare_untimed(&mut self, rollout: i64, request: &PrepareRequest) -> Result<RolloutAnswer> {
+        let started_at = Instant::now();
         let _lock = self.lock_state()?;
         self.finish_interrupted_switch()?;
         self.clean_orphans()?;
@@ -1301,10 +1317,15 @@ impl Store {
         }
         // The node's validator judges the tree as it will go live; a refusal stages
         // nothing (and records no epoch: nothing here changed).
-        let validated = self.hooks.as_deref().and_then(|h| h.validate(&final_dir, &self.live));
+        let budget = request
+            .deadline_ms
+            .map(|ms| Duration::from_millis(ms).saturating_sub(started_at.elapsed()));
+        let validated = self.hooks.as_deref().and_then(|h| h.validate(&final_dir, &self.live, budget));
         if let Some(run) = validated.as_ref().filter(|run| !run.ok) {
             let _ = fs::remove_dir_all(&final_dir);
             let _ = fsync_dir(&self.live);
+            // An older staging this prepare replaced is gone from disk: the state says so.
+            self.save()?;
             return Err(StoreError::ValidateFailed(Box::new(run.clone())));
         }
         let writer_changed = self.persisted.control_plane_id.as_deref() != Some(request.control_plane_id.as_str());
@@ -1343,6 +1364,9 @@ impl Store {
     pub fn validate_dry_run(&mut self, request: &PrepareRequest) -> Result<Option<domain::protocol::HookRun>> {
         let _lock = self.lock_state()?;
         self.check_fence(&request.control_plane_id, request.epoch)?;
+        if request.revision < 0 {
+            return Err(StoreError::BadRequest("a revision is not negative".into()));
+        }
         let (parsed, _) = parse_entries(request)?;
         let Some(hooks) = self.hooks.clone().filter(|h| h.validate.is_some()) else {
             return Ok(None);
@@ -1354,8 +1378,10 @@ impl Store {
         let _ = fs::remove_dir_all(&scratch);
         let managed = DirHandle::open(&self.live)?;
         let handle = managed.create_dir(&scratch_name, 0o700)?;
-        let written = self.write_staging(&handle, &parsed);
-        let run = written.as_ref().ok().and_then(|()| hooks.validate(&scratch, &self.live));
+        // Opened up as a real staging is, so the validator sees the same permissions.
+        let written = self.write_staging(&handle, &parsed).and_then(|()| handle.chmod(0o755));
+        let budget = request.deadline_ms.map(Duration::from_millis);
+        let run = written.as_ref().ok().and_then(|()| hooks.validate(&scratch, &self.live, budget));
         let _ = fs::remove_dir_all(&scratch);
         written.map(|()| run)
     }
@@ -1535,10 +1561,10 @@ impl Store {
         let previous = self.persisted.live.replace(staged);
         self.persisted.previous = previous.as_ref().map(|g| g.dir.clone());
         self.persisted.staged = None;
-        // The reload is owed from the moment the switch is recorded.
-        if self.hooks.as_ref().is_some_and(|h| h.reload.is_some()) {
-            self.persisted.reload_pending = Some(rollout);
-        }
+        // The reload is owed from the moment the switch is recorded, whether or not hooks
+        // are known yet: a store opened after a kill finishes the switch before the agent
+        // has given it its hooks, and the commit's repetition then runs the reload.
+        self.persisted.reload_pending = Some(rollout);
         self.remember(rollout, RolloutPhase::Committed);
         self.save()?;
         let keep: Vec<String> = self

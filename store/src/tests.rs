@@ -42,6 +42,7 @@ fn request(epoch: i64, revision: i64, base: &str, entries: Vec<StagedEntry>) -> 
         entries,
         audit_head: None,
         content_key: None,
+        deadline_ms: None,
     }
 }
 
@@ -640,6 +641,18 @@ command = ["/bin/sh", "-c", "cat \"$1/app.conf\"; grep -q '^ok' \"$1/app.conf\""
     let good = request(1, 1, &empty_root(), good_entries.clone());
     let answer = store.prepare(2, &good).unwrap();
     assert!(answer.hook.as_ref().is_some_and(|h| h.ok && h.hook == "validate"));
+    // A dry run answers the validator's verdict and leaves nothing behind.
+    let refused = store
+        .validate_dry_run(&request(1, 1, &empty_root(), vec![entry("app.conf", "nope\n", "0644")]))
+        .unwrap()
+        .unwrap();
+    assert!(!refused.ok);
+    assert!(
+        fs::read_dir(&f.live)
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("..r0"))
+    );
+    assert_eq!(store.state(false).unwrap().staged.map(|s| s.rollout), Some(2));
     let committed = store.commit(2, &fence(1)).unwrap();
     assert_eq!(committed.root.as_deref(), Some(root_of(&good_entries).as_str()));
 }
@@ -684,15 +697,15 @@ fn a_reload_owed_when_the_process_died_runs_at_the_repeated_commit() {
         let mut store = Store::open(&f.live, &f.state, None).unwrap();
         store.set_hooks(hooks(&reload));
         store.prepare(1, &request(1, 1, &empty_root(), entries.clone())).unwrap();
-        // The switch is recorded with the reload owed, as when the process is killed
-        // between the switch and the hook.
+        // Killed right after the link's switch, before the state recorded it (the agent's
+        // `after_switch` crash point): the state still says staged.
         let staged = store.persisted.staged.clone().unwrap();
         store.switch_to(&staged).unwrap();
-        store.finish_commit(staged).unwrap();
-        assert_eq!(store.persisted.reload_pending, Some(1));
     }
     assert!(!log.exists());
+    // The agent opens its store (which finishes the switch) before it reads its hooks.
     let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    assert_eq!(store.persisted.reload_pending, Some(1), "the reload is owed");
     store.set_hooks(hooks(&reload));
     let answer = store.commit(1, &fence(1)).unwrap();
     assert_eq!(answer.hook.map(|h| h.ok), Some(true));

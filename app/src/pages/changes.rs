@@ -145,6 +145,12 @@ pub fn ChangePage() -> impl IntoView {
         move || (id(), actions.version(), feed.milestones()),
         |(id, _, _)| change_rollout(id),
     );
+    // Made here, outside the page's Suspend, so a page loaded directly hydrates it in order.
+    let validate = RwSignal::new(false);
+    let plan = Resource::new(
+        move || (id(), validate.get(), actions.version()),
+        |(id, validate, _)| crate::api::change_plan(id, validate),
+    );
     view! {
         <Title text="Change · etc-shadow" />
         <Layout title="Change">
@@ -163,10 +169,9 @@ pub fn ChangePage() -> impl IntoView {
                         Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
                         Ok((view, diff)) => {
                             let open = view.summary.state.is_open();
-                            let change_id = view.summary.id;
                             view! {
                                 <ChangeHeader change=view.clone() actions />
-                                {open.then(|| view! { <PlanSection id=change_id /> })}
+                                {open.then(|| view! { <PlanSection plan validate /> })}
                                 <h2>"Diff against revision #" {view.summary.base_revision}</h2>
                                 <DiffViewer diff />
                             }.into_any()
@@ -334,9 +339,7 @@ fn ChangeHeader(change: ChangeView, actions: Actions) -> impl IntoView {
 /// The rollout plan of an open change: every shadow it would reach, what each would do per
 /// entry, and which would refuse; approvers can run the nodes' validate hooks as a dry run.
 #[component]
-fn PlanSection(id: i64) -> impl IntoView {
-    let validate = RwSignal::new(false);
-    let plan = Resource::new(move || validate.get(), move |validate| crate::api::change_plan(id, validate));
+fn PlanSection(plan: Resource<Result<domain::api::RolloutPlan, ServerFnError>>, validate: RwSignal<bool>) -> impl IntoView {
     let approver = use_me().is_some_and(|m| m.role.allows(Role::Approver));
     view! {
         <section class="card" data-test="rollout-plan">
