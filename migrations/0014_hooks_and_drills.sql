@@ -63,6 +63,7 @@ CREATE INDEX incidents_status ON incidents (status, id);
 CREATE INDEX incidents_shadow ON incidents (shadow, id);
 CREATE INDEX incidents_kind ON incidents (kind, id);
 CREATE INDEX incidents_opened ON incidents (opened_at);
+CREATE INDEX incidents_shadow_opened ON incidents (shadow, opened_at);
 CREATE UNIQUE INDEX incidents_one_open ON incidents (shadow)
     WHERE status != 'resolved' AND kind NOT IN ('reload_failed', 'drill_failed');
 CREATE UNIQUE INDEX incidents_one_open_operation ON incidents (shadow, kind)

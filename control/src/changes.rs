@@ -607,15 +607,18 @@ pub async fn approve(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
     // The approval is for these shadows: a rollout to another set needs a new one. Approving
     // again (the set changed) records the new set.
     let targets = target_set(&mut tx).await?;
+    let digest = target_digest(&mut tx).await?;
     sqlx::query(
-        "INSERT INTO approvals (change_id, approver_id, content_hash, created_at, shadows) VALUES (?, ?, ?, ?, ?)
-         ON CONFLICT (change_id, approver_id, content_hash) DO UPDATE SET shadows = excluded.shadows, created_at = excluded.created_at",
+        "INSERT INTO approvals (change_id, approver_id, content_hash, created_at, shadows, targets_digest) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (change_id, approver_id, content_hash)
+         DO UPDATE SET shadows = excluded.shadows, targets_digest = excluded.targets_digest, created_at = excluded.created_at",
     )
     .bind(id)
     .bind(caller.user_id)
     .bind(&change.content_hash)
     .bind(now())
     .bind(serde_json::to_string(&targets).map_err(|err| Error::Internal(err.to_string()))?)
+    .bind(&digest)
     .execute(&mut *tx)
     .await?;
     sqlx::query("UPDATE changes SET state = 'approved', updated_at = ? WHERE id = ?")
@@ -634,6 +637,40 @@ pub async fn approve(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
     let view = view_in(&mut tx, id).await?;
     tx.commit().await?;
     Ok(view)
+}
+
+/// The identity of the shadows a rollout started now would reach: a digest over each
+/// one's name, registration time, driver and address, in name order.
+pub(crate) async fn target_digest(conn: &mut SqliteConnection) -> Result<String> {
+    let rows: Vec<(String, String, String, Option<String>, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT name, created_at, driver, url, path, tls_pin FROM shadows ORDER BY name")
+            .fetch_all(conn)
+            .await?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"etc-shadow approval targets v1\0");
+    for (name, created_at, driver, url, path, tls_pin) in rows {
+        for part in [Some(name), Some(created_at), Some(driver), url, path, tls_pin] {
+            let part = part.unwrap_or_default();
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Whether change `change` has an approval of its current content for the shadows
+/// registered now (approvals from before approvals recorded their targets count for any).
+pub(crate) async fn approved_for_targets(conn: &mut SqliteConnection, change: &ChangeRow) -> Result<bool> {
+    let digest = target_digest(conn).await?;
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM approvals WHERE change_id = ? AND content_hash = ? AND (targets_digest IS NULL OR targets_digest = ?)",
+    )
+    .bind(change.id)
+    .bind(&change.content_hash)
+    .bind(&digest)
+    .fetch_one(conn)
+    .await?;
+    Ok(n > 0)
 }
 
 /// The shadows a rollout started now would reach: every registered one, by name.

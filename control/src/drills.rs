@@ -123,7 +123,7 @@ fn judge(revision: i64, expected_root: &str, answer: &Result<DrillAnswer, Shadow
                 if probe.failures == 0 { "passed" } else { "failed" },
                 format!(
                     "{} of {} probes healthy; p50 {:.1} ms, p99 {:.1} ms",
-                    probe.requests - probe.failures,
+                    probe.requests.saturating_sub(probe.failures),
                     probe.requests,
                     probe.p50_ms,
                     probe.p99_ms
@@ -168,13 +168,11 @@ pub async fn run_as(
         )));
     }
     crate::shadows::get(db, shadow).await?;
-    let (revision, expected_root, masks) = {
+    let (revision, expected_root) = {
         let mut conn = db.read.acquire().await?;
         let revision = revisions::current_number(&mut conn).await?;
         let set = revisions::entries(&mut conn, revision).await?;
-        let root = crate::rollouts::root_of(&set)?.to_hex();
-        let masks = crate::hooks::secret_values(&mut conn, db, &set).await?;
-        (revision, root, masks)
+        (revision, crate::rollouts::root_of(&set)?.to_hex())
     };
     let started_at = now();
     let answer = match registry.driver(db, shadow).await {
@@ -194,6 +192,17 @@ pub async fn run_as(
             transient: false,
             hook: None,
         }),
+    };
+    // The validator reads the live tree: the secrets of the revision the shadow says it
+    // serves are masked with the current one's.
+    let masks = {
+        let mut conn = db.read.acquire().await?;
+        let current = revisions::entries(&mut conn, revision).await?;
+        let served = match answer.as_ref().ok().and_then(|a| a.live_revision) {
+            Some(live) if live != revision && revisions::exists(&mut conn, live).await? => revisions::entries(&mut conn, live).await?,
+            _ => Default::default(),
+        };
+        crate::hooks::secret_values_of(&mut conn, db, &[&current, &served]).await?
     };
     let steps = judge(revision, &expected_root, &answer, &masks);
     let verdict = if steps.iter().any(|s| s.status == "failed") {

@@ -55,10 +55,16 @@ pub(crate) async fn secret_values(conn: &mut SqliteConnection, db: &Db, set: &En
         match (row.secret, redact::secrets(format, &text, &db.secret_keys)) {
             (false, Secrets::Values(spans)) => {
                 for span in spans {
-                    fragments(&text[span.range], &mut values);
+                    let raw = &text[span.range];
+                    fragments(raw, &mut values);
+                    // A validator prints the value it decoded, not its escaped source.
+                    if let Some(decoded) = decoded(raw) {
+                        fragments(&decoded, &mut values);
+                    }
                 }
             }
-            (false, Secrets::None) => {}
+            // Sealed, yet no value is secret under today's key names (they changed since):
+            // the whole content is masked, never none of it.
             _ => fragments(&text, &mut values),
         }
     }
@@ -67,10 +73,43 @@ pub(crate) async fn secret_values(conn: &mut SqliteConnection, db: &Db, set: &En
     Ok(values)
 }
 
+/// A quoted value's escapes decoded as json, toml and yaml read them (`\"`, `\\`,
+/// `\n`, `\t`, `\uXXXX`); `None` when it has none.
+fn decoded(raw: &str) -> Option<String> {
+    if !raw.contains('\\') {
+        return None;
+    }
+    serde_json::from_str::<String>(&format!("\"{raw}\"")).ok().filter(|d| d != raw)
+}
+
+/// Every secret fragment of several entry sets (the revision a hook judged, and the one
+/// its node may still serve), longest first.
+pub(crate) async fn secret_values_of(conn: &mut SqliteConnection, db: &Db, sets: &[&EntrySet]) -> Result<Vec<String>> {
+    let mut values = Vec::new();
+    for set in sets {
+        values.extend(secret_values(conn, db, set).await?);
+    }
+    values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    values.dedup();
+    Ok(values)
+}
+
 /// `run` with every secret fragment of `secrets` (longest first) replaced by [`MASK`],
-/// its output cut to what is stored.
+/// its output cut to what is stored. Output the node cut short may end inside a secret:
+/// a tail that begins a secret is masked too.
 pub fn mask(mut run: HookRun, secrets: &[String]) -> HookRun {
     let mut output = std::mem::take(&mut run.output);
+    // What an agent sends is bounded by the answer's size, not by the hook's: cut it
+    // before the masking's work, which grows with its length.
+    let longest = secrets.first().map_or(0, String::len);
+    if output.len() > 2 * MAX_STORED + longest {
+        let mut cut = 2 * MAX_STORED + longest;
+        while !output.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        output.truncate(cut);
+        run.truncated = true;
+    }
     let mut arguments = std::mem::take(&mut run.command);
     for secret in secrets {
         if output.contains(secret.as_str()) {
@@ -82,6 +121,9 @@ pub fn mask(mut run: HookRun, secrets: &[String]) -> HookRun {
             }
         }
     }
+    if run.truncated {
+        mask_cut_tail(&mut output, secrets);
+    }
     if let Some((cut, _)) = output.char_indices().nth(MAX_STORED) {
         output.truncate(cut);
         run.truncated = true;
@@ -92,6 +134,22 @@ pub fn mask(mut run: HookRun, secrets: &[String]) -> HookRun {
         .collect();
     run.command = arguments;
     run
+}
+
+/// Masks the end of `output` when it is the beginning of a secret (at least
+/// [`MIN_MASKED`] characters of it): what was cut off may have been the rest.
+fn mask_cut_tail(output: &mut String, secrets: &[String]) {
+    for secret in secrets {
+        let longest = secret.len().min(output.len());
+        for take in (MIN_MASKED..=longest).rev() {
+            let start = output.len() - take;
+            if output.is_char_boundary(start) && secret.as_bytes().starts_with(&output.as_bytes()[start..]) {
+                output.truncate(start);
+                output.push_str(MASK);
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -124,5 +182,18 @@ mod tests {
         assert!(!masked.output.contains("sk-live"), "{}", masked.output);
         assert!(masked.output.contains("unknown value [secret]"));
         assert!(!masked.output.contains('\x1b'));
+    }
+
+    #[test]
+    fn a_secret_cut_short_by_the_bound_and_an_escaped_one_are_masked() {
+        let secrets = vec!["sk-live-123456".to_string()];
+        let mut cut = run("config error near sk-live-12");
+        cut.truncated = true;
+        let masked = mask(cut, &secrets);
+        assert!(masked.output.ends_with("near [secret]"), "{}", masked.output);
+        assert_eq!(decoded(r#"p\u00e4ss\"word"#).as_deref(), Some("päss\"word"));
+        let mut values = Vec::new();
+        fragments(&decoded(r#"p\u00e4ss\"word"#).unwrap(), &mut values);
+        assert!(values.iter().any(|v| v == "päss\"word"), "{values:?}");
     }
 }

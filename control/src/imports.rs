@@ -46,6 +46,28 @@ pub struct NewImport {
 /// lacks deleted. A file named like a secret (`tls.key`) becomes a secret entry; values
 /// under secret keys are sealed as in any change.
 pub async fn import(db: &Db, caller: &Caller, import: NewImport) -> Result<ChangeView> {
+    import_via(db, caller, import, serde_json::json!({"door": "api"})).await
+}
+
+/// [`import`], with where the files came from kept in the audit log (`change.import`):
+/// the command line names the account of the machine it ran under, since whoever runs it
+/// there chooses the change's author.
+pub async fn import_via(db: &Db, caller: &Caller, import: NewImport, via: serde_json::Value) -> Result<ChangeView> {
+    let view = import_files(db, caller, import).await?;
+    let mut tx = db.begin().await?;
+    crate::audit::append(
+        &mut tx,
+        &caller.username,
+        "change.import",
+        &format!("change/{}", view.summary.id),
+        serde_json::json!({"entries": view.entries.len(), "via": via}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(view)
+}
+
+async fn import_files(db: &Db, caller: &Caller, import: NewImport) -> Result<ChangeView> {
     caller.require(Role::Editor)?;
     if import.files.is_empty() {
         return Err(Error::BadRequest("an import needs at least one file".into()));
@@ -196,40 +218,64 @@ async fn create(db: &Db, caller: &Caller, base_revision: i64, message: String, e
 /// group. Nothing is skipped silently: a symlink, a special file, a file that is not UTF-8
 /// text or cannot be read refuses the whole import, naming every such path.
 pub fn read_directory(dir: &std::path::Path) -> std::result::Result<Vec<ImportFile>, String> {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let no_follow = nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits();
+    // Every directory is opened without following a link and read through its open
+    // descriptor (`/proc/self/fd/N`), and every file is opened the same way and judged by
+    // what it is once open: a name swapped for a link meanwhile is refused, never followed.
+    let open_dir = |path: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(no_follow | nix::fcntl::OFlag::O_DIRECTORY.bits())
+            .open(path)
+    };
     let mut files = Vec::new();
     let mut problems = Vec::new();
-    let mut pending = vec![(dir.to_path_buf(), String::new())];
-    while let Some((path, relative)) = pending.pop() {
-        let listing = std::fs::read_dir(&path).map_err(|err| format!("cannot list {}: {err}", path.display()))?;
-        let mut names: Vec<_> = listing.filter_map(|e| e.ok()).collect();
-        names.sort_by_key(|e| e.file_name());
-        for entry in names {
-            let name = entry.file_name().to_string_lossy().into_owned();
+    let top = open_dir(dir).map_err(|err| format!("cannot open {}: {err}", dir.display()))?;
+    let mut pending = vec![(top, String::new())];
+    while let Some((handle, relative)) = pending.pop() {
+        let held = std::path::PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle)));
+        let listing = std::fs::read_dir(&held).map_err(|err| format!("cannot list {relative:?}: {err}"))?;
+        let mut names: Vec<_> = listing.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        names.sort();
+        for name in names {
+            let name = name.to_string_lossy().into_owned();
             let shown = if relative.is_empty() {
                 name.clone()
             } else {
                 format!("{relative}/{name}")
             };
-            let meta = match std::fs::symlink_metadata(entry.path()) {
+            let path = held.join(&name);
+            let opened = std::fs::OpenOptions::new().read(true).custom_flags(no_follow).open(&path);
+            let file = match opened {
+                Ok(file) => file,
+                Err(err) if err.raw_os_error() == Some(nix::libc::ELOOP) => {
+                    problems.push(format!("{shown}: a symlink (copy what it points to instead)"));
+                    continue;
+                }
+                Err(err) => {
+                    problems.push(format!("{shown}: {err}"));
+                    continue;
+                }
+            };
+            let meta = match file.metadata() {
                 Ok(meta) => meta,
                 Err(err) => {
                     problems.push(format!("{shown}: {err}"));
                     continue;
                 }
             };
-            if meta.file_type().is_symlink() {
-                problems.push(format!("{shown}: a symlink (copy what it points to instead)"));
-            } else if meta.is_dir() {
-                pending.push((entry.path(), shown));
+            if meta.is_dir() {
+                pending.push((file, shown));
             } else if !meta.is_file() {
                 problems.push(format!("{shown}: not a regular file"));
-            } else if meta.len() > 32 * 1024 * 1024 {
-                problems.push(format!("{shown}: larger than 32 MiB"));
             } else {
-                match std::fs::read(entry.path()) {
+                let mut content = Vec::new();
+                let read = std::io::Read::read_to_end(&mut std::io::Read::take(&file, 32 * 1024 * 1024 + 1), &mut content);
+                match read {
                     Err(err) => problems.push(format!("{shown}: {err}")),
-                    Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(_) if content.len() > 32 * 1024 * 1024 => problems.push(format!("{shown}: larger than 32 MiB")),
+                    Ok(_) => match String::from_utf8(content) {
                         Err(_) => problems.push(format!("{shown}: not UTF-8 text")),
                         Ok(content) => files.push(ImportFile {
                             path: shown,

@@ -81,7 +81,8 @@ struct IncidentRow {
 
 const INCIDENT_SELECT: &str = "SELECT i.id, i.shadow, i.kind, i.kinds, i.severity, i.status, i.opened_at, i.last_seen_at, i.resolved_at,
     i.resolution, i.expected_root, i.observed_root, i.detected_by,
-    (SELECT COUNT(*) FROM incidents p WHERE p.shadow = i.shadow AND p.id < i.id AND p.opened_at >= strftime('%Y-%m-%dT%H:%M:%fZ', i.opened_at, '-1 hour')) AS recent
+    (SELECT COUNT(*) FROM incidents p WHERE p.shadow = i.shadow AND p.id < i.id AND p.opened_at >= strftime('%Y-%m-%dT%H:%M:%fZ', i.opened_at, '-1 hour')
+        AND (p.kind IN ('reload_failed', 'drill_failed')) = (i.kind IN ('reload_failed', 'drill_failed'))) AS recent
     FROM";
 
 impl From<IncidentRow> for IncidentView {

@@ -47,7 +47,7 @@ impl Monitor {
             None
         };
         let masks = if validate {
-            crate::hooks::secret_values(&mut conn, &self.db, &next).await?
+            crate::hooks::secret_values_of(&mut conn, &self.db, &[&next, &base]).await?
         } else {
             Vec::new()
         };

@@ -66,9 +66,9 @@ fn busy() -> Error {
 async fn check_rollable(conn: &mut SqliteConnection, change: &ChangeRow) -> Result<i64> {
     let approvals = changes::approvals(conn, change).await?;
     let targets = changes::target_set(conn).await?;
-    let for_targets = |a: &domain::api::ApprovalView| a.valid && a.shadows.as_ref().is_none_or(|set| *set == targets);
+    let for_targets = changes::approved_for_targets(conn, change).await?;
     match change.state()? {
-        ChangeState::Approved if approvals.iter().any(for_targets) => {}
+        ChangeState::Approved if for_targets => {}
         ChangeState::Approved if approvals.iter().any(|a| a.valid) => {
             let approved: std::collections::BTreeSet<&String> = approvals
                 .iter()
@@ -82,7 +82,7 @@ async fn check_rollable(conn: &mut SqliteConnection, change: &ChangeRow) -> Resu
             return Err(Error::conflict(
                 "approval_targets",
                 format!(
-                    "the shadows changed since the approval (added: {}; removed: {}); the change needs a new approval for the shadows it would reach now",
+                    "the shadows changed since the approval (added: {}; removed: {}; or one was registered again); the change needs a new approval for the shadows it would reach now",
                     if added.is_empty() { "none".to_string() } else { added.join(", ") },
                     if removed.is_empty() {
                         "none".to_string()
@@ -451,7 +451,8 @@ impl Coordinator {
         sqlx::query("UPDATE shadows SET status = 'rolling_out'").execute(&mut *tx).await?;
         audit::append(&mut tx, &caller.username, "rollout.start", &format!("rollout/{id}"), details).await?;
         let entries = staged_entries(&mut tx, &self.db, &next).await?;
-        let masks = crate::hooks::secret_values(&mut tx, &self.db, &next).await?;
+        // A validator may print the live files beside the staged ones.
+        let masks = crate::hooks::secret_values_of(&mut tx, &self.db, &[&next, &base]).await?;
         tx.commit().await?;
         crash_point("after_start");
         let plan = Plan {
@@ -503,7 +504,9 @@ impl Coordinator {
         )
         .await?;
         let entries = staged_entries(&mut tx, &self.db, &set).await?;
-        let masks = crate::hooks::secret_values(&mut tx, &self.db, &set).await?;
+        // The shadow may hold anything; an earlier revision is the likeliest.
+        let previous = revisions::entries(&mut tx, (current - 1).max(0)).await?;
+        let masks = crate::hooks::secret_values_of(&mut tx, &self.db, &[&set, &previous]).await?;
         crate::incidents::note_reconcile_in(&mut tx, shadow, &caller.username, "reconcile_started", json!({"rollout": id})).await?;
         tx.commit().await?;
         let plan = Plan {
@@ -884,8 +887,11 @@ impl Coordinator {
             let mut conn = self.db.read.acquire().await?;
             let (rollout, meta) = load_in(&mut conn, id).await?;
             if masks.is_none() {
+                // A reload may print the files it replaced too: the previous revision's
+                // secrets are masked as well.
                 let set = revisions::entries(&mut conn, meta.revision).await?;
-                masks = Some(crate::hooks::secret_values(&mut conn, &self.db, &set).await?);
+                let previous = revisions::entries(&mut conn, (meta.revision - 1).max(0)).await?;
+                masks = Some(crate::hooks::secret_values_of(&mut conn, &self.db, &[&set, &previous]).await?);
             }
             let registered: std::collections::BTreeSet<String> = sqlx::query_as::<_, (String,)>("SELECT name FROM shadows")
                 .fetch_all(&mut *conn)

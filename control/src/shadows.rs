@@ -85,7 +85,7 @@ const SHADOW_SELECT: &str =
     "SELECT shadows.name, shadows.driver, shadows.url, shadows.tls_pin, shadows.path, shadows.status, shadows.observed_root,
     shadows.observed_revision, shadows.last_contact_at, shadows.last_in_sync_at, shadows.last_error, shadows.created_at,
     d.id AS last_drill_id, d.verdict AS last_drill_verdict, d.finished_at AS last_drill_at
-    FROM shadows LEFT JOIN drills d ON d.id = (SELECT MAX(id) FROM drills WHERE drills.shadow = shadows.name)";
+    FROM shadows LEFT JOIN drills d ON d.id = (SELECT MAX(id) FROM drills WHERE drills.shadow = shadows.name AND drills.started_at >= shadows.created_at)";
 
 fn validate_name(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));

@@ -428,7 +428,15 @@ async fn run(cli: Cli) -> Result<(), String> {
                 format!("no etc-shadow user {name:?}: name the change's author with --author NAME (editor role or above)")
             })?;
             let count = files.len();
-            let change = control::imports::import(&db, &caller, control::imports::NewImport { message, files })
+            // Whoever runs this chooses the author: the machine's account is kept with it.
+            let via = serde_json::json!({
+                "door": "cli",
+                "directory": dir.display().to_string(),
+                "os_uid": nix_uid(),
+                "os_user": std::env::var("USER").ok(),
+                "sudo_user": std::env::var("SUDO_USER").ok(),
+            });
+            let change = control::imports::import_via(&db, &caller, control::imports::NewImport { message, files }, via)
                 .await
                 .map_err(fail)?;
             db.close().await;
@@ -464,6 +472,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
         }
     }
+}
+
+/// The real user id this command runs as (for the audit log of a command-line import).
+fn nix_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
 }
 
 async fn listen_and_serve(state: server::AppState, listen: SocketAddr) -> Result<(), String> {

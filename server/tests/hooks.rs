@@ -544,6 +544,39 @@ async fn the_plan_shows_each_shadows_actions_and_refusals_and_an_approval_binds_
     assert_eq!(status, StatusCode::CREATED, "{rollout}");
     assert_eq!(rollout["state"], "applied", "{rollout}");
     assert_eq!(rollout["shadows"].as_array().unwrap().len(), 3);
+
+    // The same names are not the same shadows: `late` removed and registered again
+    // elsewhere voids an approval given for the old one.
+    let base = fleet.current().await;
+    let (_, next) = fleet
+        .editor
+        .post(
+            "/api/v1/changes",
+            json!({"base_revision": base, "message": "one more", "entries": [{"path": "more.txt", "content": "x", "format": "text"}]}),
+        )
+        .await;
+    let next = next["id"].as_i64().unwrap();
+    fleet.editor.post(&format!("/api/v1/changes/{next}/submit"), json!({})).await;
+    let (status, _) = fleet.approver.post(&format!("/api/v1/changes/{next}/approvals"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    control::shadows::remove(&fleet.server.state.db, "test", "late").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    control::shadows::add_as(
+        &fleet.server.state.db,
+        "test",
+        control::shadows::NewShadow::Directory {
+            name: "late".into(),
+            path: fleet.root.path().join("elsewhere").to_string_lossy().into_owned(),
+        },
+    )
+    .await
+    .unwrap();
+    let (status, refused) = fleet.approver.post(&format!("/api/v1/changes/{next}/rollouts"), json!({})).await;
+    assert_eq!(
+        (status, refused["error"]["code"].clone()),
+        (StatusCode::CONFLICT, json!("approval_targets")),
+        "{refused}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
