@@ -288,11 +288,13 @@ pub async fn list(db: &Db, shadow: Option<&str>, before: Option<i64>, limit: Opt
 }
 
 /// Runs a drill on every shadow whose latest drill is older than `interval` (or that has
-/// none), as `scheduler`. Answers the incidents it opened or ended.
+/// none), as `scheduler`, skipping shadows a rollout is moving and those never reconciled. Answers the incidents it opened or ended.
 pub async fn run_due(db: &Db, registry: &Registry, interval: Duration) -> Result<Vec<IncidentNotice>> {
     let seconds = i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
     let due: Vec<(String,)> = sqlx::query_as(
-        "SELECT s.name FROM shadows s WHERE NOT EXISTS (
+        // Not a shadow a rollout is moving, nor one never reconciled: their parity would
+        // fail for a reason everyone knows.
+        "SELECT s.name FROM shadows s WHERE s.status NOT IN ('rolling_out', 'pending') AND NOT EXISTS (
             SELECT 1 FROM drills d WHERE d.shadow = s.name
             AND d.finished_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('-%d seconds', ?)))
          ORDER BY s.name",
