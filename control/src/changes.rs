@@ -642,14 +642,29 @@ pub async fn approve(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
 /// The identity of the shadows a rollout started now would reach: a digest over each
 /// one's name, registration time, driver and address, in name order.
 pub(crate) async fn target_digest(conn: &mut SqliteConnection) -> Result<String> {
-    let rows: Vec<(String, String, String, Option<String>, Option<String>, Option<String>)> =
-        sqlx::query_as("SELECT name, created_at, driver, url, path, tls_pin FROM shadows ORDER BY name")
-            .fetch_all(conn)
-            .await?;
+    #[derive(sqlx::FromRow)]
+    struct Target {
+        name: String,
+        created_at: String,
+        driver: String,
+        url: Option<String>,
+        path: Option<String>,
+        tls_pin: Option<String>,
+    }
+    let rows: Vec<Target> = sqlx::query_as("SELECT name, created_at, driver, url, path, tls_pin FROM shadows ORDER BY name")
+        .fetch_all(conn)
+        .await?;
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"etc-shadow approval targets v1\0");
-    for (name, created_at, driver, url, path, tls_pin) in rows {
-        for part in [Some(name), Some(created_at), Some(driver), url, path, tls_pin] {
+    for row in rows {
+        for part in [
+            Some(row.name),
+            Some(row.created_at),
+            Some(row.driver),
+            row.url,
+            row.path,
+            row.tls_pin,
+        ] {
             let part = part.unwrap_or_default();
             hasher.update(&(part.len() as u64).to_le_bytes());
             hasher.update(part.as_bytes());

@@ -173,7 +173,7 @@ mod tests {
     fn every_line_and_word_of_a_secret_is_masked() {
         let mut secrets = Vec::new();
         fragments("password = hunter2-long\napi_key: \"sk-live-123456\"\n", &mut secrets);
-        secrets.sort_by(|a, b| b.len().cmp(&a.len()));
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         let masked = mask(
             run("line 1: unknown value hunter2-long near \"sk-live-123456\"; line 2 sk-live-123456\x1b[0m"),
             &secrets,

@@ -35,6 +35,7 @@ struct ShadowRow {
     pub last_drill_id: Option<i64>,
     pub last_drill_verdict: Option<String>,
     pub last_drill_at: Option<String>,
+    pub last_drill_age: Option<i64>,
 }
 
 impl From<ShadowRow> for ShadowView {
@@ -53,7 +54,12 @@ impl From<ShadowRow> for ShadowView {
             last_error: row.last_error,
             created_at: row.created_at,
             last_drill: match (row.last_drill_id, row.last_drill_verdict, row.last_drill_at) {
-                (Some(id), Some(verdict), Some(finished_at)) => Some(domain::api::DrillSummary { id, verdict, finished_at }),
+                (Some(id), Some(verdict), Some(finished_at)) => Some(domain::api::DrillSummary {
+                    id,
+                    verdict,
+                    finished_at,
+                    age_seconds: row.last_drill_age.unwrap_or(0),
+                }),
                 _ => None,
             },
         }
@@ -84,7 +90,8 @@ pub enum NewShadow {
 const SHADOW_SELECT: &str =
     "SELECT shadows.name, shadows.driver, shadows.url, shadows.tls_pin, shadows.path, shadows.status, shadows.observed_root,
     shadows.observed_revision, shadows.last_contact_at, shadows.last_in_sync_at, shadows.last_error, shadows.created_at,
-    d.id AS last_drill_id, d.verdict AS last_drill_verdict, d.finished_at AS last_drill_at
+    d.id AS last_drill_id, d.verdict AS last_drill_verdict, d.finished_at AS last_drill_at,
+    CAST((julianday('now') - julianday(d.finished_at)) * 86400 AS INTEGER) AS last_drill_age
     FROM shadows LEFT JOIN drills d ON d.id = (SELECT MAX(id) FROM drills WHERE drills.shadow = shadows.name AND drills.started_at >= shadows.created_at)";
 
 fn validate_name(name: &str) -> Result<()> {

@@ -486,6 +486,19 @@ pub struct DrillSummary {
     /// `passed` or `failed`.
     pub verdict: String,
     pub finished_at: String,
+    /// How long ago it finished, in seconds, when it was read (so a page shows the same
+    /// age on the server and after hydration).
+    pub age_seconds: i64,
+}
+
+/// An age in words: `just now`, `12 min`, `3 h`, `2 days`.
+pub fn age_words(seconds: i64) -> String {
+    match seconds.max(0) {
+        0..60 => "just now".into(),
+        s @ 60..3600 => format!("{} min ago", s / 60),
+        s @ 3600..172_800 => format!("{} h ago", s / 3600),
+        s => format!("{} days ago", s / 86_400),
+    }
 }
 
 /// One step of a drill: `parity` (the shadow serves the current revision's root, policy

@@ -23,7 +23,9 @@ pub fn ShadowsPage() -> impl IntoView {
     let remove = ServerAction::<RemoveShadow>::new();
     let check = ServerAction::<CheckShadow>::new();
     let reconcile = ServerAction::<ReconcileShadow>::new();
-    let version = move || add.version().get() + remove.version().get() + check.version().get() + reconcile.version().get();
+    let drill = ServerAction::<RunDrill>::new();
+    let version =
+        move || add.version().get() + remove.version().get() + check.version().get() + reconcile.version().get() + drill.version().get();
     let data = Resource::new(version, |_| shadows());
     let failure = move || {
         [
@@ -31,6 +33,7 @@ pub fn ShadowsPage() -> impl IntoView {
             remove.value().get().and_then(|r| r.err()),
             check.value().get().and_then(|r| r.err()),
             reconcile.value().get().and_then(|r| r.err()),
+            drill.value().get().and_then(|r| r.err()),
         ]
         .into_iter()
         .flatten()
@@ -45,6 +48,12 @@ pub fn ShadowsPage() -> impl IntoView {
                 <div class="success-box" data-test="agent-token">
                     "Shadow registered. Its agent token, shown only now — put it in the agent's --token-file: "
                     <code data-test="agent-token-secret">{token}</code>
+                </div>
+            })}
+            {move || drill.value().get().and_then(|r| r.ok()).map(|d| view! {
+                <div class=if d.verdict == "passed" { "success-box" } else { "error-box" } data-test="drill-result" data-verdict=d.verdict.clone()>
+                    {format!("Drill #{} on {}: {}", d.id, d.shadow, if d.verdict == "passed" { "ready to take over" } else { "could not take over" })}
+                    " " <a href=format!("/drills/{}", d.id)>"evidence"</a>
                 </div>
             })}
             {move || reconcile.value().get().and_then(|r| r.ok()).map(|r| view! {
@@ -66,7 +75,7 @@ pub fn ShadowsPage() -> impl IntoView {
                                 <tbody>
                                     {list.into_iter().map(|s| {
                                         let name = s.name.clone();
-                                        let (reconcile_name, remove_name) = (name.clone(), name.clone());
+                                        let (reconcile_name, remove_name, drill_name) = (name.clone(), name.clone(), name.clone());
                                         let target = s.url.clone().or(s.path.clone()).unwrap_or_default();
                                         view! {
                                             <tr data-test="shadow-row" data-name=s.name.clone() data-status=s.status.clone()>
@@ -93,6 +102,12 @@ pub fn ShadowsPage() -> impl IntoView {
                                                         <button type="submit" data-test="check-shadow">"Check"</button>
                                                     </ActionForm>
                                                                     {approver.then(|| view! {
+                                                        <ActionForm action=drill attr:class="inline">
+                                                            <input type="hidden" name="name" value=drill_name.clone() />
+                                                            <button type="submit" data-test="drill-shadow">"Drill"</button>
+                                                        </ActionForm>
+                                                    })}
+                                                    {approver.then(|| view! {
                                                         <ActionForm action=reconcile attr:class="inline">
                                                             <input type="hidden" name="name" value=reconcile_name />
                                                             <button type="submit" data-test="reconcile-shadow">"Reconcile"</button>
@@ -144,13 +159,14 @@ fn LastDrill(last: Option<domain::api::DrillSummary>) -> impl IntoView {
     match last {
         None => view! { <span class="muted small" data-test="last-drill">"never drilled"</span> }.into_any(),
         Some(d) => {
+            let age = domain::api::age_words(d.age_seconds);
             let words = if d.verdict == "passed" {
-                format!("ready to take over: proven {}", when(&d.finished_at))
+                format!("ready to take over: proven {age}")
             } else {
-                format!("could not take over at {}", when(&d.finished_at))
+                format!("could not take over: drill failed {age}")
             };
             view! {
-                <a href=format!("/drills/{}", d.id) class=format!("small drill-{}", d.verdict) data-test="last-drill" data-verdict=d.verdict.clone()>{words}</a>
+                <a href=format!("/drills/{}", d.id) class=format!("small drill-{}", d.verdict) data-test="last-drill" data-verdict=d.verdict.clone() title=when(&d.finished_at)>{words}</a>
             }
             .into_any()
         }
