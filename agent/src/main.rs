@@ -226,18 +226,30 @@ async fn drill(State(state): State<AgentState>, Json(request): Json<domain::prot
     if state.drilling.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return error(StatusCode::CONFLICT, "conflict", "a drill is running on this node");
     }
-    let result = async {
+    // Cleared however this ends, a client that hangs up (the handler dropped) included.
+    struct Drilling(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Drilling {
+        fn drop(&mut self) {
+            self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let drilling = Drilling(state.drilling.clone());
+    let result = async move {
         let (mut answer, hooks, live) =
             with_store(&state, |store| Ok((store.drill()?, store.hooks(), store.live_dir().to_path_buf()))).await?;
         if let Some(hooks) = hooks {
-            answer.health = tokio::task::spawn_blocking(move || hooks.health(&live, request.requests, DRILL_PROBING))
-                .await
-                .map_err(|err| error(StatusCode::INTERNAL_SERVER_ERROR, "io", err.to_string()))?;
+            // The probes own the mark: a drill whose client hung up still holds it until
+            // they end.
+            answer.health = tokio::task::spawn_blocking(move || {
+                let _drilling = drilling;
+                hooks.health(&live, request.requests, DRILL_PROBING)
+            })
+            .await
+            .map_err(|err| error(StatusCode::INTERNAL_SERVER_ERROR, "io", err.to_string()))?;
         }
         Ok::<_, Response>(answer)
     }
     .await;
-    state.drilling.store(false, std::sync::atomic::Ordering::SeqCst);
     match result {
         Ok(answer) => Json(answer).into_response(),
         Err(response) => response,

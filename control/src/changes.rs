@@ -677,12 +677,15 @@ pub(crate) async fn target_digest(conn: &mut SqliteConnection) -> Result<String>
 /// registered now (approvals from before approvals recorded their targets count for any).
 pub(crate) async fn approved_for_targets(conn: &mut SqliteConnection, change: &ChangeRow) -> Result<bool> {
     let digest = target_digest(conn).await?;
+    let names = serde_json::to_string(&target_set(conn).await?).map_err(|err| Error::Internal(err.to_string()))?;
     let (n,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM approvals WHERE change_id = ? AND content_hash = ? AND (targets_digest IS NULL OR targets_digest = ?)",
+        "SELECT COUNT(*) FROM approvals WHERE change_id = ? AND content_hash = ?
+         AND (targets_digest = ? OR (targets_digest IS NULL AND (shadows IS NULL OR shadows = ?)))",
     )
     .bind(change.id)
     .bind(&change.content_hash)
     .bind(&digest)
+    .bind(&names)
     .fetch_one(conn)
     .await?;
     Ok(n > 0)

@@ -295,7 +295,7 @@ pub async fn run_due(db: &Db, registry: &Registry, interval: Duration) -> Result
         // Not a shadow a rollout is moving, nor one never reconciled: their parity would
         // fail for a reason everyone knows.
         "SELECT s.name FROM shadows s WHERE s.status NOT IN ('rolling_out', 'pending') AND NOT EXISTS (
-            SELECT 1 FROM drills d WHERE d.shadow = s.name
+            SELECT 1 FROM drills d WHERE d.shadow = s.name AND d.started_at >= s.created_at
             AND d.finished_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('-%d seconds', ?)))
          ORDER BY s.name",
     )

@@ -121,9 +121,19 @@ pub fn mask(mut run: HookRun, secrets: &[String]) -> HookRun {
             }
         }
     }
-    if run.truncated {
-        mask_cut_tail(&mut output, secrets);
-    }
+    // A run killed or cut may stop inside a secret, at the end of any of its lines.
+    output = output
+        .split_inclusive('\n')
+        .map(|line| {
+            let (text, end) = match line.strip_suffix('\n') {
+                Some(text) => (text, "\n"),
+                None => (line, ""),
+            };
+            let mut text = text.trim_end_matches('\u{fffd}').to_string();
+            mask_cut_tail(&mut text, secrets);
+            text + end
+        })
+        .collect();
     if let Some((cut, _)) = output.char_indices().nth(MAX_STORED) {
         output.truncate(cut);
         run.truncated = true;
@@ -136,19 +146,24 @@ pub fn mask(mut run: HookRun, secrets: &[String]) -> HookRun {
     run
 }
 
-/// Masks the end of `output` when it is the beginning of a secret (at least
-/// [`MIN_MASKED`] characters of it): what was cut off may have been the rest.
-fn mask_cut_tail(output: &mut String, secrets: &[String]) {
+/// Masks the end of `line` when it is the beginning of a secret (at least [`MIN_MASKED`]
+/// characters of it, the longest such beginning of any secret): what was cut off may have
+/// been the rest.
+fn mask_cut_tail(line: &mut String, secrets: &[String]) {
+    let mut longest = 0;
     for secret in secrets {
-        let longest = secret.len().min(output.len());
-        for take in (MIN_MASKED..=longest).rev() {
-            let start = output.len() - take;
-            if output.is_char_boundary(start) && secret.as_bytes().starts_with(&output.as_bytes()[start..]) {
-                output.truncate(start);
-                output.push_str(MASK);
-                return;
+        let most = secret.len().min(line.len());
+        for take in (MIN_MASKED.max(longest + 1)..=most).rev() {
+            let start = line.len() - take;
+            if line.is_char_boundary(start) && secret.as_bytes().starts_with(&line.as_bytes()[start..]) {
+                longest = take;
+                break;
             }
         }
+    }
+    if longest > 0 {
+        line.truncate(line.len() - longest);
+        line.push_str(MASK);
     }
 }
 
@@ -187,10 +202,9 @@ mod tests {
     #[test]
     fn a_secret_cut_short_by_the_bound_and_an_escaped_one_are_masked() {
         let secrets = vec!["sk-live-123456".to_string()];
-        let mut cut = run("config error near sk-live-12");
-        cut.truncated = true;
-        let masked = mask(cut, &secrets);
-        assert!(masked.output.ends_with("near [secret]"), "{}", masked.output);
+        // Killed mid-line: the notice follows the line that stopped inside the secret.
+        let masked = mask(run("config error near sk-live-12\n(killed after 30s)"), &secrets);
+        assert!(masked.output.starts_with("config error near [secret]\n"), "{}", masked.output);
         assert_eq!(decoded(r#"p\u00e4ss\"word"#).as_deref(), Some("päss\"word"));
         let mut values = Vec::new();
         fragments(&decoded(r#"p\u00e4ss\"word"#).unwrap(), &mut values);

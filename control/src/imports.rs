@@ -218,48 +218,67 @@ async fn create(db: &Db, caller: &Caller, base_revision: i64, message: String, e
 /// group. Nothing is skipped silently: a symlink, a special file, a file that is not UTF-8
 /// text or cannot be read refuses the whole import, naming every such path.
 pub fn read_directory(dir: &std::path::Path) -> std::result::Result<Vec<ImportFile>, String> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let no_follow = nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits();
-    // Every directory is opened without following a link and read through its open
-    // descriptor (`/proc/self/fd/N`), and every file is opened the same way and judged by
-    // what it is once open: a name swapped for a link meanwhile is refused, never followed.
-    let open_dir = |path: &std::path::Path| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(no_follow | nix::fcntl::OFlag::O_DIRECTORY.bits())
-            .open(path)
+    use std::os::unix::{
+        ffi::OsStrExt,
+        fs::{MetadataExt, OpenOptionsExt},
     };
+    let flags = |extra: nix::fcntl::OFlag| {
+        (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOCTTY | extra).bits()
+    };
+    // The named directory may itself be a link (`/etc/nginx -> …`); nothing under it is
+    // followed. Each directory is read through its open descriptor (`/proc/self/fd/N`);
+    // each name is looked at first (`lstat`), only a regular file or a directory is
+    // opened (a device is never opened: that can act), and what was opened must be what
+    // was looked at, so a name swapped for a link meanwhile is refused, never followed.
+    let top = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECTORY.bits())
+        .open(dir)
+        .map_err(|err| format!("cannot open {}: {err}", dir.display()))?;
     let mut files = Vec::new();
     let mut problems = Vec::new();
-    let top = open_dir(dir).map_err(|err| format!("cannot open {}: {err}", dir.display()))?;
     let mut pending = vec![(top, String::new())];
     while let Some((handle, relative)) = pending.pop() {
         let held = std::path::PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle)));
         let listing = std::fs::read_dir(&held).map_err(|err| format!("cannot list {relative:?}: {err}"))?;
-        let mut names: Vec<_> = listing.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        let mut names: Vec<std::ffi::OsString> = listing.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
         names.sort();
         for name in names {
-            let name = name.to_string_lossy().into_owned();
+            let shown_name = String::from_utf8_lossy(name.as_bytes()).into_owned();
             let shown = if relative.is_empty() {
-                name.clone()
+                shown_name
             } else {
-                format!("{relative}/{name}")
+                format!("{relative}/{shown_name}")
             };
             let path = held.join(&name);
-            let opened = std::fs::OpenOptions::new().read(true).custom_flags(no_follow).open(&path);
-            let file = match opened {
-                Ok(file) => file,
-                Err(err) if err.raw_os_error() == Some(nix::libc::ELOOP) => {
-                    problems.push(format!("{shown}: a symlink (copy what it points to instead)"));
-                    continue;
-                }
+            let looked = match std::fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
                 Err(err) => {
                     problems.push(format!("{shown}: {err}"));
                     continue;
                 }
             };
-            let meta = match file.metadata() {
-                Ok(meta) => meta,
+            let kind = looked.file_type();
+            if kind.is_symlink() {
+                problems.push(format!("{shown}: a symlink (copy what it points to instead)"));
+                continue;
+            }
+            if !kind.is_file() && !kind.is_dir() {
+                problems.push(format!("{shown}: not a regular file (a device, fifo or socket)"));
+                continue;
+            }
+            let extra = if kind.is_dir() {
+                nix::fcntl::OFlag::O_DIRECTORY
+            } else {
+                nix::fcntl::OFlag::empty()
+            };
+            let opened = std::fs::OpenOptions::new().read(true).custom_flags(flags(extra)).open(&path);
+            let (file, meta) = match opened.and_then(|file| file.metadata().map(|meta| (file, meta))) {
+                Ok(found) if found.1.dev() == looked.dev() && found.1.ino() == looked.ino() => found,
+                Ok(_) => {
+                    problems.push(format!("{shown}: replaced while it was read"));
+                    continue;
+                }
                 Err(err) => {
                     problems.push(format!("{shown}: {err}"));
                     continue;
@@ -267,26 +286,24 @@ pub fn read_directory(dir: &std::path::Path) -> std::result::Result<Vec<ImportFi
             };
             if meta.is_dir() {
                 pending.push((file, shown));
-            } else if !meta.is_file() {
-                problems.push(format!("{shown}: not a regular file"));
-            } else {
-                let mut content = Vec::new();
-                let read = std::io::Read::read_to_end(&mut std::io::Read::take(&file, 32 * 1024 * 1024 + 1), &mut content);
-                match read {
-                    Err(err) => problems.push(format!("{shown}: {err}")),
-                    Ok(_) if content.len() > 32 * 1024 * 1024 => problems.push(format!("{shown}: larger than 32 MiB")),
-                    Ok(_) => match String::from_utf8(content) {
-                        Err(_) => problems.push(format!("{shown}: not UTF-8 text")),
-                        Ok(content) => files.push(ImportFile {
-                            path: shown,
-                            content,
-                            mode: Some(format_mode(meta.mode() & 0o7777)),
-                            owner: name_of_user(meta.uid()),
-                            group: name_of_group(meta.gid()),
-                            format: None,
-                        }),
-                    },
-                }
+                continue;
+            }
+            let mut content = Vec::new();
+            let read = std::io::Read::read_to_end(&mut std::io::Read::take(&file, 32 * 1024 * 1024 + 1), &mut content);
+            match read {
+                Err(err) => problems.push(format!("{shown}: {err}")),
+                Ok(_) if content.len() > 32 * 1024 * 1024 => problems.push(format!("{shown}: larger than 32 MiB")),
+                Ok(_) => match String::from_utf8(content) {
+                    Err(_) => problems.push(format!("{shown}: not UTF-8 text")),
+                    Ok(content) => files.push(ImportFile {
+                        path: shown,
+                        content,
+                        mode: Some(format_mode(meta.mode() & 0o7777)),
+                        owner: name_of_user(meta.uid()),
+                        group: name_of_group(meta.gid()),
+                        format: None,
+                    }),
+                },
             }
         }
     }
@@ -415,6 +432,23 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(bytes).unwrap();
         encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn a_directory_with_a_fifo_or_a_link_is_refused_without_opening_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.conf"), "x").unwrap();
+        nix::unistd::mkfifo(&dir.path().join("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
+        // A fifo opened for reading would wait for a writer forever: it is never opened.
+        let refused = read_directory(dir.path()).unwrap_err();
+        assert!(refused.contains("pipe: not a regular file"), "{refused}");
+        assert!(refused.contains("link: a symlink"), "{refused}");
+        std::fs::remove_file(dir.path().join("pipe")).unwrap();
+        std::fs::remove_file(dir.path().join("link")).unwrap();
+        let files = read_directory(dir.path()).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].content, "x");
     }
 
     #[test]

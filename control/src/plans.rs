@@ -41,7 +41,14 @@ impl Monitor {
                 entries: crate::rollouts::staged_entries(&mut conn, &self.db, &next).await?,
                 audit_head: None,
                 content_key: Some(self.db.keys.content_key().to_hex()),
-                deadline_ms: Some(u64::try_from(crate::drills::DRILL_TIMEOUT.as_millis()).unwrap_or(u64::MAX)),
+                deadline_ms: Some(
+                    u64::try_from(
+                        crate::drills::DRILL_TIMEOUT
+                            .saturating_sub(std::time::Duration::from_secs(10))
+                            .as_millis(),
+                    )
+                    .unwrap_or(u64::MAX),
+                ),
             })
         } else {
             None

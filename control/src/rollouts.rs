@@ -573,7 +573,8 @@ impl Coordinator {
             }),
             // Always: the shadow hashes sealed entries and files it holds unmanaged with it.
             content_key: Some(self.db.keys.content_key().to_hex()),
-            deadline_ms: Some(u64::try_from(self.prepare_timeout.as_millis()).unwrap_or(u64::MAX)),
+            // Less a margin for the way there and back, so the refusal arrives in time.
+            deadline_ms: Some(u64::try_from(self.prepare_timeout.saturating_sub(Duration::from_secs(1)).as_millis()).unwrap_or(u64::MAX)),
         };
         let mut prepares: futures::stream::FuturesUnordered<_> = plan
             .shadows

@@ -286,23 +286,6 @@ fn expand(arg: &str, staged: &Path, live: &Path) -> String {
         .replace("{live}", &live.to_string_lossy())
 }
 
-/// Reads `source` to its end, keeping at most [`MAX_OUTPUT`] bytes.
-fn read_bounded(mut source: impl Read) -> (Vec<u8>, bool) {
-    let mut kept = Vec::new();
-    let mut buffer = [0u8; 8192];
-    let mut truncated = false;
-    loop {
-        match source.read(&mut buffer) {
-            Ok(0) | Err(_) => return (kept, truncated),
-            Ok(n) => {
-                let room = MAX_OUTPUT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buffer[..n.min(room)]);
-                truncated |= n > room;
-            }
-        }
-    }
-}
-
 /// Reads `source` to its end into `into`, keeping at most [`MAX_OUTPUT`] bytes (the flag
 /// says whether more came).
 fn read_into(mut source: impl Read, into: &std::sync::Mutex<(Vec<u8>, bool)>) {
@@ -400,6 +383,10 @@ pub fn run_command(hook: &str, spec: &CommandSpec, staged: &Path, live: &Path) -
     };
     let (mut output, out_cut) = collect(stdout);
     let (errors, err_cut) = collect(stderr);
+    // Each stream ends its own line, so no text of one runs into the other's.
+    if !output.is_empty() && !output.ends_with(b"\n") && !errors.is_empty() {
+        output.push(b'\n');
+    }
     output.extend_from_slice(&errors);
     let truncated = out_cut || err_cut || held_open || output.len() > MAX_OUTPUT;
     output.truncate(MAX_OUTPUT);
@@ -423,14 +410,40 @@ fn probe_url(url: &str, host: &str, port: u16, path: &str, timeout: Duration) ->
             .map_err(|err| format!("cannot resolve {host}: {err}"))?
             .next()
             .ok_or_else(|| format!("{host} has no address"))?;
+        let deadline = Instant::now() + timeout;
         let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(|err| format!("cannot connect: {err}"))?;
-        stream.set_read_timeout(Some(timeout)).map_err(|err| err.to_string())?;
         stream.set_write_timeout(Some(timeout)).map_err(|err| err.to_string())?;
         // One write: a server that answers after the request line must not see the rest
         // of the request arrive in pieces.
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: etc-shadow-health\r\n\r\n");
+        let authority = match (host.contains(':'), port) {
+            (true, 80) => format!("[{host}]"),
+            (true, port) => format!("[{host}]:{port}"),
+            (false, 80) => host.to_string(),
+            (false, port) => format!("{host}:{port}"),
+        };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: etc-shadow-health\r\n\r\n");
         stream.write_all(request.as_bytes()).map_err(|err| format!("cannot send: {err}"))?;
-        let (answer, _) = read_bounded(stream.take(MAX_OUTPUT as u64));
+        // The whole answer within the timeout: a server that trickles bytes does not keep
+        // the probe (and whatever waits for it) going read after read.
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 8192];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            stream.set_read_timeout(Some(left)).map_err(|err| err.to_string())?;
+            match stream.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let room = MAX_OUTPUT.saturating_sub(answer.len());
+                    answer.extend_from_slice(&buffer[..n.min(room)]);
+                    if room <= n {
+                        break;
+                    }
+                }
+            }
+        }
         let text = String::from_utf8_lossy(&answer).into_owned();
         let status = text
             .split_whitespace()
@@ -585,6 +598,28 @@ url = "http://127.0.0.1:8080/healthz"
         let started = Instant::now();
         let run = hooks.validate(dir.path(), dir.path(), Some(Duration::from_millis(300))).unwrap();
         assert!(run.timed_out && started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_health_url_that_trickles_its_answer_ends_at_its_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n");
+                for _ in 0..100 {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if stream.write_all(b"x").is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let hooks = Hooks::parse(&format!("[health]\nurl = \"http://127.0.0.1:{port}/\"\ntimeout = \"1s\"")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        hooks.health(dir.path(), 1, Duration::from_secs(60)).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
     }
 
     #[test]

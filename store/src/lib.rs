@@ -1081,8 +1081,9 @@ impl Store {
             return Ok(());
         };
         if self.hooks.as_ref().is_none_or(|h| h.reload.is_none()) {
-            // Nothing to run. The mark stays on disk until the next save: harmless, it only
-            // names this rollout, whose reload would be owed if a hook appeared.
+            // Nothing to run. The mark stays on disk until the next switch replaces it:
+            // harmless, it only names this rollout, whose reload would be owed if a hook
+            // appeared before its commit is repeated.
             self.persisted.reload_pending = None;
             return Ok(());
         }
@@ -1270,6 +1271,9 @@ impl Store {
         if let Some(old) = self.persisted.staged.take() {
             let _ = fs::remove_dir_all(self.generation_dir(&old.dir));
             self.remember(old.rollout, RolloutPhase::Aborted);
+            // Recorded at once: whatever fails below, the state never names a staging
+            // that is gone from disk.
+            self.save()?;
         }
         let dir_name = format!("r{rollout}-rev{}", request.revision);
         let final_dir = self.generation_dir(&dir_name);
@@ -1324,8 +1328,6 @@ impl Store {
         if let Some(run) = validated.as_ref().filter(|run| !run.ok) {
             let _ = fs::remove_dir_all(&final_dir);
             let _ = fsync_dir(&self.live);
-            // An older staging this prepare replaced is gone from disk: the state says so.
-            self.save()?;
             return Err(StoreError::ValidateFailed(Box::new(run.clone())));
         }
         let writer_changed = self.persisted.control_plane_id.as_deref() != Some(request.control_plane_id.as_str());
