@@ -512,12 +512,7 @@ impl Driver {
         match self {
             Driver::Directory(store) => Self::blocking(store, move |s| s.prepare(rollout, &request)).await,
             Driver::Agent { .. } => {
-                let body = serde_json::to_value(&request).map_err(|err| ShadowError {
-                    code: "protocol".into(),
-                    message: err.to_string(),
-                    transient: false,
-                    hook: None,
-                })?;
+                let body = prepare_body(&request)?;
                 // The coordinator's prepare deadline bounds it.
                 self.call_within(
                     reqwest::Method::PUT,
@@ -576,12 +571,7 @@ impl Driver {
         match self {
             Driver::Directory(store) => Self::blocking(store, move |s| s.validate_dry_run(&request)).await,
             Driver::Agent { .. } => {
-                let body = serde_json::to_value(&request).map_err(|err| ShadowError {
-                    code: "protocol".into(),
-                    message: err.to_string(),
-                    transient: false,
-                    hook: None,
-                })?;
+                let body = prepare_body(&request)?;
                 let answer: domain::protocol::DryRunAnswer = self
                     .call_within(reqwest::Method::POST, "/v1/validate", Some(body), Some(HOOK_CALL_TIMEOUT))
                     .await?;
@@ -599,6 +589,16 @@ impl Driver {
             }
         }
     }
+}
+
+/// A prepare (or its dry run) as the body of a call to an agent.
+fn prepare_body(request: &PrepareRequest) -> Result<serde_json::Value, ShadowError> {
+    serde_json::to_value(request).map_err(|err| ShadowError {
+        code: "protocol".into(),
+        message: err.to_string(),
+        transient: false,
+        hook: None,
+    })
 }
 
 /// What went wrong reaching an agent, without the URL reqwest would print.
