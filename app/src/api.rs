@@ -313,16 +313,7 @@ pub async fn remove_entry(change: Option<i64>, base_revision: i64, message: Stri
     let view = match change {
         Some(id) => control::changes::delete_entry(&db, &caller, id, &path).await.map_err(fail)?,
         None => {
-            let entry = domain::api::EntryInput {
-                path,
-                content: None,
-                format: None,
-                mode: None,
-                owner: None,
-                group: None,
-                secret: None,
-                delete: true,
-            };
+            let entry = domain::api::EntryInput::deletion(path);
             control::changes::create(
                 &db,
                 &caller,

@@ -647,16 +647,7 @@ impl Monitor {
         for drift in &adoptable {
             let known = expected.get(&drift.path);
             let Some(have) = observed.get(&drift.path) else {
-                entries.push(EntryInput {
-                    path: drift.path.clone(),
-                    content: None,
-                    format: None,
-                    mode: None,
-                    owner: None,
-                    group: None,
-                    secret: None,
-                    delete: true,
-                });
+                entries.push(EntryInput::deletion(drift.path.clone()));
                 continue;
             };
             let bytes = driver

@@ -101,7 +101,7 @@ async fn import_files(db: &Db, caller: &Caller, import: NewImport) -> Result<Cha
     }
     for path in current.keys() {
         if !seen.contains(path) {
-            entries.push(delete(path));
+            entries.push(EntryInput::deletion(path.as_str()));
         }
     }
     let entries = without_unchanged(db, &current, entries).await?;
@@ -142,7 +142,7 @@ pub async fn restore(db: &Db, caller: &Caller, number: i64) -> Result<ChangeView
     }
     for path in current.keys() {
         if !wanted.contains_key(path) {
-            entries.push(delete(path));
+            entries.push(EntryInput::deletion(path.as_str()));
         }
     }
     drop(conn);
@@ -153,19 +153,6 @@ pub async fn restore(db: &Db, caller: &Caller, number: i64) -> Result<ChangeView
         ));
     }
     create(db, caller, base_revision, format!("Restore revision {number}"), entries).await
-}
-
-fn delete(path: &str) -> EntryInput {
-    EntryInput {
-        path: path.to_string(),
-        content: None,
-        format: None,
-        mode: None,
-        owner: None,
-        group: None,
-        secret: None,
-        delete: true,
-    }
 }
 
 async fn current_entries(db: &Db) -> Result<(i64, revisions::EntrySet)> {

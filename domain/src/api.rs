@@ -225,6 +225,22 @@ pub struct EntryInput {
     pub delete: bool,
 }
 
+impl EntryInput {
+    /// The entry at `path` removed.
+    pub fn deletion(path: impl Into<String>) -> EntryInput {
+        EntryInput {
+            path: path.into(),
+            content: None,
+            format: None,
+            mode: None,
+            owner: None,
+            group: None,
+            secret: None,
+            delete: true,
+        }
+    }
+}
+
 /// `PUT /api/v1/changes/{id}/entries/{path}` body: the path comes from the URL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

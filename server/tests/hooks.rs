@@ -446,13 +446,7 @@ async fn the_plan_shows_each_shadows_actions_and_refusals_and_an_approval_binds_
 
     let (status, plan) = fleet.viewer.get(&format!("/api/v1/changes/{id}/plan")).await;
     assert_eq!(status, StatusCode::OK, "{plan}");
-    let edge = plan["shadows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "edge")
-        .unwrap()
-        .clone();
+    let edge = shadow(&plan, "edge").clone();
     assert!(edge["refusal"].is_null(), "{edge}");
     let actions: std::collections::BTreeMap<String, String> = edge["actions"]
         .as_array()
@@ -470,13 +464,7 @@ async fn the_plan_shows_each_shadows_actions_and_refusals_and_an_approval_binds_
     .map(|(p, a)| (p.to_string(), a.to_string()))
     .collect();
     assert_eq!(actions, expected, "{edge}");
-    let dr = plan["shadows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "dr")
-        .unwrap()
-        .clone();
+    let dr = shadow(&plan, "dr").clone();
     assert!(dr["refusal"].as_str().unwrap().starts_with("drifted"), "{dr}");
 
     // The dry run of the validate hooks is an approver's; it finds what the node's
@@ -485,13 +473,7 @@ async fn the_plan_shows_each_shadows_actions_and_refusals_and_an_approval_binds_
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, plan) = fleet.approver.get(&format!("/api/v1/changes/{id}/plan?validate=true")).await;
     assert_eq!(status, StatusCode::OK, "{plan}");
-    let edge = plan["shadows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "edge")
-        .unwrap()
-        .clone();
+    let edge = shadow(&plan, "edge").clone();
     assert!(edge["refusal"].as_str().unwrap().contains("validate hook"), "{edge}");
     assert_eq!(edge["validate"]["ok"], false);
     assert!(edge["validate"]["output"].as_str().unwrap().contains("x.json"));
