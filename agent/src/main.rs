@@ -81,22 +81,26 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 }
 
 fn error_with_hook(status: StatusCode, code: &str, message: impl Into<String>, hook: Option<domain::protocol::HookRun>) -> Response {
-    (
+    error_body(
         status,
-        Json(AgentErrorBody {
-            error: AgentError {
-                code: code.into(),
-                message: message.into(),
-                hook,
-            },
-        }),
+        AgentError {
+            code: code.into(),
+            message: message.into(),
+            hook,
+            missing: Vec::new(),
+        },
     )
-        .into_response()
+}
+
+fn error_body(status: StatusCode, error: AgentError) -> Response {
+    (status, Json(AgentErrorBody { error })).into_response()
 }
 
 fn store_error(err: StoreError) -> Response {
     let status = match &err {
-        StoreError::Fenced(_) | StoreError::BaseRootMismatch { .. } | StoreError::Conflict(_) => StatusCode::CONFLICT,
+        StoreError::Fenced(_) | StoreError::BaseRootMismatch { .. } | StoreError::Conflict(_) | StoreError::Incomplete(_) => {
+            StatusCode::CONFLICT
+        }
         StoreError::RootMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
         StoreError::BadRequest(_) => StatusCode::BAD_REQUEST,
         StoreError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -105,11 +109,22 @@ fn store_error(err: StoreError) -> Response {
     };
     // The hook's output is not logged here: it may quote the staged files.
     tracing::warn!(code = err.code(), %err, "request refused");
-    let hook = match &err {
-        StoreError::ValidateFailed(run) => Some((**run).clone()),
-        _ => None,
+    let message = err.to_string();
+    let code = err.code().to_string();
+    let (hook, missing) = match err {
+        StoreError::ValidateFailed(run) => (Some(*run), Vec::new()),
+        StoreError::Incomplete(paths) => (None, paths),
+        _ => (None, Vec::new()),
     };
-    error_with_hook(status, err.code(), err.to_string(), hook)
+    error_body(
+        status,
+        AgentError {
+            code,
+            message,
+            hook,
+            missing,
+        },
+    )
 }
 
 /// Refuses with 401 before anything else of the request is read.

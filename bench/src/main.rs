@@ -303,7 +303,8 @@ async fn breakdown(addr: SocketAddr, fence: Fence, entries: usize, bytes: usize,
                 let e = entry(i, bytes, 1_000_000 + call);
                 StagedEntry {
                     path: e.path,
-                    content: e.content.unwrap(),
+                    content: e.content,
+                    entry_hash: None,
                     mode: "0644".into(),
                     owner: String::new(),
                     group: String::new(),
@@ -320,7 +321,7 @@ async fn breakdown(addr: SocketAddr, fence: Fence, entries: usize, bytes: usize,
                     mode: 0o644,
                     ..Default::default()
                 };
-                let hash = domain::hash::entry_hash(&path, &policy, e.content.as_bytes());
+                let hash = domain::hash::entry_hash(&path, &policy, e.content.as_deref().unwrap_or_default().as_bytes());
                 (path, hash)
             })
             .collect();

@@ -161,6 +161,7 @@ impl Monitor {
                 message: format!("no answer within {:?}", self.check_timeout),
                 transient: true,
                 hook: None,
+                ..Default::default()
             }),
         };
         let mut conn = self.db.read.acquire().await?;
@@ -298,6 +299,7 @@ impl Monitor {
                     message: format!("no entry list within {:?}", self.check_timeout),
                     transient: true,
                     hook: None,
+                    ..Default::default()
                 }),
             };
             match full {

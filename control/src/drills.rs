@@ -184,6 +184,7 @@ pub async fn run_as(
                     message: format!("no answer within {DRILL_TIMEOUT:?}"),
                     transient: true,
                     hook: None,
+                    ..Default::default()
                 })
             }),
         Err(err) => Err(ShadowError {
@@ -191,6 +192,7 @@ pub async fn run_as(
             message: err.public_message(),
             transient: false,
             hook: None,
+            ..Default::default()
         }),
     };
     // The validator reads the live tree: the secrets of the revision the shadow says it

@@ -38,7 +38,7 @@ impl Monitor {
                 target_root: root.clone(),
                 base_root: base_root.clone(),
                 reconcile: false,
-                entries: crate::rollouts::staged_entries(&mut conn, &self.db, &next).await?,
+                entries: crate::rollouts::staged_entries(&mut conn, &self.db, &next, None).await?,
                 audit_head: None,
                 content_key: Some(self.db.keys.content_key().to_hex()),
                 deadline_ms: Some(
@@ -79,6 +79,7 @@ impl Monitor {
                         message: err.public_message(),
                         transient: false,
                         hook: None,
+                        ..Default::default()
                     }),
                 };
                 let (driver, state) = match state {
@@ -173,5 +174,6 @@ fn timeout() -> crate::shadows::ShadowError {
         message: "no answer in time".into(),
         transient: true,
         hook: None,
+        ..Default::default()
     }
 }

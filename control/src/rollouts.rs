@@ -170,30 +170,88 @@ async fn write_revision(tx: &mut SqliteConnection, number: i64, root: &str, chan
     Ok(())
 }
 
-/// The entries of a set as the agent protocol sends them (content included). An entry
+/// The entries of a set as the agent protocol sends them. An entry that `held` (the set
+/// a shadow is known to serve) has with the same entry hash goes by its hash alone: the
+/// shadow links its own copy after proving it, and answers `incomplete` for any it does
+/// not hold (see [`with_content`]). So a rollout reads and sends what changed. An entry
 /// whose hash is keyed (a sealed one, stored since entries are keyed) says so, for the
 /// shadow to hash it the same way.
-pub(crate) async fn staged_entries(conn: &mut SqliteConnection, db: &Db, set: &EntrySet) -> Result<Vec<StagedEntry>> {
-    let keys = &db.keys;
+pub(crate) async fn staged_entries(
+    conn: &mut SqliteConnection,
+    db: &Db,
+    set: &EntrySet,
+    held: Option<&EntrySet>,
+) -> Result<Vec<StagedEntry>> {
     let mut entries = Vec::with_capacity(set.len());
     for row in set.values() {
-        let hash = row
+        let blob = row
             .blob
             .as_deref()
             .ok_or_else(|| Error::Internal(format!("{} has no content", row.path)))?;
-        let content = revisions::blob(conn, keys, hash).await?;
-        let sealed = crate::changes::is_sealed_blob(hash) && crate::changes::sealed_hash(db, row, &content)?.to_hex() == row.entry_hash;
-        entries.push(StagedEntry {
-            sealed,
-            path: row.path.clone(),
-            content: String::from_utf8(content).map_err(|_| Error::Internal(format!("{} is not UTF-8", row.path)))?,
-            mode: domain::policy::format_mode(u32::try_from(row.mode).unwrap_or(0)),
-            owner: row.owner.clone(),
-            group: row.grp.clone(),
-            secret: row.secret,
-        });
+        if held
+            .and_then(|held| held.get(&row.path))
+            .is_some_and(|there| there.entry_hash == row.entry_hash)
+        {
+            entries.push(StagedEntry {
+                path: row.path.clone(),
+                content: None,
+                entry_hash: Some(row.entry_hash.clone()),
+                mode: domain::policy::format_mode(u32::try_from(row.mode).unwrap_or(0)),
+                owner: row.owner.clone(),
+                group: row.grp.clone(),
+                secret: row.secret,
+                // Entries stored before hashes were keyed had sealed blobs and plain
+                // hashes: the shadow finds such an entry `incomplete`, and it is sent.
+                sealed: crate::changes::is_sealed_blob(blob),
+            });
+        } else {
+            entries.push(staged_entry(conn, db, row).await?);
+        }
     }
     Ok(entries)
+}
+
+/// One entry with its content.
+async fn staged_entry(conn: &mut SqliteConnection, db: &Db, row: &revisions::EntryRow) -> Result<StagedEntry> {
+    let hash = row
+        .blob
+        .as_deref()
+        .ok_or_else(|| Error::Internal(format!("{} has no content", row.path)))?;
+    let content = revisions::blob(conn, &db.keys, hash).await?;
+    let sealed = crate::changes::is_sealed_blob(hash) && crate::changes::sealed_hash(db, row, &content)?.to_hex() == row.entry_hash;
+    Ok(StagedEntry {
+        sealed,
+        path: row.path.clone(),
+        content: Some(String::from_utf8(content).map_err(|_| Error::Internal(format!("{} is not UTF-8", row.path)))?),
+        entry_hash: None,
+        mode: domain::policy::format_mode(u32::try_from(row.mode).unwrap_or(0)),
+        owner: row.owner.clone(),
+        group: row.grp.clone(),
+        secret: row.secret,
+    })
+}
+
+/// `entries` (of `set`) with the content of those a shadow named `missing` filled in.
+/// `None` when it named a path that was not sent by hash: a shadow that asks for what it
+/// was sent, or for what the rollout does not have, is not asked again.
+async fn with_content(db: &Db, set: &EntrySet, entries: &[StagedEntry], missing: &[String]) -> Result<Option<Vec<StagedEntry>>> {
+    let missing: std::collections::HashSet<&str> = missing.iter().map(String::as_str).collect();
+    let sent_by_hash = entries
+        .iter()
+        .filter(|e| e.content.is_none() && missing.contains(e.path.as_str()))
+        .count();
+    if missing.is_empty() || sent_by_hash != missing.len() {
+        return Ok(None);
+    }
+    let mut conn = db.read.acquire().await?;
+    let mut filled = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match set.get(&entry.path) {
+            Some(row) if missing.contains(entry.path.as_str()) => filled.push(staged_entry(&mut conn, db, row).await?),
+            _ => filled.push(entry.clone()),
+        }
+    }
+    Ok(Some(filled))
 }
 
 /// Deliberate crash at a named step (tests only): `ETC_SHADOW_CRASH_AT=after_prepare:2`
@@ -236,8 +294,11 @@ struct Plan {
     root: String,
     base_root: String,
     reconcile: bool,
+    /// Entries the shadows hold already go by hash (see [`staged_entries`]).
     entries: Vec<StagedEntry>,
     shadows: Vec<String>,
+    /// The entry set the rollout serves, for the content a shadow asks for.
+    set: EntrySet,
     /// For a change rollout: the change and the entry set of the next revision.
     change: Option<(ChangeRow, EntrySet)>,
     /// The secret fragments of the entry set, masked in what the nodes' hooks print.
@@ -450,7 +511,9 @@ impl Coordinator {
         insert_targets(&mut tx, id, &shadows).await?;
         sqlx::query("UPDATE shadows SET status = 'rolling_out'").execute(&mut *tx).await?;
         audit::append(&mut tx, &caller.username, "rollout.start", &format!("rollout/{id}"), details).await?;
-        let entries = staged_entries(&mut tx, &self.db, &next).await?;
+        // Every shadow serves the base (a prepare checks it): what it holds unchanged
+        // goes by hash.
+        let entries = staged_entries(&mut tx, &self.db, &next, Some(&base)).await?;
         // A validator may print the live files beside the staged ones.
         let masks = crate::hooks::secret_values_of(&mut tx, &self.db, &[&next, &base]).await?;
         tx.commit().await?;
@@ -463,6 +526,7 @@ impl Coordinator {
             reconcile: false,
             entries,
             shadows,
+            set: next.clone(),
             change: Some((change, next)),
             masks,
         };
@@ -503,7 +567,17 @@ impl Coordinator {
             json!({"shadow": shadow, "revision": current, "root": root}),
         )
         .await?;
-        let entries = staged_entries(&mut tx, &self.db, &set).await?;
+        // The shadow likely still holds most of the revision it last served; what it does
+        // not hold as its hash says, it asks for.
+        let (observed,): (Option<i64>,) = sqlx::query_as("SELECT observed_revision FROM shadows WHERE name = ?")
+            .bind(shadow)
+            .fetch_one(&mut *tx)
+            .await?;
+        let held = match observed.filter(|n| (1..=current).contains(n)) {
+            Some(number) => Some(revisions::entries(&mut tx, number).await?),
+            None => None,
+        };
+        let entries = staged_entries(&mut tx, &self.db, &set, held.as_ref()).await?;
         // The shadow may hold anything; an earlier revision is the likeliest.
         let previous = revisions::entries(&mut tx, (current - 1).max(0)).await?;
         let masks = crate::hooks::secret_values_of(&mut tx, &self.db, &[&set, &previous]).await?;
@@ -517,6 +591,7 @@ impl Coordinator {
             reconcile: true,
             entries,
             shadows: vec![shadow.to_string()],
+            set,
             change: None,
             masks,
         };
@@ -581,14 +656,31 @@ impl Coordinator {
             .iter()
             .map(|name| {
                 let request = request.clone();
+                let plan = &plan;
                 async move {
                     let result = match self.registry.driver(&self.db, name).await {
-                        Ok(driver) => driver.prepare(plan.id, request).await,
+                        Ok(driver) => match driver.prepare(plan.id, request.clone()).await {
+                            // Entries sent by hash that the shadow does not hold (it
+                            // drifted, or lost its generation): sent once more, with them.
+                            Err(err) if err.code == "incomplete" => {
+                                match with_content(&self.db, &plan.set, &request.entries, &err.missing).await {
+                                    Ok(Some(entries)) => driver.prepare(plan.id, PrepareRequest { entries, ..request }).await,
+                                    Ok(None) => Err(err),
+                                    Err(fill) => Err(ShadowError {
+                                        code: "internal".into(),
+                                        message: fill.public_message(),
+                                        ..Default::default()
+                                    }),
+                                }
+                            }
+                            other => other,
+                        },
                         Err(err) => Err(ShadowError {
                             code: "driver".into(),
                             message: err.public_message(),
                             transient: false,
                             hook: None,
+                            ..Default::default()
                         }),
                     };
                     (name.clone(), result)
@@ -863,6 +955,7 @@ impl Coordinator {
             message: err.public_message(),
             transient: true,
             hook: None,
+            ..Default::default()
         })?;
         tokio::time::timeout(self.call_timeout, op(driver)).await.unwrap_or_else(|_| {
             Err(ShadowError {
@@ -870,6 +963,7 @@ impl Coordinator {
                 message: format!("no answer within {:?}", self.call_timeout),
                 transient: true,
                 hook: None,
+                ..Default::default()
             })
         })
     }

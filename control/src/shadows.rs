@@ -252,7 +252,7 @@ pub async fn get(db: &Db, name: &str) -> Result<ShadowView> {
 }
 
 /// A failure talking to a shadow, in words fit for the rollout record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShadowError {
     pub code: String,
     pub message: String,
@@ -261,6 +261,9 @@ pub struct ShadowError {
     /// For `validate_failed`: the node's validate hook's run, its output as the node
     /// sent it (mask it with [`crate::hooks::mask`] before anyone sees it).
     pub hook: Option<Box<domain::protocol::HookRun>>,
+    /// For `incomplete`: the entries the shadow does not hold as their hashes say, to be
+    /// sent again with their content.
+    pub missing: Vec<String>,
 }
 
 /// The largest answer read from an agent: a state listing every entry, or one entry's
@@ -293,6 +296,7 @@ async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<V
         message: format!("the agent's answer is larger than {} MiB", limit / (1024 * 1024)),
         transient: false,
         hook: None,
+        ..Default::default()
     };
     if response.content_length().is_some_and(|length| length > limit as u64) {
         return Err(too_large());
@@ -303,6 +307,7 @@ async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<V
         message: format!("the agent's answer broke off: {}", without_url(&err)),
         transient: true,
         hook: None,
+        ..Default::default()
     })? {
         if body.len() + chunk.len() > limit {
             return Err(too_large());
@@ -336,12 +341,20 @@ async fn refusal(response: reqwest::Response, transient: bool) -> ShadowError {
             message: shadow_message(&body.error.message),
             transient,
             hook: body.error.hook.map(Box::new),
+            // Only paths the protocol allows: they are looked up in the plan, never shown.
+            missing: body
+                .error
+                .missing
+                .into_iter()
+                .filter(|p| domain::EntryPath::parse(p).is_ok())
+                .collect(),
         },
         None => ShadowError {
             code: "protocol".into(),
             message: format!("agent answered {status}"),
             transient,
             hook: None,
+            ..Default::default()
         },
     }
 }
@@ -371,9 +384,13 @@ impl From<StoreError> for ShadowError {
             code: err.code().to_string(),
             message: err.to_string(),
             transient: false,
-            hook: match err {
-                StoreError::ValidateFailed(run) => Some(run),
+            hook: match &err {
+                StoreError::ValidateFailed(run) => Some(run.clone()),
                 _ => None,
+            },
+            missing: match err {
+                StoreError::Incomplete(paths) => paths,
+                _ => Vec::new(),
             },
         }
     }
@@ -401,6 +418,7 @@ impl Driver {
                 message: err.to_string(),
                 transient: true,
                 hook: None,
+                ..Default::default()
             })?
             .map_err(ShadowError::from)
     }
@@ -445,6 +463,7 @@ impl Driver {
             code: if tls_failure(&err).is_some() { "tls" } else { "unreachable" }.into(),
             transient: true,
             hook: None,
+            ..Default::default()
         })?;
         let status = response.status();
         if status.is_success() {
@@ -459,6 +478,7 @@ impl Driver {
                 ),
                 transient: true,
                 hook: None,
+                ..Default::default()
             });
         }
         let transient = status.is_server_error() && status != reqwest::StatusCode::INTERNAL_SERVER_ERROR;
@@ -484,6 +504,7 @@ impl Driver {
                         message: format!("the file is larger than {} MiB", MAX_AGENT_ANSWER / (1024 * 1024)),
                         transient: false,
                         hook: None,
+                        ..Default::default()
                     });
                 }
                 Ok(bytes)
@@ -499,6 +520,7 @@ impl Driver {
                         code: "unreachable".into(),
                         transient: true,
                         hook: None,
+                        ..Default::default()
                     })?;
                 if !response.status().is_success() {
                     return Err(refusal(response, false).await);
@@ -550,6 +572,7 @@ impl Driver {
                             message: err.to_string(),
                             transient: true,
                             hook: None,
+                            ..Default::default()
                         })?;
                 }
                 Ok(answer)
@@ -598,6 +621,7 @@ fn prepare_body(request: &PrepareRequest) -> Result<serde_json::Value, ShadowErr
         message: err.to_string(),
         transient: false,
         hook: None,
+        ..Default::default()
     })
 }
 

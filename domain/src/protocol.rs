@@ -6,11 +6,22 @@ use serde::{Deserialize, Serialize};
 
 /// One entry to stage: content (base64 would hide nothing: writes are authenticated and,
 /// with TLS, encrypted) and policy.
+///
+/// An entry the shadow already holds is sent without its content, by its entry hash
+/// alone ([`StagedEntry::held`]): the shadow takes it from its live generation after
+/// proving that file hashes to it, and answers `incomplete` when it cannot (the writer
+/// then sends the content). So a rollout sends what changed, not the whole set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StagedEntry {
     pub path: String,
-    pub content: String,
+    /// The bytes; `None` for an entry the shadow is believed to hold (then `entry_hash`
+    /// names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// The entry hash (hex) of an entry sent without content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_hash: Option<String>,
     /// Octal permission bits as text, `"0644"`.
     pub mode: String,
     #[serde(default)]
@@ -24,6 +35,18 @@ pub struct StagedEntry {
     /// `content_key`.
     #[serde(default)]
     pub sealed: bool,
+}
+
+impl StagedEntry {
+    /// The same entry without its content, named by its entry hash: for a shadow that
+    /// holds it already.
+    pub fn held(&self, entry_hash: &str) -> StagedEntry {
+        StagedEntry {
+            content: None,
+            entry_hash: Some(entry_hash.to_string()),
+            ..self.clone()
+        }
+    }
 }
 
 /// `PUT /v1/rollouts/{id}`: stage a revision.
@@ -206,10 +229,14 @@ pub struct AgentErrorBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentError {
     /// `fenced`, `base_root_mismatch`, `root_mismatch`, `bad_request`, `io`, `conflict`,
-    /// `unauthorized`, `not_found`, `validate_failed`.
+    /// `unauthorized`, `not_found`, `validate_failed`, `incomplete` (entries sent without
+    /// content that the shadow does not hold as their hash says).
     pub code: String,
     pub message: String,
     /// For `validate_failed`: the validate hook's run, with its output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook: Option<HookRun>,
+    /// For `incomplete`: the paths of the entries to send again with their content.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
 }

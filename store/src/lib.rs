@@ -79,6 +79,19 @@ pub enum StoreError {
     /// The node's validate hook refused the staged tree; nothing was staged.
     #[error("the validate hook refused the staged tree ({})", hook_end(.0))]
     ValidateFailed(Box<domain::protocol::HookRun>),
+    /// Entries sent without content that this shadow does not hold as their hashes say
+    /// (a drifted file, a generation gone): the writer sends them again with content.
+    #[error("{} of the entries sent without content are not held here as their hashes say ({}); send their content", .0.len(), first_paths(.0))]
+    Incomplete(Vec<String>),
+}
+
+/// The first few of `paths`, for a message.
+fn first_paths(paths: &[String]) -> String {
+    let mut shown: Vec<&str> = paths.iter().take(3).map(String::as_str).collect();
+    if paths.len() > 3 {
+        shown.push("…");
+    }
+    shown.join(", ")
 }
 
 /// How a hook run ended, in a few words.
@@ -101,6 +114,7 @@ impl StoreError {
             StoreError::NotFound(_) => "not_found",
             StoreError::Io(_) => "io",
             StoreError::ValidateFailed(_) => "validate_failed",
+            StoreError::Incomplete(_) => "incomplete",
         }
     }
 }
@@ -169,8 +183,24 @@ struct Persisted {
     last_reload: Option<(i64, domain::protocol::HookRun)>,
 }
 
-/// One entry of a prepare, checked: its path, policy, entry hash and bytes.
-type ParsedEntry<'a> = (EntryPath, Policy, Hash, &'a [u8]);
+/// One entry of a prepare, checked: its path, policy, entry hash and where its bytes are.
+struct ParsedEntry<'a> {
+    path: EntryPath,
+    policy: Policy,
+    hash: Hash,
+    /// The key its hash is sealed under, for a sealed entry.
+    key: Option<domain::hash::ContentKey>,
+    source: Source<'a>,
+}
+
+/// Where a staged entry's bytes come from.
+enum Source<'a> {
+    /// Sent with the request.
+    Sent(&'a [u8]),
+    /// Held here: the live generation's file, proven to hash to the entry before it is
+    /// linked into the new generation.
+    Held,
+}
 
 /// The prepare's entries checked one by one (path, mode, owner and group, the content key
 /// of sealed ones, no path twice) and hashed, proven to hash to the target root, with the
@@ -205,7 +235,22 @@ fn parse_entries(request: &PrepareRequest) -> Result<(Vec<ParsedEntry<'_>>, BTre
                 )));
             }
         };
-        let hash = timed(|t| &mut t.hash, || hash_entry(key, &path, &policy, entry.content.as_bytes()));
+        let (hash, source) = match (&entry.content, &entry.entry_hash) {
+            (Some(content), None) => (
+                timed(|t| &mut t.hash, || hash_entry(key, &path, &policy, content.as_bytes())),
+                Source::Sent(content.as_bytes()),
+            ),
+            (None, Some(hash)) => (
+                Hash::from_hex(hash).map_err(|_| StoreError::BadRequest(format!("{path}: the entry hash is not 64 hex digits")))?,
+                Source::Held,
+            ),
+            (Some(_), Some(_)) => {
+                return Err(StoreError::BadRequest(format!(
+                    "{path}: an entry is sent with its content or its hash, not both"
+                )));
+            }
+            (None, None) => return Err(StoreError::BadRequest(format!("{path}: an entry needs its content or its hash"))),
+        };
         if manifest
             .insert(
                 path.to_string(),
@@ -220,9 +265,15 @@ fn parse_entries(request: &PrepareRequest) -> Result<(Vec<ParsedEntry<'_>>, BTre
         {
             return Err(StoreError::BadRequest(format!("{path} appears twice")));
         }
-        parsed.push((path, policy, hash, entry.content.as_bytes()));
+        parsed.push(ParsedEntry {
+            path,
+            policy,
+            hash,
+            key: key.cloned(),
+            source,
+        });
     }
-    let computed = timed(|t| &mut t.hash, || root_hash(parsed.iter().map(|(path, _, hash, _)| (path, *hash)))).to_hex();
+    let computed = timed(|t| &mut t.hash, || root_hash(parsed.iter().map(|e| (&e.path, e.hash)))).to_hex();
     if computed != request.target_root {
         return Err(StoreError::RootMismatch(format!(
             "the entries hash to {computed}, not to the target root {}",
@@ -277,6 +328,26 @@ pub struct Store {
     hashes: HashCache,
     /// The node's hooks (validate before prepared, reload after the switch, health).
     hooks: Option<std::sync::Arc<hooks::Hooks>>,
+    /// [`RACY_WINDOW`]; tests that edit files in bursts shorten it.
+    racy_window: Duration,
+}
+
+/// A live file [`Store::hold`] proved to hash to an entry, held open until it is linked.
+struct HeldFile {
+    file: File,
+    /// Its signature when its hash was established.
+    before: FileSignature,
+    /// Its content older than the racy window then (a hash of a file written just now may
+    /// not cover a write in the same timestamp tick).
+    settled: bool,
+}
+
+/// A file linked into a new generation: its signature before and after the link, and its
+/// proven hash.
+struct Linked {
+    before: FileSignature,
+    after: FileSignature,
+    hash: Hash,
 }
 
 /// What `stat` says of a file; if none of it changed, neither did the file. `ctime` moves
@@ -294,7 +365,35 @@ struct FileSignature {
     gid: u32,
 }
 
+/// Timestamps after this one are inside the racy window (see [`RACY_WINDOW`]).
+fn racy_after(window: Duration) -> Duration {
+    SystemTime::now()
+        .checked_sub(window)
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .unwrap_or_default()
+}
+
 impl FileSignature {
+    /// Whether the content was last written before `racy_after`: a write now would move
+    /// `mtime` visibly, whatever the clock's tick.
+    fn settled(&self, racy_after: Duration) -> bool {
+        Duration::new(u64::try_from(self.mtime.0).unwrap_or(0), u32::try_from(self.mtime.1).unwrap_or(0)) < racy_after
+    }
+
+    /// Whether `self` (a file just linked) is `before` with only the link's mark on it:
+    /// the same inode, size, times, mode and owners, and a `ctime` from the moment of the
+    /// link (`from`..`to`, widened by a coarse clock's tick).
+    fn only_linked_since(&self, before: &FileSignature, from: SystemTime, to: SystemTime) -> bool {
+        let tick = Duration::from_millis(20);
+        let at = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let ctime = Duration::new(u64::try_from(self.ctime.0).unwrap_or(0), u32::try_from(self.ctime.1).unwrap_or(0));
+        let same = FileSignature {
+            ctime: before.ctime,
+            ..self.clone()
+        };
+        same == *before && ctime + tick >= at(from) && ctime <= at(to) + tick
+    }
+
     fn of(meta: &fs::Metadata) -> FileSignature {
         FileSignature {
             dev: meta.dev(),
@@ -506,7 +605,16 @@ struct Observed {
     files: Vec<(EntryPath, Hash, ObservedEntry)>,
     /// Everything that is not a regular file the store could serve, by path.
     others: Vec<ObservedEntry>,
+    /// Each regular file's `stat` signature and entry hash, by path: a later look trusts
+    /// them for files whose signature has not moved (see [`Trusted`]).
+    seen: Trusted,
 }
+
+/// Entry hashes a look at a tree may take without reading the file, by path: each with
+/// the `stat` signature the file had when its hash was established. Taken only while
+/// the file still has that signature and its content is settled (its `mtime` older than
+/// [`RACY_WINDOW`]), so a write since, even within the same timestamp tick, is read.
+type Trusted = HashMap<String, (FileSignature, Hash)>;
 
 impl Observed {
     fn other(&mut self, path: &str, kind: &str, detail: String) {
@@ -699,6 +807,7 @@ impl Store {
             persisted,
             hashes: HashCache::default(),
             hooks: None,
+            racy_window: RACY_WINDOW,
         };
         let lock = store.lock_state()?;
         store.clean_orphans()?;
@@ -880,16 +989,35 @@ impl Store {
     /// generation directory as it is. Files whose `stat` is unchanged since the last look
     /// are not read again when `cached`; without it every file is read (the read-back
     /// that proves what was staged).
-    fn observe(&self, root: &Path, layout: Layout, manifest: &BTreeMap<String, Manifested>, cached: bool) -> Result<Observed> {
-        timed(|t| &mut t.hash, || self.observe_untimed(root, layout, manifest, cached))
+    ///
+    /// `trusted` names files whose hash is known (see [`Trusted`]): the files a prepare
+    /// linked from the live generation, or everything a previous look at the same tree saw.
+    fn observe(
+        &self,
+        root: &Path,
+        layout: Layout,
+        manifest: &BTreeMap<String, Manifested>,
+        cached: bool,
+        trusted: &Trusted,
+    ) -> Result<Observed> {
+        timed(|t| &mut t.hash, || self.observe_untimed(root, layout, manifest, cached, trusted))
     }
 
-    fn observe_untimed(&self, root: &Path, layout: Layout, manifest: &BTreeMap<String, Manifested>, cached: bool) -> Result<Observed> {
+    fn observe_untimed(
+        &self,
+        root: &Path,
+        layout: Layout,
+        manifest: &BTreeMap<String, Manifested>,
+        cached: bool,
+        trusted: &Trusted,
+    ) -> Result<Observed> {
         let mut observed = Observed::default();
-        let racy_after = SystemTime::now()
-            .checked_sub(RACY_WINDOW)
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .unwrap_or_default();
+        let racy_after = racy_after(self.racy_window);
+        // Names of owners and groups, looked up once per look rather than once per file.
+        let mut users: HashMap<u32, String> = HashMap::new();
+        let mut groups: HashMap<u32, String> = HashMap::new();
+        let mut user_of = |uid: u32| users.entry(uid).or_insert_with(|| user_name(uid)).clone();
+        let mut group_of = |gid: u32| groups.entry(gid).or_insert_with(|| group_name(gid)).clone();
         let mut cache = self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut seen = std::collections::HashSet::new();
         // A file the writer does not manage may be anything (a key on a backup volume): it is
@@ -973,7 +1101,27 @@ impl Store {
                 && *cached_signature == signature
                 && cached_expected == expected
             {
+                observed.seen.insert(entry_path.as_str().to_string(), (signature, *hash));
                 observed.files.push((entry_path, *hash, entry.clone()));
+                continue;
+            }
+            if let Some((known, hash)) = trusted.get(entry_path.as_str())
+                && *known == signature
+                && signature.settled(racy_after)
+            {
+                let hash = *hash;
+                let entry = ObservedEntry {
+                    path: entry_path.to_string(),
+                    entry_hash: hash.to_hex(),
+                    mode: format_mode(meta.permissions().mode() & 0o7777),
+                    owner: user_of(meta.uid()),
+                    group: group_of(meta.gid()),
+                    size: i64::try_from(meta.size()).unwrap_or(i64::MAX),
+                    kind: None,
+                    detail: None,
+                };
+                observed.seen.insert(entry_path.as_str().to_string(), (signature, hash));
+                observed.files.push((entry_path, hash, entry));
                 continue;
             }
             let content = match read_no_follow(&disk) {
@@ -989,12 +1137,12 @@ impl Store {
                 owner: if expected.owner.is_empty() {
                     String::new()
                 } else {
-                    user_name(meta.uid())
+                    user_of(meta.uid())
                 },
                 group: if expected.group.is_empty() {
                     String::new()
                 } else {
-                    group_name(meta.gid())
+                    group_of(meta.gid())
                 },
                 secret: expected.secret,
             };
@@ -1009,8 +1157,8 @@ impl Store {
                 path: entry_path.to_string(),
                 entry_hash: hash.to_hex(),
                 mode: format_mode(policy.mode),
-                owner: user_name(meta.uid()),
-                group: group_name(meta.gid()),
+                owner: user_of(meta.uid()),
+                group: group_of(meta.gid()),
                 size: i64::try_from(content.len()).unwrap_or(i64::MAX),
                 kind: None,
                 detail: None,
@@ -1022,10 +1170,14 @@ impl Store {
                 u32::try_from(signature.ctime.1).unwrap_or(0),
             );
             if cached && changed_at < racy_after {
-                cache.insert(entry_path.as_str().to_string(), (signature, expected.clone(), hash, entry.clone()));
+                cache.insert(
+                    entry_path.as_str().to_string(),
+                    (signature.clone(), expected.clone(), hash, entry.clone()),
+                );
             } else if cached {
                 cache.remove(entry_path.as_str());
             }
+            observed.seen.insert(entry_path.as_str().to_string(), (signature, hash));
             observed.files.push((entry_path, hash, entry));
         }
         if cached {
@@ -1109,11 +1261,13 @@ impl Store {
 
     /// The root of what the managed directory holds right now.
     pub fn live_root(&self) -> Result<Hash> {
-        Ok(self.observe(&self.live, Layout::Managed, self.live_manifest(), true)?.root())
+        Ok(self
+            .observe(&self.live, Layout::Managed, self.live_manifest(), true, &Trusted::new())?
+            .root())
     }
 
     pub fn state(&self, with_entries: bool) -> Result<ShadowState> {
-        let observed = self.observe(&self.live, Layout::Managed, self.live_manifest(), true)?;
+        let observed = self.observe(&self.live, Layout::Managed, self.live_manifest(), true, &Trusted::new())?;
         Ok(ShadowState {
             control_plane_id: self.persisted.control_plane_id.clone().or(self.pinned_control_plane.clone()),
             highest_epoch: self.persisted.highest_epoch,
@@ -1284,13 +1438,19 @@ impl Store {
         // Private while it is written: nobody reads a half-written generation. Held open,
         // so a rename or a symlink put in its place meanwhile changes nothing.
         let managed = DirHandle::open(&self.live)?;
+        // What the writer sent by hash is found in the live generation and proven first:
+        // an entry not held as its hash says refuses the prepare before anything is made.
+        let held = self.hold(&parsed)?;
         let handle = managed.create_dir(&staging_name, 0o700)?;
-        if let Err(err) = self.write_staging(&handle, &parsed) {
-            // Leave nothing behind: on a full disk, a half-written revision would only
-            // make the next attempt fail too.
-            let _ = fs::remove_dir_all(&staging);
-            return Err(err);
-        }
+        let linked = match self.write_staging(&handle, &parsed, held) {
+            Ok(linked) => linked,
+            Err(err) => {
+                // Leave nothing behind: on a full disk, a half-written revision would only
+                // make the next attempt fail too.
+                let _ = fs::remove_dir_all(&staging);
+                return Err(err);
+            }
+        };
         handle.chmod(0o755)?;
         if self.linked_generation().as_deref() == Some(final_dir.as_path()) {
             return Err(StoreError::Conflict(format!("rollout {rollout} is live here already")));
@@ -1311,7 +1471,14 @@ impl Store {
             // Hashes cached under no key, or another, are not the ones to show now.
             self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
         }
-        let staged_root = self.observe(&final_dir, Layout::Generation, &manifest, false)?.root().to_hex();
+        // Every file is read back but those linked from the live generation whose identity
+        // is unchanged since their hash was proven (see [`Store::hold`]).
+        let trusted: Trusted = linked
+            .iter()
+            .map(|(path, link)| (path.clone(), (link.after.clone(), link.hash)))
+            .collect();
+        let proof = self.observe(&final_dir, Layout::Generation, &manifest, false, &trusted)?;
+        let staged_root = proof.root().to_hex();
         if staged_root != request.target_root {
             let _ = fs::remove_dir_all(&final_dir);
             return Err(StoreError::RootMismatch(format!(
@@ -1329,6 +1496,36 @@ impl Store {
             let _ = fs::remove_dir_all(&final_dir);
             let _ = fsync_dir(&self.live);
             return Err(StoreError::ValidateFailed(Box::new(run.clone())));
+        }
+        // A validator that writes into what it checks would change what goes live after it
+        // was proven (and, through a linked file, the live tree itself): the tree is looked
+        // at again, reading only what moved.
+        if validated.is_some() {
+            let again = self
+                .observe(&final_dir, Layout::Generation, &manifest, false, &proof.seen)?
+                .root()
+                .to_hex();
+            if again != staged_root {
+                let _ = fs::remove_dir_all(&final_dir);
+                let _ = fsync_dir(&self.live);
+                return Err(StoreError::RootMismatch(
+                    "the validate hook changed the staged files; a validator must only read what it checks".into(),
+                ));
+            }
+        }
+        // The live tree's known hashes follow the files linked into the new generation
+        // (the link moved their `ctime`): the next look at the live tree, and the one after
+        // the switch, does not read them again.
+        {
+            let mut cache = self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (path, link) in &linked {
+                if let Some(known) = cache.get_mut(path)
+                    && known.0 == link.before
+                    && known.2 == link.hash
+                {
+                    known.0 = link.after.clone();
+                }
+            }
         }
         let writer_changed = self.persisted.control_plane_id.as_deref() != Some(request.control_plane_id.as_str());
         self.accept_fence(&request.control_plane_id, request.epoch);
@@ -1370,6 +1567,9 @@ impl Store {
             return Err(StoreError::BadRequest("a revision is not negative".into()));
         }
         let (parsed, _) = parse_entries(request)?;
+        if parsed.iter().any(|e| matches!(e.source, Source::Held)) {
+            return Err(StoreError::BadRequest("a dry run is sent every entry's content".into()));
+        }
         let Some(hooks) = self.hooks.clone().filter(|h| h.validate.is_some()) else {
             return Ok(None);
         };
@@ -1381,21 +1581,158 @@ impl Store {
         let managed = DirHandle::open(&self.live)?;
         let handle = managed.create_dir(&scratch_name, 0o700)?;
         // Opened up as a real staging is, so the validator sees the same permissions.
-        let written = self.write_staging(&handle, &parsed).and_then(|()| handle.chmod(0o755));
+        let written = self
+            .write_staging(&handle, &parsed, HashMap::new())
+            .and_then(|_| handle.chmod(0o755));
         let budget = request.deadline_ms.map(Duration::from_millis);
         let run = written.as_ref().ok().and_then(|()| hooks.validate(&scratch, &self.live, budget));
         let _ = fs::remove_dir_all(&scratch);
         written.map(|()| run)
     }
 
-    /// Writes every entry into `staging` (a fresh, private directory, held open) durably:
-    /// each directory made inside the one before it, each file created owner-only with
-    /// `O_EXCL | O_NOFOLLOW`, given its mode and owner before it is fsynced, then every
-    /// directory fsynced. Every name is resolved inside a directory held open, so nothing
-    /// is followed, overwritten or written elsewhere.
-    fn write_staging(&self, staging: &DirHandle, parsed: &[(EntryPath, Policy, Hash, &[u8])]) -> Result<()> {
+    /// Finds every entry sent by hash in the live generation and proves it: the file is
+    /// opened there without following any link, and its hash is the one the live tree's
+    /// cache holds for exactly that `stat` signature, or else it is read and hashed now.
+    /// Any entry not held as its hash says makes it [`StoreError::Incomplete`], naming
+    /// them all. The files stay open: what is linked later is the very inode proven.
+    fn hold(&self, parsed: &[ParsedEntry<'_>]) -> Result<HashMap<usize, HeldFile>> {
+        let wanted: Vec<usize> = (0..parsed.len()).filter(|&i| matches!(parsed[i].source, Source::Held)).collect();
+        if wanted.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let generation = self
+            .persisted
+            .live
+            .as_ref()
+            .map(|g| self.generation_dir(&g.dir))
+            .filter(|dir| self.linked_generation().as_deref() == Some(dir.as_path()))
+            .and_then(|dir| DirHandle::open(&dir).ok());
+        let Some(generation) = generation else {
+            return Err(StoreError::Incomplete(wanted.iter().map(|&i| parsed[i].path.to_string()).collect()));
+        };
+        let racy_after = racy_after(self.racy_window);
+        let mut directories: HashMap<String, Option<DirHandle>> = HashMap::new();
+        let mut held = HashMap::new();
+        let mut missing = Vec::new();
+        for i in wanted {
+            let entry = &parsed[i];
+            match self.hold_one(&generation, &mut directories, entry, racy_after) {
+                Some(file) => {
+                    held.insert(i, file);
+                }
+                None => missing.push(entry.path.to_string()),
+            }
+        }
+        if missing.is_empty() {
+            Ok(held)
+        } else {
+            Err(StoreError::Incomplete(missing))
+        }
+    }
+
+    /// One entry of [`Store::hold`]: the open file if it is there and hashes to the entry.
+    fn hold_one(
+        &self,
+        generation: &DirHandle,
+        directories: &mut HashMap<String, Option<DirHandle>>,
+        entry: &ParsedEntry<'_>,
+        racy_after: Duration,
+    ) -> Option<HeldFile> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let (parent_path, name) = match entry.path.as_str().rsplit_once('/') {
+            Some((parent, name)) => (parent, name),
+            None => ("", entry.path.as_str()),
+        };
+        let parent = if parent_path.is_empty() {
+            generation
+        } else {
+            if !directories.contains_key(parent_path) {
+                // Each directory opened inside the one before it, never through a link.
+                let mut dir: Option<DirHandle> = None;
+                for segment in parent_path.split('/') {
+                    let next = DirHandle::open(&dir.as_ref().unwrap_or(generation).path(segment)).ok();
+                    dir = next;
+                    if dir.is_none() {
+                        break;
+                    }
+                }
+                directories.insert(parent_path.to_string(), dir);
+            }
+            directories.get(parent_path)?.as_ref()?
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(parent.path(name))
+            .ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        let before = FileSignature::of(&meta);
+        let expected = Manifested {
+            owner: entry.policy.owner.clone(),
+            group: entry.policy.group.clone(),
+            secret: entry.policy.secret,
+            sealed: entry.key.is_some(),
+        };
+        let known = {
+            let cache = self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            cache
+                .get(entry.path.as_str())
+                .filter(|(signature, manifested, _, _)| *signature == before && *manifested == expected)
+                .map(|(_, _, hash, _)| *hash)
+        };
+        let hash = match known {
+            Some(hash) => hash,
+            None => {
+                let mut content = Vec::new();
+                timed(|t| &mut t.hash, || file.read_to_end(&mut content)).ok()?;
+                self.hashes.files_hashed.fetch_add(1, Ordering::Relaxed);
+                let policy = Policy {
+                    mode: meta.permissions().mode() & 0o7777,
+                    owner: if entry.policy.owner.is_empty() {
+                        String::new()
+                    } else {
+                        user_name(meta.uid())
+                    },
+                    group: if entry.policy.group.is_empty() {
+                        String::new()
+                    } else {
+                        group_name(meta.gid())
+                    },
+                    secret: entry.policy.secret,
+                };
+                timed(|t| &mut t.hash, || hash_entry(entry.key.as_ref(), &entry.path, &policy, &content))
+            }
+        };
+        (hash == entry.hash).then(|| HeldFile {
+            settled: before.settled(racy_after),
+            file,
+            before,
+        })
+    }
+
+    /// Writes the new generation into `staging` (a fresh, private directory, held open):
+    /// each directory made inside the one before it; each sent file created owner-only
+    /// with `O_EXCL | O_NOFOLLOW`, written, given its owner and mode; each held file
+    /// hard-linked from the very inode [`Store::hold`] proved (never chmod'ed or chown'ed:
+    /// it is the live file too). Every name is resolved inside a directory held open, so
+    /// nothing is followed, overwritten or written elsewhere. One durability barrier at the
+    /// end (`syncfs`) instead of an fsync per file and directory. Returns the linked files
+    /// whose identity the link left unchanged (see [`FileSignature::only_linked_since`]):
+    /// the read-back may trust their hashes.
+    fn write_staging(
+        &self,
+        staging: &DirHandle,
+        parsed: &[ParsedEntry<'_>],
+        mut held: HashMap<usize, HeldFile>,
+    ) -> Result<HashMap<String, Linked>> {
         let mut directories: BTreeMap<String, DirHandle> = BTreeMap::new();
-        for (path, policy, _, content) in parsed {
+        let mut linked = HashMap::new();
+        for (index, entry) in parsed.iter().enumerate() {
+            let path = &entry.path;
             let segments: Vec<&str> = path.as_str().split('/').collect();
             let (file_name, parents) = segments
                 .split_last()
@@ -1428,23 +1765,59 @@ impl Store {
                 directories.insert(prefix.clone(), dir);
             }
             let parent = if prefix.is_empty() { staging } else { &directories[&prefix] };
-            let mut file = parent.create_file(file_name)?;
-            timed(
-                |t| &mut t.write,
-                || disk_budget::charge(content.len()).and_then(|()| file.write_all(content)),
-            )
-            .map_err(|err| io_error(format!("write {path}"), err))?;
-            // Owner first, then the mode: a chown clears setuid and setgid bits.
-            self.apply_ownership(&file, Path::new(path.as_str()), policy)?;
-            file.set_permissions(fs::Permissions::from_mode(policy.mode))
-                .map_err(|err| io_error(format!("chmod {path}"), err))?;
-            timed(|t| &mut t.fsync, || file.sync_all()).map_err(|err| io_error(format!("fsync {path}"), err))?;
+            match &entry.source {
+                Source::Held => {
+                    let source = held.remove(&index).ok_or_else(|| StoreError::Io(format!("{path} was not held")))?;
+                    let from = SystemTime::now();
+                    let origin = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&source.file)));
+                    timed(
+                        |t| &mut t.write,
+                        || nix::unistd::linkat(None, &origin, None, &parent.path(file_name), nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW),
+                    )
+                    .map_err(|err| StoreError::Io(format!("link {path}: {err}")))?;
+                    let to = SystemTime::now();
+                    let after = source
+                        .file
+                        .metadata()
+                        .map(|meta| FileSignature::of(&meta))
+                        .map_err(|err| io_error(format!("stat {path}"), err))?;
+                    if source.settled && after.only_linked_since(&source.before, from, to) {
+                        linked.insert(
+                            path.to_string(),
+                            Linked {
+                                before: source.before,
+                                after,
+                                hash: entry.hash,
+                            },
+                        );
+                    }
+                }
+                Source::Sent(content) => {
+                    let mut file = parent.create_file(file_name)?;
+                    timed(
+                        |t| &mut t.write,
+                        || disk_budget::charge(content.len()).and_then(|()| file.write_all(content)),
+                    )
+                    .map_err(|err| io_error(format!("write {path}"), err))?;
+                    // Owner first, then the mode: a chown clears setuid and setgid bits.
+                    self.apply_ownership(&file, Path::new(path.as_str()), &entry.policy)?;
+                    file.set_permissions(fs::Permissions::from_mode(entry.policy.mode))
+                        .map_err(|err| io_error(format!("chmod {path}"), err))?;
+                }
+            }
         }
         for dir in directories.values().rev() {
             dir.chmod(0o755)?;
-            dir.sync()?;
         }
-        staging.sync()
+        // One barrier for every file, directory and link of the generation: `syncfs` gives
+        // what an fsync of each would (Linux waits for the I/O and, since 5.8, reports its
+        // errors), at the cost of one journal commit.
+        timed(
+            |t| &mut t.fsync,
+            || nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&staging.file)),
+        )
+        .map_err(|err| StoreError::Io(format!("sync the staged files: {err}")))?;
+        Ok(linked)
     }
 
     fn apply_ownership(&self, file: &File, shown: &Path, policy: &Policy) -> Result<()> {
@@ -1587,7 +1960,12 @@ impl Store {
                 } else {
                     entry.path()
                 };
-                let _ = fs::remove_dir_all(doomed);
+                // Emptied after the commit is answered: unlinking a large generation
+                // file by file is no part of the switch (a crash meanwhile leaves a
+                // `..trash-` directory that the next open or prepare removes).
+                std::thread::spawn(move || {
+                    let _ = fs::remove_dir_all(doomed);
+                });
             }
         }
         Ok(())
