@@ -76,6 +76,7 @@ fuzz:
 # Rollout latency for 1, 10 and 50 agent shadows and two configuration sets, with the
 # time split into fsync, hashing, writes and the network (figures in docs/performance.md).
 bench:
+	./scripts/setup.sh --bench
 	cargo build --release -p etc-shadow-agent -p etc-shadow-bench
 	./target/release/etc-shadow-bench $(BENCH_ARGS)
 

@@ -3,11 +3,15 @@
 #   scripts/setup.sh          toolchain for building and running the console
 #   scripts/setup.sh --test   the same, plus Chromium and the Playwright test runner
 #   scripts/setup.sh --fuzz   cargo-fuzz only (libFuzzer builds with the C++ compiler)
+#   scripts/setup.sh --bench  what `make bench` needs: etcd (the peer it is measured
+#                             against) and protoc (the etcd client's build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=false
 [ "${1:-}" = "--test" ] && want_test=true
+want_bench=false
+[ "${1:-}" = "--bench" ] && want_bench=true
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -27,6 +31,26 @@ as_root() {
     echo "need root for: $*" >&2; exit 1
   fi
 }
+
+# Debian packages, installed only when their command is missing.
+apt_install() {
+  local command=$1; shift
+  if ! command -v "$command" >/dev/null; then
+    say "installing $* from Debian packages"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+  fi
+}
+
+if $want_bench; then
+  # etcd is the peer the benchmark is measured against (a 3-member cluster it starts on
+  # loopback); the etcd client's build generates its gRPC code with protoc.
+  apt_install protoc protobuf-compiler
+  apt_install etcd etcd-server
+  apt_install etcdctl etcd-client
+  say "ready to benchmark"
+  exit 0
+fi
 
 # The toolchain in rust-toolchain.toml (rustup installs it on first use) and its wasm target.
 rustup show active-toolchain >/dev/null
@@ -53,6 +77,14 @@ fi
 if ! wasm-opt --version 2>/dev/null | grep -qE 'version[ _]1(3[2-9]|[4-9][0-9])'; then
   say "installing wasm-opt (npm binaryen@132)"
   as_root npm install -g binaryen@132
+fi
+
+if $want_test; then
+  # The etcd client's build generates its gRPC code with protoc (the benchmark's crate is
+  # linted and built by the tests); etcd is the peer the benchmark is measured against.
+  apt_install protoc protobuf-compiler
+  apt_install etcd etcd-server
+  apt_install etcdctl etcd-client
 fi
 
 if $want_test; then

@@ -74,6 +74,8 @@ struct AgentState {
     recheck: Arc<tokio::sync::Notify>,
     /// Set while a drill runs (one at a time).
     drilling: Arc<std::sync::atomic::AtomicBool>,
+    /// The running prepare's progress, read without the store's lock.
+    progress: Arc<store::Progress>,
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -195,6 +197,15 @@ async fn prepare(
         Ok((answer, timings)) => (server_timing(timings), Json(answer)).into_response(),
         Err(response) => response,
     }
+}
+
+/// How far a prepare has come, answered while it runs (it holds the store).
+async fn prepare_progress(State(state): State<AgentState>, Path(id): Path<i64>) -> Response {
+    Json(domain::protocol::PrepareProgress {
+        rollout: id,
+        steps: state.progress.of(id),
+    })
+    .into_response()
 }
 
 async fn commit(State(state): State<AgentState>, Path(id): Path<i64>, Json(fence): Json<Fence>) -> Response {
@@ -384,6 +395,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let initial_root = store.live_root().map_err(|err| err.to_string())?.to_hex();
     let (sender, receiver) = watch::channel(initial_root);
     let state = AgentState {
+        progress: store.progress(),
         store: Arc::new(Mutex::new(store)),
         token_hash: blake3::hash(token.as_bytes()),
         root: receiver,
@@ -397,6 +409,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         .route("/v1/state", get(get_state))
         .route("/v1/entries/{*path}", get(get_entry))
         .route("/v1/rollouts/{id}", put(prepare).get(rollout_status))
+        .route("/v1/rollouts/{id}/progress", get(prepare_progress))
         .route("/v1/rollouts/{id}/commit", post(commit))
         .route("/v1/rollouts/{id}/abort", post(abort))
         .route("/v1/events", get(events))

@@ -13,6 +13,7 @@
 //! secret values in shown entries; `make bench` runs all four.
 
 mod drift;
+mod etcd;
 mod incidents;
 mod redact;
 
@@ -44,12 +45,23 @@ struct Cli {
     /// The agent binary (build it with `cargo build --release -p etc-shadow-agent`).
     #[arg(long, default_value = "target/release/etc-shadow-agent")]
     agent: PathBuf,
-    /// Fleet sizes (agent shadows).
-    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
-    shadows: Vec<usize>,
-    /// Configuration sets, as ENTRIESxBYTES.
+    /// Rollout cases, each SHADOWS:ENTRIESxBYTES (a fleet of agent shadows serving a set;
+    /// each timed rollout changes one entry of it).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "3:1x1024,1:10x1024,10:10x1024,50:10x1024,3:1000x4096,50:1000x4096,3:10000x1024"
+    )]
+    cases: Vec<String>,
+    /// Configuration sets for the breakdown of one agent's time, as ENTRIESxBYTES.
     #[arg(long, value_delimiter = ',', default_value = "10x1024,1000x4096")]
-    sets: Vec<String>,
+    breakdown_sets: Vec<String>,
+    /// Members of the etcd cluster the rollouts are compared with (0: no comparison).
+    #[arg(long, default_value_t = 3)]
+    etcd_members: usize,
+    /// Puts to etcd per case.
+    #[arg(long, default_value_t = 200)]
+    etcd_puts: usize,
     /// Timed rollouts per case for the small set and for sets of 1,000 entries or more.
     #[arg(long, default_value_t = 50)]
     rollouts: usize,
@@ -155,6 +167,15 @@ fn start_agents(binary: &Path, root: &Path, count: usize) -> Agents {
 
 fn log_file(path: &Path) -> Stdio {
     std::fs::File::create(path).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
+}
+
+/// `1 KiB`, `512 B`.
+fn size(bytes: usize) -> String {
+    if bytes >= 1024 && bytes % 1024 == 0 {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} B")
+    }
 }
 
 fn parse_set(set: &str) -> (usize, usize) {
@@ -426,54 +447,84 @@ async fn main() {
 }
 
 async fn rollouts(cli: &Cli) {
-    println!("Rollout latency:");
+    let scratch = tempfile::tempdir().unwrap();
+    let fsync = etcd::fsync_latency(scratch.path(), 200);
+    println!(
+        "The disk: 4 KiB written and fsynced, 200 times: p50 {:.2} ms, p99 {:.2} ms.",
+        ms(percentile(&fsync, 50.0)),
+        ms(percentile(&fsync, 99.0))
+    );
     println!();
-    println!("| shadows | set | rollouts | p50 ms | p99 ms | max ms |");
-    println!("| ---: | --- | ---: | ---: | ---: | ---: |");
-    let mut breakdowns = Vec::new();
-    for set in &cli.sets {
+    let cluster = if cli.etcd_members > 0 {
+        Some(etcd::Cluster::start(cli.etcd_members, scratch.path()).await)
+    } else {
+        None
+    };
+    println!("Rollout latency: one entry of the set changed per rollout, from the approver's call until every shadow's receipt equals the root (`applied`), beside a put of that entry's bytes to a {}-member etcd cluster on the same disk, measured right after:", cli.etcd_members);
+    println!();
+    println!("| shadows | set | rollouts | p50 ms | p99 ms | max ms | etcd put p50 ms | etcd put p99 ms | p50 ratio |");
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for case in &cli.cases {
+        let (shadows, set) = case
+            .split_once(':')
+            .unwrap_or_else(|| panic!("a case is SHADOWS:ENTRIESxBYTES, not {case}"));
+        let shadows: usize = shadows.parse().unwrap();
         let (entries, bytes) = parse_set(set);
-        for &shadows in &cli.shadows {
-            let dir = tempfile::tempdir().unwrap();
-            let agents = start_agents(&cli.agent, dir.path(), shadows);
-            let bench = Bench::open(&dir.path().join("control")).await;
-            for (i, addr) in agents.addrs.iter().enumerate() {
-                let shadow = NewShadow::Agent {
-                    name: format!("agent{i}"),
-                    url: format!("http://{addr}"),
-                    token: Some(TOKEN.into()),
-                    tls_pin: None,
-                };
-                control::shadows::add_as(&bench.db, "bench", shadow).await.unwrap();
-            }
-            // The first rollout writes the whole set everywhere; it is not timed.
-            bench.roll_out((0..entries).map(|i| entry(i, bytes, 0)).collect()).await;
-            let rounds = if entries >= 1000 { cli.rollouts_large } else { cli.rollouts };
-            let mut times = Vec::with_capacity(rounds);
-            for round in 1..=rounds {
-                let changed = round % entries;
-                times.push(bench.roll_out(vec![entry(changed, bytes, round)]).await);
-            }
-            times.sort();
-            println!(
-                "| {shadows} | {entries} × {} KiB | {rounds} | {:.1} | {:.1} | {:.1} |",
-                bytes / 1024,
-                ms(percentile(&times, 50.0)),
-                ms(percentile(&times, 99.0)),
-                ms(*times.last().unwrap())
-            );
-            if shadows == *cli.shadows.first().unwrap() {
-                let identity = bench.coordinator.identity.clone();
-                let fence = Fence {
-                    control_plane_id: identity.id,
-                    epoch: identity.epoch,
-                    target_root: None,
-                };
-                let averages = breakdown(agents.addrs[0], fence, entries, bytes, cli.breakdown_calls).await;
-                breakdowns.push((format!("{entries} × {} KiB", bytes / 1024), averages));
-            }
-            bench.db.close().await;
+        let dir = tempfile::tempdir().unwrap();
+        let agents = start_agents(&cli.agent, dir.path(), shadows);
+        let bench = Bench::open(&dir.path().join("control")).await;
+        for (i, addr) in agents.addrs.iter().enumerate() {
+            let shadow = NewShadow::Agent {
+                name: format!("agent{i}"),
+                url: format!("http://{addr}"),
+                token: Some(TOKEN.into()),
+                tls_pin: None,
+            };
+            control::shadows::add_as(&bench.db, "bench", shadow).await.unwrap();
         }
+        // The first rollout writes the whole set everywhere; it is not timed.
+        bench.roll_out((0..entries).map(|i| entry(i, bytes, 0)).collect()).await;
+        let rounds = if entries >= 1000 { cli.rollouts_large } else { cli.rollouts };
+        let mut times = Vec::with_capacity(rounds);
+        for round in 1..=rounds {
+            let changed = round % entries;
+            times.push(bench.roll_out(vec![entry(changed, bytes, round)]).await);
+        }
+        times.sort();
+        let (peer_p50, peer_p99) = match &cluster {
+            Some(cluster) => {
+                let mut client = cluster.leader().await.expect("the etcd cluster has a leader");
+                let puts = etcd::puts(&mut client, bytes, cli.etcd_puts).await;
+                (ms(percentile(&puts, 50.0)), ms(percentile(&puts, 99.0)))
+            }
+            None => (f64::NAN, f64::NAN),
+        };
+        let p50 = ms(percentile(&times, 50.0));
+        println!(
+            "| {shadows} | {entries} × {} | {rounds} | {p50:.1} | {:.1} | {:.1} | {peer_p50:.2} | {peer_p99:.2} | {:.1} |",
+            size(bytes),
+            ms(percentile(&times, 99.0)),
+            ms(*times.last().unwrap()),
+            p50 / peer_p50
+        );
+        bench.db.close().await;
+    }
+    drop(cluster);
+    let mut breakdowns = Vec::new();
+    for set in &cli.breakdown_sets {
+        let (entries, bytes) = parse_set(set);
+        let dir = tempfile::tempdir().unwrap();
+        let agents = start_agents(&cli.agent, dir.path(), 1);
+        let bench = Bench::open(&dir.path().join("control")).await;
+        let identity = bench.coordinator.identity.clone();
+        let fence = Fence {
+            control_plane_id: identity.id,
+            epoch: identity.epoch,
+            target_root: None,
+        };
+        let averages = breakdown(agents.addrs[0], fence, entries, bytes, cli.breakdown_calls).await;
+        breakdowns.push((format!("{entries} × {}", size(bytes)), averages));
+        bench.db.close().await;
     }
     println!();
     println!(

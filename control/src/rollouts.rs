@@ -33,7 +33,11 @@ use domain::{
 use futures::StreamExt;
 use serde_json::json;
 use sqlx::SqliteConnection;
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 /// Root hash of an entry set as stored.
 pub(crate) fn root_of(entries: &EntrySet) -> Result<Hash> {
@@ -320,8 +324,12 @@ pub struct Coordinator {
     pub db: Db,
     pub registry: Arc<Registry>,
     pub identity: Identity,
-    /// The prepare deadline: a rollout not decided this long after it started is aborted.
+    /// The prepare deadline: a rollout not decided this long after it started is aborted,
+    /// unless every shadow it still waits for is making progress (see
+    /// [`store::Progress`]): then it waits this long again, up to [`Self::prepare_limit`].
     pub prepare_timeout: Duration,
+    /// The longest any prepare may take, progress or not.
+    pub prepare_limit: Duration,
     /// How long a request that waits for the outcome waits for the commits after the
     /// decision before answering `committing` (the rollout goes on regardless).
     pub commit_patience: Duration,
@@ -353,6 +361,7 @@ impl Coordinator {
             registry,
             identity,
             prepare_timeout: Duration::from_secs(10),
+            prepare_limit: Duration::from_secs(600),
             commit_patience: Duration::from_secs(20),
             call_timeout: Duration::from_secs(10),
             running: Arc::new(tokio::sync::Mutex::new(())),
@@ -632,7 +641,11 @@ impl Coordinator {
     /// Prepares every shadow against the deadline, then commits or aborts as decided.
     async fn drive(&self, plan: Plan) -> Result<()> {
         self.emit(plan.id, None, State::Preparing.as_str(), Some(plan.root.clone()));
-        let deadline = tokio::time::Instant::now() + self.prepare_timeout;
+        let started = tokio::time::Instant::now();
+        let mut deadline = started + self.prepare_timeout;
+        // Who answered, and how far each of the others had come at the last look.
+        let mut answered: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut steps: HashMap<String, u64> = HashMap::new();
         let head = crate::audit::head(&self.db).await?;
         let request = PrepareRequest {
             control_plane_id: self.identity.id.clone(),
@@ -700,9 +713,20 @@ impl Coordinator {
                     continue;
                 }
             };
+            // A shadow that is working is not dead: while every one still preparing has
+            // made progress since the last look, the deadline moves on.
+            if answer.is_err() {
+                let waiting: Vec<&String> = plan.shadows.iter().filter(|s| !answered.contains(*s)).collect();
+                let now = tokio::time::Instant::now();
+                if now < started + self.prepare_limit && self.all_progressing(plan.id, &waiting, &mut steps).await {
+                    deadline = (now + self.prepare_timeout).min(started + self.prepare_limit);
+                    continue;
+                }
+            }
             // What the node's validate hook said goes into the journal before the answer
             // it came with, masked.
             if let Ok(Some((shadow, result))) = &answer {
+                answered.insert(shadow.clone());
                 let hook = match result {
                     Ok(answer) => answer.hook.clone(),
                     Err(err) => err.hook.as_deref().cloned(),
@@ -741,6 +765,32 @@ impl Coordinator {
         drop(prepares);
         crash_point("after_decision");
         self.drive_commit(plan.id).await
+    }
+
+    /// Whether each of `waiting` has made more steps of `rollout`'s prepare than at the
+    /// last look (recorded in `steps`). One that cannot say, or has not moved, is not.
+    async fn all_progressing(&self, rollout: i64, waiting: &[&String], steps: &mut HashMap<String, u64>) -> bool {
+        let looks = waiting.iter().map(|name| async move {
+            let now = match self.registry.driver(&self.db, name).await {
+                Ok(driver) => driver.progress(rollout).await.ok(),
+                Err(_) => None,
+            };
+            ((*name).clone(), now)
+        });
+        let mut all = !waiting.is_empty();
+        for (name, now) in futures::future::join_all(looks).await {
+            let before = steps.get(&name).copied().unwrap_or(0);
+            match now {
+                Some(now) if now > before => {
+                    steps.insert(name, now);
+                }
+                _ => all = false,
+            }
+        }
+        if all {
+            tracing::info!(rollout, "every shadow still preparing is making progress: the prepare deadline moves on");
+        }
+        all
     }
 
     /// Applies an event from a shadow or the clock; an event that does not fit (a late or

@@ -274,6 +274,9 @@ pub const MAX_AGENT_ANSWER: usize = 32 * 1024 * 1024;
 /// prepare deadline, the drill's timeout) bounds it further.
 const HOOK_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The longest a question about a prepare's progress may take.
+const PROGRESS_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The largest error answer read from an agent.
 /// A validate refusal carries up to 64 KiB of output, which JSON escaping can make six
 /// times longer.
@@ -402,7 +405,8 @@ static AGENT_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 #[derive(Clone)]
 pub enum Driver {
     Agent { http: reqwest::Client, url: String, token: String },
-    Directory(Arc<Mutex<Store>>),
+    /// A directory store, and its prepare's progress (readable while it is busy).
+    Directory(Arc<Mutex<Store>>, Arc<store::Progress>),
 }
 
 impl Driver {
@@ -487,7 +491,7 @@ impl Driver {
 
     pub async fn state(&self, entries: bool) -> Result<ShadowState, ShadowError> {
         match self {
-            Driver::Directory(store) => Self::blocking(store, move |s| s.state(entries)).await,
+            Driver::Directory(store, _) => Self::blocking(store, move |s| s.state(entries)).await,
             Driver::Agent { .. } => self.call(reqwest::Method::GET, &format!("/v1/state?entries={entries}"), None).await,
         }
     }
@@ -495,7 +499,7 @@ impl Driver {
     /// The live bytes of one entry.
     pub async fn read_entry(&self, path: &str) -> Result<Vec<u8>, ShadowError> {
         match self {
-            Driver::Directory(store) => {
+            Driver::Directory(store, _) => {
                 let path = path.to_string();
                 let bytes = Self::blocking(store, move |s| s.read_entry(&path)).await?;
                 if bytes.len() > MAX_AGENT_ANSWER {
@@ -532,7 +536,7 @@ impl Driver {
 
     pub async fn prepare(&self, rollout: i64, request: PrepareRequest) -> Result<RolloutAnswer, ShadowError> {
         match self {
-            Driver::Directory(store) => Self::blocking(store, move |s| s.prepare(rollout, &request)).await,
+            Driver::Directory(store, _) => Self::blocking(store, move |s| s.prepare(rollout, &request)).await,
             Driver::Agent { .. } => {
                 let body = prepare_body(&request)?;
                 // The coordinator's prepare deadline bounds it.
@@ -547,9 +551,23 @@ impl Driver {
         }
     }
 
+    /// How many steps `rollout`'s prepare has made on this shadow so far (see
+    /// [`store::Progress`]); asked while the prepare runs.
+    pub async fn progress(&self, rollout: i64) -> Result<u64, ShadowError> {
+        match self {
+            Driver::Directory(_, progress) => Ok(progress.of(rollout)),
+            Driver::Agent { .. } => {
+                let answer: domain::protocol::PrepareProgress = self
+                    .call_within(reqwest::Method::GET, &format!("/v1/rollouts/{rollout}/progress"), None, Some(PROGRESS_CALL_TIMEOUT))
+                    .await?;
+                Ok(answer.steps)
+            }
+        }
+    }
+
     pub async fn commit(&self, rollout: i64, fence: Fence) -> Result<RolloutAnswer, ShadowError> {
         match self {
-            Driver::Directory(store) => Self::blocking(store, move |s| s.commit(rollout, &fence)).await,
+            Driver::Directory(store, _) => Self::blocking(store, move |s| s.commit(rollout, &fence)).await,
             Driver::Agent { .. } => {
                 self.call(reqwest::Method::POST, &format!("/v1/rollouts/{rollout}/commit"), Some(json!(fence)))
                     .await
@@ -561,7 +579,7 @@ impl Driver {
     /// probe `requests` times.
     pub async fn drill(&self, requests: u32) -> Result<domain::protocol::DrillAnswer, ShadowError> {
         match self {
-            Driver::Directory(store) => {
+            Driver::Directory(store, _) => {
                 let (mut answer, hooks, live) = Self::blocking(store, |s| Ok((s.drill()?, s.hooks(), s.live_dir().to_path_buf()))).await?;
                 // Probed without the store's lock: checks and rollouts go on meanwhile.
                 if let Some(hooks) = hooks {
@@ -592,7 +610,7 @@ impl Driver {
     /// A dry run of prepare's validate hook on `request`'s tree (nothing staged).
     pub async fn validate_dry_run(&self, request: PrepareRequest) -> Result<Option<domain::protocol::HookRun>, ShadowError> {
         match self {
-            Driver::Directory(store) => Self::blocking(store, move |s| s.validate_dry_run(&request)).await,
+            Driver::Directory(store, _) => Self::blocking(store, move |s| s.validate_dry_run(&request)).await,
             Driver::Agent { .. } => {
                 let body = prepare_body(&request)?;
                 let answer: domain::protocol::DryRunAnswer = self
@@ -605,7 +623,7 @@ impl Driver {
 
     pub async fn abort(&self, rollout: i64, fence: Fence) -> Result<RolloutAnswer, ShadowError> {
         match self {
-            Driver::Directory(store) => Self::blocking(store, move |s| s.abort(rollout, &fence)).await,
+            Driver::Directory(store, _) => Self::blocking(store, move |s| s.abort(rollout, &fence)).await,
             Driver::Agent { .. } => {
                 self.call(reqwest::Method::POST, &format!("/v1/rollouts/{rollout}/abort"), Some(json!(fence)))
                     .await
@@ -669,7 +687,7 @@ pub struct Registry {
     http: reqwest::Client,
     /// One client per pinned certificate (each trusts only its pin).
     pinned: Mutex<HashMap<String, reqwest::Client>>,
-    directories: Mutex<HashMap<String, Arc<Mutex<Store>>>>,
+    directories: Mutex<HashMap<String, (Arc<Mutex<Store>>, Arc<store::Progress>)>>,
 }
 
 impl Registry {
@@ -754,8 +772,8 @@ impl Registry {
                 token: db.keys.open_text(&format!("shadow-token:{name}"), &token)?,
             }),
             (driver, _, _, _, Some(path)) if driver == "directory" => {
-                if let Some(store) = self.directories.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
-                    return Ok(Driver::Directory(store.clone()));
+                if let Some((store, progress)) = self.directories.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+                    return Ok(Driver::Directory(store.clone(), progress.clone()));
                 }
                 // Everything the shadow is lives at its path, its fence state included: a
                 // backup volume holds real bytes and fences a second control plane.
@@ -779,8 +797,14 @@ impl Registry {
                 .map_err(|err| Error::Internal(format!("cannot open directory shadow {name}: {err}")))?;
                 // Two callers may race to open it: the first one in wins, so there is one store.
                 let mut open = self.directories.lock().unwrap_or_else(|p| p.into_inner());
-                let store = open.entry(name.to_string()).or_insert_with(|| Arc::new(Mutex::new(store))).clone();
-                Ok(Driver::Directory(store))
+                let (store, progress) = open
+                    .entry(name.to_string())
+                    .or_insert_with(|| {
+                        let progress = store.progress();
+                        (Arc::new(Mutex::new(store)), progress)
+                    })
+                    .clone();
+                Ok(Driver::Directory(store, progress))
             }
             _ => Err(Error::Internal(format!("shadow {name} has an incomplete driver configuration"))),
         }

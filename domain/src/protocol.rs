@@ -77,6 +77,17 @@ pub struct PrepareRequest {
     pub deadline_ms: Option<u64>,
 }
 
+/// `GET /v1/rollouts/{id}/progress`: how far that rollout's prepare has come, answered
+/// while the prepare runs. Steps only grow while it works: a writer waiting on a large
+/// prepare extends its deadline as long as they do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareProgress {
+    pub rollout: i64,
+    /// Entries proven, linked, written or read back so far (0 when that rollout's
+    /// prepare is not the one running or last run).
+    pub steps: u64,
+}
+
 /// Commit and abort carry the writer's identity too, so they are fenced like prepare.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

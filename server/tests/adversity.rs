@@ -768,3 +768,44 @@ async fn the_start_up_recovery_of_an_old_copy_does_not_fence_the_original() {
     );
     assert_eq!(file(&fleet.agent.live, "app.toml"), "[server]\nport = 9191\n");
 }
+
+/// A shadow that works slowly is not a dead one: with a 2 s prepare deadline and an agent
+/// whose disk stages each entry in 40 ms, a change of 120 entries (about 5 s of staging)
+/// still rolls out, because the coordinator asks how far each prepare it waits for has
+/// come and moves the deadline while every one of them moves. A paused agent (no
+/// progress) still ends the same rollout by its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_shadow_that_makes_progress_is_waited_for_and_a_stopped_one_is_not() {
+    let mut fleet = fleet(Duration::from_secs(2)).await;
+    fleet.agent.restart_with(&[("ETC_SHADOW_FAILPOINT_SLOW_STAGING_MS", "40")]);
+    let many = |version: u32| {
+        let entries: Vec<Value> = (0..120)
+            .map(|i| json!({"path": format!("many/entry{i:03}.conf"), "content": format!("value = {version}\n"), "format": "text", "mode": "0644"}))
+            .collect();
+        entries
+    };
+    let id = fleet
+        .approved_change(json!({"base_revision": 1, "message": "many", "entries": many(1)}))
+        .await;
+    let started = Instant::now();
+    let (status, rollout) = fleet.roll_out(id).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    let rollout = fleet.settled(rollout["id"].as_i64().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(rollout["state"], "applied", "a working shadow was given up on: {rollout}");
+    assert!(started.elapsed() > Duration::from_secs(2), "the staging was not slower than the deadline");
+    assert_eq!(file(&fleet.agent.live, "many/entry119.conf"), "value = 1\n");
+
+    // Stopped mid-prepare: no progress, so the deadline holds.
+    let id = fleet
+        .approved_change(json!({"base_revision": 2, "message": "many again", "entries": many(2)}))
+        .await;
+    let (_, rollout) = fleet.approver.post(&format!("/api/v1/changes/{id}/rollouts?wait=false"), json!({})).await;
+    let rollout_id = rollout["id"].as_i64().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.agent.pause();
+    let ended = fleet.settled(rollout_id, Duration::from_secs(30)).await;
+    fleet.agent.resume();
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert!(phase_of(&ended, "edge")["error"].as_str().unwrap().contains("deadline"), "{ended}");
+    assert_eq!(file(&fleet.agent.live, "many/entry000.conf"), "value = 1\n", "aborted: the old revision stays");
+}

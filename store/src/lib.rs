@@ -330,6 +330,36 @@ pub struct Store {
     hooks: Option<std::sync::Arc<hooks::Hooks>>,
     /// [`RACY_WINDOW`]; tests that edit files in bursts shorten it.
     racy_window: Duration,
+    progress: std::sync::Arc<Progress>,
+}
+
+/// How far the running prepare has come, readable without the store's lock: a writer
+/// waiting on a large prepare asks, to tell a shadow that is working from a dead one.
+#[derive(Debug, Default)]
+pub struct Progress {
+    rollout: std::sync::atomic::AtomicI64,
+    /// Entries proven, linked, written or read back so far by that rollout's prepare.
+    steps: AtomicU64,
+}
+
+impl Progress {
+    /// The steps made by `rollout`'s prepare (0 when another one is, or none ran).
+    pub fn of(&self, rollout: i64) -> u64 {
+        if self.rollout.load(Ordering::SeqCst) == rollout {
+            self.steps.load(Ordering::SeqCst)
+        } else {
+            0
+        }
+    }
+
+    fn start(&self, rollout: i64) {
+        self.steps.store(0, Ordering::SeqCst);
+        self.rollout.store(rollout, Ordering::SeqCst);
+    }
+
+    fn step(&self) {
+        self.steps.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A live file [`Store::hold`] proved to hash to an entry, held open until it is linked.
@@ -574,6 +604,19 @@ mod failpoint {
         }
     }
 
+    /// `ETC_SHADOW_FAILPOINT_SLOW_STAGING_MS=N`: each entry staged takes N ms more (a
+    /// slow disk that is still making progress).
+    #[cfg(feature = "failpoints")]
+    pub fn slow_staging() {
+        if let Some(ms) = std::env::var("ETC_SHADOW_FAILPOINT_SLOW_STAGING_MS").ok().and_then(|v| v.parse().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+
+    #[cfg(not(feature = "failpoints"))]
+    #[inline]
+    pub fn slow_staging() {}
+
     #[cfg(not(feature = "failpoints"))]
     #[inline]
     pub fn crash(_point: &str) {}
@@ -808,6 +851,7 @@ impl Store {
             hashes: HashCache::default(),
             hooks: None,
             racy_window: RACY_WINDOW,
+            progress: Default::default(),
         };
         let lock = store.lock_state()?;
         store.clean_orphans()?;
@@ -1057,6 +1101,7 @@ impl Store {
             found.push((entry.path(), name));
         }
         while let Some((disk, relative)) = found.pop() {
+            self.progress.step();
             // `lstat`: a symlink is what it is, never followed.
             let meta = match fs::symlink_metadata(&disk) {
                 Ok(meta) => meta,
@@ -1216,6 +1261,11 @@ impl Store {
         })
     }
 
+    /// The running prepare's progress, to be read while the store is busy with it.
+    pub fn progress(&self) -> std::sync::Arc<Progress> {
+        self.progress.clone()
+    }
+
     /// The node's hooks, if it has any.
     pub fn hooks(&self) -> Option<std::sync::Arc<hooks::Hooks>> {
         self.hooks.clone()
@@ -1352,6 +1402,7 @@ impl Store {
 
     fn prepare_untimed(&mut self, rollout: i64, request: &PrepareRequest) -> Result<RolloutAnswer> {
         let started_at = Instant::now();
+        self.progress.start(rollout);
         let _lock = self.lock_state()?;
         self.finish_interrupted_switch()?;
         self.clean_orphans()?;
@@ -1440,6 +1491,7 @@ impl Store {
         let managed = DirHandle::open(&self.live)?;
         // What the writer sent by hash is found in the live generation and proven first:
         // an entry not held as its hash says refuses the prepare before anything is made.
+        let staging_started = Instant::now();
         let held = self.hold(&parsed)?;
         let handle = managed.create_dir(&staging_name, 0o700)?;
         let linked = match self.write_staging(&handle, &parsed, held) {
@@ -1488,9 +1540,12 @@ impl Store {
         }
         // The node's validator judges the tree as it will go live; a refusal stages
         // nothing (and records no epoch: nothing here changed).
+        // Staging made progress the writer saw (see [`Progress`]) and extended its deadline
+        // for: only the rest of the time counts against it.
+        let staging = staging_started.elapsed();
         let budget = request
             .deadline_ms
-            .map(|ms| Duration::from_millis(ms).saturating_sub(started_at.elapsed()));
+            .map(|ms| Duration::from_millis(ms).saturating_sub(started_at.elapsed().saturating_sub(staging)));
         let validated = self.hooks.as_deref().and_then(|h| h.validate(&final_dir, &self.live, budget));
         if let Some(run) = validated.as_ref().filter(|run| !run.ok) {
             let _ = fs::remove_dir_all(&final_dir);
@@ -1615,6 +1670,7 @@ impl Store {
         let mut held = HashMap::new();
         let mut missing = Vec::new();
         for i in wanted {
+            self.progress.step();
             let entry = &parsed[i];
             match self.hold_one(&generation, &mut directories, entry, racy_after) {
                 Some(file) => {
@@ -1732,6 +1788,8 @@ impl Store {
         let mut directories: BTreeMap<String, DirHandle> = BTreeMap::new();
         let mut linked = HashMap::new();
         for (index, entry) in parsed.iter().enumerate() {
+            failpoint::slow_staging();
+            self.progress.step();
             let path = &entry.path;
             let segments: Vec<&str> = path.as_str().split('/').collect();
             let (file_name, parents) = segments
