@@ -33,12 +33,13 @@ setup:
 setup-test:
 	./scripts/setup.sh --test
 
+# The console (server and wasm, scripts/build-site.sh) and the agent.
 build-release:
-	cargo leptos build --release
+	./scripts/build-site.sh --release
 	cargo build --release -p etc-shadow-agent
 
 build:
-	cargo leptos build
+	./scripts/build-site.sh
 	cargo build -p etc-shadow-agent --features failpoints
 
 lint:

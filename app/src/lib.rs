@@ -6,12 +6,16 @@
 //! (`hydrate`); server-only code sits behind `#[cfg(feature = "ssr")]`. Stable
 //! `data-test` attributes mark what the end-to-end tests touch.
 
+// The nested view types of the larger pages, unoptimised for the browser, are deeper than
+// rustc's default query depth.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod components;
 pub mod pages;
 
 use leptos::prelude::*;
-use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
+use leptos_meta::{MetaTags, Title, provide_meta_context};
 use leptos_router::{
     SsrMode,
     components::{Route, Router, Routes},
@@ -32,7 +36,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta charset="utf-8" />
                 <meta name="viewport" content="width=device-width, initial-scale=1" />
                 <link rel="icon" href="data:," />
-                <AutoReload options=options.clone() />
+                <link rel="stylesheet" href=format!("/{}/{}.css", options.site_pkg_dir, options.output_name) />
                 <HydrationScripts options />
                 <MetaTags />
             </head>
@@ -54,7 +58,6 @@ pub fn App() -> impl IntoView {
         }
     });
     view! {
-        <Stylesheet id="leptos" href="/pkg/etc-shadow.css" />
         <Title text="etc-shadow" />
         <Router>
             // Async rendering: every page arrives complete, so it reads without JavaScript.

@@ -74,7 +74,10 @@ impl Cluster {
         };
         let started = Instant::now();
         while cluster.leader().await.is_none() {
-            assert!(started.elapsed() < Duration::from_secs(60), "the etcd cluster found no leader in 60 s");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the etcd cluster found no leader in 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         cluster

@@ -460,7 +460,10 @@ async fn rollouts(cli: &Cli) {
     } else {
         None
     };
-    println!("Rollout latency: one entry of the set changed per rollout, from the approver's call until every shadow's receipt equals the root (`applied`), beside a put of that entry's bytes to a {}-member etcd cluster on the same disk, measured right after:", cli.etcd_members);
+    println!(
+        "Rollout latency: one entry of the set changed per rollout, from the approver's call until every shadow's receipt equals the root (`applied`), beside a put of that entry's bytes to a {}-member etcd cluster on the same disk, measured right after:",
+        cli.etcd_members
+    );
     println!();
     println!("| shadows | set | rollouts | p50 ms | p99 ms | max ms | etcd put p50 ms | etcd put p99 ms | p50 ratio |");
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");

@@ -788,7 +788,10 @@ impl Coordinator {
             }
         }
         if all {
-            tracing::info!(rollout, "every shadow still preparing is making progress: the prepare deadline moves on");
+            tracing::info!(
+                rollout,
+                "every shadow still preparing is making progress: the prepare deadline moves on"
+            );
         }
         all
     }

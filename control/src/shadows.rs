@@ -404,7 +404,11 @@ static AGENT_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 
 #[derive(Clone)]
 pub enum Driver {
-    Agent { http: reqwest::Client, url: String, token: String },
+    Agent {
+        http: reqwest::Client,
+        url: String,
+        token: String,
+    },
     /// A directory store, and its prepare's progress (readable while it is busy).
     Directory(Arc<Mutex<Store>>, Arc<store::Progress>),
 }
@@ -558,7 +562,12 @@ impl Driver {
             Driver::Directory(_, progress) => Ok(progress.of(rollout)),
             Driver::Agent { .. } => {
                 let answer: domain::protocol::PrepareProgress = self
-                    .call_within(reqwest::Method::GET, &format!("/v1/rollouts/{rollout}/progress"), None, Some(PROGRESS_CALL_TIMEOUT))
+                    .call_within(
+                        reqwest::Method::GET,
+                        &format!("/v1/rollouts/{rollout}/progress"),
+                        None,
+                        Some(PROGRESS_CALL_TIMEOUT),
+                    )
                     .await?;
                 Ok(answer.steps)
             }

@@ -108,10 +108,21 @@ pub struct AppState {
     pub monitor: Arc<Monitor>,
 }
 
+/// The name of the console's assets in `<site root>/pkg` (`etc-shadow.<hash>`: its
+/// `.js`, `_bg.wasm` and `.css`), as `scripts/build-site.sh` wrote it in `pkg/current`;
+/// `etc-shadow` without a built site.
+fn asset_name(site_root: &std::path::Path) -> String {
+    std::fs::read_to_string(site_root.join("pkg/current"))
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+        .unwrap_or_else(|| "etc-shadow".into())
+}
+
 fn leptos_options(config: &Config) -> LeptosOptions {
     // Built here rather than read from Cargo.toml: the binary must run from anywhere.
     LeptosOptions::builder()
-        .output_name(option_env!("LEPTOS_OUTPUT_NAME").unwrap_or("etc-shadow"))
+        .output_name(asset_name(&config.site_root))
         .site_root(config.site_root.to_string_lossy().into_owned())
         .site_pkg_dir("pkg")
         .site_addr(config.listen)
@@ -181,7 +192,20 @@ pub fn router(state: AppState) -> Router {
         // Served over TLS (directly or by a proxy in front): browsers stay on https.
         headers.push(("strict-transport-security", "max-age=31536000; includeSubDomains"));
     }
+    // The console's assets are named by the hash of their contents: cached for good, and
+    // sent precompressed (brotli, else gzip) to browsers that take it.
+    let assets = tower::ServiceBuilder::new()
+        .layer(SetResponseHeaderLayer::overriding(
+            axum::http::header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=31536000, immutable"),
+        ))
+        .service(
+            tower_http::services::ServeDir::new(state.config.site_root.join("pkg"))
+                .precompressed_br()
+                .precompressed_gzip(),
+        );
     let mut router = Router::new()
+        .nest_service("/pkg", assets)
         .merge(rest::router())
         .route("/api/v1/{*rest}", axum::routing::any(rest::not_found))
         .leptos_routes_with_context(&state, routes, context.clone(), {

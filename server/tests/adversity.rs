@@ -792,14 +792,20 @@ async fn a_slow_shadow_that_makes_progress_is_waited_for_and_a_stopped_one_is_no
     assert_eq!(status, StatusCode::CREATED, "{rollout}");
     let rollout = fleet.settled(rollout["id"].as_i64().unwrap(), Duration::from_secs(60)).await;
     assert_eq!(rollout["state"], "applied", "a working shadow was given up on: {rollout}");
-    assert!(started.elapsed() > Duration::from_secs(2), "the staging was not slower than the deadline");
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the staging was not slower than the deadline"
+    );
     assert_eq!(file(&fleet.agent.live, "many/entry119.conf"), "value = 1\n");
 
     // Stopped mid-prepare: no progress, so the deadline holds.
     let id = fleet
         .approved_change(json!({"base_revision": 2, "message": "many again", "entries": many(2)}))
         .await;
-    let (_, rollout) = fleet.approver.post(&format!("/api/v1/changes/{id}/rollouts?wait=false"), json!({})).await;
+    let (_, rollout) = fleet
+        .approver
+        .post(&format!("/api/v1/changes/{id}/rollouts?wait=false"), json!({}))
+        .await;
     let rollout_id = rollout["id"].as_i64().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     fleet.agent.pause();
@@ -807,5 +813,9 @@ async fn a_slow_shadow_that_makes_progress_is_waited_for_and_a_stopped_one_is_no
     fleet.agent.resume();
     assert_eq!(ended["state"], "failed", "{ended}");
     assert!(phase_of(&ended, "edge")["error"].as_str().unwrap().contains("deadline"), "{ended}");
-    assert_eq!(file(&fleet.agent.live, "many/entry000.conf"), "value = 1\n", "aborted: the old revision stays");
+    assert_eq!(
+        file(&fleet.agent.live, "many/entry000.conf"),
+        "value = 1\n",
+        "aborted: the old revision stays"
+    );
 }

@@ -608,7 +608,10 @@ mod failpoint {
     /// slow disk that is still making progress).
     #[cfg(feature = "failpoints")]
     pub fn slow_staging() {
-        if let Some(ms) = std::env::var("ETC_SHADOW_FAILPOINT_SLOW_STAGING_MS").ok().and_then(|v| v.parse().ok()) {
+        if let Some(ms) = std::env::var("ETC_SHADOW_FAILPOINT_SLOW_STAGING_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
     }

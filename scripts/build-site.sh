@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds the console without cargo-leptos: the server binary, and its browser half into
+# target/site/pkg as the server serves it.
+#   scripts/build-site.sh            debug build (the end-to-end tests)
+#   scripts/build-site.sh --release  release build (the demo)
+#
+# The wasm is built for wasm32-unknown-unknown, bound by wasm-bindgen (the version in
+# Cargo.lock) and, in a release build, optimised by wasm-opt -Oz. wasm-opt takes a minute
+# or more, so its output is kept in target/site-cache under the hash of its input: a build
+# whose wasm did not change skips it. The JS glue, the wasm and the style sheet are named
+# by one hash of their contents (etc-shadow.<hash>.js, etc-shadow.<hash>_bg.wasm,
+# etc-shadow.<hash>.css), so browsers may cache them for good; each also gets a brotli
+# (.br) and a gzip (.gz) copy that the server sends to browsers that accept them.
+# target/site/pkg/current names the set the server serves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+release=false
+[ "${1:-}" = "--release" ] && release=true
+if $release; then
+  wasm_profile=wasm-release wasm_dir=wasm-release server_args=(--release) brotli_quality=11
+else
+  # A debug wasm is large; compressing it hard would take longer than building it.
+  wasm_profile=dev wasm_dir=debug server_args=() brotli_quality=4
+fi
+
+cargo build -p frontend --lib --target wasm32-unknown-unknown --profile "$wasm_profile"
+cargo build "${server_args[@]}" -p etc-shadow-server --bin etc-shadow
+
+pkg=target/site/pkg
+work=target/site-build
+cache=target/site-cache
+rm -rf "$work" && mkdir -p "$work" "$cache" "$pkg"
+wasm-bindgen --target web --no-typescript --out-dir "$work" --out-name etc-shadow \
+  "target/wasm32-unknown-unknown/$wasm_dir/frontend.wasm"
+if $release; then
+  key=$(sha256sum "$work/etc-shadow_bg.wasm" | cut -c1-64)
+  if [ ! -f "$cache/$key.wasm" ]; then
+    echo "[site] wasm-opt -Oz (its output is kept for the next build of the same wasm)"
+    wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
+      "$work/etc-shadow_bg.wasm" -o "$cache/$key.wasm.tmp"
+    mv "$cache/$key.wasm.tmp" "$cache/$key.wasm"
+    # Only the newest few are worth keeping.
+    ls -t "$cache"/*.wasm | tail -n +6 | xargs -r rm -f
+  fi
+  cp "$cache/$key.wasm" "$work/etc-shadow_bg.wasm"
+fi
+cp style/main.css "$work/etc-shadow.css"
+
+hash=$(cat "$work/etc-shadow.js" "$work/etc-shadow_bg.wasm" "$work/etc-shadow.css" | sha256sum | cut -c1-16)
+name=etc-shadow.$hash
+next=$pkg.next
+rm -rf "$next" && mkdir -p "$next"
+mv "$work/etc-shadow.js" "$next/$name.js"
+mv "$work/etc-shadow_bg.wasm" "$next/${name}_bg.wasm"
+mv "$work/etc-shadow.css" "$next/$name.css"
+for file in "$next/$name.js" "$next/${name}_bg.wasm" "$next/$name.css"; do
+  brotli --quality="$brotli_quality" --keep --force "$file"
+  gzip --best --keep --force --no-name "$file"
+done
+echo "$name" > "$next/current"
+rm -rf "$pkg" && mv "$next" "$pkg"
+rm -rf "$work"
+wasm_bytes=$(stat -c %s "$pkg/${name}_bg.wasm")
+br_bytes=$(stat -c %s "$pkg/${name}_bg.wasm.br")
+gz_bytes=$(stat -c %s "$pkg/${name}_bg.wasm.gz")
+echo "[site] $pkg/$name: wasm $wasm_bytes bytes, $gz_bytes gzip, $br_bytes brotli"
