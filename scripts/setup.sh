@@ -3,8 +3,8 @@
 #   scripts/setup.sh          toolchain for building and running the console
 #   scripts/setup.sh --test   the same, plus Chromium and the Playwright test runner
 #   scripts/setup.sh --fuzz   cargo-fuzz only (libFuzzer builds with the C++ compiler)
-#   scripts/setup.sh --bench  what `make bench` needs: etcd (the peer it is measured
-#                             against) and protoc (the etcd client's build)
+#   scripts/setup.sh --bench  the first, plus what `make bench` needs: etcd (the peer it is
+#                             measured against) and protoc (the etcd client's build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,8 +48,6 @@ if $want_bench; then
   apt_install protoc protobuf-compiler
   apt_install etcd etcd-server
   apt_install etcdctl etcd-client
-  say "ready to benchmark"
-  exit 0
 fi
 
 # The toolchain in rust-toolchain.toml (rustup installs it on first use) and its wasm target.

@@ -67,6 +67,15 @@ pub mod ssr {
 }
 
 /// Signs in and sets the session cookie. Works as a plain HTML form post.
+/// The editor's validation as the user types: the validator the server runs on save, for
+/// a format and a text; `None` when the text is valid.
+#[server]
+pub async fn validate_content(format: String, content: String) -> Result<Option<domain::ValidationError>, ServerFnError> {
+    ssr::caller()?;
+    let format: domain::Format = format.parse().map_err(|_| ServerFnError::new("unknown format"))?;
+    Ok(domain::format::validate(format, content.as_bytes()).err())
+}
+
 #[server(endpoint = "login")]
 pub async fn login(username: String, password: String, next: Option<String>) -> Result<(), ServerFnError> {
     use ssr::*;
@@ -233,18 +242,38 @@ pub async fn changes(state: Option<String>, before: Option<i64>) -> Result<Page<
     control::changes::list(&db()?, state, before, Some(25)).await.map_err(fail)
 }
 
-#[server]
-pub async fn change(id: i64) -> Result<ChangeView, ServerFnError> {
-    use ssr::*;
-    caller()?;
-    control::changes::get(&db()?, id).await.map_err(fail)
+/// How many of a change's entries its page lists at the top (the diff below pages on).
+pub const CHANGE_PAGE_ENTRIES: usize = 100;
+
+/// Entry diffs per page of a change's diff.
+pub const DIFF_PAGE_ENTRIES: usize = 50;
+
+/// A change as its page shows it: the first [`CHANGE_PAGE_ENTRIES`] entries, and how many
+/// it has in all (a change of 10,000 entries does not make a page of megabytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeHead {
+    pub change: ChangeView,
+    pub entries_total: usize,
 }
 
 #[server]
-pub async fn change_diff(id: i64) -> Result<DiffView, ServerFnError> {
+pub async fn change(id: i64) -> Result<ChangeHead, ServerFnError> {
     use ssr::*;
     caller()?;
-    control::changes::diff(&db()?, id).await.map_err(fail)
+    let mut change = control::changes::get(&db()?, id).await.map_err(fail)?;
+    let entries_total = change.entries.len();
+    change.entries.truncate(CHANGE_PAGE_ENTRIES);
+    Ok(ChangeHead { change, entries_total })
+}
+
+/// A page of a change's diff, after the path `after`.
+#[server]
+pub async fn change_diff(id: i64, after: Option<String>) -> Result<domain::api::DiffPage, ServerFnError> {
+    use ssr::*;
+    caller()?;
+    control::changes::diff_page(&db()?, id, after.as_deref(), DIFF_PAGE_ENTRIES)
+        .await
+        .map_err(fail)
 }
 
 /// Saves one entry from the editor: into `change` when given, else into a new change on

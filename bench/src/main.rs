@@ -39,9 +39,12 @@ use std::{
 #[derive(Parser)]
 #[command(name = "etc-shadow-bench", about = "Rollout latency benchmark of etc-shadow")]
 struct Cli {
-    /// Which measurements: rollouts, drift, incidents, redact.
-    #[arg(long, value_delimiter = ',', default_value = "rollouts,drift,incidents,redact")]
+    /// Which measurements: console, rollouts, drift, incidents, redact.
+    #[arg(long, value_delimiter = ',', default_value = "console,rollouts,drift,incidents,redact")]
     suite: Vec<String>,
+    /// The built console (`scripts/build-site.sh --release`), for the console's weight.
+    #[arg(long, default_value = "target/site")]
+    site_root: PathBuf,
     /// The agent binary (build it with `cargo build --release -p etc-shadow-agent`).
     #[arg(long, default_value = "target/release/etc-shadow-agent")]
     agent: PathBuf,
@@ -440,10 +443,38 @@ async fn main() {
             }
             "incidents" => incidents::run(cli.incidents, 50).await,
             "redact" => redact::run(),
-            other => panic!("unknown suite {other:?}: rollouts, drift, incidents or redact"),
+            "console" => console(&cli.site_root),
+            other => panic!("unknown suite {other:?}: console, rollouts, drift, incidents or redact"),
         }
         println!();
     }
+}
+
+/// What a browser downloads to run the console: the assets `scripts/build-site.sh` built,
+/// as served (brotli, gzip) and raw.
+fn console(site_root: &Path) {
+    let pkg = site_root.join("pkg");
+    let name = std::fs::read_to_string(pkg.join("current"))
+        .unwrap_or_else(|_| panic!("{} has no built console: run scripts/build-site.sh --release", pkg.display()));
+    let name = name.trim();
+    let bytes = |file: &str| std::fs::metadata(pkg.join(file)).map(|m| m.len()).unwrap_or(0);
+    println!("The console's assets ({}), as served:", pkg.display());
+    println!();
+    println!("| asset | raw bytes | gzip bytes | brotli bytes |");
+    println!("| --- | ---: | ---: | ---: |");
+    let mut totals = [0u64; 3];
+    for (label, file) in [
+        ("wasm", format!("{name}_bg.wasm")),
+        ("JavaScript glue", format!("{name}.js")),
+        ("style sheet", format!("{name}.css")),
+    ] {
+        let sizes = [bytes(&file), bytes(&format!("{file}.gz")), bytes(&format!("{file}.br"))];
+        for (total, size) in totals.iter_mut().zip(sizes) {
+            *total += size;
+        }
+        println!("| {label} | {} | {} | {} |", sizes[0], sizes[1], sizes[2]);
+    }
+    println!("| all | {} | {} | {} |", totals[0], totals[1], totals[2]);
 }
 
 async fn rollouts(cli: &Cli) {

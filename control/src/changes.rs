@@ -10,7 +10,9 @@ use crate::{
 };
 use domain::{
     EntryPath, Format, Policy, Role,
-    api::{ApprovalView, ChangeEntryView, ChangeState, ChangeSummary, ChangeView, DiffView, EntryEdit, EntryInput, NewChange, Page},
+    api::{
+        ApprovalView, ChangeEntryView, ChangeState, ChangeSummary, ChangeView, DiffPage, DiffView, EntryEdit, EntryInput, NewChange, Page,
+    },
     format::validate,
     hash::{ChangeOp, change_hash, content_hash, entry_hash},
     policy::{parse_mode, valid_principal},
@@ -800,6 +802,38 @@ pub async fn diff(db: &Db, id: i64) -> Result<DiffView> {
     Ok(DiffView {
         from: format!("revision {}", change.base_revision),
         to: format!("change {id}"),
+        entries,
+    })
+}
+
+/// One page of the change's diff against its base revision: at most `limit` entries
+/// (1 to 500) after the path `after`, in path order, with how many differ in all. Only the
+/// page's entries are read and diffed, so a change of 10,000 entries costs what its page
+/// does.
+pub async fn diff_page(db: &Db, id: i64, after: Option<&str>, limit: usize) -> Result<DiffPage> {
+    let limit = limit.clamp(1, 500);
+    let mut conn = db.read.acquire().await?;
+    let change = load(&mut conn, id).await?;
+    let base = revisions::entries(&mut conn, change.base_revision).await?;
+    let ops = operations(&mut conn, id).await?;
+    let next_set = apply(&base, &ops);
+    let paths = revisions::differing(&base, &next_set, false);
+    let total = paths.len();
+    let window: Vec<&String> = paths
+        .into_iter()
+        .filter(|path| after.is_none_or(|after| path.as_str() > after))
+        .take(limit + 1)
+        .collect();
+    let more = window.len() > limit;
+    let mut entries = Vec::with_capacity(limit);
+    for path in window.into_iter().take(limit) {
+        entries.push(revisions::describe(&mut conn, db, &base, &next_set, path).await?);
+    }
+    Ok(DiffPage {
+        from: format!("revision {}", change.base_revision),
+        to: format!("change {id}"),
+        total,
+        next: if more { entries.last().map(|e| e.path.clone()) } else { None },
         entries,
     })
 }

@@ -263,55 +263,70 @@ pub(crate) async fn diff_sets(
     new: &EntrySet,
     include_unchanged: bool,
 ) -> Result<Vec<EntryDiff>> {
+    let mut result = Vec::new();
+    for path in differing(old, new, include_unchanged) {
+        result.push(describe(conn, db, old, new, path).await?);
+    }
+    Ok(result)
+}
+
+/// The paths whose entries differ between two sets (all of them with
+/// `include_unchanged`), sorted. Compares blob names and policies only: nothing is read.
+pub(crate) fn differing<'a>(old: &'a EntrySet, new: &'a EntrySet, include_unchanged: bool) -> Vec<&'a String> {
     let mut paths: Vec<&String> = old.keys().chain(new.keys()).collect();
     paths.sort();
     paths.dedup();
-    let mut result = Vec::new();
-    for path in paths {
-        let (before, after) = (old.get(path), new.get(path));
-        let content_changed = before.map(|e| &e.blob) != after.map(|e| &e.blob);
-        let policy = match (before, after) {
-            (Some(b), Some(a)) => policy_changes(b, a),
-            _ => Vec::new(),
+    paths.retain(|path| include_unchanged || status_of(old.get(*path), new.get(*path)).1 != "unchanged");
+    paths
+}
+
+/// Whether the content changed, and the status of a path between two sets.
+fn status_of(before: Option<&EntryRow>, after: Option<&EntryRow>) -> (bool, &'static str, Vec<String>) {
+    let content_changed = before.map(|e| &e.blob) != after.map(|e| &e.blob);
+    let policy = match (before, after) {
+        (Some(b), Some(a)) => policy_changes(b, a),
+        _ => Vec::new(),
+    };
+    let status = match (before, after) {
+        (None, Some(_)) => "added",
+        (Some(_), None) => "removed",
+        _ if content_changed || !policy.is_empty() => "modified",
+        _ => "unchanged",
+    };
+    (content_changed, status, policy)
+}
+
+/// How one path differs between two sets: its status, policy changes and line diff.
+pub(crate) async fn describe(conn: &mut SqliteConnection, db: &Db, old: &EntrySet, new: &EntrySet, path: &String) -> Result<EntryDiff> {
+    let (before, after) = (old.get(path), new.get(path));
+    let (content_changed, status, policy) = status_of(before, after);
+    let secret = before.is_some_and(|e| e.secret) || after.is_some_and(|e| e.secret);
+    let (text, keys) = if content_changed && !secret {
+        let old_text = text_of(conn, db, before).await?;
+        let new_text = text_of(conn, db, after).await?;
+        let keys = match (before, after) {
+            (Some(b), Some(a)) if b.format == a.format => a
+                .format
+                .parse::<domain::Format>()
+                .ok()
+                .and_then(|format| key_changes(format, &old_text, &new_text)),
+            _ => None,
         };
-        let status = match (before, after) {
-            (None, Some(_)) => "added",
-            (Some(_), None) => "removed",
-            _ if content_changed || !policy.is_empty() => "modified",
-            _ => "unchanged",
-        };
-        if status == "unchanged" && !include_unchanged {
-            continue;
-        }
-        let secret = before.is_some_and(|e| e.secret) || after.is_some_and(|e| e.secret);
-        let (text, keys) = if content_changed && !secret {
-            let old_text = text_of(conn, db, before).await?;
-            let new_text = text_of(conn, db, after).await?;
-            let keys = match (before, after) {
-                (Some(b), Some(a)) if b.format == a.format => a
-                    .format
-                    .parse::<domain::Format>()
-                    .ok()
-                    .and_then(|format| key_changes(format, &old_text, &new_text)),
-                _ => None,
-            };
-            (Some(diff_text(&old_text, &new_text, Some(DIFF_DEADLINE))), keys)
-        } else {
-            (None, None)
-        };
-        result.push(EntryDiff {
-            hidden: None,
-            path: path.clone(),
-            status: status.to_string(),
-            old: before.map(EntryRow::view),
-            new: after.map(EntryRow::view),
-            policy_changes: policy,
-            text,
-            secret_changed: secret && content_changed,
-            keys,
-        });
-    }
-    Ok(result)
+        (Some(diff_text(&old_text, &new_text, Some(DIFF_DEADLINE))), keys)
+    } else {
+        (None, None)
+    };
+    Ok(EntryDiff {
+        hidden: None,
+        path: path.clone(),
+        status: status.to_string(),
+        old: before.map(EntryRow::view),
+        new: after.map(EntryRow::view),
+        policy_changes: policy,
+        text,
+        secret_changed: secret && content_changed,
+        keys,
+    })
 }
 
 /// An entry's content as a diff shows it: secret values as placeholders.

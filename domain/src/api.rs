@@ -347,6 +347,17 @@ pub struct DiffView {
     pub entries: Vec<EntryDiff>,
 }
 
+/// One page of a diff (see [`DiffView`]): its entries in path order, how many differ in
+/// all, and the path to ask the next page after (`None` on the last page).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffPage {
+    pub from: String,
+    pub to: String,
+    pub entries: Vec<EntryDiff>,
+    pub total: usize,
+    pub next: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutShadowView {
     pub name: String,

@@ -290,3 +290,60 @@ async fn an_edit_of_a_draft_around_its_secret_value_keeps_the_value() {
     assert_eq!(shown().await, after, "the refused edit changed nothing");
     server.stop().await;
 }
+
+/// A change of 10,000 entries does not make a page of megabytes: its page lists the first
+/// entries and the first page of the diff (each further page is a server function call),
+/// well under 1 MB of HTML.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_thousand_entry_change_makes_a_small_page_and_pages_its_diff() {
+    let (_server, editor, _approver) = two_people().await;
+    let entries: Vec<serde_json::Value> = (0..10_000)
+        .map(|i| json!({"path": format!("fleet/part{:02}/node{i:05}.conf", i % 32), "content": format!("name = node{i}\nweight = {i}\n"), "format": "text", "mode": "0644"}))
+        .collect();
+    let (status, change) = editor
+        .post(
+            "/api/v1/changes",
+            json!({"base_revision": 0, "message": "a large fleet", "entries": entries}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{change}");
+    let id = change["id"].as_i64().unwrap();
+
+    let response = editor.send(reqwest::Method::GET, &format!("/changes/{id}"), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let html = response.text().await.unwrap();
+    assert!(html.len() < 1_000_000, "the change page is {} bytes", html.len());
+    assert!(
+        html.contains("node00000.conf") && html.contains("9900 more entries"),
+        "the first entries and a count of the rest"
+    );
+    assert!(html.contains("10000 entries changed"), "the diff says how many differ in all");
+    assert!(html.contains("data-test=\"diff-more\""), "a button loads the next page of the diff");
+
+    // The next page through the server function the button calls, after the last path shown.
+    let (status, page) = editor
+        .server_fn("change_diff", &format!("id={id}&after=fleet%2Fpart01%2Fnode00001.conf"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    assert_eq!(page["total"], 10_000);
+    assert_eq!(page["entries"].as_array().unwrap().len(), 50);
+    assert_eq!(page["entries"][0]["path"], "fleet/part01/node00033.conf", "{}", page["entries"][0]);
+    assert!(page["next"].is_string());
+}
+
+/// The editor's validation as the user types is the server's validator behind a server
+/// function (the browser carries no parsers); a caller without a session gets nothing.
+#[tokio::test]
+async fn the_editor_validates_on_the_server_as_you_type() {
+    let (server, editor, _approver) = two_people().await;
+    let (status, body) = editor.server_fn("validate_content", "format=json&content=%7B%22a%22%3A+1%7D").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body.trim(), "null", "valid json: no error");
+    let (status, body) = editor.server_fn("validate_content", "format=toml&content=a+%3D+%0Ab+%3D+2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["line"], 1, "{error}");
+    let (status, _) = server.anonymous().server_fn("validate_content", "format=json&content=%7B%7D").await;
+    assert!(status.is_client_error(), "{status}");
+}

@@ -22,27 +22,87 @@ pub fn DiffViewer(diff: DiffView) -> impl IntoView {
         <section class="diff" data-test="diff">
             <div class="diff-toolbar">
                 <span class="muted">{format!("{} → {}: {count} entr{} changed", diff.from, diff.to, if count == 1 { "y" } else { "ies" })}</span>
-                <div class="toggle" role="group" aria-label="Diff layout">
-                    <button
-                        type="button"
-                        data-test="diff-unified"
-                        class:active=move || layout.get() == Layout::Unified
-                        on:click=move |_| layout.set(Layout::Unified)
-                    >
-                        "Unified"
-                    </button>
-                    <button
-                        type="button"
-                        data-test="diff-split"
-                        class:active=move || layout.get() == Layout::SideBySide
-                        on:click=move |_| layout.set(Layout::SideBySide)
-                    >
-                        "Side by side"
-                    </button>
-                </div>
+                <LayoutToggle layout />
             </div>
             {entries.into_iter().map(|entry| view! { <EntryDiffView entry layout /> }).collect_view()}
         </section>
+    }
+}
+
+/// A change's diff a page at a time: the first page as the server rendered it, then
+/// "Show more" loads the next (a 10,000-entry change is not one page of megabytes).
+#[component]
+pub fn PagedDiff(first: domain::api::DiffPage, change_id: i64) -> impl IntoView {
+    let layout = RwSignal::new(Layout::Unified);
+    let total = first.total;
+    let heading = format!(
+        "{} → {}: {total} entr{} changed",
+        first.from,
+        first.to,
+        if total == 1 { "y" } else { "ies" }
+    );
+    let entries = RwSignal::new(first.entries);
+    let next = RwSignal::new(first.next);
+    let failure = RwSignal::new(None::<String>);
+    let more = Action::new(move |after: &String| {
+        let after = after.clone();
+        async move {
+            match crate::api::change_diff(change_id, Some(after)).await {
+                Ok(page) => {
+                    entries.update(|all| all.extend(page.entries));
+                    next.set(page.next);
+                    failure.set(None);
+                }
+                Err(err) => failure.set(Some(err.to_string())),
+            }
+        }
+    });
+    view! {
+        <section class="diff" data-test="diff" data-total=total>
+            <div class="diff-toolbar">
+                <span class="muted">{heading}</span>
+                <LayoutToggle layout />
+            </div>
+            <For each=move || entries.get() key=|entry| entry.path.clone() let:entry>
+                <EntryDiffView entry layout />
+            </For>
+            {move || next.get().map(|after| {
+                let shown = entries.with(Vec::len);
+                view! {
+                    <p class="diff-more">
+                        <button type="button" data-test="diff-more" disabled=move || more.pending().get() on:click=move |_| { more.dispatch(after.clone()); }>
+                            {format!("Show the next {} ({shown} of {total} shown)", crate::api::DIFF_PAGE_ENTRIES.min(total - shown))}
+                        </button>
+                    </p>
+                }
+            })}
+            {move || failure.get().map(|message| view! { <p class="bad" data-test="diff-more-failed">{message}</p> })}
+        </section>
+    }
+}
+
+/// The unified / side-by-side switch of a diff.
+#[component]
+fn LayoutToggle(layout: RwSignal<Layout>) -> impl IntoView {
+    view! {
+        <div class="toggle" role="group" aria-label="Diff layout">
+            <button
+                type="button"
+                data-test="diff-unified"
+                class:active=move || layout.get() == Layout::Unified
+                on:click=move |_| layout.set(Layout::Unified)
+            >
+                "Unified"
+            </button>
+            <button
+                type="button"
+                data-test="diff-split"
+                class:active=move || layout.get() == Layout::SideBySide
+                on:click=move |_| layout.set(Layout::SideBySide)
+            >
+                "Side by side"
+            </button>
+        </div>
     }
 }
 

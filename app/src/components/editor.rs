@@ -1,8 +1,12 @@
-//! A code editor: line numbers, no wrapping, and validation as you type with the same
-//! validators the server runs (the server's answer on save remains the authority).
+//! A code editor: line numbers, no wrapping, and validation as you type by the same
+//! validators the server runs on save, run on the server a moment after the typing stops
+//! (the browser carries no parsers: they would weigh more than the rest of the console).
 
-use domain::{Format, format::validate};
+use domain::Format;
 use leptos::prelude::*;
+
+/// How long typing must pause before the text is sent for validation.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(200);
 
 #[component]
 pub fn CodeEditor(
@@ -12,8 +16,41 @@ pub fn CodeEditor(
     #[prop(into)] name: String,
     #[prop(optional)] readonly: bool,
 ) -> impl IntoView {
-    let validation = Memo::new(move |_| content.with(|text| validate(format.get(), text.as_bytes())));
-    let error_line = move || validation.with(|v| v.as_ref().err().map(|e| e.line));
+    // What was last sent for validation: the text once typing paused.
+    let settled = RwSignal::new(content.get_untracked());
+    let keystrokes = StoredValue::new(0u64);
+    Effect::new(move |_| {
+        content.track();
+        keystrokes.update_value(|n| *n += 1);
+        let mine = keystrokes.get_value();
+        set_timeout(
+            move || {
+                if keystrokes.get_value() == mine && content.with_untracked(|now| settled.with_untracked(|sent| now != sent)) {
+                    settled.set(content.get_untracked());
+                }
+            },
+            QUIET,
+        );
+    });
+    // The server's answer for the settled text; `None` until the first one arrives (so the
+    // server's page and the hydrated one agree: both say "checking").
+    let answer = RwSignal::new(None::<Result<Option<domain::ValidationError>, String>>);
+    let asked = StoredValue::new(0u64);
+    Effect::new(move |_| {
+        let (format, text) = (format.get(), settled.get());
+        asked.update_value(|n| *n += 1);
+        let mine = asked.get_value();
+        leptos::task::spawn_local(async move {
+            let result = crate::api::validate_content(format.as_str().to_string(), text)
+                .await
+                .map_err(|err| err.to_string());
+            // An answer to text typed over since is dropped.
+            if asked.get_value() == mine {
+                answer.set(Some(result));
+            }
+        });
+    });
+    let error_line = move || answer.with(|a| a.as_ref().and_then(|a| a.as_ref().ok().cloned().flatten()).map(|e| e.line));
     let line_count = move || content.with(|text| text.split('\n').count().max(1));
     let gutter = move || {
         let bad = error_line();
@@ -46,11 +83,13 @@ pub fn CodeEditor(
                 </textarea>
             </div>
             <div class="validation" data-test="validation" aria-live="polite">
-                {move || match validation.get() {
-                    Ok(()) => view! { <span class="ok" data-test="valid">{format!("✓ valid {}", format.get())}</span> }.into_any(),
-                    Err(err) => view! {
+                {move || match answer.get() {
+                    None => view! { <span class="muted" data-test="checking">"checking…"</span> }.into_any(),
+                    Some(Ok(None)) => view! { <span class="ok" data-test="valid">{format!("✓ valid {}", format.get_untracked())}</span> }.into_any(),
+                    Some(Ok(Some(err))) => view! {
                         <span class="bad" data-test="invalid">{format!("✗ line {}, column {}: {}", err.line, err.column, err.message)}</span>
                     }.into_any(),
+                    Some(Err(err)) => view! { <span class="muted" data-test="unchecked">{format!("not checked: {err}")}</span> }.into_any(),
                 }}
             </div>
         </div>

@@ -4,7 +4,7 @@ use crate::{
     api::{ApproveChange, RebaseChange, RejectChange, RolloutChange, SubmitChange, change, change_diff, change_rollout, changes},
     components::{
         ActionError, ErrorBox, ShortHash, StateBadge,
-        diff::DiffViewer,
+        diff::PagedDiff,
         error_text,
         layout::{Layout, use_me},
         live::LiveFeed,
@@ -136,9 +136,9 @@ pub fn ChangePage() -> impl IntoView {
     let data = Resource::new(
         move || (id(), actions.version(), feed.milestones()),
         |(id, _, _)| async move {
-            let view = change(id).await?;
-            let diff = change_diff(id).await?;
-            Ok::<_, ServerFnError>((view, diff))
+            let head = change(id).await?;
+            let diff = change_diff(id, None).await?;
+            Ok::<_, ServerFnError>((head, diff))
         },
     );
     let latest = Resource::new(
@@ -167,13 +167,15 @@ pub fn ChangePage() -> impl IntoView {
                 {move || Suspend::new(async move {
                     match data.await {
                         Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
-                        Ok((view, diff)) => {
+                        Ok((head, diff)) => {
+                            let view = head.change.clone();
                             let open = view.summary.state.is_open();
+                            let change_id = view.summary.id;
                             view! {
-                                <ChangeHeader change=view.clone() actions />
+                                <ChangeHeader change=view.clone() entries_total=head.entries_total actions />
                                 {open.then(|| view! { <PlanSection plan validate /> })}
                                 <h2>"Diff against revision #" {view.summary.base_revision}</h2>
-                                <DiffViewer diff />
+                                <PagedDiff first=diff change_id />
                             }.into_any()
                         }
                     }
@@ -225,7 +227,7 @@ fn RolloutProgress(rollout: RolloutView, feed: LiveFeed) -> impl IntoView {
 }
 
 #[component]
-fn ChangeHeader(change: ChangeView, actions: Actions) -> impl IntoView {
+fn ChangeHeader(change: ChangeView, entries_total: usize, actions: Actions) -> impl IntoView {
     let me = use_me();
     let s = change.summary.clone();
     let id = s.id;
@@ -273,6 +275,11 @@ fn ChangeHeader(change: ChangeView, actions: Actions) -> impl IntoView {
                     }
                 }).collect_view()}
             </ul>
+            {(entries_total > change.entries.len()).then(|| view! {
+                <p class="muted" data-test="more-entries">
+                    {format!("… and {} more entries: every one is in the diff below.", entries_total - change.entries.len())}
+                </p>
+            })}
             {can_edit.then(|| view! { <a class="button" href=format!("/edit?change={id}") data-test="add-entry">"Add an entry"</a> })}
             <h3>"Approvals"</h3>
             {if change.approvals.is_empty() {
