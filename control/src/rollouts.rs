@@ -716,6 +716,14 @@ impl Coordinator {
             // A shadow that is working is not dead: while every one still preparing has
             // made progress since the last look, the deadline moves on.
             if answer.is_err() {
+                // An operator's cancel may have decided it meanwhile (its wake-up is lost
+                // while this task is busy elsewhere): the journal says.
+                let mut conn = self.db.read.acquire().await?;
+                let decided = load_in(&mut conn, plan.id).await?.0.decision.is_some();
+                drop(conn);
+                if decided {
+                    break;
+                }
                 let waiting: Vec<&String> = plan.shadows.iter().filter(|s| !answered.contains(*s)).collect();
                 let now = tokio::time::Instant::now();
                 if now < started + self.prepare_limit && self.all_progressing(plan.id, &waiting, &mut steps).await {

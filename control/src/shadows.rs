@@ -686,6 +686,9 @@ fn tls_failure(err: &reqwest::Error) -> Option<&rustls::Error> {
     None
 }
 
+/// An open directory store and its prepare's progress.
+type OpenDirectory = (Arc<Mutex<Store>>, Arc<store::Progress>);
+
 /// Opens drivers for registered shadows. Directory stores are kept open, one per
 /// shadow, because a store holds its state in memory between calls.
 pub struct Registry {
@@ -696,7 +699,7 @@ pub struct Registry {
     http: reqwest::Client,
     /// One client per pinned certificate (each trusts only its pin).
     pinned: Mutex<HashMap<String, reqwest::Client>>,
-    directories: Mutex<HashMap<String, (Arc<Mutex<Store>>, Arc<store::Progress>)>>,
+    directories: Mutex<HashMap<String, OpenDirectory>>,
 }
 
 impl Registry {

@@ -331,6 +331,9 @@ pub struct Store {
     /// [`RACY_WINDOW`]; tests that edit files in bursts shorten it.
     racy_window: Duration,
     progress: std::sync::Arc<Progress>,
+    /// Tests: runs after the held files were proven, before they are linked.
+    #[cfg(test)]
+    after_hold: Option<Box<dyn FnMut() + Send>>,
 }
 
 /// How far the running prepare has come, readable without the store's lock: a writer
@@ -338,8 +341,11 @@ pub struct Store {
 #[derive(Debug, Default)]
 pub struct Progress {
     rollout: std::sync::atomic::AtomicI64,
-    /// Entries proven, linked, written or read back so far by that rollout's prepare.
+    /// Entries proven, linked, written or read back so far by that rollout's prepares
+    /// (a prepare sent again after `incomplete` goes on counting).
     steps: AtomicU64,
+    /// Set while a prepare runs: nothing else (a check's walk, the watcher's) counts.
+    running: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
@@ -352,13 +358,28 @@ impl Progress {
         }
     }
 
-    fn start(&self, rollout: i64) {
-        self.steps.store(0, Ordering::SeqCst);
-        self.rollout.store(rollout, Ordering::SeqCst);
+    /// Counts the steps of `rollout`'s prepare until the guard drops.
+    fn start(&self, rollout: i64) -> Running<'_> {
+        if self.rollout.swap(rollout, Ordering::SeqCst) != rollout {
+            self.steps.store(0, Ordering::SeqCst);
+        }
+        self.running.store(true, Ordering::SeqCst);
+        Running(self)
     }
 
     fn step(&self) {
-        self.steps.fetch_add(1, Ordering::Relaxed);
+        if self.running.load(Ordering::Relaxed) {
+            self.steps.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A prepare counting its steps (see [`Progress::start`]).
+struct Running<'a>(&'a Progress);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::SeqCst);
     }
 }
 
@@ -372,10 +393,8 @@ struct HeldFile {
     settled: bool,
 }
 
-/// A file linked into a new generation: its signature before and after the link, and its
-/// proven hash.
+/// A file linked into a new generation: its signature after the link, and its proven hash.
 struct Linked {
-    before: FileSignature,
     after: FileSignature,
     hash: Hash,
 }
@@ -855,6 +874,8 @@ impl Store {
             hooks: None,
             racy_window: RACY_WINDOW,
             progress: Default::default(),
+            #[cfg(test)]
+            after_hold: None,
         };
         let lock = store.lock_state()?;
         store.clean_orphans()?;
@@ -947,8 +968,14 @@ impl Store {
             // reader is in: the live link's target is kept.
             let generation = name.starts_with("..r") && self.staging_shape(&name);
             let trash = name.starts_with("..trash-") && self.staging_shape(&name);
-            if (generation && !keep.contains(&name)) || trash {
+            if generation && !keep.contains(&name) {
                 let _ = fs::remove_dir_all(entry.path());
+            } else if trash {
+                // Already renamed out of the way: emptied without holding up the caller.
+                let doomed = entry.path();
+                std::thread::spawn(move || {
+                    let _ = fs::remove_dir_all(doomed);
+                });
             }
         }
         Ok(())
@@ -1404,9 +1431,13 @@ impl Store {
     }
 
     fn prepare_untimed(&mut self, rollout: i64, request: &PrepareRequest) -> Result<RolloutAnswer> {
+        let progress = self.progress.clone();
+        let _counting = progress.start(rollout);
         let started_at = Instant::now();
-        self.progress.start(rollout);
         let _lock = self.lock_state()?;
+        // Waiting for the lock is the only part of a prepare that makes no progress the
+        // writer can see: it counts against the validator's budget, the rest does not.
+        let waited = started_at.elapsed();
         self.finish_interrupted_switch()?;
         self.clean_orphans()?;
         self.check_fence(&request.control_plane_id, request.epoch)?;
@@ -1494,8 +1525,11 @@ impl Store {
         let managed = DirHandle::open(&self.live)?;
         // What the writer sent by hash is found in the live generation and proven first:
         // an entry not held as its hash says refuses the prepare before anything is made.
-        let staging_started = Instant::now();
         let held = self.hold(&parsed)?;
+        #[cfg(test)]
+        if let Some(hook) = self.after_hold.as_mut() {
+            hook();
+        }
         let handle = managed.create_dir(&staging_name, 0o700)?;
         let linked = match self.write_staging(&handle, &parsed, held) {
             Ok(linked) => linked,
@@ -1543,12 +1577,9 @@ impl Store {
         }
         // The node's validator judges the tree as it will go live; a refusal stages
         // nothing (and records no epoch: nothing here changed).
-        // Staging made progress the writer saw (see [`Progress`]) and extended its deadline
-        // for: only the rest of the time counts against it.
-        let staging = staging_started.elapsed();
-        let budget = request
-            .deadline_ms
-            .map(|ms| Duration::from_millis(ms).saturating_sub(started_at.elapsed().saturating_sub(staging)));
+        // Checking the base, staging and proving made progress the writer saw (see
+        // [`Progress`]) and extended its deadline for: only the wait for the lock counts.
+        let budget = request.deadline_ms.map(|ms| Duration::from_millis(ms).saturating_sub(waited));
         let validated = self.hooks.as_deref().and_then(|h| h.validate(&final_dir, &self.live, budget));
         if let Some(run) = validated.as_ref().filter(|run| !run.ok) {
             let _ = fs::remove_dir_all(&final_dir);
@@ -1571,20 +1602,9 @@ impl Store {
                 ));
             }
         }
-        // The live tree's known hashes follow the files linked into the new generation
-        // (the link moved their `ctime`): the next look at the live tree, and the one after
-        // the switch, does not read them again.
-        {
-            let mut cache = self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            for (path, link) in &linked {
-                if let Some(known) = cache.get_mut(path)
-                    && known.0 == link.before
-                    && known.2 == link.hash
-                {
-                    known.0 = link.after.clone();
-                }
-            }
-        }
+        // The live tree's hash cache keeps what it had: a linked file's `ctime` moved with
+        // the link, so the receipt after the switch reads it again. The proof above trusted
+        // linked files by their `stat`; the receipt reads their bytes.
         let writer_changed = self.persisted.control_plane_id.as_deref() != Some(request.control_plane_id.as_str());
         self.accept_fence(&request.control_plane_id, request.epoch);
         if writer_changed {
@@ -1828,29 +1848,31 @@ impl Store {
             let parent = if prefix.is_empty() { staging } else { &directories[&prefix] };
             match &entry.source {
                 Source::Held => {
-                    let source = held.remove(&index).ok_or_else(|| StoreError::Io(format!("{path} was not held")))?;
+                    let mut source = held.remove(&index).ok_or_else(|| StoreError::Io(format!("{path} was not held")))?;
+                    // Unchanged since it was proven, to the `ctime`, right before the link
+                    // (which moves `ctime` itself and so would hide an edit made earlier).
+                    let unchanged = source.file.metadata().is_ok_and(|meta| FileSignature::of(&meta) == source.before);
                     let from = SystemTime::now();
                     let origin = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&source.file)));
-                    timed(
+                    let link = timed(
                         |t| &mut t.write,
                         || nix::unistd::linkat(None, &origin, None, &parent.path(file_name), nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW),
-                    )
-                    .map_err(|err| StoreError::Io(format!("link {path}: {err}")))?;
+                    );
                     let to = SystemTime::now();
+                    if link.is_err() {
+                        // No hard link here (a file system without them, a link count at its
+                        // limit): the bytes of the very file proven, copied, and read back
+                        // like any file written.
+                        self.copy_held(parent, file_name, entry, &mut source.file)?;
+                        continue;
+                    }
                     let after = source
                         .file
                         .metadata()
                         .map(|meta| FileSignature::of(&meta))
                         .map_err(|err| io_error(format!("stat {path}"), err))?;
-                    if source.settled && after.only_linked_since(&source.before, from, to) {
-                        linked.insert(
-                            path.to_string(),
-                            Linked {
-                                before: source.before,
-                                after,
-                                hash: entry.hash,
-                            },
-                        );
+                    if unchanged && source.settled && after.only_linked_since(&source.before, from, to) {
+                        linked.insert(path.to_string(), Linked { after, hash: entry.hash });
                     }
                 }
                 Source::Sent(content) => {
@@ -1879,6 +1901,27 @@ impl Store {
         )
         .map_err(|err| StoreError::Io(format!("sync the staged files: {err}")))?;
         Ok(linked)
+    }
+
+    /// A held file's bytes copied into `parent/name` (where it could not be linked): written,
+    /// given its owner and mode like a file sent with its content. The read-back proves it.
+    fn copy_held(&self, parent: &DirHandle, name: &str, entry: &ParsedEntry<'_>, source: &mut File) -> Result<()> {
+        use std::io::{Read, Seek};
+        let path = &entry.path;
+        let mut content = Vec::new();
+        source
+            .seek(io::SeekFrom::Start(0))
+            .and_then(|_| source.read_to_end(&mut content))
+            .map_err(|err| io_error(format!("read {path}"), err))?;
+        let mut file = parent.create_file(name)?;
+        timed(
+            |t| &mut t.write,
+            || disk_budget::charge(content.len()).and_then(|()| file.write_all(&content)),
+        )
+        .map_err(|err| io_error(format!("write {path}"), err))?;
+        self.apply_ownership(&file, Path::new(path.as_str()), &entry.policy)?;
+        file.set_permissions(fs::Permissions::from_mode(entry.policy.mode))
+            .map_err(|err| io_error(format!("chmod {path}"), err))
     }
 
     fn apply_ownership(&self, file: &File, shown: &Path, policy: &Policy) -> Result<()> {
