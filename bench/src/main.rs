@@ -174,7 +174,7 @@ fn log_file(path: &Path) -> Stdio {
 
 /// `1 KiB`, `512 B`.
 fn size(bytes: usize) -> String {
-    if bytes >= 1024 && bytes % 1024 == 0 {
+    if bytes >= 1024 && bytes.is_multiple_of(1024) {
         format!("{} KiB", bytes / 1024)
     } else {
         format!("{bytes} B")
