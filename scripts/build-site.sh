@@ -54,6 +54,11 @@ cp style/main.css "$work/etc-shadow.css"
 
 hash=$(cat "$work/etc-shadow.js" "$work/etc-shadow_bg.wasm" "$work/etc-shadow.css" | sha256sum | cut -c1-16)
 name=etc-shadow.$hash
+if [ "$(cat "$pkg/current" 2>/dev/null)" = "$name" ] && [ -f "$pkg/${name}_bg.wasm.br" ] && [ -f "$pkg/${name}_bg.wasm.gz" ]; then
+  rm -rf "$work"
+  echo "[site] $pkg/$name is up to date"
+  exit 0
+fi
 next=$pkg.next
 rm -rf "$next" && mkdir -p "$next"
 mv "$work/etc-shadow.js" "$next/$name.js"
@@ -64,7 +69,9 @@ for file in "$next/$name.js" "$next/${name}_bg.wasm" "$next/$name.css"; do
   gzip --best --keep --force --no-name "$file"
 done
 echo "$name" > "$next/current"
-rm -rf "$pkg" && mv "$next" "$pkg"
+# Swapped in by renames: a running server finds the old set or the new one.
+rm -rf "$pkg.old"
+mv "$pkg" "$pkg.old" && mv "$next" "$pkg" && rm -rf "$pkg.old"
 rm -rf "$work"
 wasm_bytes=$(stat -c %s "$pkg/${name}_bg.wasm")
 br_bytes=$(stat -c %s "$pkg/${name}_bg.wasm.br")
