@@ -16,7 +16,7 @@ echo "e2e-viewer-password" | $bin user add e2e-viewer --role viewer --password-s
 echo "e2e-admin-password" | $bin user add e2e-admin --role admin --password-stdin --data-dir "$data"
 # Short enough for one journey to outwait it; every other journey acts well within it.
 export ETC_SHADOW_REAUTH_WINDOW=${E2E_REAUTH_WINDOW:-30s}
-$bin demo --data-dir "$data" --listen "$listen" --site-root target/site &
+$bin demo --data-dir "$data" --listen "$listen" --site-root target/site-debug &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT INT TERM
 wait $server

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the console without cargo-leptos: the server binary, and its browser half into
-# target/site/pkg as the server serves it.
-#   scripts/build-site.sh            debug build (the end-to-end tests)
-#   scripts/build-site.sh --release  release build (the demo)
+# the site directory the server serves it from (`--site-root`).
+#   scripts/build-site.sh            debug build into target/site-debug (the end-to-end tests)
+#   scripts/build-site.sh --release  release build into target/site (the demo)
 #
 # The wasm is built for wasm32-unknown-unknown, bound by wasm-bindgen (the version in
 # Cargo.lock) and, in a release build, optimised by wasm-opt -Oz. wasm-opt takes a minute
@@ -11,9 +11,16 @@
 # by one hash of their contents (etc-shadow.<hash>.js, etc-shadow.<hash>_bg.wasm,
 # etc-shadow.<hash>.css), so browsers may cache them for good; each also gets a brotli
 # (.br) and a gzip (.gz) copy that the server sends to browsers that accept them.
-# target/site/pkg/current names the set the server serves.
+# <site>/pkg/current names the set a server starting now serves; the sets before it are
+# kept (the newest three), so a server already running keeps finding its own. Debug and
+# release builds have their own site directories: their halves are built with different
+# flags and must not be mixed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p target
+# One build at a time (a demo and a test run started together share target/).
+exec 9>target/.build-site.lock
+flock 9
 
 release=false
 [ "${1:-}" = "--release" ] && release=true
@@ -23,16 +30,16 @@ if $release; then
   # so the agent's and the benchmark's builds share the dependencies.
   export RUSTFLAGS="${RUSTFLAGS:---cfg erase_components}"
   case "$RUSTFLAGS" in *erase_components*) ;; *) RUSTFLAGS="$RUSTFLAGS --cfg erase_components" ;; esac
-  wasm_profile=wasm-release wasm_dir=wasm-release server_args=(--release) brotli_quality=11
+  wasm_profile=wasm-release wasm_dir=wasm-release server_args=(--release) brotli_quality=11 site=target/site
 else
   # A debug wasm is large; compressing it hard would take longer than building it.
-  wasm_profile=dev wasm_dir=debug server_args=() brotli_quality=4
+  wasm_profile=dev wasm_dir=debug server_args=() brotli_quality=4 site=target/site-debug
 fi
 
 cargo build -p frontend --lib --target wasm32-unknown-unknown --profile "$wasm_profile"
 cargo build "${server_args[@]}" -p etc-shadow-server --bin etc-shadow
 
-pkg=target/site/pkg
+pkg=$site/pkg
 work=target/site-build
 cache=target/site-cache
 rm -rf "$work" && mkdir -p "$work" "$cache" "$pkg"
@@ -59,20 +66,21 @@ if [ "$(cat "$pkg/current" 2>/dev/null)" = "$name" ] && [ -f "$pkg/${name}_bg.wa
   echo "[site] $pkg/$name is up to date"
   exit 0
 fi
-next=$pkg.next
-rm -rf "$next" && mkdir -p "$next"
-mv "$work/etc-shadow.js" "$next/$name.js"
-mv "$work/etc-shadow_bg.wasm" "$next/${name}_bg.wasm"
-mv "$work/etc-shadow.css" "$next/$name.css"
-for file in "$next/$name.js" "$next/${name}_bg.wasm" "$next/$name.css"; do
+for file in "$work/etc-shadow.js" "$work/etc-shadow_bg.wasm" "$work/etc-shadow.css"; do
   brotli --quality="$brotli_quality" --keep --force "$file"
   gzip --best --keep --force --no-name "$file"
 done
-echo "$name" > "$next/current"
-# Swapped in by renames: a running server finds the old set or the new one.
-rm -rf "$pkg.old"
-mv "$pkg" "$pkg.old" && mv "$next" "$pkg" && rm -rf "$pkg.old"
+# Each file under its final name by a rename, then `current` (so a server starting now
+# never names a file not there yet).
+for suffix in .js .js.br .js.gz _bg.wasm _bg.wasm.br _bg.wasm.gz .css .css.br .css.gz; do
+  mv "$work/etc-shadow$suffix" "$pkg/$name$suffix"
+done
+echo "$name" > "$pkg/current.tmp" && mv "$pkg/current.tmp" "$pkg/current"
 rm -rf "$work"
+# Older sets beyond the newest three go (a server started on one of them is that old).
+ls -t "$pkg"/etc-shadow.*_bg.wasm | tail -n +4 | sed 's/_bg\.wasm$//' | while read -r old; do
+  rm -f "$old".js* "$old"_bg.wasm* "$old".css*
+done
 wasm_bytes=$(stat -c %s "$pkg/${name}_bg.wasm")
 br_bytes=$(stat -c %s "$pkg/${name}_bg.wasm.br")
 gz_bytes=$(stat -c %s "$pkg/${name}_bg.wasm.gz")

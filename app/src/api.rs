@@ -71,9 +71,13 @@ pub mod ssr {
 /// a format and a text; `None` when the text is valid.
 #[server]
 pub async fn validate_content(format: String, content: String) -> Result<Option<domain::ValidationError>, ServerFnError> {
-    ssr::caller()?;
+    use ssr::*;
+    // Editors validate what they may write; parsing is CPU work, off the async workers.
+    caller()?.require(domain::Role::Editor).map_err(fail)?;
     let format: domain::Format = format.parse().map_err(|_| ServerFnError::new("unknown format"))?;
-    Ok(domain::format::validate(format, content.as_bytes()).err())
+    tokio::task::spawn_blocking(move || domain::format::validate(format, content.as_bytes()).err())
+        .await
+        .map_err(|_| ServerFnError::new("the validation did not finish"))
 }
 
 #[server(endpoint = "login")]

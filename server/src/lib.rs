@@ -147,6 +147,25 @@ pub fn page_policy(nonce: &str) -> String {
     )
 }
 
+/// Caching of a console asset: one that was found is named by its contents, so kept for
+/// good (`immutable`), per encoding (`Vary`: a cache in front must not hand brotli to a
+/// browser that did not ask for it); a miss is not cached at all (the asset may be built
+/// a moment later).
+fn asset_headers<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+    let found = response.status().is_success();
+    let headers = response.headers_mut();
+    if found {
+        headers.insert(
+            axum::http::header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=31536000, immutable"),
+        );
+    } else {
+        headers.insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    headers.insert(axum::http::header::VARY, HeaderValue::from_static("accept-encoding"));
+    response
+}
+
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(app::App);
@@ -194,16 +213,12 @@ pub fn router(state: AppState) -> Router {
     }
     // The console's assets are named by the hash of their contents: cached for good, and
     // sent precompressed (brotli, else gzip) to browsers that take it.
-    let assets = tower::ServiceBuilder::new()
-        .layer(SetResponseHeaderLayer::overriding(
-            axum::http::header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=31536000, immutable"),
-        ))
-        .service(
-            tower_http::services::ServeDir::new(state.config.site_root.join("pkg"))
-                .precompressed_br()
-                .precompressed_gzip(),
-        );
+    let assets = <_ as tower::ServiceExt<axum::extract::Request>>::map_response(
+        tower_http::services::ServeDir::new(state.config.site_root.join("pkg"))
+            .precompressed_br()
+            .precompressed_gzip(),
+        asset_headers,
+    );
     let mut router = Router::new()
         .nest_service("/pkg", assets)
         .merge(rest::router())

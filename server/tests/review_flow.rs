@@ -346,4 +346,43 @@ async fn the_editor_validates_on_the_server_as_you_type() {
     assert_eq!(error["line"], 1, "{error}");
     let (status, _) = server.anonymous().server_fn("validate_content", "format=json&content=%7B%7D").await;
     assert!(status.is_client_error(), "{status}");
+    // Only those who may write get the parser's time.
+    server.user("vera", Role::Viewer).await;
+    let (status, body) = server
+        .login("vera")
+        .await
+        .server_fn("validate_content", "format=json&content=%7B%7D")
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}
+
+/// The console's assets: sent precompressed to a browser that takes it, kept for good and
+/// per encoding when found, never cached when missing (a rebuild may bring it a moment
+/// later); no session needed.
+#[tokio::test]
+async fn assets_are_served_precompressed_and_cached_only_when_found() {
+    let site = tempfile::tempdir().unwrap();
+    let pkg = site.path().join("pkg");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("etc-shadow.abc.css"), "body { color: black }\n").unwrap();
+    std::fs::write(pkg.join("etc-shadow.abc.css.br"), b"brotli bytes").unwrap();
+    let root = site.path().to_path_buf();
+    let server = TestServer::start_with(move |config| config.site_root = root).await;
+    let client = reqwest::Client::builder().no_brotli().build().unwrap();
+    let found = client
+        .get(server.url("/pkg/etc-shadow.abc.css"))
+        .header("accept-encoding", "br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(found.status(), StatusCode::OK);
+    assert_eq!(found.headers()["content-encoding"], "br");
+    assert_eq!(found.headers()["cache-control"], "public, max-age=31536000, immutable");
+    assert_eq!(found.headers()["vary"], "accept-encoding");
+    let plain = client.get(server.url("/pkg/etc-shadow.abc.css")).send().await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    assert_eq!(plain.text().await.unwrap(), "body { color: black }\n");
+    let missing = client.get(server.url("/pkg/etc-shadow.def.css")).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(missing.headers()["cache-control"], "no-store");
 }

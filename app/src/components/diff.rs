@@ -43,6 +43,8 @@ pub fn PagedDiff(first: domain::api::DiffPage, change_id: i64) -> impl IntoView 
     );
     let entries = RwSignal::new(first.entries);
     let next = RwSignal::new(first.next);
+    // Each page says how many differ now (another editor may have changed the change).
+    let total = RwSignal::new(total);
     let failure = RwSignal::new(None::<String>);
     let more = Action::new(move |after: &String| {
         let after = after.clone();
@@ -50,6 +52,7 @@ pub fn PagedDiff(first: domain::api::DiffPage, change_id: i64) -> impl IntoView 
             match crate::api::change_diff(change_id, Some(after)).await {
                 Ok(page) => {
                     entries.update(|all| all.extend(page.entries));
+                    total.set(page.total);
                     next.set(page.next);
                     failure.set(None);
                 }
@@ -68,10 +71,11 @@ pub fn PagedDiff(first: domain::api::DiffPage, change_id: i64) -> impl IntoView 
             </For>
             {move || next.get().map(|after| {
                 let shown = entries.with(Vec::len);
+                let total = total.get().max(shown);
                 view! {
                     <p class="diff-more">
                         <button type="button" data-test="diff-more" disabled=move || more.pending().get() on:click=move |_| { more.dispatch(after.clone()); }>
-                            {format!("Show the next {} ({shown} of {total} shown)", crate::api::DIFF_PAGE_ENTRIES.min(total - shown))}
+                            {format!("Show the next {} ({shown} of {total} shown)", crate::api::DIFF_PAGE_ENTRIES.min(total.saturating_sub(shown)).max(1))}
                         </button>
                     </p>
                 }

@@ -25,8 +25,12 @@ pub fn CodeEditor(
         let mine = keystrokes.get_value();
         set_timeout(
             move || {
-                if keystrokes.get_value() == mine && content.with_untracked(|now| settled.with_untracked(|sent| now != sent)) {
-                    settled.set(content.get_untracked());
+                // The editor may be gone by then (saved, navigated away): its values too.
+                let (Some(latest), Some(now)) = (keystrokes.try_get_value(), content.try_get_untracked()) else {
+                    return;
+                };
+                if latest == mine && settled.try_with_untracked(|sent| now != *sent).unwrap_or(false) {
+                    settled.try_set(now);
                 }
             },
             QUIET,
@@ -44,9 +48,9 @@ pub fn CodeEditor(
             let result = crate::api::validate_content(format.as_str().to_string(), text)
                 .await
                 .map_err(|err| err.to_string());
-            // An answer to text typed over since is dropped.
-            if asked.get_value() == mine {
-                answer.set(Some(result));
+            // An answer to text typed over since, or to an editor gone since, is dropped.
+            if asked.try_get_value() == Some(mine) {
+                answer.try_set(Some(result));
             }
         });
     });

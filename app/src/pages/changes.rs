@@ -277,7 +277,7 @@ fn ChangeHeader(change: ChangeView, entries_total: usize, actions: Actions) -> i
             </ul>
             {(entries_total > change.entries.len()).then(|| view! {
                 <p class="muted" data-test="more-entries">
-                    {format!("… and {} more entries: every one is in the diff below.", entries_total - change.entries.len())}
+                    {format!("… and {} more entries: the diff below shows each one that changes something.", entries_total - change.entries.len())}
                 </p>
             })}
             {can_edit.then(|| view! { <a class="button" href=format!("/edit?change={id}") data-test="add-entry">"Add an entry"</a> })}
