@@ -1875,18 +1875,7 @@ impl Store {
                         linked.insert(path.to_string(), Linked { after, hash: entry.hash });
                     }
                 }
-                Source::Sent(content) => {
-                    let mut file = parent.create_file(file_name)?;
-                    timed(
-                        |t| &mut t.write,
-                        || disk_budget::charge(content.len()).and_then(|()| file.write_all(content)),
-                    )
-                    .map_err(|err| io_error(format!("write {path}"), err))?;
-                    // Owner first, then the mode: a chown clears setuid and setgid bits.
-                    self.apply_ownership(&file, Path::new(path.as_str()), &entry.policy)?;
-                    file.set_permissions(fs::Permissions::from_mode(entry.policy.mode))
-                        .map_err(|err| io_error(format!("chmod {path}"), err))?;
-                }
+                Source::Sent(content) => self.write_file(parent, file_name, entry, content)?,
             }
         }
         for dir in directories.values().rev() {
@@ -1903,25 +1892,31 @@ impl Store {
         Ok(linked)
     }
 
-    /// A held file's bytes copied into `parent/name` (where it could not be linked): written,
-    /// given its owner and mode like a file sent with its content. The read-back proves it.
-    fn copy_held(&self, parent: &DirHandle, name: &str, entry: &ParsedEntry<'_>, source: &mut File) -> Result<()> {
-        use std::io::{Read, Seek};
+    /// A new file `parent/name` with `content`: created owner-only, written, given the
+    /// entry's owner, then its mode (a chown clears setuid and setgid bits).
+    fn write_file(&self, parent: &DirHandle, name: &str, entry: &ParsedEntry<'_>, content: &[u8]) -> Result<()> {
         let path = &entry.path;
-        let mut content = Vec::new();
-        source
-            .seek(io::SeekFrom::Start(0))
-            .and_then(|_| source.read_to_end(&mut content))
-            .map_err(|err| io_error(format!("read {path}"), err))?;
         let mut file = parent.create_file(name)?;
         timed(
             |t| &mut t.write,
-            || disk_budget::charge(content.len()).and_then(|()| file.write_all(&content)),
+            || disk_budget::charge(content.len()).and_then(|()| file.write_all(content)),
         )
         .map_err(|err| io_error(format!("write {path}"), err))?;
         self.apply_ownership(&file, Path::new(path.as_str()), &entry.policy)?;
         file.set_permissions(fs::Permissions::from_mode(entry.policy.mode))
             .map_err(|err| io_error(format!("chmod {path}"), err))
+    }
+
+    /// A held file's bytes copied into `parent/name` (where it could not be linked), written
+    /// like a file sent with its content. The read-back proves it.
+    fn copy_held(&self, parent: &DirHandle, name: &str, entry: &ParsedEntry<'_>, source: &mut File) -> Result<()> {
+        use std::io::{Read, Seek};
+        let mut content = Vec::new();
+        source
+            .seek(io::SeekFrom::Start(0))
+            .and_then(|_| source.read_to_end(&mut content))
+            .map_err(|err| io_error(format!("read {}", entry.path), err))?;
+        self.write_file(parent, name, entry, &content)
     }
 
     fn apply_ownership(&self, file: &File, shown: &Path, policy: &Policy) -> Result<()> {

@@ -1024,6 +1024,17 @@ fn an_entry_sent_by_hash_that_drifted_is_asked_for_and_nothing_is_staged() {
     assert!(matches!(store.prepare(3, &req), Err(StoreError::BadRequest(_))));
 }
 
+/// Revision 2 of `entries` (`a.conf`, `b.conf`) with `b.conf` changed: `a.conf` sent by
+/// hash, `b.conf` with its content, on `root`.
+fn b_changed(entries: &[StagedEntry], root: &str) -> PrepareRequest {
+    let mut next = entries.to_vec();
+    next[1] = entry("b.conf", "b2\n", "0644");
+    let sent = vec![next[0].held(&root_hash_of_one(&next[0])), next[1].clone()];
+    let mut req = request(1, 2, root, sent);
+    req.target_root = root_of(&next);
+    req
+}
+
 #[test]
 fn a_validator_that_writes_into_the_staged_tree_is_refused() {
     let f = fixture();
@@ -1034,11 +1045,7 @@ fn a_validator_that_writes_into_the_staged_tree_is_refused() {
     store.set_hooks(hooks(
         "[validate]\ncommand = [\"sh\", \"-c\", \"echo more >> {staged}/a.conf\"]\ntimeout = \"5s\"\n",
     ));
-    let mut next = entries.clone();
-    next[1] = entry("b.conf", "b2\n", "0644");
-    let sent = vec![next[0].held(&root_hash_of_one(&next[0])), next[1].clone()];
-    let mut req = request(1, 2, &root, sent);
-    req.target_root = root_of(&next);
+    let req = b_changed(&entries, &root);
     match store.prepare(2, &req) {
         Err(StoreError::RootMismatch(message)) => assert!(message.contains("validate hook changed"), "{message}"),
         other => panic!("expected a refusal, got {other:?}"),
@@ -1064,11 +1071,7 @@ fn an_edit_between_the_proof_and_the_link_is_not_taken_on_trust() {
         fs::write(&live, "value = 9\n").unwrap();
         fs::File::options().write(true).open(&live).unwrap().set_modified(mtime).unwrap();
     }));
-    let mut next = entries.clone();
-    next[1] = entry("b.conf", "b2\n", "0644");
-    let sent = vec![next[0].held(&root_hash_of_one(&next[0])), next[1].clone()];
-    let mut req = request(1, 2, &root, sent);
-    req.target_root = root_of(&next);
+    let req = b_changed(&entries, &root);
     match store.prepare(2, &req) {
         Err(StoreError::RootMismatch(_)) => {}
         other => panic!("a file edited after its proof was trusted: {other:?}"),
