@@ -808,6 +808,31 @@ impl DirHandle {
     }
 }
 
+/// The policy of a file on disk as an entry with `expected` reads it: its mode, and its
+/// owner and group only where the entry manages them (names looked up by `user_of` and
+/// `group_of`).
+fn disk_policy(
+    meta: &fs::Metadata,
+    expected: &Manifested,
+    user_of: &mut impl FnMut(u32) -> String,
+    group_of: &mut impl FnMut(u32) -> String,
+) -> Policy {
+    Policy {
+        mode: meta.permissions().mode() & 0o7777,
+        owner: if expected.owner.is_empty() {
+            String::new()
+        } else {
+            user_of(meta.uid())
+        },
+        group: if expected.group.is_empty() {
+            String::new()
+        } else {
+            group_of(meta.gid())
+        },
+        secret: expected.secret,
+    }
+}
+
 fn user_name(uid: u32) -> String {
     nix::unistd::User::from_uid(uid.into())
         .ok()
@@ -1207,20 +1232,7 @@ impl Store {
                 }
             };
             self.hashes.files_hashed.fetch_add(1, Ordering::Relaxed);
-            let policy = Policy {
-                mode: meta.permissions().mode() & 0o7777,
-                owner: if expected.owner.is_empty() {
-                    String::new()
-                } else {
-                    user_of(meta.uid())
-                },
-                group: if expected.group.is_empty() {
-                    String::new()
-                } else {
-                    group_of(meta.gid())
-                },
-                secret: expected.secret,
-            };
+            let policy = disk_policy(&meta, expected, &mut user_of, &mut group_of);
             let key = self
                 .persisted
                 .content_key
@@ -1769,20 +1781,7 @@ impl Store {
                 let mut content = Vec::new();
                 timed(|t| &mut t.hash, || file.read_to_end(&mut content)).ok()?;
                 self.hashes.files_hashed.fetch_add(1, Ordering::Relaxed);
-                let policy = Policy {
-                    mode: meta.permissions().mode() & 0o7777,
-                    owner: if entry.policy.owner.is_empty() {
-                        String::new()
-                    } else {
-                        user_name(meta.uid())
-                    },
-                    group: if entry.policy.group.is_empty() {
-                        String::new()
-                    } else {
-                        group_name(meta.gid())
-                    },
-                    secret: entry.policy.secret,
-                };
+                let policy = disk_policy(&meta, &expected, &mut user_name, &mut group_name);
                 timed(|t| &mut t.hash, || hash_entry(entry.key.as_ref(), &entry.path, &policy, &content))
             }
         };

@@ -13,6 +13,11 @@ enum Layout {
     SideBySide,
 }
 
+/// A diff's toolbar heading: `revision 3 → change 7: 2 entries changed`.
+fn heading(from: &str, to: &str, count: usize) -> String {
+    format!("{from} → {to}: {count} entr{} changed", if count == 1 { "y" } else { "ies" })
+}
+
 #[component]
 pub fn DiffViewer(diff: DiffView) -> impl IntoView {
     let layout = RwSignal::new(Layout::Unified);
@@ -21,7 +26,7 @@ pub fn DiffViewer(diff: DiffView) -> impl IntoView {
     view! {
         <section class="diff" data-test="diff">
             <div class="diff-toolbar">
-                <span class="muted">{format!("{} → {}: {count} entr{} changed", diff.from, diff.to, if count == 1 { "y" } else { "ies" })}</span>
+                <span class="muted">{heading(&diff.from, &diff.to, count)}</span>
                 <LayoutToggle layout />
             </div>
             {entries.into_iter().map(|entry| view! { <EntryDiffView entry layout /> }).collect_view()}
@@ -35,12 +40,7 @@ pub fn DiffViewer(diff: DiffView) -> impl IntoView {
 pub fn PagedDiff(first: domain::api::DiffPage, change_id: i64) -> impl IntoView {
     let layout = RwSignal::new(Layout::Unified);
     let total = first.total;
-    let heading = format!(
-        "{} → {}: {total} entr{} changed",
-        first.from,
-        first.to,
-        if total == 1 { "y" } else { "ies" }
-    );
+    let heading = heading(&first.from, &first.to, total);
     let entries = RwSignal::new(first.entries);
     let next = RwSignal::new(first.next);
     // Each page says how many differ now (another editor may have changed the change).
