@@ -100,9 +100,11 @@ fn error_body(status: StatusCode, error: AgentError) -> Response {
 
 fn store_error(err: StoreError) -> Response {
     let status = match &err {
-        StoreError::Fenced(_) | StoreError::BaseRootMismatch { .. } | StoreError::Conflict(_) | StoreError::Incomplete(_) => {
-            StatusCode::CONFLICT
-        }
+        StoreError::Fenced(_)
+        | StoreError::BaseRootMismatch { .. }
+        | StoreError::Conflict(_)
+        | StoreError::Incomplete(_)
+        | StoreError::NotPrestaged(_) => StatusCode::CONFLICT,
         StoreError::RootMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
         StoreError::BadRequest(_) => StatusCode::BAD_REQUEST,
         StoreError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -195,6 +197,31 @@ async fn prepare(
     };
     match with_store(&state, move |store| Ok((store.prepare(id, &request)?, store::last_timings()))).await {
         Ok((answer, timings)) => (server_timing(timings), Json(answer)).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `PUT /v1/stage`: stages a change's tree ahead of its rollout (see [`Store::prestage`]).
+async fn prestage(
+    State(state): State<AgentState>,
+    body: Result<Json<PrepareRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return error(rejection.status(), "bad_request", domain::format::unquoted(&rejection.body_text()));
+        }
+    };
+    match with_store(&state, move |store| Ok((store.prestage(&request)?, store::last_timings()))).await {
+        Ok((answer, timings)) => (server_timing(timings), Json(answer)).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `DELETE /v1/stage`: drops the tree staged ahead, if any.
+async fn drop_prestaged(State(state): State<AgentState>) -> Response {
+    match with_store(&state, |store| store.drop_prestaged()).await {
+        Ok(()) => Json(serde_json::json!({})).into_response(),
         Err(response) => response,
     }
 }
@@ -343,8 +370,21 @@ fn watch_files(state: &AgentState, sender: watch::Sender<String>, watched: Vec<P
             recheck.notified().await;
             tokio::time::sleep(Duration::from_millis(20)).await;
             let store = store.clone();
-            let root = tokio::task::spawn_blocking(move || store.lock().unwrap_or_else(|p| p.into_inner()).live_root()).await;
-            if let Ok(Ok(root)) = root {
+            let root = tokio::task::spawn_blocking(move || {
+                let store = store.lock().unwrap_or_else(|p| p.into_inner());
+                store.live_root().map(|root| (root, store.unsettled().then(|| store.racy_window())))
+            })
+            .await;
+            if let Ok(Ok((root, unsettled))) = root {
+                // Files changed too recently to cache are read once more when they have
+                // settled, so that the next check or prepare reads only what moves.
+                if let Some(window) = unsettled {
+                    let recheck = recheck.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(window + Duration::from_millis(50)).await;
+                        recheck.notify_one();
+                    });
+                }
                 sender.send_if_modified(|current| {
                     let changed = *current != root.to_hex();
                     if changed {
@@ -410,6 +450,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         .route("/v1/entries/{*path}", get(get_entry))
         .route("/v1/rollouts/{id}", put(prepare).get(rollout_status))
         .route("/v1/rollouts/{id}/progress", get(prepare_progress))
+        .route("/v1/stage", put(prestage).delete(drop_prestaged))
         .route("/v1/rollouts/{id}/commit", post(commit))
         .route("/v1/rollouts/{id}/abort", post(abort))
         .route("/v1/events", get(events))

@@ -373,7 +373,10 @@ pub async fn submit_change(id: i64) -> Result<(), ServerFnError> {
 #[server]
 pub async fn approve_change(id: i64) -> Result<(), ServerFnError> {
     use ssr::*;
-    control::changes::approve(&db()?, &caller()?, id).await.map_err(fail).map(drop)
+    control::changes::approve(&db()?, &caller()?, id).await.map_err(fail)?;
+    // Staged on the shadows now, so that the rollout pays the decision and the switch.
+    coordinator()?.nudge_staging();
+    Ok(())
 }
 
 #[server]

@@ -362,6 +362,7 @@ async fn breakdown(addr: SocketAddr, fence: Fence, entries: usize, bytes: usize,
             audit_head: None,
             content_key: None,
             deadline_ms: None,
+            prestaged: false,
         };
         for step in 0..2 {
             let started = Instant::now();

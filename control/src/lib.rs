@@ -19,6 +19,7 @@ pub mod lock;
 pub mod login;
 pub mod metrics;
 pub mod plans;
+pub mod prestage;
 pub mod revisions;
 pub mod rollouts;
 pub mod secrets;

@@ -49,6 +49,7 @@ impl Monitor {
                     )
                     .unwrap_or(u64::MAX),
                 ),
+                prestaged: false,
             })
         } else {
             None

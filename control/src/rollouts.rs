@@ -345,6 +345,12 @@ pub struct Coordinator {
     generation: std::sync::atomic::AtomicU64,
     events: tokio::sync::broadcast::Sender<RolloutEvent>,
     incident_notices: tokio::sync::broadcast::Sender<domain::api::IncidentNotice>,
+    /// Whether approved changes are staged on the shadows ahead of their rollout (see
+    /// [`crate::prestage`]).
+    pub prestaging: bool,
+    /// What each shadow answered it holds staged ahead.
+    pub(crate) staged_ahead: std::sync::Mutex<HashMap<String, crate::prestage::StagedAhead>>,
+    pub(crate) staging_nudge: tokio::sync::Notify,
 }
 
 /// The commit answers that no retry can change: the shadow no longer holds the staging
@@ -369,6 +375,9 @@ impl Coordinator {
             generation: std::sync::atomic::AtomicU64::new(0),
             events: tokio::sync::broadcast::channel(1024).0,
             incident_notices: tokio::sync::broadcast::channel(64).0,
+            prestaging: true,
+            staged_ahead: std::sync::Mutex::new(HashMap::new()),
+            staging_nudge: tokio::sync::Notify::new(),
         }
     }
 
@@ -635,6 +644,8 @@ impl Coordinator {
             }
             coordinator.bump();
             drop(running);
+            // A rollout that did not commit leaves its change approved: staged again.
+            coordinator.nudge_staging();
         })
     }
 
@@ -661,8 +672,17 @@ impl Coordinator {
             }),
             // Always: the shadow hashes sealed entries and files it holds unmanaged with it.
             content_key: Some(self.db.keys.content_key().to_hex()),
+            prestaged: false,
             // Less a margin for the way there and back, so the refusal arrives in time.
             deadline_ms: Some(u64::try_from(self.prepare_timeout.saturating_sub(Duration::from_secs(1)).as_millis()).unwrap_or(u64::MAX)),
+        };
+        // Shadows holding the plan's tree staged ahead are sent no entries (see
+        // [`crate::prestage`]).
+        let ahead = if plan.reconcile {
+            self.take_staged_ahead(&plan.shadows, "", "");
+            std::collections::HashSet::new()
+        } else {
+            self.take_staged_ahead(&plan.shadows, &plan.root, &plan.base_root)
         };
         let mut prepares: futures::stream::FuturesUnordered<_> = plan
             .shadows
@@ -670,24 +690,10 @@ impl Coordinator {
             .map(|name| {
                 let request = request.clone();
                 let plan = &plan;
+                let ahead = ahead.contains(name);
                 async move {
                     let result = match self.registry.driver(&self.db, name).await {
-                        Ok(driver) => match driver.prepare(plan.id, request.clone()).await {
-                            // Entries sent by hash that the shadow does not hold (it
-                            // drifted, or lost its generation): sent once more, with them.
-                            Err(err) if err.code == "incomplete" => {
-                                match with_content(&self.db, &plan.set, &request.entries, &err.missing).await {
-                                    Ok(Some(entries)) => driver.prepare(plan.id, PrepareRequest { entries, ..request }).await,
-                                    Ok(None) => Err(err),
-                                    Err(fill) => Err(ShadowError {
-                                        code: "internal".into(),
-                                        message: fill.public_message(),
-                                        ..Default::default()
-                                    }),
-                                }
-                            }
-                            other => other,
-                        },
+                        Ok(driver) => self.prepare_one(&driver, plan, request, ahead).await,
                         Err(err) => Err(ShadowError {
                             code: "driver".into(),
                             message: err.public_message(),
@@ -773,6 +779,47 @@ impl Coordinator {
         drop(prepares);
         crash_point("after_decision");
         self.drive_commit(plan.id).await
+    }
+
+    /// One shadow's prepare: without entries to one that holds the plan's tree staged
+    /// ahead; with them when it answers `not_prestaged`; once more with the content of
+    /// the entries it answers `incomplete` for (sent by hash, but it drifted or lost its
+    /// generation).
+    async fn prepare_one(
+        &self,
+        driver: &crate::shadows::Driver,
+        plan: &Plan,
+        request: PrepareRequest,
+        ahead: bool,
+    ) -> Result<domain::protocol::RolloutAnswer, ShadowError> {
+        if ahead {
+            let compact = PrepareRequest {
+                entries: Vec::new(),
+                prestaged: true,
+                ..request.clone()
+            };
+            match driver.prepare(plan.id, compact).await {
+                Err(err) if err.code == "not_prestaged" => {
+                    tracing::info!(
+                        rollout = plan.id,
+                        "a shadow no longer held the tree staged ahead; sending the entries"
+                    );
+                }
+                other => return other,
+            }
+        }
+        match driver.prepare(plan.id, request.clone()).await {
+            Err(err) if err.code == "incomplete" => match with_content(&self.db, &plan.set, &request.entries, &err.missing).await {
+                Ok(Some(entries)) => driver.prepare(plan.id, PrepareRequest { entries, ..request }).await,
+                Ok(None) => Err(err),
+                Err(fill) => Err(ShadowError {
+                    code: "internal".into(),
+                    message: fill.public_message(),
+                    ..Default::default()
+                }),
+            },
+            other => other,
+        }
     }
 
     /// Whether each of `waiting` has made more steps of `rollout`'s prepare than at the

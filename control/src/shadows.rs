@@ -555,6 +555,29 @@ impl Driver {
         }
     }
 
+    /// Stages `request`'s tree ahead of its rollout (see [`Store::prestage`]).
+    pub async fn prestage(&self, request: PrepareRequest) -> Result<domain::protocol::PrestageAnswer, ShadowError> {
+        match self {
+            Driver::Directory(store, _) => Self::blocking(store, move |s| s.prestage(&request)).await,
+            Driver::Agent { .. } => {
+                let body = prepare_body(&request)?;
+                self.call_within(reqwest::Method::PUT, "/v1/stage", Some(body), Some(HOOK_CALL_TIMEOUT))
+                    .await
+            }
+        }
+    }
+
+    /// Drops the tree staged ahead on this shadow, if any.
+    pub async fn drop_prestaged(&self) -> Result<(), ShadowError> {
+        match self {
+            Driver::Directory(store, _) => Self::blocking(store, |s| s.drop_prestaged()).await,
+            Driver::Agent { .. } => self
+                .call::<serde_json::Value>(reqwest::Method::DELETE, "/v1/stage", None)
+                .await
+                .map(|_| ()),
+        }
+    }
+
     /// How many steps `rollout`'s prepare has made on this shadow so far (see
     /// [`store::Progress`]); asked while the prepare runs.
     pub async fn progress(&self, rollout: i64) -> Result<u64, ShadowError> {

@@ -75,6 +75,22 @@ pub struct PrepareRequest {
     /// the writer already gave up on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// The entries are those of the tree this shadow staged ahead (`PUT /v1/stage`) with
+    /// this target root over this base root, and are not sent: the shadow takes that tree
+    /// after proving it unchanged, or answers `409 not_prestaged` and is sent them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prestaged: bool,
+}
+
+/// `PUT /v1/stage`: a tree staged ahead of its rollout, kept until a prepare with its
+/// target root takes it, another stage replaces it, or anything is committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrestageAnswer {
+    /// The staged tree's root, proven by reading every file.
+    pub root: String,
+    /// What the node's validate hook said of it (the prepare that takes it answers this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookRun>,
 }
 
 /// `GET /v1/rollouts/{id}/progress`: how far that rollout's prepare has come, answered

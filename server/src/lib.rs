@@ -298,6 +298,8 @@ pub async fn serve(
     });
     let monitor = state.monitor.clone();
     let drift = tokio::spawn(monitor.clone().run());
+    // Approved changes are staged on the shadows ahead of their rollout.
+    let staging = tokio::spawn(state.coordinator.clone().run_staging());
     let webhooks = tokio::spawn(control::webhooks::run(db.clone()));
     let sessions = state.config.sessions;
     let purge_db = db.clone();
@@ -333,6 +335,7 @@ pub async fn serve(
         None => serve_http(listener, app, shutdown).await,
     };
     recovery.abort();
+    staging.abort();
     purge.abort();
     if let Some(drills) = drills {
         drills.abort();

@@ -419,6 +419,8 @@ async fn approve_change(
     PathParams(id): PathParams<i64>,
 ) -> ApiResult<Response> {
     let view = changes::approve(&state.db, caller(&auth), id).await?;
+    // Staged on the shadows now, so that the rollout pays the decision and the switch.
+    state.coordinator.nudge_staging();
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 

@@ -83,6 +83,10 @@ pub enum StoreError {
     /// (a drifted file, a generation gone): the writer sends them again with content.
     #[error("{} of the entries sent without content are not held here as their hashes say ({}); send their content", .0.len(), first_paths(.0))]
     Incomplete(Vec<String>),
+    /// A prepare that sent no entries, naming a tree staged ahead that this shadow does
+    /// not hold (it restarted, the tree was replaced or changed): the writer sends them.
+    #[error("{0}; send the entries")]
+    NotPrestaged(String),
 }
 
 /// The first few of `paths`, for a message.
@@ -115,6 +119,7 @@ impl StoreError {
             StoreError::Io(_) => "io",
             StoreError::ValidateFailed(_) => "validate_failed",
             StoreError::Incomplete(_) => "incomplete",
+            StoreError::NotPrestaged(_) => "not_prestaged",
         }
     }
 }
@@ -181,6 +186,13 @@ struct Persisted {
     /// repeated commit of that rollout.
     #[serde(default)]
     last_reload: Option<(i64, domain::protocol::HookRun)>,
+    /// Generations no longer kept (older than the previous one, or a tree staged ahead
+    /// that a commit made stale), removed when the next tree is staged rather than at
+    /// the commit: their files share inodes with the live ones, and every unlink moves
+    /// those inodes' `ctime`, which would send the receipt and the checks after the
+    /// commit back to reading every file.
+    #[serde(default)]
+    retired: Vec<String>,
 }
 
 /// One entry of a prepare, checked: its path, policy, entry hash and where its bytes are.
@@ -304,7 +316,11 @@ impl Persisted {
     /// Refuses a state whose names could lead outside the managed directory (a state file
     /// on a volume someone else can write).
     fn check(self, file: &Path) -> Result<Persisted> {
-        let dirs = [&self.live, &self.staged].into_iter().flatten().map(|g| g.dir.as_str());
+        let dirs = [&self.live, &self.staged]
+            .into_iter()
+            .flatten()
+            .map(|g| g.dir.as_str())
+            .chain(self.retired.iter().map(String::as_str));
         let original = |name: &String| {
             name.strip_prefix(ORIGINAL_PREFIX)
                 .is_some_and(|stamp| !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit()))
@@ -320,6 +336,33 @@ impl Persisted {
     }
 }
 
+/// A tree staged ahead of its rollout ([`Store::prestage`]). Kept in memory only: a
+/// restart forgets it, and its directory (`..r0-rev<revision>`, a generation of no
+/// rollout) is then an orphan that [`Store::clean_orphans`] removes.
+struct Prestaged {
+    base_root: String,
+    root: String,
+    revision: i64,
+    content_key: Option<String>,
+    /// Its directory's name, without the leading `..`.
+    dir: String,
+    manifest: BTreeMap<String, Manifested>,
+    /// Every file's signature and hash as the stage's proof read them: bytes, never
+    /// `stat` alone, so a prepare that takes the tree may trust what has not moved since.
+    proven: Trusted,
+    hook: Option<domain::protocol::HookRun>,
+}
+
+/// The proof of a staged generation whose every hash goes back to bytes read (one taken
+/// from a [`Prestaged`] tree): at its commit, the live tree's hash cache takes the
+/// signatures that are out of the racy window, so the receipt and later checks need not
+/// read those files again.
+struct ByteProof {
+    rollout: i64,
+    files: Vec<(EntryPath, Hash, ObservedEntry)>,
+    seen: Trusted,
+}
+
 pub struct Store {
     live: PathBuf,
     state_dir: PathBuf,
@@ -331,6 +374,8 @@ pub struct Store {
     /// [`RACY_WINDOW`]; tests that edit files in bursts shorten it.
     racy_window: Duration,
     progress: std::sync::Arc<Progress>,
+    prestaged: Option<Prestaged>,
+    staged_proof: Option<ByteProof>,
     /// Tests: runs after the held files were proven, before they are linked.
     #[cfg(test)]
     after_hold: Option<Box<dyn FnMut() + Send>>,
@@ -393,6 +438,14 @@ struct HeldFile {
     settled: bool,
 }
 
+/// A generation written, proven and validated ([`Store::build_generation`]).
+struct Built {
+    root: String,
+    hook: Option<domain::protocol::HookRun>,
+    /// Each file's signature and hash as the proof found them.
+    proven: Trusted,
+}
+
 /// A file linked into a new generation: its signature after the link, and its proven hash.
 struct Linked {
     after: FileSignature,
@@ -427,6 +480,12 @@ impl FileSignature {
     /// `mtime` visibly, whatever the clock's tick.
     fn settled(&self, racy_after: Duration) -> bool {
         Duration::new(u64::try_from(self.mtime.0).unwrap_or(0), u32::try_from(self.mtime.1).unwrap_or(0)) < racy_after
+    }
+
+    /// Whether its inode last changed (content, mode, owner, links) before `racy_after`:
+    /// a later change moves `ctime` visibly, so `stat` can vouch for it.
+    fn changed_before(&self, racy_after: Duration) -> bool {
+        Duration::new(u64::try_from(self.ctime.0).unwrap_or(0), u32::try_from(self.ctime.1).unwrap_or(0)) < racy_after
     }
 
     /// Whether `self` (a file just linked) is `before` with only the link's mark on it:
@@ -464,6 +523,9 @@ struct HashCache {
     /// By entry path: only the live tree is cached (`observe` with `cached`).
     entries: Mutex<HashMap<String, (FileSignature, Manifested, Hash, ObservedEntry)>>,
     files_hashed: AtomicU64,
+    /// The last look at the live tree met files changed inside the racy window, which
+    /// it could not cache: a look once they settled reads them for the last time.
+    unsettled: std::sync::atomic::AtomicBool,
 }
 
 /// A file changed less than this long ago may change again within the same timestamp
@@ -899,11 +961,13 @@ impl Store {
             hooks: None,
             racy_window: RACY_WINDOW,
             progress: Default::default(),
+            prestaged: None,
+            staged_proof: None,
             #[cfg(test)]
             after_hold: None,
         };
         let lock = store.lock_state()?;
-        store.clean_orphans()?;
+        store.clean_orphans(false)?;
         store.finish_interrupted_switch()?;
         drop(lock);
         Ok(store)
@@ -939,6 +1003,8 @@ impl Store {
             .flatten()
             .map(|g| g.dir.as_str())
             .chain(self.persisted.previous.as_deref())
+            .chain(self.prestaged.as_ref().map(|p| p.dir.as_str()))
+            .chain(self.persisted.retired.iter().map(String::as_str))
             .any(|dir| name.strip_prefix("..") == Some(dir));
         state_inside
             || kept
@@ -970,37 +1036,53 @@ impl Store {
         fs::symlink_metadata(&dir).ok().filter(|m| m.is_dir()).map(|_| dir)
     }
 
-    /// Removes generation directories neither live, staged nor linked (a crash can leave
-    /// half-written staging behind).
-    fn clean_orphans(&mut self) -> Result<()> {
+    /// Removes generation directories neither live, staged, previous, staged ahead nor
+    /// linked: those a crash left half-written, and those retired by a commit. Each is
+    /// renamed out of the way and emptied in the background, unless `wait`: then this
+    /// returns once they are gone (a stage made right after sees their unlinks settled).
+    fn clean_orphans(&mut self, wait: bool) -> Result<()> {
         let mut keep: Vec<String> = [&self.persisted.live, &self.persisted.staged]
             .into_iter()
             .flatten()
             .map(|g| format!("..{}", g.dir))
             .collect();
         keep.extend(self.persisted.previous.iter().map(|dir| format!("..{dir}")));
+        keep.extend(self.prestaged.iter().map(|p| format!("..{}", p.dir)));
         if let Some(target) = fs::read_link(self.live.join(DATA_LINK))
             .ok()
             .and_then(|t| t.to_str().map(str::to_string))
         {
             keep.push(target);
         }
+        let mut emptying = Vec::new();
         let entries = fs::read_dir(&self.live).map_err(|err| io_error(format!("list {}", self.live.display()), err))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             // A generation shaped like the store's but recorded nowhere: staged by a
-            // process killed before it saved its state (or planted). Never a directory a
-            // reader is in: the live link's target is kept.
-            let generation = name.starts_with("..r") && self.staging_shape(&name);
+            // process killed before it saved its state (or planted), or retired. Never a
+            // directory a reader is in: the live link's target is kept.
+            let generation = name.starts_with("..r") && self.staging_shape(&name) && !keep.contains(&name);
             let trash = name.starts_with("..trash-") && self.staging_shape(&name);
-            if generation && !keep.contains(&name) {
-                let _ = fs::remove_dir_all(entry.path());
+            let doomed = if generation {
+                let trash = self.live.join(format!("..trash-{name}"));
+                if fs::rename(entry.path(), &trash).is_ok() {
+                    trash
+                } else {
+                    entry.path()
+                }
             } else if trash {
-                // Already renamed out of the way: emptied without holding up the caller.
-                let doomed = entry.path();
-                std::thread::spawn(move || {
-                    let _ = fs::remove_dir_all(doomed);
-                });
+                entry.path()
+            } else {
+                continue;
+            };
+            emptying.push(std::thread::spawn(move || {
+                let _ = fs::remove_dir_all(doomed);
+            }));
+        }
+        self.persisted.retired.clear();
+        if wait {
+            for thread in emptying {
+                let _ = thread.join();
             }
         }
         Ok(())
@@ -1118,6 +1200,9 @@ impl Store {
         let mut user_of = |uid: u32| users.entry(uid).or_insert_with(|| user_name(uid)).clone();
         let mut group_of = |gid: u32| groups.entry(gid).or_insert_with(|| group_name(gid)).clone();
         let mut cache = self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cached {
+            self.hashes.unsettled.store(false, Ordering::Relaxed);
+        }
         let mut seen = std::collections::HashSet::new();
         // A file the writer does not manage may be anything (a key on a backup volume): it is
         // hashed under the writer's content key once the store has one, so neither its
@@ -1252,17 +1337,14 @@ impl Store {
             };
             // Cache only what `stat` can vouch for: a file still inside the racy window
             // could change again without changing its signature.
-            let changed_at = Duration::new(
-                u64::try_from(signature.ctime.0).unwrap_or(0),
-                u32::try_from(signature.ctime.1).unwrap_or(0),
-            );
-            if cached && changed_at < racy_after {
+            if cached && signature.changed_before(racy_after) {
                 cache.insert(
                     entry_path.as_str().to_string(),
                     (signature.clone(), expected.clone(), hash, entry.clone()),
                 );
             } else if cached {
                 cache.remove(entry_path.as_str());
+                self.hashes.unsettled.store(true, Ordering::Relaxed);
             }
             observed.seen.insert(entry_path.as_str().to_string(), (signature, hash));
             observed.files.push((entry_path, hash, entry));
@@ -1274,6 +1356,18 @@ impl Store {
         observed.files.sort_by(|a, b| a.0.cmp(&b.0));
         observed.others.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(observed)
+    }
+
+    /// Whether the last look at the live tree met files too recently changed to cache
+    /// (see [`RACY_WINDOW`]): looking again once the window passed makes later looks
+    /// read nothing that has not changed.
+    pub fn unsettled(&self) -> bool {
+        self.hashes.unsettled.load(Ordering::Relaxed)
+    }
+
+    /// The racy window of this store (see [`RACY_WINDOW`]).
+    pub fn racy_window(&self) -> Duration {
+        self.racy_window
     }
 
     /// How many files this store has read and hashed since it was opened (the rest were
@@ -1451,7 +1545,7 @@ impl Store {
         // writer can see: it counts against the validator's budget, the rest does not.
         let waited = started_at.elapsed();
         self.finish_interrupted_switch()?;
-        self.clean_orphans()?;
+        self.clean_orphans(false)?;
         self.check_fence(&request.control_plane_id, request.epoch)?;
         if let Some(staged) = self.persisted.staged.as_ref().filter(|g| g.rollout == rollout) {
             if staged.root == request.target_root {
@@ -1498,19 +1592,55 @@ impl Store {
         if aborted && aborted_root.is_none_or(|root| *root == request.target_root) {
             return Err(StoreError::Conflict(format!("rollout {rollout} was aborted here")));
         }
+        if request.prestaged {
+            // The entries were not sent: the tree staged ahead is taken, or nothing is.
+            if !request.entries.is_empty() || request.reconcile {
+                return Err(StoreError::BadRequest(
+                    "a prepare of a tree staged ahead sends no entries and is no reconcile".into(),
+                ));
+            }
+            self.check_base(request)?;
+            self.replace_staged(rollout)?;
+            return match self.adopt_prestaged(rollout, request)? {
+                Some(answer) => Ok(answer),
+                None => Err(StoreError::NotPrestaged(format!(
+                    "no tree with root {} is staged ahead here",
+                    request.target_root
+                ))),
+            };
+        }
         // Validate everything before touching the disk.
         let (parsed, manifest) = parse_entries(request)?;
         if !request.reconcile {
-            let live = self.live_root()?.to_hex();
-            if live != request.base_root {
-                return Err(StoreError::BaseRootMismatch {
-                    expected: request.base_root.clone(),
-                    actual: live,
-                });
-            }
+            self.check_base(request)?;
         }
-        // A newer prepare replaces an older staged one that was never decided here; an
-        // older one arriving late does not replace a newer one.
+        self.replace_staged(rollout)?;
+        if let Some(answer) = self.adopt_prestaged(rollout, request)? {
+            return Ok(answer);
+        }
+        let dir_name = format!("r{rollout}-rev{}", request.revision);
+        // Every file is read back but those linked from the live generation whose identity
+        // is unchanged since their hash was proven (see [`Store::hold`]).
+        let built = self.build_generation(request, &parsed, &manifest, &dir_name, false, waited)?;
+        self.record_staged(rollout, request, dir_name, built.root, manifest, built.hook)
+    }
+
+    /// Refuses unless the live tree is the request's base.
+    fn check_base(&self, request: &PrepareRequest) -> Result<()> {
+        let live = self.live_root()?.to_hex();
+        if live != request.base_root {
+            return Err(StoreError::BaseRootMismatch {
+                expected: request.base_root.clone(),
+                actual: live,
+            });
+        }
+        Ok(())
+    }
+
+    /// Drops the staged rollout before `rollout` is staged: a newer prepare replaces an
+    /// older staged one that was never decided here; an older one arriving late does not
+    /// replace a newer one.
+    fn replace_staged(&mut self, rollout: i64) -> Result<()> {
         if let Some(staged) = &self.persisted.staged
             && staged.rollout > rollout
         {
@@ -1519,6 +1649,7 @@ impl Store {
                 staged.rollout
             )));
         }
+        self.staged_proof = None;
         if let Some(old) = self.persisted.staged.take() {
             let _ = fs::remove_dir_all(self.generation_dir(&old.dir));
             self.remember(old.rollout, RolloutPhase::Aborted);
@@ -1526,8 +1657,24 @@ impl Store {
             // that is gone from disk.
             self.save()?;
         }
-        let dir_name = format!("r{rollout}-rev{}", request.revision);
-        let final_dir = self.generation_dir(&dir_name);
+        Ok(())
+    }
+
+    /// Writes the generation `dir_name` of `parsed` (see [`Store::write_staging`]), proves
+    /// its root and lets the node's validator judge it. `read_everything` proves every
+    /// file by its bytes (a stage made ahead, whose proof a later prepare trusts);
+    /// otherwise a file linked from the live generation and unchanged since its hash was
+    /// proven is not read again.
+    fn build_generation(
+        &mut self,
+        request: &PrepareRequest,
+        parsed: &[ParsedEntry<'_>],
+        manifest: &BTreeMap<String, Manifested>,
+        dir_name: &str,
+        read_everything: bool,
+        waited: Duration,
+    ) -> Result<Built> {
+        let final_dir = self.generation_dir(dir_name);
         let staging_name = format!("..{dir_name}.tmp");
         let staging = self.live.join(&staging_name);
         // Never followed: std removes a symlink itself, not what it points to.
@@ -1537,13 +1684,13 @@ impl Store {
         let managed = DirHandle::open(&self.live)?;
         // What the writer sent by hash is found in the live generation and proven first:
         // an entry not held as its hash says refuses the prepare before anything is made.
-        let held = self.hold(&parsed)?;
+        let held = self.hold(parsed)?;
         #[cfg(test)]
         if let Some(hook) = self.after_hold.as_mut() {
             hook();
         }
         let handle = managed.create_dir(&staging_name, 0o700)?;
-        let linked = match self.write_staging(&handle, &parsed, held) {
+        let linked = match self.write_staging(&handle, parsed, held) {
             Ok(linked) => linked,
             Err(err) => {
                 // Leave nothing behind: on a full disk, a half-written revision would only
@@ -1554,7 +1701,7 @@ impl Store {
         };
         handle.chmod(0o755)?;
         if self.linked_generation().as_deref() == Some(final_dir.as_path()) {
-            return Err(StoreError::Conflict(format!("rollout {rollout} is live here already")));
+            return Err(StoreError::Conflict(format!("{dir_name} is live here already")));
         }
         let _ = fs::remove_dir_all(&final_dir);
         fs::rename(&staging, &final_dir).map_err(|err| io_error("rename staging", err))?;
@@ -1572,13 +1719,15 @@ impl Store {
             // Hashes cached under no key, or another, are not the ones to show now.
             self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
         }
-        // Every file is read back but those linked from the live generation whose identity
-        // is unchanged since their hash was proven (see [`Store::hold`]).
-        let trusted: Trusted = linked
-            .iter()
-            .map(|(path, link)| (path.clone(), (link.after.clone(), link.hash)))
-            .collect();
-        let proof = self.observe(&final_dir, Layout::Generation, &manifest, false, &trusted)?;
+        let trusted: Trusted = if read_everything {
+            Trusted::new()
+        } else {
+            linked
+                .iter()
+                .map(|(path, link)| (path.clone(), (link.after.clone(), link.hash)))
+                .collect()
+        };
+        let proof = self.observe(&final_dir, Layout::Generation, manifest, false, &trusted)?;
         let staged_root = proof.root().to_hex();
         if staged_root != request.target_root {
             let _ = fs::remove_dir_all(&final_dir);
@@ -1601,22 +1750,38 @@ impl Store {
         // A validator that writes into what it checks would change what goes live after it
         // was proven (and, through a linked file, the live tree itself): the tree is looked
         // at again, reading only what moved.
+        let mut proven = proof.seen;
         if validated.is_some() {
-            let again = self
-                .observe(&final_dir, Layout::Generation, &manifest, false, &proof.seen)?
-                .root()
-                .to_hex();
-            if again != staged_root {
+            let again = self.observe(&final_dir, Layout::Generation, manifest, false, &proven)?;
+            if again.root().to_hex() != staged_root {
                 let _ = fs::remove_dir_all(&final_dir);
                 let _ = fsync_dir(&self.live);
                 return Err(StoreError::RootMismatch(
                     "the validate hook changed the staged files; a validator must only read what it checks".into(),
                 ));
             }
+            proven = again.seen;
         }
-        // The live tree's hash cache keeps what it had: a linked file's `ctime` moved with
-        // the link, so the receipt after the switch reads it again. The proof above trusted
-        // linked files by their `stat`; the receipt reads their bytes.
+        Ok(Built {
+            root: staged_root,
+            hook: validated,
+            proven,
+        })
+    }
+
+    /// Records `dir_name` (proven to hash to `root`) as `rollout`'s staging, durably, and
+    /// the writer that sent it. The live tree's hash cache keeps what it had: a linked
+    /// file's `ctime` moved with the link, so the receipt after the switch reads it again
+    /// unless its proof goes back to bytes read ([`ByteProof`]).
+    fn record_staged(
+        &mut self,
+        rollout: i64,
+        request: &PrepareRequest,
+        dir_name: String,
+        root: String,
+        manifest: BTreeMap<String, Manifested>,
+        hook: Option<domain::protocol::HookRun>,
+    ) -> Result<RolloutAnswer> {
         let writer_changed = self.persisted.control_plane_id.as_deref() != Some(request.control_plane_id.as_str());
         self.accept_fence(&request.control_plane_id, request.epoch);
         if writer_changed {
@@ -1631,7 +1796,7 @@ impl Store {
         self.persisted.staged = Some(Generation {
             rollout,
             revision: request.revision,
-            root: staged_root.clone(),
+            root: root.clone(),
             dir: dir_name,
             manifest,
         });
@@ -1641,9 +1806,156 @@ impl Store {
         Ok(RolloutAnswer {
             rollout,
             phase: RolloutPhase::Prepared,
-            root: Some(staged_root),
-            hook: validated,
+            root: Some(root),
+            hook,
         })
+    }
+
+    /// Takes the tree staged ahead as `rollout`'s staging, if it is the one `request`
+    /// names (same target root over the same base, revision and content key) and still
+    /// proves to be it: files whose signature has not moved since the stage read them are
+    /// trusted, anything else is read. `None` (the tree dropped) when it is not there,
+    /// not that tree, or no longer that tree. The validator's verdict on it is the one it
+    /// gave when the tree was staged.
+    fn adopt_prestaged(&mut self, rollout: i64, request: &PrepareRequest) -> Result<Option<RolloutAnswer>> {
+        let Some(stage) = self.prestaged.take() else {
+            return Ok(None);
+        };
+        let stage_dir = self.generation_dir(&stage.dir);
+        let fits = stage.root == request.target_root
+            && stage.base_root == request.base_root
+            && stage.revision == request.revision
+            && stage.content_key == request.content_key
+            && stage.content_key == self.persisted.content_key;
+        if !fits {
+            self.prestaged = Some(stage);
+            return Ok(None);
+        }
+        let dir_name = format!("r{rollout}-rev{}", request.revision);
+        let final_dir = self.generation_dir(&dir_name);
+        if self.linked_generation().as_deref() == Some(final_dir.as_path()) {
+            let _ = fs::remove_dir_all(&stage_dir);
+            return Err(StoreError::Conflict(format!("rollout {rollout} is live here already")));
+        }
+        let Ok(handle) = DirHandle::open(&stage_dir) else {
+            return Ok(None);
+        };
+        let managed = DirHandle::open(&self.live)?;
+        let _ = fs::remove_dir_all(&final_dir);
+        fs::rename(&stage_dir, &final_dir).map_err(|err| io_error("take the tree staged ahead", err))?;
+        managed.sync()?;
+        let proof = if handle.is_at(&final_dir) {
+            Some(self.observe(&final_dir, Layout::Generation, &stage.manifest, false, &stage.proven)?)
+        } else {
+            None
+        };
+        let Some(proof) = proof.filter(|proof| proof.root().to_hex() == request.target_root) else {
+            tracing::warn!(rollout, "the tree staged ahead changed since it was staged; staging it again");
+            let _ = fs::remove_dir_all(&final_dir);
+            return Ok(None);
+        };
+        let hook = stage.hook.clone();
+        let answer = self.record_staged(rollout, request, dir_name, stage.root, stage.manifest, hook)?;
+        self.staged_proof = Some(ByteProof {
+            rollout,
+            files: proof.files,
+            seen: proof.seen,
+        });
+        Ok(Some(answer))
+    }
+
+    /// Stages `request`'s tree ahead of its rollout (`PUT /v1/stage`), so that the
+    /// prepare of that rollout only proves and takes it: built like a prepare's (from the
+    /// live generation, writing only what changed), proven by reading every file, judged
+    /// by the validator, and kept in memory, not in the state (nothing of the store's
+    /// durable state changes, not even the writer's epoch). Replaces any tree staged
+    /// ahead before; generations retired by the last commit are removed first.
+    pub fn prestage(&mut self, request: &PrepareRequest) -> Result<domain::protocol::PrestageAnswer> {
+        let started = reset_timings();
+        let result = self.prestage_untimed(request);
+        finish_timings(started);
+        result
+    }
+
+    fn prestage_untimed(&mut self, request: &PrepareRequest) -> Result<domain::protocol::PrestageAnswer> {
+        let _lock = self.lock_state()?;
+        self.finish_interrupted_switch()?;
+        self.check_fence(&request.control_plane_id, request.epoch)?;
+        if request.reconcile || request.prestaged {
+            return Err(StoreError::BadRequest(
+                "a stage made ahead is of a change's tree, with its entries".into(),
+            ));
+        }
+        if let Some(live) = &self.persisted.live
+            && request.revision <= live.revision
+        {
+            return Err(StoreError::Conflict(format!(
+                "revision {} is not newer than revision {} that this shadow serves",
+                request.revision, live.revision
+            )));
+        }
+        if let Some(stage) = &self.prestaged
+            && stage.root == request.target_root
+            && stage.base_root == request.base_root
+            && stage.revision == request.revision
+            && stage.content_key == request.content_key
+            && self.generation_dir(&stage.dir).is_dir()
+        {
+            return Ok(domain::protocol::PrestageAnswer {
+                root: stage.root.clone(),
+                hook: stage.hook.clone(),
+            });
+        }
+        // Sealed entries are proven under the key the live tree is read with.
+        if request.content_key.is_some() && request.content_key != self.persisted.content_key {
+            return Err(StoreError::Conflict(
+                "the writer's content key is not the one this shadow holds; the prepare stages it".into(),
+            ));
+        }
+        let (parsed, manifest) = parse_entries(request)?;
+        self.check_base(request)?;
+        self.drop_prestaged_untimed();
+        // What the last commit retired goes now, before the stage is linked: each unlink
+        // moves the `ctime` of an inode the new tree shares.
+        let retired = !self.persisted.retired.is_empty();
+        self.clean_orphans(true)?;
+        if retired {
+            self.save()?;
+        }
+        let dir_name = format!("r0-rev{}", request.revision);
+        let built = self.build_generation(request, &parsed, &manifest, &dir_name, true, Duration::ZERO)?;
+        self.prestaged = Some(Prestaged {
+            base_root: request.base_root.clone(),
+            root: built.root.clone(),
+            revision: request.revision,
+            content_key: request.content_key.clone(),
+            dir: dir_name,
+            manifest,
+            proven: built.proven,
+            hook: built.hook.clone(),
+        });
+        Ok(domain::protocol::PrestageAnswer {
+            root: built.root,
+            hook: built.hook,
+        })
+    }
+
+    /// Drops the tree staged ahead, if any (`DELETE /v1/stage`). Idempotent.
+    pub fn drop_prestaged(&mut self) -> Result<()> {
+        let _lock = self.lock_state()?;
+        self.drop_prestaged_untimed();
+        Ok(())
+    }
+
+    fn drop_prestaged_untimed(&mut self) {
+        if let Some(stage) = self.prestaged.take() {
+            let _ = fs::remove_dir_all(self.generation_dir(&stage.dir));
+        }
+    }
+
+    /// The root of the tree staged ahead, if any.
+    pub fn prestaged_root(&self) -> Option<String> {
+        self.prestaged.as_ref().map(|p| p.root.clone())
     }
 
     /// A dry run of prepare's validation: the entries are checked and written to a
@@ -2017,6 +2329,9 @@ impl Store {
         failpoint::edit_after_switch(&self.live);
         failpoint::crash("after_switch");
         self.finish_commit(staged)?;
+        if let Some(proof) = self.staged_proof.take().filter(|p| p.rollout == rollout) {
+            self.trust_proof(proof);
+        }
         self.run_pending_reload()?;
         Ok(RolloutAnswer {
             rollout,
@@ -2026,9 +2341,10 @@ impl Store {
         })
     }
 
-    /// Records a switched generation as live, then drops generations older than the
-    /// previous one (kept for readers still inside it). Each is renamed away first, so a
-    /// slow reader still inside it gets "not found" rather than a half-emptied listing.
+    /// Records a switched generation as live, and retires the generations older than the
+    /// previous one (kept for readers still inside it) and a tree staged ahead, which no
+    /// longer stands on the live one: they are removed when the next tree is staged (see
+    /// [`Persisted::retired`]).
     fn finish_commit(&mut self, staged: Generation) -> Result<()> {
         let rollout = staged.rollout;
         let previous = self.persisted.live.replace(staged);
@@ -2039,7 +2355,9 @@ impl Store {
         // has given it its hooks, and the commit's repetition then runs the reload.
         self.persisted.reload_pending = Some(rollout);
         self.remember(rollout, RolloutPhase::Committed);
-        self.save()?;
+        if let Some(stale) = self.prestaged.take() {
+            self.persisted.retired.push(stale.dir);
+        }
         let keep: Vec<String> = self
             .persisted
             .live
@@ -2051,22 +2369,30 @@ impl Store {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let generation = name.starts_with("..r") && !name.ends_with(".tmp") && self.staging_shape(&name);
-            if generation && !keep.contains(&name) {
-                let trash = self.live.join(format!("..trash-{name}"));
-                let doomed = if fs::rename(entry.path(), &trash).is_ok() {
-                    trash
-                } else {
-                    entry.path()
-                };
-                // Emptied after the commit is answered: unlinking a large generation
-                // file by file is no part of the switch (a crash meanwhile leaves a
-                // `..trash-` directory that the next open or prepare removes).
-                std::thread::spawn(move || {
-                    let _ = fs::remove_dir_all(doomed);
-                });
+            if let Some(dir) = name.strip_prefix("..").filter(|_| generation && !keep.contains(&name))
+                && !self.persisted.retired.iter().any(|r| r == dir)
+            {
+                self.persisted.retired.push(dir.to_string());
             }
         }
-        Ok(())
+        self.save()
+    }
+
+    /// The live tree's hash cache takes a committed generation's byte proof, for each file
+    /// out of the racy window (the rule the cache itself follows): the receipt then reads
+    /// only what moved since the proof.
+    fn trust_proof(&self, proof: ByteProof) {
+        let racy_after = racy_after(self.racy_window);
+        let manifest = self.live_manifest().clone();
+        let mut cache = self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (path, hash, entry) in proof.files {
+            let (Some((signature, _)), Some(expected)) = (proof.seen.get(path.as_str()), manifest.get(path.as_str())) else {
+                continue;
+            };
+            if signature.changed_before(racy_after) && signature.settled(racy_after) {
+                cache.insert(path.to_string(), (signature.clone(), expected.clone(), hash, entry));
+            }
+        }
     }
 
     /// Makes `generation` live inside the managed directory: whatever there is not the
@@ -2189,6 +2515,7 @@ impl Store {
         // rollout this shadow never staged (a refused writer cleaning up) must not fence
         // the control plane that actually writes here.
         if let Some(staged) = self.persisted.staged.take_if(|g| g.rollout == rollout && same(&g.root)) {
+            self.staged_proof = None;
             let _ = fs::remove_dir_all(self.generation_dir(&staged.dir));
             self.accept_fence(&fence.control_plane_id, fence.epoch);
         }

@@ -44,6 +44,7 @@ fn request(epoch: i64, revision: i64, base: &str, entries: Vec<StagedEntry>) -> 
         audit_head: None,
         content_key: None,
         deadline_ms: None,
+        prestaged: false,
     }
 }
 
@@ -844,31 +845,71 @@ fn random_edit_sequences_stage_the_same_trees_incrementally_and_in_full() {
             let mut incremental_request = request(1, step, &base, sent);
             incremental_request.target_root = target.clone();
             incremental_request.reconcile = drifted;
-            match incremental.prepare(step, &incremental_request) {
-                Ok(_) => assert!(
-                    lied_about.is_none(),
-                    "{context}: an entry sent by hash that the shadow does not hold was accepted"
-                ),
-                Err(StoreError::Incomplete(missing)) => {
-                    if let Some(lied) = &lied_about {
-                        assert!(missing.contains(lied), "{context}: {lied} is not named missing: {missing:?}");
-                    }
-                    assert!(
-                        drifted || lied_about.is_some(),
-                        "{context}: incomplete without a reason: {missing:?}"
-                    );
-                    // Nothing was staged; the writer sends what was asked for.
-                    assert_eq!(incremental.status(step).phase, RolloutPhase::Unknown, "{context}");
-                    for e in incremental_request.entries.iter_mut() {
-                        if missing.contains(&e.path) {
-                            *e = next[&e.path].clone();
+            // Half the time the tree is staged ahead first and the prepare sends no
+            // entries; sometimes someone edits the staged tree in between.
+            let mut taken = false;
+            if !drifted && rng.below(2) == 0 {
+                match incremental.prestage(&incremental_request) {
+                    Ok(answer) => {
+                        assert_eq!(answer.root, target, "{context}: staged ahead");
+                        assert!(lied_about.is_none(), "{context}: a stage took an entry the shadow does not hold");
+                        let written: Vec<&StagedEntry> = incremental_request.entries.iter().filter(|e| e.content.is_some()).collect();
+                        let tampered = !written.is_empty() && rng.below(3) == 0;
+                        if tampered {
+                            let path = &written[rng.below(written.len() as u64) as usize].path;
+                            let file = incremental_dir.live.join(format!("..r0-rev{step}")).join(path);
+                            fs::OpenOptions::new()
+                                .append(true)
+                                .open(&file)
+                                .unwrap()
+                                .write_all(b"# edited while staged\n")
+                                .unwrap();
+                        }
+                        let mut compact = request(1, step, &base, Vec::new());
+                        compact.target_root = target.clone();
+                        compact.prestaged = true;
+                        match incremental.prepare(step, &compact) {
+                            Ok(answer) => {
+                                assert!(!tampered, "{context}: a stage edited after it was made was taken");
+                                assert_eq!(answer.root.as_deref(), Some(target.as_str()), "{context}: taken");
+                                taken = true;
+                            }
+                            Err(StoreError::NotPrestaged(_)) => assert!(tampered, "{context}: an untouched stage was not taken"),
+                            Err(err) => panic!("{context}: prepare of the stage: {err}"),
                         }
                     }
-                    incremental
-                        .prepare(step, &incremental_request)
-                        .unwrap_or_else(|err| panic!("{context}: prepare with what was missing: {err}"));
+                    Err(StoreError::Incomplete(_)) if lied_about.is_some() => {}
+                    Err(err) => panic!("{context}: stage ahead: {err}"),
                 }
-                Err(err) => panic!("{context}: incremental prepare: {err}"),
+            }
+            // (Otherwise staged from the tree made ahead.)
+            if !taken {
+                match incremental.prepare(step, &incremental_request) {
+                    Ok(_) => assert!(
+                        lied_about.is_none(),
+                        "{context}: an entry sent by hash that the shadow does not hold was accepted"
+                    ),
+                    Err(StoreError::Incomplete(missing)) => {
+                        if let Some(lied) = &lied_about {
+                            assert!(missing.contains(lied), "{context}: {lied} is not named missing: {missing:?}");
+                        }
+                        assert!(
+                            drifted || lied_about.is_some(),
+                            "{context}: incomplete without a reason: {missing:?}"
+                        );
+                        // Nothing was staged; the writer sends what was asked for.
+                        assert_eq!(incremental.status(step).phase, RolloutPhase::Unknown, "{context}");
+                        for e in incremental_request.entries.iter_mut() {
+                            if missing.contains(&e.path) {
+                                *e = next[&e.path].clone();
+                            }
+                        }
+                        incremental
+                            .prepare(step, &incremental_request)
+                            .unwrap_or_else(|err| panic!("{context}: prepare with what was missing: {err}"));
+                    }
+                    Err(err) => panic!("{context}: incremental prepare: {err}"),
+                }
             }
             let committed = incremental.commit(step, &fence(1)).unwrap();
             assert_eq!(committed.root.as_deref(), Some(target.as_str()), "{context}: receipt");
@@ -1077,4 +1118,144 @@ fn an_edit_between_the_proof_and_the_link_is_not_taken_on_trust() {
         other => panic!("a file edited after its proof was trusted: {other:?}"),
     }
     assert_eq!(store.status(2).phase, RolloutPhase::Unknown);
+}
+
+/// Stages revision 2 (`b.conf` changed) of `entries` ahead, and answers the prepare of
+/// it that sends no entries.
+fn stage_ahead_then_prepare(store: &mut Store, rollout: i64, entries: &[StagedEntry], root: &str) -> Result<RolloutAnswer> {
+    let full = b_changed(entries, root);
+    let answer = store.prestage(&full).unwrap();
+    assert_eq!(answer.root, full.target_root);
+    let mut compact = request(1, 2, root, Vec::new());
+    compact.target_root = full.target_root.clone();
+    compact.prestaged = true;
+    store.prepare(rollout, &compact)
+}
+
+#[test]
+fn a_tree_staged_ahead_is_taken_by_a_prepare_that_sends_no_entries_and_is_not_drift() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let entries = vec![entry("a.conf", "a\n", "0644"), entry("b.conf", "b\n", "0644")];
+    let root = commit_full(&mut store, 1, entries.clone());
+    let full = b_changed(&entries, &root);
+    store.prestage(&full).unwrap();
+    // The stage is the store's own: the live tree and its root are what they were.
+    assert_eq!(store.live_root().unwrap().to_hex(), root);
+    assert!(store.state(true).unwrap().entries.unwrap().iter().all(|e| e.kind.is_none()));
+    assert_eq!(fs::read_to_string(f.live.join("b.conf")).unwrap(), "b\n");
+    // Asked again, the same stage answers without building anything.
+    let hashed = store.files_hashed();
+    assert_eq!(store.prestage(&full).unwrap().root, full.target_root);
+    assert_eq!(store.files_hashed(), hashed);
+    // Linking the stage moved the live files' `ctime`: the agent looks once more when
+    // that settled (see [`Store::unsettled`]), and from then on reads nothing unchanged.
+    assert!(store.unsettled());
+    wait_out_racy_window();
+    store.live_root().unwrap();
+    assert!(!store.unsettled());
+    let mut compact = request(1, 2, &root, Vec::new());
+    compact.target_root = full.target_root.clone();
+    compact.prestaged = true;
+    let hashed = store.files_hashed();
+    let answer = store.prepare(2, &compact).unwrap();
+    assert_eq!(answer.root.as_deref(), Some(full.target_root.as_str()));
+    // Proven by `stat`: nothing read again.
+    assert_eq!(store.files_hashed(), hashed, "the stage's files were read again");
+    let receipt = store.commit(2, &fence(1)).unwrap();
+    assert_eq!(receipt.root.as_deref(), Some(full.target_root.as_str()));
+    assert_eq!(fs::read_to_string(f.live.join("b.conf")).unwrap(), "b2\n");
+    assert_eq!(fs::read_to_string(f.live.join("a.conf")).unwrap(), "a\n");
+    // The receipt trusted the stage's proof: a later look reads nothing either.
+    assert_eq!(store.live_root().unwrap().to_hex(), full.target_root);
+    assert_eq!(store.files_hashed(), hashed, "the committed files were read again");
+}
+
+#[test]
+fn a_tree_staged_ahead_that_was_edited_replaced_or_forgotten_is_not_taken() {
+    let entries = vec![entry("a.conf", "a\n", "0644"), entry("b.conf", "b\n", "0644")];
+    // Edited in place inside the stage after it was made.
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let root = commit_full(&mut store, 1, entries.clone());
+    let full = b_changed(&entries, &root);
+    store.prestage(&full).unwrap();
+    fs::write(f.live.join("..r0-rev2/b.conf"), "b3\n").unwrap();
+    let mut compact = request(1, 2, &root, Vec::new());
+    compact.target_root = full.target_root.clone();
+    compact.prestaged = true;
+    assert!(matches!(store.prepare(2, &compact), Err(StoreError::NotPrestaged(_))));
+    assert_eq!(store.status(2).phase, RolloutPhase::Unknown);
+    // The full prepare stages it from scratch, as sent.
+    store.prepare(2, &full).unwrap();
+    store.commit(2, &fence(1)).unwrap();
+    assert_eq!(fs::read_to_string(f.live.join("b.conf")).unwrap(), "b2\n");
+
+    // Forgotten by a restart.
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let root = commit_full(&mut store, 1, entries.clone());
+    let full = b_changed(&entries, &root);
+    store.prestage(&full).unwrap();
+    drop(store);
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    assert!(!f.live.join("..r0-rev2").exists(), "the orphaned stage is removed");
+    let mut compact = request(1, 2, &root, Vec::new());
+    compact.target_root = full.target_root.clone();
+    compact.prestaged = true;
+    assert!(matches!(store.prepare(2, &compact), Err(StoreError::NotPrestaged(_))));
+
+    // Another rollout committed meanwhile: the stage no longer stands on the live tree.
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let root = commit_full(&mut store, 1, entries.clone());
+    let full = b_changed(&entries, &root);
+    store.prestage(&full).unwrap();
+    let other = vec![entry("a.conf", "a\n", "0644"), entry("c.conf", "c\n", "0644")];
+    let mut other_request = request(1, 2, &root, other.clone());
+    other_request.target_root = root_of(&other);
+    store.prepare(7, &other_request).unwrap();
+    store.commit(7, &fence(1)).unwrap();
+    // Retired, not drift, and gone when the next tree is staged.
+    assert_eq!(store.live_root().unwrap().to_hex(), root_of(&other));
+    assert!(f.live.join("..r0-rev2").exists());
+    let mut compact = request(1, 2, &root, Vec::new());
+    compact.target_root = full.target_root.clone();
+    compact.prestaged = true;
+    assert!(matches!(store.prepare(8, &compact), Err(StoreError::BaseRootMismatch { .. })));
+    let mut next = other.clone();
+    next[1] = entry("c.conf", "c2\n", "0644");
+    let mut ahead = request(1, 3, &root_of(&other), next.clone());
+    ahead.target_root = root_of(&next);
+    store.prestage(&ahead).unwrap();
+    assert!(!f.live.join("..r0-rev2").exists(), "the retired stage is removed");
+    assert!(f.live.join("..r0-rev3").exists());
+    // A stage of a base the shadow does not serve is refused, and keeps nothing.
+    let mut wrong = request(1, 4, &root, next.clone());
+    wrong.target_root = root_of(&next);
+    assert!(matches!(store.prestage(&wrong), Err(StoreError::BaseRootMismatch { .. })));
+}
+
+#[test]
+fn a_stage_the_validator_refuses_is_not_kept_and_a_stage_records_no_epoch() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let entries = vec![entry("a.conf", "a\n", "0644"), entry("b.conf", "b\n", "0644")];
+    let root = commit_full(&mut store, 1, entries.clone());
+    store.set_hooks(hooks("[validate]\ncommand = [\"/bin/sh\", \"-c\", \"exit 3\"]\n"));
+    let mut full = b_changed(&entries, &root);
+    assert!(matches!(store.prestage(&full), Err(StoreError::ValidateFailed(_))));
+    assert!(!f.live.join("..r0-rev2").exists());
+    let mut compact = request(1, 2, &root, Vec::new());
+    compact.target_root = full.target_root.clone();
+    compact.prestaged = true;
+    assert!(matches!(store.prepare(2, &compact), Err(StoreError::NotPrestaged(_))));
+    store.set_hooks(None);
+    // A stage from a higher epoch changes nothing durable: a writer of the epoch the
+    // shadow knows still commits.
+    full.epoch = 9;
+    store.prestage(&full).unwrap();
+    let answer = stage_ahead_then_prepare(&mut store, 2, &entries, &root).unwrap();
+    assert_eq!(answer.phase, RolloutPhase::Prepared);
+    store.commit(2, &fence(1)).unwrap();
 }

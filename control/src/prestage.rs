@@ -1,0 +1,250 @@
+//! Staging an approved change on the shadows before anyone clicks "Roll out".
+//!
+//! Which tree should be staged ahead is a function of the database alone: the approved
+//! change that could be rolled out now (approved for the shadows registered now, on the
+//! current revision; the most recently approved one when there are several), or none
+//! while a rollout is open. [`Coordinator::restage`] makes the shadows match it: each that
+//! does not hold that tree (by target root over base root) is sent it (`PUT /v1/stage`,
+//! built and proven like a prepare, judged by the node's validator, recorded nowhere
+//! durable), and each that holds another is told to drop it. So an edit (a new content
+//! hash voids the approval), a rejection, a new approval or another rollout makes a stage
+//! stale by changing what is wanted, and the next pass drops or replaces it; a shadow
+//! also drops its stage at any commit, since it no longer stands on the live tree.
+//!
+//! A rollout's prepare then sends a shadow that holds the plan's tree no entries at all,
+//! only the roots: the shadow proves the tree unchanged by `stat` (reading what moved) and
+//! takes it. One that answers `not_prestaged` (it restarted, the tree changed) is sent
+//! the entries, as without staging. Staging ahead changes no guarantee: the prepare
+//! still proves the whole staged root, the decision and the commit are the same.
+
+use crate::{Result, changes, revisions, rollouts::Coordinator};
+use domain::protocol::{PrepareRequest, StagedEntry};
+use futures::StreamExt;
+use std::collections::HashMap;
+
+/// A tree a shadow holds staged ahead, as it answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StagedAhead {
+    pub change: i64,
+    pub root: String,
+    pub base_root: String,
+}
+
+/// The tree that should be staged ahead now, and on which shadows.
+struct Wanted {
+    change: i64,
+    revision: i64,
+    root: String,
+    base_root: String,
+    entries: Vec<StagedEntry>,
+    shadows: Vec<String>,
+}
+
+/// Shadows staged to at once.
+const CONCURRENCY: usize = 16;
+
+impl Coordinator {
+    /// The approved change a rollout could start now, with what its prepare would send.
+    async fn wanted(&self) -> Result<Option<Wanted>> {
+        let mut conn = self.db.read.acquire().await?;
+        let open: Option<(i64,)> = sqlx::query_as("SELECT id FROM rollouts WHERE finished_at IS NULL LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+        if open.is_some() {
+            return Ok(None);
+        }
+        let current = revisions::current_number(&mut conn).await?;
+        let candidates: Vec<(i64,)> =
+            sqlx::query_as("SELECT id FROM changes WHERE state = 'approved' AND base_revision = ? ORDER BY updated_at DESC, id DESC")
+                .bind(current)
+                .fetch_all(&mut *conn)
+                .await?;
+        let mut chosen = None;
+        for (id,) in candidates {
+            let change = changes::load(&mut conn, id).await?;
+            if changes::approved_for_targets(&mut conn, &change).await? {
+                chosen = Some(change);
+                break;
+            }
+        }
+        let Some(change) = chosen else {
+            return Ok(None);
+        };
+        let shadows: Vec<String> = sqlx::query_as::<_, (String,)>("SELECT name FROM shadows ORDER BY name")
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|(name,)| name)
+            .collect();
+        let base = revisions::entries(&mut conn, current).await?;
+        let ops = changes::operations(&mut conn, change.id).await?;
+        let next = changes::apply(&base, &ops);
+        Ok(Some(Wanted {
+            change: change.id,
+            revision: current + 1,
+            root: crate::rollouts::root_of(&next)?.to_hex(),
+            base_root: crate::rollouts::root_of(&base)?.to_hex(),
+            entries: crate::rollouts::staged_entries(&mut conn, &self.db, &next, Some(&base)).await?,
+            shadows,
+        }))
+    }
+
+    /// One pass: makes what the shadows hold staged ahead match what is wanted now (see
+    /// the module docs). Answers when every call answered: whether every shadow wanted
+    /// holds the stage. One that could not stage is left without (its rollout sends the
+    /// entries).
+    pub async fn restage(&self) -> Result<bool> {
+        if !self.prestaging {
+            return Ok(true);
+        }
+        let wanted = self.wanted().await?;
+        let held: HashMap<String, StagedAhead> = self.staged_ahead.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let is_wanted = |name: &str, stage: &StagedAhead| {
+            wanted.as_ref().is_some_and(|w| {
+                w.root == stage.root && w.base_root == stage.base_root && w.change == stage.change && w.shadows.iter().any(|s| s == name)
+            })
+        };
+        // Stages nobody wants any more are dropped.
+        let stale: Vec<String> = held
+            .iter()
+            .filter(|(name, stage)| !is_wanted(name, stage))
+            .map(|(name, _)| name.clone())
+            .collect();
+        futures::stream::iter(stale)
+            .map(|name| async move {
+                self.forget_stage(&name);
+                if let Ok(driver) = self.registry.driver(&self.db, &name).await
+                    && let Err(err) = driver.drop_prestaged().await
+                {
+                    tracing::debug!(shadow = %name, %err, "the shadow did not drop its stage; its next commit does");
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<()>>()
+            .await;
+        let Some(wanted) = wanted else {
+            return Ok(true);
+        };
+        let request = PrepareRequest {
+            control_plane_id: self.identity.id.clone(),
+            epoch: self.identity.epoch,
+            revision: wanted.revision,
+            target_root: wanted.root.clone(),
+            base_root: wanted.base_root.clone(),
+            reconcile: false,
+            entries: wanted.entries.clone(),
+            audit_head: None,
+            content_key: Some(self.db.keys.content_key().to_hex()),
+            deadline_ms: Some(u64::try_from(self.prepare_limit.as_millis()).unwrap_or(u64::MAX)),
+            prestaged: false,
+        };
+        let stage = StagedAhead {
+            change: wanted.change,
+            root: wanted.root.clone(),
+            base_root: wanted.base_root.clone(),
+        };
+        let missing: Vec<String> = wanted
+            .shadows
+            .iter()
+            .filter(|name| held.get(*name) != Some(&stage))
+            .cloned()
+            .collect();
+        futures::stream::iter(missing)
+            .map(|name| {
+                let (request, stage) = (request.clone(), stage.clone());
+                async move {
+                    let result = match self.registry.driver(&self.db, &name).await {
+                        Ok(driver) => tokio::time::timeout(self.prepare_limit, driver.prestage(request)).await.ok(),
+                        Err(_) => None,
+                    };
+                    match result {
+                        Some(Ok(answer)) if answer.root == stage.root => {
+                            // A rollout that started meanwhile took what was staged, or
+                            // will find it: either way it is not recorded as held.
+                            if self.wanted_still().await {
+                                self.staged_ahead.lock().unwrap_or_else(|p| p.into_inner()).insert(name, stage);
+                            }
+                        }
+                        Some(Ok(_)) => tracing::warn!(shadow = %name, "the shadow staged another root than asked; not used"),
+                        // The output of the node's validator may quote the files: only
+                        // the verdict is logged (the rollout's prepare records it, masked).
+                        Some(Err(err)) => {
+                            tracing::info!(shadow = %name, code = %err.code, "the change was not staged ahead on this shadow")
+                        }
+                        None => tracing::info!(shadow = %name, "the change was not staged ahead on this shadow (no answer)"),
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<()>>()
+            .await;
+        let held = self.staged_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(wanted.shadows.iter().all(|name| held.get(name) == Some(&stage)))
+    }
+
+    /// Whether a stage just made may be recorded: no rollout began meanwhile (one that
+    /// did took the stages it found, or will make this one stale).
+    async fn wanted_still(&self) -> bool {
+        if self.is_running() {
+            return false;
+        }
+        match self.db.read.acquire().await {
+            Ok(mut conn) => sqlx::query_as::<_, (i64,)>("SELECT id FROM rollouts WHERE finished_at IS NULL LIMIT 1")
+                .fetch_optional(&mut *conn)
+                .await
+                .is_ok_and(|open| open.is_none()),
+            Err(_) => false,
+        }
+    }
+
+    pub(crate) fn forget_stage(&self, shadow: &str) {
+        self.staged_ahead.lock().unwrap_or_else(|p| p.into_inner()).remove(shadow);
+    }
+
+    /// The shadows that hold `root` over `base_root` staged ahead; they are forgotten (the
+    /// rollout that asks takes the stages or makes them stale).
+    pub(crate) fn take_staged_ahead(&self, shadows: &[String], root: &str, base_root: &str) -> std::collections::HashSet<String> {
+        let mut held = self.staged_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        shadows
+            .iter()
+            .filter_map(|name| {
+                let stage = held.remove(name)?;
+                (stage.root == root && stage.base_root == base_root).then(|| name.clone())
+            })
+            .collect()
+    }
+
+    /// Asks the staging loop for a pass now (after an approval, or a rollout's end).
+    pub fn nudge_staging(&self) {
+        self.staging_nudge.notify_one();
+    }
+
+    /// The staging loop: a pass after every nudge, and whenever the audit log moved (every
+    /// edit, review and rollout is in it), checked every two seconds; a pass whose calls
+    /// failed is tried again after thirty.
+    pub async fn run_staging(self: std::sync::Arc<Self>) {
+        let mut last_seen = -1;
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                () = self.staging_nudge.notified() => {}
+                () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
+                    let head = crate::audit::head(&self.db).await.map(|h| h.seq).unwrap_or(last_seen);
+                    let retry = retry_at.is_some_and(|at| tokio::time::Instant::now() >= at);
+                    if head == last_seen && !retry {
+                        continue;
+                    }
+                }
+            }
+            last_seen = crate::audit::head(&self.db).await.map(|h| h.seq).unwrap_or(last_seen);
+            retry_at = match self.restage().await {
+                Ok(true) => None,
+                Ok(false) => Some(tokio::time::Instant::now() + std::time::Duration::from_secs(30)),
+                Err(err) => {
+                    tracing::warn!(%err, "staging approved changes ahead failed; trying again");
+                    Some(tokio::time::Instant::now() + std::time::Duration::from_secs(30))
+                }
+            };
+        }
+    }
+}
