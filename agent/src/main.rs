@@ -195,6 +195,8 @@ async fn prepare(
             return error(rejection.status(), "bad_request", domain::format::unquoted(&rejection.body_text()));
         }
     };
+    // A tree being staged ahead stops for it.
+    let _foreground = state.progress.foreground();
     match with_store(&state, move |store| Ok((store.prepare(id, &request)?, store::last_timings()))).await {
         Ok((answer, timings)) => (server_timing(timings), Json(answer)).into_response(),
         Err(response) => response,
@@ -236,6 +238,7 @@ async fn prepare_progress(State(state): State<AgentState>, Path(id): Path<i64>) 
 }
 
 async fn commit(State(state): State<AgentState>, Path(id): Path<i64>, Json(fence): Json<Fence>) -> Response {
+    let _foreground = state.progress.foreground();
     match with_store(&state, move |store| Ok((store.commit(id, &fence)?, store::last_timings()))).await {
         Ok((answer, timings)) => (server_timing(timings), Json(answer)).into_response(),
         Err(response) => response,
@@ -259,6 +262,7 @@ fn server_timing(timings: store::Timings) -> [(header::HeaderName, String); 1] {
 }
 
 async fn abort(State(state): State<AgentState>, Path(id): Path<i64>, Json(fence): Json<Fence>) -> Response {
+    let _foreground = state.progress.foreground();
     match with_store(&state, move |store| store.abort(id, &fence)).await {
         Ok(answer) => Json(answer).into_response(),
         Err(response) => response,

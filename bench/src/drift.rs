@@ -163,7 +163,7 @@ pub async fn run(args: DriftArgs) {
         let seed = start_agents(&args.agent, root, 1);
         add_agent(&bench, "seed", seed.addrs[0]).await;
         bench
-            .roll_out((0..args.entries).map(|i| entry(i, args.entry_bytes)).collect())
+            .roll_out((0..args.entries).map(|i| entry(i, args.entry_bytes)).collect(), false)
             .await;
         control::shadows::remove(&bench.db, "bench", "seed").await.unwrap();
     }

@@ -137,7 +137,17 @@ async fn check_rollable(conn: &mut SqliteConnection, change: &ChangeRow) -> Resu
     Ok(current)
 }
 /// Writes revision `number` (entries `next`) as the result of `change`, inside `tx`.
-async fn write_revision(tx: &mut SqliteConnection, number: i64, root: &str, change: &ChangeRow, next: &EntrySet) -> Result<()> {
+/// `base` is revision `number - 1`'s set: its rows are copied inside the database, and
+/// only the entries the change touched are written one by one, so the decision of a
+/// one-line change of a large set costs what the change costs.
+async fn write_revision(
+    tx: &mut SqliteConnection,
+    number: i64,
+    root: &str,
+    change: &ChangeRow,
+    next: &EntrySet,
+    base: &EntrySet,
+) -> Result<()> {
     sqlx::query("INSERT INTO revisions (number, root, parent, author, message, created_at, change_id) VALUES (?, ?, ?, ?, ?, ?, ?)")
         .bind(number)
         .bind(root)
@@ -148,7 +158,24 @@ async fn write_revision(tx: &mut SqliteConnection, number: i64, root: &str, chan
         .bind(change.id)
         .execute(&mut *tx)
         .await?;
-    for row in next.values() {
+    sqlx::query(
+        "INSERT INTO revision_entries (revision, path, blob, format, mode, owner, grp, secret, size, entry_hash)
+         SELECT ?, path, blob, format, mode, owner, grp, secret, size, entry_hash FROM revision_entries WHERE revision = ?",
+    )
+    .bind(number)
+    .bind(number - 1)
+    .execute(&mut *tx)
+    .await?;
+    for (path, row) in base {
+        if next.get(path) != Some(row) {
+            sqlx::query("DELETE FROM revision_entries WHERE revision = ? AND path = ?")
+                .bind(number)
+                .bind(path)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    for row in next.values().filter(|row| base.get(&row.path) != Some(*row)) {
         sqlx::query(
             "INSERT INTO revision_entries (revision, path, blob, format, mode, owner, grp, secret, size, entry_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
@@ -304,7 +331,8 @@ struct Plan {
     /// The entry set the rollout serves, for the content a shadow asks for.
     set: EntrySet,
     /// For a change rollout: the change and the entry set of the next revision.
-    change: Option<(ChangeRow, EntrySet)>,
+    /// (And the base revision's set, which the next one is written from.)
+    change: Option<(ChangeRow, EntrySet, EntrySet)>,
     /// The secret fragments of the entry set, masked in what the nodes' hooks print.
     masks: Vec<String>,
 }
@@ -510,7 +538,7 @@ impl Coordinator {
             json!({"change": change_id, "revision": number, "root": root, "content_hash": change.content_hash, "shadows": shadows});
         if decided_now {
             // Nothing to prepare: the decision and the new revision are one transaction.
-            write_revision(&mut tx, number, &root, &change, &next).await?;
+            write_revision(&mut tx, number, &root, &change, &next, &base).await?;
             sqlx::query("UPDATE rollouts SET finished_at = ? WHERE id = ?")
                 .bind(now())
                 .bind(id)
@@ -545,7 +573,7 @@ impl Coordinator {
             entries,
             shadows,
             set: next.clone(),
-            change: Some((change, next)),
+            change: Some((change, next, base)),
             masks,
         };
         Ok((id, Some(self.launch(plan, running))))
@@ -778,7 +806,9 @@ impl Coordinator {
         }
         drop(prepares);
         crash_point("after_decision");
-        self.drive_commit(plan.id).await
+        // The plan's masks are those of its revision and the one before, as the commits
+        // need them.
+        self.drive_commit(plan.id, Some(plan.masks.clone())).await
     }
 
     /// One shadow's prepare: without entries to one that holds the plan's tree staged
@@ -930,10 +960,10 @@ impl Coordinator {
             match action {
                 Action::LogDecision(Decision::Commit) => {
                     if meta.kind == "change" {
-                        let (change, next) = plan
+                        let (change, next, base) = plan
                             .and_then(|p| p.change.as_ref())
                             .ok_or_else(|| Error::Internal(format!("rollout {id} decided to commit without its plan")))?;
-                        write_revision(&mut tx, meta.revision, &rollout.root, change, next).await?;
+                        write_revision(&mut tx, meta.revision, &rollout.root, change, next, base).await?;
                     }
                     audit::append(&mut tx, "coordinator", "rollout.decide", &target, json!({"decision": "commit"})).await?;
                 }
@@ -1079,9 +1109,8 @@ impl Coordinator {
     /// Sends the commit to every shadow the rollout still waits for, again and again
     /// (backing off to 5 s) until each answered with a receipt, refused for good, was
     /// released by an operator or removed from the fleet.
-    async fn drive_commit(&self, id: i64) -> Result<()> {
+    async fn drive_commit(&self, id: i64, mut masks: Option<Vec<String>>) -> Result<()> {
         let mut delay = Duration::from_millis(100);
-        let mut masks: Option<Vec<String>> = None;
         loop {
             // Registered before the journal is read, so a release made after the read
             // still wakes this round.
@@ -1286,7 +1315,7 @@ impl Coordinator {
         tokio::spawn(async move {
             coordinator.bump();
             for id in committing {
-                if let Err(err) = coordinator.drive_commit(id).await {
+                if let Err(err) = coordinator.drive_commit(id, None).await {
                     tracing::error!(rollout = id, %err, "recovery stopped; it is tried again");
                 }
             }

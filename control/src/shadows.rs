@@ -540,7 +540,11 @@ impl Driver {
 
     pub async fn prepare(&self, rollout: i64, request: PrepareRequest) -> Result<RolloutAnswer, ShadowError> {
         match self {
-            Driver::Directory(store, _) => Self::blocking(store, move |s| s.prepare(rollout, &request)).await,
+            Driver::Directory(store, progress) => {
+                // A tree being staged ahead stops for it.
+                let _foreground = progress.foreground();
+                Self::blocking(store, move |s| s.prepare(rollout, &request)).await
+            }
             Driver::Agent { .. } => {
                 let body = prepare_body(&request)?;
                 // The coordinator's prepare deadline bounds it.
@@ -599,7 +603,11 @@ impl Driver {
 
     pub async fn commit(&self, rollout: i64, fence: Fence) -> Result<RolloutAnswer, ShadowError> {
         match self {
-            Driver::Directory(store, _) => Self::blocking(store, move |s| s.commit(rollout, &fence)).await,
+            Driver::Directory(store, progress) => {
+                // A tree being staged ahead stops for it.
+                let _foreground = progress.foreground();
+                Self::blocking(store, move |s| s.commit(rollout, &fence)).await
+            }
             Driver::Agent { .. } => {
                 self.call(reqwest::Method::POST, &format!("/v1/rollouts/{rollout}/commit"), Some(json!(fence)))
                     .await
@@ -655,7 +663,11 @@ impl Driver {
 
     pub async fn abort(&self, rollout: i64, fence: Fence) -> Result<RolloutAnswer, ShadowError> {
         match self {
-            Driver::Directory(store, _) => Self::blocking(store, move |s| s.abort(rollout, &fence)).await,
+            Driver::Directory(store, progress) => {
+                // A tree being staged ahead stops for it.
+                let _foreground = progress.foreground();
+                Self::blocking(store, move |s| s.abort(rollout, &fence)).await
+            }
             Driver::Agent { .. } => {
                 self.call(reqwest::Method::POST, &format!("/v1/rollouts/{rollout}/abort"), Some(json!(fence)))
                     .await

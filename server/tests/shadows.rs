@@ -701,3 +701,86 @@ async fn a_generated_agent_token_is_shown_once_and_stored_sealed() {
     );
     server.stop().await;
 }
+
+/// Polls `condition` every 50 ms for up to 20 s.
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    for _ in 0..400 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within 20 s");
+}
+
+/// The inode of a file, or 0.
+fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_change_is_staged_ahead_an_edit_drops_the_stage_and_the_rollout_takes_it() {
+    let fleet = fleet().await;
+    let (status, first) = fleet.roll_out(sample(0)).await;
+    assert_eq!(first["state"], "applied", "{status} {first}");
+    let id = fleet.approved_change(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
+    // Once approved, every shadow (agent and directories) holds the next tree staged ahead.
+    let dirs = fleet.live_dirs();
+    let staged = |dir: &PathBuf| dir.join("..r0-rev2/app.toml");
+    eventually("the change is staged ahead on every shadow", || {
+        dirs.iter()
+            .all(|dir| std::fs::read_to_string(staged(dir)).is_ok_and(|c| c.contains("9090")))
+    })
+    .await;
+    // A stage is the shadow's own business, not drift: every check says in sync, and what
+    // is live is the first revision.
+    for name in ["edge", "dc1", "dr-site", "backup"] {
+        let (status, checked) = fleet.admin.post(&format!("/api/v1/shadows/{name}/check"), json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{checked}");
+        assert_eq!(checked["status"], "in_sync", "{name}: {checked}");
+    }
+    for dir in &dirs {
+        assert_eq!(std::fs::read_to_string(dir.join("app.toml")).unwrap(), "[server]\nport = 8080\n");
+    }
+    // Edited after the approval: the approval is void, so the stage is nobody's and goes.
+    let (status, edited) = fleet
+        .editor
+        .put(
+            &format!("/api/v1/changes/{id}/entries/app.toml"),
+            json!({"content": "[server]\nport = 9191\n", "format": "toml"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{edited}");
+    eventually("the stale stage is dropped everywhere", || {
+        dirs.iter().all(|dir| !staged(dir).exists())
+    })
+    .await;
+    // Approved again: staged again, and the rollout takes the staged files themselves.
+    fleet.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+    let (status, approved) = fleet.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{approved}");
+    eventually("the edited change is staged ahead", || {
+        dirs.iter()
+            .all(|dir| std::fs::read_to_string(staged(dir)).is_ok_and(|c| c.contains("9191")))
+    })
+    .await;
+    let inodes: Vec<u64> = dirs.iter().map(|dir| inode(&staged(dir))).collect();
+    let (status, rollout) = fleet.approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    for (dir, staged_inode) in dirs.iter().zip(inodes) {
+        assert_eq!(std::fs::read_to_string(dir.join("app.toml")).unwrap(), "[server]\nport = 9191\n");
+        assert_eq!(
+            inode(&dir.join("app.toml")),
+            staged_inode,
+            "{}: the staged file went live",
+            dir.display()
+        );
+        assert!(!dir.join("..r0-rev2").exists(), "{}", dir.display());
+    }
+    for shadow in rollout["shadows"].as_array().unwrap() {
+        assert_eq!(shadow["receipt_root"], rollout["root"], "{shadow}");
+    }
+    fleet.server.stop().await;
+}

@@ -376,6 +376,9 @@ pub struct Store {
     progress: std::sync::Arc<Progress>,
     prestaged: Option<Prestaged>,
     staged_proof: Option<ByteProof>,
+    /// Set while a tree is staged ahead: it stops for a rollout's call (see
+    /// [`Progress::foreground`]).
+    background: bool,
     /// Tests: runs after the held files were proven, before they are linked.
     #[cfg(test)]
     after_hold: Option<Box<dyn FnMut() + Send>>,
@@ -391,6 +394,19 @@ pub struct Progress {
     steps: AtomicU64,
     /// Set while a prepare runs: nothing else (a check's walk, the watcher's) counts.
     running: std::sync::atomic::AtomicBool,
+    /// Prepares, commits and aborts waiting for the store or running: a tree being staged
+    /// ahead (background work) stops at its next step when one is.
+    foreground: AtomicU64,
+}
+
+/// Held by a rollout's call to the store from before it waits for the store until it is
+/// done (see [`Progress::foreground`]).
+pub struct Foreground<'a>(&'a Progress);
+
+impl Drop for Foreground<'_> {
+    fn drop(&mut self) {
+        self.0.foreground.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Progress {
@@ -416,6 +432,17 @@ impl Progress {
         if self.running.load(Ordering::Relaxed) {
             self.steps.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Marks a rollout's call (prepare, commit, abort) as waiting for the store or running
+    /// until the guard drops: staging ahead yields to it.
+    pub fn foreground(&self) -> Foreground<'_> {
+        self.foreground.fetch_add(1, Ordering::SeqCst);
+        Foreground(self)
+    }
+
+    fn foreground_waiting(&self) -> bool {
+        self.foreground.load(Ordering::SeqCst) > 0
     }
 }
 
@@ -963,6 +990,7 @@ impl Store {
             progress: Default::default(),
             prestaged: None,
             staged_proof: None,
+            background: false,
             #[cfg(test)]
             after_hold: None,
         };
@@ -1241,7 +1269,7 @@ impl Store {
             found.push((entry.path(), name));
         }
         while let Some((disk, relative)) = found.pop() {
-            self.progress.step();
+            self.step()?;
             // `lstat`: a symlink is what it is, never followed.
             let meta = match fs::symlink_metadata(&disk) {
                 Ok(meta) => meta,
@@ -1674,6 +1702,27 @@ impl Store {
         read_everything: bool,
         waited: Duration,
     ) -> Result<Built> {
+        let built = self.build_generation_once(request, parsed, manifest, dir_name, read_everything, waited);
+        if built.is_err() {
+            // Whatever failed, nothing half-made stays behind (it would be seen as drift,
+            // or fill a full disk further).
+            let _ = fs::remove_dir_all(self.live.join(format!("..{dir_name}.tmp")));
+            if self.linked_generation().as_deref() != Some(self.generation_dir(dir_name).as_path()) {
+                let _ = fs::remove_dir_all(self.generation_dir(dir_name));
+            }
+        }
+        built
+    }
+
+    fn build_generation_once(
+        &mut self,
+        request: &PrepareRequest,
+        parsed: &[ParsedEntry<'_>],
+        manifest: &BTreeMap<String, Manifested>,
+        dir_name: &str,
+        read_everything: bool,
+        waited: Duration,
+    ) -> Result<Built> {
         let final_dir = self.generation_dir(dir_name);
         let staging_name = format!("..{dir_name}.tmp");
         let staging = self.live.join(&staging_name);
@@ -1923,7 +1972,15 @@ impl Store {
             self.save()?;
         }
         let dir_name = format!("r0-rev{}", request.revision);
-        let built = self.build_generation(request, &parsed, &manifest, &dir_name, true, Duration::ZERO)?;
+        if self.progress.foreground_waiting() {
+            return Err(StoreError::Conflict(
+                "a rollout's call is waiting: nothing is staged ahead now".into(),
+            ));
+        }
+        self.background = true;
+        let built = self.build_generation(request, &parsed, &manifest, &dir_name, true, Duration::ZERO);
+        self.background = false;
+        let built = built?;
         self.prestaged = Some(Prestaged {
             base_root: request.base_root.clone(),
             root: built.root.clone(),
@@ -1951,6 +2008,18 @@ impl Store {
         if let Some(stage) = self.prestaged.take() {
             let _ = fs::remove_dir_all(self.generation_dir(&stage.dir));
         }
+    }
+
+    /// One step of a walk, a proof or a staging: counted as the running prepare's progress;
+    /// refused when staging ahead and a rollout's call waits for the store.
+    fn step(&self) -> Result<()> {
+        self.progress.step();
+        if self.background && self.progress.foreground_waiting() {
+            return Err(StoreError::Conflict(
+                "a rollout's call came first: staging ahead stopped, and is done again after it".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The root of the tree staged ahead, if any.
@@ -2017,7 +2086,7 @@ impl Store {
         let mut held = HashMap::new();
         let mut missing = Vec::new();
         for i in wanted {
-            self.progress.step();
+            self.step()?;
             let entry = &parsed[i];
             match self.hold_one(&generation, &mut directories, entry, racy_after) {
                 Some(file) => {
@@ -2123,7 +2192,7 @@ impl Store {
         let mut linked = HashMap::new();
         for (index, entry) in parsed.iter().enumerate() {
             failpoint::slow_staging();
-            self.progress.step();
+            self.step()?;
             let path = &entry.path;
             let segments: Vec<&str> = path.as_str().split('/').collect();
             let (file_name, parents) = segments

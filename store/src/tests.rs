@@ -1259,3 +1259,35 @@ fn a_stage_the_validator_refuses_is_not_kept_and_a_stage_records_no_epoch() {
     assert_eq!(answer.phase, RolloutPhase::Prepared);
     store.commit(2, &fence(1)).unwrap();
 }
+
+#[test]
+fn staging_ahead_stops_for_a_rollouts_call_and_leaves_nothing_behind() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let entries = vec![entry("a.conf", "a\n", "0644"), entry("b.conf", "b\n", "0644")];
+    let root = commit_full(&mut store, 1, entries.clone());
+    let full = b_changed(&entries, &root);
+    let progress = store.progress();
+    // A prepare, commit or abort waiting for the store: nothing is staged ahead now.
+    {
+        let _waiting = progress.foreground();
+        assert!(matches!(store.prestage(&full), Err(StoreError::Conflict(_))));
+    }
+    // One that arrives while a tree is being staged: staging stops at its next step.
+    let arriving = progress.clone();
+    store.after_hold = Some(Box::new(move || {
+        arriving.foreground.fetch_add(1, Ordering::SeqCst);
+    }));
+    assert!(matches!(store.prestage(&full), Err(StoreError::Conflict(_))));
+    store.after_hold = None;
+    progress.foreground.fetch_sub(1, Ordering::SeqCst);
+    let left: Vec<String> = fs::read_dir(&f.live)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("..r0"))
+        .collect();
+    assert!(left.is_empty(), "a stopped stage left {left:?}");
+    assert_eq!(store.live_root().unwrap().to_hex(), root);
+    // Once the call is done, staging ahead works again.
+    assert_eq!(store.prestage(&full).unwrap().root, full.target_root);
+}
