@@ -63,6 +63,10 @@ struct Cli {
     /// group or others, and must belong to root or to this agent's user.
     #[arg(long, env = "ETC_SHADOW_AGENT_HOOKS")]
     hooks: Option<PathBuf>,
+    /// Seconds a check may answer the live root the file watcher maintains before the tree
+    /// is walked again (a walk reads only files whose `stat` changed).
+    #[arg(long, env = "ETC_SHADOW_AGENT_REWALK_INTERVAL", default_value_t = 600)]
+    rewalk_interval: u64,
 }
 
 #[derive(Clone)]
@@ -352,12 +356,31 @@ async fn events(State(state): State<AgentState>) -> Sse<impl futures_util::Strea
 }
 
 /// Watches the live tree and the staged revisions; recomputes the root after changes.
-fn watch_files(state: &AgentState, sender: watch::Sender<String>, watched: Vec<PathBuf>) -> notify::Result<notify::RecommendedWatcher> {
+fn watch_files(
+    state: &AgentState,
+    sender: watch::Sender<String>,
+    watched: Vec<PathBuf>,
+    account: Arc<store::Watch>,
+) -> notify::Result<notify::RecommendedWatcher> {
     let recheck = state.recheck.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+        // Events were lost (the kernel's queue overflowed): anything may have changed.
+        Ok(event) if event.need_rescan() => {
+            account.changed();
+            recheck.notify_one();
+        }
+        // A look's own touch of the sync file, coming back: not a change.
+        Ok(event) if !event.paths.is_empty() && event.paths.iter().all(|p| p == account.sync_file()) => account.sync_reported(),
         // Reading the files to hash them produces access events; reacting to those would
         // loop forever. Only changes count.
-        if event.is_ok_and(|event| !event.kind.is_access() && !event.kind.is_other()) {
+        Ok(event) if !event.kind.is_access() && !event.kind.is_other() => {
+            account.changed();
+            recheck.notify_one();
+        }
+        Ok(_) => {}
+        Err(err) => {
+            tracing::warn!(%err, "the file watcher reported an error");
+            account.failed();
             recheck.notify_one();
         }
     })?;
@@ -436,6 +459,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         );
         store.set_hooks(Some(Arc::new(hooks)));
     }
+    // Checks answer the root the watcher maintains while it reports no change (see
+    // `store::Watch`); the first look walks.
+    let watch = Arc::new(store::Watch::new(&cli.dir));
+    store.set_rewalk_interval(Duration::from_secs(cli.rewalk_interval.max(1)));
     let initial_root = store.live_root().map_err(|err| err.to_string())?.to_hex();
     let (sender, receiver) = watch::channel(initial_root);
     let state = AgentState {
@@ -448,7 +475,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     // Generations, the live link and every file are inside the managed directory.
     let watched = vec![cli.dir.clone()];
-    let _watcher = watch_files(&state, sender, watched).map_err(|err| format!("cannot watch the live directory: {err}"))?;
+    let _watcher = watch_files(&state, sender, watched, watch.clone()).map_err(|err| format!("cannot watch the live directory: {err}"))?;
+    // Only now that the watcher reports: a look before would wait for its touch in vain.
+    state.store.lock().unwrap_or_else(|p| p.into_inner()).set_watch(watch);
     let app = Router::new()
         .route("/v1/state", get(get_state))
         .route("/v1/entries/{*path}", get(get_entry))

@@ -363,6 +363,127 @@ struct ByteProof {
     seen: Trusted,
 }
 
+/// A walk's root, and the watcher's count of changes before it.
+struct Known {
+    root: Hash,
+    changes: u64,
+    /// The live generation's root when walked: a commit or a restart changes it.
+    manifest: Option<String>,
+    at: Instant,
+}
+
+/// A maintained root is answered at most this long before the tree is walked again
+/// (`--rewalk-interval`).
+pub const REWALK_INTERVAL: Duration = Duration::from_secs(600);
+
+/// How long a look waits for the watcher to report its own touch of the sync file before
+/// it stops trusting the watcher and walks.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The file watcher's account of a managed directory, fed by the agent's watcher: a count
+/// of the changes it reported, and a sync file (`D/..etc-shadow-sync`, the store's own
+/// name) whose touches it reports apart. A look touches the sync file and waits for that
+/// touch to come back through the watcher: every change made before the look has then been
+/// reported too (the kernel queues events in order), so an unchanged count means an
+/// unchanged tree. A lost event (a queue overflow) counts as a change; a touch that does
+/// not come back within two seconds, or a watcher that failed, stops the watch: every look
+/// walks from then on. The watcher's own cookies are the same idea as watchman's.
+#[derive(Debug)]
+pub struct Watch {
+    sync_file: PathBuf,
+    changes: AtomicU64,
+    synced: Mutex<u64>,
+    reported: std::sync::Condvar,
+    healthy: std::sync::atomic::AtomicBool,
+}
+
+/// The name of the sync file inside the managed directory.
+pub const SYNC_FILE: &str = "..etc-shadow-sync";
+
+impl Watch {
+    pub fn new(live: &Path) -> Watch {
+        Watch {
+            sync_file: live.join(SYNC_FILE),
+            changes: AtomicU64::new(0),
+            synced: Mutex::new(0),
+            reported: std::sync::Condvar::new(),
+            healthy: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// The sync file, whose events are [`Watch::sync_reported`] rather than changes.
+    pub fn sync_file(&self) -> &Path {
+        &self.sync_file
+    }
+
+    /// The watcher reported a change (or lost events: anything may have changed).
+    pub fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The watcher reported an event of the sync file.
+    pub fn sync_reported(&self) {
+        *self.synced.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.reported.notify_all();
+    }
+
+    /// The watcher stopped (an error): the tree is walked from now on.
+    pub fn failed(&self) {
+        if self.healthy.swap(false, Ordering::SeqCst) {
+            tracing::warn!("the file watcher failed: every look walks the tree from now on");
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Touches the sync file and waits until the watcher reported it: the count of changes
+    /// then covers every change made before. `None` when the watch cannot be trusted.
+    fn sync(&self) -> Option<u64> {
+        if !self.healthy() {
+            return None;
+        }
+        let before = *self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(err) = self.touch() {
+            tracing::warn!(%err, "cannot touch the sync file; walking");
+            return None;
+        }
+        let guard = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, timeout) = self
+            .reported
+            .wait_timeout_while(guard, SYNC_TIMEOUT, |synced| *synced == before)
+            .unwrap_or_else(|p| p.into_inner());
+        drop(guard);
+        if timeout.timed_out() {
+            self.failed();
+            return None;
+        }
+        Some(self.changes.load(Ordering::SeqCst))
+    }
+
+    /// Sets the sync file's times to now (never following a link), creating it if gone.
+    fn touch(&self) -> io::Result<()> {
+        use nix::sys::stat::{UtimensatFlags, utimensat};
+        use nix::sys::time::TimeSpec;
+        let now = TimeSpec::UTIME_NOW;
+        match utimensat(None, &self.sync_file, &now, &now, UtimensatFlags::NoFollowSymlink) {
+            Err(nix::errno::Errno::ENOENT) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                    .open(&self.sync_file)
+                    .map(drop)
+            }
+            other => other.map_err(io::Error::from),
+        }
+    }
+}
+
 pub struct Store {
     live: PathBuf,
     state_dir: PathBuf,
@@ -379,6 +500,14 @@ pub struct Store {
     /// Set while a tree is staged ahead: it stops for a rollout's call (see
     /// [`Progress::foreground`]).
     background: bool,
+    /// The file watcher's account of the managed directory (the agent's), and the root
+    /// the last walk found with the count of changes it had seen before it: while no
+    /// change was seen since, a look answers that root without walking.
+    watch: Option<std::sync::Arc<Watch>>,
+    known: Mutex<Option<Known>>,
+    walks: AtomicU64,
+    /// The longest a maintained root is answered without walking.
+    rewalk_interval: Duration,
     /// Tests: runs after the held files were proven, before they are linked.
     #[cfg(test)]
     after_hold: Option<Box<dyn FnMut() + Send>>,
@@ -991,6 +1120,10 @@ impl Store {
             prestaged: None,
             staged_proof: None,
             background: false,
+            watch: None,
+            known: Mutex::new(None),
+            walks: AtomicU64::new(0),
+            rewalk_interval: REWALK_INTERVAL,
             #[cfg(test)]
             after_hold: None,
         };
@@ -1038,6 +1171,7 @@ impl Store {
             || kept
             || name == DATA_LINK
             || name == format!("{DATA_LINK}.tmp")
+            || name == SYNC_FILE
             || self.persisted.originals.iter().any(|o| o == name)
             || (name.starts_with("..r") && name.ends_with(".tmp") && self.staging_shape(name))
             || (name.starts_with("..trash-") && self.staging_shape(name))
@@ -1474,25 +1608,74 @@ impl Store {
     }
 
     /// The root of what the managed directory holds right now.
+    /// The live root: the maintained one when the file watcher saw no change since the
+    /// last walk (see [`Watch`]), else walked.
     pub fn live_root(&self) -> Result<Hash> {
-        Ok(self
-            .observe(&self.live, Layout::Managed, self.live_manifest(), true, &Trusted::new())?
-            .root())
+        let synced = self.watch.as_ref().and_then(|watch| watch.sync());
+        if let Some(changes) = synced
+            && let Some(known) = self.known.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && known.changes == changes
+            && known.manifest == self.persisted.live.as_ref().map(|g| g.root.clone())
+            && known.at.elapsed() < self.rewalk_interval
+        {
+            return Ok(known.root);
+        }
+        Ok(self.walk(synced)?.root())
+    }
+
+    /// Walks the live tree; remembers its root as maintained when the watcher had synced
+    /// (`synced`: its count of changes before the walk) and nothing walked was too recent
+    /// to cache (a look once it settled must read it).
+    fn walk(&self, synced: Option<u64>) -> Result<Observed> {
+        let observed = self.observe(&self.live, Layout::Managed, self.live_manifest(), true, &Trusted::new())?;
+        self.walks.fetch_add(1, Ordering::Relaxed);
+        let known = synced.filter(|_| !self.unsettled()).map(|changes| Known {
+            root: observed.root(),
+            changes,
+            manifest: self.persisted.live.as_ref().map(|g| g.root.clone()),
+            at: Instant::now(),
+        });
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = known;
+        Ok(observed)
+    }
+
+    /// How many times this store walked its live tree (checks answered from the
+    /// maintained root do not).
+    pub fn walks(&self) -> u64 {
+        self.walks.load(Ordering::Relaxed)
+    }
+
+    /// The file watcher's account of the managed directory, from now on (see [`Watch`]).
+    pub fn set_watch(&mut self, watch: std::sync::Arc<Watch>) {
+        self.watch = Some(watch);
+    }
+
+    /// How long a maintained root is answered at most before the tree is walked again.
+    pub fn set_rewalk_interval(&mut self, interval: Duration) {
+        self.rewalk_interval = interval;
     }
 
     pub fn state(&self, with_entries: bool) -> Result<ShadowState> {
-        let observed = self.observe(&self.live, Layout::Managed, self.live_manifest(), true, &Trusted::new())?;
+        let live_root = if with_entries { None } else { Some(self.live_root()?) };
+        let observed = match live_root {
+            Some(_) => None,
+            None => {
+                let synced = self.watch.as_ref().and_then(|watch| watch.sync());
+                Some(self.walk(synced)?)
+            }
+        };
+        let live_root = live_root.or_else(|| observed.as_ref().map(Observed::root)).unwrap_or(Hash::ZERO);
         Ok(ShadowState {
             control_plane_id: self.persisted.control_plane_id.clone().or(self.pinned_control_plane.clone()),
             highest_epoch: self.persisted.highest_epoch,
             live_revision: self.persisted.live.as_ref().map(|g| g.revision),
-            live_root: observed.root().to_hex(),
+            live_root: live_root.to_hex(),
             staged: self.persisted.staged.as_ref().map(|g| StagedInfo {
                 rollout: g.rollout,
                 revision: g.revision,
                 root: g.root.clone(),
             }),
-            entries: with_entries.then(|| observed.entries()),
+            entries: observed.map(Observed::entries),
             audit_head: self.persisted.audit_head.clone(),
         })
     }

@@ -1291,3 +1291,96 @@ fn staging_ahead_stops_for_a_rollouts_call_and_leaves_nothing_behind() {
     // Once the call is done, staging ahead works again.
     assert_eq!(store.prestage(&full).unwrap().root, full.target_root);
 }
+
+/// A stand-in for the agent's file watcher: inotify on the managed directory, reporting
+/// the sync file's events until dropped. Changes are reported by the test itself.
+struct FakeWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeWatcher {
+    fn start(watch: std::sync::Arc<Watch>, live: &Path) -> FakeWatcher {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+        inotify
+            .add_watch(live, AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_CREATE)
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                for event in inotify.read_events().unwrap_or_default() {
+                    if event.name.as_deref() == Some(std::ffi::OsStr::new(SYNC_FILE)) {
+                        watch.sync_reported();
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        FakeWatcher { stop }
+    }
+}
+
+impl Drop for FakeWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_check_answers_the_maintained_root_until_the_watcher_reports_a_change() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let entries = vec![entry("a.conf", "a\n", "0644"), entry("b.conf", "b\n", "0644")];
+    let root = commit_full(&mut store, 1, entries);
+    wait_out_racy_window();
+    let watch = std::sync::Arc::new(Watch::new(&f.live));
+    store.set_watch(watch.clone());
+    let watcher = FakeWatcher::start(watch.clone(), &f.live);
+    // The first look walks; the sync file is the store's own, not part of the tree.
+    assert_eq!(store.live_root().unwrap().to_hex(), root);
+    assert!(f.live.join(SYNC_FILE).exists());
+    let walks = store.walks();
+    for _ in 0..20 {
+        assert_eq!(store.live_root().unwrap().to_hex(), root);
+        assert_eq!(store.state(false).unwrap().live_root, root);
+    }
+    assert_eq!(store.walks(), walks, "a check of an unchanged tree walked it");
+    // A change the watcher reports is walked and found.
+    fs::write(f.live.join("planted.conf"), "planted\n").unwrap();
+    watch.changed();
+    let drifted = store.live_root().unwrap().to_hex();
+    assert_ne!(drifted, root);
+    assert_eq!(store.walks(), walks + 1);
+    // A walk that met a file too recent to cache is not maintained: the look once it
+    // settled walks again (the agent makes that look), and from then on none does.
+    assert!(store.unsettled());
+    wait_out_racy_window();
+    assert_eq!(store.live_root().unwrap().to_hex(), drifted);
+    assert_eq!(store.walks(), walks + 2);
+    // A change it did not report is not seen by a check (the watcher is trusted)...
+    fs::remove_file(f.live.join("planted.conf")).unwrap();
+    assert_eq!(store.live_root().unwrap().to_hex(), drifted);
+    assert_eq!(store.walks(), walks + 2);
+    // ...until the rewalk interval passed.
+    store.set_rewalk_interval(Duration::ZERO);
+    assert_eq!(store.live_root().unwrap().to_hex(), root);
+    store.set_rewalk_interval(REWALK_INTERVAL);
+    // A listing (entries) always walks.
+    let walks = store.walks();
+    store.state(true).unwrap();
+    assert_eq!(store.walks(), walks + 1);
+    // A watcher that stops answering is not trusted again: every look walks.
+    drop(watcher);
+    std::thread::sleep(Duration::from_millis(5));
+    fs::write(f.live.join("late.conf"), "late\n").unwrap();
+    assert_ne!(
+        store.live_root().unwrap().to_hex(),
+        root,
+        "an unreported change was missed by a dead watcher"
+    );
+    assert!(!watch.healthy());
+    let walks = store.walks();
+    store.live_root().unwrap();
+    assert_eq!(store.walks(), walks + 1);
+}
