@@ -17,12 +17,12 @@ use axum::{
 use clap::Parser;
 use domain::protocol::{AgentError, AgentErrorBody, Fence, PrepareRequest};
 use futures_util::StreamExt;
-use notify::{RecursiveMode, Watcher};
+use notify::{EventKind, RecursiveMode, Watcher, event::ModifyKind};
 use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 use store::{Store, StoreError};
 use tokio::sync::watch;
@@ -201,7 +201,17 @@ async fn prepare(
     };
     // A tree being staged ahead stops for it.
     let _foreground = state.progress.foreground();
-    match with_store(&state, move |store| Ok((store.prepare(id, &request)?, store::last_timings()))).await {
+    let queued = Instant::now();
+    match with_store(&state, move |store| {
+        // What is left of the writer's deadline, less the wait for the store.
+        let mut request = request;
+        request.deadline_ms = request
+            .deadline_ms
+            .map(|ms| ms.saturating_sub(u64::try_from(queued.elapsed().as_millis()).unwrap_or(u64::MAX)));
+        Ok((store.prepare(id, &request)?, store::last_timings()))
+    })
+    .await
+    {
         Ok((answer, timings)) => (server_timing(timings), Json(answer)).into_response(),
         Err(response) => response,
     }
@@ -363,27 +373,39 @@ fn watch_files(
     account: Arc<store::Watch>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     let recheck = state.recheck.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        // Events were lost (the kernel's queue overflowed): anything may have changed.
-        Ok(event) if event.need_rescan() => {
-            account.changed();
-            recheck.notify_one();
-        }
-        // A look's own touch of the sync file, coming back: not a change.
-        Ok(event) if !event.paths.is_empty() && event.paths.iter().all(|p| p == account.sync_file()) => account.sync_reported(),
-        // Reading the files to hash them produces access events; reacting to those would
-        // loop forever. Only changes count.
-        Ok(event) if !event.kind.is_access() && !event.kind.is_other() => {
-            account.changed();
-            recheck.notify_one();
-        }
-        Ok(_) => {}
-        Err(err) => {
-            tracing::warn!(%err, "the file watcher reported an error");
-            account.failed();
-            recheck.notify_one();
-        }
-    })?;
+    // Links are not followed: the live generation is watched where it is (a directory of
+    // the managed one), so removing or replacing a top-level link or `..data` cannot take
+    // the watch of what they point to with it.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = notify::RecommendedWatcher::new(
+        move |event: notify::Result<notify::Event>| match event {
+            // Events were lost (the kernel's queue overflowed): anything may have changed.
+            Ok(event) if event.need_rescan() => {
+                account.changed();
+                recheck.notify_one();
+            }
+            // A look's own touch of the sync file (its times set, or the file made again),
+            // coming back: not a change. Someone reading it is nothing at all.
+            Ok(event) if !event.paths.is_empty() && event.paths.iter().all(|p| p == account.sync_file()) => {
+                if matches!(event.kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Metadata(_))) {
+                    account.sync_reported();
+                }
+            }
+            // Reading the files to hash them produces access events; reacting to those would
+            // loop forever. Only changes count.
+            Ok(event) if !event.kind.is_access() && !event.kind.is_other() => {
+                account.changed();
+                recheck.notify_one();
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(%err, "the file watcher reported an error");
+                account.failed();
+                recheck.notify_one();
+            }
+        },
+        config,
+    )?;
     for path in watched {
         if path.exists() {
             watcher.watch(&path, RecursiveMode::Recursive)?;
@@ -448,6 +470,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         return Err("the token must have at least 16 characters".into());
     }
     let mut store = Store::open(&cli.dir, &cli.state_dir, cli.control_plane_id.clone()).map_err(|err| err.to_string())?;
+    // The watcher reports absolute paths: the sync file is named the same way.
+    let dir = std::fs::canonicalize(&cli.dir).map_err(|err| format!("cannot resolve {}: {err}", cli.dir.display()))?;
     if let Some(path) = &cli.hooks {
         let hooks = store::hooks::Hooks::load(path)?;
         tracing::info!(
@@ -461,7 +485,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     // Checks answer the root the watcher maintains while it reports no change (see
     // `store::Watch`); the first look walks.
-    let watch = Arc::new(store::Watch::new(&cli.dir));
+    let watch = Arc::new(store::Watch::new(&dir));
     store.set_rewalk_interval(Duration::from_secs(cli.rewalk_interval.max(1)));
     let initial_root = store.live_root().map_err(|err| err.to_string())?.to_hex();
     let (sender, receiver) = watch::channel(initial_root);
@@ -474,7 +498,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         drilling: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     // Generations, the live link and every file are inside the managed directory.
-    let watched = vec![cli.dir.clone()];
+    let watched = vec![dir.clone()];
     let _watcher = watch_files(&state, sender, watched, watch.clone()).map_err(|err| format!("cannot watch the live directory: {err}"))?;
     // Only now that the watcher reports: a look before would wait for its touch in vain.
     state.store.lock().unwrap_or_else(|p| p.into_inner()).set_watch(watch);

@@ -265,6 +265,7 @@ pub async fn change(id: i64) -> Result<ChangeHead, ServerFnError> {
     use ssr::*;
     caller()?;
     let mut change = control::changes::get(&db()?, id).await.map_err(fail)?;
+    change.staged_ahead = coordinator()?.staged_ahead_of(id);
     let entries_total = change.entries.len();
     change.entries.truncate(CHANGE_PAGE_ENTRIES);
     Ok(ChangeHead { change, entries_total })

@@ -8,9 +8,9 @@
 //!   shadow in sync, then with every shadow drifted.
 //!
 //! The fleet's files are written once, by a real rollout to one agent; the other agents
-//! get hard-linked copies of that agent's state (a node's live tree costs directory entries,
-//! not data blocks), and a hand edit replaces a file by rename, so it touches one agent
-//! only. More shadows than agents share agents round-robin (one agent process per 10
+//! get a copy of that agent's state and a hard-linked copy of its managed directory (a
+//! node's live tree costs directory entries, not data blocks), and a hand edit replaces a
+//! file by rename, so it touches one agent only. More shadows than agents share agents round-robin (one agent process per 10
 //! shadows by default): an agent answers each shadow's check just as it would its own.
 
 use crate::{Agents, Bench, ms, percentile, start_agents};
@@ -167,23 +167,22 @@ pub async fn run(args: DriftArgs) {
             .await;
         control::shadows::remove(&bench.db, "bench", "seed").await.unwrap();
     }
-    // ...and every other agent gets a hard-linked copy of its state and live tree.
-    let live_target = std::fs::read_link(root.join("agent0/live")).unwrap();
-    let generation = live_target.file_name().unwrap().to_owned();
+    // ...and every other agent gets a copy of its state and a hard-linked copy of its
+    // managed directory (generation, live link and top-level links; not its sync file).
     for i in 1..args.agents {
-        std::fs::create_dir_all(root.join(format!("agent{i}"))).unwrap();
-        let status = Command::new("cp")
-            .arg("-al")
-            .arg(root.join("agent0/state"))
-            .arg(root.join(format!("agent{i}/state")))
-            .status()
-            .unwrap();
-        assert!(status.success(), "cp -al failed");
-        std::os::unix::fs::symlink(
-            root.join(format!("agent{i}/state/revisions")).join(&generation),
-            root.join(format!("agent{i}/live")),
-        )
-        .unwrap();
+        let dest = root.join(format!("agent{i}"));
+        std::fs::create_dir_all(&dest).unwrap();
+        for (from, to, flags) in [("state", "state", "-a"), ("live", "live", "-al")] {
+            let status = Command::new("cp")
+                .arg(flags)
+                .arg(root.join("agent0").join(from))
+                .arg(dest.join(to))
+                .status()
+                .unwrap();
+            assert!(status.success(), "cp {flags} failed");
+        }
+        // (The sync file, `..etc-shadow-sync`, is each agent's own.)
+        let _ = std::fs::remove_file(dest.join("live").join("..etc-shadow-sync"));
     }
     let agents = start_agents(&args.agent, root, args.agents);
     for (i, addr) in agents.addrs.iter().enumerate() {

@@ -768,6 +768,7 @@ async fn view_in(conn: &mut SqliteConnection, id: i64) -> Result<ChangeView> {
         rejected_by: change.rejected_by.clone(),
         reject_reason: change.reject_reason.clone(),
         current_revision,
+        staged_ahead: Vec::new(),
     })
 }
 

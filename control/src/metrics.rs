@@ -114,6 +114,12 @@ pub async fn render(db: &Db, checks: &Histogram) -> Result<String> {
         crate::shadows::Driver::agent_bytes_received()
     );
 
+    let _ = writeln!(
+        out,
+        "# HELP etc_shadow_prepares_from_stage_total Prepares a shadow answered from the change's tree staged ahead (sent no entries).\n# TYPE etc_shadow_prepares_from_stage_total counter\netc_shadow_prepares_from_stage_total {}",
+        crate::prestage::prepares_from_stage()
+    );
+
     let in_sync: Vec<(String, Option<f64>)> =
         sqlx::query_as("SELECT name, (julianday('now') - julianday(last_in_sync_at)) * 86400.0 FROM shadows ORDER BY name")
             .fetch_all(&db.read)

@@ -43,6 +43,18 @@ struct Wanted {
 /// Shadows staged to at once.
 const CONCURRENCY: usize = 16;
 
+/// Prepares answered from a tree staged ahead (sent no entries), for `GET /metrics`.
+static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many prepares were answered from a tree staged ahead since the process started.
+pub fn prepares_from_stage() -> u64 {
+    TAKEN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub(crate) fn taken() {
+    TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Coordinator {
     /// The approved change a rollout could start now, with what its prepare would send.
     async fn wanted(&self) -> Result<Option<Wanted>> {
@@ -195,6 +207,18 @@ impl Coordinator {
                 .is_ok_and(|open| open.is_none()),
             Err(_) => false,
         }
+    }
+
+    /// The shadows that hold change `change`'s tree staged ahead, by name.
+    pub fn staged_ahead_of(&self, change: i64) -> Vec<String> {
+        let held = self.staged_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<String> = held
+            .iter()
+            .filter(|(_, stage)| stage.change == change)
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
     }
 
     pub(crate) fn forget_stage(&self, shadow: &str) {

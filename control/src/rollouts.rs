@@ -835,7 +835,12 @@ impl Coordinator {
                         "a shadow no longer held the tree staged ahead; sending the entries"
                     );
                 }
-                other => return other,
+                other => {
+                    if other.is_ok() {
+                        crate::prestage::taken();
+                    }
+                    return other;
+                }
             }
         }
         match driver.prepare(plan.id, request.clone()).await {

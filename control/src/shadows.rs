@@ -543,7 +543,16 @@ impl Driver {
             Driver::Directory(store, progress) => {
                 // A tree being staged ahead stops for it.
                 let _foreground = progress.foreground();
-                Self::blocking(store, move |s| s.prepare(rollout, &request)).await
+                let queued = std::time::Instant::now();
+                Self::blocking(store, move |s| {
+                    // What is left of the writer's deadline, less the wait for the store.
+                    let mut request = request;
+                    request.deadline_ms = request
+                        .deadline_ms
+                        .map(|ms| ms.saturating_sub(u64::try_from(queued.elapsed().as_millis()).unwrap_or(u64::MAX)));
+                    s.prepare(rollout, &request)
+                })
+                .await
             }
             Driver::Agent { .. } => {
                 let body = prepare_body(&request)?;

@@ -313,6 +313,10 @@ pub struct ChangeView {
     pub reject_reason: Option<String>,
     /// The current revision, so a client can tell that the base is stale.
     pub current_revision: i64,
+    /// The shadows holding this change's tree staged ahead of its rollout (their prepare
+    /// only proves and takes it).
+    #[serde(default)]
+    pub staged_ahead: Vec<String>,
 }
 
 /// How one path differs between two entry sets.

@@ -377,7 +377,9 @@ async fn list_changes(State(state): State<AppState>, QueryParams(q): QueryParams
 }
 
 async fn get_change(State(state): State<AppState>, PathParams(id): PathParams<i64>) -> ApiResult<Response> {
-    Ok(Json(changes::get(&state.db, id).await?).into_response())
+    let mut view = changes::get(&state.db, id).await?;
+    view.staged_ahead = state.coordinator.staged_ahead_of(id);
+    Ok(Json(view).into_response())
 }
 
 async fn put_change_entry(

@@ -93,6 +93,27 @@ impl Fleet {
             .await
     }
 
+    /// Waits until the change's page says every shadow holds it staged ahead.
+    async fn staged_everywhere(&self, id: i64) {
+        for _ in 0..400 {
+            let (_, change) = self.editor.get(&format!("/api/v1/changes/{id}")).await;
+            if change["staged_ahead"].as_array().is_some_and(|names| names.len() == 4) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("change {id} was not staged ahead on every shadow within 20 s");
+    }
+
+    /// One counter of `GET /metrics`.
+    async fn metric(&self, name: &str) -> u64 {
+        let text = self.admin.send(reqwest::Method::GET, "/metrics", None).await.text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} is not in /metrics"))
+    }
+
     async fn current(&self) -> Value {
         let (_, page) = self.editor.get("/api/v1/revisions?limit=1").await;
         page["items"][0].clone()
@@ -725,14 +746,14 @@ async fn an_approved_change_is_staged_ahead_an_edit_drops_the_stage_and_the_roll
     let (status, first) = fleet.roll_out(sample(0)).await;
     assert_eq!(first["state"], "applied", "{status} {first}");
     let id = fleet.approved_change(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
-    // Once approved, every shadow (agent and directories) holds the next tree staged ahead.
+    // Once approved, every shadow (agent and directories) holds the next tree staged ahead,
+    // as the change's page says.
     let dirs = fleet.live_dirs();
     let staged = |dir: &PathBuf| dir.join("..r0-rev2/app.toml");
-    eventually("the change is staged ahead on every shadow", || {
-        dirs.iter()
-            .all(|dir| std::fs::read_to_string(staged(dir)).is_ok_and(|c| c.contains("9090")))
-    })
-    .await;
+    fleet.staged_everywhere(id).await;
+    for dir in &dirs {
+        assert!(std::fs::read_to_string(staged(dir)).unwrap().contains("9090"), "{}", dir.display());
+    }
     // A stage is the shadow's own business, not drift: every check says in sync, and what
     // is live is the first revision.
     for name in ["edge", "dc1", "dr-site", "backup"] {
@@ -760,12 +781,9 @@ async fn an_approved_change_is_staged_ahead_an_edit_drops_the_stage_and_the_roll
     fleet.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
     let (status, approved) = fleet.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{approved}");
-    eventually("the edited change is staged ahead", || {
-        dirs.iter()
-            .all(|dir| std::fs::read_to_string(staged(dir)).is_ok_and(|c| c.contains("9191")))
-    })
-    .await;
+    fleet.staged_everywhere(id).await;
     let inodes: Vec<u64> = dirs.iter().map(|dir| inode(&staged(dir))).collect();
+    let taken = fleet.metric("etc_shadow_prepares_from_stage_total").await;
     let (status, rollout) = fleet.approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{rollout}");
     assert_eq!(rollout["state"], "applied", "{rollout}");
@@ -782,5 +800,7 @@ async fn an_approved_change_is_staged_ahead_an_edit_drops_the_stage_and_the_roll
     for shadow in rollout["shadows"].as_array().unwrap() {
         assert_eq!(shadow["receipt_root"], rollout["root"], "{shadow}");
     }
+    // Every prepare was sent no entries and answered from the stage.
+    assert_eq!(fleet.metric("etc_shadow_prepares_from_stage_total").await, taken + 4);
     fleet.server.stop().await;
 }

@@ -361,6 +361,9 @@ struct ByteProof {
     rollout: i64,
     files: Vec<(EntryPath, Hash, ObservedEntry)>,
     seen: Trusted,
+    /// The racy window's edge when the proof was taken: only what had settled by then is
+    /// cached.
+    racy_after: Duration,
 }
 
 /// A walk's root, and the watcher's count of changes before it.
@@ -376,6 +379,12 @@ struct Known {
 /// (`--rewalk-interval`).
 pub const REWALK_INTERVAL: Duration = Duration::from_secs(600);
 
+/// How long looks walk after a touch of the sync file did not come back in time.
+const SYNC_SUSPENSION: Duration = Duration::from_secs(60);
+
+/// The longest a validator may judge a tree staged ahead (see [`Store::prestage`]).
+const PRESTAGE_VALIDATE: Duration = Duration::from_secs(2);
+
 /// How long a look waits for the watcher to report its own touch of the sync file before
 /// it stops trusting the watcher and walks.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -386,8 +395,8 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// touch to come back through the watcher: every change made before the look has then been
 /// reported too (the kernel queues events in order), so an unchanged count means an
 /// unchanged tree. A lost event (a queue overflow) counts as a change; a touch that does
-/// not come back within two seconds, or a watcher that failed, stops the watch: every look
-/// walks from then on. The watcher's own cookies are the same idea as watchman's.
+/// not come back within two seconds makes looks walk for a minute, a watcher that failed
+/// for good. Watchman's cookie files are the same idea.
 #[derive(Debug)]
 pub struct Watch {
     sync_file: PathBuf,
@@ -395,6 +404,8 @@ pub struct Watch {
     synced: Mutex<u64>,
     reported: std::sync::Condvar,
     healthy: std::sync::atomic::AtomicBool,
+    /// After a touch that did not come back in time: not trusted until then.
+    suspended_until: Mutex<Option<Instant>>,
 }
 
 /// The name of the sync file inside the managed directory.
@@ -408,6 +419,7 @@ impl Watch {
             synced: Mutex::new(0),
             reported: std::sync::Condvar::new(),
             healthy: std::sync::atomic::AtomicBool::new(true),
+            suspended_until: Mutex::new(None),
         }
     }
 
@@ -444,6 +456,14 @@ impl Watch {
         if !self.healthy() {
             return None;
         }
+        {
+            let mut suspended = self.suspended_until.lock().unwrap_or_else(|p| p.into_inner());
+            match *suspended {
+                Some(until) if Instant::now() < until => return None,
+                Some(_) => *suspended = None,
+                None => {}
+            }
+        }
         let before = *self.synced.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(err) = self.touch() {
             tracing::warn!(%err, "cannot touch the sync file; walking");
@@ -456,7 +476,8 @@ impl Watch {
             .unwrap_or_else(|p| p.into_inner());
         drop(guard);
         if timeout.timed_out() {
-            self.failed();
+            tracing::warn!("the file watcher did not report the sync file in time: looks walk the tree for a minute");
+            *self.suspended_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + SYNC_SUSPENSION);
             return None;
         }
         Some(self.changes.load(Ordering::SeqCst))
@@ -1243,8 +1264,15 @@ impl Store {
         }
         self.persisted.retired.clear();
         if wait {
-            for thread in emptying {
-                let _ = thread.join();
+            // A rollout's call waiting for the store is not kept waiting for this: the
+            // rest is emptied in the background.
+            while !emptying.iter().all(std::thread::JoinHandle::is_finished) {
+                if self.progress.foreground_waiting() {
+                    return Err(StoreError::Conflict(
+                        "a rollout's call came first: staging ahead stopped, and is done again after it".into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
         Ok(())
@@ -1508,7 +1536,11 @@ impl Store {
                 cache.remove(entry_path.as_str());
                 self.hashes.unsettled.store(true, Ordering::Relaxed);
             }
-            observed.seen.insert(entry_path.as_str().to_string(), (signature, hash));
+            // A later look may trust this reading only if its content was settled when
+            // read: a write in the same timestamp tick after the read would not show.
+            if signature.settled(racy_after) {
+                observed.seen.insert(entry_path.as_str().to_string(), (signature, hash));
+            }
             observed.files.push((entry_path, hash, entry));
         }
         if cached {
@@ -1748,6 +1780,11 @@ impl Store {
     }
 
     fn prepare_untimed(&mut self, rollout: i64, request: &PrepareRequest) -> Result<RolloutAnswer> {
+        if rollout <= 0 || request.revision < 0 {
+            return Err(StoreError::BadRequest(
+                "a rollout's id is positive and its revision not negative".into(),
+            ));
+        }
         let progress = self.progress.clone();
         let _counting = progress.start(rollout);
         let started_at = Instant::now();
@@ -1972,7 +2009,12 @@ impl Store {
         // nothing (and records no epoch: nothing here changed).
         // Checking the base, staging and proving made progress the writer saw (see
         // [`Progress`]) and extended its deadline for: only the wait for the lock counts.
-        let budget = request.deadline_ms.map(|ms| Duration::from_millis(ms).saturating_sub(waited));
+        let mut budget = request.deadline_ms.map(|ms| Duration::from_millis(ms).saturating_sub(waited));
+        if self.background {
+            // A prepare may be waiting behind a validator that cannot stop at a step: one
+            // that needs longer leaves the tree to be staged by the rollout itself.
+            budget = Some(budget.unwrap_or(PRESTAGE_VALIDATE).min(PRESTAGE_VALIDATE));
+        }
         let validated = self.hooks.as_deref().and_then(|h| h.validate(&final_dir, &self.live, budget));
         if let Some(run) = validated.as_ref().filter(|run| !run.ok) {
             let _ = fs::remove_dir_all(&final_dir);
@@ -2072,19 +2114,20 @@ impl Store {
         let Ok(handle) = DirHandle::open(&stage_dir) else {
             return Ok(None);
         };
-        let managed = DirHandle::open(&self.live)?;
-        let _ = fs::remove_dir_all(&final_dir);
-        fs::rename(&stage_dir, &final_dir).map_err(|err| io_error("take the tree staged ahead", err))?;
-        managed.sync()?;
-        let proof = if handle.is_at(&final_dir) {
-            Some(self.observe(&final_dir, Layout::Generation, &stage.manifest, false, &stage.proven)?)
-        } else {
-            None
-        };
-        let Some(proof) = proof.filter(|proof| proof.root().to_hex() == request.target_root) else {
-            tracing::warn!(rollout, "the tree staged ahead changed since it was staged; staging it again");
-            let _ = fs::remove_dir_all(&final_dir);
-            return Ok(None);
+        let proven_at = racy_after(self.racy_window);
+        let taken = self.take_stage(&stage, &stage_dir, &final_dir, &handle);
+        let proof = match taken {
+            Ok(Some(proof)) if proof.root().to_hex() == request.target_root => proof,
+            other => {
+                // Whatever went wrong, nothing half-taken stays behind.
+                let _ = fs::remove_dir_all(&stage_dir);
+                if self.linked_generation().as_deref() != Some(final_dir.as_path()) {
+                    let _ = fs::remove_dir_all(&final_dir);
+                }
+                other?;
+                tracing::warn!(rollout, "the tree staged ahead changed since it was staged; staging it again");
+                return Ok(None);
+            }
         };
         let hook = stage.hook.clone();
         let answer = self.record_staged(rollout, request, dir_name, stage.root, stage.manifest, hook)?;
@@ -2092,8 +2135,28 @@ impl Store {
             rollout,
             files: proof.files,
             seen: proof.seen,
+            racy_after: proven_at,
         });
         Ok(Some(answer))
+    }
+
+    /// Renames the tree staged ahead to `final_dir` and proves it again, trusting what
+    /// its byte proof saw unchanged. `None` when it was replaced meanwhile.
+    fn take_stage(&self, stage: &Prestaged, stage_dir: &Path, final_dir: &Path, handle: &DirHandle) -> Result<Option<Observed>> {
+        let managed = DirHandle::open(&self.live)?;
+        let _ = fs::remove_dir_all(final_dir);
+        fs::rename(stage_dir, final_dir).map_err(|err| io_error("take the tree staged ahead", err))?;
+        managed.sync()?;
+        if !handle.is_at(final_dir) {
+            return Ok(None);
+        }
+        Ok(Some(self.observe(
+            final_dir,
+            Layout::Generation,
+            &stage.manifest,
+            false,
+            &stage.proven,
+        )?))
     }
 
     /// Stages `request`'s tree ahead of its rollout (`PUT /v1/stage`), so that the
@@ -2607,7 +2670,7 @@ impl Store {
         // has given it its hooks, and the commit's repetition then runs the reload.
         self.persisted.reload_pending = Some(rollout);
         self.remember(rollout, RolloutPhase::Committed);
-        if let Some(stale) = self.prestaged.take() {
+        if let Some(stale) = self.prestaged.take().filter(|stale| generation_name(&stale.dir)) {
             self.persisted.retired.push(stale.dir);
         }
         let keep: Vec<String> = self
@@ -2621,7 +2684,9 @@ impl Store {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let generation = name.starts_with("..r") && !name.ends_with(".tmp") && self.staging_shape(&name);
-            if let Some(dir) = name.strip_prefix("..").filter(|_| generation && !keep.contains(&name))
+            if let Some(dir) = name
+                .strip_prefix("..")
+                .filter(|dir| generation && !keep.contains(&name) && generation_name(dir))
                 && !self.persisted.retired.iter().any(|r| r == dir)
             {
                 self.persisted.retired.push(dir.to_string());
@@ -2634,7 +2699,7 @@ impl Store {
     /// out of the racy window (the rule the cache itself follows): the receipt then reads
     /// only what moved since the proof.
     fn trust_proof(&self, proof: ByteProof) {
-        let racy_after = racy_after(self.racy_window);
+        let racy_after = proof.racy_after;
         let manifest = self.live_manifest().clone();
         let mut cache = self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for (path, hash, entry) in proof.files {

@@ -305,6 +305,11 @@ fn ChangeHeader(change: ChangeView, entries_total: usize, actions: Actions) -> i
                     </ul>
                 }.into_any()
             }}
+            {(!change.staged_ahead.is_empty()).then(|| view! {
+                <p class="muted small" data-test="staged-ahead" title="Their prepare only proves and takes the staged tree: rolling out pays for the decision and the switch">
+                    {format!("Staged ahead on {}.", change.staged_ahead.join(", "))}
+                </p>
+            })}
             <div class="actions" data-test="change-actions">
                 {can_submit.then(|| view! {
                     <ActionForm action=actions.submit attr:class="inline">
