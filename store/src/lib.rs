@@ -2181,6 +2181,9 @@ impl Store {
                 "a stage made ahead is of a change's tree, with its entries".into(),
             ));
         }
+        if request.revision < 1 {
+            return Err(StoreError::BadRequest("a change's revision is positive".into()));
+        }
         if let Some(live) = &self.persisted.live
             && request.revision <= live.revision
         {

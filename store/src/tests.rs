@@ -1138,6 +1138,7 @@ fn a_tree_staged_ahead_is_taken_by_a_prepare_that_sends_no_entries_and_is_not_dr
     let mut store = Store::open(&f.live, &f.state, None).unwrap();
     let entries = vec![entry("a.conf", "a\n", "0644"), entry("b.conf", "b\n", "0644")];
     let root = commit_full(&mut store, 1, entries.clone());
+    wait_out_racy_window();
     let full = b_changed(&entries, &root);
     store.prestage(&full).unwrap();
     // The stage is the store's own: the live tree and its root are what they were.
@@ -1160,8 +1161,10 @@ fn a_tree_staged_ahead_is_taken_by_a_prepare_that_sends_no_entries_and_is_not_dr
     let hashed = store.files_hashed();
     let answer = store.prepare(2, &compact).unwrap();
     assert_eq!(answer.root.as_deref(), Some(full.target_root.as_str()));
-    // Proven by `stat`: nothing read again.
-    assert_eq!(store.files_hashed(), hashed, "the stage's files were read again");
+    // Proven by `stat`, but for the one file the stage wrote: it was read moments after
+    // it was written, too soon for its `stat` to vouch for it later.
+    assert_eq!(store.files_hashed(), hashed + 1, "the stage's files were read again");
+    let hashed = store.files_hashed();
     let receipt = store.commit(2, &fence(1)).unwrap();
     assert_eq!(receipt.root.as_deref(), Some(full.target_root.as_str()));
     assert_eq!(fs::read_to_string(f.live.join("b.conf")).unwrap(), "b2\n");
@@ -1370,17 +1373,55 @@ fn a_check_answers_the_maintained_root_until_the_watcher_reports_a_change() {
     let walks = store.walks();
     store.state(true).unwrap();
     assert_eq!(store.walks(), walks + 1);
-    // A watcher that stops answering is not trusted again: every look walks.
+    // A watcher that stops answering is not trusted: looks walk.
     drop(watcher);
     std::thread::sleep(Duration::from_millis(5));
     fs::write(f.live.join("late.conf"), "late\n").unwrap();
     assert_ne!(
         store.live_root().unwrap().to_hex(),
         root,
-        "an unreported change was missed by a dead watcher"
+        "an unreported change was missed by a silent watcher"
     );
+    // One that failed is not trusted again.
+    watch.failed();
     assert!(!watch.healthy());
     let walks = store.walks();
     store.live_root().unwrap();
     assert_eq!(store.walks(), walks + 1);
+}
+
+#[test]
+fn ids_and_revisions_that_would_name_no_generation_are_refused_and_the_state_stays_readable() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let entries = vec![entry("a.conf", "a\n", "0644")];
+    // Before anything is live, a stage of revision -1 would be `..r0-rev-1`: a name the
+    // state's own check refuses, which would keep the store from opening again.
+    let mut negative = request(1, -1, &empty_root(), entries.clone());
+    negative.target_root = root_of(&entries);
+    assert!(matches!(store.prestage(&negative), Err(StoreError::BadRequest(_))));
+    assert!(matches!(store.prepare(3, &negative), Err(StoreError::BadRequest(_))));
+    // Rollout 0 would stage into the name of a tree staged ahead.
+    let zero = request(1, 1, &empty_root(), entries.clone());
+    assert!(matches!(store.prepare(0, &zero), Err(StoreError::BadRequest(_))));
+    commit_full(&mut store, 1, entries);
+    drop(store);
+    Store::open(&f.live, &f.state, None).unwrap();
+}
+
+#[test]
+fn a_stage_proof_trusts_only_what_had_settled_when_it_was_read() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let entries = vec![entry("a.conf", "a\n", "0644"), entry("b.conf", "b\n", "0644")];
+    let root = commit_full(&mut store, 1, entries.clone());
+    wait_out_racy_window();
+    store.live_root().unwrap();
+    let full = b_changed(&entries, &root);
+    store.prestage(&full).unwrap();
+    // `b.conf` was written by the stage a moment ago: its reading is not trusted later,
+    // whatever the clock says then. `a.conf` (linked, written long ago) is.
+    let proven = &store.prestaged.as_ref().unwrap().proven;
+    assert!(proven.contains_key("a.conf"), "{:?}", proven.keys());
+    assert!(!proven.contains_key("b.conf"), "a racy reading was kept as proof");
 }
