@@ -553,14 +553,30 @@ pub async fn webhook_deliveries() -> Result<Page<domain::api::DeliveryView>, Ser
         .map_err(fail)
 }
 
-/// One shadow with its check history (newest 50).
+/// One shadow as the control plane last saw it.
 #[server]
-pub async fn shadow_detail(name: String) -> Result<(domain::api::ShadowView, Vec<domain::api::CheckView>), ServerFnError> {
+pub async fn shadow_detail(name: String) -> Result<domain::api::ShadowView, ServerFnError> {
     use ssr::*;
     caller()?;
-    let view = control::shadows::get(&db()?, &name).await.map_err(fail)?;
-    let checks = monitor()?.checks(&name, None, Some(50)).await.map_err(fail)?;
-    Ok((view, checks.items))
+    control::shadows::get(&db()?, &name).await.map_err(fail)
+}
+
+/// Checks of a shadow shown per page of its history.
+pub const CHECKS_PER_PAGE: i64 = 25;
+
+/// One page of a shadow's check history (newest first, before the check `before`), and
+/// its newest checks (up to 500, oldest first) for the chart.
+#[server]
+pub async fn shadow_checks(
+    name: String,
+    before: Option<i64>,
+) -> Result<(domain::api::Page<domain::api::CheckView>, Vec<domain::api::CheckPoint>), ServerFnError> {
+    use ssr::*;
+    caller()?;
+    let monitor = monitor()?;
+    let page = monitor.checks(&name, before, Some(CHECKS_PER_PAGE)).await.map_err(fail)?;
+    let series = monitor.check_series(&name, 500).await.map_err(fail)?;
+    Ok((page, series))
 }
 
 /// The primary against what a shadow holds now.

@@ -247,6 +247,23 @@ impl Monitor {
         Ok(crate::audit::page(items, limit, |c| c.id))
     }
 
+    /// A shadow's newest `limit` checks (at most [`CHECKS_KEPT`]), oldest first, as the
+    /// shadow page charts them.
+    pub async fn check_series(&self, name: &str, limit: i64) -> Result<Vec<domain::api::CheckPoint>> {
+        shadows::get(&self.db, name).await?;
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT at, status, latency_ms FROM shadow_checks WHERE shadow = ? ORDER BY id DESC LIMIT ?")
+                .bind(name)
+                .bind(limit.clamp(1, CHECKS_KEPT))
+                .fetch_all(&self.db.read)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .rev()
+            .map(|(at, status, latency_ms)| domain::api::CheckPoint { at, status, latency_ms })
+            .collect())
+    }
+
     /// A shadow answered: in sync, or which kind of drift.
     async fn judge(
         &self,

@@ -723,6 +723,15 @@ pub struct DeliveryView {
 }
 
 /// One drift check of one shadow, for its history.
+/// One check as the shadow page's chart draws it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckPoint {
+    pub at: String,
+    /// The shadow's status after the check.
+    pub status: String,
+    pub latency_ms: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckView {
     pub id: i64,

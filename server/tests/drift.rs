@@ -850,3 +850,44 @@ async fn sealed_entries_give_a_viewer_no_hash_to_test_a_guess_against() {
     let (incident, _) = fleet.open_incident("edge", WITHIN).await;
     assert_eq!(kinds(&incident), ["content"], "{incident}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadows_check_history_is_a_small_chart_and_a_paged_table() {
+    // No sweep during the test: the checks are the ones asked for.
+    let fleet = fleet(Duration::from_secs(3600), false).await;
+    for _ in 0..30 {
+        let (status, body) = fleet.editor.post("/api/v1/shadows/dc1/check", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (_, history) = fleet.editor.get("/api/v1/shadows/dc1/checks?limit=500").await;
+    let total = history["items"].as_array().unwrap().len();
+    assert!(total >= 30, "{total} checks");
+    let page = |path: String| {
+        let editor = &fleet.editor;
+        async move {
+            let response = editor.send(reqwest::Method::GET, &path, None).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            response.text().await.unwrap()
+        }
+    };
+    let rows = |html: &str| html.matches("data-test=\"check-row\"").count();
+    let first = page("/shadows/dc1".into()).await;
+    // The chart has a bar for every check kept; the table shows 25 of them and links to
+    // the older ones.
+    assert!(first.contains(&format!("data-checks=\"{total}\"")), "the chart draws every check");
+    assert_eq!(first.matches("class=\"check-bar check-").count(), total);
+    assert_eq!(rows(&first), 25);
+    let older = first
+        .split("data-test=\"checks-older\"")
+        .next()
+        .and_then(|before| before.rsplit("href=\"").next())
+        .and_then(|rest| rest.split('"').next())
+        .map(|href| href.replace("&amp;", "&"))
+        .expect("a link to the older checks");
+    assert!(older.starts_with("/shadows/dc1?checks_before="), "{older}");
+    let second = page(older).await;
+    assert_eq!(rows(&second), total - 25);
+    assert!(!second.contains("data-test=\"checks-older\""), "the last page links no further");
+    assert!(second.contains("data-test=\"checks-newest\""));
+    fleet.server.stop().await;
+}

@@ -3,7 +3,10 @@
 //! against the primary and its check history.
 
 use crate::{
-    api::{AddShadow, CheckShadow, ReconcileShadow, RemoveShadow, RunDrill, shadow_detail, shadow_diff, shadows},
+    api::{
+        AddShadow, CHECKS_PER_PAGE, CheckShadow, ReconcileShadow, RemoveShadow, RunDrill, shadow_checks, shadow_detail, shadow_diff,
+        shadows,
+    },
     components::{
         ActionError, ErrorBox, ShortHash, StateBadge,
         diff::DiffViewer,
@@ -15,7 +18,7 @@ use crate::{
 use domain::Role;
 use leptos::prelude::*;
 use leptos_meta::Title;
-use leptos_router::hooks::use_params_map;
+use leptos_router::hooks::{use_params_map, use_query_map};
 
 #[component]
 pub fn ShadowsPage() -> impl IntoView {
@@ -177,12 +180,18 @@ fn LastDrill(last: Option<domain::api::DrillSummary>) -> impl IntoView {
 #[component]
 pub fn ShadowPage() -> impl IntoView {
     let params = use_params_map();
+    let query = use_query_map();
     let name = move || params.read().get("name").unwrap_or_default();
+    let before = move || query.read().get("checks_before").and_then(|b| b.parse::<i64>().ok());
     let check = ServerAction::<CheckShadow>::new();
     let run_drill = ServerAction::<RunDrill>::new();
     let data = Resource::new(
         move || (name(), check.version().get(), run_drill.version().get()),
         |(name, _, _)| shadow_detail(name),
+    );
+    let history = Resource::new(
+        move || (name(), before(), check.version().get()),
+        |(name, before, _)| shadow_checks(name, before),
     );
     let diff = Resource::new(move || (name(), check.version().get()), |(name, _)| shadow_diff(name));
     view! {
@@ -196,7 +205,7 @@ pub fn ShadowPage() -> impl IntoView {
                 {move || Suspend::new(async move {
                     match data.await {
                         Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
-                        Ok((s, checks)) => {
+                        Ok(s) => {
                             let incidents_href = format!("/incidents?status=&shadow={}", s.name);
                             let drills_href = format!("/drills?shadow={}", s.name);
                             let check_name = s.name.clone();
@@ -231,11 +240,25 @@ pub fn ShadowPage() -> impl IntoView {
                                     </ActionForm>
                                 })}
                             </section>
-                            <h2>"Check history"</h2>
+                        }.into_any()
+                        }
+                    }
+                })}
+            </Transition>
+            <h2>"Check history"</h2>
+            <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match history.await {
+                        Err(err) => view! { <ErrorBox message=error_text(&err) /> }.into_any(),
+                        Ok((page, series)) => {
+                            let older = page.next.map(|next| format!("/shadows/{}?checks_before={next}", name()));
+                            let newest = before().map(|_| format!("/shadows/{}", name()));
+                            view! {
+                            <CheckChart series />
                             <table class="table" data-test="check-history">
                                 <thead><tr><th>"When"</th><th>"Why"</th><th>"Status"</th><th>"Observed root"</th><th>"Took"</th><th>"Error"</th></tr></thead>
                                 <tbody>
-                                    {checks.into_iter().map(|c| view! {
+                                    {page.items.into_iter().map(|c| view! {
                                         <tr data-test="check-row" data-status=c.status.clone() data-trigger=c.trigger.clone()>
                                             <td>{when(&c.at)}</td>
                                             <td>{c.trigger.clone()}</td>
@@ -247,7 +270,11 @@ pub fn ShadowPage() -> impl IntoView {
                                     }).collect_view()}
                                 </tbody>
                             </table>
-                        }.into_any()
+                            <div class="toolbar">
+                                {newest.map(|href| view! { <a class="button" href=href data-test="checks-newest">"Newest checks"</a> })}
+                                {older.map(|href| view! { <a class="button" href=href data-test="checks-older">{format!("Older than these {CHECKS_PER_PAGE}")}</a> })}
+                            </div>
+                            }.into_any()
                         }
                     }
                 })}
@@ -264,4 +291,42 @@ pub fn ShadowPage() -> impl IntoView {
             </Transition>
         </Layout>
     }
+}
+
+/// The newest checks of a shadow as bars, oldest on the left: height for how long the check
+/// took, color for the status it found. A small inline SVG, no script.
+#[component]
+fn CheckChart(series: Vec<domain::api::CheckPoint>) -> impl IntoView {
+    const WIDTH: f64 = 600.0;
+    const HEIGHT: f64 = 60.0;
+    if series.is_empty() {
+        return view! { <p class="muted" data-test="check-chart-empty">"No checks yet."</p> }.into_any();
+    }
+    let slowest = series.iter().map(|c| c.latency_ms).max().unwrap_or(1).max(1) as f64;
+    let bar = WIDTH / series.len() as f64;
+    let in_sync = series.iter().filter(|c| c.status == "in_sync").count();
+    let count = series.len().to_string();
+    let caption = format!(
+        "The last {} checks: {} in sync, the slowest {} ms.",
+        series.len(),
+        in_sync,
+        slowest as i64
+    );
+    view! {
+        <figure class="check-chart" data-test="check-chart" data-checks=count>
+            <svg viewBox=format!("0 0 {WIDTH} {HEIGHT}") preserveAspectRatio="none" role="img" aria-label=caption.clone()>
+                {series.into_iter().enumerate().map(|(i, c)| {
+                    let height = (c.latency_ms.max(0) as f64 / slowest * (HEIGHT - 4.0)).max(2.0);
+                    view! {
+                        <rect class=format!("check-bar check-{}", c.status) x=format!("{:.2}", i as f64 * bar) y=format!("{:.2}", HEIGHT - height)
+                            width=format!("{:.2}", (bar - 0.5).max(0.5)) height=format!("{height:.2}")>
+                            <title>{format!("{}: {} in {} ms", c.at, c.status, c.latency_ms)}</title>
+                        </rect>
+                    }
+                }).collect_view()}
+            </svg>
+            <figcaption class="muted small">{caption}</figcaption>
+        </figure>
+    }
+    .into_any()
 }
