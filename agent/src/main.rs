@@ -450,7 +450,8 @@ fn watch_files(
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ETC_SHADOW_LOG").unwrap_or_else(|_| "info".into()))
+        // notify reports each watch it drops (a removed generation's directories) at info.
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ETC_SHADOW_LOG").unwrap_or_else(|_| "info,notify=warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
