@@ -17,7 +17,10 @@ use axum::{
 use clap::Parser;
 use domain::protocol::{AgentError, AgentErrorBody, Fence, PrepareRequest};
 use futures_util::StreamExt;
-use notify::{EventKind, RecursiveMode, Watcher, event::ModifyKind};
+use notify::{
+    EventKind, RecursiveMode, Watcher,
+    event::{CreateKind, ModifyKind, RenameMode},
+};
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -327,6 +330,10 @@ async fn drill(State(state): State<AgentState>, Json(request): Json<domain::prot
     }
 }
 
+/// After a directory appears in the managed one, how long until a change is counted once
+/// more (see `watch_files`).
+const NEW_DIRECTORY_SETTLE: Duration = Duration::from_millis(500);
+
 /// The longest a drill's health probes may take on the node.
 const DRILL_PROBING: Duration = Duration::from_secs(120);
 
@@ -377,6 +384,8 @@ fn watch_files(
     // the managed one), so removing or replacing a top-level link or `..data` cannot take
     // the watch of what they point to with it.
     let config = notify::Config::default().with_follow_symlinks(false);
+    let runtime = tokio::runtime::Handle::current();
+    let settling = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut watcher = notify::RecommendedWatcher::new(
         move |event: notify::Result<notify::Event>| match event {
             // Events were lost (the kernel's queue overflowed): anything may have changed.
@@ -396,6 +405,22 @@ fn watch_files(
             Ok(event) if !event.kind.is_access() && !event.kind.is_other() => {
                 account.changed();
                 recheck.notify_one();
+                // A directory that appears is watched only once the watcher got to it:
+                // what was written into it before then reported nothing. A change counted
+                // a moment later makes the next look walk after that.
+                if matches!(
+                    event.kind,
+                    EventKind::Create(CreateKind::Folder) | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+                ) && !settling.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    let (account, recheck, settling) = (account.clone(), recheck.clone(), settling.clone());
+                    runtime.spawn(async move {
+                        tokio::time::sleep(NEW_DIRECTORY_SETTLE).await;
+                        settling.store(false, std::sync::atomic::Ordering::SeqCst);
+                        account.changed();
+                        recheck.notify_one();
+                    });
+                }
             }
             Ok(_) => {}
             Err(err) => {

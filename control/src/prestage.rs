@@ -155,10 +155,17 @@ impl Coordinator {
             root: wanted.root.clone(),
             base_root: wanted.base_root.clone(),
         };
+        let refused = |name: &str| {
+            self.stage_refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .is_some_and(|root| *root == stage.root)
+        };
         let missing: Vec<String> = wanted
             .shadows
             .iter()
-            .filter(|name| held.get(*name) != Some(&stage))
+            .filter(|name| held.get(*name) != Some(&stage) && !refused(name))
             .cloned()
             .collect();
         futures::stream::iter(missing)
@@ -181,7 +188,15 @@ impl Coordinator {
                         // The output of the node's validator may quote the files: only
                         // the verdict is logged (the rollout's prepare records it, masked).
                         Some(Err(err)) => {
-                            tracing::info!(shadow = %name, code = %err.code, "the change was not staged ahead on this shadow")
+                            tracing::info!(shadow = %name, code = %err.code, "the change was not staged ahead on this shadow");
+                            if err.code == "validate_failed" {
+                                // Asked again only for another tree; its rollout validates
+                                // it anyway.
+                                self.stage_refused
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .insert(name, stage.root.clone());
+                            }
                         }
                         None => tracing::info!(shadow = %name, "the change was not staged ahead on this shadow (no answer)"),
                     }
@@ -191,7 +206,7 @@ impl Coordinator {
             .collect::<Vec<()>>()
             .await;
         let held = self.staged_ahead.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(wanted.shadows.iter().all(|name| held.get(name) == Some(&stage)))
+        Ok(wanted.shadows.iter().all(|name| held.get(name) == Some(&stage) || refused(name)))
     }
 
     /// Whether a stage just made may be recorded: no rollout began meanwhile (one that

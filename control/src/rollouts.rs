@@ -378,6 +378,9 @@ pub struct Coordinator {
     pub prestaging: bool,
     /// What each shadow answered it holds staged ahead.
     pub(crate) staged_ahead: std::sync::Mutex<HashMap<String, crate::prestage::StagedAhead>>,
+    /// The root each shadow's validator refused to stage ahead: not asked again until
+    /// another tree is wanted.
+    pub(crate) stage_refused: std::sync::Mutex<HashMap<String, String>>,
     pub(crate) staging_nudge: tokio::sync::Notify,
 }
 
@@ -405,6 +408,7 @@ impl Coordinator {
             incident_notices: tokio::sync::broadcast::channel(64).0,
             prestaging: true,
             staged_ahead: std::sync::Mutex::new(HashMap::new()),
+            stage_refused: std::sync::Mutex::new(HashMap::new()),
             staging_nudge: tokio::sync::Notify::new(),
         }
     }

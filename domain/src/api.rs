@@ -722,7 +722,6 @@ pub struct DeliveryView {
     pub delivered_at: Option<String>,
 }
 
-/// One drift check of one shadow, for its history.
 /// One check as the shadow page's chart draws it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckPoint {
@@ -732,6 +731,7 @@ pub struct CheckPoint {
     pub latency_ms: i64,
 }
 
+/// One drift check of one shadow, for its history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckView {
     pub id: i64,

@@ -2015,32 +2015,45 @@ impl Store {
             // that needs longer leaves the tree to be staged by the rollout itself.
             budget = Some(budget.unwrap_or(PRESTAGE_VALIDATE).min(PRESTAGE_VALIDATE));
         }
-        let validated = self.hooks.as_deref().and_then(|h| h.validate(&final_dir, &self.live, budget));
-        if let Some(run) = validated.as_ref().filter(|run| !run.ok) {
-            let _ = fs::remove_dir_all(&final_dir);
-            let _ = fsync_dir(&self.live);
-            return Err(StoreError::ValidateFailed(Box::new(run.clone())));
-        }
-        // A validator that writes into what it checks would change what goes live after it
-        // was proven (and, through a linked file, the live tree itself): the tree is looked
-        // at again, reading only what moved.
-        let mut proven = proof.seen;
-        if validated.is_some() {
-            let again = self.observe(&final_dir, Layout::Generation, manifest, false, &proven)?;
-            if again.root().to_hex() != staged_root {
-                let _ = fs::remove_dir_all(&final_dir);
-                let _ = fsync_dir(&self.live);
-                return Err(StoreError::RootMismatch(
-                    "the validate hook changed the staged files; a validator must only read what it checks".into(),
-                ));
-            }
-            proven = again.seen;
-        }
+        let (validated, proven) = self.validate_staged(&final_dir, manifest, &staged_root, proof.seen, budget)?;
         Ok(Built {
             root: staged_root,
             hook: validated,
             proven,
         })
+    }
+
+    /// The node's validator on a staged generation proven to hash to `root` (`proven`: its
+    /// proof's signatures): a refusal removes the generation and answers
+    /// `validate_failed`; a validator that wrote into it (and, through a linked file, into
+    /// the live tree) is caught by a second look, reading only what moved. Answers the run
+    /// and the signatures as last seen.
+    fn validate_staged(
+        &self,
+        dir: &Path,
+        manifest: &BTreeMap<String, Manifested>,
+        root: &str,
+        proven: Trusted,
+        budget: Option<Duration>,
+    ) -> Result<(Option<domain::protocol::HookRun>, Trusted)> {
+        let validated = self.hooks.as_deref().and_then(|h| h.validate(dir, &self.live, budget));
+        if let Some(run) = validated.as_ref().filter(|run| !run.ok) {
+            let _ = fs::remove_dir_all(dir);
+            let _ = fsync_dir(&self.live);
+            return Err(StoreError::ValidateFailed(Box::new(run.clone())));
+        }
+        if validated.is_none() {
+            return Ok((None, proven));
+        }
+        let again = self.observe(dir, Layout::Generation, manifest, false, &proven)?;
+        if again.root().to_hex() != root {
+            let _ = fs::remove_dir_all(dir);
+            let _ = fsync_dir(&self.live);
+            return Err(StoreError::RootMismatch(
+                "the validate hook changed the staged files; a validator must only read what it checks".into(),
+            ));
+        }
+        Ok((validated, again.seen))
     }
 
     /// Records `dir_name` (proven to hash to `root`) as `rollout`'s staging, durably, and
@@ -2089,8 +2102,8 @@ impl Store {
     /// names (same target root over the same base, revision and content key) and still
     /// proves to be it: files whose signature has not moved since the stage read them are
     /// trusted, anything else is read. `None` (the tree dropped) when it is not there,
-    /// not that tree, or no longer that tree. The validator's verdict on it is the one it
-    /// gave when the tree was staged.
+    /// not that tree, or no longer that tree. The validator judges it again (what it reads
+    /// besides the tree may have changed since the stage), and its verdict is the prepare's.
     fn adopt_prestaged(&mut self, rollout: i64, request: &PrepareRequest) -> Result<Option<RolloutAnswer>> {
         let Some(stage) = self.prestaged.take() else {
             return Ok(None);
@@ -2129,7 +2142,19 @@ impl Store {
                 return Ok(None);
             }
         };
-        let hook = stage.hook.clone();
+        // The validator judges the tree again, as it will go live now: what it reads
+        // besides the tree (certificates, includes) may have changed since it was staged.
+        let budget = request.deadline_ms.map(Duration::from_millis);
+        let (hook, seen) = match self.validate_staged(&final_dir, &stage.manifest, &stage.root, proof.seen.clone(), budget) {
+            Ok(validated) => validated,
+            Err(err) => {
+                if self.linked_generation().as_deref() != Some(final_dir.as_path()) {
+                    let _ = fs::remove_dir_all(&final_dir);
+                }
+                return Err(err);
+            }
+        };
+        let proof = Observed { seen, ..proof };
         let answer = self.record_staged(rollout, request, dir_name, stage.root, stage.manifest, hook)?;
         self.staged_proof = Some(ByteProof {
             rollout,

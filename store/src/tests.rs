@@ -1425,3 +1425,30 @@ fn a_stage_proof_trusts_only_what_had_settled_when_it_was_read() {
     assert!(proven.contains_key("a.conf"), "{:?}", proven.keys());
     assert!(!proven.contains_key("b.conf"), "a racy reading was kept as proof");
 }
+
+#[test]
+fn a_tree_staged_ahead_is_judged_again_by_the_validator_when_it_is_taken() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let entries = vec![entry("a.conf", "a\n", "0644"), entry("b.conf", "b\n", "0644")];
+    let root = commit_full(&mut store, 1, entries.clone());
+    // The validator reads something besides the tree (a certificate, an include): it is
+    // there when the change is staged ahead...
+    let outside = f.state.parent().unwrap().join("cert.pem");
+    fs::write(&outside, "cert\n").unwrap();
+    store.set_hooks(hooks(&format!(
+        "[validate]\ncommand = [\"/bin/sh\", \"-c\", \"test -f {}\"]\n",
+        outside.display()
+    )));
+    let full = b_changed(&entries, &root);
+    store.prestage(&full).unwrap();
+    // ...and gone when the rollout comes: the prepare refuses, as it would without a stage.
+    fs::remove_file(&outside).unwrap();
+    let mut compact = request(1, 2, &root, Vec::new());
+    compact.target_root = full.target_root.clone();
+    compact.prestaged = true;
+    assert!(matches!(store.prepare(2, &compact), Err(StoreError::ValidateFailed(_))));
+    assert_eq!(store.status(2).phase, RolloutPhase::Unknown);
+    assert!(!f.live.join("..r2-rev2").exists(), "a refused tree is not left behind");
+    assert_eq!(fs::read_to_string(f.live.join("b.conf")).unwrap(), "b\n");
+}
