@@ -45,6 +45,10 @@ struct CheckRow {
 /// Checks kept per shadow in its history.
 pub const CHECKS_KEPT: i64 = 500;
 
+/// A shadow's check history is cut back to [`CHECKS_KEPT`] at its first check and every
+/// this many checks after (so it holds at most this many more for a while).
+const PRUNE_EVERY: u32 = 32;
+
 /// How a check came about: the interval, an agent's event, or a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -85,6 +89,8 @@ pub struct Monitor {
     pub check_latency: crate::metrics::Histogram,
     /// One check at a time per shadow.
     checking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Checks logged per shadow since this process started (see [`Monitor::log_check`]).
+    logged: Mutex<HashMap<String, u32>>,
     /// Event-stream listeners of agent shadows, by shadow name.
     listeners: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
@@ -103,6 +109,7 @@ impl Monitor {
             notices: broadcast::channel(1024).0,
             check_latency: crate::metrics::Histogram::default(),
             checking: Mutex::new(HashMap::new()),
+            logged: Mutex::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
         }
     }
@@ -164,14 +171,10 @@ impl Monitor {
                 ..Default::default()
             }),
         };
-        let mut conn = self.db.read.acquire().await?;
-        let current = revisions::current_number(&mut conn).await?;
-        let expected_root: String = sqlx::query_as::<_, (String,)>("SELECT root FROM revisions WHERE number = ?")
-            .bind(current)
-            .fetch_one(&mut *conn)
-            .await?
-            .0;
-        drop(conn);
+        // The current revision and its root, in one query.
+        let (current, expected_root): (i64, String) = sqlx::query_as("SELECT number, root FROM revisions ORDER BY number DESC LIMIT 1")
+            .fetch_one(&self.db.read)
+            .await?;
         // A rollout that started or ended meanwhile makes this reading meaningless, and a
         // shadow a rollout is still writing to is judged by the rollout. A failed check
         // still counts: a shadow that is down is down, rollout or not.
@@ -193,8 +196,16 @@ impl Monitor {
         Ok(after)
     }
 
-    /// Appends to the shadow's check history, keeping the newest [`CHECKS_KEPT`].
+    /// Appends to the shadow's check history, keeping the newest [`CHECKS_KEPT`] (the
+    /// older ones are dropped every [`PRUNE_EVERY`] checks of the shadow: finding the
+    /// cut walks that many rows of the index).
     async fn log_check(&self, view: &ShadowView, trigger: Trigger, latency: Duration, error: Option<String>) -> Result<()> {
+        let prune = {
+            let mut counts = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+            let count = counts.entry(view.name.clone()).or_insert(0);
+            *count += 1;
+            *count % PRUNE_EVERY == 1
+        };
         let mut tx = self.db.begin().await?;
         sqlx::query(
             "INSERT INTO shadow_checks (shadow, at, trigger, status, observed_root, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -208,13 +219,15 @@ impl Monitor {
         .bind(error)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "DELETE FROM shadow_checks WHERE shadow = ?1 AND id <= (SELECT id FROM shadow_checks WHERE shadow = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-        )
-        .bind(&view.name)
-        .bind(CHECKS_KEPT)
-        .execute(&mut *tx)
-        .await?;
+        if prune {
+            sqlx::query(
+                "DELETE FROM shadow_checks WHERE shadow = ?1 AND id <= (SELECT id FROM shadow_checks WHERE shadow = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )
+            .bind(&view.name)
+            .bind(CHECKS_KEPT)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
