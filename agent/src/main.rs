@@ -189,18 +189,27 @@ async fn get_entry(State(state): State<AgentState>, Path(path): Path<String>) ->
     }
 }
 
+/// A prepare's body (or a stage's, or a dry run's), or the refusal of a malformed one.
+/// serde's message may quote a value of the request (an entry's content): the control
+/// plane passes a refusal on to people, so nothing quoted goes back.
+fn request_body(body: Result<Json<PrepareRequest>, axum::extract::rejection::JsonRejection>) -> Result<PrepareRequest, Box<Response>> {
+    body.map(|Json(request)| request).map_err(|rejection| {
+        Box::new(error(
+            rejection.status(),
+            "bad_request",
+            domain::format::unquoted(&rejection.body_text()),
+        ))
+    })
+}
+
 async fn prepare(
     State(state): State<AgentState>,
     Path(id): Path<i64>,
     body: Result<Json<PrepareRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        // serde's message may quote a value of the request (an entry's content): the
-        // control plane passes a refusal on to people, so nothing quoted goes back.
-        Err(rejection) => {
-            return error(rejection.status(), "bad_request", domain::format::unquoted(&rejection.body_text()));
-        }
+    let request = match request_body(body) {
+        Ok(request) => request,
+        Err(response) => return *response,
     };
     // A tree being staged ahead stops for it.
     let _foreground = state.progress.foreground();
@@ -225,11 +234,9 @@ async fn prestage(
     State(state): State<AgentState>,
     body: Result<Json<PrepareRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return error(rejection.status(), "bad_request", domain::format::unquoted(&rejection.body_text()));
-        }
+    let request = match request_body(body) {
+        Ok(request) => request,
+        Err(response) => return *response,
     };
     match with_store(&state, move |store| Ok((store.prestage(&request)?, store::last_timings()))).await {
         Ok((answer, timings)) => (server_timing(timings), Json(answer)).into_response(),
@@ -343,11 +350,9 @@ async fn validate_dry_run(
     State(state): State<AgentState>,
     body: Result<Json<PrepareRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return error(rejection.status(), "bad_request", domain::format::unquoted(&rejection.body_text()));
-        }
+    let request = match request_body(body) {
+        Ok(request) => request,
+        Err(response) => return *response,
     };
     match with_store(&state, move |store| store.validate_dry_run(&request)).await {
         Ok(hook) => Json(domain::protocol::DryRunAnswer { hook }).into_response(),
