@@ -53,8 +53,10 @@ fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// The whole exposition. `checks` is the drift monitor's check-latency histogram.
-pub async fn render(db: &Db, checks: &Histogram) -> Result<String> {
+/// The whole exposition. `checks` is the drift monitor's check-latency histogram,
+/// `prepares_from_stage` the coordinator's count of prepares answered from a tree staged
+/// ahead.
+pub async fn render(db: &Db, checks: &Histogram, prepares_from_stage: u64) -> Result<String> {
     let mut out = String::new();
     let by_status: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM shadows GROUP BY status")
         .fetch_all(&db.read)
@@ -117,7 +119,7 @@ pub async fn render(db: &Db, checks: &Histogram) -> Result<String> {
     let _ = writeln!(
         out,
         "# HELP etc_shadow_prepares_from_stage_total Prepares a shadow answered from the change's tree staged ahead (sent no entries).\n# TYPE etc_shadow_prepares_from_stage_total counter\netc_shadow_prepares_from_stage_total {}",
-        crate::prestage::prepares_from_stage()
+        prepares_from_stage
     );
 
     let in_sync: Vec<(String, Option<f64>)> =

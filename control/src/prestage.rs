@@ -43,18 +43,6 @@ struct Wanted {
 /// Shadows staged to at once.
 const CONCURRENCY: usize = 16;
 
-/// Prepares answered from a tree staged ahead (sent no entries), for `GET /metrics`.
-static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// How many prepares were answered from a tree staged ahead since the process started.
-pub fn prepares_from_stage() -> u64 {
-    TAKEN.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-pub(crate) fn taken() {
-    TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
-
 impl Coordinator {
     /// The approved change a rollout could start now, with what its prepare would send.
     async fn wanted(&self) -> Result<Option<Wanted>> {
@@ -222,6 +210,12 @@ impl Coordinator {
                 .is_ok_and(|open| open.is_none()),
             Err(_) => false,
         }
+    }
+
+    /// How many prepares this coordinator had answered from a tree staged ahead (sent no
+    /// entries), for `GET /metrics`.
+    pub fn prepares_from_stage(&self) -> u64 {
+        self.taken_from_stage.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The shadows that hold change `change`'s tree staged ahead, by name.

@@ -381,6 +381,8 @@ pub struct Coordinator {
     /// The root each shadow's validator refused to stage ahead: not asked again until
     /// another tree is wanted.
     pub(crate) stage_refused: std::sync::Mutex<HashMap<String, String>>,
+    /// Prepares answered from a tree staged ahead.
+    pub(crate) taken_from_stage: std::sync::atomic::AtomicU64,
     pub(crate) staging_nudge: tokio::sync::Notify,
 }
 
@@ -409,6 +411,7 @@ impl Coordinator {
             prestaging: true,
             staged_ahead: std::sync::Mutex::new(HashMap::new()),
             stage_refused: std::sync::Mutex::new(HashMap::new()),
+            taken_from_stage: std::sync::atomic::AtomicU64::new(0),
             staging_nudge: tokio::sync::Notify::new(),
         }
     }
@@ -841,7 +844,7 @@ impl Coordinator {
                 }
                 other => {
                     if other.is_ok() {
-                        crate::prestage::taken();
+                        self.taken_from_stage.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     return other;
                 }

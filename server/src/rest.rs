@@ -642,7 +642,7 @@ async fn remove_webhook(
 }
 
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
-    let text = control::metrics::render(&state.db, &state.monitor.check_latency).await?;
+    let text = control::metrics::render(&state.db, &state.monitor.check_latency, state.coordinator.prepares_from_stage()).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
