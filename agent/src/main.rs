@@ -153,20 +153,51 @@ async fn authenticate(State(state): State<AgentState>, request: Request, next: N
     next.run(request).await
 }
 
-/// Runs a store operation on the blocking pool (it does file I/O and fsync).
+/// Runs a store operation that may change the live tree on the blocking pool (it does file
+/// I/O and fsync); the live root is looked at again after it.
 async fn with_store<T: Send + 'static>(
     state: &AgentState,
     op: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Response> {
+    let result = reading_store(state, op).await;
+    state.recheck.notify_one();
+    result
+}
+
+/// Runs a store operation that only reads (a check, an entry, a status) on the blocking
+/// pool: a change it finds is the watcher's to report, so nothing looks again after it.
+async fn reading_store<T: Send + 'static>(
+    state: &AgentState,
+    op: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Response> {
     let store = state.store.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let mut store = store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         op(&mut store)
     })
     .await
-    .map_err(|err| error(StatusCode::INTERNAL_SERVER_ERROR, "io", err.to_string()))?;
-    state.recheck.notify_one();
-    result.map_err(store_error)
+    .map_err(|err| error(StatusCode::INTERNAL_SERVER_ERROR, "io", err.to_string()))?
+    .map_err(store_error)
+}
+
+/// A prepare's body (or a stage's, or a dry run's). A malformed one is refused without
+/// quoting it: serde's message may quote a value of the request (an entry's content), and
+/// the control plane passes a refusal on to people.
+struct PrepareBody(PrepareRequest);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for PrepareBody {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        match Json::<PrepareRequest>::from_request(request, state).await {
+            Ok(Json(body)) => Ok(PrepareBody(body)),
+            Err(rejection) => Err(error(
+                rejection.status(),
+                "bad_request",
+                domain::format::unquoted(&rejection.body_text()),
+            )),
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -176,41 +207,20 @@ struct StateQuery {
 }
 
 async fn get_state(State(state): State<AgentState>, Query(query): Query<StateQuery>) -> Response {
-    match with_store(&state, move |store| store.state(query.entries)).await {
+    match reading_store(&state, move |store| store.state(query.entries)).await {
         Ok(view) => Json(view).into_response(),
         Err(response) => response,
     }
 }
 
 async fn get_entry(State(state): State<AgentState>, Path(path): Path<String>) -> Response {
-    match with_store(&state, move |store| store.read_entry(&path)).await {
+    match reading_store(&state, move |store| store.read_entry(&path)).await {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
         Err(response) => response,
     }
 }
 
-/// A prepare's body (or a stage's, or a dry run's), or the refusal of a malformed one.
-/// serde's message may quote a value of the request (an entry's content): the control
-/// plane passes a refusal on to people, so nothing quoted goes back.
-fn request_body(body: Result<Json<PrepareRequest>, axum::extract::rejection::JsonRejection>) -> Result<PrepareRequest, Box<Response>> {
-    body.map(|Json(request)| request).map_err(|rejection| {
-        Box::new(error(
-            rejection.status(),
-            "bad_request",
-            domain::format::unquoted(&rejection.body_text()),
-        ))
-    })
-}
-
-async fn prepare(
-    State(state): State<AgentState>,
-    Path(id): Path<i64>,
-    body: Result<Json<PrepareRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let request = match request_body(body) {
-        Ok(request) => request,
-        Err(response) => return *response,
-    };
+async fn prepare(State(state): State<AgentState>, Path(id): Path<i64>, PrepareBody(request): PrepareBody) -> Response {
     // A tree being staged ahead stops for it.
     let _foreground = state.progress.foreground();
     let queued = Instant::now();
@@ -230,14 +240,7 @@ async fn prepare(
 }
 
 /// `PUT /v1/stage`: stages a change's tree ahead of its rollout (see [`Store::prestage`]).
-async fn prestage(
-    State(state): State<AgentState>,
-    body: Result<Json<PrepareRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let request = match request_body(body) {
-        Ok(request) => request,
-        Err(response) => return *response,
-    };
+async fn prestage(State(state): State<AgentState>, PrepareBody(request): PrepareBody) -> Response {
     match with_store(&state, move |store| Ok((store.prestage(&request)?, store::last_timings()))).await {
         Ok((answer, timings)) => (server_timing(timings), Json(answer)).into_response(),
         Err(response) => response,
@@ -317,7 +320,7 @@ async fn drill(State(state): State<AgentState>, Json(request): Json<domain::prot
     let drilling = Drilling(state.drilling.clone());
     let result = async move {
         let (mut answer, hooks, live) =
-            with_store(&state, |store| Ok((store.drill()?, store.hooks(), store.live_dir().to_path_buf()))).await?;
+            reading_store(&state, |store| Ok((store.drill()?, store.hooks(), store.live_dir().to_path_buf()))).await?;
         if let Some(hooks) = hooks {
             // The probes own the mark: a drill whose client hung up still holds it until
             // they end.
@@ -346,14 +349,7 @@ const DRILL_PROBING: Duration = Duration::from_secs(120);
 
 /// `POST /v1/validate`: a dry run of prepare's validate hook on the request's tree
 /// (nothing staged, nothing recorded); answers `{"hook": …}` (null without a hook).
-async fn validate_dry_run(
-    State(state): State<AgentState>,
-    body: Result<Json<PrepareRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let request = match request_body(body) {
-        Ok(request) => request,
-        Err(response) => return *response,
-    };
+async fn validate_dry_run(State(state): State<AgentState>, PrepareBody(request): PrepareBody) -> Response {
     match with_store(&state, move |store| store.validate_dry_run(&request)).await {
         Ok(hook) => Json(domain::protocol::DryRunAnswer { hook }).into_response(),
         Err(response) => response,
@@ -361,7 +357,7 @@ async fn validate_dry_run(
 }
 
 async fn rollout_status(State(state): State<AgentState>, Path(id): Path<i64>) -> Response {
-    match with_store(&state, move |store| Ok(store.status(id))).await {
+    match reading_store(&state, move |store| Ok(store.status(id))).await {
         Ok(answer) => Json(answer).into_response(),
         Err(response) => response,
     }

@@ -70,12 +70,7 @@ impl Coordinator {
         let Some(change) = chosen else {
             return Ok(None);
         };
-        let shadows: Vec<String> = sqlx::query_as::<_, (String,)>("SELECT name FROM shadows ORDER BY name")
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|(name,)| name)
-            .collect();
+        let shadows = changes::target_set(&mut conn).await?;
         let base = revisions::entries(&mut conn, current).await?;
         let ops = changes::operations(&mut conn, change.id).await?;
         let next = changes::apply(&base, &ops);

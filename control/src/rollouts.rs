@@ -515,12 +515,7 @@ impl Coordinator {
         let root = root_of(&next)?.to_hex();
         let base_root = root_of(&base)?.to_hex();
         let number = current + 1;
-        let shadows: Vec<String> = sqlx::query_as::<_, (String,)>("SELECT name FROM shadows ORDER BY name")
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|(n,)| n)
-            .collect();
+        let shadows = changes::target_set(&mut tx).await?;
         let decided_now = shadows.is_empty();
         let (state, decision) = if decided_now {
             (State::Applied, Some(Decision::Commit))
