@@ -242,7 +242,20 @@ async fn prepare(State(state): State<AgentState>, Path(id): Path<i64>, PrepareBo
 /// `PUT /v1/stage`: stages a change's tree ahead of its rollout (see [`Store::prestage`]).
 async fn prestage(State(state): State<AgentState>, PrepareBody(request): PrepareBody) -> Response {
     match with_store(&state, move |store| Ok((store.prestage(&request)?, store::last_timings()))).await {
-        Ok((answer, timings)) => (server_timing(timings), Json(answer)).into_response(),
+        Ok((answer, timings)) => {
+            // Once the stage settled (its files out of the racy window, the watcher done
+            // with its new directories), it is proven once more for the watcher to vouch
+            // for: the prepare that takes it then need not walk it.
+            let later = state.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(VOUCH_AFTER).await;
+                match reading_store(&later, |store| store.vouch_stage()).await {
+                    Ok(true) => tracing::debug!("the watcher vouches for the tree staged ahead"),
+                    Ok(false) | Err(_) => tracing::debug!("the tree staged ahead is not vouched for; its prepare walks it"),
+                }
+            });
+            (server_timing(timings), Json(answer)).into_response()
+        }
         Err(response) => response,
     }
 }
@@ -344,6 +357,11 @@ async fn drill(State(state): State<AgentState>, Json(request): Json<domain::prot
 /// more (see `watch_files`).
 const NEW_DIRECTORY_SETTLE: Duration = Duration::from_millis(500);
 
+/// How long after staging ahead the stage is proven again for the watcher to vouch for:
+/// past the racy window (its files read as settled) and the watcher's extra change for
+/// new directories ([`NEW_DIRECTORY_SETTLE`]), which would otherwise come after.
+const VOUCH_AFTER: Duration = Duration::from_millis(1100);
+
 /// The longest a drill's health probes may take on the node.
 const DRILL_PROBING: Duration = Duration::from_secs(120);
 
@@ -404,7 +422,7 @@ fn watch_files(
             // Reading the files to hash them produces access events; reacting to those would
             // loop forever. Only changes count.
             Ok(event) if !event.kind.is_access() && !event.kind.is_other() => {
-                account.changed();
+                account.changed_at(&event.paths);
                 recheck.notify_one();
                 // A directory that appears is watched only once the watcher got to it:
                 // what was written into it before then reported nothing. A change counted

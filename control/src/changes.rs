@@ -77,7 +77,7 @@ pub(crate) async fn load(conn: &mut SqliteConnection, id: i64) -> Result<ChangeR
 }
 
 /// One operation of a change as stored: `blob` is `None` for a delete.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub(crate) struct ChangeEntryRow {
     pub op: String,
     #[sqlx(flatten)]

@@ -16,6 +16,8 @@ pub const DATABASE_FILE: &str = "etc-shadow.db";
 pub struct Db {
     pub read: SqlitePool,
     write: SqlitePool,
+    /// Set while the writer connection has `synchronous=NORMAL` for a relaxed transaction.
+    relaxed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Seals and opens what is encrypted at rest (see [`crate::secrets`]).
     pub keys: std::sync::Arc<crate::secrets::Keyring>,
     /// Key names whose values are secret inside structured entries (see
@@ -189,7 +191,25 @@ impl Db {
             .busy_timeout(Duration::from_secs(10))
             // Deleted rows are overwritten, not left in free pages: no old plaintext lingers.
             .pragma("secure_delete", "ON");
-        let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        // A relaxed transaction (see [`Db::begin_relaxed`]) leaves its connection with
+        // `synchronous=NORMAL`; it is set back before anyone else gets the connection.
+        let relaxed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let left_relaxed = relaxed.clone();
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .after_release(move |conn, _| {
+                let left_relaxed = left_relaxed.clone();
+                Box::pin(async move {
+                    if !left_relaxed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        return Ok(true);
+                    }
+                    // Kept only when it is durable again (otherwise closed: a new
+                    // connection starts with the options' `synchronous=FULL`).
+                    Ok(sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await.is_ok())
+                })
+            })
+            .connect_with(options.clone())
+            .await?;
         sqlx::migrate!("../migrations").run(&write).await?;
         private_database_files(data_dir)?;
         let read = SqlitePoolOptions::new()
@@ -199,6 +219,7 @@ impl Db {
         let db = Db {
             read,
             write,
+            relaxed,
             keys: std::sync::Arc::new(keys),
             secret_keys: std::sync::Arc::default(),
             webhook_internal: false,
@@ -220,6 +241,23 @@ impl Db {
     pub async fn begin(&self) -> Result<Tx> {
         Ok(Tx {
             inner: self.write.begin().await?,
+            chain: self.keys.audit_key(),
+        })
+    }
+
+    /// Starts a write transaction whose commit is not fsynced on its own: it becomes
+    /// durable with the next durable commit (the WAL is written in order, and a durable
+    /// commit fsyncs everything before it), or is lost with the ones after it on a power
+    /// failure, never torn and never out of order. For journal writes that recovery
+    /// can do without: a shadow's answer while others are still awaited (lost, the
+    /// shadow is asked again), never a decision, an end or an operator's action.
+    pub async fn begin_relaxed(&self) -> Result<Tx> {
+        let mut conn = self.write.acquire().await?;
+        self.relaxed.store(true, std::sync::atomic::Ordering::SeqCst);
+        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+        Ok(Tx {
+            // What `Pool::begin` does with the connection it acquires.
+            inner: Transaction::begin(conn, None).await?,
             chain: self.keys.audit_key(),
         })
     }

@@ -36,7 +36,7 @@ struct Wanted {
     revision: i64,
     root: String,
     base_root: String,
-    entries: Vec<StagedEntry>,
+    entries: std::sync::Arc<Vec<StagedEntry>>,
     shadows: Vec<String>,
 }
 
@@ -71,15 +71,13 @@ impl Coordinator {
             return Ok(None);
         };
         let shadows = changes::target_set(&mut conn).await?;
-        let base = revisions::entries(&mut conn, current).await?;
-        let ops = changes::operations(&mut conn, change.id).await?;
-        let next = changes::apply(&base, &ops);
+        let plan = self.change_plan(&mut conn, change.id, current).await?;
         Ok(Some(Wanted {
             change: change.id,
             revision: current + 1,
-            root: crate::rollouts::root_of(&next)?.to_hex(),
-            base_root: crate::rollouts::root_of(&base)?.to_hex(),
-            entries: crate::rollouts::staged_entries(&mut conn, &self.db, &next, Some(&base)).await?,
+            root: plan.root,
+            base_root: plan.base_root,
+            entries: plan.entries,
             shadows,
         }))
     }
@@ -127,7 +125,7 @@ impl Coordinator {
             target_root: wanted.root.clone(),
             base_root: wanted.base_root.clone(),
             reconcile: false,
-            entries: wanted.entries.clone(),
+            entries: wanted.entries.to_vec(),
             audit_head: None,
             content_key: Some(self.db.keys.content_key().to_hex()),
             deadline_ms: Some(u64::try_from(self.prepare_limit.as_millis()).unwrap_or(u64::MAX)),

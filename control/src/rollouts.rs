@@ -326,13 +326,13 @@ struct Plan {
     base_root: String,
     reconcile: bool,
     /// Entries the shadows hold already go by hash (see [`staged_entries`]).
-    entries: Vec<StagedEntry>,
+    entries: Arc<Vec<StagedEntry>>,
     shadows: Vec<String>,
     /// The entry set the rollout serves, for the content a shadow asks for.
-    set: EntrySet,
+    set: Arc<EntrySet>,
     /// For a change rollout: the change and the entry set of the next revision.
     /// (And the base revision's set, which the next one is written from.)
-    change: Option<(ChangeRow, EntrySet, EntrySet)>,
+    change: Option<(ChangeRow, Arc<EntrySet>, Arc<EntrySet>)>,
     /// The secret fragments of the entry set, masked in what the nodes' hooks print.
     masks: Vec<String>,
 }
@@ -384,6 +384,29 @@ pub struct Coordinator {
     /// Prepares answered from a tree staged ahead.
     pub(crate) taken_from_stage: std::sync::atomic::AtomicU64,
     pub(crate) staging_nudge: tokio::sync::Notify,
+    /// The last change plan computed (see [`Coordinator::change_plan`]).
+    plan_memo: std::sync::Mutex<Option<PlanMemo>>,
+}
+
+/// What rolling a change out on top of a revision means: computed once for a change's
+/// operations and a revision, and shared by the staging pass (which stages it ahead) and
+/// the rollout's start (which prepares it), so a rollout of a large set does not load and
+/// hash it again after it was staged.
+#[derive(Clone)]
+pub(crate) struct ChangePlan {
+    pub base: Arc<EntrySet>,
+    pub next: Arc<EntrySet>,
+    pub root: String,
+    pub base_root: String,
+    /// Entries the shadows hold already go by hash (see [`staged_entries`]).
+    pub entries: Arc<Vec<StagedEntry>>,
+}
+
+struct PlanMemo {
+    change: i64,
+    revision: i64,
+    ops: Vec<changes::ChangeEntryRow>,
+    plan: ChangePlan,
 }
 
 /// The commit answers that no retry can change: the shadow no longer holds the staging
@@ -413,7 +436,39 @@ impl Coordinator {
             stage_refused: std::sync::Mutex::new(HashMap::new()),
             taken_from_stage: std::sync::atomic::AtomicU64::new(0),
             staging_nudge: tokio::sync::Notify::new(),
+            plan_memo: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The plan of change `change` on top of revision `current`, read through `conn`: the
+    /// one computed last when the change's operations and the revision are the same (a
+    /// revision's entries never change, and an edit changes the operations), computed
+    /// otherwise.
+    pub(crate) async fn change_plan(&self, conn: &mut SqliteConnection, change: i64, current: i64) -> Result<ChangePlan> {
+        let ops = changes::operations(conn, change).await?;
+        if let Some(memo) = self.plan_memo.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && memo.change == change
+            && memo.revision == current
+            && memo.ops == ops
+        {
+            return Ok(memo.plan.clone());
+        }
+        let base = revisions::entries(conn, current).await?;
+        let next = changes::apply(&base, &ops);
+        let plan = ChangePlan {
+            root: root_of(&next)?.to_hex(),
+            base_root: root_of(&base)?.to_hex(),
+            entries: Arc::new(staged_entries(conn, &self.db, &next, Some(&base)).await?),
+            base: Arc::new(base),
+            next: Arc::new(next),
+        };
+        *self.plan_memo.lock().unwrap_or_else(|p| p.into_inner()) = Some(PlanMemo {
+            change,
+            revision: current,
+            ops,
+            plan: plan.clone(),
+        });
+        Ok(plan)
     }
 
     /// Whether a rollout (or recovery) is running now.
@@ -509,11 +564,13 @@ impl Coordinator {
         let mut tx = self.db.begin().await?;
         let change = changes::load(&mut tx, change_id).await?;
         let current = check_rollable(&mut tx, &change).await?;
-        let base = revisions::entries(&mut tx, current).await?;
-        let ops = changes::operations(&mut tx, change_id).await?;
-        let next = changes::apply(&base, &ops);
-        let root = root_of(&next)?.to_hex();
-        let base_root = root_of(&base)?.to_hex();
+        let ChangePlan {
+            base,
+            next,
+            root,
+            base_root,
+            entries,
+        } = self.change_plan(&mut tx, change_id, current).await?;
         let number = current + 1;
         let shadows = changes::target_set(&mut tx).await?;
         let decided_now = shadows.is_empty();
@@ -560,8 +617,7 @@ impl Coordinator {
         sqlx::query("UPDATE shadows SET status = 'rolling_out'").execute(&mut *tx).await?;
         audit::append(&mut tx, &caller.username, "rollout.start", &format!("rollout/{id}"), details).await?;
         // Every shadow serves the base (a prepare checks it): what it holds unchanged
-        // goes by hash.
-        let entries = staged_entries(&mut tx, &self.db, &next, Some(&base)).await?;
+        // goes by hash (in the plan's entries).
         // A validator may print the live files beside the staged ones.
         let masks = crate::hooks::secret_values_of(&mut tx, &self.db, &[&next, &base]).await?;
         tx.commit().await?;
@@ -637,9 +693,9 @@ impl Coordinator {
             root: root.clone(),
             base_root: root,
             reconcile: true,
-            entries,
+            entries: Arc::new(entries),
             shadows: vec![shadow.to_string()],
-            set,
+            set: Arc::new(set),
             change: None,
             masks,
         };
@@ -695,7 +751,7 @@ impl Coordinator {
             target_root: plan.root.clone(),
             base_root: plan.base_root.clone(),
             reconcile: plan.reconcile,
-            entries: plan.entries.clone(),
+            entries: plan.entries.to_vec(),
             audit_head: (head.seq > 0).then_some(domain::audit::Anchor {
                 seq: head.seq,
                 hash: head.hash,
@@ -797,7 +853,8 @@ impl Coordinator {
                 Err(_) => Event::DeadlinePassed,
             };
             let deadline_passed = event == Event::DeadlinePassed;
-            let (rollout, actions) = self.record(plan.id, event, Some(&plan)).await?;
+            let others_awaited = answered.len() < plan.shadows.len();
+            let (rollout, actions) = self.record_answer(plan.id, event, Some(&plan), others_awaited).await?;
             self.perform(plan.id, &plan.root, &actions).await?;
             if !deadline_passed {
                 crash_point("after_prepare");
@@ -891,7 +948,20 @@ impl Coordinator {
     /// Applies an event from a shadow or the clock; an event that does not fit (a late or
     /// forged answer) is logged and changes nothing.
     async fn record(&self, id: i64, event: Event, plan: Option<&Plan>) -> Result<(Rollout, Vec<Action>)> {
-        match self.apply(id, event, plan, None).await {
+        self.record_answer(id, event, plan, false).await
+    }
+
+    /// [`Self::record`] of a shadow's answer; `others_awaited`: the caller still waits
+    /// for other shadows' answers, so this one most likely decides nothing and its
+    /// journal write need not be fsynced on its own (see [`Db::begin_relaxed`]).
+    async fn record_answer(&self, id: i64, event: Event, plan: Option<&Plan>, others_awaited: bool) -> Result<(Rollout, Vec<Action>)> {
+        let relaxed = others_awaited && matches!(event, Event::Prepared { .. } | Event::Committed { .. });
+        let applied = match self.apply_in(id, event.clone(), plan, None, relaxed).await {
+            // It decided something after all: written again, durably.
+            Err(Error::Conflict { code: "needs_durable", .. }) => self.apply_in(id, event, plan, None, false).await,
+            other => other,
+        };
+        match applied {
             Err(Error::Conflict {
                 code: "rollout_state",
                 message,
@@ -910,7 +980,26 @@ impl Coordinator {
     /// The actions are carried out by the caller afterwards, so nothing is ever sent that
     /// the journal does not already hold.
     async fn apply(&self, id: i64, event: Event, plan: Option<&Plan>, operator: Option<&Caller>) -> Result<(Rollout, Vec<Action>)> {
-        let mut tx = self.db.begin().await?;
+        self.apply_in(id, event, plan, operator, false).await
+    }
+
+    /// [`Self::apply`] in a relaxed transaction when `relaxed`: a step that decides or
+    /// ends anything, or asks for anything to be sent, is refused with `needs_durable`
+    /// before it is written, so only a shadow's answer that changes nothing else can be
+    /// lost to a power failure (and the shadow is asked again at recovery).
+    async fn apply_in(
+        &self,
+        id: i64,
+        event: Event,
+        plan: Option<&Plan>,
+        operator: Option<&Caller>,
+        relaxed: bool,
+    ) -> Result<(Rollout, Vec<Action>)> {
+        let mut tx = if relaxed && operator.is_none() {
+            self.db.begin_relaxed().await?
+        } else {
+            self.db.begin().await?
+        };
         let (mut rollout, meta) = load_in(&mut tx, id).await?;
         let before = rollout.clone();
         let operator_action = match &event {
@@ -921,6 +1010,14 @@ impl Coordinator {
         let actions = rollout
             .step(event)
             .map_err(|invalid| Error::conflict("rollout_state", format!("rollout {id}: {invalid}")))?;
+        if relaxed
+            && (!actions.is_empty()
+                || rollout.state != before.state
+                || rollout.decision != before.decision
+                || rollout.error != before.error)
+        {
+            return Err(Error::conflict("needs_durable", format!("rollout {id}: this step decides")));
+        }
         let at = now();
         for (name, progress) in &rollout.shadows {
             let old = before.shadows.get(name);
@@ -1165,7 +1262,8 @@ impl Coordinator {
                 () = &mut operator_moved => continue,
             };
             let mut answered = false;
-            for (shadow, result) in results {
+            let last = results.len().saturating_sub(1);
+            for (index, (shadow, result)) in results.into_iter().enumerate() {
                 match result {
                     Ok(answer) => {
                         if let Some(run) = answer.hook {
@@ -1173,7 +1271,8 @@ impl Coordinator {
                             self.reloaded(id, &shadow, &rollout.root, answer.root.as_deref(), run).await?;
                         }
                         let receipt = answer.root.unwrap_or_default();
-                        self.record(id, Event::Committed { shadow, receipt }, None).await?;
+                        self.record_answer(id, Event::Committed { shadow, receipt }, None, index < last)
+                            .await?;
                         crash_point("after_commit");
                         answered = true;
                     }

@@ -215,7 +215,7 @@ async fn an_unreachable_agent_at_prepare_aborts_the_rollout() {
     let mut fleet = fleet().await;
     let (_, first) = fleet.roll_out(sample(0)).await;
     assert_eq!(first["state"], "applied");
-    let state_before = std::fs::read_to_string(fleet.agent.state.join("state.json")).unwrap();
+    let state_before = store::statefile::read_state_body(&fleet.agent.state).unwrap();
     fleet.agent.kill();
     let (status, rollout) = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 7070\n")).await;
     assert_eq!(status, StatusCode::CREATED, "{rollout}");
@@ -224,7 +224,7 @@ async fn an_unreachable_agent_at_prepare_aborts_the_rollout() {
     assert_eq!(fleet.current().await["number"], 1);
     fleet.agent.restart();
     assert_eq!(
-        std::fs::read_to_string(fleet.agent.state.join("state.json")).unwrap(),
+        store::statefile::read_state_body(&fleet.agent.state).unwrap(),
         state_before,
         "nothing was staged on the dead agent"
     );
@@ -597,7 +597,7 @@ async fn https_agents_are_trusted_by_their_pin_and_nothing_else() {
     assert!(!error.contains(AGENT_TOKEN));
     assert_eq!(fleet.current().await["number"], 1, "the primary revision is unchanged");
     assert!(
-        !impostor.state.join("state.json").exists(),
+        store::statefile::read_state_body(&impostor.state).is_none(),
         "the impostor never received a write (nor the token: the handshake failed first)"
     );
     fleet.server.stop().await;

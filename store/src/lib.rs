@@ -148,7 +148,8 @@ struct Generation {
     root: String,
     /// Name of its directory inside the managed one, without the leading `..`.
     dir: String,
-    manifest: BTreeMap<String, Manifested>,
+    /// Shared, never changed: the state's snapshot (see [`Store::saved`]) costs no copy.
+    manifest: std::sync::Arc<BTreeMap<String, Manifested>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,6 +313,13 @@ fn generation_name(name: &str) -> bool {
         .is_some_and(|(rollout, revision)| digits(rollout) && digits(revision))
 }
 
+/// The state a slot (or the legacy file) holds, checked.
+fn parse_state(loaded: &statefile::Loaded) -> Result<Persisted> {
+    serde_json::from_slice::<Persisted>(&loaded.body)
+        .map_err(|err| StoreError::Io(format!("{} is corrupt: {err}", loaded.file.display())))?
+        .check(&loaded.file)
+}
+
 impl Persisted {
     /// Refuses a state whose names could lead outside the managed directory (a state file
     /// on a volume someone else can write).
@@ -351,7 +359,27 @@ struct Prestaged {
     /// `stat` alone, so a prepare that takes the tree may trust what has not moved since.
     proven: Trusted,
     hook: Option<domain::protocol::HookRun>,
+    /// Proven again once it settled, with the watcher's word since (see
+    /// [`Store::vouch_stage`]).
+    vouched: Option<Vouched>,
 }
+
+/// A tree proven by a walk during which the file watcher reported no change below the
+/// managed directory's top level. It stays as proven for as long as that count of
+/// changes stands and its directory is the same one: a prepare that takes it, and the
+/// receipt of the commit that switches to it, need not walk it again (see
+/// [`Store::vouch_stage`]). Only trees of [`VOUCH_MIN_FILES`] files or more are vouched
+/// for: a smaller one is walked faster than the watcher is asked.
+struct Vouched {
+    /// The watcher's count of changes below the top level when the walk began.
+    deep: u64,
+    /// The tree's directory (device, inode).
+    dir: (u64, u64),
+    proof: Observed,
+}
+
+/// The fewest files a tree must have for the watcher to be asked to vouch for it.
+const VOUCH_MIN_FILES: usize = 256;
 
 /// The proof of a staged generation whose every hash goes back to bytes read (one taken
 /// from a [`Prestaged`] tree): at its commit, the live tree's hash cache takes the
@@ -401,6 +429,10 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Watch {
     sync_file: PathBuf,
     changes: AtomicU64,
+    /// The changes below the managed directory's own entries (inside a generation, say):
+    /// a commit's switch changes only the top level, so a tree proven before the switch
+    /// is vouched for after it while this count stands (see [`Store::commit`]).
+    deep_changes: AtomicU64,
     synced: Mutex<u64>,
     reported: std::sync::Condvar,
     healthy: std::sync::atomic::AtomicBool,
@@ -416,6 +448,7 @@ impl Watch {
         Watch {
             sync_file: live.join(SYNC_FILE),
             changes: AtomicU64::new(0),
+            deep_changes: AtomicU64::new(0),
             synced: Mutex::new(0),
             reported: std::sync::Condvar::new(),
             healthy: std::sync::atomic::AtomicBool::new(true),
@@ -430,6 +463,18 @@ impl Watch {
 
     /// The watcher reported a change (or lost events: anything may have changed).
     pub fn changed(&self) {
+        self.deep_changes.fetch_add(1, Ordering::SeqCst);
+        self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The watcher reported a change of `paths`: one that touches only entries of the
+    /// managed directory itself (its links, `..data`, a generation's name) is not a
+    /// change below them.
+    pub fn changed_at(&self, paths: &[PathBuf]) {
+        let top_level = !paths.is_empty() && paths.iter().all(|p| p.parent() == self.sync_file.parent());
+        if !top_level {
+            self.deep_changes.fetch_add(1, Ordering::SeqCst);
+        }
         self.changes.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -453,6 +498,11 @@ impl Watch {
     /// Touches the sync file and waits until the watcher reported it: the count of changes
     /// then covers every change made before. `None` when the watch cannot be trusted.
     fn sync(&self) -> Option<u64> {
+        self.sync_both().map(|(changes, _)| changes)
+    }
+
+    /// [`Watch::sync`], answering both counts: all changes, and those below the top level.
+    fn sync_both(&self) -> Option<(u64, u64)> {
         if !self.healthy() {
             return None;
         }
@@ -480,7 +530,10 @@ impl Watch {
             *self.suspended_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + SYNC_SUSPENSION);
             return None;
         }
-        Some(self.changes.load(Ordering::SeqCst))
+        // Deep first: a change counts there before it counts in all (see `changed`), so
+        // a pair read here never shows a deep change without the change itself.
+        let deep = self.deep_changes.load(Ordering::SeqCst);
+        Some((self.changes.load(Ordering::SeqCst), deep))
     }
 
     /// Sets the sync file's times to now (never following a link), creating it if gone.
@@ -508,8 +561,12 @@ impl Watch {
 pub struct Store {
     live: PathBuf,
     state_dir: PathBuf,
+    state_file: Mutex<statefile::StateFile>,
     pinned_control_plane: Option<String>,
     persisted: Persisted,
+    /// The state as last read or saved: an operation that changed `persisted` and failed
+    /// before it saved must leave no trace, so each operation starts from this.
+    saved: Persisted,
     hashes: HashCache,
     /// The node's hooks (validate before prepared, reload after the switch, health).
     hooks: Option<std::sync::Arc<hooks::Hooks>>,
@@ -518,6 +575,13 @@ pub struct Store {
     progress: std::sync::Arc<Progress>,
     prestaged: Option<Prestaged>,
     staged_proof: Option<ByteProof>,
+    /// The staged generation's rollout and the watcher's deep count when its proof began
+    /// (with its directory): the commit's receipt is vouched for while both stand.
+    staged_vouch: Option<(i64, u64, (u64, u64))>,
+    /// A committed generation's byte proof not yet given to the hash cache: a receipt
+    /// the watcher vouched for did not need it, so the next walk of the live tree takes it
+    /// (see [`Store::trust_proof`]).
+    untrusted_proof: Mutex<Option<ByteProof>>,
     /// Set while a tree is staged ahead: it stops for a rollout's call (see
     /// [`Progress::foreground`]).
     background: bool,
@@ -532,6 +596,9 @@ pub struct Store {
     /// Tests: runs after the held files were proven, before they are linked.
     #[cfg(test)]
     after_hold: Option<Box<dyn FnMut() + Send>>,
+    /// Tests: every save fails as on a full disk.
+    #[cfg(test)]
+    fail_saves: bool,
 }
 
 /// How far the running prepare has come, readable without the store's lock: a writer
@@ -761,45 +828,6 @@ fn finish_timings(started: Instant) {
 fn fsync_dir(path: &Path) -> Result<()> {
     timed(|t| &mut t.fsync, || File::open(path).and_then(|dir| dir.sync_all()))
         .map_err(|err| io_error(format!("fsync {}", path.display()), err))
-}
-
-/// Writes `bytes` to `path` durably: temporary file, fsync, rename, fsync of the directory.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let parent = path
-        .parent()
-        .ok_or_else(|| StoreError::Io(format!("{} has no parent", path.display())))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    // A leftover (or planted) temporary is removed, never followed: a symlink there is
-    // unlinked itself, and the new file is created exclusively without following links.
-    let _ = fs::remove_file(&temporary);
-    let mut file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(&temporary)
-    }
-    .map_err(|err| io_error(format!("create {}", temporary.display()), err))?;
-    let written = timed(
-        |t| &mut t.write,
-        || disk_budget::charge(bytes.len()).and_then(|()| file.write_all(bytes)),
-    )
-    .map_err(|err| io_error(format!("write {}", temporary.display()), err))
-    .and_then(|()| {
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|err| io_error(format!("chmod {}", temporary.display()), err))
-    })
-    .and_then(|()| timed(|t| &mut t.fsync, || file.sync_all()).map_err(|err| io_error(format!("fsync {}", temporary.display()), err)))
-    .and_then(|()| fs::rename(&temporary, path).map_err(|err| io_error(format!("rename {}", path.display()), err)));
-    if written.is_err() {
-        // A full disk must not be left fuller by a half-written temporary file.
-        let _ = fs::remove_file(&temporary);
-    }
-    written?;
-    fsync_dir(parent)
 }
 
 /// A simulated nearly full disk for tests (feature `failpoints`): once the budget from
@@ -1039,6 +1067,11 @@ impl DirHandle {
     }
 
     /// Whether `path` (not followed) is this very directory.
+    /// The directory's (device, inode).
+    fn identity(&self) -> Option<(u64, u64)> {
+        self.file.metadata().ok().map(|m| (m.dev(), m.ino()))
+    }
+
     fn is_at(&self, path: &Path) -> bool {
         match (self.file.metadata(), fs::symlink_metadata(path)) {
             (Ok(held), Ok(there)) => there.is_dir() && held.dev() == there.dev() && held.ino() == there.ino(),
@@ -1114,13 +1147,11 @@ impl Store {
         fs::create_dir_all(state_dir).map_err(|err| io_error(format!("create {}", state_dir.display()), err))?;
         fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700))
             .map_err(|err| io_error(format!("chmod {}", state_dir.display()), err))?;
-        let state_file = state_dir.join("state.json");
-        let persisted = match fs::read(&state_file) {
-            Ok(bytes) => serde_json::from_slice::<Persisted>(&bytes)
-                .map_err(|err| StoreError::Io(format!("{} is corrupt: {err}", state_file.display())))?
-                .check(&state_file)?,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Persisted::default(),
-            Err(err) => return Err(io_error(format!("read {}", state_file.display()), err)),
+        let mut state_file = statefile::StateFile::new(state_dir);
+        let persisted = match state_file.load() {
+            Ok(Some(loaded)) => parse_state(&loaded)?,
+            Ok(None) => Persisted::default(),
+            Err(err) => return Err(io_error(format!("read {}", state_file.describe()), err)),
         };
         if let (Some(pinned), Some(bound)) = (&pinned_control_plane, &persisted.control_plane_id)
             && pinned != bound
@@ -1132,7 +1163,9 @@ impl Store {
         let mut store = Store {
             live: live.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
+            state_file: Mutex::new(state_file),
             pinned_control_plane,
+            saved: persisted.clone(),
             persisted,
             hashes: HashCache::default(),
             hooks: None,
@@ -1140,6 +1173,8 @@ impl Store {
             progress: Default::default(),
             prestaged: None,
             staged_proof: None,
+            staged_vouch: None,
+            untrusted_proof: Mutex::new(None),
             background: false,
             watch: None,
             known: Mutex::new(None),
@@ -1147,6 +1182,8 @@ impl Store {
             rewalk_interval: REWALK_INTERVAL,
             #[cfg(test)]
             after_hold: None,
+            #[cfg(test)]
+            fail_saves: false,
         };
         let lock = store.lock_state()?;
         store.clean_orphans(false)?;
@@ -1293,22 +1330,34 @@ impl Store {
             .open(&path)
             .map_err(|err| io_error(format!("open {}", path.display()), err))?;
         lock.lock().map_err(|err| io_error(format!("lock {}", path.display()), err))?;
-        let state_file = self.state_dir.join("state.json");
-        match fs::read(&state_file) {
-            Ok(bytes) => {
-                self.persisted = serde_json::from_slice::<Persisted>(&bytes)
-                    .map_err(|err| StoreError::Io(format!("{} is corrupt: {err}", state_file.display())))?
-                    .check(&state_file)?;
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(io_error(format!("read {}", state_file.display()), err)),
+        // Read again only when another process saved it since (see [`statefile`]).
+        let mut state_file = self.state_file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match state_file.load_if_changed() {
+            Ok(None) => {}
+            Ok(Some(Some(loaded))) => self.saved = parse_state(&loaded)?,
+            Ok(Some(None)) => self.saved = Persisted::default(),
+            Err(err) => return Err(io_error(format!("read {}", state_file.describe()), err)),
         }
+        drop(state_file);
+        self.persisted = self.saved.clone();
         Ok(lock)
     }
 
-    fn save(&self) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&self.persisted).map_err(|err| StoreError::Io(err.to_string()))?;
-        write_atomically(&self.state_dir.join("state.json"), &bytes, 0o600)
+    /// Saves the state durably: one slot overwritten in place and fdatasynced (see
+    /// [`statefile`]).
+    fn save(&mut self) -> Result<()> {
+        #[cfg(test)]
+        if self.fail_saves {
+            return Err(io_error("save the state", io::Error::from_raw_os_error(28)));
+        }
+        let bytes = serde_json::to_vec(&self.persisted).map_err(|err| StoreError::Io(err.to_string()))?;
+        let mut state_file = self.state_file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state_file
+            .save(&bytes, disk_budget::charge)
+            .map_err(|err| io_error(format!("save {}", state_file.describe()), err))?;
+        drop(state_file);
+        self.saved = self.persisted.clone();
+        Ok(())
     }
 
     fn remember(&mut self, rollout: i64, phase: RolloutPhase) {
@@ -1382,6 +1431,9 @@ impl Store {
         cached: bool,
         trusted: &Trusted,
     ) -> Result<Observed> {
+        if cached && let Some(proof) = self.untrusted_proof.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            self.trust_proof(proof);
+        }
         let mut observed = Observed::default();
         let racy_after = racy_after(self.racy_window);
         // Names of owners and groups, looked up once per look rather than once per file.
@@ -1898,6 +1950,7 @@ impl Store {
             )));
         }
         self.staged_proof = None;
+        self.staged_vouch = None;
         if let Some(old) = self.persisted.staged.take() {
             let _ = fs::remove_dir_all(self.generation_dir(&old.dir));
             self.remember(old.rollout, RolloutPhase::Aborted);
@@ -2085,7 +2138,7 @@ impl Store {
             revision: request.revision,
             root: root.clone(),
             dir: dir_name,
-            manifest,
+            manifest: std::sync::Arc::new(manifest),
         });
         self.remember(rollout, RolloutPhase::Prepared);
         self.save()?;
@@ -2128,7 +2181,21 @@ impl Store {
             return Ok(None);
         };
         let proven_at = racy_after(self.racy_window);
-        let taken = self.take_stage(&stage, &stage_dir, &final_dir, &handle);
+        // The watcher's deep count now: the stage's vouch holds if it stands where it
+        // stood (and the directory is the one vouched for), and the commit's receipt is
+        // vouched for if it still stands then.
+        let deep = self
+            .watch
+            .as_ref()
+            .filter(|_| stage.manifest.len() >= VOUCH_MIN_FILES)
+            .and_then(|watch| watch.sync_both())
+            .map(|(_, deep)| deep);
+        let mut stage = stage;
+        let vouched = stage
+            .vouched
+            .take()
+            .filter(|v| Some(v.deep) == deep && handle.identity() == Some(v.dir));
+        let taken = self.take_stage(&stage, &stage_dir, &final_dir, &handle, vouched.map(|v| v.proof));
         let proof = match taken {
             Ok(Some(proof)) if proof.root().to_hex() == request.target_root => proof,
             other => {
@@ -2156,6 +2223,7 @@ impl Store {
         };
         let proof = Observed { seen, ..proof };
         let answer = self.record_staged(rollout, request, dir_name, stage.root, stage.manifest, hook)?;
+        self.staged_vouch = deep.zip(handle.identity()).map(|(deep, dir)| (rollout, deep, dir));
         self.staged_proof = Some(ByteProof {
             rollout,
             files: proof.files,
@@ -2166,14 +2234,25 @@ impl Store {
     }
 
     /// Renames the tree staged ahead to `final_dir` and proves it again, trusting what
-    /// its byte proof saw unchanged. `None` when it was replaced meanwhile.
-    fn take_stage(&self, stage: &Prestaged, stage_dir: &Path, final_dir: &Path, handle: &DirHandle) -> Result<Option<Observed>> {
+    /// its byte proof saw unchanged (or takes `vouched`, its proof the watcher vouches
+    /// for). `None` when it was replaced meanwhile.
+    fn take_stage(
+        &self,
+        stage: &Prestaged,
+        stage_dir: &Path,
+        final_dir: &Path,
+        handle: &DirHandle,
+        vouched: Option<Observed>,
+    ) -> Result<Option<Observed>> {
         let managed = DirHandle::open(&self.live)?;
         let _ = fs::remove_dir_all(final_dir);
         fs::rename(stage_dir, final_dir).map_err(|err| io_error("take the tree staged ahead", err))?;
         managed.sync()?;
         if !handle.is_at(final_dir) {
             return Ok(None);
+        }
+        if let Some(proof) = vouched {
+            return Ok(Some(proof));
         }
         Ok(Some(self.observe(
             final_dir,
@@ -2264,11 +2343,105 @@ impl Store {
             manifest,
             proven: built.proven,
             hook: built.hook.clone(),
+            vouched: None,
         });
         Ok(domain::protocol::PrestageAnswer {
             root: built.root,
             hook: built.hook,
         })
+    }
+
+    /// Proves the tree staged ahead once more, once it settled (the agent calls this a
+    /// moment after staging), between two syncs of the file watcher (see [`Watch`]). When
+    /// the watcher reported no change below the managed directory's top level between
+    /// them, it vouches for the tree from then on: the prepare that takes it does not walk
+    /// it again while that count stands, and neither does the receipt of its commit. The
+    /// walk yields to a rollout's call like staging does. `false` when there is nothing
+    /// to vouch for (no stage, a small one, no healthy watcher, or a change meanwhile).
+    pub fn vouch_stage(&mut self) -> Result<bool> {
+        let _lock = self.lock_state()?;
+        let Some(watch) = self.watch.clone() else {
+            return Ok(false);
+        };
+        let Some(mut stage) = self.prestaged.take() else {
+            return Ok(false);
+        };
+        let vouched = self.vouch(&watch, &stage);
+        let done = match vouched {
+            Ok(Some(vouched)) => {
+                stage.vouched = Some(vouched);
+                Ok(true)
+            }
+            other => other.map(|_| false),
+        };
+        self.prestaged = Some(stage);
+        done
+    }
+
+    fn vouch(&mut self, watch: &Watch, stage: &Prestaged) -> Result<Option<Vouched>> {
+        if stage.vouched.is_some() || stage.manifest.len() < VOUCH_MIN_FILES {
+            return Ok(None);
+        }
+        let dir = self.generation_dir(&stage.dir);
+        let Ok(handle) = DirHandle::open(&dir) else {
+            return Ok(None);
+        };
+        let Some((_, before)) = watch.sync_both() else {
+            return Ok(None);
+        };
+        self.background = true;
+        let proof = self.observe(&dir, Layout::Generation, &stage.manifest, false, &stage.proven);
+        self.background = false;
+        let proof = proof?;
+        let Some((_, after)) = watch.sync_both() else {
+            return Ok(None);
+        };
+        if before != after || proof.root().to_hex() != stage.root || !handle.is_at(&dir) {
+            return Ok(None);
+        }
+        Ok(handle.identity().map(|dir| Vouched { deep: before, dir, proof }))
+    }
+
+    /// The receipt of a commit that switched to `generation`, vouched for: its proof
+    /// (when the prepare began) and the watcher's deep count since then unchanged, the
+    /// live link on that same directory, and nothing at the managed directory's top level
+    /// but the store's own links into it (read now, after the watcher's count). Remembered
+    /// as the maintained root. `None`: walk.
+    fn vouched_receipt(&self, rollout: i64, generation: &Generation) -> Option<Hash> {
+        let (vouched_rollout, deep, dir) = self.staged_vouch?;
+        let (changes, now) = self.watch.as_ref()?.sync_both()?;
+        if vouched_rollout != rollout || now != deep {
+            return None;
+        }
+        let linked = self.linked_generation()?;
+        let there = fs::symlink_metadata(&linked).ok()?;
+        if linked != self.generation_dir(&generation.dir) || (there.dev(), there.ino()) != dir {
+            return None;
+        }
+        let wanted: BTreeSet<&str> = generation.manifest.keys().filter_map(|path| path.split('/').next()).collect();
+        let mut present = 0;
+        for entry in fs::read_dir(&self.live).ok()? {
+            let name = entry.ok()?.file_name().to_string_lossy().into_owned();
+            if self.reserved(&name) {
+                continue;
+            }
+            let ours = fs::read_link(self.live.join(&name)).is_ok_and(|t| t == Path::new(DATA_LINK).join(&name));
+            if !ours || !wanted.contains(name.as_str()) {
+                return None;
+            }
+            present += 1;
+        }
+        if present != wanted.len() {
+            return None;
+        }
+        let root = Hash::from_hex(&generation.root).ok()?;
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = Some(Known {
+            root,
+            changes,
+            manifest: Some(generation.root.clone()),
+            at: Instant::now(),
+        });
+        Some(root)
     }
 
     /// Drops the tree staged ahead, if any (`DELETE /v1/stage`). Idempotent.
@@ -2671,15 +2844,22 @@ impl Store {
         self.switch_to(&staged)?;
         failpoint::edit_after_switch(&self.live);
         failpoint::crash("after_switch");
+        let generation = staged.clone();
         self.finish_commit(staged)?;
-        if let Some(proof) = self.staged_proof.take().filter(|p| p.rollout == rollout) {
-            self.trust_proof(proof);
-        }
+        // The hash cache takes the generation's proof at the next walk (the receipt below
+        // walks only when the watcher cannot vouch for the tree).
+        *self.untrusted_proof.lock().unwrap_or_else(|p| p.into_inner()) = self.staged_proof.take().filter(|p| p.rollout == rollout);
         self.run_pending_reload()?;
+        // The receipt: what the watcher vouches for, or a walk.
+        let receipt = match self.vouched_receipt(rollout, &generation) {
+            Some(root) => root,
+            None => self.live_root()?,
+        };
+        self.staged_vouch = None;
         Ok(RolloutAnswer {
             rollout,
             phase: RolloutPhase::Committed,
-            root: Some(self.live_root()?.to_hex()),
+            root: Some(receipt.to_hex()),
             hook: self.reload_of(rollout),
         })
     }
@@ -2728,7 +2908,7 @@ impl Store {
     /// only what moved since the proof.
     fn trust_proof(&self, proof: ByteProof) {
         let racy_after = proof.racy_after;
-        let manifest = self.live_manifest().clone();
+        let manifest = self.live_manifest();
         let mut cache = self.hashes.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for (path, hash, entry) in proof.files {
             let (Some((signature, _)), Some(expected)) = (proof.seen.get(path.as_str()), manifest.get(path.as_str())) else {
@@ -2805,12 +2985,16 @@ impl Store {
             self.prune_originals();
         }
         // 2. The switch: one rename of the live link.
+        // The directory is fsynced once more at the end only if the links changed after
+        // the switch's own fsync (or there was none: a repeated commit makes sure).
+        let mut unsynced = true;
         if fs::read_link(&link).ok().as_deref() != Some(Path::new(&target)) {
             let temporary = self.live.join(format!("{DATA_LINK}.tmp"));
             let _ = fs::remove_file(&temporary);
             std::os::unix::fs::symlink(&target, &temporary).map_err(|err| io_error(format!("create link {}", temporary.display()), err))?;
             fs::rename(&temporary, &link).map_err(|err| io_error(format!("switch {}", link.display()), err))?;
             managed.sync()?;
+            unsynced = false;
         }
         // 3. The top-level links a reader opens.
         for name in &wanted {
@@ -2822,15 +3006,17 @@ impl Store {
             std::os::unix::fs::symlink(Path::new(DATA_LINK).join(name), &temporary)
                 .map_err(|err| io_error(format!("create link {name}"), err))?;
             fs::rename(&temporary, self.live.join(name)).map_err(|err| io_error(format!("link {name}"), err))?;
+            unsynced = true;
         }
         let entries = fs::read_dir(&self.live).map_err(|err| io_error(format!("list {}", self.live.display()), err))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !self.reserved(&name) && !wanted.contains(&name) && ours(&name) {
                 let _ = fs::remove_file(entry.path());
+                unsynced = true;
             }
         }
-        fsync_dir(&self.live)
+        if unsynced { managed.sync() } else { Ok(()) }
     }
 
     /// Keeps the newest [`ORIGINALS_KEPT`] of the directories this store moved aside.
@@ -2861,6 +3047,8 @@ impl Store {
         // the control plane that actually writes here.
         if let Some(staged) = self.persisted.staged.take_if(|g| g.rollout == rollout && same(&g.root)) {
             self.staged_proof = None;
+            self.staged_vouch = None;
+            self.staged_vouch = None;
             let _ = fs::remove_dir_all(self.generation_dir(&staged.dir));
             self.accept_fence(&fence.control_plane_id, fence.epoch);
         }
@@ -2885,6 +3073,7 @@ impl Store {
 }
 
 pub mod hooks;
+pub mod statefile;
 
 #[cfg(test)]
 mod tests;

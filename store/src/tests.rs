@@ -549,9 +549,9 @@ fn a_state_file_naming_a_directory_outside_is_refused() {
         .prepare(1, &request(1, 1, &empty_root(), vec![entry("a", "1", "0644")]))
         .unwrap();
     drop(store);
-    let file = f.state.join("state.json");
-    let text = fs::read_to_string(&file).unwrap().replace("\"r1-rev1\"", "\"/../../../victim\"");
-    fs::write(&file, text).unwrap();
+    let body = String::from_utf8(crate::statefile::read_state_body(&f.state).unwrap()).unwrap();
+    assert!(body.contains("\"r1-rev1\""), "{body}");
+    crate::statefile::write_state_body(&f.state, body.replace("\"r1-rev1\"", "\"/../../../victim\"").as_bytes()).unwrap();
     assert!(matches!(Store::open(&f.live, &f.state, None), Err(StoreError::Io(_))));
 }
 
@@ -1451,4 +1451,29 @@ fn a_tree_staged_ahead_is_judged_again_by_the_validator_when_it_is_taken() {
     assert_eq!(store.status(2).phase, RolloutPhase::Unknown);
     assert!(!f.live.join("..r2-rev2").exists(), "a refused tree is not left behind");
     assert_eq!(fs::read_to_string(f.live.join("b.conf")).unwrap(), "b\n");
+}
+
+#[test]
+fn an_operation_that_fails_before_its_state_is_saved_leaves_nothing_in_memory() {
+    // The store keeps its state in memory between operations and reads the slots again
+    // only when another process saved them; whatever an operation changed and could not
+    // save must not outlive it.
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let one = vec![entry("a", "1", "0644")];
+    store.prepare(1, &request(1, 1, &empty_root(), one)).unwrap();
+    // A commit from epoch 2 records the new epoch first, and cannot save it.
+    store.fail_saves = true;
+    let failed = store.commit(1, &fence(2));
+    assert!(
+        matches!(&failed, Err(StoreError::Io(message)) if message.contains("save the state")),
+        "{failed:?}"
+    );
+    store.fail_saves = false;
+    // The epoch was never saved: epoch 1 is still the writer's, and commits.
+    let answer = store.commit(1, &fence(1)).unwrap();
+    assert_eq!(answer.phase, RolloutPhase::Committed);
+    drop(store);
+    let reopened = Store::open(&f.live, &f.state, None).unwrap();
+    assert_eq!(reopened.state(false).unwrap().highest_epoch, 1);
 }
