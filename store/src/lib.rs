@@ -591,11 +591,16 @@ pub struct Store {
     watch: Option<std::sync::Arc<Watch>>,
     known: Mutex<Option<Known>>,
     walks: AtomicU64,
+    /// Looks at any tree (the live one, a stage, a staged generation).
+    looks: AtomicU64,
     /// The longest a maintained root is answered without walking.
     rewalk_interval: Duration,
     /// Tests: runs after the held files were proven, before they are linked.
     #[cfg(test)]
     after_hold: Option<Box<dyn FnMut() + Send>>,
+    /// Tests: runs right after a commit's switch, before its receipt.
+    #[cfg(test)]
+    after_switch: Option<Box<dyn FnMut() + Send>>,
     /// Tests: every save fails as on a full disk.
     #[cfg(test)]
     fail_saves: bool,
@@ -1179,9 +1184,12 @@ impl Store {
             watch: None,
             known: Mutex::new(None),
             walks: AtomicU64::new(0),
+            looks: AtomicU64::new(0),
             rewalk_interval: REWALK_INTERVAL,
             #[cfg(test)]
             after_hold: None,
+            #[cfg(test)]
+            after_switch: None,
             #[cfg(test)]
             fail_saves: false,
         };
@@ -1420,6 +1428,7 @@ impl Store {
         cached: bool,
         trusted: &Trusted,
     ) -> Result<Observed> {
+        self.looks.fetch_add(1, Ordering::Relaxed);
         timed(|t| &mut t.hash, || self.observe_untimed(root, layout, manifest, cached, trusted))
     }
 
@@ -1727,6 +1736,12 @@ impl Store {
     /// maintained root do not).
     pub fn walks(&self) -> u64 {
         self.walks.load(Ordering::Relaxed)
+    }
+
+    /// How many times this store walked any tree: the live one, a stage, a staged
+    /// generation's proof.
+    pub fn looks(&self) -> u64 {
+        self.looks.load(Ordering::Relaxed)
     }
 
     /// The file watcher's account of the managed directory, from now on (see [`Watch`]).
@@ -2842,6 +2857,10 @@ impl Store {
             self.save()?;
         }
         self.switch_to(&staged)?;
+        #[cfg(test)]
+        if let Some(hook) = self.after_switch.as_mut() {
+            hook();
+        }
         failpoint::edit_after_switch(&self.live);
         failpoint::crash("after_switch");
         let generation = staged.clone();

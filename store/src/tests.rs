@@ -1477,3 +1477,122 @@ fn an_operation_that_fails_before_its_state_is_saved_leaves_nothing_in_memory() 
     let reopened = Store::open(&f.live, &f.state, None).unwrap();
     assert_eq!(reopened.state(false).unwrap().highest_epoch, 1);
 }
+
+/// 300 entries (enough for the watcher to vouch for a stage), `f5`'s content by version.
+fn vouchable(version: u32) -> Vec<StagedEntry> {
+    (0..300)
+        .map(|i| {
+            let content = if i == 5 {
+                format!("five v{version}\n")
+            } else {
+                format!("value {i}\n")
+            };
+            entry(&format!("d{}/f{i}.conf", i % 7), &content, "0644")
+        })
+        .collect()
+}
+
+/// Stages `entries` ahead on top of `base` as revision `revision`, waits until it settled
+/// and has the watcher vouch for it; answers the compact prepare that takes it.
+fn stage_vouched(store: &mut Store, revision: i64, base: &str, entries: Vec<StagedEntry>) -> PrepareRequest {
+    let full = request(1, revision, base, entries);
+    store.prestage(&full).unwrap();
+    wait_out_racy_window();
+    assert!(store.vouch_stage().unwrap(), "the watcher vouches for the settled stage");
+    let mut compact = request(1, revision, base, Vec::new());
+    compact.target_root = full.target_root;
+    compact.prestaged = true;
+    compact
+}
+
+#[test]
+fn a_large_stage_the_watcher_vouches_for_is_taken_unwalked_and_nothing_it_reports_goes_unseen() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let root1 = commit_full(&mut store, 1, vouchable(1));
+    wait_out_racy_window();
+    let watch = std::sync::Arc::new(Watch::new(&f.live));
+    store.set_watch(watch.clone());
+    let _watcher = FakeWatcher::start(watch.clone(), &f.live);
+    store.live_root().unwrap();
+
+    // Vouched for: neither the prepare that takes the stage nor the commit's receipt
+    // walks it, and a check after the commit answers the same root without walking.
+    let compact = stage_vouched(&mut store, 2, &root1, vouchable(2));
+    let looks = store.looks();
+    let answer = store.prepare(2, &compact).unwrap();
+    assert_eq!(answer.root.as_deref(), Some(compact.target_root.as_str()));
+    let receipt = store.commit(2, &fence(1)).unwrap();
+    assert_eq!(receipt.root.as_deref(), Some(compact.target_root.as_str()));
+    assert_eq!(store.live_root().unwrap().to_hex(), compact.target_root);
+    assert_eq!(store.looks(), looks, "a vouched tree was walked");
+    assert_eq!(fs::read_to_string(f.live.join("d5/f5.conf")).unwrap(), "five v2\n");
+    let root2 = compact.target_root;
+
+    // A change below the top level the watcher reports after the vouch: the prepare
+    // walks, finds the edit and does not take the stage.
+    let compact = stage_vouched(&mut store, 3, &root2, vouchable(3));
+    let edited = f.live.join("..r0-rev3/d5/f5.conf");
+    fs::write(&edited, "planted\n").unwrap();
+    watch.changed_at(std::slice::from_ref(&edited));
+    assert!(matches!(store.prepare(3, &compact), Err(StoreError::NotPrestaged(_))));
+    assert_eq!(store.live_root().unwrap().to_hex(), root2);
+
+    // The stage's directory swapped for another at the top level (a rename, which is
+    // no change below it): not the tree vouched for, walked, not taken.
+    let compact = stage_vouched(&mut store, 3, &root2, vouchable(3));
+    let stage = f.live.join("..r0-rev3");
+    let aside = f.live.join("..aside");
+    fs::rename(&stage, &aside).unwrap();
+    copy_tree(&aside, &stage);
+    fs::write(stage.join("d5/f5.conf"), "swapped\n").unwrap();
+    fs::remove_dir_all(&aside).unwrap();
+    watch.changed_at(&[stage.clone(), aside.clone()]);
+    assert!(matches!(store.prepare(3, &compact), Err(StoreError::NotPrestaged(_))));
+
+    // Taken while vouched for, then edited below the top level before the commit: the
+    // receipt walks and shows the edit.
+    let compact = stage_vouched(&mut store, 3, &root2, vouchable(3));
+    store.prepare(3, &compact).unwrap();
+    let inside = f.live.join("..r3-rev3/d5/f5.conf");
+    fs::write(&inside, "late\n").unwrap();
+    watch.changed_at(std::slice::from_ref(&inside));
+    let receipt = store.commit(3, &fence(1)).unwrap();
+    assert_ne!(
+        receipt.root.as_deref(),
+        Some(compact.target_root.as_str()),
+        "an edit after the prepare was vouched away"
+    );
+    let root3 = receipt.root.unwrap();
+
+    // Planted at the top level between the switch and the receipt: the receipt's own
+    // look at the top level sees it.
+    let compact = stage_vouched(&mut store, 4, &root3, vouchable(4));
+    store.prepare(4, &compact).unwrap();
+    let planted = f.live.join("planted.conf");
+    let (hook_watch, hook_path) = (watch.clone(), planted.clone());
+    store.after_switch = Some(Box::new(move || {
+        fs::write(&hook_path, "planted\n").unwrap();
+        hook_watch.changed_at(std::slice::from_ref(&hook_path));
+    }));
+    let receipt = store.commit(4, &fence(1)).unwrap();
+    store.after_switch = None;
+    assert_ne!(
+        receipt.root.as_deref(),
+        Some(compact.target_root.as_str()),
+        "a planted file was vouched away"
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
