@@ -805,3 +805,53 @@ async fn an_approved_change_is_staged_ahead_an_edit_drops_the_stage_and_the_roll
     assert_eq!(fleet.metric("etc_shadow_prepares_from_stage_total").await, taken + 4);
     fleet.server.stop().await;
 }
+
+/// A change of `count` files under `bulk/` on top of `base`; `f5`'s content by version.
+fn bulk_change(base: i64, count: usize, version: u32) -> Value {
+    let entries: Vec<Value> = (0..count)
+        .map(|i| {
+            let content = if i == 5 {
+                format!("five v{version}\n")
+            } else {
+                format!("value {i}\n")
+            };
+            json!({"path": format!("bulk/d{}/f{i}.conf", i % 7), "content": content, "format": "text", "mode": "0644"})
+        })
+        .collect();
+    json!({"base_revision": base, "message": format!("bulk v{version}"), "entries": entries})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_stage_edited_after_the_watcher_vouched_for_it_is_not_taken_as_it_was() {
+    // The agent's watcher vouches for a settled stage of 256 files or more, so that the
+    // prepare that takes it does not walk it. An edit inside the stage afterwards is a
+    // change below the managed directory's top level: the prepare must walk and find it.
+    let fleet = fleet().await;
+    let (status, first) = fleet.roll_out(bulk_change(0, 300, 1)).await;
+    assert_eq!(first["state"], "applied", "{status} {first}");
+    let id = fleet.approved_change(bulk_change(1, 300, 2)).await;
+    fleet.staged_everywhere(id).await;
+    // Past the moment the agent proves the stage for the watcher (1.1 s after staging).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let staged = fleet.agent.live.join("..r0-rev2/bulk/d5/f5.conf");
+    assert_eq!(std::fs::read_to_string(&staged).unwrap(), "five v2\n");
+    std::fs::write(&staged, "planted at the worst moment\n").unwrap();
+    let taken = fleet.metric("etc_shadow_prepares_from_stage_total").await;
+    let (status, rollout) = fleet.approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    for dir in fleet.live_dirs() {
+        assert_eq!(
+            std::fs::read_to_string(dir.join("bulk/d5/f5.conf")).unwrap(),
+            "five v2\n",
+            "{}",
+            dir.display()
+        );
+    }
+    for shadow in rollout["shadows"].as_array().unwrap() {
+        assert_eq!(shadow["receipt_root"], rollout["root"], "{shadow}");
+    }
+    // The three directory shadows took their stages; the agent's edited one was sent.
+    assert_eq!(fleet.metric("etc_shadow_prepares_from_stage_total").await, taken + 3);
+    fleet.server.stop().await;
+}
