@@ -398,9 +398,22 @@ struct ByteProof {
 struct Known {
     root: Hash,
     changes: u64,
+    /// The watcher's count of changes below the top level, and the top level as it was
+    /// (see [`TopLevel`]): a change of the top level alone is checked there, not walked.
+    deep: u64,
+    top: Option<TopLevel>,
     /// The live generation's root when walked: a commit or a restart changes it.
     manifest: Option<String>,
     at: Instant,
+}
+
+/// The managed directory's top level when it holds nothing but the store's own: the
+/// live generation's directory (device, inode) and the names linked into it. While it is
+/// so and nothing changed below it, the live tree is what it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TopLevel {
+    dir: (u64, u64),
+    links: BTreeSet<String>,
 }
 
 /// A maintained root is answered at most this long before the tree is walked again
@@ -495,13 +508,9 @@ impl Watch {
         self.healthy.load(Ordering::SeqCst)
     }
 
-    /// Touches the sync file and waits until the watcher reported it: the count of changes
-    /// then covers every change made before. `None` when the watch cannot be trusted.
-    fn sync(&self) -> Option<u64> {
-        self.sync_both().map(|(changes, _)| changes)
-    }
-
-    /// [`Watch::sync`], answering both counts: all changes, and those below the top level.
+    /// Touches the sync file and waits until the watcher reported it: the counts of
+    /// changes then cover every change made before (all of them, and those below the
+    /// top level). `None` when the watch cannot be trusted.
     fn sync_both(&self) -> Option<(u64, u64)> {
         if !self.healthy() {
             return None;
@@ -1704,27 +1713,60 @@ impl Store {
     /// The live root: the maintained one when the file watcher saw no change since the
     /// last walk (see [`Watch`]), else walked.
     pub fn live_root(&self) -> Result<Hash> {
-        let synced = self.watch.as_ref().and_then(|watch| watch.sync());
-        if let Some(changes) = synced
-            && let Some(known) = self.known.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
-            && known.changes == changes
+        let synced = self.watch.as_ref().and_then(|watch| watch.sync_both());
+        if let Some((changes, deep)) = synced
+            && let Some(known) = self.known.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
             && known.manifest == self.persisted.live.as_ref().map(|g| g.root.clone())
             && known.at.elapsed() < self.rewalk_interval
         {
-            return Ok(known.root);
+            if known.changes == changes {
+                return Ok(known.root);
+            }
+            // Only the top level changed (a generation staged, renamed or retired, the
+            // sync file made again): it is looked at, and the tree below it is as walked.
+            if known.deep == deep && known.top.is_some() && self.top_level() == known.top {
+                known.changes = changes;
+                return Ok(known.root);
+            }
         }
         Ok(self.walk(synced)?.root())
+    }
+
+    /// The managed directory's top level, when it holds nothing but the store's own
+    /// names and links into the live generation (see [`TopLevel`]).
+    fn top_level(&self) -> Option<TopLevel> {
+        let linked = self.linked_generation()?;
+        let there = fs::symlink_metadata(&linked).ok()?;
+        let mut links = BTreeSet::new();
+        for entry in fs::read_dir(&self.live).ok()? {
+            let name = entry.ok()?.file_name().to_string_lossy().into_owned();
+            if self.reserved(&name) {
+                continue;
+            }
+            let ours = fs::read_link(self.live.join(&name)).is_ok_and(|t| t == Path::new(DATA_LINK).join(&name))
+                && fs::symlink_metadata(linked.join(&name)).is_ok();
+            if !ours {
+                return None;
+            }
+            links.insert(name);
+        }
+        Some(TopLevel {
+            dir: (there.dev(), there.ino()),
+            links,
+        })
     }
 
     /// Walks the live tree; remembers its root as maintained when the watcher had synced
     /// (`synced`: its count of changes before the walk) and nothing walked was too recent
     /// to cache (a look once it settled must read it).
-    fn walk(&self, synced: Option<u64>) -> Result<Observed> {
+    fn walk(&self, synced: Option<(u64, u64)>) -> Result<Observed> {
         let observed = self.observe(&self.live, Layout::Managed, self.live_manifest(), true, &Trusted::new())?;
         self.walks.fetch_add(1, Ordering::Relaxed);
-        let known = synced.filter(|_| !self.unsettled()).map(|changes| Known {
+        let known = synced.filter(|_| !self.unsettled()).map(|(changes, deep)| Known {
             root: observed.root(),
             changes,
+            deep,
+            top: self.top_level(),
             manifest: self.persisted.live.as_ref().map(|g| g.root.clone()),
             at: Instant::now(),
         });
@@ -1759,7 +1801,7 @@ impl Store {
         let observed = match live_root {
             Some(_) => None,
             None => {
-                let synced = self.watch.as_ref().and_then(|watch| watch.sync());
+                let synced = self.watch.as_ref().and_then(|watch| watch.sync_both());
                 Some(self.walk(synced)?)
             }
         };
@@ -2428,31 +2470,21 @@ impl Store {
         if vouched_rollout != rollout || now != deep {
             return None;
         }
-        let linked = self.linked_generation()?;
-        let there = fs::symlink_metadata(&linked).ok()?;
-        if linked != self.generation_dir(&generation.dir) || (there.dev(), there.ino()) != dir {
-            return None;
-        }
-        let wanted: BTreeSet<&str> = generation.manifest.keys().filter_map(|path| path.split('/').next()).collect();
-        let mut present = 0;
-        for entry in fs::read_dir(&self.live).ok()? {
-            let name = entry.ok()?.file_name().to_string_lossy().into_owned();
-            if self.reserved(&name) {
-                continue;
-            }
-            let ours = fs::read_link(self.live.join(&name)).is_ok_and(|t| t == Path::new(DATA_LINK).join(&name));
-            if !ours || !wanted.contains(name.as_str()) {
-                return None;
-            }
-            present += 1;
-        }
-        if present != wanted.len() {
+        let wanted: BTreeSet<String> = generation
+            .manifest
+            .keys()
+            .filter_map(|path| path.split('/').next().map(str::to_string))
+            .collect();
+        let top = self.top_level()?;
+        if self.linked_generation()? != self.generation_dir(&generation.dir) || top.dir != dir || top.links != wanted {
             return None;
         }
         let root = Hash::from_hex(&generation.root).ok()?;
         *self.known.lock().unwrap_or_else(|p| p.into_inner()) = Some(Known {
             root,
             changes,
+            deep,
+            top: Some(top),
             manifest: Some(generation.root.clone()),
             at: Instant::now(),
         });

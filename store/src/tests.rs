@@ -1596,3 +1596,62 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn a_change_of_the_top_level_alone_is_looked_at_there_and_anything_foreign_is_walked() {
+    let f = fixture();
+    let mut store = Store::open(&f.live, &f.state, None).unwrap();
+    let root = commit_full(
+        &mut store,
+        1,
+        vec![entry("a.conf", "a\n", "0644"), entry("d/b.conf", "b\n", "0644")],
+    );
+    wait_out_racy_window();
+    let watch = std::sync::Arc::new(Watch::new(&f.live));
+    store.set_watch(watch.clone());
+    let _watcher = FakeWatcher::start(watch.clone(), &f.live);
+    assert_eq!(store.live_root().unwrap().to_hex(), root);
+    let walks = store.walks();
+    // The store's own names changed at the top level (a stage renamed, the live link
+    // made again): the top level is looked at, nothing is walked.
+    watch.changed_at(&[f.live.join(DATA_LINK), f.live.join("..r0-rev2")]);
+    assert_eq!(store.live_root().unwrap().to_hex(), root);
+    assert_eq!(store.walks(), walks, "a change of the store's own top-level names walked the tree");
+    // A file planted at the top level, reported as a change there: walked, and found.
+    let planted = f.live.join("planted.conf");
+    fs::write(&planted, "planted\n").unwrap();
+    watch.changed_at(std::slice::from_ref(&planted));
+    let drifted = store.live_root().unwrap().to_hex();
+    assert_ne!(drifted, root, "a planted top-level file went unseen");
+    assert_eq!(store.walks(), walks + 1);
+    fs::remove_file(&planted).unwrap();
+    watch.changed_at(std::slice::from_ref(&planted));
+    assert_eq!(store.live_root().unwrap().to_hex(), root);
+    // A link of the store's retargeted, the live link moved to another directory: each
+    // walked and seen.
+    let link = f.live.join("a.conf");
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("..data/d/b.conf", &link).unwrap();
+    watch.changed_at(std::slice::from_ref(&link));
+    assert_ne!(store.live_root().unwrap().to_hex(), root, "a retargeted link went unseen");
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("..data/a.conf", &link).unwrap();
+    watch.changed_at(std::slice::from_ref(&link));
+    assert_eq!(store.live_root().unwrap().to_hex(), root);
+    let generation = fs::read_link(f.live.join(DATA_LINK)).unwrap();
+    let original = f.live.join(&generation);
+    let swapped_in = f.live.join("..swapped-in");
+    copy_tree(&original, &swapped_in);
+    fs::write(swapped_in.join("a.conf"), "swapped\n").unwrap();
+    // (the original goes out of the managed directory: nothing foreign is left there)
+    let aside = f._dir.path().join("aside");
+    fs::rename(&original, &aside).unwrap();
+    fs::rename(&swapped_in, &original).unwrap();
+    // (what the watcher reports: both names are the managed directory's own)
+    watch.changed_at(&[original.clone(), swapped_in]);
+    assert_ne!(
+        store.live_root().unwrap().to_hex(),
+        root,
+        "a live generation swapped at the top level went unseen"
+    );
+}
