@@ -87,10 +87,14 @@ impl Coordinator {
     /// holds the stage. One that could not stage is left without (its rollout sends the
     /// entries).
     pub async fn restage(&self) -> Result<bool> {
-        if !self.prestaging {
-            return Ok(true);
-        }
-        let wanted = self.wanted().await?;
+        self.restage_pass(false).await
+    }
+
+    /// [`Self::restage`]; `after_start`: what the shadows hold is not known (this process
+    /// did not stage it: a control plane that restarted, or ran with staging ahead off),
+    /// so every shadow the wanted tree is not staged on is asked to drop its stage.
+    async fn restage_pass(&self, after_start: bool) -> Result<bool> {
+        let wanted = if self.prestaging { self.wanted().await? } else { None };
         let held: HashMap<String, StagedAhead> = self.staged_ahead.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let is_wanted = |name: &str, stage: &StagedAhead| {
             wanted.as_ref().is_some_and(|w| {
@@ -98,11 +102,20 @@ impl Coordinator {
             })
         };
         // Stages nobody wants any more are dropped.
-        let stale: Vec<String> = held
+        let mut stale: Vec<String> = held
             .iter()
             .filter(|(name, stage)| !is_wanted(name, stage))
             .map(|(name, _)| name.clone())
             .collect();
+        if after_start {
+            let mut conn = self.db.read.acquire().await?;
+            let registered = changes::target_set(&mut conn).await?;
+            stale.extend(
+                registered
+                    .into_iter()
+                    .filter(|name| !held.contains_key(name) && !wanted.as_ref().is_some_and(|w| w.shadows.contains(name))),
+            );
+        }
         futures::stream::iter(stale)
             .map(|name| async move {
                 self.forget_stage(&name);
@@ -249,8 +262,16 @@ impl Coordinator {
     /// edit, review and rollout is in it), checked every two seconds; a pass whose calls
     /// failed is tried again after thirty.
     pub async fn run_staging(self: std::sync::Arc<Self>) {
-        let mut last_seen = -1;
-        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut last_seen = crate::audit::head(&self.db).await.map(|h| h.seq).unwrap_or(-1);
+        // The first pass knows nothing of what the shadows hold (stages a process before
+        // this one made): it drops every stage that is not the wanted tree's.
+        let mut retry_at = match self.restage_pass(true).await {
+            Ok(true) => None,
+            _ => Some(tokio::time::Instant::now() + std::time::Duration::from_secs(30)),
+        };
+        if !self.prestaging {
+            return;
+        }
         loop {
             tokio::select! {
                 () = self.staging_nudge.notified() => {}

@@ -64,6 +64,9 @@ pub struct Config {
     pub directory_hooks: Option<PathBuf>,
     /// Run a drill on every shadow whose latest is older than this (none when unset).
     pub drill_interval: Option<std::time::Duration>,
+    /// Stage approved changes on the shadows ahead of their rollout (see
+    /// `control::prestage`).
+    pub stage_ahead: bool,
 }
 
 impl Config {
@@ -87,6 +90,7 @@ impl Config {
             webhook_internal: false,
             directory_hooks: None,
             drill_interval: None,
+            stage_ahead: true,
         }
     }
 }
@@ -260,6 +264,7 @@ pub async fn prepare(mut config: Config) -> control::Result<AppState> {
     let registry = Arc::new(Registry::new(std::time::Duration::from_secs(10)).with_directory_hooks(config.directory_hooks.clone()));
     let mut coordinator = Coordinator::new(db.clone(), registry.clone(), identity);
     coordinator.prepare_timeout = config.prepare_deadline;
+    coordinator.prestaging = config.stage_ahead;
     let coordinator = Arc::new(coordinator);
     coordinator.recover().await?;
     let mut monitor = Monitor::new(db.clone(), registry, coordinator.clone(), config.check_interval);

@@ -163,6 +163,11 @@ struct ServeArgs {
     /// scheduled drills when unset).
     #[arg(long, env = "ETC_SHADOW_DRILL_INTERVAL", value_parser = parse_duration)]
     drill_interval: Option<Duration>,
+    /// Do not stage approved changes on the shadows before "Roll out" is clicked (a node
+    /// whose validator must not see a tree before its rollout, say); stages a control
+    /// plane made before are dropped at start. Rollouts then send what changed.
+    #[arg(long, env = "ETC_SHADOW_NO_STAGE_AHEAD")]
+    no_stage_ahead: bool,
 }
 
 #[derive(Subcommand)]
@@ -250,6 +255,7 @@ fn config(data_dir: PathBuf, args: &ServeArgs) -> Config {
     config.webhook_internal = args.webhook_allow_internal;
     config.directory_hooks = args.directory_hooks.clone();
     config.drill_interval = args.drill_interval;
+    config.stage_ahead = !args.no_stage_ahead;
     config.sessions = control::sessions::Policy {
         lifetime: time::Duration::minutes(args.session_lifetime_minutes),
         idle: time::Duration::minutes(args.session_idle_minutes),

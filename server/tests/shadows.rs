@@ -855,3 +855,30 @@ async fn a_large_stage_edited_after_the_watcher_vouched_for_it_is_not_taken_as_i
     assert_eq!(fleet.metric("etc_shadow_prepares_from_stage_total").await, taken + 3);
     fleet.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_control_plane_drops_stages_it_did_not_make_and_staging_ahead_can_be_off() {
+    let mut fleet = fleet().await;
+    let (status, first) = fleet.roll_out(sample(0)).await;
+    assert_eq!(first["state"], "applied", "{status} {first}");
+    let id = fleet.approved_change(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
+    fleet.staged_everywhere(id).await;
+    // The agent keeps its stage in memory; the control plane that made it is gone.
+    let staged = fleet.agent.live.join("..r0-rev2");
+    assert!(staged.exists());
+    fleet.server.restart_with(|config| config.stage_ahead = false).await;
+    eventually("the stage the last process made is dropped at start", || !staged.exists()).await;
+    // Off: nothing is staged, and the rollout sends what changed.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (_, change) = fleet.editor.get(&format!("/api/v1/changes/{id}")).await;
+    assert_eq!(change["staged_ahead"], json!([]), "{change}");
+    assert!(!staged.exists());
+    let (status, rollout) = fleet.approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    assert_eq!(fleet.metric("etc_shadow_prepares_from_stage_total").await, 0);
+    for dir in fleet.live_dirs() {
+        assert_eq!(std::fs::read_to_string(dir.join("app.toml")).unwrap(), "[server]\nport = 9090\n");
+    }
+    fleet.server.stop().await;
+}

@@ -52,6 +52,34 @@ impl TestServer {
         }
     }
 
+    /// Stops the server and starts it again on the same data directory and address (the
+    /// sessions signed in before stay valid), with `adjust` applied to a fresh config.
+    #[allow(dead_code)]
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut Config)) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let listener = tokio::net::TcpListener::bind(self.addr).await.expect("bind the same port again");
+        let mut config = Config::new(self.dir.path().to_path_buf(), self.addr);
+        config.webhook_internal = true;
+        adjust(&mut config);
+        let state = server::prepare(config).await.expect("server state");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = state.clone();
+        self.task = Some(tokio::spawn(async move {
+            server::serve(serving, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("serve");
+        }));
+        self.state = state;
+        self.shutdown = Some(tx);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
