@@ -422,7 +422,19 @@ fn watch_files(
             // Reading the files to hash them produces access events; reacting to those would
             // loop forever. Only changes count.
             Ok(event) if !event.kind.is_access() && !event.kind.is_other() => {
-                account.changed_at(&event.paths);
+                // Names made, removed or renamed, and nothing else: not a write or a
+                // chmod (through a hard link at the top level, say), not a directory that
+                // appeared or moved in (what it holds was never watched).
+                let names_only = match event.kind {
+                    EventKind::Create(CreateKind::Folder) => false,
+                    EventKind::Create(_) | EventKind::Remove(_) => true,
+                    EventKind::Modify(ModifyKind::Name(_)) => event
+                        .paths
+                        .iter()
+                        .all(|p| std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()) || !p.exists()),
+                    _ => false,
+                };
+                account.changed_at(&event.paths, names_only);
                 recheck.notify_one();
                 // A directory that appears is watched only once the watcher got to it:
                 // what was written into it before then reported nothing. A change counted

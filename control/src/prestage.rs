@@ -116,20 +116,26 @@ impl Coordinator {
                     .filter(|name| !held.contains_key(name) && !wanted.as_ref().is_some_and(|w| w.shadows.contains(name))),
             );
         }
-        futures::stream::iter(stale)
+        let dropped: Vec<bool> = futures::stream::iter(stale)
             .map(|name| async move {
                 self.forget_stage(&name);
-                if let Ok(driver) = self.registry.driver(&self.db, &name).await
-                    && let Err(err) = driver.drop_prestaged().await
-                {
+                let result = match self.registry.driver(&self.db, &name).await {
+                    Ok(driver) => driver.drop_prestaged().await.map_err(|err| err.to_string()),
+                    Err(err) => Err(err.public_message()),
+                };
+                if let Err(err) = &result {
                     tracing::debug!(shadow = %name, %err, "the shadow did not drop its stage; its next commit does");
                 }
+                result.is_ok()
             })
             .buffer_unordered(CONCURRENCY)
-            .collect::<Vec<()>>()
+            .collect()
             .await;
+        // After a start, a shadow that could not be asked is asked again (nothing else
+        // remembers that it may hold a stage).
+        let all_dropped = !after_start || dropped.iter().all(|ok| *ok);
         let Some(wanted) = wanted else {
-            return Ok(true);
+            return Ok(all_dropped);
         };
         let request = PrepareRequest {
             control_plane_id: self.identity.id.clone(),
@@ -200,7 +206,7 @@ impl Coordinator {
             .collect::<Vec<()>>()
             .await;
         let held = self.staged_ahead.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(wanted.shadows.iter().all(|name| held.get(name) == Some(&stage) || refused(name)))
+        Ok(all_dropped && wanted.shadows.iter().all(|name| held.get(name) == Some(&stage) || refused(name)))
     }
 
     /// Whether a stage just made may be recorded: no rollout began meanwhile (one that
@@ -263,16 +269,21 @@ impl Coordinator {
     /// failed is tried again after thirty.
     pub async fn run_staging(self: std::sync::Arc<Self>) {
         let mut last_seen = crate::audit::head(&self.db).await.map(|h| h.seq).unwrap_or(-1);
-        // The first pass knows nothing of what the shadows hold (stages a process before
-        // this one made): it drops every stage that is not the wanted tree's.
+        // Until a pass has dropped, on every shadow, any stage that is not the wanted
+        // tree's, what the shadows hold is not known (a process before this one may have
+        // staged something).
+        let mut unknown = true;
         let mut retry_at = match self.restage_pass(true).await {
-            Ok(true) => None,
+            Ok(true) => {
+                unknown = false;
+                None
+            }
             _ => Some(tokio::time::Instant::now() + std::time::Duration::from_secs(30)),
         };
-        if !self.prestaging {
-            return;
-        }
         loop {
+            if !self.prestaging && !unknown {
+                return;
+            }
             tokio::select! {
                 () = self.staging_nudge.notified() => {}
                 () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
@@ -284,8 +295,11 @@ impl Coordinator {
                 }
             }
             last_seen = crate::audit::head(&self.db).await.map(|h| h.seq).unwrap_or(last_seen);
-            retry_at = match self.restage().await {
-                Ok(true) => None,
+            retry_at = match self.restage_pass(unknown).await {
+                Ok(true) => {
+                    unknown = false;
+                    None
+                }
                 Ok(false) => Some(tokio::time::Instant::now() + std::time::Duration::from_secs(30)),
                 Err(err) => {
                     tracing::warn!(%err, "staging approved changes ahead failed; trying again");

@@ -882,3 +882,30 @@ async fn a_restarted_control_plane_drops_stages_it_did_not_make_and_staging_ahea
     }
     fleet.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_a_hard_link_made_at_the_top_level_is_drift_a_check_finds() {
+    // The agent answers a check from its maintained root while its watcher reports no
+    // change below the managed directory's top level. A hard link made at the top level
+    // to a live file, written through and removed, is reported at the top level by every
+    // event; the write changed the live file all the same.
+    let fleet = fleet().await;
+    let (status, first) = fleet.roll_out(sample(0)).await;
+    assert_eq!(first["state"], "applied", "{status} {first}");
+    for _ in 0..2 {
+        let (status, checked) = fleet.admin.post("/api/v1/shadows/edge/check", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{checked}");
+        assert_eq!(checked["status"], "in_sync", "{checked}");
+    }
+    let live = &fleet.agent.live;
+    let generation = std::fs::read_link(live.join("..data")).unwrap();
+    let link = live.join(".x");
+    std::fs::hard_link(live.join(&generation).join("app.toml"), &link).unwrap();
+    std::fs::write(&link, "[server]\nport = 6666\n").unwrap();
+    std::fs::remove_file(&link).unwrap();
+    assert_eq!(std::fs::read_to_string(live.join("app.toml")).unwrap(), "[server]\nport = 6666\n");
+    let (status, checked) = fleet.admin.post("/api/v1/shadows/edge/check", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{checked}");
+    assert_eq!(checked["status"], "drifted", "a write through a top-level hard link went unseen: {checked}");
+    fleet.server.stop().await;
+}

@@ -480,11 +480,13 @@ impl Watch {
         self.changes.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// The watcher reported a change of `paths`: one that touches only entries of the
-    /// managed directory itself (its links, `..data`, a generation's name) is not a
-    /// change below them.
-    pub fn changed_at(&self, paths: &[PathBuf]) {
-        let top_level = !paths.is_empty() && paths.iter().all(|p| p.parent() == self.sync_file.parent());
+    /// The watcher reported a change of `paths`. `names_only`: the event made, removed or
+    /// renamed names and changed no content (not a write, a chmod or a directory that
+    /// appeared or moved in, which may bring content nobody watched). Such a change of
+    /// the managed directory's own entries (its links, `..data`, a generation's name) is
+    /// not a change below them; anything else is.
+    pub fn changed_at(&self, paths: &[PathBuf], names_only: bool) {
+        let top_level = names_only && !paths.is_empty() && paths.iter().all(|p| p.parent() == self.sync_file.parent());
         if !top_level {
             self.deep_changes.fetch_add(1, Ordering::SeqCst);
         }
@@ -1760,13 +1762,17 @@ impl Store {
     /// (`synced`: its count of changes before the walk) and nothing walked was too recent
     /// to cache (a look once it settled must read it).
     fn walk(&self, synced: Option<(u64, u64)>) -> Result<Observed> {
+        // The top level as the walk found it: read before and after, kept only when the
+        // same (a change of it during the walk would otherwise pass for what was walked).
+        let top_before = synced.and_then(|_| self.top_level());
         let observed = self.observe(&self.live, Layout::Managed, self.live_manifest(), true, &Trusted::new())?;
         self.walks.fetch_add(1, Ordering::Relaxed);
+        let top = top_before.filter(|before| self.top_level().as_ref() == Some(before));
         let known = synced.filter(|_| !self.unsettled()).map(|(changes, deep)| Known {
             root: observed.root(),
             changes,
             deep,
-            top: self.top_level(),
+            top,
             manifest: self.persisted.live.as_ref().map(|g| g.root.clone()),
             at: Instant::now(),
         });
@@ -2228,12 +2234,10 @@ impl Store {
             self.prestaged = Some(stage);
             return Ok(None);
         }
-        let dir_name = format!("r{rollout}-rev{}", request.revision);
-        let final_dir = self.generation_dir(&dir_name);
-        if self.linked_generation().as_deref() == Some(final_dir.as_path()) {
-            let _ = fs::remove_dir_all(&stage_dir);
-            return Err(StoreError::Conflict(format!("rollout {rollout} is live here already")));
-        }
+        // The stage's directory becomes the generation as it is: not renamed, so nothing
+        // about it changes (the watcher keeps watching it, no directory entry to make
+        // durable: staging did).
+        let dir_name = stage.dir.clone();
         let Ok(handle) = DirHandle::open(&stage_dir) else {
             return Ok(None);
         };
@@ -2252,14 +2256,13 @@ impl Store {
             .vouched
             .take()
             .filter(|v| Some(v.deep) == deep && handle.identity() == Some(v.dir));
-        let taken = self.take_stage(&stage, &stage_dir, &final_dir, &handle, vouched.map(|v| v.proof));
+        let taken = self.take_stage(&stage, &stage_dir, &handle, vouched.map(|v| v.proof));
         let proof = match taken {
             Ok(Some(proof)) if proof.root().to_hex() == request.target_root => proof,
             other => {
                 // Whatever went wrong, nothing half-taken stays behind.
-                let _ = fs::remove_dir_all(&stage_dir);
-                if self.linked_generation().as_deref() != Some(final_dir.as_path()) {
-                    let _ = fs::remove_dir_all(&final_dir);
+                if self.linked_generation().as_deref() != Some(stage_dir.as_path()) {
+                    let _ = fs::remove_dir_all(&stage_dir);
                 }
                 other?;
                 tracing::warn!(rollout, "the tree staged ahead changed since it was staged; staging it again");
@@ -2269,11 +2272,11 @@ impl Store {
         // The validator judges the tree again, as it will go live now: what it reads
         // besides the tree (certificates, includes) may have changed since it was staged.
         let budget = request.deadline_ms.map(Duration::from_millis);
-        let (hook, seen) = match self.validate_staged(&final_dir, &stage.manifest, &stage.root, proof.seen.clone(), budget) {
+        let (hook, seen) = match self.validate_staged(&stage_dir, &stage.manifest, &stage.root, proof.seen.clone(), budget) {
             Ok(validated) => validated,
             Err(err) => {
-                if self.linked_generation().as_deref() != Some(final_dir.as_path()) {
-                    let _ = fs::remove_dir_all(&final_dir);
+                if self.linked_generation().as_deref() != Some(stage_dir.as_path()) {
+                    let _ = fs::remove_dir_all(&stage_dir);
                 }
                 return Err(err);
             }
@@ -2290,29 +2293,18 @@ impl Store {
         Ok(Some(answer))
     }
 
-    /// Renames the tree staged ahead to `final_dir` and proves it again, trusting what
-    /// its byte proof saw unchanged (or takes `vouched`, its proof the watcher vouches
-    /// for). `None` when it was replaced meanwhile.
-    fn take_stage(
-        &self,
-        stage: &Prestaged,
-        stage_dir: &Path,
-        final_dir: &Path,
-        handle: &DirHandle,
-        vouched: Option<Observed>,
-    ) -> Result<Option<Observed>> {
-        let managed = DirHandle::open(&self.live)?;
-        let _ = fs::remove_dir_all(final_dir);
-        fs::rename(stage_dir, final_dir).map_err(|err| io_error("take the tree staged ahead", err))?;
-        managed.sync()?;
-        if !handle.is_at(final_dir) {
+    /// Proves the tree staged ahead again, trusting what its byte proof saw unchanged (or
+    /// takes `vouched`, its proof the watcher vouches for). `None` when its directory was
+    /// replaced meanwhile.
+    fn take_stage(&self, stage: &Prestaged, stage_dir: &Path, handle: &DirHandle, vouched: Option<Observed>) -> Result<Option<Observed>> {
+        if !handle.is_at(stage_dir) {
             return Ok(None);
         }
         if let Some(proof) = vouched {
             return Ok(Some(proof));
         }
         Ok(Some(self.observe(
-            final_dir,
+            stage_dir,
             Layout::Generation,
             &stage.manifest,
             false,
@@ -2382,6 +2374,20 @@ impl Store {
             self.save()?;
         }
         let dir_name = format!("r0-rev{}", request.revision);
+        // A stage taken by a prepare is that rollout's staged generation under the same
+        // name until its commit or abort: never staged over.
+        if [&self.persisted.live, &self.persisted.staged]
+            .into_iter()
+            .flatten()
+            .map(|g| g.dir.as_str())
+            .chain(self.persisted.previous.as_deref())
+            .any(|dir| dir == dir_name)
+        {
+            return Err(StoreError::Conflict(format!(
+                "revision {}'s tree is staged here for a rollout: its commit or abort comes first",
+                request.revision
+            )));
+        }
         if self.progress.foreground_waiting() {
             return Err(StoreError::Conflict(
                 "a rollout's call is waiting: nothing is staged ahead now".into(),

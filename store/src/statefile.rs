@@ -23,7 +23,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -45,6 +45,8 @@ pub struct StateFile {
     dir: PathBuf,
     /// The save number of the state in memory (0: none saved in slots yet).
     seq: u64,
+    /// The slot it is in (`None`: none yet, or read from the legacy file).
+    current: Option<usize>,
     /// The slots' header lines when last read or written (`None`: missing).
     seen: Option<[Option<Vec<u8>>; 2]>,
 }
@@ -123,6 +125,7 @@ impl StateFile {
         StateFile {
             dir: dir.to_path_buf(),
             seq: 0,
+            current: None,
             seen: None,
         }
     }
@@ -141,14 +144,16 @@ impl StateFile {
     pub fn load(&mut self) -> io::Result<Option<Loaded>> {
         let before = headers(&self.dir)?;
         let mut best: Option<Loaded> = None;
+        let mut current = None;
         let mut any_slot = false;
         let mut torn = Vec::new();
-        for name in SLOTS {
+        for (slot, name) in SLOTS.iter().enumerate() {
             let path = self.dir.join(name);
             let Some(bytes) = read_no_follow(&path)? else { continue };
             any_slot = true;
             match parse_slot(&bytes) {
                 Some((seq, body)) if best.as_ref().is_none_or(|b| seq > b.seq) => {
+                    current = Some(slot);
                     best = Some(Loaded {
                         seq,
                         body: body.to_vec(),
@@ -177,6 +182,7 @@ impl StateFile {
             }
         }
         self.seq = best.as_ref().map_or(0, |b| b.seq);
+        self.current = current.filter(|_| best.as_ref().is_some_and(|b| b.seq > 0));
         // Headers from before the reads: a save meanwhile shows as a change next time.
         self.seen = Some(before);
         Ok(best)
@@ -186,39 +192,69 @@ impl StateFile {
     /// and fdatasynced. `charge` is asked first for the bytes about to be written (a
     /// simulated full disk in tests).
     pub fn save(&mut self, body: &[u8], charge: impl FnOnce(usize) -> io::Result<()>) -> io::Result<()> {
-        let seq = self.seq + 1;
-        let name = SLOTS[usize::from(seq.is_multiple_of(2))];
-        let path = self.dir.join(name);
-        let created = !fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
-        if created {
-            // A symlink planted there is removed, never followed.
-            let _ = fs::remove_file(&path);
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(&path)?;
+        let seq = self
+            .seq
+            .checked_add(1)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "the state's save number is at its end"))?;
+        // The slot the current state is not in (the first one when there is none).
+        let slot = self.current.map_or(0, |current| 1 - current);
+        let path = self.dir.join(SLOTS[slot]);
         let header = format!("{MAGIC} {seq} {}\n", blake3::hash(body).to_hex());
         let mut bytes = Vec::with_capacity(header.len() + body.len());
         bytes.extend_from_slice(header.as_bytes());
         bytes.extend_from_slice(body);
         charge(bytes.len())?;
-        crate::timed(|t| &mut t.write, || file.write_all(&bytes))?;
-        file.set_len(bytes.len() as u64)?;
-        sync_data(&file)?;
-        if created {
-            // The slot's name must survive a crash too (once: later saves keep the inode).
-            File::open(&self.dir)?.sync_all()?;
+        // A slot is written in place only when it is a file of the store's own (not a
+        // link, not shared with another name); otherwise it is made whole under a
+        // temporary name and renamed there, so no crash leaves a slot half made.
+        let in_place = OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+            .ok()
+            .filter(|file| file.metadata().is_ok_and(|m| m.is_file() && m.nlink() == 1));
+        match in_place {
+            Some(mut file) => {
+                let written = crate::timed(|t| &mut t.write, || file.write_all(&bytes))
+                    .and_then(|()| file.set_len(bytes.len() as u64))
+                    .and_then(|()| sync_data(&file));
+                if let Err(err) = written {
+                    // Whatever reached the slot is not a save: it must not be read as one
+                    // (the other slot is the state), and it is read again next time.
+                    let _ = file.set_len(0).and_then(|()| file.sync_data());
+                    self.seen = None;
+                    return Err(err);
+                }
+            }
+            None => {
+                let temporary = self.dir.join(format!("{}.tmp", SLOTS[slot]));
+                let _ = fs::remove_file(&temporary);
+                let made = (|| {
+                    let mut file = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                        .open(&temporary)?;
+                    crate::timed(|t| &mut t.write, || file.write_all(&bytes))?;
+                    sync_data(&file)?;
+                    fs::rename(&temporary, &path)?;
+                    File::open(&self.dir)?.sync_all()
+                })();
+                if let Err(err) = made {
+                    let _ = fs::remove_file(&temporary);
+                    self.seen = None;
+                    return Err(err);
+                }
+            }
         }
         self.seq = seq;
-        self.seen = Some(headers(&self.dir)?);
+        self.current = Some(slot);
+        self.seen = headers(&self.dir).ok();
         // The legacy file is stale from the first slot on (slots win over it); removed so
-        // nobody reads it by mistake.
-        if seq == 1 && fs::remove_file(self.dir.join(LEGACY)).is_ok() {
-            File::open(&self.dir)?.sync_all()?;
+        // nobody reads it by mistake (a failure to remove it changes nothing).
+        if fs::remove_file(self.dir.join(LEGACY)).is_ok() {
+            let _ = File::open(&self.dir).and_then(|dir| dir.sync_all());
         }
         Ok(())
     }
