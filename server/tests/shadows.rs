@@ -796,7 +796,13 @@ async fn an_approved_change_is_staged_ahead_an_edit_drops_the_stage_and_the_roll
             "{}: the staged file went live",
             dir.display()
         );
-        assert!(!dir.join("..r0-rev2").exists(), "{}", dir.display());
+        // The stage's directory itself became the live generation.
+        assert_eq!(
+            std::fs::read_link(dir.join("..data")).unwrap(),
+            PathBuf::from("..r0-rev2"),
+            "{}",
+            dir.display()
+        );
     }
     for shadow in rollout["shadows"].as_array().unwrap() {
         assert_eq!(shadow["receipt_root"], rollout["root"], "{shadow}");
@@ -906,6 +912,9 @@ async fn a_write_through_a_hard_link_made_at_the_top_level_is_drift_a_check_find
     assert_eq!(std::fs::read_to_string(live.join("app.toml")).unwrap(), "[server]\nport = 6666\n");
     let (status, checked) = fleet.admin.post("/api/v1/shadows/edge/check", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{checked}");
-    assert_eq!(checked["status"], "drifted", "a write through a top-level hard link went unseen: {checked}");
+    assert_eq!(
+        checked["status"], "drifted",
+        "a write through a top-level hard link went unseen: {checked}"
+    );
     fleet.server.stop().await;
 }
