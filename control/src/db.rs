@@ -329,6 +329,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_relaxed_transaction_leaves_the_writer_durable_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_or_initialize(dir.path(), true).await.unwrap();
+        let level = || async {
+            sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
+                .fetch_one(db.read_write())
+                .await
+                .unwrap()
+        };
+        // 2 is FULL, 1 is NORMAL.
+        assert_eq!(level().await, 2);
+        let mut tx = db.begin_relaxed().await.unwrap();
+        assert_eq!(
+            sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap(),
+            1
+        );
+        sqlx::query("UPDATE control_plane SET epoch = epoch")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(level().await, 2, "after a relaxed commit");
+        // Dropped without a commit (rolled back) it is the same.
+        let tx = db.begin_relaxed().await.unwrap();
+        drop(tx);
+        assert_eq!(level().await, 2, "after a relaxed transaction rolled back");
+        let tx = db.begin().await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(level().await, 2);
+    }
+
+    #[tokio::test]
     async fn the_data_directory_the_database_and_the_key_file_are_owner_only() {
         let root = tempfile::tempdir().unwrap();
         // A data directory made by hand with the usual umask is made private at open.
