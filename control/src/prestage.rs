@@ -87,14 +87,10 @@ impl Coordinator {
     /// holds the stage. One that could not stage is left without (its rollout sends the
     /// entries).
     pub async fn restage(&self) -> Result<bool> {
-        self.restage_pass(false).await
-    }
-
-    /// [`Self::restage`]; `after_start`: what the shadows hold is not known (this process
-    /// did not stage it: a control plane that restarted, or ran with staging ahead off),
-    /// so every shadow the wanted tree is not staged on is asked to drop its stage.
-    async fn restage_pass(&self, after_start: bool) -> Result<bool> {
-        let wanted = if self.prestaging { self.wanted().await? } else { None };
+        if !self.prestaging {
+            return Ok(true);
+        }
+        let wanted = self.wanted().await?;
         let held: HashMap<String, StagedAhead> = self.staged_ahead.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let is_wanted = |name: &str, stage: &StagedAhead| {
             wanted.as_ref().is_some_and(|w| {
@@ -102,40 +98,21 @@ impl Coordinator {
             })
         };
         // Stages nobody wants any more are dropped.
-        let mut stale: Vec<String> = held
+        let stale: Vec<String> = held
             .iter()
             .filter(|(name, stage)| !is_wanted(name, stage))
             .map(|(name, _)| name.clone())
             .collect();
-        if after_start {
-            let mut conn = self.db.read.acquire().await?;
-            let registered = changes::target_set(&mut conn).await?;
-            stale.extend(
-                registered
-                    .into_iter()
-                    .filter(|name| !held.contains_key(name) && !wanted.as_ref().is_some_and(|w| w.shadows.contains(name))),
-            );
-        }
-        let dropped: Vec<bool> = futures::stream::iter(stale)
+        futures::stream::iter(stale)
             .map(|name| async move {
                 self.forget_stage(&name);
-                let result = match self.registry.driver(&self.db, &name).await {
-                    Ok(driver) => driver.drop_prestaged().await.map_err(|err| err.to_string()),
-                    Err(err) => Err(err.public_message()),
-                };
-                if let Err(err) = &result {
-                    tracing::debug!(shadow = %name, %err, "the shadow did not drop its stage; its next commit does");
-                }
-                result.is_ok()
+                self.drop_stage_on(&name).await;
             })
             .buffer_unordered(CONCURRENCY)
-            .collect()
+            .collect::<Vec<()>>()
             .await;
-        // After a start, a shadow that could not be asked is asked again (nothing else
-        // remembers that it may hold a stage).
-        let all_dropped = !after_start || dropped.iter().all(|ok| *ok);
         let Some(wanted) = wanted else {
-            return Ok(all_dropped);
+            return Ok(true);
         };
         let request = PrepareRequest {
             control_plane_id: self.identity.id.clone(),
@@ -206,7 +183,56 @@ impl Coordinator {
             .collect::<Vec<()>>()
             .await;
         let held = self.staged_ahead.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(all_dropped && wanted.shadows.iter().all(|name| held.get(name) == Some(&stage) || refused(name)))
+        Ok(wanted.shadows.iter().all(|name| held.get(name) == Some(&stage) || refused(name)))
+    }
+
+    /// Asks `name` to drop its stage; whether it answered.
+    async fn drop_stage_on(&self, name: &str) -> bool {
+        let result = match self.registry.driver(&self.db, name).await {
+            Ok(driver) => driver.drop_prestaged().await.map_err(|err| err.to_string()),
+            Err(err) => Err(err.public_message()),
+        };
+        if let Err(err) = &result {
+            tracing::debug!(shadow = %name, %err, "the shadow did not drop its stage; its next commit does");
+        }
+        result.is_ok()
+    }
+
+    /// Asks each shadow in `unknown` to drop its stage: what it holds staged ahead is not
+    /// known (an earlier process may have staged something). One that answered, one this
+    /// process has staged since, and one no longer registered leave the set; the others
+    /// are asked again at the next pass. Nothing is asked while a rollout is open: its
+    /// prepares may be taking stages.
+    async fn drop_unknown_stages(&self, unknown: &mut std::collections::BTreeSet<String>) -> Result<()> {
+        if !self.wanted_still().await {
+            return Ok(());
+        }
+        let registered: std::collections::BTreeSet<String> = {
+            let mut conn = self.db.read.acquire().await?;
+            changes::target_set(&mut conn).await?.into_iter().collect()
+        };
+        let held: Vec<String> = self
+            .staged_ahead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        unknown.retain(|name| registered.contains(name) && !held.contains(name));
+        let answered: Vec<(String, bool)> = futures::stream::iter(unknown.iter().cloned())
+            .map(|name| async move {
+                let ok = self.drop_stage_on(&name).await;
+                (name, ok)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (name, ok) in answered {
+            if ok {
+                unknown.remove(&name);
+            }
+        }
+        Ok(())
     }
 
     /// Whether a stage just made may be recorded: no rollout began meanwhile (one that
@@ -268,39 +294,41 @@ impl Coordinator {
     /// edit, review and rollout is in it), checked every two seconds; a pass whose calls
     /// failed is tried again after thirty.
     pub async fn run_staging(self: std::sync::Arc<Self>) {
-        let mut last_seen = crate::audit::head(&self.db).await.map(|h| h.seq).unwrap_or(-1);
-        // Until a pass has dropped, on every shadow, any stage that is not the wanted
-        // tree's, what the shadows hold is not known (a process before this one may have
-        // staged something).
-        let mut unknown = true;
-        let mut retry_at = match self.restage_pass(true).await {
-            Ok(true) => {
-                unknown = false;
-                None
-            }
-            _ => Some(tokio::time::Instant::now() + std::time::Duration::from_secs(30)),
+        let mut last_seen = -1;
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        // What the shadows hold staged ahead is not known at start (a process before
+        // this one may have staged something): each is asked to drop it once.
+        let mut unknown: std::collections::BTreeSet<String> = match self.db.read.acquire().await {
+            Ok(mut conn) => changes::target_set(&mut conn).await.unwrap_or_default().into_iter().collect(),
+            Err(_) => Default::default(),
         };
+        let mut first = true;
         loop {
-            if !self.prestaging && !unknown {
-                return;
-            }
-            tokio::select! {
-                () = self.staging_nudge.notified() => {}
-                () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
-                    let head = crate::audit::head(&self.db).await.map(|h| h.seq).unwrap_or(last_seen);
-                    let retry = retry_at.is_some_and(|at| tokio::time::Instant::now() >= at);
-                    if head == last_seen && !retry {
-                        continue;
+            if !first {
+                if !self.prestaging && unknown.is_empty() {
+                    return;
+                }
+                tokio::select! {
+                    () = self.staging_nudge.notified() => {}
+                    () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
+                        let head = crate::audit::head(&self.db).await.map(|h| h.seq).unwrap_or(last_seen);
+                        let retry = retry_at.is_some_and(|at| tokio::time::Instant::now() >= at);
+                        if head == last_seen && !retry {
+                            continue;
+                        }
                     }
                 }
             }
+            first = false;
             last_seen = crate::audit::head(&self.db).await.map(|h| h.seq).unwrap_or(last_seen);
-            retry_at = match self.restage_pass(unknown).await {
-                Ok(true) => {
-                    unknown = false;
-                    None
-                }
-                Ok(false) => Some(tokio::time::Instant::now() + std::time::Duration::from_secs(30)),
+            if !unknown.is_empty()
+                && let Err(err) = self.drop_unknown_stages(&mut unknown).await
+            {
+                tracing::warn!(%err, "cannot ask the shadows to drop stages an earlier process made");
+            }
+            retry_at = match self.restage().await {
+                Ok(true) if unknown.is_empty() => None,
+                Ok(_) => Some(tokio::time::Instant::now() + std::time::Duration::from_secs(30)),
                 Err(err) => {
                     tracing::warn!(%err, "staging approved changes ahead failed; trying again");
                     Some(tokio::time::Instant::now() + std::time::Duration::from_secs(30))
