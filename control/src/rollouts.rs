@@ -729,6 +729,9 @@ impl Coordinator {
                 }
             }
             coordinator.bump();
+            // The plan holds the contents it sent (secret ones decrypted): not kept
+            // beyond its rollout.
+            *coordinator.plan_memo.lock().unwrap_or_else(|p| p.into_inner()) = None;
             drop(running);
             // A rollout that did not commit leaves its change approved: staged again.
             coordinator.nudge_staging();
