@@ -152,6 +152,16 @@ struct Generation {
     manifest: std::sync::Arc<BTreeMap<String, Manifested>>,
 }
 
+impl Generation {
+    /// The top-level names of its entries: the links the managed directory holds into it.
+    fn top_names(&self) -> BTreeSet<String> {
+        self.manifest
+            .keys()
+            .filter_map(|path| path.split('/').next().map(str::to_string))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Persisted {
     control_plane_id: Option<String>,
@@ -2256,7 +2266,7 @@ impl Store {
             .vouched
             .take()
             .filter(|v| Some(v.deep) == deep && handle.identity() == Some(v.dir));
-        let taken = self.take_stage(&stage, &stage_dir, &handle, vouched.map(|v| v.proof));
+        let taken = self.prove_stage(&stage, &stage_dir, &handle, vouched.map(|v| v.proof));
         let proof = match taken {
             Ok(Some(proof)) if proof.root().to_hex() == request.target_root => proof,
             other => {
@@ -2296,7 +2306,7 @@ impl Store {
     /// Proves the tree staged ahead again, trusting what its byte proof saw unchanged (or
     /// takes `vouched`, its proof the watcher vouches for). `None` when its directory was
     /// replaced meanwhile.
-    fn take_stage(&self, stage: &Prestaged, stage_dir: &Path, handle: &DirHandle, vouched: Option<Observed>) -> Result<Option<Observed>> {
+    fn prove_stage(&self, stage: &Prestaged, stage_dir: &Path, handle: &DirHandle, vouched: Option<Observed>) -> Result<Option<Observed>> {
         if !handle.is_at(stage_dir) {
             return Ok(None);
         }
@@ -2476,11 +2486,7 @@ impl Store {
         if vouched_rollout != rollout || now != deep {
             return None;
         }
-        let wanted: BTreeSet<String> = generation
-            .manifest
-            .keys()
-            .filter_map(|path| path.split('/').next().map(str::to_string))
-            .collect();
+        let wanted = generation.top_names();
         let top = self.top_level()?;
         if self.linked_generation()? != self.generation_dir(&generation.dir) || top.dir != dir || top.links != wanted {
             return None;
@@ -2983,11 +2989,7 @@ impl Store {
     /// Idempotent, so a commit interrupted anywhere is finished by doing it again.
     fn switch_to(&mut self, generation: &Generation) -> Result<()> {
         let target = format!("..{}", generation.dir);
-        let wanted: BTreeSet<String> = generation
-            .manifest
-            .keys()
-            .filter_map(|path| path.split('/').next().map(str::to_string))
-            .collect();
+        let wanted = generation.top_names();
         let live = self.live.clone();
         let ours = move |name: &str| fs::read_link(live.join(name)).is_ok_and(|t| t == Path::new(DATA_LINK).join(name));
         // 1. What is not the store's (the files found before its first commit, anything
