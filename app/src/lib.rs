@@ -22,6 +22,44 @@ use leptos_router::{
     path,
 };
 
+/// The codec of every Resource: JSON, as leptos's default, but read from bytes with
+/// `serde_json::from_slice` as server functions read their results, so the browser's
+/// wasm holds one reader of each page's data rather than two (`from_str` and
+/// `from_slice` are separate instances of every deserialiser).
+pub struct Json;
+
+impl<T: serde::Serialize> codee::Encoder<T> for Json {
+    type Error = serde_json::Error;
+    type Encoded = String;
+
+    fn encode(value: &T) -> Result<String, serde_json::Error> {
+        serde_json::to_string(value)
+    }
+}
+
+impl<T: serde::de::DeserializeOwned> codee::Decoder<T> for Json {
+    type Error = serde_json::Error;
+    type Encoded = str;
+
+    fn decode(text: &str) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(text.as_bytes())
+    }
+}
+
+/// A Resource with the [`Json`] codec (what `Resource::new` is with leptos's own).
+#[track_caller]
+pub fn resource<S, T, Fut>(
+    source: impl Fn() -> S + Send + Sync + 'static,
+    fetcher: impl Fn(S) -> Fut + Send + Sync + 'static,
+) -> Resource<T, Json>
+where
+    S: Send + Sync + Clone + PartialEq + 'static,
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    Resource::new_with_options(source, fetcher, false)
+}
+
 /// Settings the server passes to server functions through context.
 #[derive(Debug, Clone, Copy)]
 pub struct ConsoleSettings {

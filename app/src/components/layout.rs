@@ -11,7 +11,7 @@ pub fn use_me() -> Option<Me> {
 
 #[component]
 pub fn Layout(#[prop(into)] title: String, children: ChildrenFn) -> impl IntoView {
-    let me = Resource::new(|| (), |_| whoami());
+    let me = crate::resource(|| (), |_| whoami());
     let logout = ServerAction::<Logout>::new();
     let children = StoredValue::new(children);
     view! {

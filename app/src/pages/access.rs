@@ -23,7 +23,7 @@ pub fn TokensPage() -> impl IntoView {
     let create = ServerAction::<CreateToken>::new();
     let revoke = ServerAction::<RevokeToken>::new();
     let version = move || create.version().get() + revoke.version().get();
-    let list = Resource::new(version, |_| tokens());
+    let list = crate::resource(version, |_| tokens());
     view! {
         <Title text="API tokens · etc-shadow" />
         <Layout title="API tokens">
@@ -109,7 +109,7 @@ pub fn UsersPage() -> impl IntoView {
     let create = ServerAction::<CreateUser>::new();
     let update = ServerAction::<UpdateUser>::new();
     let version = move || create.version().get() + update.version().get();
-    let list = Resource::new(version, |_| users());
+    let list = crate::resource(version, |_| users());
     let failure = move || {
         [
             create.value().get().and_then(|r| r.err()),

@@ -21,9 +21,9 @@ pub fn AuditPage() -> impl IntoView {
             q.get("before").and_then(|b| b.parse::<i64>().ok()),
         )
     };
-    let data = Resource::new(filter, |(actor, action, target, before)| audit_log(actor, action, target, before));
+    let data = crate::resource(filter, |(actor, action, target, before)| audit_log(actor, action, target, before));
     let verify = ServerAction::<AuditVerify>::new();
-    let head = Resource::new(move || verify.version().get(), |_| audit_head());
+    let head = crate::resource(move || verify.version().get(), |_| audit_head());
     let next_href = move |next: i64| {
         let (actor, action, target, _) = filter();
         format!(

@@ -37,7 +37,7 @@ pub fn ChangesPage() -> impl IntoView {
         let q = query.read();
         (q.get("state"), q.get("before").and_then(|b| b.parse::<i64>().ok()))
     };
-    let data = Resource::new(key, |(state, before)| changes(state, before));
+    let data = crate::resource(key, |(state, before)| changes(state, before));
     view! {
         <Title text="Changes · etc-shadow" />
         <Layout title="Changes">
@@ -133,7 +133,7 @@ pub fn ChangePage() -> impl IntoView {
     let feed = LiveFeed::open();
     // The change and its rollout are read again after every action and whenever a rollout
     // starts, decides or ends (the event stream says when).
-    let data = Resource::new(
+    let data = crate::resource(
         move || (id(), actions.version(), feed.milestones()),
         |(id, _, _)| async move {
             let head = change(id).await?;
@@ -141,13 +141,13 @@ pub fn ChangePage() -> impl IntoView {
             Ok::<_, ServerFnError>((head, diff))
         },
     );
-    let latest = Resource::new(
+    let latest = crate::resource(
         move || (id(), actions.version(), feed.milestones()),
         |(id, _, _)| change_rollout(id),
     );
     // Made here, outside the page's Suspend, so a page loaded directly hydrates it in order.
     let validate = RwSignal::new(false);
-    let plan = Resource::new(
+    let plan = crate::resource(
         move || (id(), validate.get(), actions.version()),
         |(id, validate, _)| crate::api::change_plan(id, validate),
     );
@@ -351,7 +351,7 @@ fn ChangeHeader(change: ChangeView, entries_total: usize, actions: Actions) -> i
 /// The rollout plan of an open change: every shadow it would reach, what each would do per
 /// entry, and which would refuse; approvers can run the nodes' validate hooks as a dry run.
 #[component]
-fn PlanSection(plan: Resource<Result<domain::api::RolloutPlan, ServerFnError>>, validate: RwSignal<bool>) -> impl IntoView {
+fn PlanSection(plan: Resource<Result<domain::api::RolloutPlan, ServerFnError>, crate::Json>, validate: RwSignal<bool>) -> impl IntoView {
     let approver = use_me().is_some_and(|m| m.role.allows(Role::Approver));
     view! {
         <section class="card" data-test="rollout-plan">

@@ -91,7 +91,7 @@ fn EntryTable(entries: Vec<EntryView>, revision: i64, current: bool) -> impl Int
 
 #[component]
 pub fn ConfigPage() -> impl IntoView {
-    let data = Resource::new(|| (), |_| revision(None));
+    let data = crate::resource(|| (), |_| revision(None));
     view! {
         <Title text="Configuration · etc-shadow" />
         <Layout title="Configuration">
@@ -130,7 +130,7 @@ pub fn EntryPage() -> impl IntoView {
         let q = query.read();
         (q.get("path").unwrap_or_default(), q.get("rev").and_then(|r| r.parse::<i64>().ok()))
     };
-    let data = Resource::new(key, |(path, rev)| entry(path, rev));
+    let data = crate::resource(key, |(path, rev)| entry(path, rev));
     view! {
         <Title text="Entry · etc-shadow" />
         <Layout title="Entry">
@@ -178,7 +178,7 @@ pub fn EntryPage() -> impl IntoView {
 pub fn RevisionsPage() -> impl IntoView {
     let query = use_query_map();
     let before = move || query.read().get("before").and_then(|b| b.parse::<i64>().ok());
-    let data = Resource::new(before, revisions);
+    let data = crate::resource(before, revisions);
     view! {
         <Title text="History · etc-shadow" />
         <Layout title="History">
@@ -236,7 +236,7 @@ fn RestoreButton(number: i64) -> impl IntoView {
 pub fn RevisionPage() -> impl IntoView {
     let params = use_params_map();
     let number = move || params.read().get("n").and_then(|n| n.parse::<i64>().ok()).unwrap_or(-1);
-    let data = Resource::new(number, |n| async move {
+    let data = crate::resource(number, |n| async move {
         let rev = revision(Some(n)).await?;
         let diff = match rev.summary.parent {
             Some(parent) => Some(revision_diff(parent, n).await?),

@@ -25,7 +25,7 @@ pub fn Verdict(#[prop(into)] verdict: String) -> impl IntoView {
 pub fn DrillsPage() -> impl IntoView {
     let query = use_query_map();
     let shadow = move || query.read().get("shadow");
-    let data = Resource::new(shadow, |shadow| drills(shadow, None));
+    let data = crate::resource(shadow, |shadow| drills(shadow, None));
     view! {
         <Title text="Drills · etc-shadow" />
         <Layout title="Drills">
@@ -70,7 +70,7 @@ pub fn DrillsPage() -> impl IntoView {
 pub fn DrillPage() -> impl IntoView {
     let params = use_params_map();
     let id = move || params.read().get("id").and_then(|n| n.parse::<i64>().ok()).unwrap_or(-1);
-    let data = Resource::new(id, drill);
+    let data = crate::resource(id, drill);
     view! {
         <Title text="Drill · etc-shadow" />
         <Layout title="Drill">

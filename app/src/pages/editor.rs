@@ -58,7 +58,7 @@ pub fn EditorPage() -> impl IntoView {
             q.get("change").and_then(|c| c.parse::<i64>().ok()),
         )
     };
-    let data = Resource::new(key, |(path, change)| load(path, change));
+    let data = crate::resource(key, |(path, change)| load(path, change));
     view! {
         <Title text="Edit · etc-shadow" />
         <Layout title="Edit entry">

@@ -49,7 +49,7 @@ pub fn IncidentsPage() -> impl IntoView {
             q.get("page").and_then(|p| p.parse::<i64>().ok()),
         )
     };
-    let data = Resource::new(
+    let data = crate::resource(
         move || (filter(), feed.incident_changes.get()),
         |((status, kind, shadow, since, until, page), _)| incidents(status, kind, shadow, day_start(since), day_start(until), page),
     );
@@ -137,7 +137,7 @@ pub fn IncidentPage() -> impl IntoView {
             + reconcile.version().get()
             + feed.incident_changes.get()
     };
-    let data = Resource::new(move || (id(), versions()), |(id, _)| incident_with_diff(id));
+    let data = crate::resource(move || (id(), versions()), |(id, _)| incident_with_diff(id));
     let failure = move || {
         [
             acknowledge.value().get().and_then(|r| r.err()),

@@ -7,7 +7,7 @@ use leptos_meta::Title;
 
 #[component]
 pub fn OverviewPage() -> impl IntoView {
-    let data = Resource::new(|| (), |_| overview());
+    let data = crate::resource(|| (), |_| overview());
     view! {
         <Title text="Overview · etc-shadow" />
         <Layout title="Overview">

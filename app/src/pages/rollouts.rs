@@ -75,7 +75,7 @@ pub fn RolloutShadows(rollout: RolloutView, #[prop(optional)] feed: Option<LiveF
 pub fn RolloutsPage() -> impl IntoView {
     let query = use_query_map();
     let before = move || query.read().get("before").and_then(|b| b.parse::<i64>().ok());
-    let data = Resource::new(before, rollouts);
+    let data = crate::resource(before, rollouts);
     view! {
         <Title text="Rollouts · etc-shadow" />
         <Layout title="Rollouts">
@@ -116,7 +116,7 @@ pub fn RolloutPage() -> impl IntoView {
     let tick = RwSignal::new(0u32);
     let cancel = ServerAction::<CancelRollout>::new();
     let release = ServerAction::<ReleaseRolloutShadow>::new();
-    let data = Resource::new(
+    let data = crate::resource(
         move || (id(), tick.get(), cancel.version().get() + release.version().get()),
         |(id, _, _)| rollout(id),
     );

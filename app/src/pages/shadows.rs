@@ -29,7 +29,7 @@ pub fn ShadowsPage() -> impl IntoView {
     let drill = ServerAction::<RunDrill>::new();
     let version =
         move || add.version().get() + remove.version().get() + check.version().get() + reconcile.version().get() + drill.version().get();
-    let data = Resource::new(version, |_| shadows());
+    let data = crate::resource(version, |_| shadows());
     let failure = move || {
         [
             add.value().get().and_then(|r| r.err()),
@@ -185,15 +185,15 @@ pub fn ShadowPage() -> impl IntoView {
     let before = move || query.read().get("checks_before").and_then(|b| b.parse::<i64>().ok());
     let check = ServerAction::<CheckShadow>::new();
     let run_drill = ServerAction::<RunDrill>::new();
-    let data = Resource::new(
+    let data = crate::resource(
         move || (name(), check.version().get(), run_drill.version().get()),
         |(name, _, _)| shadow_detail(name),
     );
-    let history = Resource::new(
+    let history = crate::resource(
         move || (name(), before(), check.version().get()),
         |(name, before, _)| shadow_checks(name, before),
     );
-    let diff = Resource::new(move || (name(), check.version().get()), |(name, _)| shadow_diff(name));
+    let diff = crate::resource(move || (name(), check.version().get()), |(name, _)| shadow_diff(name));
     view! {
         <Title text="Shadow · etc-shadow" />
         <Layout title="Shadow">

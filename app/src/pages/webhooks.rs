@@ -13,8 +13,8 @@ pub fn WebhooksPage() -> impl IntoView {
     let create = ServerAction::<CreateWebhook>::new();
     let remove = ServerAction::<RemoveWebhook>::new();
     let version = move || create.version().get() + remove.version().get();
-    let hooks = Resource::new(version, |_| webhooks());
-    let log = Resource::new(version, |_| webhook_deliveries());
+    let hooks = crate::resource(version, |_| webhooks());
+    let log = crate::resource(version, |_| webhook_deliveries());
     view! {
         <Title text="Webhooks · etc-shadow" />
         <Layout title="Webhooks">
