@@ -12,6 +12,8 @@ pub mod db;
 pub mod drift;
 pub mod drills;
 pub mod error;
+pub mod etcd;
+pub mod etcd_local;
 pub mod hooks;
 pub mod imports;
 pub mod incidents;

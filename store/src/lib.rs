@@ -306,8 +306,77 @@ fn parse_entries(request: &PrepareRequest) -> Result<(Vec<ParsedEntry<'_>>, BTre
     Ok((parsed, manifest))
 }
 
+/// Something a shadow holds that is not an entry it could serve (`kind`: a symlink, a
+/// special file, an unreadable file, a name the path rules refuse), as observed: its hash
+/// names what is there, so a root covering it differs from any revision's.
+pub fn other_entry(path: &str, kind: &str, detail: String) -> ObservedEntry {
+    let mut hasher = blake3::Hasher::new();
+    for part in ["etc-shadow non-file v1", path, kind, &detail] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    ObservedEntry {
+        path: path.to_string(),
+        entry_hash: hasher.finalize().to_hex().to_string(),
+        mode: String::new(),
+        owner: String::new(),
+        group: String::new(),
+        size: 0,
+        kind: Some(kind.to_string()),
+        detail: Some(detail),
+    }
+}
+
+/// The root of what a shadow holds: `files`, the root of its entries, alone when nothing
+/// else is there; with `others` (see [`other_entry`]), a root that no revision has.
+pub fn observed_root(files: Hash, others: &[ObservedEntry]) -> Hash {
+    if others.is_empty() {
+        return files;
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"etc-shadow root with non-files v1");
+    hasher.update(&files.0);
+    for other in others {
+        hasher.update(&(other.path.len() as u64).to_le_bytes());
+        hasher.update(other.path.as_bytes());
+        hasher.update(other.entry_hash.as_bytes());
+    }
+    Hash(*hasher.finalize().as_bytes())
+}
+
+/// One entry of a prepare, checked and hashed: for shadows kept elsewhere than in a
+/// directory (control's etcd driver), which judge a prepare by the same rules.
+pub struct CheckedEntry<'a> {
+    pub path: EntryPath,
+    pub policy: Policy,
+    pub hash: Hash,
+    /// Hashed under the request's content key.
+    pub sealed: bool,
+    /// The bytes sent; `None` for an entry sent by its hash alone (held by the shadow).
+    pub content: Option<&'a [u8]>,
+}
+
+/// A prepare's entries checked as a directory shadow checks them (paths, modes, owners
+/// and groups, content keys, no path twice) and proven to hash to its target root.
+pub fn check_entries(request: &PrepareRequest) -> Result<Vec<CheckedEntry<'_>>> {
+    let (parsed, _) = parse_entries(request)?;
+    Ok(parsed
+        .into_iter()
+        .map(|entry| CheckedEntry {
+            sealed: entry.key.is_some(),
+            content: match entry.source {
+                Source::Sent(bytes) => Some(bytes),
+                Source::Held => None,
+            },
+            path: entry.path,
+            policy: entry.policy,
+            hash: entry.hash,
+        })
+        .collect())
+}
+
 /// An entry's hash: sealed under `key` when it has one, else plain.
-fn hash_entry(key: Option<&domain::hash::ContentKey>, path: &EntryPath, policy: &Policy, content: &[u8]) -> Hash {
+pub fn hash_entry(key: Option<&domain::hash::ContentKey>, path: &EntryPath, policy: &Policy, content: &[u8]) -> Hash {
     match key {
         Some(key) => domain::hash::sealed_entry_hash(key, path, policy, content),
         None => entry_hash(path, policy, content),
@@ -976,40 +1045,13 @@ type Trusted = HashMap<String, (FileSignature, Hash)>;
 
 impl Observed {
     fn other(&mut self, path: &str, kind: &str, detail: String) {
-        // The hash names what is there, so its root differs from any revision's.
-        let mut hasher = blake3::Hasher::new();
-        for part in ["etc-shadow non-file v1", path, kind, &detail] {
-            hasher.update(&(part.len() as u64).to_le_bytes());
-            hasher.update(part.as_bytes());
-        }
-        self.others.push(ObservedEntry {
-            path: path.to_string(),
-            entry_hash: hasher.finalize().to_hex().to_string(),
-            mode: String::new(),
-            owner: String::new(),
-            group: String::new(),
-            size: 0,
-            kind: Some(kind.to_string()),
-            detail: Some(detail),
-        });
+        self.others.push(other_entry(path, kind, detail));
     }
 
     /// The Merkle root of the regular files; with anything else present, a root that no
     /// revision has (it covers what else is there).
     fn root(&self) -> Hash {
-        let files = root_hash(self.files.iter().map(|(path, hash, _)| (path, *hash)));
-        if self.others.is_empty() {
-            return files;
-        }
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(b"etc-shadow root with non-files v1");
-        hasher.update(&files.0);
-        for other in &self.others {
-            hasher.update(&(other.path.len() as u64).to_le_bytes());
-            hasher.update(other.path.as_bytes());
-            hasher.update(other.entry_hash.as_bytes());
-        }
-        Hash(*hasher.finalize().as_bytes())
+        observed_root(root_hash(self.files.iter().map(|(path, hash, _)| (path, *hash))), &self.others)
     }
 
     fn entries(self) -> Vec<ObservedEntry> {

@@ -1,0 +1,107 @@
+//! A local etcd cluster on loopback ports (Debian's `etcd-server`), for the tests and the
+//! benchmark: started in a temporary directory, its members killed when it is dropped
+//! (also when a test fails).
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A running cluster; its members are killed when it is dropped.
+pub struct Cluster {
+    members: Vec<Option<Child>>,
+    pub endpoints: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for member in self.members.iter_mut().flatten() {
+            let _ = member.kill();
+            let _ = member.wait();
+        }
+    }
+}
+
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The etcd binary: `ETCD_BIN`, or `etcd` on the PATH.
+fn binary() -> PathBuf {
+    std::env::var_os("ETCD_BIN").map_or_else(|| PathBuf::from("etcd"), PathBuf::from)
+}
+
+impl Cluster {
+    /// Starts `size` members on loopback in a temporary directory (on the same disk as
+    /// the agents' directories) and waits until the cluster has a leader.
+    pub async fn start(size: usize, scratch: &Path) -> Cluster {
+        let dir = tempfile::tempdir_in(scratch).unwrap();
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
+            let child = Command::new(binary())
+                .args(["--name", &format!("m{i}")])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("m{i}")))
+                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-state", "new", "--initial-cluster-token", "etc-shadow-local"])
+                .args(["--log-level", "warn"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap_or_else(|err| panic!("cannot start {} (Debian package etcd-server): {err}", binary().display()));
+            members.push(Some(child));
+        }
+        let cluster = Cluster {
+            members,
+            endpoints: ports.iter().map(|(client, _)| format!("http://127.0.0.1:{client}")).collect(),
+            _dir: dir,
+        };
+        let started = Instant::now();
+        while cluster.leader().await.is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the etcd cluster found no leader in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cluster
+    }
+
+    /// Kills member `index` (SIGKILL), as a machine that dies would stop it.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut member) = self.members[index].take() {
+            let _ = member.kill();
+            let _ = member.wait();
+        }
+    }
+
+    /// A client connected to the leader only (one connection: no forwarding hop).
+    pub async fn leader(&self) -> Option<etcd_client::Client> {
+        for endpoint in &self.endpoints {
+            let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+            let Ok(mut client) = etcd_client::Client::connect([endpoint.as_str()], Some(options)).await else {
+                continue;
+            };
+            let Ok(status) = client.status().await else { continue };
+            if status.leader() != 0 && status.header().is_some_and(|h| h.member_id() == status.leader()) {
+                return Some(client);
+            }
+        }
+        None
+    }
+}
