@@ -4,7 +4,7 @@
 #   scripts/setup.sh --test   the same, plus Chromium and the Playwright test runner
 #   scripts/setup.sh --fuzz   cargo-fuzz only (libFuzzer builds with the C++ compiler)
 #   scripts/setup.sh --bench  the first, plus what `make bench` needs: etcd (the peer it is
-#                             measured against) and protoc (the etcd client's build)
+#                             measured against)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,10 +42,12 @@ apt_install() {
   fi
 }
 
+# The etcd client (etcd shadows) generates its gRPC code with protoc when it is built.
+apt_install protoc protobuf-compiler
+
 if $want_bench; then
   # etcd is the peer the benchmark is measured against (a 3-member cluster it starts on
-  # loopback); the etcd client's build generates its gRPC code with protoc.
-  apt_install protoc protobuf-compiler
+  # loopback).
   apt_install etcd etcd-server
   apt_install etcdctl etcd-client
 fi
@@ -74,9 +76,8 @@ if ! wasm-opt --version 2>/dev/null | grep -qE 'version[ _]1(3[2-9]|[4-9][0-9])'
 fi
 
 if $want_test; then
-  # The etcd client's build generates its gRPC code with protoc (the benchmark's crate is
-  # linted and built by the tests); etcd is the peer the benchmark is measured against.
-  apt_install protoc protobuf-compiler
+  # The etcd shadows' tests start 3-member clusters on loopback and read them with
+  # etcdctl; etcd is also the benchmark's peer.
   apt_install etcd etcd-server
   apt_install etcdctl etcd-client
 fi

@@ -166,7 +166,7 @@ impl Coordinator {
                         // the verdict is logged (the rollout's prepare records it, masked).
                         Some(Err(err)) => {
                             tracing::info!(shadow = %name, code = %err.code, "the change was not staged ahead on this shadow");
-                            if err.code == "validate_failed" {
+                            if err.code == "validate_failed" || err.code == "unsupported" {
                                 // Asked again only for another tree; its rollout validates
                                 // it anyway.
                                 self.stage_refused

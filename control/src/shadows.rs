@@ -25,6 +25,7 @@ struct ShadowRow {
     pub url: Option<String>,
     pub tls_pin: Option<String>,
     pub path: Option<String>,
+    pub etcd_prefix: Option<String>,
     pub status: String,
     pub observed_root: Option<String>,
     pub observed_revision: Option<i64>,
@@ -46,6 +47,7 @@ impl From<ShadowRow> for ShadowView {
             url: row.url,
             tls_pin: row.tls_pin,
             path: row.path,
+            prefix: row.etcd_prefix,
             status: row.status,
             observed_root: row.observed_root,
             observed_revision: row.observed_revision,
@@ -85,10 +87,100 @@ pub enum NewShadow {
         name: String,
         path: String,
     },
+    /// A key prefix in an etcd cluster (see [`crate::etcd`]).
+    Etcd {
+        name: String,
+        /// The members' client URLs (`http://host:2379`).
+        endpoints: Vec<String>,
+        /// Entries are the keys `<prefix><path>`; it ends with `/`.
+        prefix: String,
+        #[serde(default)]
+        user: Option<String>,
+        /// The user's password; stored sealed, never answered.
+        #[serde(default)]
+        password: Option<String>,
+        /// The CA certificate (PEM) for `https://` endpoints.
+        #[serde(default)]
+        ca: Option<String>,
+        /// The members' `--max-txn-ops` when not etcd's default (128).
+        #[serde(default)]
+        max_txn_ops: Option<u32>,
+        /// The members' `--max-request-bytes` when not etcd's default (1.5 MiB).
+        #[serde(default)]
+        max_request_bytes: Option<u32>,
+    },
+}
+
+/// What an etcd shadow's registration adds to the row.
+#[derive(Default)]
+struct EtcdColumns {
+    prefix: Option<String>,
+    user: Option<String>,
+    ca: Option<String>,
+    max_txn_ops: Option<i64>,
+    max_request_bytes: Option<i64>,
+}
+
+/// Checks an etcd shadow's registration; its row's `url` (the endpoints), `token` (the
+/// password) and etcd columns.
+fn etcd_registration(
+    endpoints: &[String],
+    prefix: &str,
+    user: Option<&str>,
+    password: Option<&str>,
+    ca: Option<&str>,
+    max_txn_ops: Option<u32>,
+    max_request_bytes: Option<u32>,
+) -> Result<(String, Option<String>, EtcdColumns)> {
+    let endpoints: Vec<String> = endpoints.iter().map(|e| e.trim().trim_end_matches('/').to_string()).collect();
+    let with_slash: Vec<String> = endpoints.iter().map(|e| format!("{e}/")).collect();
+    crate::etcd::validate_endpoints(&with_slash).map_err(Error::BadRequest)?;
+    crate::etcd::validate_prefix(prefix).map_err(Error::BadRequest)?;
+    let user = user.map(str::trim).filter(|u| !u.is_empty());
+    let password = password.filter(|p| !p.is_empty());
+    match (user, password) {
+        (Some(user), _) if user.len() > 128 || user.chars().any(char::is_control) => {
+            return Err(Error::BadRequest("an etcd user name has at most 128 printable characters".into()));
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(Error::BadRequest("an etcd user and its password go together".into()));
+        }
+        _ => {}
+    }
+    let ca = ca.map(str::trim).filter(|c| !c.is_empty());
+    if let Some(ca) = ca
+        && (ca.len() > 64 * 1024 || !ca.starts_with("-----BEGIN CERTIFICATE-----"))
+    {
+        return Err(Error::BadRequest(
+            "the etcd CA is one PEM certificate (-----BEGIN CERTIFICATE-----), at most 64 KiB".into(),
+        ));
+    }
+    if ca.is_some() != endpoints.iter().all(|e| e.starts_with("https://")) {
+        return Err(Error::BadRequest(
+            "a CA goes with https:// endpoints, and https:// endpoints need the CA".into(),
+        ));
+    }
+    if max_txn_ops.is_some_and(|ops| !(16..=1_000_000).contains(&ops)) {
+        return Err(Error::BadRequest("max_txn_ops is 16 to 1000000".into()));
+    }
+    if max_request_bytes.is_some_and(|bytes| bytes < 256 * 1024) {
+        return Err(Error::BadRequest("max_request_bytes is at least 262144".into()));
+    }
+    Ok((
+        endpoints.join(","),
+        password.map(str::to_string),
+        EtcdColumns {
+            prefix: Some(prefix.to_string()),
+            user: user.map(str::to_string),
+            ca: ca.map(str::to_string),
+            max_txn_ops: max_txn_ops.map(i64::from),
+            max_request_bytes: max_request_bytes.map(i64::from),
+        },
+    ))
 }
 
 const SHADOW_SELECT: &str =
-    "SELECT shadows.name, shadows.driver, shadows.url, shadows.tls_pin, shadows.path, shadows.status, shadows.observed_root,
+    "SELECT shadows.name, shadows.driver, shadows.url, shadows.tls_pin, shadows.path, shadows.etcd_prefix, shadows.status, shadows.observed_root,
     shadows.observed_revision, shadows.last_contact_at, shadows.last_in_sync_at, shadows.last_error, shadows.created_at,
     d.id AS last_drill_id, d.verdict AS last_drill_verdict, d.finished_at AS last_drill_at,
     CAST((julianday('now') - julianday(d.finished_at)) * 86400 AS INTEGER) AS last_drill_age
@@ -121,6 +213,7 @@ pub const AGENT_TOKEN_PREFIX: &str = "est_";
 /// ever shown: it is stored sealed and never returned again).
 pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<(ShadowView, Option<String>)> {
     let mut generated = None;
+    let mut etcd = EtcdColumns::default();
     let (name, driver, url, token, tls_pin, path) = match &shadow {
         NewShadow::Agent { name, url, token, tls_pin } => {
             let https = url.starts_with("https://");
@@ -177,6 +270,28 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<(ShadowVi
             }
             (name, "directory", None, None, None, Some(path.clone()))
         }
+        NewShadow::Etcd {
+            name,
+            endpoints,
+            prefix,
+            user,
+            password,
+            ca,
+            max_txn_ops,
+            max_request_bytes,
+        } => {
+            let (url, password, columns) = etcd_registration(
+                endpoints,
+                prefix,
+                user.as_deref(),
+                password.as_deref(),
+                ca.as_deref(),
+                *max_txn_ops,
+                *max_request_bytes,
+            )?;
+            etcd = columns;
+            (name, "etcd", Some(url), password, None, None)
+        }
     };
     validate_name(name)?;
     let mut tx = db.begin().await?;
@@ -187,25 +302,32 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<(ShadowVi
     if exists.is_some() {
         return Err(Error::conflict("shadow_exists", format!("a shadow named {name} exists")));
     }
-    sqlx::query("INSERT INTO shadows (name, driver, url, token, tls_pin, path, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
-        .bind(name)
-        .bind(driver)
-        .bind(&url)
-        // The bearer token is sealed at rest (see `secrets`).
-        .bind(token.as_deref().map(|t| db.keys.seal_text(&format!("shadow-token:{name}"), t)))
-        .bind(&tls_pin)
-        .bind(&path)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
-    audit::append(
-        &mut tx,
-        actor,
-        "shadow.add",
-        &format!("shadow/{name}"),
-        json!({"driver": driver, "url": url, "tls_pin": tls_pin, "path": path}),
+    sqlx::query(
+        "INSERT INTO shadows (name, driver, url, token, tls_pin, path, created_at, etcd_prefix, etcd_user, etcd_ca, etcd_max_txn_ops, etcd_max_request_bytes)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
+    .bind(name)
+    .bind(driver)
+    .bind(&url)
+    // The bearer token (an etcd user's password) is sealed at rest (see `secrets`).
+    .bind(token.as_deref().map(|t| db.keys.seal_text(&format!("shadow-token:{name}"), t)))
+    .bind(&tls_pin)
+    .bind(&path)
+    .bind(now())
+    .bind(&etcd.prefix)
+    .bind(&etcd.user)
+    .bind(&etcd.ca)
+    .bind(etcd.max_txn_ops)
+    .bind(etcd.max_request_bytes)
+    .execute(&mut *tx)
     .await?;
+    let mut details = json!({"driver": driver, "url": url, "tls_pin": tls_pin, "path": path});
+    if driver == "etcd" {
+        details["prefix"] = json!(etcd.prefix);
+        details["user"] = json!(etcd.user);
+        details["ca"] = json!(etcd.ca.is_some());
+    }
+    audit::append(&mut tx, actor, "shadow.add", &format!("shadow/{name}"), details).await?;
     tx.commit().await?;
     Ok((get(db, name).await?, generated))
 }
@@ -411,6 +533,8 @@ pub enum Driver {
     },
     /// A directory store, and its prepare's progress (readable while it is busy).
     Directory(Arc<Mutex<Store>>, Arc<store::Progress>),
+    /// A key prefix in an etcd cluster.
+    Etcd(Box<crate::etcd::EtcdShadow>),
 }
 
 impl Driver {
@@ -496,6 +620,7 @@ impl Driver {
     pub async fn state(&self, entries: bool) -> Result<ShadowState, ShadowError> {
         match self {
             Driver::Directory(store, _) => Self::blocking(store, move |s| s.state(entries)).await,
+            Driver::Etcd(etcd) => etcd.shadow_state(entries).await,
             Driver::Agent { .. } => self.call(reqwest::Method::GET, &format!("/v1/state?entries={entries}"), None).await,
         }
     }
@@ -517,6 +642,7 @@ impl Driver {
                 }
                 Ok(bytes)
             }
+            Driver::Etcd(etcd) => etcd.read_entry(path).await,
             Driver::Agent { http, url, token } => {
                 let response = http
                     .get(format!("{url}/v1/entries/{path}"))
@@ -554,6 +680,7 @@ impl Driver {
                 })
                 .await
             }
+            Driver::Etcd(etcd) => etcd.prepare(rollout, &request).await,
             Driver::Agent { .. } => {
                 let body = prepare_body(&request)?;
                 // The coordinator's prepare deadline bounds it.
@@ -572,6 +699,12 @@ impl Driver {
     pub async fn prestage(&self, request: PrepareRequest) -> Result<domain::protocol::PrestageAnswer, ShadowError> {
         match self {
             Driver::Directory(store, _) => Self::blocking(store, move |s| s.prestage(&request)).await,
+            // Its prepare stages only what changed, in a few transactions.
+            Driver::Etcd(_) => Err(ShadowError {
+                code: "unsupported".into(),
+                message: "an etcd shadow stages nothing ahead".into(),
+                ..Default::default()
+            }),
             Driver::Agent { .. } => {
                 let body = prepare_body(&request)?;
                 self.call_within(reqwest::Method::PUT, "/v1/stage", Some(body), Some(HOOK_CALL_TIMEOUT))
@@ -584,6 +717,7 @@ impl Driver {
     pub async fn drop_prestaged(&self) -> Result<(), ShadowError> {
         match self {
             Driver::Directory(store, _) => Self::blocking(store, |s| s.drop_prestaged()).await,
+            Driver::Etcd(_) => Ok(()),
             Driver::Agent { .. } => self
                 .call::<serde_json::Value>(reqwest::Method::DELETE, "/v1/stage", None)
                 .await
@@ -596,6 +730,7 @@ impl Driver {
     pub async fn progress(&self, rollout: i64) -> Result<u64, ShadowError> {
         match self {
             Driver::Directory(_, progress) => Ok(progress.of(rollout)),
+            Driver::Etcd(_) => Ok(0),
             Driver::Agent { .. } => {
                 let answer: domain::protocol::PrepareProgress = self
                     .call_within(
@@ -617,6 +752,7 @@ impl Driver {
                 let _foreground = progress.foreground();
                 Self::blocking(store, move |s| s.commit(rollout, &fence)).await
             }
+            Driver::Etcd(etcd) => etcd.commit(rollout, &fence).await,
             Driver::Agent { .. } => {
                 self.call(reqwest::Method::POST, &format!("/v1/rollouts/{rollout}/commit"), Some(json!(fence)))
                     .await
@@ -644,6 +780,7 @@ impl Driver {
                 }
                 Ok(answer)
             }
+            Driver::Etcd(etcd) => etcd.drill().await,
             Driver::Agent { .. } => {
                 self.call_within(
                     reqwest::Method::POST,
@@ -660,6 +797,8 @@ impl Driver {
     pub async fn validate_dry_run(&self, request: PrepareRequest) -> Result<Option<domain::protocol::HookRun>, ShadowError> {
         match self {
             Driver::Directory(store, _) => Self::blocking(store, move |s| s.validate_dry_run(&request)).await,
+            // It runs no hooks.
+            Driver::Etcd(_) => Ok(None),
             Driver::Agent { .. } => {
                 let body = prepare_body(&request)?;
                 let answer: domain::protocol::DryRunAnswer = self
@@ -677,6 +816,7 @@ impl Driver {
                 let _foreground = progress.foreground();
                 Self::blocking(store, move |s| s.abort(rollout, &fence)).await
             }
+            Driver::Etcd(etcd) => etcd.abort(rollout, &fence).await,
             Driver::Agent { .. } => {
                 self.call(reqwest::Method::POST, &format!("/v1/rollouts/{rollout}/abort"), Some(json!(fence)))
                     .await
@@ -733,6 +873,16 @@ fn tls_failure(err: &reqwest::Error) -> Option<&rustls::Error> {
 /// An open directory store and its prepare's progress.
 type OpenDirectory = (Arc<Mutex<Store>>, Arc<store::Progress>);
 
+/// An etcd shadow's own columns.
+#[derive(sqlx::FromRow)]
+struct EtcdRow {
+    etcd_prefix: Option<String>,
+    etcd_user: Option<String>,
+    etcd_ca: Option<String>,
+    etcd_max_txn_ops: Option<i64>,
+    etcd_max_request_bytes: Option<i64>,
+}
+
 /// Opens drivers for registered shadows. Directory stores are kept open, one per
 /// shadow, because a store holds its state in memory between calls.
 pub struct Registry {
@@ -744,6 +894,8 @@ pub struct Registry {
     /// One client per pinned certificate (each trusts only its pin).
     pinned: Mutex<HashMap<String, reqwest::Client>>,
     directories: Mutex<HashMap<String, OpenDirectory>>,
+    /// One connection per etcd shadow, kept between calls.
+    etcd: Mutex<HashMap<String, crate::etcd::EtcdShadow>>,
 }
 
 impl Registry {
@@ -756,6 +908,7 @@ impl Registry {
             http,
             pinned: Mutex::new(HashMap::new()),
             directories: Mutex::new(HashMap::new()),
+            etcd: Mutex::new(HashMap::new()),
         }
     }
 
@@ -862,6 +1015,49 @@ impl Registry {
                     .clone();
                 Ok(Driver::Directory(store, progress))
             }
+            (driver, Some(endpoints), password, _, _) if driver == "etcd" => {
+                if let Some(etcd) = self.etcd.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+                    return Ok(Driver::Etcd(Box::new(etcd.clone())));
+                }
+                let row: EtcdRow = sqlx::query_as(
+                    "SELECT etcd_prefix, etcd_user, etcd_ca, etcd_max_txn_ops, etcd_max_request_bytes FROM shadows WHERE name = ?",
+                )
+                .bind(name)
+                .fetch_one(&db.read)
+                .await?;
+                let EtcdRow {
+                    etcd_prefix: Some(prefix),
+                    etcd_user: user,
+                    etcd_ca: ca,
+                    etcd_max_txn_ops: max_txn_ops,
+                    etcd_max_request_bytes: max_request_bytes,
+                } = row
+                else {
+                    return Err(Error::Internal(format!("shadow {name} has an incomplete driver configuration")));
+                };
+                let defaults = crate::etcd::Limits::default();
+                let target = crate::etcd::Target {
+                    endpoints: endpoints.split(',').map(str::to_string).collect(),
+                    prefix,
+                    user,
+                    password: password
+                        .map(|sealed| db.keys.open_text(&format!("shadow-token:{name}"), &sealed))
+                        .transpose()?,
+                    ca_pem: ca,
+                    limits: crate::etcd::Limits {
+                        max_txn_ops: max_txn_ops.and_then(|n| usize::try_from(n).ok()).unwrap_or(defaults.max_txn_ops),
+                        max_request_bytes: max_request_bytes
+                            .and_then(|n| usize::try_from(n).ok())
+                            .unwrap_or(defaults.max_request_bytes),
+                    },
+                };
+                let etcd = crate::etcd::EtcdShadow::connect(&target, self.request_timeout)
+                    .await
+                    .map_err(|err| Error::Internal(format!("etcd shadow {name}: {}", err.message)))?;
+                // Two callers may race to connect: the first one in wins.
+                let mut open = self.etcd.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(Driver::Etcd(Box::new(open.entry(name.to_string()).or_insert(etcd).clone())))
+            }
             _ => Err(Error::Internal(format!("shadow {name} has an incomplete driver configuration"))),
         }
     }
@@ -869,5 +1065,6 @@ impl Registry {
     /// Forgets an open directory store (after the shadow was removed).
     pub fn forget(&self, name: &str) {
         self.directories.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.etcd.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
     }
 }

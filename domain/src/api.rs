@@ -491,12 +491,16 @@ pub struct IncidentDay {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShadowView {
     pub name: String,
-    /// `agent` or `directory`.
+    /// `agent`, `directory` or `etcd`.
     pub driver: String,
+    /// An agent's URL; an etcd shadow's endpoints, comma-separated.
     pub url: Option<String>,
     /// For agents over HTTPS: the SHA-256 fingerprint of the certificate trusted.
     pub tls_pin: Option<String>,
     pub path: Option<String>,
+    /// An etcd shadow's key prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
     /// `in_sync`, `drifted`, `stale`, `unreachable`, `fenced`, `pending`, `rolling_out`.
     pub status: String,
     pub observed_root: Option<String>,

@@ -76,27 +76,52 @@ enum SecretsCommand {
 
 #[derive(Subcommand)]
 enum ShadowCommand {
-    /// Register a shadow: an agent (URL and token file) or a local directory.
-    Add {
-        name: String,
-        /// Base URL of an etc-shadow-agent, such as http://10.0.0.5:7300.
-        #[arg(long, conflicts_with = "directory")]
-        agent: Option<String>,
-        /// File with the agent's bearer token.
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-        /// For an https:// agent: the SHA-256 fingerprint of its certificate (the agent
-        /// logs it at start; `openssl x509 -noout -fingerprint -sha256` prints it too).
-        #[arg(long, requires = "agent")]
-        tls_pin: Option<String>,
-        /// Absolute path of a directory shadow (a mounted backup volume, a second disk).
-        #[arg(long, required_unless_present = "agent")]
-        directory: Option<PathBuf>,
-    },
+    /// Register a shadow: an agent (URL and token file), a local directory, or a key
+    /// prefix in an etcd cluster.
+    Add(Box<AddShadow>),
     /// List shadows with their status.
     List,
     /// Remove a shadow (its files stay where they are).
     Remove { name: String },
+}
+
+#[derive(Args)]
+struct AddShadow {
+    name: String,
+    /// Base URL of an etc-shadow-agent, such as http://10.0.0.5:7300.
+    #[arg(long, conflicts_with_all = ["directory", "etcd"])]
+    agent: Option<String>,
+    /// File with the agent's bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// For an https:// agent: the SHA-256 fingerprint of its certificate (the agent
+    /// logs it at start; `openssl x509 -noout -fingerprint -sha256` prints it too).
+    #[arg(long, requires = "agent")]
+    tls_pin: Option<String>,
+    /// Absolute path of a directory shadow (a mounted backup volume, a second disk).
+    #[arg(long, required_unless_present_any = ["agent", "etcd"], conflicts_with = "etcd")]
+    directory: Option<PathBuf>,
+    /// An etcd cluster's client URLs, comma-separated: http://10.0.0.5:2379,…
+    #[arg(long, requires = "prefix", value_delimiter = ',')]
+    etcd: Option<Vec<String>>,
+    /// The etcd shadow's key prefix, ending with `/`: entries are the keys PREFIX<path>.
+    #[arg(long, requires = "etcd")]
+    prefix: Option<String>,
+    /// The etcd user (with --etcd-password-file).
+    #[arg(long, requires_all = ["etcd", "etcd_password_file"])]
+    etcd_user: Option<String>,
+    /// File with the etcd user's password.
+    #[arg(long, requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
+    /// The CA certificate (PEM file) of https:// etcd endpoints.
+    #[arg(long, requires = "etcd")]
+    etcd_ca: Option<PathBuf>,
+    /// The members' --max-txn-ops, when not etcd's default (128).
+    #[arg(long, requires = "etcd")]
+    etcd_max_txn_ops: Option<u32>,
+    /// The members' --max-request-bytes, when not etcd's default (1.5 MiB).
+    #[arg(long, requires = "etcd")]
+    etcd_max_request_bytes: Option<u32>,
 }
 
 #[derive(Args, Clone)]
@@ -358,14 +383,40 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Shadow(command) => {
             let db = control::Db::open_or_initialize(&cli.data_dir, cli.initialize).await.map_err(fail)?;
             match command {
-                ShadowCommand::Add {
-                    name,
-                    agent,
-                    token_file,
-                    tls_pin,
-                    directory,
-                } => {
+                ShadowCommand::Add(add) => {
+                    let AddShadow {
+                        name,
+                        agent,
+                        token_file,
+                        tls_pin,
+                        directory,
+                        etcd,
+                        prefix,
+                        etcd_user,
+                        etcd_password_file,
+                        etcd_ca,
+                        etcd_max_txn_ops,
+                        etcd_max_request_bytes,
+                    } = *add;
+                    let read = |file: &std::path::Path| {
+                        std::fs::read_to_string(file).map_err(|err| format!("cannot read {}: {err}", file.display()))
+                    };
                     let shadow = match (agent, token_file, directory) {
+                        (None, None, None) if etcd.is_some() => control::shadows::NewShadow::Etcd {
+                            name,
+                            endpoints: etcd.unwrap_or_default(),
+                            prefix: prefix.unwrap_or_default(),
+                            user: etcd_user,
+                            // The password file's content, without the line end editors add.
+                            password: etcd_password_file
+                                .as_deref()
+                                .map(read)
+                                .transpose()?
+                                .map(|p| p.trim_end_matches(['\n', '\r']).to_string()),
+                            ca: etcd_ca.as_deref().map(read).transpose()?,
+                            max_txn_ops: etcd_max_txn_ops,
+                            max_request_bytes: etcd_max_request_bytes,
+                        },
                         (Some(url), file, None) => {
                             let token = match file {
                                 Some(file) => {
@@ -382,7 +433,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                                 path: path.to_string_lossy().into_owned(),
                             }
                         }
-                        _ => return Err("give either --agent URL [--token-file F] or --directory PATH".into()),
+                        _ => {
+                            return Err("give --agent URL [--token-file F], --directory PATH, or --etcd URLS --prefix P".into());
+                        }
                     };
                     let (view, token) = control::shadows::add_as(&db, "cli", shadow).await.map_err(fail)?;
                     if let Some(token) = token {
@@ -395,7 +448,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
                 ShadowCommand::List => {
                     for shadow in control::shadows::list(&db).await.map_err(fail)? {
-                        let target = shadow.url.or(shadow.path).unwrap_or_default();
+                        let target = match (shadow.url, shadow.prefix) {
+                            (Some(endpoints), Some(prefix)) => format!("{endpoints} {prefix}"),
+                            (url, _) => url.or(shadow.path).unwrap_or_default(),
+                        };
                         let root = shadow.observed_root.as_deref().map(|r| &r[..12.min(r.len())]).unwrap_or("-");
                         println!(
                             "{:<20} {:<10} {:<12} {:<14} {}",

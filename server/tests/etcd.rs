@@ -1,0 +1,308 @@
+//! etcd shadows through the real server: a real 3-member etcd cluster on loopback
+//! (Debian's `etcd-server`, started and stopped by each test), beside a real agent and a
+//! directory shadow.
+
+mod common;
+
+use common::{Session, TestServer, change_body, fleet::Agent};
+use control::etcd_local::Cluster;
+use domain::Role;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::{process::Command, time::Duration};
+
+const PREFIX: &str = "/apps/shop/";
+
+struct Fleet {
+    server: TestServer,
+    editor: Session,
+    approver: Session,
+    admin: Session,
+    agent: Agent,
+    directory: std::path::PathBuf,
+    cluster: Cluster,
+    _root: tempfile::TempDir,
+}
+
+async fn fleet() -> Fleet {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(3, root.path()).await;
+    let server = TestServer::start().await;
+    server.user("erin", Role::Editor).await;
+    server.user("abel", Role::Approver).await;
+    server.user("ada", Role::Admin).await;
+    let (editor, approver, admin) = (server.login("erin").await, server.login("abel").await, server.login("ada").await);
+    let agent = Agent::start(&root.path().join("edge"));
+    let (status, body) = admin
+        .post(
+            "/api/v1/shadows",
+            json!({"driver": "agent", "name": "edge", "url": agent.url(), "token": common::fleet::AGENT_TOKEN}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let directory = root.path().join("backup").join("live");
+    let (status, body) = admin
+        .post(
+            "/api/v1/shadows",
+            json!({"driver": "directory", "name": "backup", "path": directory}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = admin
+        .post(
+            "/api/v1/shadows",
+            json!({"driver": "etcd", "name": "kv", "endpoints": cluster.endpoints, "prefix": PREFIX}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["driver"], "etcd");
+    assert_eq!(body["prefix"], PREFIX);
+    Fleet {
+        server,
+        editor,
+        approver,
+        admin,
+        agent,
+        directory,
+        cluster,
+        _root: root,
+    }
+}
+
+impl Fleet {
+    async fn roll_out(&self, body: Value) -> (StatusCode, Value) {
+        let (status, change) = self.editor.post("/api/v1/changes", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{change}");
+        let id = change["id"].as_i64().unwrap();
+        self.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+        self.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+        self.approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await
+    }
+
+    /// `etcdctl get --prefix PREFIX` as an operator runs it: every key and value under the
+    /// prefix, the shadow's own keys (`..etc-shadow/`) left out.
+    fn etcdctl_get(&self) -> Vec<(String, String)> {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.cluster.endpoints.join(",")))
+            .args(["get", "--prefix", PREFIX])
+            .output()
+            .expect("etcdctl (Debian package etcd-client)");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let text = String::from_utf8(output.stdout).unwrap();
+        let lines: Vec<&str> = text.split_terminator('\n').collect();
+        let mut pairs = Vec::new();
+        let mut i = 0;
+        while i < lines.len() {
+            // A key line, then its value's lines up to the next key under the prefix.
+            let key = lines[i].to_string();
+            let mut value = Vec::new();
+            i += 1;
+            while i < lines.len() && !lines[i].starts_with(PREFIX) {
+                value.push(lines[i]);
+                i += 1;
+            }
+            if !key.contains("/..etc-shadow/") {
+                // etcdctl ends every value with a line end of its own.
+                pairs.push((key[PREFIX.len()..].to_string(), value.join("\n")));
+            }
+        }
+        pairs
+    }
+}
+
+fn sample(base: i64) -> Value {
+    json!({"base_revision": base, "message": "sample", "entries": [
+        {"path": "app.toml", "content": "[server]\nport = 8080\n", "format": "toml", "mode": "0644"},
+        {"path": "nginx/site.conf", "content": "listen 80;\n", "format": "text", "mode": "0640"},
+        {"path": "db.env", "content": "DB_PASSWORD=s3cret-value\n", "format": "env", "mode": "0600", "secret": true}
+    ]})
+}
+
+/// One rollout reaches an agent, a directory and an etcd shadow; all three receipts are
+/// the revision's root, and `etcdctl get --prefix` shows exactly the revision (a key the
+/// next revision drops is gone). The shadow's checks find it in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_a_directory_and_an_etcd_shadow_hold_the_same_proven_root() {
+    let fleet = fleet().await;
+    let (status, rollout) = fleet.roll_out(sample(0)).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    let root = rollout["root"].as_str().unwrap();
+    let shadows = rollout["shadows"].as_array().unwrap();
+    assert_eq!(shadows.len(), 3);
+    for shadow in shadows {
+        assert_eq!(shadow["phase"], "committed", "{shadow}");
+        assert_eq!(shadow["receipt_root"], root, "{shadow}");
+    }
+    assert_eq!(
+        fleet.etcdctl_get(),
+        [
+            ("app.toml".to_string(), "[server]\nport = 8080\n".to_string()),
+            ("db.env".to_string(), "DB_PASSWORD=s3cret-value\n".to_string()),
+            ("nginx/site.conf".to_string(), "listen 80;\n".to_string()),
+        ]
+    );
+    let (status, checked) = fleet.editor.post("/api/v1/shadows/kv/check", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{checked}");
+    assert_eq!(checked["status"], "in_sync", "{checked}");
+    assert_eq!(checked["observed_root"], root);
+
+    // The next revision changes one entry and removes another.
+    let next = json!({"base_revision": 1, "message": "drop the site", "entries": [
+        {"path": "app.toml", "content": "[server]\nport = 9090\n", "format": "toml", "mode": "0644"},
+        {"path": "nginx/site.conf", "delete": true}
+    ]});
+    let (status, second) = fleet.roll_out(next).await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    assert_eq!(second["state"], "applied", "{second}");
+    for shadow in second["shadows"].as_array().unwrap() {
+        assert_eq!(shadow["receipt_root"], second["root"], "{shadow}");
+    }
+    assert_eq!(
+        fleet.etcdctl_get(),
+        [
+            ("app.toml".to_string(), "[server]\nport = 9090\n".to_string()),
+            ("db.env".to_string(), "DB_PASSWORD=s3cret-value\n".to_string()),
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(fleet.directory.join("app.toml")).unwrap(),
+        "[server]\nport = 9090\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fleet.agent.live.join("app.toml")).unwrap(),
+        "[server]\nport = 9090\n"
+    );
+
+    // The registration holds no secret in the listing, and bad registrations change nothing.
+    let (_, listed) = fleet.admin.get("/api/v1/shadows").await;
+    let kv = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "kv")
+        .unwrap()
+        .clone();
+    assert_eq!(kv["url"], fleet.cluster.endpoints.join(","));
+    for (body, words) in [
+        (
+            json!({"driver": "etcd", "name": "bad1", "endpoints": fleet.cluster.endpoints, "prefix": "/no-slash"}),
+            "ends with '/'",
+        ),
+        (
+            json!({"driver": "etcd", "name": "bad2", "endpoints": ["ftp://x:1"], "prefix": "/p/"}),
+            "http(s)://host:port",
+        ),
+        (
+            json!({"driver": "etcd", "name": "bad3", "endpoints": fleet.cluster.endpoints, "prefix": "/p/", "user": "root"}),
+            "go together",
+        ),
+    ] {
+        let (status, err) = fleet.admin.post("/api/v1/shadows", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+        assert!(err["error"]["message"].as_str().unwrap().contains(words), "{err}");
+    }
+    let (_, after) = fleet.admin.get("/api/v1/shadows").await;
+    assert_eq!(after["items"].as_array().unwrap().len(), 3);
+    fleet.server.stop().await;
+}
+
+/// A second control plane pointed at the same prefix is refused by the shadow's fence:
+/// its rollout aborts everywhere and the first one's revision stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_control_plane_is_refused_by_the_etcd_shadows_fence() {
+    let fleet = fleet().await;
+    let (_, rollout) = fleet.roll_out(sample(0)).await;
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+
+    let other = TestServer::start().await;
+    other.user("ed", Role::Editor).await;
+    other.user("al", Role::Approver).await;
+    other.user("ad", Role::Admin).await;
+    let (status, body) = other
+        .login("ad")
+        .await
+        .post(
+            "/api/v1/shadows",
+            json!({"driver": "etcd", "name": "kv", "endpoints": fleet.cluster.endpoints, "prefix": PREFIX}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let editor = other.login("ed").await;
+    let (_, change) = editor.post("/api/v1/changes", change_body(0, "app.toml", "hijack = true\n")).await;
+    let id = change["id"].as_i64().unwrap();
+    editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+    let approver = other.login("al").await;
+    approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    let (_, refused) = approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
+    assert_eq!(refused["state"], "failed", "{refused}");
+    assert_eq!(refused["shadows"][0]["phase"], "refused", "{refused}");
+    let error = refused["shadows"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("fenced"), "{refused}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        fleet.etcdctl_get()[0],
+        ("app.toml".to_string(), "[server]\nport = 8080\n".to_string())
+    );
+    other.stop().await;
+    fleet.server.stop().await;
+}
+
+/// `etc-shadow shadow add NAME --etcd URLS --prefix P` registers an etcd shadow from the
+/// command line; the user's password, read from its file, is stored sealed (never in
+/// clear in the database) and never listed; a prefix without its `/` is refused.
+#[test]
+fn the_cli_registers_an_etcd_shadow_with_its_password_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let password_file = dir.path().join("etcd-password");
+    std::fs::write(&password_file, "pw-that-must-stay-sealed-4711\n").unwrap();
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let password = password_file.to_str().unwrap();
+    let (ok, out, err) = run(&[
+        "shadow",
+        "add",
+        "kv",
+        "--etcd",
+        "http://127.0.0.1:2379,http://127.0.0.1:22379",
+        "--prefix",
+        "/apps/shop/",
+        "--etcd-user",
+        "shop",
+        "--etcd-password-file",
+        password,
+    ]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = run(&["shadow", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("kv") && out.contains("etcd") && out.contains("http://127.0.0.1:2379,http://127.0.0.1:22379 /apps/shop/"),
+        "{out}"
+    );
+    assert!(!out.contains("pw-that"), "{out}");
+    for file in std::fs::read_dir(&data).unwrap() {
+        let bytes = std::fs::read(file.unwrap().path()).unwrap_or_default();
+        assert!(
+            !bytes.windows(b"pw-that-must-stay".len()).any(|w| w == b"pw-that-must-stay"),
+            "the password is in clear in the data directory"
+        );
+    }
+    let (ok, _, err) = run(&["shadow", "add", "kv2", "--etcd", "http://127.0.0.1:2379", "--prefix", "/no-slash"]);
+    assert!(!ok);
+    assert!(err.contains("ends with '/'"), "{err}");
+    let (ok, out, _) = run(&["shadow", "list"]);
+    assert!(ok && !out.contains("kv2"), "{out}");
+}
