@@ -25,7 +25,7 @@ use domain::{
 };
 use futures_util::StreamExt;
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -567,27 +567,82 @@ impl Monitor {
         }
     }
 
-    /// Starts a listener for every agent shadow without one; stops those of removed ones.
+    /// Starts a listener for every agent and etcd shadow without one; stops those of
+    /// removed ones.
     async fn sync_listeners(self: &Arc<Self>) {
         let Ok(list) = shadows::list(&self.db).await else { return };
-        let agents: BTreeSet<String> = list
+        let followed: BTreeMap<String, String> = list
             .into_iter()
-            .filter(|s| s.driver == "agent" && self.follow_agent_events)
-            .map(|s| s.name)
+            .filter(|s| matches!(s.driver.as_str(), "agent" | "etcd") && self.follow_agent_events)
+            .map(|s| (s.name, s.driver))
             .collect();
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         listeners.retain(|name, task| {
-            let keep = agents.contains(name) && !task.is_finished();
+            let keep = followed.contains_key(name) && !task.is_finished();
             if !keep {
                 task.abort();
             }
             keep
         });
-        for name in agents {
+        for (name, driver) in followed {
             if let std::collections::hash_map::Entry::Vacant(slot) = listeners.entry(name) {
-                let task = tokio::spawn(self.clone().listen(slot.key().clone()));
+                let name = slot.key().clone();
+                let task = if driver == "etcd" {
+                    tokio::spawn(self.clone().watch_etcd(name))
+                } else {
+                    tokio::spawn(self.clone().listen(name))
+                };
                 slot.insert(task);
             }
+        }
+    }
+
+    /// Watches an etcd shadow's prefix: a write under it triggers a check at once. A
+    /// watch that ends (compacted, cancelled, the cluster lost) is opened again, and a
+    /// check follows every opening: it reads the whole prefix, so whatever was written
+    /// while nobody watched is judged, and an unreachable cluster is a failed check.
+    async fn watch_etcd(self: Arc<Self>, name: String) {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let etcd = match self.registry.driver(&self.db, &name).await {
+                Ok(shadows::Driver::Etcd(etcd)) => etcd,
+                Ok(_) | Err(Error::NotFound(_)) => return,
+                Err(err) => {
+                    tracing::debug!(shadow = %name, %err, "etcd shadow unavailable");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            let watch = etcd.watch().await;
+            // Opened (or not): look now, for what the watch did not see.
+            if let Err(err) = self.check(&name, Trigger::Event).await {
+                tracing::debug!(shadow = %name, %err, "check at the etcd watch's start failed");
+            }
+            match watch {
+                Ok(mut stream) => {
+                    delay = Duration::from_millis(250);
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(response)) if response.canceled() || response.compact_revision() > 0 => {
+                                tracing::info!(shadow = %name, reason = %response.cancel_reason(), "etcd watch ended; watching again");
+                                break;
+                            }
+                            Ok(Some(response)) => {
+                                if etcd.touches_live(&response)
+                                    && let Err(err) = self.check(&name, Trigger::Event).await
+                                {
+                                    tracing::warn!(shadow = %name, %err, "watch-driven check failed");
+                                }
+                            }
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                }
+                Err(err) => tracing::debug!(shadow = %name, %err, "etcd watch unavailable"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 

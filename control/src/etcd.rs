@@ -496,6 +496,26 @@ impl EtcdShadow {
         })
     }
 
+    /// Watches every key under the prefix from now on (the drift monitor's trigger).
+    pub async fn watch(&self) -> Result<etcd_client::WatchStream, ShadowError> {
+        self.client
+            .watch_client()
+            .watch(self.prefix.clone(), Some(etcd_client::WatchOptions::new().with_prefix()))
+            .await
+            .map_err(unreachable)
+    }
+
+    /// Whether a watch answer reports a write that can change what the shadow serves:
+    /// anything under the prefix but the stage keys (a prepare's bytes, not live before
+    /// its commit).
+    pub fn touches_live(&self, response: &etcd_client::WatchResponse) -> bool {
+        let stage = self.meta("stage/");
+        response
+            .events()
+            .iter()
+            .any(|event| event.kv().is_none_or(|kv| !kv.key().starts_with(&stage)))
+    }
+
     /// The live bytes of one entry.
     pub async fn read_entry(&self, path: &str) -> Result<Vec<u8>, ShadowError> {
         let response = self

@@ -25,9 +25,13 @@ struct Fleet {
 }
 
 async fn fleet() -> Fleet {
+    fleet_with(|_| {}).await
+}
+
+async fn fleet_with(adjust: impl FnOnce(&mut server::Config)) -> Fleet {
     let root = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(3, root.path()).await;
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(adjust).await;
     server.user("erin", Role::Editor).await;
     server.user("abel", Role::Approver).await;
     server.user("ada", Role::Admin).await;
@@ -81,6 +85,32 @@ impl Fleet {
 
     /// `etcdctl get --prefix PREFIX` as an operator runs it: every key and value under the
     /// prefix, the shadow's own keys (`..etc-shadow/`) left out.
+    fn etcdctl(&self, args: &[&str]) {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.cluster.endpoints.join(",")))
+            .args(args)
+            .output()
+            .expect("etcdctl (Debian package etcd-client)");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Waits for an unresolved incident on `shadow`; answers it.
+    async fn open_incident(&self, shadow: &str) -> Value {
+        for _ in 0..400 {
+            let (_, page) = self
+                .editor
+                .get(&format!("/api/v1/incidents?shadow={shadow}&status=unresolved"))
+                .await;
+            if let Some(found) = page["items"].as_array().unwrap().first() {
+                let (_, incident) = self.editor.get(&format!("/api/v1/incidents/{}", found["id"])).await;
+                return incident;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no incident on {shadow} within 10 s");
+    }
+
     fn etcdctl_get(&self) -> Vec<(String, String)> {
         let output = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
@@ -305,4 +335,42 @@ fn the_cli_registers_an_etcd_shadow_with_its_password_sealed() {
     assert!(err.contains("ends with '/'"), "{err}");
     let (ok, out, _) = run(&["shadow", "list"]);
     assert!(ok && !out.contains("kv2"), "{out}");
+}
+
+/// A hand `etcdctl put` under the prefix and a deleted key are drift the prefix's watch
+/// finds at once (the sweep is an hour away here, so only the watch can); the incident
+/// names what changed, and a reconcile puts the revision back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_put_is_an_incident_the_watch_finds_and_a_reconcile_restores_the_revision() {
+    let fleet = fleet_with(|config| config.check_interval = Duration::from_secs(3600)).await;
+    let (_, rollout) = fleet.roll_out(sample(0)).await;
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    let root = rollout["root"].as_str().unwrap().to_string();
+    // Let the checks after the rollout land first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = std::time::Instant::now();
+    fleet.etcdctl(&["put", &format!("{PREFIX}x.conf"), "planted"]);
+    fleet.etcdctl(&["del", &format!("{PREFIX}nginx/site.conf")]);
+    let incident = fleet.open_incident("kv").await;
+    println!("hand put -> open incident: {:?}", started.elapsed());
+    let text = incident.to_string();
+    assert!(text.contains("x.conf") && text.contains("nginx/site.conf"), "{incident}");
+    assert!(text.contains("missing"), "the deleted key is missing: {incident}");
+    let (_, checks) = fleet.editor.get("/api/v1/shadows/kv/checks?limit=5").await;
+    assert_eq!(checks["items"][0]["trigger"], "event", "{checks}");
+
+    let (status, reconciled) = fleet.approver.post("/api/v1/shadows/kv/reconcile", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{reconciled}");
+    assert_eq!(reconciled["state"], "applied", "{reconciled}");
+    assert_eq!(reconciled["shadows"][0]["receipt_root"], root.as_str(), "{reconciled}");
+    assert_eq!(
+        fleet.etcdctl_get(),
+        [
+            ("app.toml".to_string(), "[server]\nport = 8080\n".to_string()),
+            ("db.env".to_string(), "DB_PASSWORD=s3cret-value\n".to_string()),
+            ("nginx/site.conf".to_string(), "listen 80;\n".to_string()),
+        ]
+    );
+    fleet.server.stop().await;
 }
