@@ -458,9 +458,10 @@ pub async fn shadows() -> Result<Vec<domain::api::ShadowView>, ServerFnError> {
 }
 
 /// Registers a shadow from the admin form: `driver` is `agent` (url, token, and the
-/// certificate pin for https) or
-/// `directory` (path).
+/// certificate pin for https), `directory` (path) or `etcd` (endpoints, comma-separated,
+/// prefix, and a user with its password when the cluster authenticates).
 #[server]
+#[allow(clippy::too_many_arguments)]
 pub async fn add_shadow(
     driver: String,
     name: String,
@@ -468,6 +469,10 @@ pub async fn add_shadow(
     token: Option<String>,
     tls_pin: Option<String>,
     path: Option<String>,
+    endpoints: Option<String>,
+    prefix: Option<String>,
+    etcd_user: Option<String>,
+    etcd_password: Option<String>,
 ) -> Result<Option<String>, ServerFnError> {
     use ssr::*;
     let shadow = match driver.as_str() {
@@ -481,6 +486,22 @@ pub async fn add_shadow(
         "directory" => control::shadows::NewShadow::Directory {
             name,
             path: path.unwrap_or_default(),
+        },
+        "etcd" => control::shadows::NewShadow::Etcd {
+            name,
+            endpoints: endpoints
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect(),
+            prefix: prefix.unwrap_or_default(),
+            user: etcd_user.filter(|u| !u.trim().is_empty()),
+            password: etcd_password.filter(|p| !p.is_empty()),
+            ca: None,
+            max_txn_ops: None,
+            max_request_bytes: None,
         },
         other => return Err(ServerFnError::new(format!("unknown driver {other:?}"))),
     };

@@ -293,6 +293,42 @@ fn unreachable(err: etcd_client::Error) -> ShadowError {
     }
 }
 
+/// How long a request is tried again while the cluster answers that it cannot serve it
+/// now (a member gone, a leader being elected): a cluster that keeps its quorum elects a
+/// new leader in about a second.
+const RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// Whether etcd's answer means "not now" (try again) rather than "no".
+fn retryable(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => matches!(status.code(), tonic::Code::Unavailable),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs `call` until it answers anything but "not now", for at most [`RETRY_FOR`]. Every
+/// request here may run twice: reads are reads, and a write whose answer was lost and
+/// that ran is refused the second time by its guard (the state key moved), so the
+/// operation reads the state again and finds its own work done.
+async fn with_retry<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T, ShadowError>
+where
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(err) if retryable(&err) && started.elapsed() + delay < RETRY_FOR => {
+                tracing::debug!(%err, "etcd cannot serve the request now; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            other => return other.map_err(unreachable),
+        }
+    }
+}
+
 fn corrupt(what: &str, err: impl std::fmt::Display) -> ShadowError {
     ShadowError::from(StoreError::Io(format!("{what} is corrupt: {err}")))
 }
@@ -319,6 +355,16 @@ impl EtcdShadow {
             prefix: target.prefix.clone(),
             limits: target.limits,
         })
+    }
+
+    /// A range read, tried again while the cluster cannot serve it.
+    async fn get(&self, key: Vec<u8>, options: Option<GetOptions>) -> Result<etcd_client::GetResponse, ShadowError> {
+        with_retry(|| {
+            let mut kv = self.client.kv_client();
+            let (key, options) = (key.clone(), options.clone());
+            async move { kv.get(key, options).await }
+        })
+        .await
     }
 
     fn key(&self, relative: &[u8]) -> Vec<u8> {
@@ -348,7 +394,6 @@ impl EtcdShadow {
 
     /// Everything under the prefix at etcd revision `at` (the current one: `None`).
     async fn snapshot_at(&self, at: Option<i64>) -> Result<Snapshot, ShadowError> {
-        let mut kv = self.client.kv_client();
         let prefix = self.prefix.as_bytes().to_vec();
         let end = prefix_end(&prefix);
         let mut from = prefix.clone();
@@ -367,7 +412,7 @@ impl EtcdShadow {
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let response = kv.get(from.clone(), Some(options)).await.map_err(unreachable)?;
+            let response = self.get(from.clone(), Some(options)).await?;
             if revision == 0 {
                 revision = response.header().map_or(0, |h| h.revision());
             }
@@ -401,7 +446,7 @@ impl EtcdShadow {
 
     /// The state key alone, and its mod revision (0: absent).
     async fn state(&self) -> Result<(State, i64), ShadowError> {
-        let response = self.client.kv_client().get(self.meta("state"), None).await.map_err(unreachable)?;
+        let response = self.get(self.meta("state"), None).await?;
         match response.kvs().first() {
             Some(kv) => Ok((
                 serde_json::from_slice(kv.value()).map_err(|err| corrupt("the shadow's state key", err))?,
@@ -419,12 +464,13 @@ impl EtcdShadow {
         } else {
             Compare::mod_revision(self.meta("state"), CompareOp::Equal, state_revision)
         };
-        let response = self
-            .client
-            .kv_client()
-            .txn(Txn::new().when(vec![guard]).and_then(ops))
-            .await
-            .map_err(unreachable)?;
+        let txn = Txn::new().when(vec![guard]).and_then(ops);
+        let response = with_retry(|| {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?;
         Ok((response.succeeded(), response.header().map_or(0, |h| h.revision())))
     }
 
@@ -498,11 +544,12 @@ impl EtcdShadow {
 
     /// Watches every key under the prefix from now on (the drift monitor's trigger).
     pub async fn watch(&self) -> Result<etcd_client::WatchStream, ShadowError> {
-        self.client
-            .watch_client()
-            .watch(self.prefix.clone(), Some(etcd_client::WatchOptions::new().with_prefix()))
-            .await
-            .map_err(unreachable)
+        with_retry(|| {
+            let mut watch = self.client.watch_client();
+            let prefix = self.prefix.clone();
+            async move { watch.watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix())).await }
+        })
+        .await
     }
 
     /// Whether a watch answer reports a write that can change what the shadow serves:
@@ -518,12 +565,7 @@ impl EtcdShadow {
 
     /// The live bytes of one entry.
     pub async fn read_entry(&self, path: &str) -> Result<Vec<u8>, ShadowError> {
-        let response = self
-            .client
-            .kv_client()
-            .get(self.key(path.as_bytes()), None)
-            .await
-            .map_err(unreachable)?;
+        let response = self.get(self.key(path.as_bytes()), None).await?;
         match response.kvs().first() {
             Some(kv) => Ok(kv.value().to_vec()),
             None => Err(StoreError::NotFound(format!("no entry {path} here")).into()),
@@ -804,12 +846,7 @@ impl EtcdShadow {
                     .into());
                 }
             };
-            let stage = self
-                .client
-                .kv_client()
-                .get(self.meta("stage/"), Some(GetOptions::new().with_prefix()))
-                .await
-                .map_err(unreachable)?;
+            let stage = self.get(self.meta("stage/"), Some(GetOptions::new().with_prefix())).await?;
             let stage_prefix = self.meta("stage/");
             let staged_bytes: BTreeMap<&[u8], &[u8]> = stage.kvs().iter().map(|kv| (&kv.key()[stage_prefix.len()..], kv.value())).collect();
             let mut ops = Vec::new();

@@ -90,6 +90,24 @@ impl Cluster {
         }
     }
 
+    /// The index of the member that leads now, if one does.
+    pub async fn leader_index(&self) -> Option<usize> {
+        for (index, endpoint) in self.endpoints.iter().enumerate() {
+            if self.members[index].is_none() {
+                continue;
+            }
+            let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+            let Ok(mut client) = etcd_client::Client::connect([endpoint.as_str()], Some(options)).await else {
+                continue;
+            };
+            let Ok(status) = client.status().await else { continue };
+            if status.leader() != 0 && status.header().is_some_and(|h| h.member_id() == status.leader()) {
+                return Some(index);
+            }
+        }
+        None
+    }
+
     /// A client connected to the leader only (one connection: no forwarding hop).
     pub async fn leader(&self) -> Option<etcd_client::Client> {
         for endpoint in &self.endpoints {

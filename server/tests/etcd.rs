@@ -354,6 +354,16 @@ async fn a_hand_put_is_an_incident_the_watch_finds_and_a_reconcile_restores_the_
     fleet.etcdctl(&["del", &format!("{PREFIX}nginx/site.conf")]);
     let incident = fleet.open_incident("kv").await;
     println!("hand put -> open incident: {:?}", started.elapsed());
+    // The incident opened at the first write; the second joins it as the watch sees it.
+    let mut incident = incident;
+    for _ in 0..400 {
+        let text = incident.to_string();
+        if text.contains("x.conf") && text.contains("nginx/site.conf") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        incident = fleet.editor.get(&format!("/api/v1/incidents/{}", incident["id"])).await.1;
+    }
     let text = incident.to_string();
     assert!(text.contains("x.conf") && text.contains("nginx/site.conf"), "{incident}");
     assert!(text.contains("missing"), "the deleted key is missing: {incident}");
@@ -371,6 +381,75 @@ async fn a_hand_put_is_an_incident_the_watch_finds_and_a_reconcile_restores_the_
             ("db.env".to_string(), "DB_PASSWORD=s3cret-value\n".to_string()),
             ("nginx/site.conf".to_string(), "listen 80;\n".to_string()),
         ]
+    );
+    fleet.server.stop().await;
+}
+
+/// The console's register form (the `add_shadow` server function) registers an etcd
+/// shadow from its endpoints and prefix; a bad prefix is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_form_registers_an_etcd_shadow() {
+    let server = TestServer::start().await;
+    server.user("ada", Role::Admin).await;
+    let admin = server.login("ada").await;
+    let (status, body) = admin
+        .server_fn(
+            "add_shadow",
+            "driver=etcd&name=kv&endpoints=http%3A%2F%2F127.0.0.1%3A2379%2C+http%3A%2F%2F127.0.0.1%3A22379&prefix=%2Fapps%2Fshop%2F&etcd_user=&etcd_password=",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, listed) = admin.get("/api/v1/shadows").await;
+    let kv = &listed["items"][0];
+    assert_eq!(kv["driver"], "etcd", "{listed}");
+    assert_eq!(kv["url"], "http://127.0.0.1:2379,http://127.0.0.1:22379");
+    assert_eq!(kv["prefix"], "/apps/shop/");
+    let (status, body) = admin
+        .server_fn(
+            "add_shadow",
+            "driver=etcd&name=kv2&endpoints=http%3A%2F%2F127.0.0.1%3A2379&prefix=apps",
+        )
+        .await;
+    assert_ne!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("ends with '/'"), "{body}");
+    server.stop().await;
+}
+
+/// kill -9 of the etcd leader (one member of three) between rollouts: the cluster keeps its quorum
+/// and the rollouts end applied with the root read back. With two of three killed there
+/// is no quorum: the rollout fails and is aborted everywhere, and the agent and the
+/// directory keep the previous revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_etcd_member_is_survived_and_losing_quorum_aborts_everywhere() {
+    let mut fleet = fleet_with(|config| config.prepare_deadline = Duration::from_secs(4)).await;
+    let (_, first) = fleet.roll_out(sample(0)).await;
+    assert_eq!(first["state"], "applied", "{first}");
+
+    let leader = fleet.cluster.leader_index().await.expect("a leader");
+    fleet.cluster.kill(leader);
+    let (status, second) = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 1\n")).await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    assert_eq!(second["state"], "applied", "{second}");
+    for shadow in second["shadows"].as_array().unwrap() {
+        assert_eq!(shadow["receipt_root"], second["root"], "{shadow}");
+    }
+
+    let second_member = (0..3).find(|i| *i != leader).unwrap();
+    fleet.cluster.kill(second_member);
+    let (_, third) = fleet.roll_out(change_body(2, "app.toml", "[server]\nport = 2\n")).await;
+    assert_eq!(third["state"], "failed", "{third}");
+    let kv = third["shadows"].as_array().unwrap().iter().find(|s| s["name"] == "kv").unwrap();
+    assert_ne!(kv["phase"], "committed", "{third}");
+    for shadow in third["shadows"].as_array().unwrap() {
+        assert_ne!(shadow["phase"], "committed", "{third}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(fleet.directory.join("app.toml")).unwrap(),
+        "[server]\nport = 1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fleet.agent.live.join("app.toml")).unwrap(),
+        "[server]\nport = 1\n"
     );
     fleet.server.stop().await;
 }

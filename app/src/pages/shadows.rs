@@ -79,7 +79,7 @@ pub fn ShadowsPage() -> impl IntoView {
                                     {list.into_iter().map(|s| {
                                         let name = s.name.clone();
                                         let (reconcile_name, remove_name, drill_name) = (name.clone(), name.clone(), name.clone());
-                                        let target = s.url.clone().or(s.path.clone()).unwrap_or_default();
+                                        let target = shadow_target(&s);
                                         view! {
                                             <tr data-test="shadow-row" data-name=s.name.clone() data-status=s.status.clone()>
                                                 <td><a href=format!("/shadows/{}", s.name) data-test="shadow-link"><strong>{s.name.clone()}</strong></a><div class="muted small">{target}</div></td>
@@ -141,18 +141,32 @@ pub fn ShadowsPage() -> impl IntoView {
                             <select name="driver" data-test="shadow-driver">
                                 <option value="agent">"agent"</option>
                                 <option value="directory">"directory"</option>
+                                <option value="etcd">"etcd"</option>
                             </select>
                         </label>
                         <label class="grow">"Agent URL" <input name="url" placeholder="https://10.0.0.5:7300" data-test="shadow-url" /></label>
                         <label>"Agent token (empty: generate one)" <input name="token" type="password" autocomplete="off" /></label>
                         <label class="grow">"TLS pin (https)" <input name="tls_pin" placeholder="SHA-256 fingerprint the agent logs" autocomplete="off" /></label>
                         <label class="grow">"Directory path" <input name="path" placeholder="/mnt/backup/etc/myservice" /></label>
+                        <label class="grow">"etcd endpoints" <input name="endpoints" placeholder="http://10.0.0.5:2379,http://10.0.0.6:2379" data-test="shadow-endpoints" /></label>
+                        <label>"etcd key prefix" <input name="prefix" placeholder="/config/myservice/" data-test="shadow-prefix" /></label>
+                        <label>"etcd user (optional)" <input name="etcd_user" autocomplete="off" /></label>
+                        <label>"etcd password" <input name="etcd_password" type="password" autocomplete="off" /></label>
                         <button type="submit" class="primary" data-test="shadow-register">"Register"</button>
                     </ActionForm>
                     <p class="muted">"A new shadow is pending until a reconcile brings it to the current revision."</p>
                 </section>
             })}
         </Layout>
+    }
+}
+
+/// Where a shadow is: an agent's URL, a directory's path, an etcd shadow's endpoints and
+/// key prefix.
+fn shadow_target(s: &domain::api::ShadowView) -> String {
+    match (&s.url, &s.prefix) {
+        (Some(endpoints), Some(prefix)) => format!("{endpoints} {prefix}"),
+        (url, _) => url.clone().or(s.path.clone()).unwrap_or_default(),
     }
 }
 
@@ -223,7 +237,7 @@ pub fn ShadowPage() -> impl IntoView {
                                     </ActionForm>
                                 </div>
                                 <dl>
-                                    <dt>"Driver"</dt><dd>{s.driver.clone()} " " <code>{s.url.clone().or(s.path.clone()).unwrap_or_default()}</code></dd>
+                                    <dt>"Driver"</dt><dd>{s.driver.clone()} " " <code>{shadow_target(&s)}</code></dd>
                                     <dt>"Revision"</dt><dd>{s.observed_revision.map(|r| format!("#{r}")).unwrap_or_else(|| "—".into())}</dd>
                                     <dt>"Observed root"</dt><dd>{s.observed_root.clone().map(|r| view! { <ShortHash hash=r /> })}</dd>
                                     <dt>"Last contact"</dt><dd>{s.last_contact_at.as_deref().map(when).unwrap_or_else(|| "never".into())}</dd>
