@@ -1,7 +1,8 @@
 //! Crash sweep: the control plane is killed at every step of a rollout (crash points
 //! selected by `ETC_SHADOW_CRASH_AT`, compiled in only with the `crash-points` feature),
 //! restarted, and must leave every shadow on exactly the previous or the new revision, as
-//! its logged decision says, with no rollout left undecided. `ETC_SHADOW_CRASH_ROLLOUTS`
+//! its logged decision says, with no rollout left undecided. The shadows: an agent, two
+//! directories and an etcd shadow in a 3-member cluster. `ETC_SHADOW_CRASH_ROLLOUTS`
 //! sets the number of randomised rollouts (200 in `make test`; 1,000+ for the long run).
 
 #![cfg(feature = "crash-points")]
@@ -256,11 +257,14 @@ struct Sweep {
     addr: SocketAddr,
     agent: Agent,
     live: Vec<PathBuf>,
+    /// An etcd shadow (`kv`) in a 3-member cluster, read through its driver.
+    etcd: control::etcd::EtcdShadow,
+    _cluster: control::etcd_local::Cluster,
     _root: tempfile::TempDir,
 }
 
 impl Sweep {
-    fn new() -> Sweep {
+    async fn new() -> Sweep {
         let root = tempfile::tempdir().unwrap();
         let data = root.path().join("data");
         for (name, role) in [("erin", "editor"), ("abel", "approver")] {
@@ -292,13 +296,33 @@ impl Sweep {
             cli(&data, &["shadow", "add", name, "--directory", path.to_str().unwrap()], None);
             live.push(path);
         }
+        let cluster = control::etcd_local::Cluster::start(3, root.path()).await;
+        let endpoints = cluster.endpoints.join(",");
+        cli(&data, &["shadow", "add", "kv", "--etcd", &endpoints, "--prefix", "/sweep/"], None);
+        let etcd = control::etcd::EtcdShadow::connect(
+            &control::etcd::Target {
+                endpoints: cluster.endpoints.clone(),
+                prefix: "/sweep/".into(),
+                ..Default::default()
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         Sweep {
             data,
             addr: free_port(),
             agent,
             live,
+            etcd,
+            _cluster: cluster,
             _root: root,
         }
+    }
+
+    /// The root of what the etcd shadow holds now, read back from the cluster.
+    async fn etcd_root(&self) -> String {
+        self.etcd.shadow_state(false).await.unwrap().live_root
     }
 
     fn base(&self) -> String {
@@ -375,6 +399,11 @@ impl Sweep {
                 dir.display()
             );
         }
+        assert_eq!(
+            self.etcd_root().await,
+            expected_root,
+            "round {i} ({point}): the etcd shadow holds exactly the decided revision"
+        );
         server.finish(Duration::ZERO);
     }
 }
@@ -424,6 +453,7 @@ impl Sweep {
         for dir in &self.live {
             assert_eq!(disk_root(dir), expected_root, "round {i} (agent {point}): {}", dir.display());
         }
+        assert_eq!(self.etcd_root().await, expected_root, "round {i} (agent {point}): the etcd shadow");
         server.finish(Duration::ZERO);
     }
 }
@@ -439,7 +469,7 @@ async fn crash_sweep_leaves_every_shadow_on_the_decided_revision() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0x5eed);
     eprintln!("crash sweep: {rounds} rollouts, seed {seed}");
-    let mut sweep = Sweep::new();
+    let mut sweep = Sweep::new().await;
     let reader = Reader::start(sweep.live.clone());
     let mut state = seed;
     let mut next = || {
@@ -485,7 +515,7 @@ async fn crash_sweep_leaves_every_shadow_on_the_decided_revision() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_removed_while_its_commit_waits_does_not_block_the_rollout() {
-    let mut sweep = Sweep::new();
+    let mut sweep = Sweep::new().await;
     let server = Process::start(&sweep.data, sweep.addr, Some("after_decision")).expect("start");
     let editor = Client2::login(&sweep.base(), "erin").await;
     let approver = Client2::login(&sweep.base(), "abel").await;
