@@ -56,6 +56,11 @@ struct Cli {
         default_value = "3:1x1024,1:10x1024,10:10x1024,50:10x1024,3:1000x4096,50:1000x4096,3:10000x1024"
     )]
     cases: Vec<String>,
+    /// Sets rolled out to 3 etcd shadows (three prefixes in the compared cluster), as
+    /// ENTRIESxBYTES; each timed rollout changes one entry. The first rollout writes the
+    /// whole set in one transaction: at most about 60 entries within etcd's default limits.
+    #[arg(long, value_delimiter = ',', default_value = "1x1024,50x1024")]
+    etcd_shadow_sets: Vec<String>,
     /// Configuration sets for the breakdown of one agent's time, as ENTRIESxBYTES.
     #[arg(long, value_delimiter = ',', default_value = "10x1024,1000x4096")]
     breakdown_sets: Vec<String>,
@@ -492,6 +497,56 @@ fn console(site_root: &Path) {
     println!("| all | {} | {} | {} |", totals[0], totals[1], totals[2]);
 }
 
+/// Rollouts to 3 etcd shadows (prefixes in the cluster the puts go to), one entry
+/// changed per rollout, beside a plain put of the same bytes: the overhead of staging,
+/// fencing, the one-transaction switch and the root read back.
+async fn etcd_shadows(cli: &Cli, cluster: &etcd::Cluster) {
+    println!();
+    println!(
+        "Rollouts to 3 etcd shadows (three prefixes in the same {}-member cluster), one entry changed per rollout, from the approver's call until every receipt equals the root, beside a put of that entry's bytes to the cluster:",
+        cli.etcd_members
+    );
+    println!();
+    println!("| set | rollouts | p50 ms | p99 ms | etcd put p50 ms | etcd put p99 ms | p50 ratio |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (run, set) in cli.etcd_shadow_sets.iter().enumerate() {
+        let (entries, bytes) = parse_set(set);
+        let dir = tempfile::tempdir().unwrap();
+        let bench = Bench::open(&dir.path().join("control")).await;
+        for i in 0..3 {
+            let shadow = NewShadow::Etcd {
+                name: format!("kv{i}"),
+                endpoints: cluster.endpoints.clone(),
+                prefix: format!("/bench-shadows/{run}/{i}/"),
+                user: None,
+                password: None,
+                ca: None,
+                max_txn_ops: None,
+                max_request_bytes: None,
+            };
+            control::shadows::add_as(&bench.db, "bench", shadow).await.unwrap();
+        }
+        bench.roll_out((0..entries).map(|i| entry(i, bytes, 0)).collect(), false).await;
+        let mut times = Vec::with_capacity(cli.rollouts);
+        for version in 1..=cli.rollouts {
+            times.push(bench.roll_out(vec![entry(version % entries, bytes, version)], false).await);
+        }
+        times.sort();
+        let mut client = cluster.leader().await.expect("the etcd cluster has a leader");
+        let puts = etcd::puts(&mut client, bytes, cli.etcd_puts).await;
+        let (p50, peer_p50) = (ms(percentile(&times, 50.0)), ms(percentile(&puts, 50.0)));
+        println!(
+            "| {entries} × {} | {} | {p50:.1} | {:.1} | {peer_p50:.2} | {:.2} | {:.1} |",
+            size(bytes),
+            times.len(),
+            ms(percentile(&times, 99.0)),
+            ms(percentile(&puts, 99.0)),
+            p50 / peer_p50
+        );
+        bench.db.close().await;
+    }
+}
+
 async fn rollouts(cli: &Cli) {
     let scratch = tempfile::tempdir().unwrap();
     let fsync = etcd::fsync_latency(scratch.path(), 200);
@@ -574,6 +629,11 @@ async fn rollouts(cli: &Cli) {
             ahead_p50 / peer_p50
         );
         bench.db.close().await;
+    }
+    if let Some(cluster) = &cluster
+        && !cli.etcd_shadow_sets.is_empty()
+    {
+        etcd_shadows(cli, cluster).await;
     }
     drop(cluster);
     let mut breakdowns = Vec::new();
