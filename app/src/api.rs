@@ -457,11 +457,35 @@ pub async fn shadows() -> Result<Vec<domain::api::ShadowView>, ServerFnError> {
     control::shadows::list(&db()?).await.map_err(fail)
 }
 
+/// The etcd fields of the register form (`etcd[endpoints]`, `etcd[prefix]`,
+/// `etcd[user]`, `etcd[password]`).
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct EtcdFields {
+    /// Comma-separated client URLs.
+    #[serde(default)]
+    pub endpoints: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+}
+
+/// Without the password.
+impl std::fmt::Debug for EtcdFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdFields")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Registers a shadow from the admin form: `driver` is `agent` (url, token, and the
-/// certificate pin for https), `directory` (path) or `etcd` (endpoints, comma-separated,
-/// prefix, and a user with its password when the cluster authenticates).
+/// certificate pin for https), `directory` (path) or `etcd` (the [`EtcdFields`]).
 #[server]
-#[allow(clippy::too_many_arguments)]
 pub async fn add_shadow(
     driver: String,
     name: String,
@@ -469,10 +493,7 @@ pub async fn add_shadow(
     token: Option<String>,
     tls_pin: Option<String>,
     path: Option<String>,
-    endpoints: Option<String>,
-    prefix: Option<String>,
-    etcd_user: Option<String>,
-    etcd_password: Option<String>,
+    etcd: Option<EtcdFields>,
 ) -> Result<Option<String>, ServerFnError> {
     use ssr::*;
     let shadow = match driver.as_str() {
@@ -487,22 +508,25 @@ pub async fn add_shadow(
             name,
             path: path.unwrap_or_default(),
         },
-        "etcd" => control::shadows::NewShadow::Etcd {
-            name,
-            endpoints: endpoints
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|e| !e.is_empty())
-                .map(str::to_string)
-                .collect(),
-            prefix: prefix.unwrap_or_default(),
-            user: etcd_user.filter(|u| !u.trim().is_empty()),
-            password: etcd_password.filter(|p| !p.is_empty()),
-            ca: None,
-            max_txn_ops: None,
-            max_request_bytes: None,
-        },
+        "etcd" => {
+            let etcd = etcd.unwrap_or_default();
+            control::shadows::NewShadow::Etcd {
+                name,
+                endpoints: etcd
+                    .endpoints
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                prefix: etcd.prefix,
+                user: Some(etcd.user).filter(|u| !u.trim().is_empty()),
+                password: Some(etcd.password).filter(|p| !p.is_empty()),
+                ca: None,
+                max_txn_ops: None,
+                max_request_bytes: None,
+            }
+        }
         other => return Err(ServerFnError::new(format!("unknown driver {other:?}"))),
     };
     let (_, generated) = control::shadows::add(&db()?, &caller()?, shadow).await.map_err(fail)?;

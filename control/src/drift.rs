@@ -606,6 +606,16 @@ impl Monitor {
         loop {
             let etcd = match self.registry.driver(&self.db, &name).await {
                 Ok(shadows::Driver::Etcd(etcd)) => etcd,
+                Ok(shadows::Driver::Unreachable(err)) => {
+                    // Recorded as the failed check it is.
+                    tracing::debug!(shadow = %name, %err, "etcd shadow unreachable");
+                    if let Err(err) = self.check(&name, Trigger::Event).await {
+                        tracing::debug!(shadow = %name, %err, "check of an unreachable etcd shadow failed");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                    continue;
+                }
                 Ok(_) | Err(Error::NotFound(_)) => return,
                 Err(err) => {
                     tracing::debug!(shadow = %name, %err, "etcd shadow unavailable");
@@ -621,7 +631,7 @@ impl Monitor {
             }
             match watch {
                 Ok(mut stream) => {
-                    delay = Duration::from_millis(250);
+                    let opened = tokio::time::Instant::now();
                     loop {
                         match stream.message().await {
                             Ok(Some(response)) if response.canceled() || response.compact_revision() > 0 => {
@@ -637,6 +647,12 @@ impl Monitor {
                             }
                             Ok(None) | Err(_) => break,
                         }
+                    }
+                    // Only a watch that lasted starts the waits over: one that ends at once
+                    // (refused, say) must not make a check of the whole prefix 4 times a
+                    // second.
+                    if opened.elapsed() > Duration::from_secs(30) {
+                        delay = Duration::from_millis(250);
                     }
                 }
                 Err(err) => tracing::debug!(shadow = %name, %err, "etcd watch unavailable"),

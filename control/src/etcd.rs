@@ -8,7 +8,8 @@
 //! - `P<path>`: an entry's bytes, as they are. Applications get and watch these keys.
 //! - `P..etc-shadow/policy/<path>`: the entry's policy and entry hash (JSON: `mode`,
 //!   `owner`, `group`, `secret`, `sealed`, `entry_hash`).
-//! - `P..etc-shadow/stage/<path>`: bytes a prepare staged, until its commit or abort.
+//! - `P..etc-shadow/stage/<rollout>-<root>/<path>`: bytes a prepare staged, until its
+//!   commit or abort (proven again against their entry hash before the commit uses them).
 //! - `P..etc-shadow/state`: the shadow's own state (JSON): the control plane it belongs
 //!   to and the highest epoch it accepted (the fence), its live and staged revisions and
 //!   roots, its recent rollouts.
@@ -49,8 +50,12 @@ use store::StoreError;
 const META: &str = "..etc-shadow/";
 /// Rollouts remembered (their outcome answers a late prepare, commit or abort).
 const HISTORY: usize = 64;
-/// Keys read per request when reading the prefix.
-const PAGE: i64 = 500;
+/// Keys read per request when reading the prefix: with etcd's largest default value
+/// (1.5 MiB), a page stays under [`MAX_ANSWER`].
+const PAGE: i64 = 64;
+/// The largest answer taken from etcd (gRPC's default is 4 MiB, less than one page of
+/// large values).
+const MAX_ANSWER: usize = 128 * 1024 * 1024;
 /// Room kept in a request for what is not a key or a value (framing, compares).
 const REQUEST_MARGIN: usize = 16 * 1024;
 /// Attempts at an operation whose transaction another writer overtook.
@@ -75,7 +80,7 @@ impl Default for Limits {
 }
 
 /// How to reach a cluster.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Target {
     pub endpoints: Vec<String>,
     pub prefix: String,
@@ -85,6 +90,21 @@ pub struct Target {
     /// `https://` endpoints.
     pub ca_pem: Option<String>,
     pub limits: Limits,
+    /// The key sealed entries are hashed under (hex): the control plane's, which the
+    /// driver runs inside. It is never written to etcd.
+    pub content_key: Option<String>,
+}
+
+/// Without the password.
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("user", &self.user)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Checks a prefix given at registration: not empty, printable, ending with `/`, and
@@ -162,7 +182,7 @@ struct Generation {
     root: String,
 }
 
-/// One entry the commit writes: its bytes (staged under `P..etc-shadow/stage/<path>`)
+/// One entry the commit writes: its bytes (staged under the staging's stage keys)
 /// when `bytes`, and its policy record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Write {
@@ -195,9 +215,6 @@ struct State {
     /// is refused; another writer's rollout of the same number is not).
     aborted_roots: BTreeMap<i64, String>,
     audit_head: Option<Anchor>,
-    /// The key sealed entries are hashed under (hex), from the last prepare that carried
-    /// one. The shadow holds the sealed contents themselves.
-    content_key: Option<String>,
 }
 
 impl State {
@@ -255,6 +272,8 @@ struct Snapshot {
     /// Whether any stage key is there (an earlier staging's, or a prepare's that stopped
     /// half way).
     staged_keys: bool,
+    /// Keys among the shadow's own that it never writes.
+    foreign_meta: Vec<String>,
 }
 
 /// What the snapshot holds, judged: each entry with its hash, its root.
@@ -271,6 +290,9 @@ pub struct EtcdShadow {
     client: Client,
     prefix: String,
     limits: Limits,
+    content_key: Option<String>,
+    /// Signed in as a user (whose login can expire).
+    authenticated: bool,
 }
 
 fn unreachable(err: etcd_client::Error) -> ShadowError {
@@ -307,28 +329,6 @@ fn retryable(err: &etcd_client::Error) -> bool {
     }
 }
 
-/// Runs `call` until it answers anything but "not now", for at most [`RETRY_FOR`]. Every
-/// request here may run twice: reads are reads, and a write whose answer was lost and
-/// that ran is refused the second time by its guard (the state key moved), so the
-/// operation reads the state again and finds its own work done.
-async fn with_retry<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T, ShadowError>
-where
-    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
-{
-    let started = std::time::Instant::now();
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match call().await {
-            Err(err) if retryable(&err) && started.elapsed() + delay < RETRY_FOR => {
-                tracing::debug!(%err, "etcd cannot serve the request now; trying again");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(500));
-            }
-            other => return other.map_err(unreachable),
-        }
-    }
-}
-
 fn corrupt(what: &str, err: impl std::fmt::Display) -> ShadowError {
     ShadowError::from(StoreError::Io(format!("{what} is corrupt: {err}")))
 }
@@ -354,13 +354,46 @@ impl EtcdShadow {
             client,
             prefix: target.prefix.clone(),
             limits: target.limits,
+            content_key: target.content_key.clone(),
+            authenticated: target.user.is_some(),
         })
+    }
+
+    /// Runs `call` until it answers anything but "not now", for at most [`RETRY_FOR`];
+    /// an expired login (etcd's tokens live a few minutes) is renewed once. Every request
+    /// here may run twice: reads are reads, and a write whose answer was lost and that ran
+    /// is refused the second time by its guard (the state key moved), so the operation
+    /// reads the state again and finds its own work done.
+    async fn with_retry<T, Fut>(&self, mut call: impl FnMut() -> Fut) -> Result<T, ShadowError>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(50);
+        let mut renewed = false;
+        loop {
+            match call().await {
+                Err(etcd_client::Error::GRpcStatus(status))
+                    if status.code() == tonic::Code::Unauthenticated && !renewed && self.authenticated =>
+                {
+                    renewed = true;
+                    tracing::debug!("the etcd login expired; signing in again");
+                    self.client.refresh_token().await.map_err(unreachable)?;
+                }
+                Err(err) if retryable(&err) && started.elapsed() + delay < RETRY_FOR => {
+                    tracing::debug!(%err, "etcd cannot serve the request now; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+                other => return other.map_err(unreachable),
+            }
+        }
     }
 
     /// A range read, tried again while the cluster cannot serve it.
     async fn get(&self, key: Vec<u8>, options: Option<GetOptions>) -> Result<etcd_client::GetResponse, ShadowError> {
-        with_retry(|| {
-            let mut kv = self.client.kv_client();
+        self.with_retry(|| {
+            let mut kv = self.client.kv_client().max_decoding_message_size(MAX_ANSWER);
             let (key, options) = (key.clone(), options.clone());
             async move { kv.get(key, options).await }
         })
@@ -383,8 +416,10 @@ impl EtcdShadow {
         key
     }
 
-    fn stage_key(&self, path: &str) -> Vec<u8> {
-        self.meta(&format!("stage/{path}"))
+    /// Where a staging's bytes are: `stage/<rollout>-<first 16 digits of its root>/`, so
+    /// two writers staging at once (a deposed one among them) never share a key.
+    fn stage_dir(&self, rollout: i64, root: &str) -> Vec<u8> {
+        self.meta(&format!("stage/{rollout}-{}/", root.get(..16).unwrap_or(root)))
     }
 
     /// Everything under the prefix now, read page by page at one etcd revision.
@@ -405,6 +440,7 @@ impl EtcdShadow {
             entries: BTreeMap::new(),
             policies: BTreeMap::new(),
             staged_keys: false,
+            foreign_meta: Vec::new(),
         };
         let meta = META.as_bytes();
         loop {
@@ -427,6 +463,8 @@ impl EtcdShadow {
                         snapshot.policies.insert(path.to_vec(), kv.value().to_vec());
                     } else if own.starts_with(b"stage/") {
                         snapshot.staged_keys = true;
+                    } else {
+                        snapshot.foreign_meta.push(String::from_utf8_lossy(relative).into_owned());
                     }
                 } else {
                     snapshot.entries.insert(relative.to_vec(), kv.value().to_vec());
@@ -465,12 +503,13 @@ impl EtcdShadow {
             Compare::mod_revision(self.meta("state"), CompareOp::Equal, state_revision)
         };
         let txn = Txn::new().when(vec![guard]).and_then(ops);
-        let response = with_retry(|| {
-            let mut kv = self.client.kv_client();
-            let txn = txn.clone();
-            async move { kv.txn(txn).await }
-        })
-        .await?;
+        let response = self
+            .with_retry(|| {
+                let mut kv = self.client.kv_client();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
         Ok((response.succeeded(), response.header().map_or(0, |h| h.revision())))
     }
 
@@ -515,6 +554,22 @@ impl EtcdShadow {
             });
             files.push((path, hash));
         }
+        // The shadow's own keys are its fence: one it never writes, or entries without the
+        // state that binds them, are no revision's.
+        for name in &snapshot.foreign_meta {
+            others.push(store::other_entry(
+                name,
+                "invalid_name",
+                "a key among the shadow's own that it never writes".into(),
+            ));
+        }
+        if snapshot.state_revision == 0 && !snapshot.entries.is_empty() {
+            others.push(store::other_entry(
+                &format!("{META}state"),
+                "missing",
+                "entries without the shadow's state key (removed by hand?)".into(),
+            ));
+        }
         let root = store::observed_root(root_hash(files.iter().map(|(path, hash)| (path, *hash))), &others);
         let hashes = files.iter().map(|(path, hash)| (path.to_string(), *hash)).collect();
         entries.extend(others);
@@ -525,7 +580,7 @@ impl EtcdShadow {
     /// `GET /v1/state`: the state, with the live root computed from what the prefix holds.
     pub async fn shadow_state(&self, with_entries: bool) -> Result<ShadowState, ShadowError> {
         let snapshot = self.snapshot().await?;
-        let observed = self.observe(&snapshot, snapshot.state.content_key.as_deref());
+        let observed = self.observe(&snapshot, self.content_key.as_deref());
         let state = &snapshot.state;
         Ok(ShadowState {
             control_plane_id: state.control_plane_id.clone(),
@@ -542,10 +597,20 @@ impl EtcdShadow {
         })
     }
 
-    /// Watches every key under the prefix from now on (the drift monitor's trigger).
+    /// Watches every key under the prefix from now on (the drift monitor's trigger); it
+    /// answers once etcd has created the watch, so a write after this returns is seen.
     pub async fn watch(&self) -> Result<etcd_client::WatchStream, ShadowError> {
-        with_retry(|| {
-            let mut watch = self.client.watch_client();
+        let mut stream = self.open_watch().await?;
+        match stream.message().await {
+            Ok(Some(created)) if created.created() && !created.canceled() => Ok(stream),
+            Ok(_) => Err(unreachable(etcd_client::Error::WatchError("etcd did not create the watch".into()))),
+            Err(err) => Err(unreachable(err)),
+        }
+    }
+
+    async fn open_watch(&self) -> Result<etcd_client::WatchStream, ShadowError> {
+        self.with_retry(|| {
+            let mut watch = self.client.watch_client().max_decoding_message_size(MAX_ANSWER);
             let prefix = self.prefix.clone();
             async move { watch.watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix())).await }
         })
@@ -632,10 +697,8 @@ impl EtcdShadow {
                     StoreError::Conflict(format!("rollout {} is staged here, newer than rollout {rollout}", staged.rollout)).into(),
                 );
             }
-            if let Some(key) = &request.content_key {
-                state.content_key = Some(key.clone());
-            }
-            let observed = self.observe(&snapshot, state.content_key.as_deref());
+            let content_key = request.content_key.as_deref().or(self.content_key.as_deref());
+            let observed = self.observe(&snapshot, content_key);
             if !request.reconcile && observed.root.to_hex() != request.base_root {
                 return Err(StoreError::BaseRootMismatch {
                     expected: request.base_root.clone(),
@@ -675,10 +738,7 @@ impl EtcdShadow {
                     None => {
                         // Held: the bytes there must hash to the entry under its policy.
                         let key = if entry.sealed {
-                            state
-                                .content_key
-                                .as_deref()
-                                .and_then(|hex| domain::hash::ContentKey::from_hex(hex).ok())
+                            content_key.and_then(|hex| domain::hash::ContentKey::from_hex(hex).ok())
                         } else {
                             None
                         };
@@ -725,17 +785,28 @@ impl EtcdShadow {
                 deletes,
             };
             self.check_switch_fits(&staged, &staged_bytes, &state)?;
-            // The stage keys of an earlier staging go first, then the bytes, batch by batch,
-            // each guarded by the state key (a writer that overtook us stops us here).
+            // The bytes, batch by batch under this staging's own keys, each batch guarded by
+            // the state key (a writer that overtook us stops us here). The stage keys of
+            // whatever was staged before go with the state write that forgets it.
+            let stage_dir = self.stage_dir(rollout, &request.target_root);
+            let mut forget = Vec::new();
+            if snapshot.staged_keys {
+                // Everything under stage/ but this staging's own keys: an earlier staging's,
+                // or a prepare's that stopped half way.
+                let stage = self.meta("stage/");
+                forget.push(TxnOp::delete(
+                    stage.clone(),
+                    Some(DeleteOptions::new().with_range(stage_dir.clone())),
+                ));
+                forget.push(TxnOp::delete(
+                    prefix_end(&stage_dir),
+                    Some(DeleteOptions::new().with_range(prefix_end(&stage))),
+                ));
+            }
             if let Some(old) = state.staged.take() {
                 state.remember(old.rollout, RolloutPhase::Aborted);
             }
-            // (etcd refuses a transaction that deletes a range and puts into it.)
-            let mut batches: Vec<Vec<TxnOp>> = Vec::new();
-            if snapshot.staged_keys {
-                batches.push(vec![TxnOp::delete(self.meta("stage/"), Some(DeleteOptions::new().with_prefix()))]);
-            }
-            batches.push(Vec::new());
+            let mut batches: Vec<Vec<TxnOp>> = vec![Vec::new()];
             let mut batch_bytes = 0;
             for (path, content) in &staged_bytes {
                 let size = content.len() + path.len() + 64;
@@ -744,10 +815,11 @@ impl EtcdShadow {
                     batches.push(Vec::new());
                     batch_bytes = 0;
                 }
-                batches
-                    .last_mut()
-                    .expect("one batch at least")
-                    .push(TxnOp::put(self.stage_key(path), content.to_vec(), None));
+                batches.last_mut().expect("one batch at least").push(TxnOp::put(
+                    [stage_dir.as_slice(), path.as_bytes()].concat(),
+                    content.to_vec(),
+                    None,
+                ));
                 batch_bytes += size;
             }
             batches.retain(|batch| !batch.is_empty());
@@ -770,7 +842,8 @@ impl EtcdShadow {
             }
             state.staged = Some(staged);
             state.remember(rollout, RolloutPhase::Prepared);
-            let (ok, _) = self.guarded(snapshot.state_revision, vec![self.put_state(&state)?]).await?;
+            forget.push(self.put_state(&state)?);
+            let (ok, _) = self.guarded(snapshot.state_revision, forget).await?;
             if ok {
                 return Ok(answer(rollout, RolloutPhase::Prepared, &request.target_root));
             }
@@ -846,15 +919,27 @@ impl EtcdShadow {
                     .into());
                 }
             };
-            let stage = self.get(self.meta("stage/"), Some(GetOptions::new().with_prefix())).await?;
-            let stage_prefix = self.meta("stage/");
-            let staged_bytes: BTreeMap<&[u8], &[u8]> = stage.kvs().iter().map(|kv| (&kv.key()[stage_prefix.len()..], kv.value())).collect();
+            let stage_dir = self.stage_dir(rollout, &staged.root);
+            let stage = self.get(stage_dir.clone(), Some(GetOptions::new().with_prefix())).await?;
+            let staged_bytes: BTreeMap<&[u8], &[u8]> = stage.kvs().iter().map(|kv| (&kv.key()[stage_dir.len()..], kv.value())).collect();
+            let content_key = self
+                .content_key
+                .as_deref()
+                .and_then(|hex| domain::hash::ContentKey::from_hex(hex).ok());
             let mut ops = Vec::new();
             for write in &staged.writes {
                 if write.bytes {
-                    let Some(bytes) = staged_bytes.get(write.path.as_bytes()) else {
+                    // Proven again: a stage key is under the prefix, where anyone may write.
+                    let proven = staged_bytes.get(write.path.as_bytes()).filter(|bytes| {
+                        let (Ok(path), Some(policy)) = (EntryPath::parse(&write.path), write.policy.policy()) else {
+                            return false;
+                        };
+                        let key = if write.policy.sealed { content_key.as_ref() } else { None };
+                        store::hash_entry(key, &path, &policy, bytes).to_hex() == write.policy.entry_hash
+                    });
+                    let Some(bytes) = proven else {
                         return Err(StoreError::Io(format!(
-                            "the staged bytes of {} are gone from the stage keys (removed by hand?); roll out again",
+                            "the staged bytes of {} are gone from the stage keys or were changed there; nothing was switched",
                             write.path
                         ))
                         .into());
@@ -889,42 +974,44 @@ impl EtcdShadow {
     /// The root of what the prefix holds at etcd revision `at` (now: `None`).
     async fn root_at(&self, at: Option<i64>) -> Result<String, ShadowError> {
         let snapshot = self.snapshot_at(at).await?;
-        Ok(self.observe(&snapshot, snapshot.state.content_key.as_deref()).root.to_hex())
+        Ok(self.observe(&snapshot, self.content_key.as_deref()).root.to_hex())
     }
 
-    /// Drops `rollout`'s staging (or remembers the abort, so a late prepare is refused).
+    /// Drops `rollout`'s staging (or remembers the abort, so a late prepare is refused),
+    /// as a directory shadow does.
     pub async fn abort(&self, rollout: i64, fence: &Fence) -> Result<RolloutAnswer, ShadowError> {
         for _ in 0..ATTEMPTS {
             let (mut state, state_revision) = self.state().await?;
             state.check_fence(&fence.control_plane_id, fence.epoch)?;
-            if state.live.as_ref().is_some_and(|g| g.rollout == rollout) && state.staged.as_ref().is_none_or(|s| s.rollout != rollout) {
-                return Err(StoreError::Conflict(format!("rollout {rollout} is already committed")).into());
+            let same = |root: &String| fence.target_root.as_ref().is_none_or(|wanted| wanted == root);
+            if state.live.as_ref().is_some_and(|g| g.rollout == rollout && same(&g.root)) {
+                return Err(StoreError::Conflict(format!("rollout {rollout} is already committed here")).into());
             }
             let mut ops = Vec::new();
-            match &state.staged {
-                Some(staged) if staged.rollout == rollout => {
-                    if let Some(root) = &fence.target_root
-                        && *root != staged.root
-                    {
-                        return Err(StoreError::Conflict(format!(
-                            "rollout {rollout} is staged here with another root: a different writer's rollout"
-                        ))
-                        .into());
-                    }
-                    state.aborted_roots.insert(rollout, staged.root.clone());
-                    state.staged = None;
-                    ops.push(TxnOp::delete(self.meta("stage/"), Some(DeleteOptions::new().with_prefix())));
-                }
-                _ => {
-                    if state.phase_of(rollout) == Some(RolloutPhase::Aborted) {
-                        return Ok(answer_none(rollout, RolloutPhase::Aborted));
-                    }
-                    if let Some(root) = &fence.target_root {
-                        state.aborted_roots.insert(rollout, root.clone());
-                    }
+            if let Some(staged) = state.staged.take_if(|g| g.rollout == rollout && same(&g.root)) {
+                ops.push(TxnOp::delete(
+                    self.stage_dir(rollout, &staged.root),
+                    Some(DeleteOptions::new().with_prefix()),
+                ));
+                // Only a write that changes something records the writer's epoch.
+                state.accept_fence(&fence.control_plane_id, fence.epoch);
+            } else if let Some(root) = &fence.target_root {
+                // Bytes a prepare of it left before it was recorded (it stopped half way).
+                ops.push(TxnOp::delete(
+                    self.stage_dir(rollout, root),
+                    Some(DeleteOptions::new().with_prefix()),
+                ));
+            }
+            // Another writer's rollout of the same number, committed or staged here, stays
+            // as it is; the abort is remembered for its own root only.
+            let foreign =
+                state.live.as_ref().is_some_and(|g| g.rollout == rollout) || state.staged.as_ref().is_some_and(|g| g.rollout == rollout);
+            if !foreign {
+                state.remember(rollout, RolloutPhase::Aborted);
+                if let Some(root) = &fence.target_root {
+                    state.aborted_roots.insert(rollout, root.clone());
                 }
             }
-            state.remember(rollout, RolloutPhase::Aborted);
             ops.push(self.put_state(&state)?);
             let (ok, _) = self.guarded(state_revision, ops).await?;
             if ok {

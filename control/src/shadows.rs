@@ -136,8 +136,16 @@ fn etcd_registration(
     let with_slash: Vec<String> = endpoints.iter().map(|e| format!("{e}/")).collect();
     crate::etcd::validate_endpoints(&with_slash).map_err(Error::BadRequest)?;
     crate::etcd::validate_prefix(prefix).map_err(Error::BadRequest)?;
+    if endpoints.iter().any(|e| e.contains(',')) {
+        return Err(Error::BadRequest("an etcd endpoint has no comma in it".into()));
+    }
     let user = user.map(str::trim).filter(|u| !u.is_empty());
     let password = password.filter(|p| !p.is_empty());
+    if password.is_some() && !endpoints.iter().all(|e| e.starts_with("https://")) {
+        return Err(Error::BadRequest(
+            "an etcd password travels only to https:// endpoints (with the cluster's CA)".into(),
+        ));
+    }
     match (user, password) {
         (Some(user), _) if user.len() > 128 || user.chars().any(char::is_control) => {
             return Err(Error::BadRequest("an etcd user name has at most 128 printable characters".into()));
@@ -301,6 +309,23 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<(ShadowVi
         .await?;
     if exists.is_some() {
         return Err(Error::conflict("shadow_exists", format!("a shadow named {name} exists")));
+    }
+    // Two etcd shadows whose prefixes nest would each see the other's keys as drift and
+    // delete them at a reconcile: refused, whichever cluster they are in.
+    if let Some(prefix) = &etcd.prefix {
+        let others: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, etcd_prefix FROM shadows WHERE driver = 'etcd' AND etcd_prefix IS NOT NULL")
+                .fetch_all(&mut *tx)
+                .await?;
+        if let Some((other, _)) = others
+            .iter()
+            .find(|(_, p)| p.starts_with(prefix.as_str()) || prefix.starts_with(p.as_str()))
+        {
+            return Err(Error::conflict(
+                "prefix_overlaps",
+                format!("the prefix {prefix} overlaps etcd shadow {other}'s; each shadow needs a prefix of its own"),
+            ));
+        }
     }
     sqlx::query(
         "INSERT INTO shadows (name, driver, url, token, tls_pin, path, created_at, etcd_prefix, etcd_user, etcd_ca, etcd_max_txn_ops, etcd_max_request_bytes)
@@ -535,6 +560,9 @@ pub enum Driver {
     Directory(Arc<Mutex<Store>>, Arc<store::Progress>),
     /// A key prefix in an etcd cluster.
     Etcd(Box<crate::etcd::EtcdShadow>),
+    /// A shadow that could not even be connected to (an etcd cluster that refused the
+    /// sign-in or is down): every call answers why, so a check of it is a failed check.
+    Unreachable(ShadowError),
 }
 
 impl Driver {
@@ -619,6 +647,7 @@ impl Driver {
 
     pub async fn state(&self, entries: bool) -> Result<ShadowState, ShadowError> {
         match self {
+            Driver::Unreachable(err) => Err(err.clone()),
             Driver::Directory(store, _) => Self::blocking(store, move |s| s.state(entries)).await,
             Driver::Etcd(etcd) => etcd.shadow_state(entries).await,
             Driver::Agent { .. } => self.call(reqwest::Method::GET, &format!("/v1/state?entries={entries}"), None).await,
@@ -628,6 +657,7 @@ impl Driver {
     /// The live bytes of one entry.
     pub async fn read_entry(&self, path: &str) -> Result<Vec<u8>, ShadowError> {
         match self {
+            Driver::Unreachable(err) => Err(err.clone()),
             Driver::Directory(store, _) => {
                 let path = path.to_string();
                 let bytes = Self::blocking(store, move |s| s.read_entry(&path)).await?;
@@ -666,6 +696,7 @@ impl Driver {
 
     pub async fn prepare(&self, rollout: i64, request: PrepareRequest) -> Result<RolloutAnswer, ShadowError> {
         match self {
+            Driver::Unreachable(err) => Err(err.clone()),
             Driver::Directory(store, progress) => {
                 // A tree being staged ahead stops for it.
                 let _foreground = progress.foreground();
@@ -698,6 +729,7 @@ impl Driver {
     /// Stages `request`'s tree ahead of its rollout (see [`Store::prestage`]).
     pub async fn prestage(&self, request: PrepareRequest) -> Result<domain::protocol::PrestageAnswer, ShadowError> {
         match self {
+            Driver::Unreachable(err) => Err(err.clone()),
             Driver::Directory(store, _) => Self::blocking(store, move |s| s.prestage(&request)).await,
             // Its prepare stages only what changed, in a few transactions.
             Driver::Etcd(_) => Err(ShadowError {
@@ -716,6 +748,7 @@ impl Driver {
     /// Drops the tree staged ahead on this shadow, if any.
     pub async fn drop_prestaged(&self) -> Result<(), ShadowError> {
         match self {
+            Driver::Unreachable(err) => Err(err.clone()),
             Driver::Directory(store, _) => Self::blocking(store, |s| s.drop_prestaged()).await,
             Driver::Etcd(_) => Ok(()),
             Driver::Agent { .. } => self
@@ -729,6 +762,7 @@ impl Driver {
     /// [`store::Progress`]); asked while the prepare runs.
     pub async fn progress(&self, rollout: i64) -> Result<u64, ShadowError> {
         match self {
+            Driver::Unreachable(_) => Ok(0),
             Driver::Directory(_, progress) => Ok(progress.of(rollout)),
             Driver::Etcd(_) => Ok(0),
             Driver::Agent { .. } => {
@@ -747,6 +781,7 @@ impl Driver {
 
     pub async fn commit(&self, rollout: i64, fence: Fence) -> Result<RolloutAnswer, ShadowError> {
         match self {
+            Driver::Unreachable(err) => Err(err.clone()),
             Driver::Directory(store, progress) => {
                 // A tree being staged ahead stops for it.
                 let _foreground = progress.foreground();
@@ -764,6 +799,7 @@ impl Driver {
     /// probe `requests` times.
     pub async fn drill(&self, requests: u32) -> Result<domain::protocol::DrillAnswer, ShadowError> {
         match self {
+            Driver::Unreachable(err) => Err(err.clone()),
             Driver::Directory(store, _) => {
                 let (mut answer, hooks, live) = Self::blocking(store, |s| Ok((s.drill()?, s.hooks(), s.live_dir().to_path_buf()))).await?;
                 // Probed without the store's lock: checks and rollouts go on meanwhile.
@@ -796,6 +832,7 @@ impl Driver {
     /// A dry run of prepare's validate hook on `request`'s tree (nothing staged).
     pub async fn validate_dry_run(&self, request: PrepareRequest) -> Result<Option<domain::protocol::HookRun>, ShadowError> {
         match self {
+            Driver::Unreachable(err) => Err(err.clone()),
             Driver::Directory(store, _) => Self::blocking(store, move |s| s.validate_dry_run(&request)).await,
             // It runs no hooks.
             Driver::Etcd(_) => Ok(None),
@@ -811,6 +848,7 @@ impl Driver {
 
     pub async fn abort(&self, rollout: i64, fence: Fence) -> Result<RolloutAnswer, ShadowError> {
         match self {
+            Driver::Unreachable(err) => Err(err.clone()),
             Driver::Directory(store, progress) => {
                 // A tree being staged ahead stops for it.
                 let _foreground = progress.foreground();
@@ -1044,6 +1082,7 @@ impl Registry {
                         .map(|sealed| db.keys.open_text(&format!("shadow-token:{name}"), &sealed))
                         .transpose()?,
                     ca_pem: ca,
+                    content_key: Some(db.keys.content_key().to_hex()),
                     limits: crate::etcd::Limits {
                         max_txn_ops: max_txn_ops.and_then(|n| usize::try_from(n).ok()).unwrap_or(defaults.max_txn_ops),
                         max_request_bytes: max_request_bytes
@@ -1051,9 +1090,11 @@ impl Registry {
                             .unwrap_or(defaults.max_request_bytes),
                     },
                 };
-                let etcd = crate::etcd::EtcdShadow::connect(&target, self.request_timeout)
-                    .await
-                    .map_err(|err| Error::Internal(format!("etcd shadow {name}: {}", err.message)))?;
+                let etcd = match crate::etcd::EtcdShadow::connect(&target, self.request_timeout).await {
+                    Ok(etcd) => etcd,
+                    // Not kept: the next call tries again.
+                    Err(err) => return Ok(Driver::Unreachable(err)),
+                };
                 // Two callers may race to connect: the first one in wins.
                 let mut open = self.etcd.lock().unwrap_or_else(|p| p.into_inner());
                 Ok(Driver::Etcd(Box::new(open.entry(name.to_string()).or_insert(etcd).clone())))

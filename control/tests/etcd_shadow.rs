@@ -314,3 +314,41 @@ async fn a_reader_at_any_etcd_revision_sees_one_revision_never_a_mix() {
     let reads = reader.await.unwrap();
     assert!(reads > 12, "the reader read {reads} revisions");
 }
+
+/// The bytes a prepare staged are proven again at the commit: a stage key changed by
+/// hand (or by another writer) between prepare and commit switches nothing. An abort
+/// records its writer's epoch, so an older writer is fenced after it. The shadow's own
+/// state key removed by hand makes the live root no revision's.
+#[tokio::test]
+async fn tampered_stage_keys_switch_nothing_an_abort_raises_the_fence_and_a_lost_state_key_is_drift() {
+    let scratch = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(3, scratch.path()).await;
+    let shadow = shadow(&cluster, Limits::default()).await;
+    let mut client = cluster.leader().await.unwrap();
+    let first = set(&[("a.conf", "a\n")]);
+    roll(&shadow, 1, &first, &Set::new()).await;
+
+    let second = set(&[("a.conf", "a2\n")]);
+    shadow.prepare(2, &request(2, &second, &first, 1)).await.unwrap();
+    let staged = client
+        .get(format!("{PREFIX}..etc-shadow/stage/"), Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let key = staged.kvs()[0].key().to_vec();
+    client.put(key, "planted\n", None).await.unwrap();
+    let err = shadow.commit(2, &fence(&second, 1)).await.unwrap_err();
+    assert_eq!(err.code, "io", "{err}");
+    assert_eq!(visible(&mut client, None).await.0, first, "nothing was switched");
+    shadow.abort(2, &fence(&second, 3)).await.unwrap();
+    // The abort came from epoch 3: epoch 2 is now an older writer.
+    assert_eq!(
+        code(shadow.prepare(3, &request(3, &second, &first, 2)).await.unwrap_err()),
+        "fenced"
+    );
+
+    assert_eq!(shadow.shadow_state(false).await.unwrap().live_root, root(&first));
+    client.delete(format!("{PREFIX}..etc-shadow/state"), None).await.unwrap();
+    let state = shadow.shadow_state(true).await.unwrap();
+    assert_ne!(state.live_root, root(&first), "entries without their state are no revision's");
+    assert!(state.entries.unwrap().iter().any(|e| e.kind.as_deref() == Some("missing")));
+}

@@ -302,12 +302,15 @@ fn the_cli_registers_an_etcd_shadow_with_its_password_sealed() {
         )
     };
     let password = password_file.to_str().unwrap();
-    let (ok, out, err) = run(&[
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+    // A password goes only to https:// endpoints.
+    let (ok, _, err) = run(&[
         "shadow",
         "add",
         "kv",
         "--etcd",
-        "http://127.0.0.1:2379,http://127.0.0.1:22379",
+        "http://127.0.0.1:2379",
         "--prefix",
         "/apps/shop/",
         "--etcd-user",
@@ -315,11 +318,27 @@ fn the_cli_registers_an_etcd_shadow_with_its_password_sealed() {
         "--etcd-password-file",
         password,
     ]);
+    assert!(!ok && err.contains("https://"), "{err}");
+    let (ok, out, err) = run(&[
+        "shadow",
+        "add",
+        "kv",
+        "--etcd",
+        "https://127.0.0.1:2379,https://127.0.0.1:22379",
+        "--prefix",
+        "/apps/shop/",
+        "--etcd-user",
+        "shop",
+        "--etcd-password-file",
+        password,
+        "--etcd-ca",
+        ca_file.to_str().unwrap(),
+    ]);
     assert!(ok, "{out}{err}");
     let (ok, out, err) = run(&["shadow", "list"]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("kv") && out.contains("etcd") && out.contains("http://127.0.0.1:2379,http://127.0.0.1:22379 /apps/shop/"),
+        out.contains("kv") && out.contains("etcd") && out.contains("https://127.0.0.1:2379,https://127.0.0.1:22379 /apps/shop/"),
         "{out}"
     );
     assert!(!out.contains("pw-that"), "{out}");
@@ -333,6 +352,11 @@ fn the_cli_registers_an_etcd_shadow_with_its_password_sealed() {
     let (ok, _, err) = run(&["shadow", "add", "kv2", "--etcd", "http://127.0.0.1:2379", "--prefix", "/no-slash"]);
     assert!(!ok);
     assert!(err.contains("ends with '/'"), "{err}");
+    // A prefix inside another etcd shadow's, or around it, is refused.
+    for nested in ["/apps/shop/eu/", "/apps/"] {
+        let (ok, _, err) = run(&["shadow", "add", "kv2", "--etcd", "http://127.0.0.1:2379", "--prefix", nested]);
+        assert!(!ok && err.contains("overlaps etcd shadow kv"), "{err}");
+    }
     let (ok, out, _) = run(&["shadow", "list"]);
     assert!(ok && !out.contains("kv2"), "{out}");
 }
@@ -395,7 +419,7 @@ async fn the_console_form_registers_an_etcd_shadow() {
     let (status, body) = admin
         .server_fn(
             "add_shadow",
-            "driver=etcd&name=kv&endpoints=http%3A%2F%2F127.0.0.1%3A2379%2C+http%3A%2F%2F127.0.0.1%3A22379&prefix=%2Fapps%2Fshop%2F&etcd_user=&etcd_password=",
+            "driver=etcd&name=kv&etcd%5Bendpoints%5D=http%3A%2F%2F127.0.0.1%3A2379%2C+http%3A%2F%2F127.0.0.1%3A22379&etcd%5Bprefix%5D=%2Fapps%2Fshop%2F&etcd%5Buser%5D=&etcd%5Bpassword%5D=",
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -407,7 +431,7 @@ async fn the_console_form_registers_an_etcd_shadow() {
     let (status, body) = admin
         .server_fn(
             "add_shadow",
-            "driver=etcd&name=kv2&endpoints=http%3A%2F%2F127.0.0.1%3A2379&prefix=apps",
+            "driver=etcd&name=kv2&etcd%5Bendpoints%5D=http%3A%2F%2F127.0.0.1%3A2379&etcd%5Bprefix%5D=apps",
         )
         .await;
     assert_ne!(status, StatusCode::OK, "{body}");

@@ -148,10 +148,10 @@ pub fn ShadowsPage() -> impl IntoView {
                         <label>"Agent token (empty: generate one)" <input name="token" type="password" autocomplete="off" /></label>
                         <label class="grow">"TLS pin (https)" <input name="tls_pin" placeholder="SHA-256 fingerprint the agent logs" autocomplete="off" /></label>
                         <label class="grow">"Directory path" <input name="path" placeholder="/mnt/backup/etc/myservice" /></label>
-                        <label class="grow">"etcd endpoints" <input name="endpoints" placeholder="http://10.0.0.5:2379,http://10.0.0.6:2379" data-test="shadow-endpoints" /></label>
-                        <label>"etcd key prefix" <input name="prefix" placeholder="/config/myservice/" data-test="shadow-prefix" /></label>
-                        <label>"etcd user (optional)" <input name="etcd_user" autocomplete="off" /></label>
-                        <label>"etcd password" <input name="etcd_password" type="password" autocomplete="off" /></label>
+                        <label class="grow">"etcd endpoints" <input name="etcd[endpoints]" placeholder="http://10.0.0.5:2379,http://10.0.0.6:2379" data-test="shadow-endpoints" /></label>
+                        <label>"etcd key prefix" <input name="etcd[prefix]" placeholder="/config/myservice/" data-test="shadow-prefix" /></label>
+                        <label>"etcd user (optional)" <input name="etcd[user]" autocomplete="off" /></label>
+                        <label>"etcd password" <input name="etcd[password]" type="password" autocomplete="off" /></label>
                         <button type="submit" class="primary" data-test="shadow-register">"Register"</button>
                     </ActionForm>
                     <p class="muted">"A new shadow is pending until a reconcile brings it to the current revision."</p>
