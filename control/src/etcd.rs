@@ -340,7 +340,10 @@ impl EtcdShadow {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(10), timeout);
+            .with_keep_alive(Duration::from_secs(10), timeout)
+            // A member cut off from the others answers "no leader" (tried again) rather than
+            // serving a stale read or a silent watch.
+            .with_require_leader(true);
         if let (Some(user), Some(password)) = (&target.user, &target.password) {
             options = options.with_user(user.clone(), password.clone());
         }
