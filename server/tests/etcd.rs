@@ -363,7 +363,8 @@ fn the_cli_registers_an_etcd_shadow_with_its_password_sealed() {
 
 /// A hand `etcdctl put` under the prefix and a deleted key are drift the prefix's watch
 /// finds at once (the sweep is an hour away here, so only the watch can); the incident
-/// names what changed, and a reconcile puts the revision back.
+/// names what changed, the shadow's diff shows it, adopt makes a change of it, and a
+/// reconcile puts the revision back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_put_is_an_incident_the_watch_finds_and_a_reconcile_restores_the_revision() {
     let fleet = fleet_with(|config| config.check_interval = Duration::from_secs(3600)).await;
@@ -393,6 +394,41 @@ async fn a_hand_put_is_an_incident_the_watch_finds_and_a_reconcile_restores_the_
     assert!(text.contains("missing"), "the deleted key is missing: {incident}");
     let (_, checks) = fleet.editor.get("/api/v1/shadows/kv/checks?limit=5").await;
     assert_eq!(checks["items"][0]["trigger"], "event", "{checks}");
+
+    // The visual diff of the primary against the etcd shadow, as for any shadow.
+    let (status, diff) = fleet.editor.get("/api/v1/shadows/kv/diff").await;
+    assert_eq!(status, StatusCode::OK, "{diff}");
+    let statuses: Vec<(String, String)> = diff["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e["status"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(
+        statuses.contains(&("x.conf".into(), "added".into())) && statuses.contains(&("nginx/site.conf".into(), "removed".into())),
+        "{diff}"
+    );
+    // Adopt: a draft change made of what the etcd shadow holds.
+    let (status, change) = fleet
+        .editor
+        .post(&format!("/api/v1/incidents/{}/adopt", incident["id"]), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{change}");
+    let ops: Vec<(String, String)> = change["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e["op"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(
+        ops.contains(&("x.conf".into(), "put".into())) && ops.contains(&("nginx/site.conf".into(), "delete".into())),
+        "{ops:?}"
+    );
+    let (_, content) = fleet.editor.get(&format!("/api/v1/changes/{}/diff", change["id"])).await;
+    assert!(
+        content.to_string().contains("planted"),
+        "the change carries the etcd shadow's bytes: {content}"
+    );
 
     let (status, reconciled) = fleet.approver.post("/api/v1/shadows/kv/reconcile", json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{reconciled}");
