@@ -323,7 +323,12 @@ const RETRY_FOR: Duration = Duration::from_secs(5);
 /// Whether etcd's answer means "not now" (try again) rather than "no".
 fn retryable(err: &etcd_client::Error) -> bool {
     match err {
-        etcd_client::Error::GRpcStatus(status) => matches!(status.code(), tonic::Code::Unavailable),
+        // Unavailable: a leader being elected, a member gone; Unknown and Cancelled: the
+        // connection to a member dropped under the request (tonic's "transport error").
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ),
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
     }

@@ -11,14 +11,15 @@ use std::{
 
 /// A running cluster; its members are killed when it is dropped.
 pub struct Cluster {
-    members: Vec<Option<Child>>,
+    members: std::sync::Mutex<Vec<Option<Child>>>,
     pub endpoints: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for member in self.members.iter_mut().flatten() {
+        let members = self.members.get_mut().unwrap_or_else(|p| p.into_inner());
+        for member in members.iter_mut().flatten() {
             let _ = member.kill();
             let _ = member.wait();
         }
@@ -67,7 +68,7 @@ impl Cluster {
             members.push(Some(child));
         }
         let cluster = Cluster {
-            members,
+            members: std::sync::Mutex::new(members),
             endpoints: ports.iter().map(|(client, _)| format!("http://127.0.0.1:{client}")).collect(),
             _dir: dir,
         };
@@ -83,8 +84,9 @@ impl Cluster {
     }
 
     /// Kills member `index` (SIGKILL), as a machine that dies would stop it.
-    pub fn kill(&mut self, index: usize) {
-        if let Some(mut member) = self.members[index].take() {
+    pub fn kill(&self, index: usize) {
+        let taken = self.members.lock().unwrap_or_else(|p| p.into_inner())[index].take();
+        if let Some(mut member) = taken {
             let _ = member.kill();
             let _ = member.wait();
         }
@@ -93,7 +95,7 @@ impl Cluster {
     /// The index of the member that leads now, if one does.
     pub async fn leader_index(&self) -> Option<usize> {
         for (index, endpoint) in self.endpoints.iter().enumerate() {
-            if self.members[index].is_none() {
+            if self.members.lock().unwrap_or_else(|p| p.into_inner())[index].is_none() {
                 continue;
             }
             let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));

@@ -475,19 +475,33 @@ async fn the_console_form_registers_an_etcd_shadow() {
     server.stop().await;
 }
 
-/// kill -9 of the etcd leader (one member of three) between rollouts: the cluster keeps its quorum
+/// kill -9 of the etcd leader (one member of three) during a rollout: the cluster keeps its quorum
 /// and the rollouts end applied with the root read back. With two of three killed there
 /// is no quorum: the rollout fails and is aborted everywhere, and the agent and the
 /// directory keep the previous revision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_one_etcd_member_is_survived_and_losing_quorum_aborts_everywhere() {
-    let mut fleet = fleet_with(|config| config.prepare_deadline = Duration::from_secs(4)).await;
+    let fleet = fleet_with(|config| config.prepare_deadline = Duration::from_secs(4)).await;
     let (_, first) = fleet.roll_out(sample(0)).await;
     assert_eq!(first["state"], "applied", "{first}");
 
+    // The leader dies while the next rollout runs (it was approved first; the kill lands
+    // a few milliseconds after the click).
     let leader = fleet.cluster.leader_index().await.expect("a leader");
-    fleet.cluster.kill(leader);
-    let (status, second) = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 1\n")).await;
+    let (_, change) = fleet
+        .editor
+        .post("/api/v1/changes", change_body(1, "app.toml", "[server]\nport = 1\n"))
+        .await;
+    let id = change["id"].as_i64().unwrap();
+    fleet.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+    fleet.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    let path = format!("/api/v1/changes/{id}/rollouts");
+    let click = fleet.approver.post(&path, json!({}));
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        fleet.cluster.kill(leader);
+    };
+    let ((status, second), ()) = tokio::join!(click, kill);
     assert_eq!(status, StatusCode::CREATED, "{second}");
     assert_eq!(second["state"], "applied", "{second}");
     for shadow in second["shadows"].as_array().unwrap() {
@@ -511,5 +525,31 @@ async fn losing_one_etcd_member_is_survived_and_losing_quorum_aborts_everywhere(
         std::fs::read_to_string(fleet.agent.live.join("app.toml")).unwrap(),
         "[server]\nport = 1\n"
     );
+    fleet.server.stop().await;
+}
+
+/// An etcd shadow put back to an earlier revision's bytes (an old snapshot of the
+/// cluster restored, say) is a `stale` incident, like a directory restored from an old
+/// backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_shadow_back_on_an_earlier_revision_is_stale() {
+    let fleet = fleet_with(|config| config.check_interval = Duration::from_secs(3600)).await;
+    let (_, first) = fleet.roll_out(sample(0)).await;
+    assert_eq!(first["state"], "applied", "{first}");
+    let (_, second) = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 9\n")).await;
+    assert_eq!(second["state"], "applied", "{second}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.etcdctl(&["put", &format!("{PREFIX}app.toml"), "[server]\nport = 8080\n"]);
+    let incident = fleet.open_incident("kv").await;
+    let mut incident = incident;
+    for _ in 0..200 {
+        if incident["kinds"].to_string().contains("stale") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        incident = fleet.editor.get(&format!("/api/v1/incidents/{}", incident["id"])).await.1;
+    }
+    assert!(incident["kinds"].to_string().contains("stale"), "{incident}");
+    assert_eq!(incident["observed_root"], first["root"], "{incident}");
     fleet.server.stop().await;
 }
