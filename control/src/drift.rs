@@ -607,12 +607,10 @@ impl Monitor {
             let etcd = match self.registry.driver(&self.db, &name).await {
                 Ok(shadows::Driver::Etcd(etcd)) => etcd,
                 Ok(shadows::Driver::Unreachable(err)) => {
-                    // Recorded as the failed check it is.
+                    // The sweep records it as the failed check it is, at its own pace
+                    // (`unreachable_after` counts sweeps, not these tries).
                     tracing::debug!(shadow = %name, %err, "etcd shadow unreachable");
-                    if let Err(err) = self.check(&name, Trigger::Event).await {
-                        tracing::debug!(shadow = %name, %err, "check of an unreachable etcd shadow failed");
-                    }
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(delay.max(self.interval.min(Duration::from_secs(30)))).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                     continue;
                 }

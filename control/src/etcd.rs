@@ -273,7 +273,7 @@ struct Snapshot {
     /// half way).
     staged_keys: bool,
     /// Keys among the shadow's own that it never writes.
-    foreign_meta: Vec<String>,
+    foreign_meta: Vec<Vec<u8>>,
 }
 
 /// What the snapshot holds, judged: each entry with its hash, its root.
@@ -297,7 +297,10 @@ pub struct EtcdShadow {
 
 fn unreachable(err: etcd_client::Error) -> ShadowError {
     let (code, transient) = match &err {
-        etcd_client::Error::GRpcStatus(status) if matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+        etcd_client::Error::GRpcStatus(status)
+            if matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+                || (status.code() == tonic::Code::InvalidArgument && status.message().contains("authentication failed")) =>
+        {
             ("unauthorized", false)
         }
         _ => ("unreachable", true),
@@ -349,6 +352,9 @@ impl EtcdShadow {
             // A member cut off from the others answers "no leader" (tried again) rather than
             // serving a stale read or a silent watch.
             .with_require_leader(true);
+        if target.password.is_some() && !target.endpoints.iter().all(|e| e.starts_with("https://")) {
+            return Err(StoreError::BadRequest("an etcd password travels only to https:// endpoints".into()).into());
+        }
         if let (Some(user), Some(password)) = (&target.user, &target.password) {
             options = options.with_user(user.clone(), password.clone());
         }
@@ -396,6 +402,13 @@ impl EtcdShadow {
                 other => return other.map_err(unreachable),
             }
         }
+    }
+
+    /// Keys per page: [`PAGE`], fewer when the cluster allows values so large that a page
+    /// could pass [`MAX_ANSWER`].
+    fn page(&self) -> i64 {
+        let per_key = self.limits.max_request_bytes.saturating_add(64 * 1024).max(1);
+        i64::try_from(MAX_ANSWER / per_key).unwrap_or(PAGE).clamp(1, PAGE)
     }
 
     /// A range read, tried again while the cluster cannot serve it.
@@ -452,7 +465,7 @@ impl EtcdShadow {
         };
         let meta = META.as_bytes();
         loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(self.page());
             if revision > 0 {
                 options = options.with_revision(revision);
             }
@@ -472,7 +485,7 @@ impl EtcdShadow {
                     } else if own.starts_with(b"stage/") {
                         snapshot.staged_keys = true;
                     } else {
-                        snapshot.foreign_meta.push(String::from_utf8_lossy(relative).into_owned());
+                        snapshot.foreign_meta.push(relative.to_vec());
                     }
                 } else {
                     snapshot.entries.insert(relative.to_vec(), kv.value().to_vec());
@@ -566,7 +579,7 @@ impl EtcdShadow {
         // state that binds them, are no revision's.
         for name in &snapshot.foreign_meta {
             others.push(store::other_entry(
-                name,
+                &String::from_utf8_lossy(name),
                 "invalid_name",
                 "a key among the shadow's own that it never writes".into(),
             ));
@@ -705,7 +718,19 @@ impl EtcdShadow {
                     StoreError::Conflict(format!("rollout {} is staged here, newer than rollout {rollout}", staged.rollout)).into(),
                 );
             }
-            let content_key = request.content_key.as_deref().or(self.content_key.as_deref());
+            // Sealed entries are proven under the control plane's key at prepare and again at
+            // commit: a request under another key is refused.
+            if let (Some(sent), Some(own)) = (&request.content_key, &self.content_key)
+                && sent != own
+            {
+                return Err(StoreError::BadRequest("the request's content key is not this control plane's".into()).into());
+            }
+            if self.content_key.is_none() && checked.iter().any(|e| e.sealed) {
+                return Err(
+                    StoreError::BadRequest("sealed entries need the control plane's content key, which this driver lacks".into()).into(),
+                );
+            }
+            let content_key = self.content_key.as_deref();
             let observed = self.observe(&snapshot, content_key);
             if !request.reconcile && observed.root.to_hex() != request.base_root {
                 return Err(StoreError::BaseRootMismatch {
@@ -785,6 +810,9 @@ impl EtcdShadow {
                     deletes.push(key);
                 }
             }
+            // Keys among the shadow's own that it never writes are drift; the switch
+            // removes them like any key nobody wrote.
+            deletes.extend(snapshot.foreign_meta.iter().cloned());
             let staged = Staged {
                 rollout,
                 revision: request.revision,

@@ -729,7 +729,11 @@ impl Driver {
     /// Stages `request`'s tree ahead of its rollout (see [`Store::prestage`]).
     pub async fn prestage(&self, request: PrepareRequest) -> Result<domain::protocol::PrestageAnswer, ShadowError> {
         match self {
-            Driver::Unreachable(err) => Err(err.clone()),
+            Driver::Unreachable(_) => Err(ShadowError {
+                code: "unsupported".into(),
+                message: "the shadow cannot be reached to stage ahead".into(),
+                ..Default::default()
+            }),
             Driver::Directory(store, _) => Self::blocking(store, move |s| s.prestage(&request)).await,
             // Its prepare stages only what changed, in a few transactions.
             Driver::Etcd(_) => Err(ShadowError {
@@ -748,7 +752,7 @@ impl Driver {
     /// Drops the tree staged ahead on this shadow, if any.
     pub async fn drop_prestaged(&self) -> Result<(), ShadowError> {
         match self {
-            Driver::Unreachable(err) => Err(err.clone()),
+            Driver::Unreachable(_) => Ok(()),
             Driver::Directory(store, _) => Self::blocking(store, |s| s.drop_prestaged()).await,
             Driver::Etcd(_) => Ok(()),
             Driver::Agent { .. } => self

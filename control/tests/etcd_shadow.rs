@@ -219,6 +219,22 @@ async fn held_entries_are_proven_and_a_hand_edit_is_drift_a_reconcile_repairs() 
     shadow.prepare(3, &reconcile).await.unwrap();
     assert_eq!(shadow.commit(3, &fence(&second, 1)).await.unwrap().root.unwrap(), root(&second));
     assert_eq!(visible(&mut client, None).await.0, second);
+
+    // A key planted among the shadow's own is drift, and the next reconcile removes it.
+    client.put(format!("{PREFIX}..etc-shadow/planted"), "x", None).await.unwrap();
+    assert_ne!(shadow.shadow_state(false).await.unwrap().live_root, root(&second));
+    let mut reconcile = request(4, &second, &second, 1);
+    reconcile.reconcile = true;
+    shadow.prepare(4, &reconcile).await.unwrap();
+    assert_eq!(shadow.commit(4, &fence(&second, 1)).await.unwrap().root.unwrap(), root(&second));
+    assert!(
+        client
+            .get(format!("{PREFIX}..etc-shadow/planted"), None)
+            .await
+            .unwrap()
+            .kvs()
+            .is_empty()
+    );
 }
 
 /// An abort drops the staged bytes and leaves the live set; a late prepare of the

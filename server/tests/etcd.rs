@@ -538,7 +538,14 @@ async fn an_etcd_shadow_back_on_an_earlier_revision_is_stale() {
     assert_eq!(first["state"], "applied", "{first}");
     let (_, second) = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 9\n")).await;
     assert_eq!(second["state"], "applied", "{second}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the checks after the rollout found it in sync.
+    for _ in 0..400 {
+        let (_, shadow) = fleet.editor.get("/api/v1/shadows/kv").await;
+        if shadow["status"] == "in_sync" && shadow["observed_root"] == second["root"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     fleet.etcdctl(&["put", &format!("{PREFIX}app.toml"), "[server]\nport = 8080\n"]);
     let incident = fleet.open_incident("kv").await;
     let mut incident = incident;
