@@ -321,7 +321,11 @@ fn unreachable(err: etcd_client::Error) -> ShadowError {
 /// How long a request is tried again while the cluster answers that it cannot serve it
 /// now (a member gone, a leader being elected): a cluster that keeps its quorum elects a
 /// new leader in about a second.
-const RETRY_FOR: Duration = Duration::from_secs(5);
+const RETRY_FOR: Duration = Duration::from_secs(8);
+
+/// The longest one attempt of a request may take (etcd's own members give a proposal
+/// 5 s, on their side, by default).
+const ATTEMPT: Duration = Duration::from_secs(3);
 
 /// Whether etcd's answer means "not now" (try again) rather than "no".
 fn retryable(err: &etcd_client::Error) -> bool {
@@ -386,7 +390,16 @@ impl EtcdShadow {
         let mut delay = Duration::from_millis(50);
         let mut renewed = false;
         loop {
-            match call().await {
+            // One attempt is cut short: a member gone dark (its connection open, nothing
+            // answered) must not hold the request until the client's own timeout, when
+            // another member could answer it.
+            let attempt = match tokio::time::timeout(ATTEMPT, call()).await {
+                Ok(answer) => answer,
+                Err(_) => Err(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(format!(
+                    "no answer within {ATTEMPT:?}"
+                )))),
+            };
+            match attempt {
                 Err(etcd_client::Error::GRpcStatus(status))
                     if status.code() == tonic::Code::Unauthenticated && !renewed && self.authenticated =>
                 {

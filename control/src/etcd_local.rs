@@ -92,6 +92,18 @@ impl Cluster {
         }
     }
 
+    /// Stops member `index` (SIGSTOP) or lets it go on (SIGCONT): a machine gone dark,
+    /// whose connections stay open and answer nothing.
+    pub fn pause(&self, index: usize, paused: bool) {
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(member) = &members[index] {
+            let _ = Command::new("kill")
+                .arg(if paused { "-STOP" } else { "-CONT" })
+                .arg(member.id().to_string())
+                .status();
+        }
+    }
+
     /// The index of the member that leads now, if one does.
     pub async fn leader_index(&self) -> Option<usize> {
         for (index, endpoint) in self.endpoints.iter().enumerate() {

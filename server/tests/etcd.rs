@@ -560,3 +560,47 @@ async fn an_etcd_shadow_back_on_an_earlier_revision_is_stale() {
     assert_eq!(incident["observed_root"], first["root"], "{incident}");
     fleet.server.stop().await;
 }
+
+/// The etcd leader gone dark (SIGSTOP: its connections stay open and answer nothing)
+/// while a rollout runs: the others elect a leader, and the rollout ends applied, or
+/// fails and aborts everywhere, but never hangs and never leaves a mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dark_etcd_leader_during_a_rollout_ends_it_applied_or_aborted() {
+    let fleet = fleet_with(|config| config.prepare_deadline = Duration::from_secs(8)).await;
+    let (_, first) = fleet.roll_out(sample(0)).await;
+    assert_eq!(first["state"], "applied", "{first}");
+    let leader = fleet.cluster.leader_index().await.expect("a leader");
+    let (_, change) = fleet
+        .editor
+        .post("/api/v1/changes", change_body(1, "app.toml", "[server]\nport = 7\n"))
+        .await;
+    let id = change["id"].as_i64().unwrap();
+    fleet.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
+    fleet.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    let path = format!("/api/v1/changes/{id}/rollouts");
+    let click = fleet.approver.post(&path, json!({}));
+    let pause = async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        fleet.cluster.pause(leader, true);
+    };
+    let started = std::time::Instant::now();
+    let ((_, second), ()) = tokio::join!(click, pause);
+    println!("rollout with the leader dark: {} in {:?}", second["state"], started.elapsed());
+    fleet.cluster.pause(leader, false);
+    assert!(second["state"] == "applied" || second["state"] == "failed", "{second}");
+    let expected = if second["state"] == "applied" {
+        "[server]\nport = 7\n"
+    } else {
+        "[server]\nport = 8080\n"
+    };
+    assert_eq!(std::fs::read_to_string(fleet.directory.join("app.toml")).unwrap(), expected);
+    assert_eq!(std::fs::read_to_string(fleet.agent.live.join("app.toml")).unwrap(), expected);
+    for _ in 0..400 {
+        if fleet.etcdctl_get()[0].1 == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(fleet.etcdctl_get()[0], ("app.toml".to_string(), expected.to_string()));
+    fleet.server.stop().await;
+}
