@@ -23,7 +23,7 @@ use domain::{
     policy::format_mode,
     protocol::ShadowState,
 };
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
@@ -637,10 +637,28 @@ impl Monitor {
                                 break;
                             }
                             Ok(Some(response)) => {
-                                if etcd.touches_live(&response)
+                                // Answers already waiting join this one: a burst of writes is
+                                // one check of the whole prefix, not one per write.
+                                let mut live = etcd.touches_live(&response);
+                                let mut ended = false;
+                                while let Some(next) = stream.message().now_or_never() {
+                                    match next {
+                                        Ok(Some(more)) if !(more.canceled() || more.compact_revision() > 0) => {
+                                            live |= etcd.touches_live(&more);
+                                        }
+                                        _ => {
+                                            ended = true;
+                                            break;
+                                        }
+                                    }
+                                }
+                                if (live || ended)
                                     && let Err(err) = self.check(&name, Trigger::Event).await
                                 {
                                     tracing::warn!(shadow = %name, %err, "watch-driven check failed");
+                                }
+                                if ended {
+                                    break;
                                 }
                             }
                             Ok(None) | Err(_) => break,
