@@ -470,6 +470,9 @@ pub struct EtcdFields {
     pub user: String,
     #[serde(default)]
     pub password: String,
+    /// The CA certificate (PEM) of https:// endpoints.
+    #[serde(default)]
+    pub ca: String,
 }
 
 /// Without the password.
@@ -522,7 +525,7 @@ pub async fn add_shadow(
                 prefix: etcd.prefix,
                 user: Some(etcd.user).filter(|u| !u.trim().is_empty()),
                 password: Some(etcd.password).filter(|p| !p.is_empty()),
-                ca: None,
+                ca: Some(etcd.ca).filter(|c| !c.trim().is_empty()),
                 max_txn_ops: None,
                 max_request_bytes: None,
             }

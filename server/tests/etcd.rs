@@ -472,6 +472,17 @@ async fn the_console_form_registers_an_etcd_shadow() {
         .await;
     assert_ne!(status, StatusCode::OK, "{body}");
     assert!(body.contains("ends with '/'"), "{body}");
+    // With a user: https endpoints and their CA, from the form's fields.
+    let (status, body) = admin
+        .server_fn(
+            "add_shadow",
+            "driver=etcd&name=kv3&etcd%5Bendpoints%5D=https%3A%2F%2F127.0.0.1%3A2379&etcd%5Bprefix%5D=%2Fapps%2Fother%2F&etcd%5Buser%5D=shop&etcd%5Bpassword%5D=pw-4711-secret&etcd%5Bca%5D=-----BEGIN+CERTIFICATE-----%0AMIIB%0A-----END+CERTIFICATE-----%0A",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, listed) = admin.get("/api/v1/shadows").await;
+    assert!(listed.to_string().contains("/apps/other/"), "{listed}");
+    assert!(!listed.to_string().contains("pw-4711"), "{listed}");
     server.stop().await;
 }
 

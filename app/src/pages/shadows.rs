@@ -151,7 +151,8 @@ pub fn ShadowsPage() -> impl IntoView {
                         <label class="grow">"etcd endpoints" <input name="etcd[endpoints]" placeholder="http://10.0.0.5:2379,http://10.0.0.6:2379" data-test="shadow-endpoints" /></label>
                         <label>"etcd key prefix" <input name="etcd[prefix]" placeholder="/config/myservice/" data-test="shadow-prefix" /></label>
                         <label>"etcd user (optional)" <input name="etcd[user]" autocomplete="off" /></label>
-                        <label>"etcd password" <input name="etcd[password]" type="password" autocomplete="off" /></label>
+                        <label>"etcd password (https only)" <input name="etcd[password]" type="password" autocomplete="off" /></label>
+                        <label class="grow">"etcd CA certificate (PEM, for https)" <textarea name="etcd[ca]" rows="2" placeholder="-----BEGIN CERTIFICATE-----"></textarea></label>
                         <button type="submit" class="primary" data-test="shadow-register">"Register"</button>
                     </ActionForm>
                     <p class="muted">"A new shadow is pending until a reconcile brings it to the current revision."</p>
