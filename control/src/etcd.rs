@@ -635,10 +635,10 @@ impl EtcdShadow {
     /// answers once etcd has created the watch, so a write after this returns is seen.
     pub async fn watch(&self) -> Result<etcd_client::WatchStream, ShadowError> {
         let mut stream = self.open_watch().await?;
-        match stream.message().await {
-            Ok(Some(created)) if created.created() && !created.canceled() => Ok(stream),
-            Ok(_) => Err(unreachable(etcd_client::Error::WatchError("etcd did not create the watch".into()))),
-            Err(err) => Err(unreachable(err)),
+        match tokio::time::timeout(ATTEMPT, stream.message()).await {
+            Ok(Ok(Some(created))) if created.created() && !created.canceled() => Ok(stream),
+            Ok(Ok(_)) | Err(_) => Err(unreachable(etcd_client::Error::WatchError("etcd did not create the watch".into()))),
+            Ok(Err(err)) => Err(unreachable(err)),
         }
     }
 
