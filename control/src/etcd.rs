@@ -259,8 +259,6 @@ impl State {
 
 /// Everything under the prefix at one etcd revision.
 struct Snapshot {
-    /// The etcd revision it was read at.
-    revision: i64,
     state: State,
     /// The state key's mod revision (0: absent), which every write compares.
     state_revision: i64,
@@ -468,7 +466,6 @@ impl EtcdShadow {
         let mut from = prefix.clone();
         let mut revision = at.unwrap_or(0);
         let mut snapshot = Snapshot {
-            revision: 0,
             state: State::default(),
             state_revision: 0,
             entries: BTreeMap::new(),
@@ -512,7 +509,6 @@ impl EtcdShadow {
                 _ => break,
             }
         }
-        snapshot.revision = revision;
         Ok(snapshot)
     }
 

@@ -124,16 +124,10 @@ impl Cluster {
 
     /// A client connected to the leader only (one connection: no forwarding hop).
     pub async fn leader(&self) -> Option<etcd_client::Client> {
-        for endpoint in &self.endpoints {
-            let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
-            let Ok(mut client) = etcd_client::Client::connect([endpoint.as_str()], Some(options)).await else {
-                continue;
-            };
-            let Ok(status) = client.status().await else { continue };
-            if status.leader() != 0 && status.header().is_some_and(|h| h.member_id() == status.leader()) {
-                return Some(client);
-            }
-        }
-        None
+        let index = self.leader_index().await?;
+        let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+        etcd_client::Client::connect([self.endpoints[index].as_str()], Some(options))
+            .await
+            .ok()
     }
 }

@@ -74,18 +74,25 @@ async fn fleet_with(adjust: impl FnOnce(&mut server::Config)) -> Fleet {
 }
 
 impl Fleet {
-    async fn roll_out(&self, body: Value) -> (StatusCode, Value) {
+    /// Creates, submits and approves a change; answers its id.
+    async fn approved(&self, body: Value) -> i64 {
         let (status, change) = self.editor.post("/api/v1/changes", body).await;
         assert_eq!(status, StatusCode::CREATED, "{change}");
         let id = change["id"].as_i64().unwrap();
         self.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
         self.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+        id
+    }
+
+    async fn roll_out(&self, body: Value) -> (StatusCode, Value) {
+        let id = self.approved(body).await;
         self.approver.post(&format!("/api/v1/changes/{id}/rollouts"), json!({})).await
     }
 
     /// `etcdctl get --prefix PREFIX` as an operator runs it: every key and value under the
     /// prefix, the shadow's own keys (`..etc-shadow/`) left out.
-    fn etcdctl(&self, args: &[&str]) {
+    /// Runs etcdctl against the cluster as an operator would; answers what it printed.
+    fn etcdctl(&self, args: &[&str]) -> String {
         let output = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.cluster.endpoints.join(",")))
@@ -93,6 +100,7 @@ impl Fleet {
             .output()
             .expect("etcdctl (Debian package etcd-client)");
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
     }
 
     /// Waits for an unresolved incident on `shadow`; answers it.
@@ -112,14 +120,7 @@ impl Fleet {
     }
 
     fn etcdctl_get(&self) -> Vec<(String, String)> {
-        let output = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.cluster.endpoints.join(",")))
-            .args(["get", "--prefix", PREFIX])
-            .output()
-            .expect("etcdctl (Debian package etcd-client)");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let text = String::from_utf8(output.stdout).unwrap();
+        let text = self.etcdctl(&["get", "--prefix", PREFIX]);
         let lines: Vec<&str> = text.split_terminator('\n').collect();
         let mut pairs = Vec::new();
         let mut i = 0;
@@ -499,13 +500,7 @@ async fn losing_one_etcd_member_is_survived_and_losing_quorum_aborts_everywhere(
     // The leader dies while the next rollout runs (it was approved first; the kill lands
     // a few milliseconds after the click).
     let leader = fleet.cluster.leader_index().await.expect("a leader");
-    let (_, change) = fleet
-        .editor
-        .post("/api/v1/changes", change_body(1, "app.toml", "[server]\nport = 1\n"))
-        .await;
-    let id = change["id"].as_i64().unwrap();
-    fleet.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
-    fleet.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    let id = fleet.approved(change_body(1, "app.toml", "[server]\nport = 1\n")).await;
     let path = format!("/api/v1/changes/{id}/rollouts");
     let click = fleet.approver.post(&path, json!({}));
     let kill = async {
@@ -581,13 +576,7 @@ async fn a_dark_etcd_leader_during_a_rollout_ends_it_applied_or_aborted() {
     let (_, first) = fleet.roll_out(sample(0)).await;
     assert_eq!(first["state"], "applied", "{first}");
     let leader = fleet.cluster.leader_index().await.expect("a leader");
-    let (_, change) = fleet
-        .editor
-        .post("/api/v1/changes", change_body(1, "app.toml", "[server]\nport = 7\n"))
-        .await;
-    let id = change["id"].as_i64().unwrap();
-    fleet.editor.post(&format!("/api/v1/changes/{id}/submit"), json!({})).await;
-    fleet.approver.post(&format!("/api/v1/changes/{id}/approvals"), json!({})).await;
+    let id = fleet.approved(change_body(1, "app.toml", "[server]\nport = 7\n")).await;
     let path = format!("/api/v1/changes/{id}/rollouts");
     let click = fleet.approver.post(&path, json!({}));
     let pause = async {
