@@ -26,9 +26,46 @@ impl Drop for Cluster {
     }
 }
 
-/// A loopback port nobody listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A loopback port nobody listens on now, below the kernel's ephemeral range.
+///
+/// A port from `bind(0)` is one the kernel hands out again: a process that is killed and
+/// started again on its port (an agent, a server, an etcd member) could find it taken by
+/// another test's `bind(0)` in between. Below `ip_local_port_range` only explicit choices
+/// land, and this process never hands out the same port twice.
+pub fn spare_port() -> u16 {
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    };
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (first, last) = (10_000u16, low.max(12_000) - 1);
+    let mut state = STATE.load(Ordering::Relaxed);
+    if state == 0 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        state = (nanos ^ (u64::from(std::process::id()) << 32)) | 1;
+    }
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..10_000 {
+        // xorshift64
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = first + (state % u64::from(last - first + 1)) as u16;
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        STATE.store(state, Ordering::Relaxed);
+        given.push(port);
+        return port;
+    }
+    panic!("no spare loopback port in {first}..={last}");
 }
 
 /// The etcd binary: `ETCD_BIN`, or `etcd` on the PATH.
@@ -41,7 +78,7 @@ impl Cluster {
     /// the agents' directories) and waits until the cluster has a leader.
     pub async fn start(size: usize, scratch: &Path) -> Cluster {
         let dir = tempfile::tempdir_in(scratch).unwrap();
-        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (spare_port(), spare_port())).collect();
         let initial: Vec<String> = ports
             .iter()
             .enumerate()

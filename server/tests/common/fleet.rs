@@ -20,9 +20,10 @@ pub fn agent_binary() -> PathBuf {
     path
 }
 
+/// A loopback address nobody listens on, that no other test takes while a process
+/// restarts on it (see `spare_port`).
 pub fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], control::etcd_local::spare_port()))
 }
 
 pub fn wait_listening(addr: SocketAddr) {
@@ -49,6 +50,8 @@ pub struct Agent {
     pub env: Vec<(String, String)>,
     /// The node's hooks file (`--hooks`), when it has one.
     pub hooks: Option<PathBuf>,
+    /// Where the process's standard error goes (appended over restarts).
+    log: PathBuf,
     child: Option<Child>,
 }
 
@@ -133,6 +136,7 @@ impl Agent {
             unprivileged: false,
             env: Vec::new(),
             hooks: None,
+            log: root.join("agent.log"),
             child: None,
         }
     }
@@ -162,6 +166,11 @@ impl Agent {
         if let Some(hooks) = &self.hooks {
             command.arg("--hooks").arg(hooks);
         }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the agent's log");
         let child = command
             .arg("--dir")
             .arg(&self.live)
@@ -172,11 +181,25 @@ impl Agent {
             .arg("--token-file")
             .arg(&self.token_file)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("start the agent");
         self.child = Some(child);
-        wait_listening(self.addr);
+        // Until it listens, or it has exited: then its own words say why.
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(self.addr).is_err() {
+            if self.exited() {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!("the agent on {} exited at start:\n{}", self.addr, tail.join("\n"));
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the agent on {} does not listen after 60 s",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// Kills the process (-9) and starts it again with exactly this extra environment
