@@ -282,10 +282,44 @@ struct Observation {
     hashes: BTreeMap<String, Hash>,
 }
 
+/// One client per member of the cluster, each made on its first use; requests go to one
+/// member until it fails one, then to the next. A member gone dark (stopped, its
+/// connections open and nothing answered) is left after one attempt, where one channel
+/// balanced over all members keeps choosing it while its connection looks ready.
+struct Members {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    clients: Vec<tokio::sync::OnceCell<Client>>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Members {
+    /// The member requests go to now, and its client (signing in at first use).
+    async fn client(&self) -> Result<(usize, Client), etcd_client::Error> {
+        let index = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.endpoints.len();
+        let client = self.clients[index]
+            .get_or_try_init(|| Client::connect([&self.endpoints[index]], Some(self.options.clone())))
+            .await?;
+        Ok((index, client.clone()))
+    }
+
+    /// Requests go to the next member after `index` failed one (unless another request
+    /// moved on already).
+    fn leave(&self, index: usize) {
+        let next = (index + 1) % self.endpoints.len();
+        let _ = self.current.compare_exchange(
+            index,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
 /// A connection to one etcd shadow.
 #[derive(Clone)]
 pub struct EtcdShadow {
-    client: Client,
+    members: std::sync::Arc<Members>,
     prefix: String,
     limits: Limits,
     content_key: Option<String>,
@@ -350,7 +384,9 @@ impl EtcdShadow {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(10), timeout)
+            // A member gone dark under an open watch is noticed in seconds: the watch ends
+            // and the drift monitor opens it again, on a member that answers.
+            .with_keep_alive(Duration::from_secs(2), ATTEMPT)
             // A member cut off from the others answers "no leader" (tried again) rather than
             // serving a stale read or a silent watch.
             .with_require_leader(true);
@@ -363,11 +399,17 @@ impl EtcdShadow {
         if let Some(ca) = &target.ca_pem {
             options = options.with_tls(etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca)));
         }
-        let client = Client::connect(target.endpoints.clone(), Some(options))
-            .await
-            .map_err(unreachable)?;
+        if target.endpoints.is_empty() {
+            return Err(StoreError::BadRequest("an etcd shadow needs at least one endpoint".into()).into());
+        }
+        let members = Members {
+            endpoints: target.endpoints.clone(),
+            options,
+            clients: target.endpoints.iter().map(|_| tokio::sync::OnceCell::new()).collect(),
+            current: std::sync::atomic::AtomicUsize::new(0),
+        };
         Ok(EtcdShadow {
-            client,
+            members: std::sync::Arc::new(members),
             prefix: target.prefix.clone(),
             limits: target.limits,
             content_key: target.content_key.clone(),
@@ -380,7 +422,7 @@ impl EtcdShadow {
     /// here may run twice: reads are reads, and a write whose answer was lost and that ran
     /// is refused the second time by its guard (the state key moved), so the operation
     /// reads the state again and finds its own work done.
-    async fn with_retry<T, Fut>(&self, mut call: impl FnMut() -> Fut) -> Result<T, ShadowError>
+    async fn with_retry<T, Fut>(&self, mut call: impl FnMut(Client) -> Fut) -> Result<T, ShadowError>
     where
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
@@ -390,23 +432,36 @@ impl EtcdShadow {
         loop {
             // One attempt is cut short: a member gone dark (its connection open, nothing
             // answered) must not hold the request until the client's own timeout, when
-            // another member could answer it.
-            let attempt = match tokio::time::timeout(ATTEMPT, call()).await {
-                Ok(answer) => answer,
-                Err(_) => Err(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(format!(
+            // another member could answer it. The attempt includes connecting.
+            let mut member = None;
+            let attempt = tokio::time::timeout(ATTEMPT, async {
+                let (index, client) = self.members.client().await?;
+                member = Some((index, client.clone()));
+                call(client).await
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(format!(
                     "no answer within {ATTEMPT:?}"
-                )))),
-            };
+                ))))
+            });
+            let index = member.as_ref().map_or_else(
+                || self.members.current.load(std::sync::atomic::Ordering::Relaxed) % self.members.endpoints.len(),
+                |(index, _)| *index,
+            );
             match attempt {
                 Err(etcd_client::Error::GRpcStatus(status))
                     if status.code() == tonic::Code::Unauthenticated && !renewed && self.authenticated =>
                 {
                     renewed = true;
                     tracing::debug!("the etcd login expired; signing in again");
-                    self.client.refresh_token().await.map_err(unreachable)?;
+                    if let Some((_, client)) = member {
+                        client.refresh_token().await.map_err(unreachable)?;
+                    }
                 }
                 Err(err) if retryable(&err) && started.elapsed() + delay < RETRY_FOR => {
-                    tracing::debug!(%err, "etcd cannot serve the request now; trying again");
+                    tracing::debug!(%err, member = %self.members.endpoints[index], "etcd cannot serve the request now; trying the next member");
+                    self.members.leave(index);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(500));
                 }
@@ -424,8 +479,8 @@ impl EtcdShadow {
 
     /// A range read, tried again while the cluster cannot serve it.
     async fn get(&self, key: Vec<u8>, options: Option<GetOptions>) -> Result<etcd_client::GetResponse, ShadowError> {
-        self.with_retry(|| {
-            let mut kv = self.client.kv_client().max_decoding_message_size(MAX_ANSWER);
+        self.with_retry(|client| {
+            let mut kv = client.kv_client().max_decoding_message_size(MAX_ANSWER);
             let (key, options) = (key.clone(), options.clone());
             async move { kv.get(key, options).await }
         })
@@ -534,8 +589,8 @@ impl EtcdShadow {
         };
         let txn = Txn::new().when(vec![guard]).and_then(ops);
         let response = self
-            .with_retry(|| {
-                let mut kv = self.client.kv_client();
+            .with_retry(|client| {
+                let mut kv = client.kv_client();
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
             })
@@ -630,19 +685,20 @@ impl EtcdShadow {
     /// Watches every key under the prefix from now on (the drift monitor's trigger); it
     /// answers once etcd has created the watch, so a write after this returns is seen.
     pub async fn watch(&self) -> Result<etcd_client::WatchStream, ShadowError> {
-        let mut stream = self.open_watch().await?;
-        match tokio::time::timeout(ATTEMPT, stream.message()).await {
-            Ok(Ok(Some(created))) if created.created() && !created.canceled() => Ok(stream),
-            Ok(Ok(_)) | Err(_) => Err(unreachable(etcd_client::Error::WatchError("etcd did not create the watch".into()))),
-            Ok(Err(err)) => Err(unreachable(err)),
-        }
-    }
-
-    async fn open_watch(&self) -> Result<etcd_client::WatchStream, ShadowError> {
-        self.with_retry(|| {
-            let mut watch = self.client.watch_client().max_decoding_message_size(MAX_ANSWER);
+        // Opening and the creation's answer are one attempt: a dark member that takes the
+        // request and never answers is left for the next.
+        self.with_retry(|client| {
+            let mut watch = client.watch_client().max_decoding_message_size(MAX_ANSWER);
             let prefix = self.prefix.clone();
-            async move { watch.watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix())).await }
+            async move {
+                let mut stream = watch.watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix())).await?;
+                match stream.message().await? {
+                    Some(created) if created.created() && !created.canceled() => Ok(stream),
+                    _ => Err(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+                        "etcd did not create the watch",
+                    ))),
+                }
+            }
         })
         .await
     }

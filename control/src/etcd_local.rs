@@ -13,6 +13,10 @@ use std::{
 pub struct Cluster {
     members: std::sync::Mutex<Vec<Option<Child>>>,
     pub endpoints: Vec<String>,
+    /// The certificate clients trust, when members serve clients over TLS.
+    ca_pem: Option<Vec<u8>>,
+    /// `root`'s password once [`Cluster::enable_auth`] has run.
+    root_password: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -77,6 +81,17 @@ impl Cluster {
     /// Starts `size` members on loopback in a temporary directory (on the same disk as
     /// the agents' directories) and waits until the cluster has a leader.
     pub async fn start(size: usize, scratch: &Path) -> Cluster {
+        Self::start_with(size, scratch, None).await
+    }
+
+    /// As [`Cluster::start`], the members serving clients over TLS with the certificate
+    /// `cert` (PEM, valid for 127.0.0.1, also the one clients trust) and its key `key`.
+    pub async fn start_tls(size: usize, scratch: &Path, cert: &Path, key: &Path) -> Cluster {
+        Self::start_with(size, scratch, Some((cert, key))).await
+    }
+
+    async fn start_with(size: usize, scratch: &Path, tls: Option<(&Path, &Path)>) -> Cluster {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let dir = tempfile::tempdir_in(scratch).unwrap();
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (spare_port(), spare_port())).collect();
         let initial: Vec<String> = ports
@@ -87,12 +102,16 @@ impl Cluster {
         let mut members = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
             let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
-            let child = Command::new(binary())
+            let mut command = Command::new(binary());
+            if let Some((cert, key)) = tls {
+                command.arg("--cert-file").arg(cert).arg("--key-file").arg(key);
+            }
+            let child = command
                 .args(["--name", &format!("m{i}")])
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("m{i}")))
-                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args(["--listen-client-urls", &format!("{scheme}://127.0.0.1:{client}")])
+                .args(["--advertise-client-urls", &format!("{scheme}://127.0.0.1:{client}")])
                 .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
                 .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
                 .args(["--initial-cluster", &initial.join(",")])
@@ -106,7 +125,9 @@ impl Cluster {
         }
         let cluster = Cluster {
             members: std::sync::Mutex::new(members),
-            endpoints: ports.iter().map(|(client, _)| format!("http://127.0.0.1:{client}")).collect(),
+            endpoints: ports.iter().map(|(client, _)| format!("{scheme}://127.0.0.1:{client}")).collect(),
+            ca_pem: tls.map(|(cert, _)| std::fs::read(cert).unwrap()),
+            root_password: None,
             _dir: dir,
         };
         let started = Instant::now();
@@ -118,6 +139,33 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         cluster
+    }
+
+    /// Turns authentication on: the user `root` (role root) with `password`, and `user`
+    /// with `user_password`, allowed to read and write under `prefix` only.
+    pub async fn enable_auth(&mut self, password: &str, user: &str, user_password: &str, prefix: &str) {
+        let mut client = self.leader().await.expect("a leader");
+        client.user_add("root", password, None).await.unwrap();
+        client.user_grant_role("root", "root").await.unwrap();
+        let role = format!("{user}-role");
+        client.role_add(role.as_str()).await.unwrap();
+        let permission = etcd_client::Permission::read_write(prefix).with_prefix();
+        client.role_grant_permission(role.as_str(), permission).await.unwrap();
+        client.user_add(user, user_password, None).await.unwrap();
+        client.user_grant_role(user, role.as_str()).await.unwrap();
+        client.auth_enable().await.unwrap();
+        self.root_password = Some(password.to_string());
+    }
+
+    fn options(&self) -> etcd_client::ConnectOptions {
+        let mut options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+        if let Some(ca) = &self.ca_pem {
+            options = options.with_tls(etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca)));
+        }
+        if let Some(password) = &self.root_password {
+            options = options.with_user("root", password.clone());
+        }
+        options
     }
 
     /// Kills member `index` (SIGKILL), as a machine that dies would stop it.
@@ -147,8 +195,7 @@ impl Cluster {
             if self.members.lock().unwrap_or_else(|p| p.into_inner())[index].is_none() {
                 continue;
             }
-            let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
-            let Ok(mut client) = etcd_client::Client::connect([endpoint.as_str()], Some(options)).await else {
+            let Ok(mut client) = etcd_client::Client::connect([endpoint.as_str()], Some(self.options())).await else {
                 continue;
             };
             let Ok(status) = client.status().await else { continue };
@@ -162,8 +209,7 @@ impl Cluster {
     /// A client connected to the leader only (one connection: no forwarding hop).
     pub async fn leader(&self) -> Option<etcd_client::Client> {
         let index = self.leader_index().await?;
-        let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
-        etcd_client::Client::connect([self.endpoints[index].as_str()], Some(options))
+        etcd_client::Client::connect([self.endpoints[index].as_str()], Some(self.options()))
             .await
             .ok()
     }
