@@ -30,7 +30,7 @@ pub async fn run(count: usize, repeats: usize) {
         sqlx::query(
             "INSERT INTO incidents (shadow, kind, kinds, severity, status, opened_at, last_seen_at, resolved_at, resolution,
              expected_root, observed_root, detected_by, fingerprint)
-             VALUES (?, ?, ?, 'high', ?, ?, ?, ?, ?, ?, ?, 'poll', ?)",
+             VALUES ($1, $2, $3, 'high', $4, $5, $6, $7, $8, $9, $10, 'poll', $11)",
         )
         .bind(&shadow)
         .bind(kind)

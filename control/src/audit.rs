@@ -31,7 +31,7 @@ pub async fn append(tx: &mut crate::db::Tx, actor: &str, action: &str, target: &
         details: &details,
     };
     let hash = keyed_audit_hash(tx.chain_key(), &fields, &prev_hash);
-    sqlx::query("INSERT INTO audit_log (seq, at, actor, action, target, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO audit_log (seq, at, actor, action, target, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
         .bind(seq)
         .bind(&at)
         .bind(actor)
@@ -101,14 +101,15 @@ pub struct AuditFilter {
 /// Newest first, paged by sequence number.
 pub async fn list(db: &Db, filter: &AuditFilter) -> Result<Page<AuditEntry>> {
     let limit = filter.limit.unwrap_or(50).clamp(1, 500);
-    let rows: Vec<AuditRow> = sqlx::query_as(
+    let find = crate::dialect::find(db);
+    let rows: Vec<AuditRow> = sqlx::query_as(&format!(
         "SELECT seq, at, actor, action, target, details, prev_hash, hash FROM audit_log
-         WHERE (?1 IS NULL OR actor = ?1)
-           AND (?2 IS NULL OR instr(action, ?2) > 0)
-           AND (?3 IS NULL OR instr(target, ?3) > 0)
-           AND (?4 IS NULL OR seq < ?4)
-         ORDER BY seq DESC LIMIT ?5",
-    )
+         WHERE ($1 IS NULL OR actor = $1)
+           AND ($2 IS NULL OR {find}(action, $2) > 0)
+           AND ($3 IS NULL OR {find}(target, $3) > 0)
+           AND ($4 IS NULL OR seq < $4)
+         ORDER BY seq DESC LIMIT $5"
+    ))
     .bind(filter.actor.as_deref().filter(|s| !s.is_empty()))
     .bind(filter.action.as_deref().filter(|s| !s.is_empty()))
     .bind(filter.target.as_deref().filter(|s| !s.is_empty()))
@@ -172,7 +173,7 @@ pub async fn verify(db: &Db) -> Result<AuditVerification> {
     use futures_util::StreamExt as _;
     let mut verifier = ChainVerifier::keyed(db.keys.audit_key());
     let mut rows =
-        sqlx::query_as::<_, AuditRow>("SELECT seq, at, actor, action, target, details, prev_hash, hash FROM audit_log ORDER BY rowid")
+        sqlx::query_as::<_, AuditRow>("SELECT seq, at, actor, action, target, details, prev_hash, hash FROM audit_log ORDER BY seq")
             .fetch(&db.read);
     while let Some(row) = rows.next().await {
         let record = row?.into_record();
@@ -240,7 +241,7 @@ pub async fn verify_against_shadows(
                 message: "keeps no head yet (no rollout since it was added)".into(),
             },
             Ok(Some(anchor)) => {
-                let row: Option<(String,)> = sqlx::query_as("SELECT hash FROM audit_log WHERE seq = ?")
+                let row: Option<(String,)> = sqlx::query_as("SELECT hash FROM audit_log WHERE seq = $1")
                     .bind(anchor.seq)
                     .fetch_optional(&db.read)
                     .await?;
@@ -314,7 +315,7 @@ mod tests {
         let mut prev = Hash::ZERO;
         for row in rows.into_iter().map(AuditRow::into_record) {
             let hash = domain::audit::audit_hash(&row.fields(), &prev);
-            sqlx::query("UPDATE audit_log SET prev_hash = ?, hash = ? WHERE seq = ?")
+            sqlx::query("UPDATE audit_log SET prev_hash = $1, hash = $2 WHERE seq = $3")
                 .bind(prev.to_hex())
                 .bind(hash.to_hex())
                 .bind(row.seq)

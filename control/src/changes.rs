@@ -18,7 +18,7 @@ use domain::{
     policy::{parse_mode, valid_principal},
 };
 use serde_json::json;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 /// Longest accepted change message.
 pub const MAX_MESSAGE_LEN: usize = 4000;
@@ -68,8 +68,8 @@ const CHANGE_SELECT: &str = "SELECT c.id, c.base_revision, c.message, c.author_i
     (SELECT COUNT(*) FROM change_entries e WHERE e.change_id = c.id) AS entry_count
     FROM changes c JOIN users a ON a.id = c.author_id LEFT JOIN users r ON r.id = c.rejected_by";
 
-pub(crate) async fn load(conn: &mut SqliteConnection, id: i64) -> Result<ChangeRow> {
-    sqlx::query_as(&format!("{CHANGE_SELECT} WHERE c.id = ?"))
+pub(crate) async fn load(conn: &mut AnyConnection, id: i64) -> Result<ChangeRow> {
+    sqlx::query_as(&format!("{CHANGE_SELECT} WHERE c.id = $1"))
         .bind(id)
         .fetch_optional(conn)
         .await?
@@ -84,9 +84,9 @@ pub(crate) struct ChangeEntryRow {
     pub entry: EntryRow,
 }
 
-pub(crate) async fn operations(conn: &mut SqliteConnection, id: i64) -> Result<Vec<ChangeEntryRow>> {
+pub(crate) async fn operations(conn: &mut AnyConnection, id: i64) -> Result<Vec<ChangeEntryRow>> {
     Ok(sqlx::query_as(
-        "SELECT op, path, blob, format, mode, owner, grp, secret, size, entry_hash FROM change_entries WHERE change_id = ? ORDER BY path",
+        "SELECT op, path, blob, format, mode, owner, grp, secret, size, entry_hash FROM change_entries WHERE change_id = $1 ORDER BY path",
     )
     .bind(id)
     .fetch_all(conn)
@@ -120,7 +120,7 @@ fn entry_format(path: &EntryPath, given: Option<&str>, existing: Option<&EntryRo
 /// An edit's content with the secret values it showed as placeholders put back (see
 /// [`crate::secrets::restore`]), from what `original` (the entry being replaced) holds.
 async fn restore_secrets(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     db: &Db,
     path: &EntryPath,
     format: Format,
@@ -195,7 +195,7 @@ fn prepare_put(path: &EntryPath, edit: &EntryEdit, existing: Option<&EntryRow>) 
 /// Stores an entry's content and the operation. The content of a secret entry, or of one
 /// holding secret values, is sealed, and its blob is named by a keyed fingerprint: a plain
 /// content hash would let anyone with the database test guesses against it.
-async fn store_put(conn: &mut SqliteConnection, db: &Db, change_id: i64, put: &PreparedPut) -> Result<()> {
+async fn store_put(conn: &mut AnyConnection, db: &Db, change_id: i64, put: &PreparedPut) -> Result<()> {
     let keys = &db.keys;
     if put.row.secret || crate::secrets::holds_secrets(db, &put.row.format, &put.content) {
         let mut row = put.row.clone();
@@ -203,7 +203,7 @@ async fn store_put(conn: &mut SqliteConnection, db: &Db, change_id: i64, put: &P
         // Its entry hash is keyed too: the root of a revision must not let anyone test a
         // guessed value either.
         row.entry_hash = sealed_hash(db, &row, &put.content)?.to_hex();
-        sqlx::query("INSERT OR IGNORE INTO blobs (hash, content, size, sealed) VALUES (?, ?, ?, 1)")
+        sqlx::query("INSERT INTO blobs (hash, content, size, sealed) VALUES ($1, $2, $3, 1) ON CONFLICT DO NOTHING")
             .bind(&id)
             .bind(keys.seal(&format!("blob:{id}"), &put.content))
             .bind(put.row.size)
@@ -212,7 +212,7 @@ async fn store_put(conn: &mut SqliteConnection, db: &Db, change_id: i64, put: &P
         row.blob = Some(id);
         return store_op(conn, change_id, "put", &row).await;
     }
-    sqlx::query("INSERT OR IGNORE INTO blobs (hash, content, size) VALUES (?, ?, ?)")
+    sqlx::query("INSERT INTO blobs (hash, content, size) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(&put.row.blob)
         .bind(&put.content)
         .bind(put.row.size)
@@ -241,10 +241,10 @@ pub(crate) fn sealed_hash(db: &Db, row: &EntryRow, content: &[u8]) -> Result<dom
     Ok(domain::hash::sealed_entry_hash(&db.keys.content_key(), &path, &policy, content))
 }
 
-async fn store_op(conn: &mut SqliteConnection, change_id: i64, op: &str, row: &EntryRow) -> Result<()> {
+async fn store_op(conn: &mut AnyConnection, change_id: i64, op: &str, row: &EntryRow) -> Result<()> {
     sqlx::query(
         "INSERT INTO change_entries (change_id, path, op, blob, format, mode, owner, grp, secret, size, entry_hash)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (change_id, path) DO UPDATE SET op = excluded.op, blob = excluded.blob, format = excluded.format,
            mode = excluded.mode, owner = excluded.owner, grp = excluded.grp, secret = excluded.secret,
            size = excluded.size, entry_hash = excluded.entry_hash",
@@ -266,7 +266,7 @@ async fn store_op(conn: &mut SqliteConnection, change_id: i64, op: &str, row: &E
 }
 
 /// Recomputes and stores the content hash; returns it.
-async fn rehash(conn: &mut SqliteConnection, id: i64, base_revision: i64, message: &str) -> Result<String> {
+async fn rehash(conn: &mut AnyConnection, id: i64, base_revision: i64, message: &str) -> Result<String> {
     let rows = operations(conn, id).await?;
     let paths: Vec<EntryPath> = rows.iter().map(|r| parse_path(&r.entry.path)).collect::<Result<_>>()?;
     let hashes: Vec<domain::Hash> = rows
@@ -289,7 +289,7 @@ async fn rehash(conn: &mut SqliteConnection, id: i64, base_revision: i64, messag
         })
         .collect();
     let hash = change_hash(u64::try_from(base_revision).unwrap_or(0), message, &mut ops).to_hex();
-    sqlx::query("UPDATE changes SET content_hash = ?, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE changes SET content_hash = $1, updated_at = $2 WHERE id = $3")
         .bind(&hash)
         .bind(now())
         .bind(id)
@@ -344,7 +344,7 @@ pub async fn create(db: &Db, caller: &Caller, input: NewChange) -> Result<Change
     let at = now();
     let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO changes (base_revision, message, author_id, state, content_hash, created_at, updated_at)
-         VALUES (?, ?, ?, 'draft', '', ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, 'draft', '', $4, $5) RETURNING id",
     )
     .bind(input.base_revision)
     .bind(message)
@@ -404,8 +404,8 @@ fn prepare_entry(path: &EntryPath, entry: &EntryInput, existing: Option<&EntryRo
 
 /// Refuses any edit or review of a change whose rollout has started and not ended: what
 /// was approved is what ships and what the revision records (DESIGN "Rollout lifecycle").
-async fn refuse_if_frozen(conn: &mut SqliteConnection, id: i64) -> Result<()> {
-    let open: Vec<(i64, String)> = sqlx::query_as("SELECT id, state FROM rollouts WHERE change_id = ? ORDER BY id DESC LIMIT 1")
+async fn refuse_if_frozen(conn: &mut AnyConnection, id: i64) -> Result<()> {
+    let open: Vec<(i64, String)> = sqlx::query_as("SELECT id, state FROM rollouts WHERE change_id = $1 ORDER BY id DESC LIMIT 1")
         .bind(id)
         .fetch_all(&mut *conn)
         .await?;
@@ -421,7 +421,7 @@ async fn refuse_if_frozen(conn: &mut SqliteConnection, id: i64) -> Result<()> {
 }
 
 /// Loads a change for an edit by its author; refuses closed and frozen changes.
-async fn load_for_edit(conn: &mut SqliteConnection, caller: &Caller, id: i64) -> Result<ChangeRow> {
+async fn load_for_edit(conn: &mut AnyConnection, caller: &Caller, id: i64) -> Result<ChangeRow> {
     caller.require(Role::Editor)?;
     let change = load(conn, id).await?;
     if change.author_id != caller.user_id {
@@ -445,7 +445,7 @@ async fn finish_edit(
     action: &str,
     details: serde_json::Value,
 ) -> Result<ChangeView> {
-    sqlx::query("UPDATE changes SET state = 'draft', rejected_by = NULL, reject_reason = NULL WHERE id = ?")
+    sqlx::query("UPDATE changes SET state = 'draft', rejected_by = NULL, reject_reason = NULL WHERE id = $1")
         .bind(change.id)
         .execute(&mut **tx)
         .await?;
@@ -492,7 +492,7 @@ pub async fn delete_entry(db: &Db, caller: &Caller, id: i64, path: &str) -> Resu
     if let Some(existing) = base.get(path.as_str()) {
         store_op(&mut tx, id, "delete", existing).await?;
     } else {
-        let removed = sqlx::query("DELETE FROM change_entries WHERE change_id = ? AND path = ?")
+        let removed = sqlx::query("DELETE FROM change_entries WHERE change_id = $1 AND path = $2")
             .bind(id)
             .bind(path.as_str())
             .execute(&mut *tx)
@@ -530,7 +530,7 @@ pub async fn rebase(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
             ));
         }
     }
-    sqlx::query("UPDATE changes SET base_revision = ? WHERE id = ?")
+    sqlx::query("UPDATE changes SET base_revision = $1 WHERE id = $2")
         .bind(current)
         .bind(id)
         .execute(&mut *tx)
@@ -563,7 +563,7 @@ pub async fn submit(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
     if change.entry_count == 0 {
         return Err(Error::BadRequest("an empty change cannot be submitted".into()));
     }
-    sqlx::query("UPDATE changes SET state = 'submitted', updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE changes SET state = 'submitted', updated_at = $1 WHERE id = $2")
         .bind(now())
         .bind(id)
         .execute(&mut *tx)
@@ -582,7 +582,7 @@ pub async fn submit(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
 }
 
 /// Loads a change for review: approver role, never the author's own.
-async fn load_for_review(conn: &mut SqliteConnection, caller: &Caller, id: i64) -> Result<ChangeRow> {
+async fn load_for_review(conn: &mut AnyConnection, caller: &Caller, id: i64) -> Result<ChangeRow> {
     caller.require(Role::Approver)?;
     let change = load(conn, id).await?;
     if change.author_id == caller.user_id {
@@ -611,7 +611,7 @@ pub async fn approve(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
     let targets = target_set(&mut tx).await?;
     let digest = target_digest(&mut tx).await?;
     sqlx::query(
-        "INSERT INTO approvals (change_id, approver_id, content_hash, created_at, shadows, targets_digest) VALUES (?, ?, ?, ?, ?, ?)
+        "INSERT INTO approvals (change_id, approver_id, content_hash, created_at, shadows, targets_digest) VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (change_id, approver_id, content_hash)
          DO UPDATE SET shadows = excluded.shadows, targets_digest = excluded.targets_digest, created_at = excluded.created_at",
     )
@@ -623,7 +623,7 @@ pub async fn approve(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
     .bind(&digest)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE changes SET state = 'approved', updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE changes SET state = 'approved', updated_at = $1 WHERE id = $2")
         .bind(now())
         .bind(id)
         .execute(&mut *tx)
@@ -643,7 +643,7 @@ pub async fn approve(db: &Db, caller: &Caller, id: i64) -> Result<ChangeView> {
 
 /// The identity of the shadows a rollout started now would reach: a digest over each
 /// one's name, registration time, driver and address, in name order.
-pub(crate) async fn target_digest(conn: &mut SqliteConnection) -> Result<String> {
+pub(crate) async fn target_digest(conn: &mut AnyConnection) -> Result<String> {
     #[derive(sqlx::FromRow)]
     struct Target {
         name: String,
@@ -677,12 +677,12 @@ pub(crate) async fn target_digest(conn: &mut SqliteConnection) -> Result<String>
 
 /// Whether change `change` has an approval of its current content for the shadows
 /// registered now (approvals from before approvals recorded their targets count for any).
-pub(crate) async fn approved_for_targets(conn: &mut SqliteConnection, change: &ChangeRow) -> Result<bool> {
+pub(crate) async fn approved_for_targets(conn: &mut AnyConnection, change: &ChangeRow) -> Result<bool> {
     let digest = target_digest(conn).await?;
     let names = serde_json::to_string(&target_set(conn).await?).map_err(|err| Error::Internal(err.to_string()))?;
     let (n,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM approvals WHERE change_id = ? AND content_hash = ?
-         AND (targets_digest = ? OR (targets_digest IS NULL AND (shadows IS NULL OR shadows = ?)))",
+        "SELECT COUNT(*) FROM approvals WHERE change_id = $1 AND content_hash = $2
+         AND (targets_digest = $3 OR (targets_digest IS NULL AND (shadows IS NULL OR shadows = $4)))",
     )
     .bind(change.id)
     .bind(&change.content_hash)
@@ -694,7 +694,7 @@ pub(crate) async fn approved_for_targets(conn: &mut SqliteConnection, change: &C
 }
 
 /// The shadows a rollout started now would reach: every registered one, by name.
-pub(crate) async fn target_set(conn: &mut SqliteConnection) -> Result<Vec<String>> {
+pub(crate) async fn target_set(conn: &mut AnyConnection) -> Result<Vec<String>> {
     Ok(sqlx::query_as::<_, (String,)>("SELECT name FROM shadows ORDER BY name")
         .fetch_all(conn)
         .await?
@@ -710,7 +710,7 @@ pub async fn reject(db: &Db, caller: &Caller, id: i64, reason: &str) -> Result<C
     }
     let mut tx = db.begin().await?;
     let change = load_for_review(&mut tx, caller, id).await?;
-    sqlx::query("UPDATE changes SET state = 'rejected', rejected_by = ?, reject_reason = ?, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE changes SET state = 'rejected', rejected_by = $1, reject_reason = $2, updated_at = $3 WHERE id = $4")
         .bind(caller.user_id)
         .bind(reason)
         .bind(now())
@@ -730,9 +730,9 @@ pub async fn reject(db: &Db, caller: &Caller, id: i64, reason: &str) -> Result<C
     Ok(view)
 }
 
-pub(crate) async fn approvals(conn: &mut SqliteConnection, change: &ChangeRow) -> Result<Vec<ApprovalView>> {
+pub(crate) async fn approvals(conn: &mut AnyConnection, change: &ChangeRow) -> Result<Vec<ApprovalView>> {
     let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT u.username, a.created_at, a.content_hash, a.shadows FROM approvals a JOIN users u ON u.id = a.approver_id WHERE a.change_id = ? ORDER BY a.id",
+        "SELECT u.username, a.created_at, a.content_hash, a.shadows FROM approvals a JOIN users u ON u.id = a.approver_id WHERE a.change_id = $1 ORDER BY a.id",
     )
     .bind(change.id)
     .fetch_all(conn)
@@ -749,7 +749,7 @@ pub(crate) async fn approvals(conn: &mut SqliteConnection, change: &ChangeRow) -
         .collect())
 }
 
-async fn view_in(conn: &mut SqliteConnection, id: i64) -> Result<ChangeView> {
+async fn view_in(conn: &mut AnyConnection, id: i64) -> Result<ChangeView> {
     let change = load(conn, id).await?;
     let entries = operations(conn, id)
         .await?
@@ -781,7 +781,7 @@ pub async fn get(db: &Db, id: i64) -> Result<ChangeView> {
 pub async fn list(db: &Db, state: Option<ChangeState>, before: Option<i64>, limit: Option<i64>) -> Result<Page<ChangeSummary>> {
     let limit = limit.unwrap_or(50).clamp(1, 500);
     let rows: Vec<ChangeRow> = sqlx::query_as(&format!(
-        "{CHANGE_SELECT} WHERE (?1 IS NULL OR c.state = ?1) AND (?2 IS NULL OR c.id < ?2) ORDER BY c.id DESC LIMIT ?3"
+        "{CHANGE_SELECT} WHERE ($1 IS NULL OR c.state = $1) AND ($2 IS NULL OR c.id < $2) ORDER BY c.id DESC LIMIT $3"
     ))
     .bind(state.map(ChangeState::as_str))
     .bind(before)
@@ -845,14 +845,14 @@ pub async fn entry_content(db: &Db, id: i64, path: &str) -> Result<Option<String
     let path = parse_path(path)?;
     let mut conn = db.read.acquire().await?;
     load(&mut conn, id).await?;
-    let row: Option<(Option<String>, bool, String)> =
-        sqlx::query_as("SELECT blob, secret, format FROM change_entries WHERE change_id = ? AND path = ? AND op = 'put'")
+    let row: Option<(Option<String>, crate::db::Flag, String)> =
+        sqlx::query_as("SELECT blob, secret, format FROM change_entries WHERE change_id = $1 AND path = $2 AND op = 'put'")
             .bind(id)
             .bind(path.as_str())
             .fetch_optional(&mut *conn)
             .await?;
     match row {
-        Some((Some(hash), false, format)) => {
+        Some((Some(hash), crate::db::Flag(false), format)) => {
             let text = String::from_utf8_lossy(&revisions::blob(&mut conn, &db.keys, &hash).await?).into_owned();
             Ok(Some(crate::secrets::redact(db, &format, &text)))
         }

@@ -2,20 +2,46 @@
 //! control plane's identity and its epoch.
 
 use crate::{Error, Result, now};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
-use std::{path::Path, str::FromStr, time::Duration};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+use std::path::Path;
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "etc-shadow.db";
 
-/// Two pools over one SQLite file: many readers, one writer. A single writer connection
-/// serialises write transactions in the process, so they never fail with `SQLITE_BUSY`
-/// upgrading a read snapshot, and readers in WAL mode never wait for it.
+/// The engine under the store. Queries are one text for both (`$1` placeholders, SQL
+/// both understand); [`Db::engine`] picks the few that differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// A file in the data directory: one control plane.
+    Sqlite,
+    /// A PostgreSQL database shared by the replicas of a control plane.
+    Postgres,
+}
+
+/// Where the database is: the data directory's SQLite file unless a PostgreSQL URL is
+/// given (`--database`, `ETC_SHADOW_DATABASE`).
+pub fn engine_of(database: Option<&str>) -> Result<Engine> {
+    match database {
+        None => Ok(Engine::Sqlite),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(Engine::Postgres),
+        Some(_) => Err(Error::BadRequest(
+            "--database takes a PostgreSQL URL (postgres://user@host:port/name); without it the database is the data directory's SQLite file".into(),
+        )),
+    }
+}
+
+/// Two pools: many readers, one writer. On SQLite the single writer connection serialises
+/// write transactions in the process, so they never fail with `SQLITE_BUSY` upgrading a
+/// read snapshot, and readers in WAL mode never wait for it. On PostgreSQL every write
+/// transaction also takes one transaction-level advisory lock first, so write
+/// transactions are serialised across every replica as they are inside one process:
+/// what a transaction reads it still holds when it writes.
 #[derive(Clone, Debug)]
 pub struct Db {
-    pub read: SqlitePool,
-    write: SqlitePool,
+    pub read: AnyPool,
+    write: AnyPool,
+    engine: Engine,
     /// Set while the writer connection has `synchronous=NORMAL` for a relaxed transaction.
     relaxed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Seals and opens what is encrypted at rest (see [`crate::secrets`]).
@@ -119,9 +145,56 @@ fn refuse_missing_database(data_dir: &Path) -> Result<()> {
 /// A write transaction and the audit chain's key. It is the connection for queries
 /// (`&mut *tx`), and commits like a transaction; dropped without a commit, it rolls back.
 pub struct Tx {
-    inner: Transaction<'static, Sqlite>,
+    inner: Transaction<'static, Any>,
     chain: domain::audit::ChainKey,
 }
+
+/// A yes-or-no column, stored as the integer 0 or 1 on both engines (SQLite has no other
+/// boolean, and one type for both keeps every query's text the same). Read a column into a
+/// `bool` field with `#[sqlx(try_from = "Flag")]`, bind a `bool` as `Flag::from(x)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flag(pub bool);
+
+impl From<Flag> for bool {
+    fn from(flag: Flag) -> bool {
+        flag.0
+    }
+}
+
+impl From<bool> for Flag {
+    fn from(value: bool) -> Flag {
+        Flag(value)
+    }
+}
+
+impl sqlx::Type<Any> for Flag {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <i64 as sqlx::Type<Any>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+        <i64 as sqlx::Type<Any>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Any> for Flag {
+    fn decode(value: sqlx::any::AnyValueRef<'r>) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+        Ok(Flag(<i64 as sqlx::Decode<Any>>::decode(value)? != 0))
+    }
+}
+
+impl<'q> sqlx::Encode<'q, Any> for Flag {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Any as sqlx::Database>::ArgumentBuffer<'q>,
+    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <i64 as sqlx::Encode<Any>>::encode_by_ref(&i64::from(self.0), buf)
+    }
+}
+
+/// The advisory lock every write transaction on PostgreSQL takes (any constant that is
+/// this program's: "etcshdw" in ASCII).
+const WRITE_LOCK: i64 = 0x0065_7463_7368_6477;
 
 impl Tx {
     pub async fn commit(self) -> Result<()> {
@@ -134,7 +207,7 @@ impl Tx {
 }
 
 impl std::ops::Deref for Tx {
-    type Target = sqlx::SqliteConnection;
+    type Target = AnyConnection;
     fn deref(&self) -> &Self::Target {
         &self.inner
     }
@@ -165,60 +238,102 @@ impl Db {
     /// one, is refused unless `initialize`: a deleted database next to its keys must not
     /// silently start a brand-new control plane that the shadows would then refuse.
     pub async fn open_or_initialize(data_dir: &Path, initialize: bool) -> Result<Db> {
-        if !initialize {
+        Self::open_at(data_dir, None, initialize).await
+    }
+
+    /// As [`Db::open_or_initialize`], the database being `database` (a PostgreSQL URL)
+    /// when given. The data directory keeps the key file either way: every replica of
+    /// one control plane needs the same one.
+    pub async fn open_at(data_dir: &Path, database: Option<&str>, initialize: bool) -> Result<Db> {
+        if !initialize && database.is_none() {
             refuse_missing_database(data_dir)?;
         }
         private_dir(data_dir)?;
         let keys = crate::secrets::Keyring::load_or_create(data_dir)?;
-        Self::open_with_keys(data_dir, keys).await
+        Self::open_with_keys(data_dir, database, keys).await
     }
 
     /// Opens an existing database with the given keys (a rotation opens it with both);
     /// never makes a new one where other state is.
-    pub async fn open_with(data_dir: &Path, keys: crate::secrets::Keyring) -> Result<Db> {
-        refuse_missing_database(data_dir)?;
-        Self::open_with_keys(data_dir, keys).await
+    pub async fn open_with(data_dir: &Path, database: Option<&str>, keys: crate::secrets::Keyring) -> Result<Db> {
+        if database.is_none() {
+            refuse_missing_database(data_dir)?;
+        }
+        Self::open_with_keys(data_dir, database, keys).await
     }
 
-    async fn open_with_keys(data_dir: &Path, keys: crate::secrets::Keyring) -> Result<Db> {
+    async fn open_with_keys(data_dir: &Path, database: Option<&str>, keys: crate::secrets::Keyring) -> Result<Db> {
+        sqlx::any::install_default_drivers();
         private_dir(data_dir)?;
-        let url = format!("sqlite://{}", data_dir.join(DATABASE_FILE).display());
-        let options = SqliteConnectOptions::from_str(&url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
-            // Deleted rows are overwritten, not left in free pages: no old plaintext lingers.
-            .pragma("secure_delete", "ON");
-        // A relaxed transaction (see [`Db::begin_relaxed`]) leaves its connection with
-        // `synchronous=NORMAL`; it is set back before anyone else gets the connection.
+        let engine = engine_of(database)?;
         let relaxed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let left_relaxed = relaxed.clone();
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .after_release(move |conn, _| {
-                let left_relaxed = left_relaxed.clone();
-                Box::pin(async move {
-                    if !left_relaxed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                        return Ok(true);
-                    }
-                    // Kept only when it is durable again (otherwise closed: a new
-                    // connection starts with the options' `synchronous=FULL`).
-                    Ok(sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await.is_ok())
-                })
-            })
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("../migrations").run(&write).await?;
-        private_database_files(data_dir)?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options.read_only(true))
-            .await?;
+        let (read, write) = match (engine, database) {
+            (Engine::Postgres, Some(url)) => {
+                let write = AnyPoolOptions::new().max_connections(1).connect(url).await?;
+                sqlx::migrate!("../migrations/postgres").run(&write).await?;
+                let read = AnyPoolOptions::new().max_connections(8).connect(url).await?;
+                (read, write)
+            }
+            _ => {
+                let path = data_dir.join(DATABASE_FILE);
+                let path = path
+                    .to_str()
+                    .ok_or_else(|| Error::BadRequest(format!("{} is no UTF-8 path", path.display())))?;
+                // A relaxed transaction (see [`Db::begin_relaxed`]) leaves its connection
+                // with `synchronous=NORMAL`; it is set back before anyone else gets it.
+                let left_relaxed = relaxed.clone();
+                let write = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // WAL, every commit fsynced, foreign keys; deleted rows are
+                            // overwritten, not left in free pages: no old plaintext lingers.
+                            for pragma in [
+                                "PRAGMA busy_timeout = 10000",
+                                "PRAGMA journal_mode = WAL",
+                                "PRAGMA synchronous = FULL",
+                                "PRAGMA foreign_keys = ON",
+                                "PRAGMA secure_delete = ON",
+                            ] {
+                                sqlx::query(pragma).execute(&mut *conn).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .after_release(move |conn, _| {
+                        let left_relaxed = left_relaxed.clone();
+                        Box::pin(async move {
+                            if !left_relaxed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                                return Ok(true);
+                            }
+                            // Kept only when it is durable again (otherwise closed: a new
+                            // connection starts with `synchronous=FULL`).
+                            Ok(sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await.is_ok())
+                        })
+                    })
+                    .connect(&format!("sqlite://{path}?mode=rwc"))
+                    .await?;
+                sqlx::migrate!("../migrations/sqlite").run(&write).await?;
+                private_database_files(data_dir)?;
+                let read = AnyPoolOptions::new()
+                    .max_connections(8)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            for pragma in ["PRAGMA busy_timeout = 10000", "PRAGMA foreign_keys = ON"] {
+                                sqlx::query(pragma).execute(&mut *conn).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&format!("sqlite://{path}?mode=ro"))
+                    .await?;
+                (read, write)
+            }
+        };
         let db = Db {
             read,
             write,
+            engine,
             relaxed,
             keys: std::sync::Arc::new(keys),
             secret_keys: std::sync::Arc::default(),
@@ -231,18 +346,37 @@ impl Db {
         Ok(db)
     }
 
+    /// The engine under the store.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
     /// The writer pool, for single statements outside a transaction.
-    pub fn read_write(&self) -> &SqlitePool {
+    pub fn read_write(&self) -> &AnyPool {
         &self.write
     }
 
     /// Starts a write transaction on the single writer connection. It carries the audit
     /// chain's key, so a row appended inside it is keyed (see [`crate::audit::append`]).
     pub async fn begin(&self) -> Result<Tx> {
+        let mut inner = self.write.begin().await?;
+        self.serialise(&mut inner).await?;
         Ok(Tx {
-            inner: self.write.begin().await?,
+            inner,
             chain: self.keys.audit_key(),
         })
+    }
+
+    /// On PostgreSQL, waits for the write lock every replica takes (see [`Db`]); it is
+    /// let go when the transaction ends.
+    async fn serialise(&self, tx: &mut Transaction<'static, Any>) -> Result<()> {
+        if self.engine == Engine::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(WRITE_LOCK)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Starts a write transaction whose commit is not fsynced on its own: it becomes
@@ -252,6 +386,10 @@ impl Db {
     /// can do without: a shadow's answer while others are still awaited (lost, the
     /// shadow is asked again), never a decision, an end or an operator's action.
     pub async fn begin_relaxed(&self) -> Result<Tx> {
+        if self.engine == Engine::Postgres {
+            // Every commit is made durable by the server (its own `synchronous_commit`).
+            return self.begin().await;
+        }
         let mut conn = self.write.acquire().await?;
         self.relaxed.store(true, std::sync::atomic::Ordering::SeqCst);
         sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
@@ -269,14 +407,14 @@ impl Db {
         if exists.is_none() {
             let id = hex::encode(rand::random::<[u8; 16]>());
             let at = now();
-            sqlx::query("INSERT INTO control_plane (singleton, id, epoch, created_at) VALUES (1, ?, 0, ?)")
+            sqlx::query("INSERT INTO control_plane (singleton, id, epoch, created_at) VALUES (1, $1, 0, $2)")
                 .bind(&id)
                 .bind(&at)
                 .execute(&mut *tx)
                 .await?;
             let empty_root = domain::hash::root_hash([]).to_hex();
             sqlx::query(
-                "INSERT INTO revisions (number, root, parent, author, message, created_at) VALUES (0, ?, NULL, 'system', 'empty configuration', ?)",
+                "INSERT INTO revisions (number, root, parent, author, message, created_at) VALUES (0, $1, NULL, 'system', 'empty configuration', $2)",
             )
             .bind(&empty_root)
             .bind(&at)

@@ -131,7 +131,7 @@ impl Monitor {
     async fn in_flight(&self, name: &str) -> Result<bool> {
         let phases: Vec<(String,)> = sqlx::query_as(
             "SELECT rs.phase FROM rollout_shadows rs JOIN rollouts r ON r.id = rs.rollout_id
-             WHERE r.finished_at IS NULL AND rs.shadow = ?",
+             WHERE r.finished_at IS NULL AND rs.shadow = $1",
         )
         .bind(name)
         .fetch_all(&self.db.read)
@@ -208,7 +208,7 @@ impl Monitor {
         };
         let mut tx = self.db.begin().await?;
         sqlx::query(
-            "INSERT INTO shadow_checks (shadow, at, trigger, status, observed_root, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO shadow_checks (shadow, at, trigger, status, observed_root, latency_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&view.name)
         .bind(now())
@@ -221,7 +221,7 @@ impl Monitor {
         .await?;
         if prune {
             sqlx::query(
-                "DELETE FROM shadow_checks WHERE shadow = ?1 AND id <= (SELECT id FROM shadow_checks WHERE shadow = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                "DELETE FROM shadow_checks WHERE shadow = $1 AND id <= (SELECT id FROM shadow_checks WHERE shadow = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
             )
             .bind(&view.name)
             .bind(CHECKS_KEPT)
@@ -238,7 +238,7 @@ impl Monitor {
         let limit = limit.unwrap_or(50).clamp(1, 500);
         let rows: Vec<CheckRow> = sqlx::query_as(
             "SELECT id, at, trigger, status, observed_root, latency_ms, error FROM shadow_checks
-             WHERE shadow = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+             WHERE shadow = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
         )
         .bind(name)
         .bind(before)
@@ -265,7 +265,7 @@ impl Monitor {
     pub async fn check_series(&self, name: &str, limit: i64) -> Result<Vec<domain::api::CheckPoint>> {
         shadows::get(&self.db, name).await?;
         let rows: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT at, status, latency_ms FROM shadow_checks WHERE shadow = ? ORDER BY id DESC LIMIT ?")
+            sqlx::query_as("SELECT at, status, latency_ms FROM shadow_checks WHERE shadow = $1 ORDER BY id DESC LIMIT $2")
                 .bind(name)
                 .bind(limit.clamp(1, CHECKS_KEPT))
                 .fetch_all(&self.db.read)
@@ -355,7 +355,7 @@ impl Monitor {
             // Consistent with an older revision as a whole (restored from an old backup, or
             // left behind): stale rather than a pile of entry differences.
             let older: Option<(i64,)> =
-                sqlx::query_as("SELECT number FROM revisions WHERE root = ? AND number < ? AND number > 0 ORDER BY number DESC LIMIT 1")
+                sqlx::query_as("SELECT number FROM revisions WHERE root = $1 AND number < $2 AND number > 0 ORDER BY number DESC LIMIT 1")
                     .bind(&state.live_root)
                     .bind(current)
                     .fetch_optional(&self.db.read)
@@ -451,9 +451,9 @@ impl Monitor {
         let row: Option<(i64,)> = match state {
             Some(state) => {
                 sqlx::query_as(
-                    "UPDATE shadows SET status = ?, observed_root = ?, observed_revision = ?, last_contact_at = ?, last_error = NULL,
-                     failed_checks = 0, last_in_sync_at = CASE WHEN ? = 'in_sync' THEN ? ELSE last_in_sync_at END
-                     WHERE name = ? RETURNING failed_checks",
+                    "UPDATE shadows SET status = $1, observed_root = $2, observed_revision = $3, last_contact_at = $4, last_error = NULL,
+                     failed_checks = 0, last_in_sync_at = CASE WHEN $5 = 'in_sync' THEN $6 ELSE last_in_sync_at END
+                     WHERE name = $7 RETURNING failed_checks",
                 )
                 .bind(status)
                 .bind(&state.live_root)
@@ -466,7 +466,7 @@ impl Monitor {
                 .await?
             }
             None => sqlx::query_as(
-                "UPDATE shadows SET status = ?, last_error = ?, failed_checks = failed_checks + 1 WHERE name = ? RETURNING failed_checks",
+                "UPDATE shadows SET status = $1, last_error = $2, failed_checks = failed_checks + 1 WHERE name = $3 RETURNING failed_checks",
             )
             .bind(status)
             .bind(err.map(ToString::to_string))
@@ -539,7 +539,7 @@ impl Monitor {
                     if event.shadow.is_none()
                         && domain::rollout::State::parse(&event.phase).is_some_and(domain::rollout::State::is_terminal) =>
                 {
-                    let shadows: Vec<(String,)> = match sqlx::query_as("SELECT shadow FROM rollout_shadows WHERE rollout_id = ?")
+                    let shadows: Vec<(String,)> = match sqlx::query_as("SELECT shadow FROM rollout_shadows WHERE rollout_id = $1")
                         .bind(event.rollout)
                         .fetch_all(&self.db.read)
                         .await

@@ -218,7 +218,7 @@ pub async fn run_as(
     let mut tx = db.begin().await?;
     let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO drills (shadow, requested_by, started_at, finished_at, verdict, revision, expected_root, observed_root, steps)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
     )
     .bind(shadow)
     .bind(actor)
@@ -267,7 +267,7 @@ pub async fn run_as(
 }
 
 pub async fn get(db: &Db, id: i64) -> Result<DrillView> {
-    let row: DrillRow = sqlx::query_as(&format!("{DRILL_SELECT} WHERE id = ?"))
+    let row: DrillRow = sqlx::query_as(&format!("{DRILL_SELECT} WHERE id = $1"))
         .bind(id)
         .fetch_optional(&db.read)
         .await?
@@ -279,7 +279,7 @@ pub async fn get(db: &Db, id: i64) -> Result<DrillView> {
 pub async fn list(db: &Db, shadow: Option<&str>, before: Option<i64>, limit: Option<i64>) -> Result<Page<DrillView>> {
     let limit = limit.unwrap_or(50).clamp(1, 500);
     let rows: Vec<DrillRow> = sqlx::query_as(&format!(
-        "{DRILL_SELECT} WHERE (?1 IS NULL OR shadow = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
+        "{DRILL_SELECT} WHERE ($1 IS NULL OR shadow = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
     ))
     .bind(shadow)
     .bind(before)
@@ -298,10 +298,12 @@ pub async fn run_due(db: &Db, registry: &Registry, interval: Duration) -> Result
         // fail for a reason everyone knows.
         "SELECT s.name FROM shadows s WHERE s.status NOT IN ('rolling_out', 'pending') AND NOT EXISTS (
             SELECT 1 FROM drills d WHERE d.shadow = s.name AND d.started_at >= s.created_at
-            AND d.finished_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('-%d seconds', ?)))
+            AND d.finished_at > $1)
          ORDER BY s.name",
     )
-    .bind(seconds)
+    .bind(crate::format_time(
+        time::OffsetDateTime::now_utc() - time::Duration::seconds(seconds),
+    ))
     .fetch_all(&db.read)
     .await?;
     let mut notices = Vec::new();

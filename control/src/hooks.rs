@@ -14,7 +14,7 @@ use domain::{
     protocol::HookRun,
     redact::{self, Secrets},
 };
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 /// Fragments shorter than this are not masked.
 pub const MIN_MASKED: usize = 4;
@@ -41,7 +41,7 @@ fn fragments(text: &str, into: &mut Vec<String>) {
 }
 
 /// Every secret fragment of an entry set, longest first.
-pub(crate) async fn secret_values(conn: &mut SqliteConnection, db: &Db, set: &EntrySet) -> Result<Vec<String>> {
+pub(crate) async fn secret_values(conn: &mut AnyConnection, db: &Db, set: &EntrySet) -> Result<Vec<String>> {
     let mut values = Vec::new();
     for row in set.values() {
         let Some(blob) = row.blob.as_deref() else { continue };
@@ -84,7 +84,7 @@ fn decoded(raw: &str) -> Option<String> {
 
 /// Every secret fragment of several entry sets (the revision a hook judged, and the one
 /// its node may still serve), longest first.
-pub(crate) async fn secret_values_of(conn: &mut SqliteConnection, db: &Db, sets: &[&EntrySet]) -> Result<Vec<String>> {
+pub(crate) async fn secret_values_of(conn: &mut AnyConnection, db: &Db, sets: &[&EntrySet]) -> Result<Vec<String>> {
     let mut values = Vec::new();
     for set in sets {
         values.extend(secret_values(conn, db, set).await?);

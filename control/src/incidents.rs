@@ -9,7 +9,7 @@ use domain::{
     drift::{DriftKind, EntryDrift},
 };
 use serde_json::json;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use std::collections::BTreeSet;
 
 /// The drift kinds only: a shadow's drift episode is one incident, and the incidents of
@@ -79,11 +79,18 @@ struct IncidentRow {
     recent: i64,
 }
 
-const INCIDENT_SELECT: &str = "SELECT i.id, i.shadow, i.kind, i.kinds, i.severity, i.status, i.opened_at, i.last_seen_at, i.resolved_at,
+/// The incident columns and how many incidents of its kind (drift, or a failed reload or
+/// drill) the shadow had in the hour before each opened; `FROM` follows.
+fn incident_select(db: &Db) -> String {
+    format!(
+        "SELECT i.id, i.shadow, i.kind, i.kinds, i.severity, i.status, i.opened_at, i.last_seen_at, i.resolved_at,
     i.resolution, i.expected_root, i.observed_root, i.detected_by,
-    (SELECT COUNT(*) FROM incidents p WHERE p.shadow = i.shadow AND p.id < i.id AND p.opened_at >= strftime('%Y-%m-%dT%H:%M:%fZ', i.opened_at, '-1 hour')
+    (SELECT COUNT(*) FROM incidents p WHERE p.shadow = i.shadow AND p.id < i.id AND p.opened_at >= {}
         AND (p.kind IN ('reload_failed', 'drill_failed')) = (i.kind IN ('reload_failed', 'drill_failed'))) AS recent
-    FROM";
+    FROM",
+        crate::dialect::hour_before(db, "i.opened_at")
+    )
+}
 
 impl From<IncidentRow> for IncidentView {
     fn from(row: IncidentRow) -> Self {
@@ -130,9 +137,9 @@ const COALESCE_CHANGES: time::Duration = time::Duration::minutes(1);
 /// Folds a change of picture into the incident's latest event when that is a recent
 /// "changed" one: its time and details become the newest, `changes` counts them. Answers
 /// whether it did.
-async fn coalesce_change(conn: &mut SqliteConnection, incident: i64, details: &serde_json::Value) -> Result<bool> {
+async fn coalesce_change(conn: &mut AnyConnection, incident: i64, details: &serde_json::Value) -> Result<bool> {
     let last: Option<(i64, String, String, String)> =
-        sqlx::query_as("SELECT id, event, at, details FROM incident_events WHERE incident_id = ? ORDER BY id DESC LIMIT 1")
+        sqlx::query_as("SELECT id, event, at, details FROM incident_events WHERE incident_id = $1 ORDER BY id DESC LIMIT 1")
             .bind(incident)
             .fetch_optional(&mut *conn)
             .await?;
@@ -150,7 +157,7 @@ async fn coalesce_change(conn: &mut SqliteConnection, incident: i64, details: &s
         .unwrap_or(1);
     let mut details = details.clone();
     details["changes"] = json!(count + 1);
-    sqlx::query("UPDATE incident_events SET at = ?, details = ? WHERE id = ?")
+    sqlx::query("UPDATE incident_events SET at = $1, details = $2 WHERE id = $3")
         .bind(now())
         .bind(details.to_string())
         .bind(event_id)
@@ -162,7 +169,7 @@ async fn coalesce_change(conn: &mut SqliteConnection, incident: i64, details: &s
 /// Resolves the open incidents of a shadow that is being removed (inside its removal's
 /// transaction): nobody can reconcile or adopt on a shadow that no longer exists.
 pub(crate) async fn close_for_removed_shadow(tx: &mut crate::db::Tx, shadow: &str, actor: &str) -> Result<()> {
-    let open: Vec<(i64,)> = sqlx::query_as("SELECT id FROM incidents WHERE shadow = ? AND status != 'resolved'")
+    let open: Vec<(i64,)> = sqlx::query_as("SELECT id FROM incidents WHERE shadow = $1 AND status != 'resolved'")
         .bind(shadow)
         .fetch_all(&mut **tx)
         .await?;
@@ -172,8 +179,8 @@ pub(crate) async fn close_for_removed_shadow(tx: &mut crate::db::Tx, shadow: &st
     Ok(())
 }
 
-async fn add_event(conn: &mut SqliteConnection, incident: i64, actor: &str, event: &str, details: serde_json::Value) -> Result<()> {
-    sqlx::query("INSERT INTO incident_events (incident_id, at, actor, event, details) VALUES (?, ?, ?, ?, ?)")
+async fn add_event(conn: &mut AnyConnection, incident: i64, actor: &str, event: &str, details: serde_json::Value) -> Result<()> {
+    sqlx::query("INSERT INTO incident_events (incident_id, at, actor, event, details) VALUES ($1, $2, $3, $4, $5)")
         .bind(incident)
         .bind(now())
         .bind(actor)
@@ -184,15 +191,15 @@ async fn add_event(conn: &mut SqliteConnection, incident: i64, actor: &str, even
     Ok(())
 }
 
-async fn replace_entries(conn: &mut SqliteConnection, incident: i64, entries: &[EntryDrift]) -> Result<()> {
-    sqlx::query("DELETE FROM incident_entries WHERE incident_id = ?")
+async fn replace_entries(conn: &mut AnyConnection, incident: i64, entries: &[EntryDrift]) -> Result<()> {
+    sqlx::query("DELETE FROM incident_entries WHERE incident_id = $1")
         .bind(incident)
         .execute(&mut *conn)
         .await?;
     for entry in entries {
         sqlx::query(
             "INSERT INTO incident_entries (incident_id, path, kind, expected_hash, observed_hash, expected_policy, observed_policy)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(incident)
         .bind(&entry.path)
@@ -231,7 +238,7 @@ pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Resu
     let at = now();
     let mut tx = db.begin().await?;
     let open: Option<(i64, String, String)> = sqlx::query_as(&format!(
-        "SELECT id, kinds, fingerprint FROM incidents WHERE shadow = ? AND status != 'resolved' AND {DRIFT_ONLY}"
+        "SELECT id, kinds, fingerprint FROM incidents WHERE shadow = $1 AND status != 'resolved' AND {DRIFT_ONLY}"
     ))
     .bind(shadow)
     .fetch_optional(&mut *tx)
@@ -240,7 +247,7 @@ pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Resu
         None => {
             let (id,): (i64,) = sqlx::query_as(
                 "INSERT INTO incidents (shadow, kind, kinds, severity, status, opened_at, last_seen_at, expected_root, observed_root, detected_by, fingerprint)
-                 VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?) RETURNING id",
+                 VALUES ($1, $2, $3, $4, 'open', $5, $6, $7, $8, $9, $10) RETURNING id",
             )
             .bind(shadow)
             .bind(worst.as_str())
@@ -275,7 +282,7 @@ pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Resu
             Some(notice(id, shadow, worst.as_str(), "open", "opened"))
         }
         Some((id, _, seen)) if seen == fingerprint => {
-            sqlx::query("UPDATE incidents SET last_seen_at = ? WHERE id = ?")
+            sqlx::query("UPDATE incidents SET last_seen_at = $1 WHERE id = $2")
                 .bind(&at)
                 .bind(id)
                 .execute(&mut *tx)
@@ -288,7 +295,7 @@ pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Resu
             all.extend(finding.kinds.iter().copied());
             let worst = *all.first().unwrap_or(&worst);
             sqlx::query(
-                "UPDATE incidents SET kind = ?, kinds = ?, severity = ?, last_seen_at = ?, observed_root = ?, expected_root = ?, fingerprint = ? WHERE id = ?",
+                "UPDATE incidents SET kind = $1, kinds = $2, severity = $3, last_seen_at = $4, observed_root = $5, expected_root = $6, fingerprint = $7 WHERE id = $8",
             )
             .bind(worst.as_str())
             .bind(kinds_text(&all))
@@ -307,7 +314,7 @@ pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Resu
             if !coalesced {
                 add_event(&mut tx, id, "monitor", "changed", details).await?;
             }
-            let (status,): (String,) = sqlx::query_as("SELECT status FROM incidents WHERE id = ?")
+            let (status,): (String,) = sqlx::query_as("SELECT status FROM incidents WHERE id = $1")
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -326,7 +333,7 @@ pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Resu
 /// Answers whether there was such an incident.
 pub async fn seen_again(db: &Db, shadow: &str, expected_root: &str, observed_root: &str) -> Result<bool> {
     let done = sqlx::query(
-        &format!("UPDATE incidents SET last_seen_at = ? WHERE shadow = ? AND status != 'resolved' AND {DRIFT_ONLY} AND expected_root = ? AND observed_root = ?"),
+        &format!("UPDATE incidents SET last_seen_at = $1 WHERE shadow = $2 AND status != 'resolved' AND {DRIFT_ONLY} AND expected_root = $3 AND observed_root = $4"),
     )
     .bind(now())
     .bind(shadow)
@@ -343,7 +350,7 @@ pub async fn seen_again(db: &Db, shadow: &str, expected_root: &str, observed_roo
 pub async fn resolve_in_sync(db: &Db, shadow: &str) -> Result<Option<IncidentNotice>> {
     let mut tx = db.begin().await?;
     let open: Option<(i64, String, String)> = sqlx::query_as(&format!(
-        "SELECT id, kind, opened_at FROM incidents WHERE shadow = ? AND status != 'resolved' AND {DRIFT_ONLY}"
+        "SELECT id, kind, opened_at FROM incidents WHERE shadow = $1 AND status != 'resolved' AND {DRIFT_ONLY}"
     ))
     .bind(shadow)
     .fetch_optional(&mut *tx)
@@ -353,7 +360,7 @@ pub async fn resolve_in_sync(db: &Db, shadow: &str) -> Result<Option<IncidentNot
     };
     let (pushed,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM rollout_shadows rs JOIN rollouts r ON r.id = rs.rollout_id
-         WHERE rs.shadow = ? AND rs.phase = 'committed' AND rs.updated_at >= ?",
+         WHERE rs.shadow = $1 AND rs.phase = 'committed' AND rs.updated_at >= $2",
     )
     .bind(shadow)
     .bind(&opened_at)
@@ -367,7 +374,7 @@ pub async fn resolve_in_sync(db: &Db, shadow: &str) -> Result<Option<IncidentNot
 
 async fn close(tx: &mut crate::db::Tx, id: i64, actor: &str, resolution: &str, details: serde_json::Value) -> Result<()> {
     let (shadow, kind, kinds): (String, String, String) = sqlx::query_as(
-        "UPDATE incidents SET status = 'resolved', resolution = ?, resolved_at = ? WHERE id = ? RETURNING shadow, kind, kinds",
+        "UPDATE incidents SET status = 'resolved', resolution = $1, resolved_at = $2 WHERE id = $3 RETURNING shadow, kind, kinds",
     )
     .bind(resolution)
     .bind(now())
@@ -398,13 +405,13 @@ pub(crate) async fn open_operation(
     let at = now();
     let via = if kind == DriftKind::ReloadFailed { "rollout" } else { "drill" };
     let open: Option<(i64, String)> =
-        sqlx::query_as("SELECT id, status FROM incidents WHERE shadow = ? AND kind = ? AND status != 'resolved'")
+        sqlx::query_as("SELECT id, status FROM incidents WHERE shadow = $1 AND kind = $2 AND status != 'resolved'")
             .bind(shadow)
             .bind(kind.as_str())
             .fetch_optional(&mut **tx)
             .await?;
     if let Some((id, status)) = open {
-        sqlx::query("UPDATE incidents SET last_seen_at = ?, expected_root = ?, observed_root = ? WHERE id = ?")
+        sqlx::query("UPDATE incidents SET last_seen_at = $1, expected_root = $2, observed_root = $3 WHERE id = $4")
             .bind(&at)
             .bind(expected_root)
             .bind(observed_root)
@@ -416,7 +423,7 @@ pub(crate) async fn open_operation(
     }
     let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO incidents (shadow, kind, kinds, severity, status, opened_at, last_seen_at, expected_root, observed_root, detected_by, fingerprint)
-         VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, $4, 'open', $5, $6, $7, $8, $9, $10) RETURNING id",
     )
     .bind(shadow)
     .bind(kind.as_str())
@@ -452,7 +459,7 @@ pub(crate) async fn operation_passed(
     kind: DriftKind,
     details: serde_json::Value,
 ) -> Result<Option<IncidentNotice>> {
-    let open: Option<(i64,)> = sqlx::query_as("SELECT id FROM incidents WHERE shadow = ? AND kind = ? AND status != 'resolved'")
+    let open: Option<(i64,)> = sqlx::query_as("SELECT id FROM incidents WHERE shadow = $1 AND kind = $2 AND status != 'resolved'")
         .bind(shadow)
         .bind(kind.as_str())
         .fetch_optional(&mut **tx)
@@ -475,14 +482,14 @@ pub async fn note_reconcile(db: &Db, shadow: &str, actor: &str, event: &str, det
 
 /// [`note_reconcile`] inside a transaction (the one that starts the reconcile).
 pub(crate) async fn note_reconcile_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     shadow: &str,
     actor: &str,
     event: &str,
     details: serde_json::Value,
 ) -> Result<()> {
     let open: Option<(i64,)> = sqlx::query_as(&format!(
-        "SELECT id FROM incidents WHERE shadow = ? AND status != 'resolved' AND {DRIFT_ONLY}"
+        "SELECT id FROM incidents WHERE shadow = $1 AND status != 'resolved' AND {DRIFT_ONLY}"
     ))
     .bind(shadow)
     .fetch_optional(&mut *conn)
@@ -533,40 +540,52 @@ pub async fn list(db: &Db, filter: &IncidentFilter) -> Result<Page<IncidentView>
     // Keyset paging on the primary key: as fast on the 100,000th incident as on the first.
     // Only the filters given become conditions, so SQLite can pick the index that fits
     // (`?1 IS NULL OR ...` would hide them from the planner).
-    let mut conditions = vec!["1 = 1"];
+    let mut conditions = vec!["1 = 1".to_string()];
     let mut texts = Vec::new();
+    // Placeholders are numbered in the order they are bound: the cursor, the text
+    // filters, the limit.
+    let mut next = 0;
+    let mut placeholder = || {
+        next += 1;
+        format!("${next}")
+    };
     if filter.page.is_some() {
-        conditions.push("i.id < ?");
+        conditions.push(format!("i.id < {}", placeholder()));
     }
     match empty(&filter.status).as_deref() {
         None => {}
-        Some("unresolved") => conditions.push("i.status != 'resolved'"),
+        Some("unresolved") => conditions.push("i.status != 'resolved'".into()),
         Some(status) => {
-            conditions.push("i.status = ?");
+            conditions.push(format!("i.status = {}", placeholder()));
             texts.push(status.to_string());
         }
     }
     if let Some(kind) = empty(&filter.kind) {
-        conditions.push("(i.kind = ? OR instr(',' || i.kinds || ',', ',' || ? || ',') > 0)");
+        let (one, listed) = (placeholder(), placeholder());
+        conditions.push(format!(
+            "(i.kind = {one} OR {}(',' || i.kinds || ',', ',' || {listed} || ',') > 0)",
+            crate::dialect::find(db)
+        ));
         texts.push(kind.clone());
         texts.push(kind);
     }
-    for (value, condition) in [
-        (&filter.shadow, "i.shadow = ?"),
-        (&filter.since, "i.opened_at >= ?"),
-        (&filter.until, "i.opened_at < ?"),
+    for (value, column) in [
+        (&filter.shadow, "i.shadow ="),
+        (&filter.since, "i.opened_at >="),
+        (&filter.until, "i.opened_at <"),
     ] {
         if let Some(value) = empty(value) {
-            conditions.push(condition);
+            conditions.push(format!("{column} {}", placeholder()));
             texts.push(value);
         }
     }
     // The page is chosen first; the flapping count is then computed for its rows only.
     let sql = format!(
-        "{INCIDENT_SELECT} (SELECT * FROM incidents i WHERE {} ORDER BY i.id DESC LIMIT ?) i ORDER BY i.id DESC",
-        conditions.join(" AND ")
+        "{} (SELECT * FROM incidents i WHERE {} ORDER BY i.id DESC LIMIT {}) i ORDER BY i.id DESC",
+        incident_select(db),
+        conditions.join(" AND "),
+        placeholder()
     );
-    // Bound in the order the `?`s appear: the cursor, the text filters, the limit.
     let mut query = sqlx::query_as::<_, IncidentRow>(&sql);
     if let Some(cursor) = filter.page {
         query = query.bind(cursor);
@@ -581,14 +600,14 @@ pub async fn list(db: &Db, filter: &IncidentFilter) -> Result<Page<IncidentView>
 
 pub async fn get(db: &Db, id: i64) -> Result<IncidentView> {
     let mut conn = db.read.acquire().await?;
-    let row: IncidentRow = sqlx::query_as(&format!("{INCIDENT_SELECT} incidents i WHERE i.id = ?"))
+    let row: IncidentRow = sqlx::query_as(&format!("{} incidents i WHERE i.id = $1", incident_select(db)))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no incident {id}")))?;
     let mut view = IncidentView::from(row);
     let entries: Vec<EntryRow> = sqlx::query_as(
-        "SELECT path, kind, expected_hash, observed_hash, expected_policy, observed_policy FROM incident_entries WHERE incident_id = ? ORDER BY path",
+        "SELECT path, kind, expected_hash, observed_hash, expected_policy, observed_policy FROM incident_entries WHERE incident_id = $1 ORDER BY path",
     )
     .bind(id)
     .fetch_all(&mut *conn)
@@ -608,7 +627,7 @@ pub async fn get(db: &Db, id: i64) -> Result<IncidentView> {
         })
         .collect();
     let events: Vec<(String, String, String, String)> =
-        sqlx::query_as("SELECT at, actor, event, details FROM incident_events WHERE incident_id = ? ORDER BY id")
+        sqlx::query_as("SELECT at, actor, event, details FROM incident_events WHERE incident_id = $1 ORDER BY id")
             .bind(id)
             .fetch_all(&mut *conn)
             .await?;
@@ -625,7 +644,7 @@ pub async fn get(db: &Db, id: i64) -> Result<IncidentView> {
 }
 
 async fn open_incident(tx: &mut crate::db::Tx, id: i64) -> Result<(String, String, String)> {
-    let row: (String, String, String) = sqlx::query_as("SELECT shadow, kind, status FROM incidents WHERE id = ?")
+    let row: (String, String, String) = sqlx::query_as("SELECT shadow, kind, status FROM incidents WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut **tx)
         .await?
@@ -655,13 +674,13 @@ pub async fn acknowledge(db: &Db, caller: &Caller, id: i64, note: Option<&str>) 
             format!("incident {id} is already acknowledged"),
         ));
     }
-    sqlx::query("UPDATE incidents SET status = 'acknowledged' WHERE id = ?")
+    sqlx::query("UPDATE incidents SET status = 'acknowledged' WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
     let details = json!({"note": note});
     add_event(&mut tx, id, &caller.username, "acknowledged", details.clone()).await?;
-    let (kinds,): (String,) = sqlx::query_as("SELECT kinds FROM incidents WHERE id = ?")
+    let (kinds,): (String,) = sqlx::query_as("SELECT kinds FROM incidents WHERE id = $1")
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
@@ -720,12 +739,14 @@ pub(crate) async fn for_adopt(db: &Db, id: i64) -> Result<IncidentView> {
 /// Incidents opened per day over the last `days` days (UTC), oldest first, with the mean
 /// time to resolve of those resolved; days without incidents are included.
 pub async fn daily(db: &Db, days: i64) -> Result<Vec<domain::api::IncidentDay>> {
-    let rows: Vec<(String, i64, Option<f64>)> = sqlx::query_as(
+    let first = (time::OffsetDateTime::now_utc().date() - time::Duration::days(days - 1)).to_string();
+    let rows: Vec<(String, i64, Option<f64>)> = sqlx::query_as(&format!(
         "SELECT substr(opened_at, 1, 10) AS day, COUNT(*),
-                AVG(CASE WHEN resolved_at IS NOT NULL THEN (julianday(resolved_at) - julianday(opened_at)) * 86400.0 END)
-         FROM incidents WHERE opened_at >= strftime('%Y-%m-%d', 'now', ?) GROUP BY day ORDER BY day",
-    )
-    .bind(format!("-{} days", days - 1))
+                AVG(CASE WHEN resolved_at IS NOT NULL THEN {} END)
+         FROM incidents WHERE opened_at >= $1 GROUP BY day ORDER BY day",
+        crate::dialect::seconds_between(db, "resolved_at", "opened_at")
+    ))
+    .bind(first)
     .fetch_all(&db.read)
     .await?;
     let today = time::OffsetDateTime::now_utc().date();

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod changes;
 pub mod db;
+pub mod dialect;
 pub mod drift;
 pub mod drills;
 pub mod error;

@@ -62,7 +62,7 @@ fn address_key(address: IpAddr) -> String {
 /// one is audited and logged, naming the account only when one has that name (a password
 /// typed into the name field must not end up in the log).
 pub async fn sign_in(db: &Db, limits: &Limits, username: &str, password: &str, client: Option<IpAddr>) -> Result<Caller> {
-    let account: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE username = ?")
+    let account: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE username = $1")
         .bind(username)
         .fetch_optional(&db.read)
         .await?;
@@ -116,7 +116,7 @@ async fn charge(db: &Db, limits: &Limits, keys: &[(String, &str, i64)]) -> Resul
     let now = time::OffsetDateTime::now_utc();
     let mut tx = db.begin().await?;
     for (key, _, _) in keys {
-        let blocked: Option<(String,)> = sqlx::query_as("SELECT blocked_until FROM login_throttle WHERE key = ? AND blocked_until > ?")
+        let blocked: Option<(String,)> = sqlx::query_as("SELECT blocked_until FROM login_throttle WHERE key = $1 AND blocked_until > $2")
             .bind(key)
             .bind(format_time(now))
             .fetch_optional(&mut *tx)
@@ -130,10 +130,10 @@ async fn charge(db: &Db, limits: &Limits, keys: &[(String, &str, i64)]) -> Resul
     for (key, pool, free) in keys {
         // Failures older than the memory start the count again.
         let (failures,): (i64,) = sqlx::query_as(
-            "INSERT INTO login_throttle (key, pool, failures, last_failure_at) VALUES (?1, ?2, 1, ?3)
+            "INSERT INTO login_throttle (key, pool, failures, last_failure_at) VALUES ($1, $2, 1, $3)
              ON CONFLICT (key) DO UPDATE SET
-               failures = CASE WHEN last_failure_at < ?4 THEN 1 ELSE failures + 1 END,
-               last_failure_at = ?3
+               failures = CASE WHEN last_failure_at < $4 THEN 1 ELSE failures + 1 END,
+               last_failure_at = $3
              RETURNING failures",
         )
         .bind(key)
@@ -145,7 +145,7 @@ async fn charge(db: &Db, limits: &Limits, keys: &[(String, &str, i64)]) -> Resul
         if failures >= *free {
             let doublings = u32::try_from((failures - free).min(30)).unwrap_or(30);
             let wait = (limits.base * 2f64.powi(doublings as i32)).min(limits.max);
-            sqlx::query("UPDATE login_throttle SET blocked_until = ? WHERE key = ?")
+            sqlx::query("UPDATE login_throttle SET blocked_until = $1 WHERE key = $2")
                 .bind(format_time(now + wait))
                 .bind(key)
                 .execute(&mut *tx)
@@ -155,7 +155,7 @@ async fn charge(db: &Db, limits: &Limits, keys: &[(String, &str, i64)]) -> Resul
             // The capped pools: past the cap, the oldest go.
             sqlx::query(
                 "DELETE FROM login_throttle WHERE key IN (
-                   SELECT key FROM login_throttle WHERE pool = ?1 ORDER BY last_failure_at DESC LIMIT -1 OFFSET ?2)",
+                   SELECT key FROM login_throttle WHERE pool = $1 ORDER BY last_failure_at DESC LIMIT -1 OFFSET $2)",
             )
             .bind(pool)
             .bind(limits.pool_cap)
@@ -180,7 +180,7 @@ async fn refund(db: &Db, keys: &[(String, &str, i64)]) -> Result<()> {
 /// attempt was charged (and loses a block that charge started).
 async fn forgive(db: &Db, keys: &[(String, &str, i64)]) -> Result<()> {
     let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM login_throttle WHERE key = ?")
+    sqlx::query("DELETE FROM login_throttle WHERE key = $1")
         .bind(&keys[0].0)
         .execute(&mut *tx)
         .await?;
@@ -194,9 +194,9 @@ async fn take_back(tx: &mut crate::db::Tx, keys: &[(String, &str, i64)]) -> Resu
     for (key, _, free) in keys {
         sqlx::query(
             "UPDATE login_throttle SET
-               blocked_until = CASE WHEN failures - 1 < ?2 THEN NULL ELSE blocked_until END,
-               failures = MAX(failures - 1, 0)
-             WHERE key = ?1",
+               blocked_until = CASE WHEN failures - 1 < $2 THEN NULL ELSE blocked_until END,
+               failures = CASE WHEN failures > 0 THEN failures - 1 ELSE 0 END
+             WHERE key = $1",
         )
         .bind(key)
         .bind(free)

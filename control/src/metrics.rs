@@ -77,10 +77,12 @@ pub async fn render(db: &Db, checks: &Histogram, prepares_from_stage: u64) -> Re
     }
 
     // Rollout durations, from the journal (so they survive restarts).
-    let durations: Vec<(f64,)> =
-        sqlx::query_as("SELECT (julianday(finished_at) - julianday(started_at)) * 86400.0 FROM rollouts WHERE finished_at IS NOT NULL")
-            .fetch_all(&db.read)
-            .await?;
+    let durations: Vec<(f64,)> = sqlx::query_as(&format!(
+        "SELECT {} FROM rollouts WHERE finished_at IS NOT NULL",
+        crate::dialect::seconds_between(db, "finished_at", "started_at")
+    ))
+    .fetch_all(&db.read)
+    .await?;
     out.push_str(
         "# HELP etc_shadow_rollout_duration_seconds Time from a rollout's start to its outcome.\n# TYPE etc_shadow_rollout_duration_seconds histogram\n",
     );
@@ -122,10 +124,12 @@ pub async fn render(db: &Db, checks: &Histogram, prepares_from_stage: u64) -> Re
         prepares_from_stage
     );
 
-    let in_sync: Vec<(String, Option<f64>)> =
-        sqlx::query_as("SELECT name, (julianday('now') - julianday(last_in_sync_at)) * 86400.0 FROM shadows ORDER BY name")
-            .fetch_all(&db.read)
-            .await?;
+    let in_sync: Vec<(String, Option<f64>)> = sqlx::query_as(&format!(
+        "SELECT name, {} FROM shadows ORDER BY name",
+        crate::dialect::seconds_since(db, "last_in_sync_at")
+    ))
+    .fetch_all(&db.read)
+    .await?;
     out.push_str(
         "# HELP etc_shadow_seconds_since_in_sync Seconds since each shadow was last seen in sync (absent: never).\n# TYPE etc_shadow_seconds_since_in_sync gauge\n",
     );

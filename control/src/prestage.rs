@@ -55,7 +55,7 @@ impl Coordinator {
         }
         let current = revisions::current_number(&mut conn).await?;
         let candidates: Vec<(i64,)> =
-            sqlx::query_as("SELECT id FROM changes WHERE state = 'approved' AND base_revision = ? ORDER BY updated_at DESC, id DESC")
+            sqlx::query_as("SELECT id FROM changes WHERE state = 'approved' AND base_revision = $1 ORDER BY updated_at DESC, id DESC")
                 .bind(current)
                 .fetch_all(&mut *conn)
                 .await?;

@@ -8,7 +8,7 @@ use domain::{
     keys::key_changes,
     policy::format_mode,
 };
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use std::{collections::BTreeMap, time::Duration};
 
 /// Work bound for one entry's line diff; past it the diff is coarser, never wrong.
@@ -23,6 +23,7 @@ pub(crate) struct EntryRow {
     pub mode: i64,
     pub owner: String,
     pub grp: String,
+    #[sqlx(try_from = "crate::db::Flag")]
     pub secret: bool,
     pub size: i64,
     pub entry_hash: String,
@@ -76,22 +77,22 @@ const SUMMARY_SELECT: &str = "SELECT r.number, r.root, r.parent, r.author, r.mes
     (SELECT COUNT(*) FROM revision_entries e WHERE e.revision = r.number) AS entry_count FROM revisions r";
 
 /// The number of the current revision (the highest one).
-pub(crate) async fn current_number(conn: &mut SqliteConnection) -> Result<i64> {
+pub(crate) async fn current_number(conn: &mut AnyConnection) -> Result<i64> {
     let (number,): (i64,) = sqlx::query_as("SELECT MAX(number) FROM revisions").fetch_one(conn).await?;
     Ok(number)
 }
 
-pub(crate) async fn exists(conn: &mut SqliteConnection, number: i64) -> Result<bool> {
-    let row: Option<(i64,)> = sqlx::query_as("SELECT number FROM revisions WHERE number = ?")
+pub(crate) async fn exists(conn: &mut AnyConnection, number: i64) -> Result<bool> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT number FROM revisions WHERE number = $1")
         .bind(number)
         .fetch_optional(conn)
         .await?;
     Ok(row.is_some())
 }
 
-pub(crate) async fn entries(conn: &mut SqliteConnection, number: i64) -> Result<EntrySet> {
+pub(crate) async fn entries(conn: &mut AnyConnection, number: i64) -> Result<EntrySet> {
     let rows: Vec<EntryRow> = sqlx::query_as(
-        "SELECT path, blob, format, mode, owner, grp, secret, size, entry_hash FROM revision_entries WHERE revision = ? ORDER BY path",
+        "SELECT path, blob, format, mode, owner, grp, secret, size, entry_hash FROM revision_entries WHERE revision = $1 ORDER BY path",
     )
     .bind(number)
     .fetch_all(conn)
@@ -100,12 +101,13 @@ pub(crate) async fn entries(conn: &mut SqliteConnection, number: i64) -> Result<
 }
 
 /// The content of a blob, opened if it is sealed (a secret entry's).
-pub(crate) async fn blob(conn: &mut SqliteConnection, keys: &crate::secrets::Keyring, hash: &str) -> Result<Vec<u8>> {
-    let (content, sealed): (Vec<u8>, bool) = sqlx::query_as("SELECT content, sealed FROM blobs WHERE hash = ?")
-        .bind(hash)
-        .fetch_optional(conn)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("blob {hash} is missing")))?;
+pub(crate) async fn blob(conn: &mut AnyConnection, keys: &crate::secrets::Keyring, hash: &str) -> Result<Vec<u8>> {
+    let (content, crate::db::Flag(sealed)): (Vec<u8>, crate::db::Flag) =
+        sqlx::query_as("SELECT content, sealed FROM blobs WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(conn)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("blob {hash} is missing")))?;
     if sealed {
         keys.open(&format!("blob:{hash}"), &content)
     } else {
@@ -119,8 +121,8 @@ pub async fn current(db: &Db) -> Result<RevisionSummary> {
     summary(&mut conn, number).await
 }
 
-async fn summary(conn: &mut SqliteConnection, number: i64) -> Result<RevisionSummary> {
-    let row: SummaryRow = sqlx::query_as(&format!("{SUMMARY_SELECT} WHERE r.number = ?"))
+async fn summary(conn: &mut AnyConnection, number: i64) -> Result<RevisionSummary> {
+    let row: SummaryRow = sqlx::query_as(&format!("{SUMMARY_SELECT} WHERE r.number = $1"))
         .bind(number)
         .fetch_optional(conn)
         .await?
@@ -132,7 +134,7 @@ async fn summary(conn: &mut SqliteConnection, number: i64) -> Result<RevisionSum
 pub async fn list(db: &Db, before: Option<i64>, limit: Option<i64>) -> Result<Page<RevisionSummary>> {
     let limit = limit.unwrap_or(50).clamp(1, 500);
     let rows: Vec<SummaryRow> = sqlx::query_as(&format!(
-        "{SUMMARY_SELECT} WHERE (?1 IS NULL OR r.number < ?1) ORDER BY r.number DESC LIMIT ?2"
+        "{SUMMARY_SELECT} WHERE ($1 IS NULL OR r.number < $1) ORDER BY r.number DESC LIMIT $2"
     ))
     .bind(before)
     .bind(limit + 1)
@@ -150,10 +152,10 @@ pub async fn get(db: &Db, number: i64) -> Result<RevisionView> {
 }
 
 /// One entry row of an existing revision (404 for a revision or path that is not there).
-async fn entry_row(conn: &mut SqliteConnection, number: i64, path: &EntryPath) -> Result<EntryRow> {
+async fn entry_row(conn: &mut AnyConnection, number: i64, path: &EntryPath) -> Result<EntryRow> {
     summary(&mut *conn, number).await?;
     sqlx::query_as(
-        "SELECT path, blob, format, mode, owner, grp, secret, size, entry_hash FROM revision_entries WHERE revision = ? AND path = ?",
+        "SELECT path, blob, format, mode, owner, grp, secret, size, entry_hash FROM revision_entries WHERE revision = $1 AND path = $2",
     )
     .bind(number)
     .bind(path.as_str())
@@ -257,7 +259,7 @@ pub(crate) fn policy_changes(old: &EntryRow, new: &EntryRow) -> Vec<String> {
 /// Per-path differences between two entry sets. Secret content is never diffed: only
 /// whether it changed. `include_unchanged` keeps unchanged entries in the list.
 pub(crate) async fn diff_sets(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     db: &Db,
     old: &EntrySet,
     new: &EntrySet,
@@ -297,7 +299,7 @@ fn status_of(before: Option<&EntryRow>, after: Option<&EntryRow>) -> (bool, &'st
 }
 
 /// How one path differs between two sets: its status, policy changes and line diff.
-pub(crate) async fn describe(conn: &mut SqliteConnection, db: &Db, old: &EntrySet, new: &EntrySet, path: &String) -> Result<EntryDiff> {
+pub(crate) async fn describe(conn: &mut AnyConnection, db: &Db, old: &EntrySet, new: &EntrySet, path: &String) -> Result<EntryDiff> {
     let (before, after) = (old.get(path), new.get(path));
     let (content_changed, status, policy) = status_of(before, after);
     let secret = before.is_some_and(|e| e.secret) || after.is_some_and(|e| e.secret);
@@ -330,7 +332,7 @@ pub(crate) async fn describe(conn: &mut SqliteConnection, db: &Db, old: &EntrySe
 }
 
 /// An entry's content as a diff shows it: secret values as placeholders.
-async fn text_of(conn: &mut SqliteConnection, db: &Db, entry: Option<&EntryRow>) -> Result<String> {
+async fn text_of(conn: &mut AnyConnection, db: &Db, entry: Option<&EntryRow>) -> Result<String> {
     match entry.and_then(|e| e.blob.as_deref().map(|hash| (e, hash))) {
         Some((entry, hash)) => {
             let text = String::from_utf8_lossy(&blob(conn, &db.keys, hash).await?).into_owned();

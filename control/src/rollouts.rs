@@ -32,7 +32,7 @@ use domain::{
 };
 use futures::StreamExt;
 use serde_json::json;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
@@ -54,7 +54,7 @@ pub(crate) fn root_of(entries: &EntrySet) -> Result<Hash> {
 }
 
 /// Rollouts not yet in a terminal state (a terminal rollout has its `finished_at`).
-async fn open_rollouts(conn: &mut SqliteConnection) -> Result<Vec<i64>> {
+async fn open_rollouts(conn: &mut AnyConnection) -> Result<Vec<i64>> {
     let rows: Vec<(i64,)> = sqlx::query_as("SELECT id FROM rollouts WHERE finished_at IS NULL ORDER BY id")
         .fetch_all(&mut *conn)
         .await?;
@@ -67,7 +67,7 @@ fn busy() -> Error {
 
 /// Refuses unless the change is approved by a still-valid approval, based on the current
 /// revision, and no other rollout is open.
-async fn check_rollable(conn: &mut SqliteConnection, change: &ChangeRow) -> Result<i64> {
+async fn check_rollable(conn: &mut AnyConnection, change: &ChangeRow) -> Result<i64> {
     let approvals = changes::approvals(conn, change).await?;
     let targets = changes::target_set(conn).await?;
     let for_targets = changes::approved_for_targets(conn, change).await?;
@@ -141,14 +141,14 @@ async fn check_rollable(conn: &mut SqliteConnection, change: &ChangeRow) -> Resu
 /// only the entries the change touched are written one by one, so the decision of a
 /// one-line change of a large set costs what the change costs.
 async fn write_revision(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     number: i64,
     root: &str,
     change: &ChangeRow,
     next: &EntrySet,
     base: &EntrySet,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO revisions (number, root, parent, author, message, created_at, change_id) VALUES (?, ?, ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO revisions (number, root, parent, author, message, created_at, change_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         .bind(number)
         .bind(root)
         .bind(number - 1)
@@ -160,7 +160,7 @@ async fn write_revision(
         .await?;
     sqlx::query(
         "INSERT INTO revision_entries (revision, path, blob, format, mode, owner, grp, secret, size, entry_hash)
-         SELECT ?, path, blob, format, mode, owner, grp, secret, size, entry_hash FROM revision_entries WHERE revision = ?",
+         SELECT $1, path, blob, format, mode, owner, grp, secret, size, entry_hash FROM revision_entries WHERE revision = $2",
     )
     .bind(number)
     .bind(number - 1)
@@ -168,7 +168,7 @@ async fn write_revision(
     .await?;
     for (path, row) in base {
         if next.get(path) != Some(row) {
-            sqlx::query("DELETE FROM revision_entries WHERE revision = ? AND path = ?")
+            sqlx::query("DELETE FROM revision_entries WHERE revision = $1 AND path = $2")
                 .bind(number)
                 .bind(path)
                 .execute(&mut *tx)
@@ -177,7 +177,7 @@ async fn write_revision(
     }
     for row in next.values().filter(|row| base.get(&row.path) != Some(*row)) {
         sqlx::query(
-            "INSERT INTO revision_entries (revision, path, blob, format, mode, owner, grp, secret, size, entry_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO revision_entries (revision, path, blob, format, mode, owner, grp, secret, size, entry_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(number)
         .bind(&row.path)
@@ -192,7 +192,7 @@ async fn write_revision(
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query("UPDATE changes SET state = 'rolled_out', revision = ?, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE changes SET state = 'rolled_out', revision = $1, updated_at = $2 WHERE id = $3")
         .bind(number)
         .bind(now())
         .bind(change.id)
@@ -207,12 +207,7 @@ async fn write_revision(
 /// not hold (see [`with_content`]). So a rollout reads and sends what changed. An entry
 /// whose hash is keyed (a sealed one, stored since entries are keyed) says so, for the
 /// shadow to hash it the same way.
-pub(crate) async fn staged_entries(
-    conn: &mut SqliteConnection,
-    db: &Db,
-    set: &EntrySet,
-    held: Option<&EntrySet>,
-) -> Result<Vec<StagedEntry>> {
+pub(crate) async fn staged_entries(conn: &mut AnyConnection, db: &Db, set: &EntrySet, held: Option<&EntrySet>) -> Result<Vec<StagedEntry>> {
     let mut entries = Vec::with_capacity(set.len());
     for row in set.values() {
         let blob = row
@@ -243,7 +238,7 @@ pub(crate) async fn staged_entries(
 }
 
 /// One entry with its content.
-async fn staged_entry(conn: &mut SqliteConnection, db: &Db, row: &revisions::EntryRow) -> Result<StagedEntry> {
+async fn staged_entry(conn: &mut AnyConnection, db: &Db, row: &revisions::EntryRow) -> Result<StagedEntry> {
     let hash = row
         .blob
         .as_deref()
@@ -444,7 +439,7 @@ impl Coordinator {
     /// one computed last when the change's operations and the revision are the same (a
     /// revision's entries never change, and an edit changes the operations), computed
     /// otherwise.
-    pub(crate) async fn change_plan(&self, conn: &mut SqliteConnection, change: i64, current: i64) -> Result<ChangePlan> {
+    pub(crate) async fn change_plan(&self, conn: &mut AnyConnection, change: i64, current: i64) -> Result<ChangePlan> {
         let ops = changes::operations(conn, change).await?;
         if let Some(memo) = self.plan_memo.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
             && memo.change == change
@@ -581,7 +576,7 @@ impl Coordinator {
         };
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO rollouts (change_id, kind, revision, root, base_root, state, decision, started_by, started_at)
-             VALUES (?, 'change', ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, 'change', $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(change_id)
         .bind(number)
@@ -598,7 +593,7 @@ impl Coordinator {
         if decided_now {
             // Nothing to prepare: the decision and the new revision are one transaction.
             write_revision(&mut tx, number, &root, &change, &next, &base).await?;
-            sqlx::query("UPDATE rollouts SET finished_at = ? WHERE id = ?")
+            sqlx::query("UPDATE rollouts SET finished_at = $1 WHERE id = $2")
                 .bind(now())
                 .bind(id)
                 .execute(&mut *tx)
@@ -651,7 +646,7 @@ impl Coordinator {
         let root = root_of(&set)?.to_hex();
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO rollouts (change_id, kind, revision, root, base_root, state, started_by, started_at, target_shadow)
-             VALUES (NULL, 'reconcile', ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES (NULL, 'reconcile', $1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(current)
         .bind(&root)
@@ -673,7 +668,7 @@ impl Coordinator {
         .await?;
         // The shadow likely still holds most of the revision it last served; what it does
         // not hold as its hash says, it asks for.
-        let (observed,): (Option<i64>,) = sqlx::query_as("SELECT observed_revision FROM shadows WHERE name = ?")
+        let (observed,): (Option<i64>,) = sqlx::query_as("SELECT observed_revision FROM shadows WHERE name = $1")
             .bind(shadow)
             .fetch_one(&mut *tx)
             .await?;
@@ -1028,7 +1023,7 @@ impl Coordinator {
                 continue;
             }
             sqlx::query(
-                "UPDATE rollout_shadows SET phase = ?, staged_root = ?, receipt_root = ?, error = ?, updated_at = ? WHERE rollout_id = ? AND shadow = ?",
+                "UPDATE rollout_shadows SET phase = $1, staged_root = $2, receipt_root = $3, error = $4, updated_at = $5 WHERE rollout_id = $6 AND shadow = $7",
             )
             .bind(progress.phase.as_str())
             .bind(&progress.staged_root)
@@ -1045,8 +1040,8 @@ impl Coordinator {
                 // The receipt is the latest observation of the shadow.
                 let in_sync = progress.phase == Phase::Committed;
                 sqlx::query(
-                    "UPDATE shadows SET status = ?, observed_root = ?, observed_revision = ?, last_contact_at = ?, last_error = NULL,
-                     last_in_sync_at = CASE WHEN ? THEN ? ELSE last_in_sync_at END WHERE name = ?",
+                    "UPDATE shadows SET status = $1, observed_root = $2, observed_revision = $3, last_contact_at = $4, last_error = NULL,
+                     last_in_sync_at = CASE WHEN $5 THEN $6 ELSE last_in_sync_at END WHERE name = $7",
                 )
                 .bind(if in_sync { "in_sync" } else { "drifted" })
                 .bind(&progress.receipt_root)
@@ -1122,7 +1117,7 @@ impl Coordinator {
         }
         if rollout.state != before.state || rollout.decision != before.decision || rollout.error != before.error {
             sqlx::query(
-                "UPDATE rollouts SET state = ?, decision = ?, error = ?, finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE id = ?",
+                "UPDATE rollouts SET state = $1, decision = $2, error = $3, finished_at = CASE WHEN $4 THEN $5 ELSE finished_at END WHERE id = $6",
             )
             .bind(rollout.state.as_str())
             .bind(rollout.decision.map(Decision::as_str))
@@ -1293,7 +1288,7 @@ impl Coordinator {
                     }
                     Err(err) => {
                         // Not a state change: a note of why the wait goes on.
-                        sqlx::query("UPDATE rollout_shadows SET error = ?, updated_at = ? WHERE rollout_id = ? AND shadow = ?")
+                        sqlx::query("UPDATE rollout_shadows SET error = $1, updated_at = $2 WHERE rollout_id = $3 AND shadow = $4")
                             .bind(format!("waiting to commit: {err}"))
                             .bind(now())
                             .bind(id)
@@ -1318,7 +1313,7 @@ impl Coordinator {
     /// Keeps a hook's run (masked) on the rollout's row of the shadow.
     async fn save_hook(&self, id: i64, shadow: &str, run: domain::protocol::HookRun) -> Result<()> {
         let text = serde_json::to_string(&run).map_err(|err| Error::Internal(err.to_string()))?;
-        sqlx::query("UPDATE rollout_shadows SET hook = ? WHERE rollout_id = ? AND shadow = ?")
+        sqlx::query("UPDATE rollout_shadows SET hook = $1 WHERE rollout_id = $2 AND shadow = $3")
             .bind(text)
             .bind(id)
             .bind(shadow)
@@ -1335,7 +1330,7 @@ impl Coordinator {
     async fn reloaded(&self, id: i64, shadow: &str, root: &str, receipt: Option<&str>, run: domain::protocol::HookRun) -> Result<()> {
         let text = serde_json::to_string(&run).map_err(|err| Error::Internal(err.to_string()))?;
         let mut tx = self.db.begin().await?;
-        sqlx::query("UPDATE rollout_shadows SET hook = ? WHERE rollout_id = ? AND shadow = ?")
+        sqlx::query("UPDATE rollout_shadows SET hook = $1 WHERE rollout_id = $2 AND shadow = $3")
             .bind(text)
             .bind(id)
             .bind(shadow)
@@ -1436,9 +1431,9 @@ impl Coordinator {
 }
 
 /// The journal rows of a new rollout's targets, each `pending`.
-async fn insert_targets(tx: &mut SqliteConnection, id: i64, shadows: &[String]) -> Result<()> {
+async fn insert_targets(tx: &mut AnyConnection, id: i64, shadows: &[String]) -> Result<()> {
     for shadow in shadows {
-        sqlx::query("INSERT INTO rollout_shadows (rollout_id, shadow, phase, updated_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO rollout_shadows (rollout_id, shadow, phase, updated_at) VALUES ($1, $2, $3, $4)")
             .bind(id)
             .bind(shadow)
             .bind(Phase::Pending.as_str())
@@ -1470,8 +1465,8 @@ struct JournalShadowRow {
 }
 
 /// A rollout's state machine as the journal holds it.
-async fn load_in(conn: &mut SqliteConnection, id: i64) -> Result<(Rollout, Meta)> {
-    let row: JournalRow = sqlx::query_as("SELECT kind, revision, change_id, root, state, decision, error FROM rollouts WHERE id = ?")
+async fn load_in(conn: &mut AnyConnection, id: i64) -> Result<(Rollout, Meta)> {
+    let row: JournalRow = sqlx::query_as("SELECT kind, revision, change_id, root, state, decision, error FROM rollouts WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
@@ -1483,7 +1478,7 @@ async fn load_in(conn: &mut SqliteConnection, id: i64) -> Result<(Rollout, Meta)
         None => None,
     };
     let rows: Vec<JournalShadowRow> =
-        sqlx::query_as("SELECT shadow, phase, staged_root, receipt_root, error FROM rollout_shadows WHERE rollout_id = ?")
+        sqlx::query_as("SELECT shadow, phase, staged_root, receipt_root, error FROM rollout_shadows WHERE rollout_id = $1")
             .bind(id)
             .fetch_all(&mut *conn)
             .await?;
@@ -1541,9 +1536,9 @@ struct RolloutShadowRow {
     hook: Option<String>,
 }
 
-async fn with_shadows(conn: &mut SqliteConnection, row: RolloutRow) -> Result<RolloutView> {
+async fn with_shadows(conn: &mut AnyConnection, row: RolloutRow) -> Result<RolloutView> {
     let shadows: Vec<RolloutShadowRow> = sqlx::query_as(
-        "SELECT shadow, phase, staged_root, receipt_root, error, hook FROM rollout_shadows WHERE rollout_id = ? ORDER BY shadow",
+        "SELECT shadow, phase, staged_root, receipt_root, error, hook FROM rollout_shadows WHERE rollout_id = $1 ORDER BY shadow",
     )
     .bind(row.id)
     .fetch_all(conn)
@@ -1573,8 +1568,8 @@ async fn with_shadows(conn: &mut SqliteConnection, row: RolloutRow) -> Result<Ro
     })
 }
 
-async fn view_in(conn: &mut SqliteConnection, id: i64) -> Result<RolloutView> {
-    let row: RolloutRow = sqlx::query_as(&format!("{ROLLOUT_SELECT} WHERE id = ?"))
+async fn view_in(conn: &mut AnyConnection, id: i64) -> Result<RolloutView> {
+    let row: RolloutRow = sqlx::query_as(&format!("{ROLLOUT_SELECT} WHERE id = $1"))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
@@ -1590,7 +1585,7 @@ pub async fn get(db: &Db, id: i64) -> Result<RolloutView> {
 /// The latest rollout of a change, if it was rolled out at all.
 pub async fn latest_for_change(db: &Db, change_id: i64) -> Result<Option<RolloutView>> {
     let mut conn = db.read.acquire().await?;
-    let row: Option<RolloutRow> = sqlx::query_as(&format!("{ROLLOUT_SELECT} WHERE change_id = ? ORDER BY id DESC LIMIT 1"))
+    let row: Option<RolloutRow> = sqlx::query_as(&format!("{ROLLOUT_SELECT} WHERE change_id = $1 ORDER BY id DESC LIMIT 1"))
         .bind(change_id)
         .fetch_optional(&mut *conn)
         .await?;
@@ -1603,7 +1598,7 @@ pub async fn latest_for_change(db: &Db, change_id: i64) -> Result<Option<Rollout
 pub async fn list(db: &Db, before: Option<i64>, limit: Option<i64>) -> Result<Page<RolloutView>> {
     let limit = limit.unwrap_or(50).clamp(1, 500);
     let mut conn = db.read.acquire().await?;
-    let rows: Vec<RolloutRow> = sqlx::query_as(&format!("{ROLLOUT_SELECT} WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"))
+    let rows: Vec<RolloutRow> = sqlx::query_as(&format!("{ROLLOUT_SELECT} WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2"))
         .bind(before)
         .bind(limit + 1)
         .fetch_all(&mut *conn)

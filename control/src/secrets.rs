@@ -444,14 +444,14 @@ pub async fn seal_secret_values(db: &crate::Db) -> Result<u64> {
         if !holds_secrets(db, &format, &content) {
             continue;
         }
-        let done = sqlx::query("UPDATE blobs SET content = ?, sealed = 1 WHERE hash = ? AND sealed = 0")
+        let done = sqlx::query("UPDATE blobs SET content = $1, sealed = 1 WHERE hash = $2 AND sealed = 0")
             .bind(db.keys.seal(&format!("blob:{hash}"), &content))
             .bind(&hash)
             .execute(&mut *tx)
             .await?;
         sealed += done.rows_affected();
     }
-    sqlx::query("INSERT INTO settings (name, value) VALUES ('secret_keys', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+    sqlx::query("INSERT INTO settings (name, value) VALUES ('secret_keys', $1) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
         .bind(&patterns)
         .execute(&mut *tx)
         .await?;
@@ -467,19 +467,19 @@ pub async fn seal_stored(db: &crate::Db, reseal: bool) -> Result<u64> {
     let mut written = 0;
     let mut tx = db.begin().await?;
     // Contents of secret entries.
-    let blobs: Vec<(String, Vec<u8>, bool)> = sqlx::query_as(
+    let blobs: Vec<(String, Vec<u8>, crate::db::Flag)> = sqlx::query_as(
         "SELECT hash, content, sealed FROM blobs WHERE sealed = 1 OR hash IN (
            SELECT blob FROM revision_entries WHERE secret = 1 UNION SELECT blob FROM change_entries WHERE secret = 1 AND blob IS NOT NULL)",
     )
     .fetch_all(&mut *tx)
     .await?;
-    for (hash, content, sealed) in blobs {
+    for (hash, content, crate::db::Flag(sealed)) in blobs {
         if sealed && !reseal {
             continue;
         }
         let context = format!("blob:{hash}");
         let plain = if sealed { keys.open(&context, &content)? } else { content };
-        sqlx::query("UPDATE blobs SET content = ?, sealed = 1 WHERE hash = ?")
+        sqlx::query("UPDATE blobs SET content = $1, sealed = 1 WHERE hash = $2")
             .bind(keys.seal(&context, &plain))
             .bind(&hash)
             .execute(&mut *tx)
@@ -496,7 +496,7 @@ pub async fn seal_stored(db: &crate::Db, reseal: bool) -> Result<u64> {
         }
         let context = format!("shadow-token:{name}");
         let plain = keys.open_text(&context, &stored)?;
-        sqlx::query("UPDATE shadows SET token = ? WHERE name = ?")
+        sqlx::query("UPDATE shadows SET token = $1 WHERE name = $2")
             .bind(keys.seal_text(&context, &plain))
             .bind(&name)
             .execute(&mut *tx)
@@ -510,7 +510,7 @@ pub async fn seal_stored(db: &crate::Db, reseal: bool) -> Result<u64> {
         }
         let context = format!("webhook-secret:{url}");
         let plain = keys.open_text(&context, &stored)?;
-        sqlx::query("UPDATE webhooks SET secret = ? WHERE id = ?")
+        sqlx::query("UPDATE webhooks SET secret = $1 WHERE id = $2")
             .bind(keys.seal_text(&context, &plain))
             .bind(id)
             .execute(&mut *tx)
@@ -525,13 +525,13 @@ pub async fn seal_stored(db: &crate::Db, reseal: bool) -> Result<u64> {
 /// the old key dropped. Refused while a server runs on the directory (it would go on with
 /// the old key). Safe to run again after a crash: the old key stays in the key file until
 /// every value is re-sealed.
-pub async fn rotate(data_dir: &Path) -> Result<u64> {
+pub async fn rotate(data_dir: &Path, database: Option<&str>) -> Result<u64> {
     let _lock = crate::lock::DataDirLock::acquire(data_dir, "rotating the key")?;
     let mut keys = Keyring::load_or_create(data_dir)?;
     if !keys.rotating() {
         keys.begin_rotation()?;
     }
-    let db = crate::Db::open_with(data_dir, keys.reload()?).await?;
+    let db = crate::Db::open_with(data_dir, database, keys.reload()?).await?;
     let written = seal_stored(&db, true).await;
     db.close().await;
     let written = written?;

@@ -50,15 +50,17 @@ pub async fn create(db: &Db, caller: &Caller, policy: Policy) -> Result<String> 
     let secret = random_secret();
     let created = time::OffsetDateTime::now_utc();
     let mut tx = db.begin().await?;
-    sqlx::query("INSERT INTO sessions (id_hash, user_id, created_at, last_seen_at, expires_at, password_at) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(secret_hash(&secret))
-        .bind(caller.user_id)
-        .bind(format_time(created))
-        .bind(format_time(created))
-        .bind(format_time(created + policy.lifetime))
-        .bind(format_time(created))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO sessions (id_hash, user_id, created_at, last_seen_at, expires_at, password_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(secret_hash(&secret))
+    .bind(caller.user_id)
+    .bind(format_time(created))
+    .bind(format_time(created))
+    .bind(format_time(created + policy.lifetime))
+    .bind(format_time(created))
+    .execute(&mut *tx)
+    .await?;
     audit::append(
         &mut tx,
         &caller.username,
@@ -78,7 +80,7 @@ pub async fn lookup(db: &Db, secret: &str, policy: Policy) -> Result<Option<Call
     let id_hash = secret_hash(secret);
     let row: Option<(i64, String, String, String, Option<String>)> = sqlx::query_as(
         "SELECT u.id, u.username, u.role, s.last_seen_at, s.password_at FROM sessions s JOIN users u ON u.id = s.user_id
-         WHERE s.id_hash = ? AND s.expires_at > ? AND s.last_seen_at > ? AND u.disabled = 0",
+         WHERE s.id_hash = $1 AND s.expires_at > $2 AND s.last_seen_at > $3 AND u.disabled = 0",
     )
     .bind(&id_hash)
     .bind(format_time(now))
@@ -95,7 +97,7 @@ pub async fn lookup(db: &Db, secret: &str, policy: Policy) -> Result<Option<Call
         .and_then(parse)
         .is_some_and(|at| now - at < policy.recent_password);
     if stale {
-        sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?")
+        sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id_hash = $2")
             .bind(format_time(now))
             .bind(&id_hash)
             .execute(db.read_write())
@@ -170,7 +172,7 @@ pub async fn with_typed_password(
 /// Records that the session's user entered their password again.
 async fn record_password(db: &Db, secret: &str, caller: &Caller) -> Result<()> {
     let mut tx = db.begin().await?;
-    let done = sqlx::query("UPDATE sessions SET password_at = ? WHERE id_hash = ? AND user_id = ?")
+    let done = sqlx::query("UPDATE sessions SET password_at = $1 WHERE id_hash = $2 AND user_id = $3")
         .bind(now())
         .bind(secret_hash(secret))
         .bind(caller.user_id)
@@ -194,7 +196,7 @@ async fn record_password(db: &Db, secret: &str, caller: &Caller) -> Result<()> {
 /// Forgets sessions past their lifetime or idle timeout (they are refused anyway).
 pub async fn purge_expired(db: &Db, policy: Policy) -> Result<u64> {
     let now = time::OffsetDateTime::now_utc();
-    let done = sqlx::query("DELETE FROM sessions WHERE expires_at <= ? OR last_seen_at <= ?")
+    let done = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at <= $2")
         .bind(format_time(now))
         .bind(format_time(now - policy.idle))
         .execute(db.read_write())
@@ -221,7 +223,7 @@ pub async fn end(db: &Db, caller: &Caller) -> Result<()> {
         .session()
         .ok_or_else(|| Error::BadRequest("no session to end: this request used an API token".into()))?;
     let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM sessions WHERE id_hash = ?")
+    sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
         .bind(secret_hash(secret))
         .execute(&mut *tx)
         .await?;
@@ -265,7 +267,7 @@ pub async fn create_token(db: &Db, caller: &Caller, name: &str, role: Option<Rol
     let token = format!("{TOKEN_PREFIX}{}", random_secret());
     let mut tx = db.begin().await?;
     let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO api_tokens (user_id, name, token_hash, role, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        "INSERT INTO api_tokens (user_id, name, token_hash, role, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
     .bind(caller.user_id)
     .bind(name)
@@ -300,7 +302,7 @@ pub async fn lookup_token(db: &Db, token: &str) -> Result<Option<Caller>> {
     let now = time::OffsetDateTime::now_utc();
     let row: Option<(i64, i64, String, String, String, Option<String>)> = sqlx::query_as(
         "SELECT t.id, u.id, u.username, u.role, t.role, t.last_used_at FROM api_tokens t JOIN users u ON u.id = t.user_id
-         WHERE t.token_hash = ? AND t.revoked_at IS NULL AND t.expires_at > ? AND u.disabled = 0",
+         WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > $2 AND u.disabled = 0",
     )
     .bind(secret_hash(token))
     .bind(format_time(now))
@@ -315,7 +317,7 @@ pub async fn lookup_token(db: &Db, token: &str) -> Result<Option<Caller>> {
         .and_then(parse)
         .is_none_or(|used| now - used > TOKEN_USE_GRANULARITY)
     {
-        sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?")
+        sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
             .bind(format_time(now))
             .bind(token_id)
             .execute(db.read_write())
@@ -337,7 +339,7 @@ const TOKEN_USE_GRANULARITY: time::Duration = time::Duration::minutes(1);
 /// Revokes every live token of a user (a password change, a disabled account); answers
 /// how many.
 pub(crate) async fn revoke_all_tokens(tx: &mut crate::db::Tx, user_id: i64) -> Result<u64> {
-    let done = sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
+    let done = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
         .bind(now())
         .bind(user_id)
         .execute(&mut **tx)
@@ -351,7 +353,7 @@ pub async fn list_tokens(db: &Db, caller: &Caller) -> Result<Vec<TokenView>> {
     let rows: Vec<(i64, String, String, String, String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT t.id, u.username AS owner, t.name, t.role, t.created_at, t.expires_at, t.last_used_at, t.revoked_at
          FROM api_tokens t JOIN users u ON u.id = t.user_id
-         WHERE ?1 OR t.user_id = ?2 ORDER BY t.id DESC",
+         WHERE $1 OR t.user_id = $2 ORDER BY t.id DESC",
     )
     .bind(caller.role == Role::Admin)
     .bind(caller.user_id)
@@ -378,7 +380,7 @@ pub async fn list_tokens(db: &Db, caller: &Caller) -> Result<Vec<TokenView>> {
 /// non-admin, so ids reveal nothing.
 pub async fn revoke_token(db: &Db, caller: &Caller, id: i64) -> Result<()> {
     let mut tx = db.begin().await?;
-    let done = sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL AND (? OR user_id = ?)")
+    let done = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL AND ($3 OR user_id = $4)")
         .bind(now())
         .bind(id)
         .bind(caller.role == Role::Admin)

@@ -187,12 +187,17 @@ fn etcd_registration(
     ))
 }
 
-const SHADOW_SELECT: &str =
-    "SELECT shadows.name, shadows.driver, shadows.url, shadows.tls_pin, shadows.path, shadows.etcd_prefix, shadows.status, shadows.observed_root,
+/// A shadow's row with its latest drill (and that drill's age in seconds).
+fn shadow_select(db: &Db) -> String {
+    format!(
+        "SELECT shadows.name, shadows.driver, shadows.url, shadows.tls_pin, shadows.path, shadows.etcd_prefix, shadows.status, shadows.observed_root,
     shadows.observed_revision, shadows.last_contact_at, shadows.last_in_sync_at, shadows.last_error, shadows.created_at,
     d.id AS last_drill_id, d.verdict AS last_drill_verdict, d.finished_at AS last_drill_at,
-    CAST((julianday('now') - julianday(d.finished_at)) * 86400 AS INTEGER) AS last_drill_age
-    FROM shadows LEFT JOIN drills d ON d.id = (SELECT MAX(id) FROM drills WHERE drills.shadow = shadows.name AND drills.started_at >= shadows.created_at)";
+    CAST({} AS BIGINT) AS last_drill_age
+    FROM shadows LEFT JOIN drills d ON d.id = (SELECT MAX(id) FROM drills WHERE drills.shadow = shadows.name AND drills.started_at >= shadows.created_at)",
+        crate::dialect::seconds_since(db, "d.finished_at")
+    )
+}
 
 fn validate_name(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -303,7 +308,7 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<(ShadowVi
     };
     validate_name(name)?;
     let mut tx = db.begin().await?;
-    let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM shadows WHERE name = ?")
+    let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM shadows WHERE name = $1")
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?;
@@ -329,7 +334,7 @@ pub async fn add_as(db: &Db, actor: &str, shadow: NewShadow) -> Result<(ShadowVi
     }
     sqlx::query(
         "INSERT INTO shadows (name, driver, url, token, tls_pin, path, created_at, etcd_prefix, etcd_user, etcd_ca, etcd_max_txn_ops, etcd_max_request_bytes)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(name)
     .bind(driver)
@@ -364,7 +369,7 @@ pub async fn remove_by(db: &Db, caller: &Caller, name: &str) -> Result<()> {
 
 pub async fn remove(db: &Db, actor: &str, name: &str) -> Result<()> {
     let mut tx = db.begin().await?;
-    let removed = sqlx::query("DELETE FROM shadows WHERE name = ?")
+    let removed = sqlx::query("DELETE FROM shadows WHERE name = $1")
         .bind(name)
         .execute(&mut *tx)
         .await?;
@@ -373,7 +378,7 @@ pub async fn remove(db: &Db, actor: &str, name: &str) -> Result<()> {
     }
     crate::incidents::close_for_removed_shadow(&mut tx, name, actor).await?;
     // Its check history goes with it.
-    sqlx::query("DELETE FROM shadow_checks WHERE shadow = ?")
+    sqlx::query("DELETE FROM shadow_checks WHERE shadow = $1")
         .bind(name)
         .execute(&mut *tx)
         .await?;
@@ -383,14 +388,14 @@ pub async fn remove(db: &Db, actor: &str, name: &str) -> Result<()> {
 }
 
 pub async fn list(db: &Db) -> Result<Vec<ShadowView>> {
-    let rows: Vec<ShadowRow> = sqlx::query_as(&format!("{SHADOW_SELECT} ORDER BY name"))
+    let rows: Vec<ShadowRow> = sqlx::query_as(&format!("{} ORDER BY name", shadow_select(db)))
         .fetch_all(&db.read)
         .await?;
     Ok(rows.into_iter().map(ShadowView::from).collect())
 }
 
 pub async fn get(db: &Db, name: &str) -> Result<ShadowView> {
-    let row: ShadowRow = sqlx::query_as(&format!("{SHADOW_SELECT} WHERE name = ?"))
+    let row: ShadowRow = sqlx::query_as(&format!("{} WHERE name = $1", shadow_select(db)))
         .bind(name)
         .fetch_optional(&db.read)
         .await?
@@ -977,7 +982,7 @@ impl Registry {
     /// client has a connect timeout but no overall one.
     pub async fn events(&self, db: &Db, name: &str) -> Result<reqwest::Response> {
         let row: (String, Option<String>, Option<String>, Option<String>) =
-            sqlx::query_as("SELECT driver, url, token, tls_pin FROM shadows WHERE name = ?")
+            sqlx::query_as("SELECT driver, url, token, tls_pin FROM shadows WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&db.read)
                 .await?
@@ -1011,7 +1016,7 @@ impl Registry {
     /// The driver of a registered shadow, by name.
     pub async fn driver(&self, db: &Db, name: &str) -> Result<Driver> {
         let row: (String, Option<String>, Option<String>, Option<String>, Option<String>) =
-            sqlx::query_as("SELECT driver, url, token, tls_pin, path FROM shadows WHERE name = ?")
+            sqlx::query_as("SELECT driver, url, token, tls_pin, path FROM shadows WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&db.read)
                 .await?
@@ -1062,7 +1067,7 @@ impl Registry {
                     return Ok(Driver::Etcd(Box::new(etcd.clone())));
                 }
                 let row: EtcdRow = sqlx::query_as(
-                    "SELECT etcd_prefix, etcd_user, etcd_ca, etcd_max_txn_ops, etcd_max_request_bytes FROM shadows WHERE name = ?",
+                    "SELECT etcd_prefix, etcd_user, etcd_ca, etcd_max_txn_ops, etcd_max_request_bytes FROM shadows WHERE name = $1",
                 )
                 .bind(name)
                 .fetch_one(&db.read)

@@ -85,6 +85,7 @@ struct UserRow {
     id: i64,
     username: String,
     role: String,
+    #[sqlx(try_from = "crate::db::Flag")]
     disabled: bool,
     created_at: String,
 }
@@ -110,7 +111,7 @@ pub async fn create(db: &Db, actor: &str, username: &str, role: Role, password: 
     validate_password(&password)?;
     let password_hash = hash_password(password).await?;
     let mut tx = db.begin().await?;
-    let taken: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE username = ?")
+    let taken: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE username = $1")
         .bind(username)
         .fetch_optional(&mut *tx)
         .await?;
@@ -118,7 +119,7 @@ pub async fn create(db: &Db, actor: &str, username: &str, role: Role, password: 
         return Err(Error::conflict("user_exists", format!("user {username:?} already exists")));
     }
     let row: UserRow = sqlx::query_as(
-        "INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)
+        "INSERT INTO users (username, password_hash, role, created_at) VALUES ($1, $2, $3, $4)
          RETURNING id, username, role, disabled, created_at",
     )
     .bind(username)
@@ -135,12 +136,13 @@ pub async fn create(db: &Db, actor: &str, username: &str, role: Role, password: 
 /// Checks a username and password; the same error for an unknown user, a wrong password
 /// and a disabled account, so the answer reveals nothing.
 pub async fn authenticate(db: &Db, username: &str, password: &str) -> Result<Caller> {
-    let row: Option<(i64, String, String, bool)> = sqlx::query_as("SELECT id, password_hash, role, disabled FROM users WHERE username = ?")
-        .bind(username)
-        .fetch_optional(&db.read)
-        .await?;
+    let row: Option<(i64, String, String, crate::db::Flag)> =
+        sqlx::query_as("SELECT id, password_hash, role, disabled FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&db.read)
+            .await?;
     let refused = || Error::Unauthorized;
-    let Some((user_id, stored, role, disabled)) = row else {
+    let Some((user_id, stored, role, crate::db::Flag(disabled))) = row else {
         let dummy = match DUMMY_HASH.get() {
             Some(hash) => hash.clone(),
             None => {
@@ -235,13 +237,13 @@ pub async fn set_password(db: &Db, actor: &str, username: &str, password: String
     validate_password(&password)?;
     let password_hash = hash_password(password).await?;
     let mut tx = db.begin().await?;
-    let (id,): (i64,) = sqlx::query_as("UPDATE users SET password_hash = ? WHERE username = ? RETURNING id")
+    let (id,): (i64,) = sqlx::query_as("UPDATE users SET password_hash = $1 WHERE username = $2 RETURNING id")
         .bind(&password_hash)
         .bind(username)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no user {username:?}")))?;
-    sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
@@ -261,23 +263,23 @@ pub async fn set_password(db: &Db, actor: &str, username: &str, password: String
 /// Changes a role; the user's sessions end so the new role applies at once.
 pub async fn set_role(db: &Db, actor: &str, username: &str, role: Role) -> Result<()> {
     let mut tx = db.begin().await?;
-    let (id, old): (i64, String) = sqlx::query_as("SELECT id, role FROM users WHERE username = ?")
+    let (id, old): (i64, String) = sqlx::query_as("SELECT id, role FROM users WHERE username = $1")
         .bind(username)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no user {username:?}")))?;
-    sqlx::query("UPDATE users SET role = ? WHERE id = ?")
+    sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
         .bind(role.as_str())
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
     // A token never outranks its owner: lower every token above the new role.
     for higher in Role::ALL.into_iter().filter(|r| *r > role) {
-        sqlx::query("UPDATE api_tokens SET role = ? WHERE user_id = ? AND role = ?")
+        sqlx::query("UPDATE api_tokens SET role = $1 WHERE user_id = $2 AND role = $3")
             .bind(role.as_str())
             .bind(id)
             .bind(higher.as_str())
@@ -300,7 +302,7 @@ pub async fn set_role(db: &Db, actor: &str, username: &str, role: Role) -> Resul
 /// at once (enabling it again brings none of them back).
 pub async fn set_disabled(db: &Db, actor: &str, username: &str, disabled: bool) -> Result<()> {
     let mut tx = db.begin().await?;
-    let (id,): (i64,) = sqlx::query_as("UPDATE users SET disabled = ? WHERE username = ? RETURNING id")
+    let (id,): (i64,) = sqlx::query_as("UPDATE users SET disabled = $1 WHERE username = $2 RETURNING id")
         .bind(disabled)
         .bind(username)
         .fetch_optional(&mut *tx)
@@ -308,7 +310,7 @@ pub async fn set_disabled(db: &Db, actor: &str, username: &str, disabled: bool) 
         .ok_or_else(|| Error::NotFound(format!("no user {username:?}")))?;
     let mut tokens = 0;
     if disabled {
-        sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+        sqlx::query("DELETE FROM sessions WHERE user_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;

@@ -110,7 +110,7 @@ pub async fn create(db: &Db, caller: &Caller, input: NewWebhook) -> Result<Webho
     let at = now();
     let mut tx = db.begin().await?;
     let (id,): (i64,) =
-        sqlx::query_as("INSERT INTO webhooks (url, secret, events, created_by, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id")
+        sqlx::query_as("INSERT INTO webhooks (url, secret, events, created_by, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id")
             .bind(url)
             .bind(db.keys.seal_text(&format!("webhook-secret:{url}"), &secret))
             .bind(&events)
@@ -149,7 +149,7 @@ pub async fn list(db: &Db, caller: &Caller) -> Result<Vec<WebhookView>> {
 pub async fn remove(db: &Db, caller: &Caller, id: i64) -> Result<()> {
     caller.require(Role::Admin)?;
     let mut tx = db.begin().await?;
-    let removed = sqlx::query("DELETE FROM webhooks WHERE id = ?").bind(id).execute(&mut *tx).await?;
+    let removed = sqlx::query("DELETE FROM webhooks WHERE id = $1").bind(id).execute(&mut *tx).await?;
     if removed.rows_affected() == 0 {
         return Err(Error::NotFound(format!("no webhook {id}")));
     }
@@ -171,7 +171,7 @@ pub async fn deliveries(
     let limit = limit.unwrap_or(50).clamp(1, 500);
     let rows: Vec<DeliveryRow> = sqlx::query_as(
         "SELECT id, webhook_id, event, status, attempts, next_attempt_at, last_status, last_error, created_at, delivered_at
-         FROM webhook_deliveries WHERE (?1 IS NULL OR webhook_id = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+         FROM webhook_deliveries WHERE ($1 IS NULL OR webhook_id = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
     )
     .bind(webhook)
     .bind(before)
@@ -191,7 +191,7 @@ pub(crate) async fn enqueue(tx: &mut crate::db::Tx, event: &str, data: serde_jso
         }
         let payload = json!({"event": event, "at": at, "data": data}).to_string();
         sqlx::query(
-            "INSERT INTO webhook_deliveries (webhook_id, event, payload, status, next_attempt_at, created_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+            "INSERT INTO webhook_deliveries (webhook_id, event, payload, status, next_attempt_at, created_at) VALUES ($1, $2, $3, 'pending', $4, $5)",
         )
         .bind(id)
         .bind(event)
@@ -356,7 +356,7 @@ pub async fn run(db: Db) {
 async fn deliver_due(db: &Db, http: &reqwest::Client) -> Result<()> {
     let due: Vec<(i64, String, String, String, String, i64)> = sqlx::query_as(
         "SELECT d.id, d.event, d.payload, w.url, w.secret, d.attempts FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
-         WHERE d.status = 'pending' AND d.next_attempt_at <= ? ORDER BY d.id LIMIT 20",
+         WHERE d.status = 'pending' AND d.next_attempt_at <= $1 ORDER BY d.id LIMIT 20",
     )
     .bind(now())
     .fetch_all(&db.read)
@@ -395,7 +395,7 @@ async fn deliver_due(db: &Db, http: &reqwest::Client) -> Result<()> {
         };
         let at = now();
         if error.is_none() {
-            sqlx::query("UPDATE webhook_deliveries SET status = 'delivered', attempts = ?, last_status = ?, last_error = NULL, delivered_at = ? WHERE id = ?")
+            sqlx::query("UPDATE webhook_deliveries SET status = 'delivered', attempts = $1, last_status = $2, last_error = NULL, delivered_at = $3 WHERE id = $4")
                 .bind(attempts)
                 .bind(status)
                 .bind(&at)
@@ -407,7 +407,7 @@ async fn deliver_due(db: &Db, http: &reqwest::Client) -> Result<()> {
             let next = crate::format_time(time::OffsetDateTime::now_utc() + backoff);
             let state = if attempts >= MAX_ATTEMPTS { "failed" } else { "pending" };
             sqlx::query(
-                "UPDATE webhook_deliveries SET status = ?, attempts = ?, last_status = ?, last_error = ?, next_attempt_at = ? WHERE id = ?",
+                "UPDATE webhook_deliveries SET status = $1, attempts = $2, last_status = $3, last_error = $4, next_attempt_at = $5 WHERE id = $6",
             )
             .bind(state)
             .bind(attempts)

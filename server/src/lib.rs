@@ -29,6 +29,8 @@ pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// A PostgreSQL database (`postgres://…`) instead of the data directory's SQLite file.
+    pub database: Option<String>,
     pub listen: SocketAddr,
     /// Largest accepted request body in bytes.
     pub max_body: usize,
@@ -73,6 +75,7 @@ impl Config {
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
         Config {
             data_dir,
+            database: None,
             listen,
             max_body: DEFAULT_MAX_BODY,
             site_root: PathBuf::from("target/site"),
@@ -252,7 +255,7 @@ pub fn router(state: AppState) -> Router {
 pub async fn prepare(mut config: Config) -> control::Result<AppState> {
     // Over TLS the cookie must never travel in clear, and browsers keep to HTTPS.
     config.secure_cookies |= config.tls.is_some();
-    let mut db = Db::open_or_initialize(&config.data_dir, config.initialize).await?;
+    let mut db = Db::open_at(&config.data_dir, config.database.as_deref(), config.initialize).await?;
     db.secret_keys = Arc::new(config.secret_keys.clone());
     db.webhook_internal = config.webhook_internal;
     let sealed = control::secrets::seal_secret_values(&db).await?;

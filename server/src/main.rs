@@ -20,6 +20,11 @@ struct Cli {
     /// database is never silently replaced by a new, empty control plane.
     #[arg(long, global = true, env = "ETC_SHADOW_INITIALIZE")]
     initialize: bool,
+    /// A PostgreSQL database (postgres://user@host:port/name) instead of the data
+    /// directory's SQLite file: the store the replicas of one control plane share. The
+    /// data directory still holds the key file, which every replica needs a copy of.
+    #[arg(long, global = true, env = "ETC_SHADOW_DATABASE")]
+    database: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -296,6 +301,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let _lock = control::lock::DataDirLock::acquire(&cli.data_dir, "starting another").map_err(fail)?;
             let state = prepare(Config {
                 initialize: cli.initialize,
+                database: cli.database,
                 ..config(cli.data_dir, &args)
             })
             .await
@@ -340,7 +346,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             listen_and_serve(state, args.listen).await
         }
         Command::User(command) => {
-            let db = control::Db::open_or_initialize(&cli.data_dir, cli.initialize).await.map_err(fail)?;
+            let db = control::Db::open_at(&cli.data_dir, cli.database.as_deref(), cli.initialize)
+                .await
+                .map_err(fail)?;
             match command {
                 UserCommand::Add { name, role, .. } => {
                     let user = control::users::create(&db, "cli", &name, role, read_password()?)
@@ -381,7 +389,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Shadow(command) => {
-            let db = control::Db::open_or_initialize(&cli.data_dir, cli.initialize).await.map_err(fail)?;
+            let db = control::Db::open_at(&cli.data_dir, cli.database.as_deref(), cli.initialize)
+                .await
+                .map_err(fail)?;
             match command {
                 ShadowCommand::Add(add) => {
                     let AddShadow {
@@ -468,7 +478,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Secrets(SecretsCommand::Rotate) => {
-            let written = control::secrets::rotate(&cli.data_dir).await.map_err(fail)?;
+            let written = control::secrets::rotate(&cli.data_dir, cli.database.as_deref())
+                .await
+                .map_err(fail)?;
             match control::secrets::Keyring::source_for(&cli.data_dir) {
                 source @ control::secrets::KeySource::File(_) => {
                     println!("new encryption key in the {source}; {written} secret values re-encrypted")
@@ -481,7 +493,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Import { dir, message, author } => {
             let files = control::imports::read_directory(&dir)?;
-            let db = control::Db::open_or_initialize(&cli.data_dir, cli.initialize).await.map_err(fail)?;
+            let db = control::Db::open_at(&cli.data_dir, cli.database.as_deref(), cli.initialize)
+                .await
+                .map_err(fail)?;
             let name = author
                 .or_else(|| std::env::var("SUDO_USER").ok())
                 .or_else(|| std::env::var("USER").ok())
@@ -517,7 +531,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Audit(AuditCommand::Verify) => {
-            let db = control::Db::open_or_initialize(&cli.data_dir, cli.initialize).await.map_err(fail)?;
+            let db = control::Db::open_at(&cli.data_dir, cli.database.as_deref(), cli.initialize)
+                .await
+                .map_err(fail)?;
             let registry = control::shadows::Registry::new(std::time::Duration::from_secs(10));
             let report = control::audit::verify_against_shadows(&db, &registry, std::time::Duration::from_secs(10))
                 .await

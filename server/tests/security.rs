@@ -628,12 +628,12 @@ async fn stored_contents_with_secret_values_are_sealed_when_the_patterns_change(
     let sealed_flags = |server: &TestServer| {
         let pool = server.state.db.read.clone();
         async move {
-            let rows: Vec<(bool,)> =
+            let rows: Vec<(i64,)> =
                 sqlx::query_as("SELECT b.sealed FROM blobs b JOIN change_entries e ON e.blob = b.hash WHERE e.path = 'app.toml'")
                     .fetch_all(&pool)
                     .await
                     .unwrap();
-            rows.into_iter().map(|(sealed,)| sealed).collect::<Vec<_>>()
+            rows.into_iter().map(|(sealed,)| sealed != 0).collect::<Vec<_>>()
         }
     };
     let content = "[db]\nuser = \"app\"\npassphrase = \"OLD-CLEAR-VALUE\"\n";

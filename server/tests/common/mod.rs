@@ -1,4 +1,5 @@
-//! A real server on 127.0.0.1, port 0, over a temporary SQLite file, driven over HTTP.
+//! A real server on 127.0.0.1, port 0, over a temporary SQLite file (or, when the suite
+//! runs beside PostgreSQL, a new database there), driven over HTTP.
 
 #![allow(dead_code)]
 
@@ -12,10 +13,29 @@ use std::{net::SocketAddr, path::PathBuf};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// The database a test's control plane runs on: `None` for the data directory's SQLite
+/// file, or, when the suite runs beside PostgreSQL (`scripts/with-postgres` sets
+/// `ETC_SHADOW_TEST_POSTGRES`), a new, empty database of its own there.
+pub async fn test_database() -> Option<String> {
+    use sqlx::Connection;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = std::env::var("ETC_SHADOW_TEST_POSTGRES").ok().filter(|b| !b.is_empty())?;
+    let name = format!("test_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap_or_else(|err| panic!("cannot reach the tests' PostgreSQL at {base}: {err}"));
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    admin.close().await.unwrap();
+    Some(format!("{base}/{name}"))
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub state: AppState,
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database under it, if the suite runs on PostgreSQL.
+    pub database: Option<String>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -29,7 +49,9 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temporary directory");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().unwrap();
+        let database = test_database().await;
         let mut config = Config::new(dir.path().to_path_buf(), addr);
+        config.database = database.clone();
         // The tests' webhook receivers listen on loopback.
         config.webhook_internal = true;
         adjust(&mut config);
@@ -47,6 +69,7 @@ impl TestServer {
             addr,
             state,
             dir,
+            database,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -64,6 +87,7 @@ impl TestServer {
         }
         let listener = tokio::net::TcpListener::bind(self.addr).await.expect("bind the same port again");
         let mut config = Config::new(self.dir.path().to_path_buf(), self.addr);
+        config.database = self.database.clone();
         config.webhook_internal = true;
         adjust(&mut config);
         let state = server::prepare(config).await.expect("server state");
