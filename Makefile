@@ -10,6 +10,7 @@ DEMO_LISTEN ?= 127.0.0.1:3000
 RUST_PACKAGES := etc-shadow-domain etc-shadow-store etc-shadow-control etc-shadow-tls etc-shadow-agent etc-shadow-server etc-shadow-bench
 # Randomised crash rollouts in the crash sweep (CRASH_ROLLOUTS=1000 make unit for the long run).
 CRASH_ROLLOUTS ?= 200
+CRASH_ROLLOUTS_POSTGRES ?= 60
 
 # Every release build gets the same flags (the console's halves must agree on them, and
 # builds with other flags would rebuild the shared dependencies): components' types
@@ -61,6 +62,10 @@ unit:
 	# The rollout state machine's property test again, printing how many cases it ran.
 	cargo test -p etc-shadow-domain --lib rollout::tests::random -- --nocapture
 	ETC_SHADOW_CRASH_ROLLOUTS=$(CRASH_ROLLOUTS) cargo test -p etc-shadow-server --features crash-points
+	# The same integration suite over PostgreSQL: a throwaway server on a loopback port in a
+	# temporary directory, a database per test (processes the tests start on their own
+	# data directories without a server of the suite's stay on SQLite).
+	ETC_SHADOW_CRASH_ROLLOUTS=$(CRASH_ROLLOUTS_POSTGRES) ./scripts/with-postgres cargo test -p etc-shadow-server --features crash-points
 	# The systemd units of deploy/ against the binaries just built.
 	./deploy/verify.sh target/debug/etc-shadow target/debug/etc-shadow-agent
 

@@ -257,7 +257,7 @@ async fn store_op(conn: &mut AnyConnection, change_id: i64, op: &str, row: &Entr
     .bind(row.mode)
     .bind(&row.owner)
     .bind(&row.grp)
-    .bind(row.secret)
+    .bind(crate::db::Flag(row.secret))
     .bind(row.size)
     .bind(&row.entry_hash)
     .execute(conn)

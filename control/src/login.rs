@@ -132,7 +132,7 @@ async fn charge(db: &Db, limits: &Limits, keys: &[(String, &str, i64)]) -> Resul
         let (failures,): (i64,) = sqlx::query_as(
             "INSERT INTO login_throttle (key, pool, failures, last_failure_at) VALUES ($1, $2, 1, $3)
              ON CONFLICT (key) DO UPDATE SET
-               failures = CASE WHEN last_failure_at < $4 THEN 1 ELSE failures + 1 END,
+               failures = CASE WHEN login_throttle.last_failure_at < $4 THEN 1 ELSE login_throttle.failures + 1 END,
                last_failure_at = $3
              RETURNING failures",
         )
@@ -155,7 +155,7 @@ async fn charge(db: &Db, limits: &Limits, keys: &[(String, &str, i64)]) -> Resul
             // The capped pools: past the cap, the oldest go.
             sqlx::query(
                 "DELETE FROM login_throttle WHERE key IN (
-                   SELECT key FROM login_throttle WHERE pool = $1 ORDER BY last_failure_at DESC LIMIT -1 OFFSET $2)",
+                   SELECT key FROM login_throttle WHERE pool = $1 ORDER BY last_failure_at DESC LIMIT 9223372036854775807 OFFSET $2)",
             )
             .bind(pool)
             .bind(limits.pool_cap)

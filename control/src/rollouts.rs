@@ -186,7 +186,7 @@ async fn write_revision(
         .bind(row.mode)
         .bind(&row.owner)
         .bind(&row.grp)
-        .bind(row.secret)
+        .bind(crate::db::Flag(row.secret))
         .bind(row.size)
         .bind(&row.entry_hash)
         .execute(&mut *tx)

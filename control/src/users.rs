@@ -303,7 +303,7 @@ pub async fn set_role(db: &Db, actor: &str, username: &str, role: Role) -> Resul
 pub async fn set_disabled(db: &Db, actor: &str, username: &str, disabled: bool) -> Result<()> {
     let mut tx = db.begin().await?;
     let (id,): (i64,) = sqlx::query_as("UPDATE users SET disabled = $1 WHERE username = $2 RETURNING id")
-        .bind(disabled)
+        .bind(crate::db::Flag(disabled))
         .bind(username)
         .fetch_optional(&mut *tx)
         .await?

@@ -368,14 +368,7 @@ async fn a_copy_of_an_old_data_directory_cannot_roll_shadows_backwards() {
     // The copy: a consistent backup of the database taken now, at revision 1, with the
     // key file (kept apart from database backups, restored with them).
     let copy = fleet.root.path().join("old-copy");
-    std::fs::create_dir_all(&copy).unwrap();
-    sqlx::query("VACUUM INTO ?")
-        .bind(copy.join(control::db::DATABASE_FILE).to_str().unwrap())
-        .execute(fleet.server.state.db.read_write())
-        .await
-        .unwrap();
-    let key = control::secrets::KEY_FILE;
-    std::fs::copy(fleet.server.data_dir().join(key), copy.join(key)).unwrap();
+    fleet.server.back_up(&copy).await;
     let id = fleet.approved_change(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
     let (_, second) = fleet.roll_out(id).await;
     assert_eq!(second["state"], "applied", "{second}");
@@ -730,14 +723,7 @@ async fn the_start_up_recovery_of_an_old_copy_does_not_fence_the_original() {
     }
     // The backup, taken while the commit waits for the agent.
     let copy = fleet.root.path().join("mid-rollout-copy");
-    std::fs::create_dir_all(&copy).unwrap();
-    sqlx::query("VACUUM INTO ?")
-        .bind(copy.join(control::db::DATABASE_FILE).to_str().unwrap())
-        .execute(fleet.server.state.db.read_write())
-        .await
-        .unwrap();
-    let key = control::secrets::KEY_FILE;
-    std::fs::copy(fleet.server.data_dir().join(key), copy.join(key)).unwrap();
+    fleet.server.back_up(&copy).await;
     // The agent heals; the original finishes the rollout.
     fleet.agent.restart_with(&[]);
     let done = fleet.settled(rollout, Duration::from_secs(30)).await;

@@ -6,8 +6,7 @@ use common::{TestServer, change_body};
 use domain::Role;
 use reqwest::StatusCode;
 use serde_json::json;
-use sqlx::{Connection, SqliteConnection};
-use std::process::Command;
+use sqlx::Connection;
 
 /// A server with some history: users, a change, its review and its rollout.
 async fn server_with_history() -> TestServer {
@@ -26,8 +25,7 @@ async fn server_with_history() -> TestServer {
 }
 
 async fn tamper(server: &TestServer, sql: &str) {
-    let url = format!("sqlite://{}", server.data_dir().join(control::db::DATABASE_FILE).display());
-    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    let mut conn = server.connect_database().await;
     for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
         sqlx::query(statement).execute(&mut conn).await.unwrap();
     }
@@ -35,9 +33,9 @@ async fn tamper(server: &TestServer, sql: &str) {
 }
 
 fn cli_verify(server: &TestServer) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
-        .args(["audit", "verify", "--data-dir"])
-        .arg(server.data_dir())
+    let output = server
+        .cli()
+        .args(["audit", "verify"])
         .output()
         .expect("run etc-shadow audit verify");
     (
@@ -184,8 +182,7 @@ async fn a_recomputed_chain_and_a_cut_tail_are_found_against_the_shadows_heads()
 
     // A recomputed chain: row 3 edited, the plain hash recomputed from there (the key is
     // not in the database).
-    let url = format!("sqlite://{}", server.data_dir().join(control::db::DATABASE_FILE).display());
-    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    let mut conn = server.connect_database().await;
     let rows: Vec<(i64, String, String, String, String, String, String)> =
         sqlx::query_as("SELECT seq, at, actor, action, target, details, prev_hash FROM audit_log ORDER BY seq")
             .fetch_all(&mut conn)
@@ -203,7 +200,7 @@ async fn a_recomputed_chain_and_a_cut_tail_are_found_against_the_shadows_heads()
             details,
         };
         let hash = domain::audit::audit_hash(&fields, &prev);
-        sqlx::query("UPDATE audit_log SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?")
+        sqlx::query("UPDATE audit_log SET actor = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
             .bind(actor)
             .bind(prev.to_hex())
             .bind(hash.to_hex())

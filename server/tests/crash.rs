@@ -43,6 +43,7 @@ fn cli(data: &Path, args: &[&str], stdin: Option<&str>) {
         .args(args)
         .arg("--data-dir")
         .arg(data)
+        .envs(common::database_env(data))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -67,6 +68,7 @@ impl Process {
             .args(["serve", "--listen", &addr.to_string()])
             .arg("--data-dir")
             .arg(data)
+            .envs(common::database_env(data))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         match crash {

@@ -549,17 +549,10 @@ async fn webhooks_are_signed_retried_and_logged() {
 async fn a_control_plane_restored_from_an_old_backup_sees_a_revision_it_never_made_as_fenced() {
     let fleet = fleet(INTERVAL, true).await;
     // A backup of the database now, at revision 1.
-    let copy = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new("sqlite3")
-        .arg(fleet.server.data_dir().join(control::db::DATABASE_FILE))
-        .arg(format!(".backup '{}'", copy.path().join(control::db::DATABASE_FILE).display()))
-        .status()
-        .expect("sqlite3");
-    assert!(status.success());
     // A restore needs the key file too (kept apart from database backups): the agent's
     // token is sealed with it.
-    let key = control::secrets::KEY_FILE;
-    std::fs::copy(fleet.server.data_dir().join(key), copy.path().join(key)).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    fleet.server.back_up(copy.path()).await;
     let rollout = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
     assert_eq!(rollout["state"], "applied", "{rollout}");
     fleet.server.stop().await;

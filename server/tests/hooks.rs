@@ -175,7 +175,7 @@ async fn a_validate_hook_refuses_everywhere_with_its_output_and_a_failed_reload_
     // The secret is nowhere in what anyone reads, nor in the database.
     let (_, listed) = fleet.viewer.get("/api/v1/rollouts").await;
     assert!(!listed.to_string().contains(SECRET));
-    let database = std::fs::read(fleet.server.data_dir().join("etc-shadow.db")).unwrap();
+    let database = fleet.server.database_bytes();
     assert!(!database.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
 
     // 2. A good tree is validated, committed everywhere and reloaded once, after the switch.
@@ -320,14 +320,7 @@ async fn a_directory_becomes_a_change_and_an_old_revision_comes_back_reviewed() 
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(found.join("conf.d/site.conf"), std::fs::Permissions::from_mode(0o640)).unwrap();
     }
-    let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
-            .arg("--data-dir")
-            .arg(fleet.server.data_dir())
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| fleet.server.cli().args(args).output().unwrap();
     // A symlink in the tree refuses the whole import, naming it; nothing is made.
     std::os::unix::fs::symlink("/etc/passwd", found.join("planted")).unwrap();
     let refused = cli(&["import", found.to_str().unwrap(), "--author", "erin"]);

@@ -844,7 +844,7 @@ async fn tokens_expire_record_their_use_and_end_with_a_password_change_or_a_disa
     assert_eq!(row["expires_at"], made["expires_at"]);
 
     // Past its expiry it is no credential.
-    sqlx::query("UPDATE api_tokens SET expires_at = '2000-01-01T00:00:00.000Z' WHERE id = ?")
+    sqlx::query("UPDATE api_tokens SET expires_at = '2000-01-01T00:00:00.000Z' WHERE id = $1")
         .bind(made["id"].as_i64().unwrap())
         .execute(server.state.db.read_write())
         .await

@@ -241,17 +241,9 @@ async fn a_second_control_plane_and_a_stale_copy_are_fenced() {
     assert_eq!(first["state"], "applied");
 
     // A copy of the database taken now, before the next rollout.
-    let copy_dir = tempfile::tempdir().unwrap();
-    let db_file = fleet.server.data_dir().join(control::db::DATABASE_FILE);
-    let copy_file = copy_dir.path().join(control::db::DATABASE_FILE);
-    std::process::Command::new("sqlite3")
-        .arg(&db_file)
-        .arg(format!(".backup '{}'", copy_file.display()))
-        .status()
-        .expect("sqlite3");
     // (Directory shadows keep their state at their own path: nothing of them to copy.)
-    let key = control::secrets::KEY_FILE;
-    std::fs::copy(fleet.server.data_dir().join(key), copy_dir.path().join(key)).unwrap();
+    let copy_dir = tempfile::tempdir().unwrap();
+    fleet.server.back_up(copy_dir.path()).await;
 
     let (_, second) = fleet.roll_out(change_body(1, "app.toml", "[server]\nport = 9090\n")).await;
     assert_eq!(second["state"], "applied", "{second}");

@@ -13,20 +13,49 @@ use std::{net::SocketAddr, path::PathBuf};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// The file in a data directory that names its PostgreSQL database, when the suite runs
+/// beside PostgreSQL: a data directory and its database are one control plane's state
+/// (a copy of the directory made with [`TestServer::back_up`] names a copy of the database).
+const DATABASE_MARK: &str = "test-database.url";
+
+/// The database of the control plane in `data_dir`: `None` for its SQLite file, or, when
+/// the suite runs beside PostgreSQL, the one it is marked with, a new one at first.
+pub fn database_of(data_dir: &std::path::Path) -> Option<String> {
+    std::env::var("ETC_SHADOW_TEST_POSTGRES").ok().filter(|b| !b.is_empty())?;
+    let mark = data_dir.join(DATABASE_MARK);
+    if let Ok(url) = std::fs::read_to_string(&mark) {
+        return Some(url);
+    }
+    let url = test_database()?;
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::write(&mark, &url).unwrap();
+    Some(url)
+}
+
+/// The environment that points a process (`etc-shadow …`) at the database of the control
+/// plane in `data_dir` (see [`database_of`]): empty on SQLite.
+pub fn database_env(data_dir: &std::path::Path) -> Vec<(&'static str, String)> {
+    database_of(data_dir).map(|url| ("ETC_SHADOW_DATABASE", url)).into_iter().collect()
+}
+
 /// The database a test's control plane runs on: `None` for the data directory's SQLite
 /// file, or, when the suite runs beside PostgreSQL (`scripts/with-postgres` sets
 /// `ETC_SHADOW_TEST_POSTGRES`), a new, empty database of its own there.
-pub async fn test_database() -> Option<String> {
-    use sqlx::Connection;
+pub fn test_database() -> Option<String> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let base = std::env::var("ETC_SHADOW_TEST_POSTGRES").ok().filter(|b| !b.is_empty())?;
     let name = format!("test_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .unwrap_or_else(|err| panic!("cannot reach the tests' PostgreSQL at {base}: {err}"));
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
-    admin.close().await.unwrap();
+    let created = std::process::Command::new("psql")
+        .args(["--quiet", "--dbname", &format!("{base}/postgres"), "--command"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("psql (Debian package postgresql-client)");
+    assert!(
+        created.status.success(),
+        "cannot make a database in the tests' PostgreSQL at {base}: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     Some(format!("{base}/{name}"))
 }
 
@@ -49,12 +78,19 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temporary directory");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().unwrap();
-        let database = test_database().await;
+        // Errors the server logs show beside a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("error"))
+            .try_init();
         let mut config = Config::new(dir.path().to_path_buf(), addr);
-        config.database = database.clone();
         // The tests' webhook receivers listen on loopback.
         config.webhook_internal = true;
         adjust(&mut config);
+        if config.database.is_none() {
+            config.database = database_of(&config.data_dir);
+        }
+        let database = config.database.clone();
         let state = server::prepare(config).await.expect("server state");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let serving = state.clone();
@@ -114,6 +150,82 @@ impl TestServer {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
+    }
+
+    /// A consistent backup of the control plane as it is now, in `to` (made for it): the
+    /// database (SQLite's `VACUUM INTO`, or `pg_dump` into a new PostgreSQL database that
+    /// `to` is then marked with) and the key file, as an operator restores both.
+    pub async fn back_up(&self, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        match &self.database {
+            None => {
+                sqlx::query("VACUUM INTO $1")
+                    .bind(to.join(control::db::DATABASE_FILE).to_str().unwrap())
+                    .execute(self.state.db.read_write())
+                    .await
+                    .unwrap();
+            }
+            Some(url) => {
+                let copy = test_database().unwrap();
+                let dump = std::process::Command::new("pg_dump")
+                    .args(["--no-owner", "--dbname", url])
+                    .output()
+                    .expect("pg_dump (Debian package postgresql-client)");
+                assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+                let mut restore = std::process::Command::new("psql")
+                    .args(["--quiet", "--set", "ON_ERROR_STOP=1", "--dbname", &copy])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("psql");
+                use std::io::Write;
+                restore.stdin.take().unwrap().write_all(&dump.stdout).unwrap();
+                assert!(restore.wait().unwrap().success(), "psql restored the dump");
+                std::fs::write(to.join(DATABASE_MARK), copy).unwrap();
+            }
+        }
+        let key = control::secrets::KEY_FILE;
+        std::fs::copy(self.data_dir().join(key), to.join(key)).unwrap();
+    }
+
+    /// Every byte the database holds, as someone with a copy of it would read them: the
+    /// SQLite file, or a dump of the PostgreSQL database.
+    pub fn database_bytes(&self) -> Vec<u8> {
+        match &self.database {
+            None => std::fs::read(self.data_dir().join(control::db::DATABASE_FILE)).unwrap(),
+            Some(url) => {
+                // Byte strings as their bytes (printable ones as themselves), not in hex.
+                let dump = std::process::Command::new("pg_dump")
+                    .env("PGOPTIONS", "-c bytea_output=escape")
+                    .args(["--dbname", url])
+                    .output()
+                    .expect("pg_dump");
+                assert!(dump.status.success());
+                dump.stdout
+            }
+        }
+    }
+
+    /// A connection of its own to the server's database, as someone who has the file or
+    /// the database's password would open one.
+    pub async fn connect_database(&self) -> sqlx::AnyConnection {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let url = match &self.database {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir().join(control::db::DATABASE_FILE).display()),
+        };
+        sqlx::AnyConnection::connect(&url).await.unwrap()
+    }
+
+    /// `etc-shadow` on this server's data directory and database.
+    pub fn cli(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_etc-shadow"));
+        command.arg("--data-dir").arg(self.data_dir());
+        if let Some(database) = &self.database {
+            command.env("ETC_SHADOW_DATABASE", database);
+        }
+        command
     }
 
     /// Creates a user the way the CLI does.
