@@ -54,22 +54,34 @@ pub struct Settings {
     pub ttl: i64,
 }
 
-/// A replica's part in the election, run by a task of its own until dropped.
+/// A replica's part in the election, run by a task of its own until dropped (which is
+/// what a replica's death looks like to the others: its lease is no longer kept alive).
 pub struct Election {
+    inner: Arc<Standing>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a replica knows of the election and asks of it (an [`Election`] derefs to it).
+pub struct Standing {
     settings: Settings,
     client: Client,
     role: watch::Sender<Role>,
     /// Until when the lease is known to be valid (sent time of the last answered
     /// keep-alive, plus the TTL).
     valid_until: Arc<Mutex<Option<Instant>>>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Election {
     fn drop(&mut self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            task.abort();
-        }
+        self.task.abort();
+        let _ = self.inner.role.send_replace(Role::Follower);
+    }
+}
+
+impl std::ops::Deref for Election {
+    type Target = Standing;
+    fn deref(&self) -> &Standing {
+        &self.inner
     }
 }
 
@@ -93,18 +105,18 @@ impl Election {
             .await
             .map_err(|err| format!("cannot reach etcd at {}: {err}", settings.endpoints.join(",")))?;
         let (role, _) = watch::channel(Role::Follower);
-        let election = Arc::new(Election {
+        let inner = Arc::new(Standing {
             settings,
             client,
             role,
             valid_until: Arc::new(Mutex::new(None)),
-            task: Mutex::new(None),
         });
-        let task = tokio::spawn(run(Arc::downgrade(&election)));
-        *election.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
-        Ok(election)
+        let task = tokio::spawn(run(inner.clone()));
+        Ok(Arc::new(Election { inner, task }))
     }
+}
 
+impl Standing {
     pub fn role(&self) -> Role {
         self.role.borrow().clone()
     }
@@ -126,7 +138,8 @@ impl Election {
         if now != revision {
             return Err("this replica's term has ended".into());
         }
-        let left = (*self.valid_until.lock().unwrap_or_else(|p| p.into_inner())).map(|until| until.saturating_duration_since(Instant::now()));
+        let left =
+            (*self.valid_until.lock().unwrap_or_else(|p| p.into_inner())).map(|until| until.saturating_duration_since(Instant::now()));
         if left.is_none_or(|left| left <= margin(self.settings.ttl)) {
             return Err("the leader's lease is about to end".into());
         }
@@ -155,7 +168,11 @@ impl Election {
             .get(self.key("replicas/"), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(|err| format!("etcd: {err}"))?;
-        Ok(answer.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect())
+        Ok(answer
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .collect())
     }
 
     fn key(&self, name: &str) -> String {
@@ -165,20 +182,28 @@ impl Election {
 
 /// One term after another: a lease, the replica's record, a campaign, leading until the
 /// lease can no longer be kept; then again, a second later.
-async fn run(election: std::sync::Weak<Election>) {
+async fn run(this: Arc<Standing>) {
     loop {
-        let Some(this) = election.upgrade() else { return };
         if let Err(err) = term(&this).await {
             tracing::warn!(%err, "the election's term ended");
         }
         let _ = this.role.send_replace(Role::Follower);
         *this.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        drop(this);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-async fn term(this: &Arc<Election>) -> Result<(), String> {
+/// Aborts its task when dropped: the keep-alive ends with the term, also when the term's
+/// own task is aborted (the replica stopped).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn term(this: &Arc<Standing>) -> Result<(), String> {
     let ttl = this.settings.ttl.max(2);
     let mut client = this.client.clone();
     let lease = client
@@ -189,12 +214,16 @@ async fn term(this: &Arc<Election>) -> Result<(), String> {
     *this.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + Duration::from_secs(ttl as u64));
     let record = serde_json::to_vec(&this.settings.replica).map_err(|err| err.to_string())?;
     client
-        .put(this.key(&format!("replicas/{}", this.settings.replica.id)), record.clone(), Some(PutOptions::new().with_lease(lease)))
+        .put(
+            this.key(&format!("replicas/{}", this.settings.replica.id)),
+            record.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        )
         .await
         .map_err(|err| format!("cannot register the replica: {err}"))?;
     // The lease is kept alive by a task of its own; when it cannot be, `lost` says so.
     let (lost_tx, mut lost) = watch::channel(false);
-    let keeper = {
+    let keeper = AbortOnDrop({
         let mut client = this.client.clone();
         let valid_until = this.valid_until.clone();
         tokio::spawn(async move {
@@ -223,7 +252,7 @@ async fn term(this: &Arc<Election>) -> Result<(), String> {
             }
             let _ = lost_tx.send(true);
         })
-    };
+    });
     let outcome = async {
         let mut campaigner = this.client.clone();
         let won = tokio::select! {
@@ -248,7 +277,7 @@ async fn term(this: &Arc<Election>) -> Result<(), String> {
     }
     .await;
     let _ = this.role.send_replace(Role::Follower);
-    keeper.abort();
+    drop(keeper);
     // Let the others campaign at once rather than after the TTL (best effort: an
     // unreachable etcd lets the lease expire by itself).
     let mut client = this.client.clone();

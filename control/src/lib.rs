@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod changes;
+pub mod cluster;
 pub mod db;
 pub mod dialect;
 pub mod drift;
