@@ -142,11 +142,73 @@ fn refuse_missing_database(data_dir: &Path) -> Result<()> {
     ))
 }
 
+/// On PostgreSQL the database and the key file that seals its secrets live apart (the key
+/// in each replica's data directory). A database that holds a control plane is refused
+/// with no key here (a new key would be made, and every sealed value and the audit
+/// chain's key would not open with it: copy the key file from another replica); a key
+/// file beside a database with no control plane is a lost or wrong database, refused
+/// unless `initialize` (as a data directory with a key file and no SQLite file is).
+async fn refuse_mismatched_keys(data_dir: &Path, url: &str, initialize: bool) -> Result<()> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let has_keys = match crate::secrets::Keyring::source_for(data_dir) {
+        crate::secrets::KeySource::Env => true,
+        crate::secrets::KeySource::File(path) => path.exists(),
+    };
+    let mut conn = AnyConnection::connect(url).await?;
+    let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass('control_plane') IS NOT NULL")
+        .fetch_one(&mut conn)
+        .await?;
+    let plane: Option<(String,)> = if exists {
+        sqlx::query_as("SELECT id FROM control_plane").fetch_optional(&mut conn).await?
+    } else {
+        None
+    };
+    let _ = conn.close().await;
+    match (plane, has_keys) {
+        (Some((id,)), false) => Err(Error::conflict(
+            "key_missing",
+            format!(
+                "the database holds control plane {id}, but {} has no key file: copy the key file of a server of this control plane \
+                 there (every server of one control plane needs the same one), or set {}",
+                data_dir.display(),
+                crate::secrets::KEY_ENV
+            ),
+        )),
+        (None, true) if !initialize => Err(Error::conflict(
+            "database_missing",
+            format!(
+                "{} holds a key file but the database holds no control plane: this looks like a control plane whose database was lost. \
+                 Restore the database from a backup, or start a new control plane in it with --initialize",
+                data_dir.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A write transaction and the audit chain's key. It is the connection for queries
 /// (`&mut *tx`), and commits like a transaction; dropped without a commit, it rolls back.
 pub struct Tx {
     inner: Transaction<'static, Any>,
     chain: domain::audit::ChainKey,
+}
+
+/// The database file's path as the Any driver's SQLite URL takes it: absolute (a
+/// relative first component would be read as a host name, lower-cased), every byte but
+/// unreserved ones percent-encoded (`?`, `#`, `%` and spaces are a file name's here).
+fn sqlite_path(path: &Path) -> Result<String> {
+    let absolute = std::path::absolute(path).map_err(|err| Error::Internal(format!("cannot resolve {}: {err}", path.display())))?;
+    let text = absolute
+        .to_str()
+        .ok_or_else(|| Error::BadRequest(format!("{} is no UTF-8 path", absolute.display())))?;
+    Ok(text
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect())
 }
 
 /// A yes-or-no column, stored as the integer 0 or 1 on both engines (SQLite has no other
@@ -189,6 +251,23 @@ impl<'q> sqlx::Encode<'q, Any> for Flag {
         buf: &mut <Any as sqlx::Database>::ArgumentBuffer<'q>,
     ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
         <i64 as sqlx::Encode<Any>>::encode_by_ref(&i64::from(self.0), buf)
+    }
+}
+
+/// The advisory lock a serving control plane holds on PostgreSQL for as long as it runs
+/// (a different number from [`WRITE_LOCK`]).
+const SERVING_LOCK: i64 = 0x0065_7463_7368_6473;
+
+/// A server's hold on its database (see [`Db::lock_serving`]); let go by
+/// [`ServingLock::release`] or when the process ends.
+pub struct ServingLock(tokio::sync::Mutex<Option<AnyConnection>>);
+
+impl ServingLock {
+    pub async fn release(&self) {
+        use sqlx::Connection;
+        if let Some(conn) = self.0.lock().await.take() {
+            let _ = conn.close().await;
+        }
     }
 }
 
@@ -249,6 +328,9 @@ impl Db {
             refuse_missing_database(data_dir)?;
         }
         private_dir(data_dir)?;
+        if let Some(url) = database {
+            refuse_mismatched_keys(data_dir, url, initialize).await?;
+        }
         let keys = crate::secrets::Keyring::load_or_create(data_dir)?;
         Self::open_with_keys(data_dir, database, keys).await
     }
@@ -275,10 +357,7 @@ impl Db {
                 (read, write)
             }
             _ => {
-                let path = data_dir.join(DATABASE_FILE);
-                let path = path
-                    .to_str()
-                    .ok_or_else(|| Error::BadRequest(format!("{} is no UTF-8 path", path.display())))?;
+                let path = sqlite_path(&data_dir.join(DATABASE_FILE))?;
                 // A relaxed transaction (see [`Db::begin_relaxed`]) leaves its connection
                 // with `synchronous=NORMAL`; it is set back before anyone else gets it.
                 let left_relaxed = relaxed.clone();
@@ -344,6 +423,31 @@ impl Db {
         crate::audit::key_the_chain(&db).await?;
         crate::secrets::seal_stored(&db, false).await?;
         Ok(db)
+    }
+
+    /// Makes this process the one server of its database. On SQLite the data directory's
+    /// lock does that (`lock::DataDirLock`); on PostgreSQL a session advisory lock, held on
+    /// a connection of its own until [`ServingLock::release`] or the process's end (the
+    /// database lets go of a dead client's locks with its connection). Two servers over one
+    /// database would each recover the other's rollouts as interrupted, deliver webhooks
+    /// twice and fence each other on the shadows: until the replicas of a control plane
+    /// elect one leader, one server serves a database.
+    pub async fn lock_serving(&self) -> Result<ServingLock> {
+        if self.engine != Engine::Postgres {
+            return Ok(ServingLock(tokio::sync::Mutex::new(None)));
+        }
+        let mut conn = self.read.acquire().await?.detach();
+        let (held,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            .bind(SERVING_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+        if !held {
+            return Err(Error::conflict(
+                "server_running",
+                "another etc-shadow server is serving this database; one server serves a database (stop it first)",
+            ));
+        }
+        Ok(ServingLock(tokio::sync::Mutex::new(Some(conn))))
     }
 
     /// The engine under the store.
@@ -499,6 +603,39 @@ mod tests {
         let tx = db.begin().await.unwrap();
         tx.commit().await.unwrap();
         assert_eq!(level().await, 2);
+    }
+
+    /// Through the Any driver the SQLite file is named by a URL: a relative directory's
+    /// first component would be a host name (lower-cased), `?` a query, `#` a fragment.
+    /// Each of these directories gets its own database file, where the name says.
+    #[tokio::test]
+    async fn a_data_directory_with_any_name_holds_its_own_database() {
+        let root = tempfile::tempdir().unwrap();
+        let names = ["Data", "with space", "what?", "number#1", "100%", "ünï"];
+        for name in names {
+            let dir = root.path().join(name);
+            let db = Db::open_or_initialize(&dir, true).await.unwrap();
+            db.close().await;
+            assert!(dir.join(DATABASE_FILE).exists(), "{name}: the database is inside it");
+        }
+        // And nothing anywhere else.
+        let mut found: Vec<String> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        found.sort();
+        let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        expected.sort();
+        assert_eq!(found, expected);
+        // A relative directory with capitals, from its parent.
+        let relative = std::path::Path::new("Relative-Data");
+        let here = std::env::current_dir().unwrap();
+        std::env::set_current_dir(root.path()).unwrap();
+        let opened = Db::open_or_initialize(relative, true).await;
+        std::env::set_current_dir(here).unwrap();
+        opened.unwrap().close().await;
+        assert!(root.path().join("Relative-Data").join(DATABASE_FILE).exists());
+        assert!(!root.path().join("relative-data").exists());
     }
 
     #[tokio::test]

@@ -113,6 +113,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub coordinator: Arc<Coordinator>,
     pub monitor: Arc<Monitor>,
+    /// This server's hold on its database (see `Db::lock_serving`).
+    pub serving: Arc<control::db::ServingLock>,
 }
 
 /// The name of the console's assets in `<site root>/pkg` (`etc-shadow.<hash>`: its
@@ -256,6 +258,8 @@ pub async fn prepare(mut config: Config) -> control::Result<AppState> {
     // Over TLS the cookie must never travel in clear, and browsers keep to HTTPS.
     config.secure_cookies |= config.tls.is_some();
     let mut db = Db::open_at(&config.data_dir, config.database.as_deref(), config.initialize).await?;
+    // Before the epoch is raised: a second server must not fence the first.
+    let serving = Arc::new(db.lock_serving().await?);
     db.secret_keys = Arc::new(config.secret_keys.clone());
     db.webhook_internal = config.webhook_internal;
     let sealed = control::secrets::seal_secret_values(&db).await?;
@@ -279,6 +283,7 @@ pub async fn prepare(mut config: Config) -> control::Result<AppState> {
         config: Arc::new(config),
         coordinator,
         monitor: Arc::new(monitor),
+        serving,
     })
 }
 
@@ -294,6 +299,7 @@ pub async fn serve(
         None => None,
     };
     let db = state.db.clone();
+    let serving = state.serving.clone();
     // Decided rollouts whose shadows were unreachable keep being driven to completion.
     let coordinator = state.coordinator.clone();
     let recovery = tokio::spawn(async move {
@@ -351,6 +357,7 @@ pub async fn serve(
     drift.abort();
     webhooks.abort();
     monitor.stop();
+    serving.release().await;
     db.close().await;
     result
 }

@@ -23,7 +23,8 @@ struct Cli {
     /// A PostgreSQL database (postgres://user@host:port/name) instead of the data
     /// directory's SQLite file: the store the replicas of one control plane share. The
     /// data directory still holds the key file, which every replica needs a copy of.
-    #[arg(long, global = true, env = "ETC_SHADOW_DATABASE")]
+    /// A password in the URL is never shown by --help; prefer PGPASSWORD or ~/.pgpass.
+    #[arg(long, global = true, env = "ETC_SHADOW_DATABASE", hide_env_values = true)]
     database: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -309,6 +310,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             listen_and_serve(state, args.listen).await
         }
         Command::Demo(args) => {
+            if cli.database.is_some() {
+                return Err("the demo runs on SQLite in its data directory; --database (ETC_SHADOW_DATABASE) is for `serve`".into());
+            }
             let _lock = control::lock::DataDirLock::acquire(&cli.data_dir, "starting another").map_err(fail)?;
             let mut config = config(cli.data_dir.clone(), &args);
             if config.directory_hooks.is_none() {

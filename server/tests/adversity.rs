@@ -805,3 +805,59 @@ async fn a_slow_shadow_that_makes_progress_is_waited_for_and_a_stopped_one_is_no
         "aborted: the old revision stays"
     );
 }
+
+/// Two servers over one PostgreSQL database would each take the other's rollouts for
+/// interrupted ones and fence each other on the shadows: the second is refused before it
+/// raises the epoch, and serves once the first has stopped. (On SQLite the data
+/// directory's lock does this, at the CLI; the suite's second pass runs this test over
+/// PostgreSQL.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_database_is_refused_until_the_first_stops() {
+    let first = TestServer::start().await;
+    let Some(database) = first.database.clone() else {
+        eprintln!("on SQLite the data directory's lock refuses a second server (tested at the CLI)");
+        return;
+    };
+    let epoch = |db: &control::Db| {
+        let pool = db.read.clone();
+        async move {
+            let (epoch,): (i64,) = sqlx::query_as("SELECT epoch FROM control_plane").fetch_one(&pool).await.unwrap();
+            epoch
+        }
+    };
+    let before = epoch(&first.state.db).await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        first.data_dir().join(control::secrets::KEY_FILE),
+        elsewhere.path().join(control::secrets::KEY_FILE),
+    )
+    .unwrap();
+    let mut config = server::Config::new(elsewhere.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.database = Some(database.clone());
+    let refused = server::prepare(config.clone()).await.err().expect("a second server is refused");
+    assert!(refused.to_string().contains("another etc-shadow server"), "{refused}");
+    assert_eq!(epoch(&first.state.db).await, before, "the refused server raised no epoch");
+
+    // A data directory without the key file is refused before a new key is made; a key
+    // file beside a database that holds no control plane (lost, or the wrong one) is
+    // refused unless --initialize.
+    let keyless = tempfile::tempdir().unwrap();
+    let refused = control::Db::open_at(keyless.path(), Some(&database), false)
+        .await
+        .expect_err("no key file");
+    assert!(refused.to_string().contains("has no key file"), "{refused}");
+    assert!(!keyless.path().join(control::secrets::KEY_FILE).exists(), "no key was made");
+    let empty = common::test_database().unwrap();
+    let refused = control::Db::open_at(elsewhere.path(), Some(&empty), false)
+        .await
+        .expect_err("an empty database");
+    assert!(refused.to_string().contains("--initialize"), "{refused}");
+    let made = control::Db::open_at(elsewhere.path(), Some(&empty), true)
+        .await
+        .expect("--initialize makes one");
+    made.close().await;
+    first.stop().await;
+    let second = server::prepare(config).await.expect("the database is free once the first stopped");
+    assert_eq!(epoch(&second.db).await, before + 1);
+    second.serving.release().await;
+}
