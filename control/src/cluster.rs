@@ -90,15 +90,30 @@ fn margin(ttl: i64) -> Duration {
     Duration::from_millis(u64::try_from(ttl).unwrap_or(1).max(1) * 1000 / 3)
 }
 
+/// How often the lease is renewed: six times per TTL, so one slow answer (an etcd leader
+/// being elected) still leaves renewals before the margin.
+fn renewal(ttl: i64) -> Duration {
+    Duration::from_millis((u64::try_from(ttl).unwrap_or(1).max(1) * 1000 / 6).max(300))
+}
+
+/// One request to etcd, cut at `limit`.
+async fn within<T>(limit: Duration, call: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> Result<T, String> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(answer) => answer.map_err(|err| err.to_string()),
+        Err(_) => Err(format!("etcd did not answer within {limit:?}")),
+    }
+}
+
 impl Election {
     /// Connects and starts campaigning; answers at once (as a follower).
     pub async fn start(settings: Settings) -> Result<Arc<Election>, String> {
         if settings.endpoints.is_empty() {
             return Err("--etcd names no endpoint".into());
         }
+        // No per-request timeout on the channel: a campaign waits, by design, until it
+        // wins. Every other call is cut short on its own (`within`).
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(u64::try_from(settings.ttl).unwrap_or(5).max(2)))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_require_leader(true);
         let client = Client::connect(&settings.endpoints, Some(options))
@@ -144,12 +159,17 @@ impl Standing {
             return Err("the leader's lease is about to end".into());
         }
         let mut client = self.client.clone();
-        let answer = tokio::time::timeout(margin(self.settings.ttl), client.lease_time_to_live(lease, None))
+        let asked = Instant::now();
+        let answer = within(margin(self.settings.ttl), client.lease_time_to_live(lease, None))
             .await
-            .map_err(|_| "etcd did not confirm the lease in time".to_string())?
             .map_err(|err| format!("etcd did not confirm the lease: {err}"))?;
-        if answer.ttl() <= 1 {
-            return Err("the leader's lease has ended".into());
+        // etcd's whole seconds left, less the time the question took, must pass the margin.
+        let left = Duration::from_secs(u64::try_from(answer.ttl()).unwrap_or(0));
+        if left <= margin(self.settings.ttl) + asked.elapsed() {
+            return Err("the leader's lease has ended or is about to".into());
+        }
+        if self.role() != (Role::Leader { revision, lease }) {
+            return Err("this replica's term has ended".into());
         }
         Ok(())
     }
@@ -157,17 +177,19 @@ impl Standing {
     /// The replica that leads now, as etcd says.
     pub async fn leader(&self) -> Option<Replica> {
         let mut client = self.client.clone();
-        let answer = client.leader(self.key("leader")).await.ok()?;
+        let answer = within(Duration::from_secs(2), client.leader(self.key("leader"))).await.ok()?;
         serde_json::from_slice(answer.kv()?.value()).ok()
     }
 
     /// Every replica whose lease is alive.
     pub async fn replicas(&self) -> Result<Vec<Replica>, String> {
         let mut client = self.client.clone();
-        let answer = client
-            .get(self.key("replicas/"), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|err| format!("etcd: {err}"))?;
+        let answer = within(
+            Duration::from_secs(2),
+            client.get(self.key("replicas/"), Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        .map_err(|err| format!("etcd: {err}"))?;
         Ok(answer
             .kvs()
             .iter()
@@ -204,44 +226,48 @@ impl Drop for AbortOnDrop {
 }
 
 async fn term(this: &Arc<Standing>) -> Result<(), String> {
-    let ttl = this.settings.ttl.max(2);
+    let asked_for = this.settings.ttl.max(2);
     let mut client = this.client.clone();
-    let lease = client
-        .lease_grant(ttl, None)
+    // The lease runs from before the request at the latest: its end is counted from then.
+    let asked = Instant::now();
+    let granted = within(Duration::from_secs(2), client.lease_grant(asked_for, None))
         .await
-        .map_err(|err| format!("no lease from etcd: {err}"))?
-        .id();
-    *this.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + Duration::from_secs(ttl as u64));
+        .map_err(|err| format!("no lease from etcd: {err}"))?;
+    let (lease, ttl) = (granted.id(), granted.ttl().max(1));
+    *this.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(asked + Duration::from_secs(ttl as u64));
     let record = serde_json::to_vec(&this.settings.replica).map_err(|err| err.to_string())?;
-    client
-        .put(
+    within(
+        Duration::from_secs(2),
+        client.put(
             this.key(&format!("replicas/{}", this.settings.replica.id)),
             record.clone(),
             Some(PutOptions::new().with_lease(lease)),
-        )
-        .await
-        .map_err(|err| format!("cannot register the replica: {err}"))?;
+        ),
+    )
+    .await
+    .map_err(|err| format!("cannot register the replica: {err}"))?;
     // The lease is kept alive by a task of its own; when it cannot be, `lost` says so.
     let (lost_tx, mut lost) = watch::channel(false);
     let keeper = AbortOnDrop({
         let mut client = this.client.clone();
         let valid_until = this.valid_until.clone();
         tokio::spawn(async move {
-            let every = Duration::from_millis(ttl as u64 * 1000 / 3);
+            let every = renewal(ttl);
             let result: Result<(), String> = async {
-                let (mut keeper, mut answers) = client.lease_keep_alive(lease).await.map_err(|err| err.to_string())?;
+                let (mut keeper, mut answers) = within(Duration::from_secs(2), client.lease_keep_alive(lease)).await?;
                 loop {
+                    // One request at a time: an answer is credited to the request it
+                    // answers, so the lease's end is never counted from a later send.
                     let sent = Instant::now();
                     keeper.keep_alive().await.map_err(|err| err.to_string())?;
-                    match tokio::time::timeout(every, answers.message()).await {
-                        Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
+                    // However long it takes (the leader steps down by the clock meanwhile).
+                    match answers.message().await {
+                        Ok(Some(answer)) if answer.ttl() > 0 => {
                             *valid_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(sent + Duration::from_secs(answer.ttl() as u64));
                         }
-                        Ok(Ok(Some(_))) => return Err("the lease has expired".into()),
-                        Ok(Ok(None)) => return Err("the keep-alive stream ended".into()),
-                        Ok(Err(err)) => return Err(err.to_string()),
-                        // No answer in time: tried again; the lease's end comes nearer.
-                        Err(_) => continue,
+                        Ok(Some(_)) => return Err("the lease has expired".into()),
+                        Ok(None) => return Err("the keep-alive stream ended".into()),
+                        Err(err) => return Err(err.to_string()),
                     }
                     tokio::time::sleep(every.saturating_sub(sent.elapsed())).await;
                 }
@@ -260,6 +286,12 @@ async fn term(this: &Arc<Standing>) -> Result<(), String> {
             _ = lost.wait_for(|lost| *lost) => return Err("the lease was lost while campaigning".to_string()),
         };
         let revision = won.leader().map(|leader| leader.rev()).ok_or("etcd named no leader key")?;
+        // Won, but only a lease that is still alive by this replica's own count leads.
+        let left = (*this.valid_until.lock().unwrap_or_else(|p| p.into_inner()))
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()));
+        if *lost.borrow() || left <= margin(ttl) {
+            return Err("the lease ran out while the campaign was won".to_string());
+        }
         tracing::info!(replica = %this.settings.replica.id, revision, "this replica leads");
         let _ = this.role.send_replace(Role::Leader { revision, lease });
         // Leading until the lease is lost or nearly over by this replica's own clock.

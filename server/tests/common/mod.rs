@@ -240,6 +240,8 @@ impl TestServer {
         let client = Client::builder()
             .cookie_store(true)
             .redirect(reqwest::redirect::Policy::none())
+            // A request that hangs fails its test (and says which) instead of the run.
+            .timeout(std::time::Duration::from_secs(120))
             .build()
             .unwrap();
         let response = client
@@ -267,7 +269,11 @@ impl TestServer {
 
     /// A client without any credentials.
     pub fn anonymous(&self) -> Session {
-        let client = Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let client = Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .unwrap();
         Session {
             client,
             base: self.url(""),
