@@ -87,6 +87,11 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 Error::conflict("conflict", "a concurrent update got there first; retry")
             }
+            // PostgreSQL keeps no NUL character in text ("invalid byte sequence"): the input
+            // is refused as a whole, and its transaction changes nothing.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("22021") => {
+                Error::BadRequest("text may not contain the character U+0000 (NUL)".into())
+            }
             _ => Error::Internal(err.to_string()),
         }
     }

@@ -386,3 +386,41 @@ async fn assets_are_served_precompressed_and_cached_only_when_found() {
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_eq!(missing.headers()["cache-control"], "no-store");
 }
+
+/// A NUL character in free text (a change's message, a name at sign-in, an audit filter)
+/// is never a server error: SQLite keeps it, PostgreSQL keeps no NUL in text, and there
+/// the input is refused as bad input with nothing changed. (Before, PostgreSQL's refusal
+/// was a 500.)
+#[tokio::test]
+async fn a_nul_character_in_free_text_is_never_a_server_error() {
+    let server = TestServer::start().await;
+    server.user("erin", Role::Editor).await;
+    let editor = server.login("erin").await;
+    let (_, before) = editor.get("/api/v1/changes").await;
+    let mut body = change_body(0, "app.toml", "a = 1\n");
+    body["message"] = json!("fix\u{0}it");
+    let (status, answer) = editor.post("/api/v1/changes", body).await;
+    assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+    if status == StatusCode::BAD_REQUEST {
+        assert!(answer["error"]["message"].as_str().unwrap().contains("NUL"), "{answer}");
+        let (_, after) = editor.get("/api/v1/changes").await;
+        assert_eq!(before, after, "nothing was made");
+    } else {
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    let (status, answer) = editor.get("/api/v1/audit?actor=%00").await;
+    assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/session"))
+        .header("origin", server.origin())
+        .json(&json!({"username": "erin\u{0}", "password": common::PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert!(
+        status == StatusCode::UNAUTHORIZED || status == StatusCode::BAD_REQUEST,
+        "a name with NUL signs nobody in, and is no server error: {status}"
+    );
+    server.stop().await;
+}
