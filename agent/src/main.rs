@@ -392,6 +392,15 @@ async fn events(State(state): State<AgentState>) -> Sse<impl futures_util::Strea
 }
 
 /// Watches the live tree and the staged revisions; recomputes the root after changes.
+/// Whether the watcher failed because a path it walked is gone.
+fn vanished(err: &notify::Error) -> bool {
+    match &err.kind {
+        notify::ErrorKind::PathNotFound => true,
+        notify::ErrorKind::Io(io) => io.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
 fn watch_files(
     state: &AgentState,
     sender: watch::Sender<String>,
@@ -463,8 +472,20 @@ fn watch_files(
         config,
     )?;
     for path in watched {
-        if path.exists() {
-            watcher.watch(&path, RecursiveMode::Recursive)?;
+        // Old generations are emptied in the background (at start too): a directory that
+        // vanishes while the watcher walks the tree is no error, the walk is done again.
+        // (It was: now and then an agent exited at start with "cannot watch the live
+        // directory: No such file or directory".)
+        let mut attempts = 0;
+        while path.exists() {
+            match watcher.watch(&path, RecursiveMode::Recursive) {
+                Ok(()) => break,
+                Err(err) if attempts < 100 && vanished(&err) => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(err) => return Err(err),
+            }
         }
     }
     let store = state.store.clone();
