@@ -59,6 +59,15 @@ struct Process {
     child: Child,
 }
 
+/// A server the test started is killed when the test ends, also when it fails (a panic
+/// in the middle of a round left it running before).
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Process {
     /// Starts `etc-shadow serve`; `None` if it exited before listening (a crash point hit
     /// during start-up recovery).
