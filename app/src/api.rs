@@ -177,7 +177,12 @@ pub async fn overview() -> Result<domain::api::Overview, ServerFnError> {
     let incident_days = control::incidents::daily(&db, 14).await.map_err(fail)?;
     let mut awaiting_approval = awaiting.items;
     awaiting_approval.extend(approved.items);
+    let cluster = match use_context::<std::sync::Arc<control::cluster::Membership>>() {
+        Some(membership) => membership.view().await.ok(),
+        None => None,
+    };
     Ok(domain::api::Overview {
+        cluster,
         current,
         open_changes: i64::try_from(drafts.items.len() + awaiting_approval.len()).unwrap_or(i64::MAX),
         awaiting_approval,
@@ -827,6 +832,8 @@ pub async fn run_drill(name: String, requests: Option<String>) -> Result<domain:
         ),
         None => None,
     };
+    // A drill writes to the shadow as the control plane: the leader's work.
+    coordinator()?.require_leader().map_err(fail)?;
     let (view, notice) = control::drills::run(&db()?, &coordinator()?.registry, &caller()?, &name, requests)
         .await
         .map_err(fail)?;

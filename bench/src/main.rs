@@ -642,7 +642,7 @@ async fn rollouts(cli: &Cli) {
         let dir = tempfile::tempdir().unwrap();
         let agents = start_agents(&cli.agent, dir.path(), 1);
         let bench = Bench::open(&dir.path().join("control")).await;
-        let identity = bench.coordinator.identity.clone();
+        let identity = bench.coordinator.identity();
         let fence = Fence {
             control_plane_id: identity.id,
             epoch: identity.epoch,

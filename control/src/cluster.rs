@@ -69,6 +69,8 @@ pub struct Standing {
     /// Until when the lease is known to be valid (sent time of the last answered
     /// keep-alive, plus the TTL).
     valid_until: Arc<Mutex<Option<Instant>>>,
+    /// The lease of the term under way.
+    lease: Mutex<Option<i64>>,
 }
 
 impl Drop for Election {
@@ -125,9 +127,24 @@ impl Election {
             client,
             role,
             valid_until: Arc::new(Mutex::new(None)),
+            lease: Mutex::new(None),
         });
         let task = tokio::spawn(run(inner.clone()));
         Ok(Arc::new(Election { inner, task }))
+    }
+}
+
+impl Election {
+    /// Leaves the election at once (a replica shutting down): its lease is revoked, so
+    /// another replica can lead without waiting for the lease to expire.
+    pub async fn resign(&self) {
+        self.task.abort();
+        let _ = self.inner.role.send_replace(Role::Follower);
+        let lease = self.inner.lease.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(lease) = lease {
+            let mut client = self.inner.client.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
+        }
     }
 }
 
@@ -234,6 +251,7 @@ async fn term(this: &Arc<Standing>) -> Result<(), String> {
         .await
         .map_err(|err| format!("no lease from etcd: {err}"))?;
     let (lease, ttl) = (granted.id(), granted.ttl().max(1));
+    *this.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
     *this.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(asked + Duration::from_secs(ttl as u64));
     let record = serde_json::to_vec(&this.settings.replica).map_err(|err| err.to_string())?;
     within(
@@ -315,4 +333,149 @@ async fn term(this: &Arc<Standing>) -> Result<(), String> {
     let mut client = this.client.clone();
     let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
     outcome
+}
+
+/// This process among the control plane's replicas: who it is, the election it takes part
+/// in (none for the sole server of a database), and the record every replica keeps of
+/// itself in the database (so a replica that is gone still shows, with when it was last
+/// seen).
+pub struct Membership {
+    pub replica: Replica,
+    pub election: Option<Arc<Election>>,
+    db: crate::Db,
+    /// The leader as last asked of etcd (see [`Membership::run`]).
+    leader: Mutex<Option<Replica>>,
+}
+
+/// How often a replica writes its record and asks etcd who leads.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Records not written for this long are no longer listed (a replica retired for good).
+const FORGOTTEN_AFTER_HOURS: i64 = 24;
+
+impl Membership {
+    /// The sole server of its database: it leads by itself.
+    pub fn sole(db: crate::Db, replica: Replica) -> Membership {
+        Membership {
+            leader: Mutex::new(Some(replica.clone())),
+            replica,
+            election: None,
+            db,
+        }
+    }
+
+    /// A replica that campaigns in `election`.
+    pub fn elected(db: crate::Db, election: Arc<Election>) -> Membership {
+        Membership {
+            replica: election.replica().clone(),
+            election: Some(election),
+            db,
+            leader: Mutex::new(None),
+        }
+    }
+
+    /// The leader as last seen (at most a couple of seconds old); this replica itself the
+    /// moment it leads.
+    pub fn leader(&self) -> Option<Replica> {
+        match &self.election {
+            Some(election) if matches!(election.role(), Role::Leader { .. }) => Some(self.replica.clone()),
+            _ => self.leader.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// Keeps this replica's record and the leader it knows fresh, until dropped (the sole
+    /// server has nothing to keep).
+    pub async fn run(self: Arc<Self>) {
+        let Some(election) = self.election.clone() else {
+            return;
+        };
+        let mut last_write: Option<Instant> = None;
+        loop {
+            let leader = election.leader().await;
+            *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = leader;
+            if last_write.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
+                if let Err(err) = self.heartbeat().await {
+                    tracing::warn!(%err, "cannot write this replica's record");
+                }
+                last_write = Some(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn heartbeat(&self) -> crate::Result<()> {
+        // Its own row only: no write lock needed.
+        sqlx::query(
+            "INSERT INTO replicas (id, address, started_at, last_seen_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET address = excluded.address, started_at = excluded.started_at,
+             last_seen_at = excluded.last_seen_at",
+        )
+        .bind(&self.replica.id)
+        .bind(&self.replica.address)
+        .bind(&self.replica.started_at)
+        .bind(crate::now())
+        .execute(self.db.read_write())
+        .await?;
+        Ok(())
+    }
+
+    /// Every replica known, which ones are alive and which one leads, as etcd and the
+    /// database say now.
+    pub async fn view(&self) -> crate::Result<domain::api::ClusterView> {
+        let Some(election) = &self.election else {
+            let now = crate::now();
+            return Ok(domain::api::ClusterView {
+                this: self.replica.id.clone(),
+                leader: Some(self.replica.id.clone()),
+                replicas: vec![domain::api::ReplicaView {
+                    id: self.replica.id.clone(),
+                    address: self.replica.address.clone(),
+                    leader: true,
+                    alive: true,
+                    started_at: self.replica.started_at.clone(),
+                    last_seen_at: now,
+                }],
+                elected: false,
+            });
+        };
+        let (leader, alive) = tokio::join!(election.leader(), election.replicas());
+        let alive = alive.unwrap_or_default();
+        let since = crate::format_time(time::OffsetDateTime::now_utc() - time::Duration::hours(FORGOTTEN_AFTER_HOURS));
+        let rows: Vec<(String, String, String, String)> =
+            sqlx::query_as("SELECT id, address, started_at, last_seen_at FROM replicas WHERE last_seen_at >= $1 ORDER BY id")
+                .bind(since)
+                .fetch_all(&self.db.read)
+                .await?;
+        let mut replicas: Vec<domain::api::ReplicaView> = rows
+            .into_iter()
+            .map(|(id, address, started_at, last_seen_at)| domain::api::ReplicaView {
+                leader: leader.as_ref().is_some_and(|l| l.id == id),
+                alive: alive.iter().any(|r| r.id == id),
+                id,
+                address,
+                started_at,
+                last_seen_at,
+            })
+            .collect();
+        // Alive in etcd but without a record yet (it has just started).
+        for replica in &alive {
+            if !replicas.iter().any(|r| r.id == replica.id) {
+                replicas.push(domain::api::ReplicaView {
+                    id: replica.id.clone(),
+                    address: replica.address.clone(),
+                    leader: leader.as_ref().is_some_and(|l| l.id == replica.id),
+                    alive: true,
+                    started_at: replica.started_at.clone(),
+                    last_seen_at: replica.started_at.clone(),
+                });
+            }
+        }
+        replicas.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(domain::api::ClusterView {
+            this: self.replica.id.clone(),
+            leader: leader.map(|l| l.id),
+            replicas,
+            elected: true,
+        })
+    }
 }

@@ -555,6 +555,44 @@ impl Db {
         Ok(Identity { id, epoch })
     }
 
+    /// The control plane's identity as stored (its latest epoch), without raising it: what
+    /// a replica that does not lead knows.
+    pub async fn identity(&self) -> Result<Identity> {
+        let (id, epoch): (String, i64) = sqlx::query_as("SELECT id, epoch FROM control_plane").fetch_one(&self.read).await?;
+        Ok(Identity { id, epoch })
+    }
+
+    /// Takes the epoch of a term won in an election: the leader key's etcd create
+    /// `revision`, unless the database has seen that epoch or a later one (an etcd cluster
+    /// rebuilt, a control plane that ran alone before), then one more than the newest. The
+    /// epoch only grows, so a deposed leader's journal writes ([`crate::rollouts`] checks
+    /// the stored epoch in each) and its shadow writes (the shadows keep the highest
+    /// epoch seen) are refused once this one is in.
+    pub async fn take_leadership(&self, revision: i64, replica: &str) -> Result<Identity> {
+        let mut tx = self.begin().await?;
+        let (id, epoch): (String, i64) =
+            sqlx::query_as("UPDATE control_plane SET epoch = CASE WHEN epoch < $1 THEN $1 ELSE epoch + 1 END RETURNING id, epoch")
+                .bind(revision)
+                .fetch_one(&mut *tx)
+                .await?;
+        crate::audit::append(
+            &mut tx,
+            "system",
+            "control_plane.lead",
+            &format!("control_plane/{id}"),
+            serde_json::json!({"epoch": epoch, "replica": replica, "revision": revision}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Identity { id, epoch })
+    }
+
+    /// The epoch stored now, read inside a write transaction (so no other writer can
+    /// move it before that transaction ends).
+    pub async fn stored_epoch(conn: &mut sqlx::AnyConnection) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT epoch FROM control_plane").fetch_one(conn).await?)
+    }
+
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;

@@ -93,6 +93,8 @@ pub struct Monitor {
     logged: Mutex<HashMap<String, u32>>,
     /// Event-stream listeners of agent shadows, by shadow name.
     listeners: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Where notices are published to the other replicas (see [`crate::bus`]).
+    outbox: std::sync::OnceLock<crate::bus::Outbox>,
 }
 
 impl Monitor {
@@ -111,6 +113,7 @@ impl Monitor {
             checking: Mutex::new(HashMap::new()),
             logged: Mutex::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
+            outbox: std::sync::OnceLock::new(),
         }
     }
 
@@ -121,6 +124,19 @@ impl Monitor {
 
     /// Announces an incident change made elsewhere (a person's action).
     pub fn announce(&self, notice: IncidentNotice) {
+        if let Some(outbox) = self.outbox.get() {
+            let _ = outbox.try_send(crate::bus::Message::Incident(notice.clone()));
+        }
+        let _ = self.notices.send(notice);
+    }
+
+    /// Publishes this process's notices to the other replicas from now on.
+    pub fn publish_to(&self, outbox: crate::bus::Outbox) {
+        let _ = self.outbox.set(outbox);
+    }
+
+    /// A notice from another replica, for this one's subscribers.
+    pub fn deliver(&self, notice: IncidentNotice) {
         let _ = self.notices.send(notice);
     }
 
@@ -143,6 +159,8 @@ impl Monitor {
 
     /// Checks one shadow now and records what was seen.
     pub async fn check(&self, name: &str, trigger: Trigger) -> Result<ShadowView> {
+        // Checks record what they saw and open incidents: the leader's work.
+        self.coordinator.require_leader()?;
         let lock = self
             .checking
             .lock()
@@ -288,7 +306,7 @@ impl Monitor {
         trigger: Trigger,
     ) -> Result<Option<IncidentNotice>> {
         let name = view.name.as_str();
-        let identity = &self.coordinator.identity;
+        let identity = self.coordinator.identity();
         let mut kinds = BTreeSet::new();
         let mut detail = None;
         if state.control_plane_id.as_deref().is_some_and(|id| id != identity.id) {

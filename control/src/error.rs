@@ -30,8 +30,19 @@ pub enum Error {
     TooManyRequests { retry_after: u64 },
     #[error("{path}: {error}")]
     Invalid { path: String, error: ValidationError },
+    /// Leader-only work (a rollout, a reconcile, a check, a drill) asked of a replica that
+    /// does not lead; `leader` is where the leader answers, when one is known.
+    #[error("{}", not_leader_message(.leader.as_deref()))]
+    NotLeader { leader: Option<String> },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn not_leader_message(leader: Option<&str>) -> String {
+    match leader {
+        Some(address) => format!("this replica does not lead; the leader is at {address}"),
+        None => "no replica leads now (an election is under way, or etcd is out of reach); try again shortly".to_string(),
+    }
 }
 
 impl Error {
@@ -53,6 +64,7 @@ impl Error {
             Error::TooManyRequests { .. } => 429,
             Error::Invalid { .. } => 422,
             Error::Internal(_) => 500,
+            Error::NotLeader { .. } => 503,
         }
     }
 
@@ -68,6 +80,7 @@ impl Error {
             Error::TooManyRequests { .. } => "too_many_requests",
             Error::Invalid { .. } => "invalid_config",
             Error::Internal(_) => "internal",
+            Error::NotLeader { .. } => "not_leader",
         }
     }
 

@@ -7,6 +7,7 @@
 //! transaction. This crate knows nothing of HTTP, cookies or pages.
 
 pub mod audit;
+pub mod bus;
 pub mod changes;
 pub mod cluster;
 pub mod db;

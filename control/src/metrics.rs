@@ -53,6 +53,17 @@ fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// Whether the replica that answers leads (`etc_shadow_leader{replica="…"} 1`, 0 when
+/// it follows): summed over the replicas' scrapes, exactly one leads.
+pub fn render_leadership(out: &mut String, replica: &str, leading: bool) {
+    let _ = writeln!(
+        out,
+        "# HELP etc_shadow_leader Whether this replica leads the control plane (1) or follows (0).\n# TYPE etc_shadow_leader gauge\netc_shadow_leader{{replica=\"{}\"}} {}",
+        label(replica),
+        u8::from(leading)
+    );
+}
+
 /// The whole exposition. `checks` is the drift monitor's check-latency histogram,
 /// `prepares_from_stage` the coordinator's count of prepares answered from a tree staged
 /// ahead.

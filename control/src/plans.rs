@@ -31,9 +31,11 @@ impl Monitor {
             .fetch_all(&mut *conn)
             .await?;
         let request = if validate {
+            // A validation stages the tree on the shadows: leader-only, as its writes are.
+            let identity = self.coordinator.require_leader()?;
             Some(PrepareRequest {
-                control_plane_id: self.coordinator.identity.id.clone(),
-                epoch: self.coordinator.identity.epoch,
+                control_plane_id: identity.id,
+                epoch: identity.epoch,
                 revision: change.base_revision + 1,
                 target_root: root.clone(),
                 base_root: base_root.clone(),
@@ -146,7 +148,7 @@ impl Monitor {
 
     /// Why a shadow in `state` would refuse a prepare of `revision` on `base_root`.
     fn refusal(&self, state: &domain::protocol::ShadowState, base_root: &str, revision: i64) -> Option<String> {
-        let identity = &self.coordinator.identity;
+        let identity = self.coordinator.identity();
         if state.control_plane_id.as_deref().is_some_and(|bound| bound != identity.id) {
             return Some("fenced: it is bound to another control plane".into());
         }

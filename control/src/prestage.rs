@@ -114,9 +114,10 @@ impl Coordinator {
         let Some(wanted) = wanted else {
             return Ok(true);
         };
+        let identity = self.require_leader()?;
         let request = PrepareRequest {
-            control_plane_id: self.identity.id.clone(),
-            epoch: self.identity.epoch,
+            control_plane_id: identity.id,
+            epoch: identity.epoch,
             revision: wanted.revision,
             target_root: wanted.root.clone(),
             base_root: wanted.base_root.clone(),

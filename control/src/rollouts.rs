@@ -346,7 +346,11 @@ struct Meta {
 pub struct Coordinator {
     pub db: Db,
     pub registry: Arc<Registry>,
-    pub identity: Identity,
+    /// Whether this process leads, and with which epoch (see [`Term`]).
+    term: std::sync::RwLock<Term>,
+    /// Tasks that write for the term (rollouts, recoveries, sends after a cancel): ended
+    /// when it ends.
+    term_tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     /// The prepare deadline: a rollout not decided this long after it started is aborted,
     /// unless every shadow it still waits for is making progress (see
     /// [`store::Progress`]): then it waits this long again, up to [`Self::prepare_limit`].
@@ -381,6 +385,24 @@ pub struct Coordinator {
     pub(crate) staging_nudge: tokio::sync::Notify,
     /// The last change plan computed (see [`Coordinator::change_plan`]).
     plan_memo: std::sync::Mutex<Option<PlanMemo>>,
+    /// Where events are published to the other replicas (see [`crate::bus`]).
+    outbox: std::sync::OnceLock<crate::bus::Outbox>,
+}
+
+/// Whether this process may decide rollouts and write to shadows, and as whom.
+///
+/// The sole server of a database leads from its start, with the epoch it raised then. A
+/// replica ([`crate::cluster`]) leads only for the terms it wins, with the epoch
+/// [`Db::take_leadership`] made of its leader key's revision, and asks etcd again
+/// ([`crate::cluster::Standing::confirm`]) before each decision it logs. Every journal
+/// write of the coordinator happens in a transaction that first finds this epoch still
+/// the stored one, so a deposed leader's writes, however late they come, change nothing.
+#[derive(Clone)]
+pub struct Term {
+    pub identity: Identity,
+    pub leading: bool,
+    /// The election won and the revision of the leader key (`None`: the sole server).
+    pub elected: Option<(Arc<crate::cluster::Election>, i64)>,
 }
 
 /// What rolling a change out on top of a revision means: computed once for a change's
@@ -416,7 +438,12 @@ impl Coordinator {
         Coordinator {
             db,
             registry,
-            identity,
+            term: std::sync::RwLock::new(Term {
+                identity,
+                leading: true,
+                elected: None,
+            }),
+            term_tasks: std::sync::Mutex::new(Vec::new()),
             prepare_timeout: Duration::from_secs(10),
             prepare_limit: Duration::from_secs(600),
             commit_patience: Duration::from_secs(20),
@@ -432,6 +459,7 @@ impl Coordinator {
             taken_from_stage: std::sync::atomic::AtomicU64::new(0),
             staging_nudge: tokio::sync::Notify::new(),
             plan_memo: std::sync::Mutex::new(None),
+            outbox: std::sync::OnceLock::new(),
         }
     }
 
@@ -466,6 +494,104 @@ impl Coordinator {
         Ok(plan)
     }
 
+    /// The identity shadows see in this process's writes (the latest term's).
+    pub fn identity(&self) -> Identity {
+        self.term.read().unwrap_or_else(|p| p.into_inner()).identity.clone()
+    }
+
+    /// Whether this process leads now.
+    pub fn leading(&self) -> bool {
+        self.term.read().unwrap_or_else(|p| p.into_inner()).leading
+    }
+
+    /// Refuses leader-only work in a process that does not lead.
+    pub fn require_leader(&self) -> Result<Identity> {
+        let term = self.term.read().unwrap_or_else(|p| p.into_inner());
+        if term.leading {
+            Ok(term.identity.clone())
+        } else {
+            Err(Error::NotLeader { leader: None })
+        }
+    }
+
+    /// Starts a term: from now on this process decides rollouts and writes to shadows as
+    /// `identity` (taken by [`Db::take_leadership`] or [`Db::raise_epoch`]).
+    pub fn lead(&self, identity: Identity, elected: Option<(Arc<crate::cluster::Election>, i64)>) {
+        tracing::info!(epoch = identity.epoch, "the coordinator leads");
+        *self.term.write().unwrap_or_else(|p| p.into_inner()) = Term {
+            identity,
+            leading: true,
+            elected,
+        };
+    }
+
+    /// Ends the term: the tasks that write for it stop where they are (the next leader
+    /// recovers their rollouts as at a start), and nothing new starts.
+    pub fn step_down(&self) {
+        {
+            let mut term = self.term.write().unwrap_or_else(|p| p.into_inner());
+            if term.leading {
+                tracing::warn!(epoch = term.identity.epoch, "the coordinator steps down");
+            }
+            term.leading = false;
+            term.elected = None;
+        }
+        for task in self.term_tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+        self.staged_ahead.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.bump();
+        self.operator_moved.notify_waiters();
+    }
+
+    /// Spawns a task that writes for the current term: aborted when the term ends.
+    fn spawn_for_term<F>(&self, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(task);
+        let mut tasks = self.term_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|task| !task.is_finished());
+        tasks.push(handle.abort_handle());
+        drop(tasks);
+        // A term that ended while it was being spawned does not keep it.
+        if !self.leading() {
+            handle.abort();
+        }
+        handle
+    }
+
+    /// A write transaction of the current term: refused when this process does not lead,
+    /// or when the stored epoch moved past this term's (another replica leads since).
+    /// Inside the transaction the epoch cannot move (every writer takes the write lock).
+    pub async fn begin_for_term(&self, relaxed: bool) -> Result<crate::db::Tx> {
+        let identity = self.require_leader()?;
+        let mut tx = if relaxed {
+            self.db.begin_relaxed().await?
+        } else {
+            self.db.begin().await?
+        };
+        let stored = Db::stored_epoch(&mut tx).await?;
+        if stored != identity.epoch {
+            tracing::warn!(epoch = identity.epoch, stored, "a write of an ended term refused");
+            return Err(Error::NotLeader { leader: None });
+        }
+        Ok(tx)
+    }
+
+    /// Before a decision is logged: a replica asks etcd whether its term still holds,
+    /// with time to spare before its lease could end (the sole server always may).
+    async fn confirm_term(&self) -> Result<()> {
+        let elected = self.term.read().unwrap_or_else(|p| p.into_inner()).elected.clone();
+        if let Some((election, revision)) = elected {
+            election.confirm(revision).await.map_err(|err| {
+                tracing::warn!(%err, "the term is not confirmed; no decision is logged");
+                Error::NotLeader { leader: None }
+            })?;
+        }
+        Ok(())
+    }
+
     /// Whether a rollout (or recovery) is running now.
     pub fn is_running(&self) -> bool {
         self.running.try_lock().is_err()
@@ -486,13 +612,27 @@ impl Coordinator {
     }
 
     fn emit(&self, rollout: i64, shadow: Option<&str>, phase: &str, root: Option<String>) {
-        // Nobody listening is fine: the journal in SQLite is the record.
-        let _ = self.events.send(RolloutEvent {
+        let event = RolloutEvent {
             rollout,
             shadow: shadow.map(str::to_string),
             phase: phase.to_string(),
             root,
-        });
+        };
+        if let Some(outbox) = self.outbox.get() {
+            let _ = outbox.try_send(crate::bus::Message::Rollout(event.clone()));
+        }
+        // Nobody listening is fine: the journal in the database is the record.
+        let _ = self.events.send(event);
+    }
+
+    /// Publishes this process's events to the other replicas from now on.
+    pub fn publish_to(&self, outbox: crate::bus::Outbox) {
+        let _ = self.outbox.set(outbox);
+    }
+
+    /// An event of a rollout another replica runs, for this one's subscribers.
+    pub fn deliver(&self, event: RolloutEvent) {
+        let _ = self.events.send(event);
     }
 
     /// The right to start a rollout: refused at once while the journal has an open one;
@@ -511,9 +651,10 @@ impl Coordinator {
 
     /// The writer's identity for a commit or abort of the rollout of `root`.
     fn fence(&self, root: &str) -> Fence {
+        let identity = self.identity();
         Fence {
-            control_plane_id: self.identity.id.clone(),
-            epoch: self.identity.epoch,
+            control_plane_id: identity.id,
+            epoch: identity.epoch,
             target_root: Some(root.to_string()),
         }
     }
@@ -556,7 +697,7 @@ impl Coordinator {
         caller.require(Role::Approver)?;
         caller.require_recent_password()?;
         let running = self.acquire_running().await?;
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.begin_for_term(false).await?;
         let change = changes::load(&mut tx, change_id).await?;
         let current = check_rollable(&mut tx, &change).await?;
         let ChangePlan {
@@ -605,6 +746,7 @@ impl Coordinator {
                 json!({"rollout": id, "revision": number, "root": root, "shadows": []}),
             )
             .await?;
+            self.confirm_term().await?;
             tx.commit().await?;
             return Ok((id, None));
         }
@@ -637,7 +779,7 @@ impl Coordinator {
         caller.require_recent_password()?;
         crate::shadows::get(&self.db, shadow).await?;
         let running = self.acquire_running().await?;
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.begin_for_term(false).await?;
         if !open_rollouts(&mut tx).await?.is_empty() {
             return Err(busy());
         }
@@ -701,7 +843,7 @@ impl Coordinator {
     /// when recovery takes over), whoever started it and whether or not they still wait.
     fn launch(self: &Arc<Self>, plan: Plan, running: tokio::sync::OwnedMutexGuard<()>) -> tokio::task::JoinHandle<()> {
         let coordinator = self.clone();
-        tokio::spawn(async move {
+        self.spawn_for_term(async move {
             let id = plan.id;
             let reconciled = plan.reconcile.then(|| plan.shadows[0].clone());
             coordinator.bump();
@@ -742,9 +884,10 @@ impl Coordinator {
         let mut answered: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut steps: HashMap<String, u64> = HashMap::new();
         let head = crate::audit::head(&self.db).await?;
+        let identity = self.identity();
         let request = PrepareRequest {
-            control_plane_id: self.identity.id.clone(),
-            epoch: self.identity.epoch,
+            control_plane_id: identity.id,
+            epoch: identity.epoch,
             revision: plan.revision,
             target_root: plan.root.clone(),
             base_root: plan.base_root.clone(),
@@ -993,11 +1136,7 @@ impl Coordinator {
         operator: Option<&Caller>,
         relaxed: bool,
     ) -> Result<(Rollout, Vec<Action>)> {
-        let mut tx = if relaxed && operator.is_none() {
-            self.db.begin_relaxed().await?
-        } else {
-            self.db.begin().await?
-        };
+        let mut tx = self.begin_for_term(relaxed && operator.is_none()).await?;
         let (mut rollout, meta) = load_in(&mut tx, id).await?;
         let before = rollout.clone();
         let operator_action = match &event {
@@ -1127,6 +1266,12 @@ impl Coordinator {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        }
+        if rollout.decision != before.decision {
+            // The lease is asked about while this transaction holds the write lock: a
+            // successor cannot take the epoch (and so cannot presume this rollout
+            // aborted) before the decision is in, or refused.
+            self.confirm_term().await?;
         }
         if actions.contains(&Action::LogDecision(Decision::Commit)) {
             crash_point("before_decision");
@@ -1329,7 +1474,7 @@ impl Coordinator {
     /// node answers the same run).
     async fn reloaded(&self, id: i64, shadow: &str, root: &str, receipt: Option<&str>, run: domain::protocol::HookRun) -> Result<()> {
         let text = serde_json::to_string(&run).map_err(|err| Error::Internal(err.to_string()))?;
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.begin_for_term(false).await?;
         sqlx::query("UPDATE rollout_shadows SET hook = $1 WHERE rollout_id = $2 AND shadow = $3")
             .bind(text)
             .bind(id)
@@ -1385,7 +1530,7 @@ impl Coordinator {
         // The aborts belong to the coordinator, not to this request: a caller that hangs
         // up does not leave them unsent.
         let coordinator = self.clone();
-        tokio::spawn(async move {
+        self.spawn_for_term(async move {
             if let Err(err) = coordinator.perform(id, &rollout.root, &actions).await {
                 tracing::warn!(rollout = id, %err, "aborts after a cancel not all acknowledged");
             }
@@ -1397,6 +1542,7 @@ impl Coordinator {
     /// periodically. An undecided one is presumed aborted (its starter stopped before
     /// deciding); a decided one gets a task that drives its commits to completion.
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        self.require_leader()?;
         let Ok(running) = self.running.clone().try_lock_owned() else {
             // A task owns the open rollout.
             return Ok(());
@@ -1416,7 +1562,7 @@ impl Coordinator {
             return Ok(());
         }
         let coordinator = self.clone();
-        tokio::spawn(async move {
+        self.spawn_for_term(async move {
             coordinator.bump();
             for id in committing {
                 if let Err(err) = coordinator.drive_commit(id, None).await {

@@ -475,6 +475,38 @@ pub struct Overview {
     /// Incidents per day over the last two weeks, oldest first.
     #[serde(default)]
     pub incident_days: Vec<IncidentDay>,
+    /// The control plane's replicas and which one leads.
+    #[serde(default)]
+    pub cluster: Option<ClusterView>,
+}
+
+/// `GET /api/v1/cluster`: the control plane's replicas and which one leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The replica that answered.
+    #[serde(rename = "self")]
+    pub this: String,
+    /// The replica that leads now (`null`: none, an election is under way or etcd is out
+    /// of reach).
+    pub leader: Option<String>,
+    pub replicas: Vec<ReplicaView>,
+    /// Whether the replicas elect their leader through etcd (`serve --etcd`); a sole
+    /// server leads by itself.
+    pub elected: bool,
+}
+
+/// One replica of the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub id: String,
+    /// Where its console and API answer.
+    pub address: String,
+    pub leader: bool,
+    /// Its etcd lease is alive (it takes part in the election now).
+    pub alive: bool,
+    pub started_at: String,
+    /// When it last wrote its record (every few seconds while it runs).
+    pub last_seen_at: String,
 }
 
 /// One day of the incidents chart.

@@ -42,7 +42,7 @@ fn is_server_fn(path: &str) -> bool {
 /// A refusal in the shape the caller reads: the REST API's JSON error, or, for a console
 /// server function, the server-function error encoding, so the page shows the reason (and
 /// offers to sign in again) instead of failing to decode the answer.
-fn refuse(path: &str, err: Error) -> Response {
+pub(crate) fn refuse(path: &str, err: Error) -> Response {
     if !is_server_fn(path) {
         return ApiError(err).into_response();
     }

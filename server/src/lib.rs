@@ -3,6 +3,7 @@
 //! Business rules live in `control` and `domain`; pages in `app`.
 
 pub mod auth;
+pub mod cluster;
 pub mod demo;
 pub mod error;
 pub mod rest;
@@ -69,6 +70,34 @@ pub struct Config {
     /// Stage approved changes on the shadows ahead of their rollout (see
     /// `control::prestage`).
     pub stage_ahead: bool,
+    /// Run as one replica of several, electing a leader through this etcd cluster.
+    pub replication: Option<Replication>,
+    /// This server's name among the replicas (default: the host and port of `advertise`).
+    pub replica_id: Option<String>,
+    /// Where the other replicas reach this one's console and API (default: the listen
+    /// address, over HTTPS when `tls` is set).
+    pub advertise: Option<String>,
+}
+
+/// The election of a leader among replicas.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    pub etcd: Vec<String>,
+    /// The election's keys are under this prefix.
+    pub root: String,
+    /// The lease's time to live, seconds: a dead leader's successor leads within about
+    /// this plus a second.
+    pub ttl: i64,
+}
+
+impl Replication {
+    pub fn new(etcd: Vec<String>) -> Replication {
+        Replication {
+            etcd,
+            root: "/etc-shadow/control/".into(),
+            ttl: control::cluster::DEFAULT_TTL,
+        }
+    }
 }
 
 impl Config {
@@ -94,6 +123,9 @@ impl Config {
             directory_hooks: None,
             drill_interval: None,
             stage_ahead: true,
+            replication: None,
+            replica_id: None,
+            advertise: None,
         }
     }
 }
@@ -113,8 +145,13 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub coordinator: Arc<Coordinator>,
     pub monitor: Arc<Monitor>,
-    /// This server's hold on its database (see `Db::lock_serving`).
-    pub serving: Arc<control::db::ServingLock>,
+    /// A sole server's hold on its database (see `Db::lock_serving`); replicas share it.
+    pub serving: Option<Arc<control::db::ServingLock>>,
+    /// This server among the control plane's replicas.
+    pub membership: Arc<control::cluster::Membership>,
+    /// How a replica that does not lead hands leader-only requests to the leader (none
+    /// for a sole server).
+    pub forwarder: Option<Arc<cluster::Forwarder>>,
 }
 
 /// The name of the console's assets in `<site root>/pkg` (`etc-shadow.<hash>`: its
@@ -182,8 +219,10 @@ pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
     let coordinator = state.coordinator.clone();
     let monitor = state.monitor.clone();
+    let membership = state.membership.clone();
     let context = move || {
         provide_context(db.clone());
+        provide_context(membership.clone());
         provide_context(coordinator.clone());
         provide_context(monitor.clone());
         provide_context(app::ConsoleSettings {
@@ -240,6 +279,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(expose_caller))
         .layer(middleware::from_fn(auth::deny_by_default))
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), cluster::forward_to_leader))
         .layer(DefaultBodyLimit::max(state.config.max_body))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http());
@@ -257,23 +297,63 @@ pub fn router(state: AppState) -> Router {
 pub async fn prepare(mut config: Config) -> control::Result<AppState> {
     // Over TLS the cookie must never travel in clear, and browsers keep to HTTPS.
     config.secure_cookies |= config.tls.is_some();
+    if config.replication.is_some() && config.database.is_none() {
+        return Err(control::Error::BadRequest(
+            "--etcd needs --database postgres://…: the replicas share one database".into(),
+        ));
+    }
     let mut db = Db::open_at(&config.data_dir, config.database.as_deref(), config.initialize).await?;
-    // Before the epoch is raised: a second server must not fence the first.
-    let serving = Arc::new(db.lock_serving().await?);
+    // Before the epoch is raised: a second sole server must not fence the first.
+    // Replicas share the database; the election decides which one writes.
+    let serving = match config.replication {
+        Some(_) => None,
+        None => Some(Arc::new(db.lock_serving().await?)),
+    };
     db.secret_keys = Arc::new(config.secret_keys.clone());
     db.webhook_internal = config.webhook_internal;
     let sealed = control::secrets::seal_secret_values(&db).await?;
     if sealed > 0 {
         tracing::info!(sealed, "sealed stored contents that hold secret values");
     }
-    let identity = db.raise_epoch().await?;
-    tracing::info!(control_plane = %identity.id, epoch = identity.epoch, "control plane started");
+    let replica = control::cluster::Replica {
+        id: config.replica_id.clone().unwrap_or_else(|| replica_id(&advertise(&config))),
+        address: advertise(&config),
+        started_at: control::now(),
+    };
+    // A sole server leads from its start, with an epoch raised now; a replica when it
+    // wins a term (see `cluster::follow_election`).
+    let identity = match config.replication {
+        None => db.raise_epoch().await?,
+        Some(_) => db.identity().await?,
+    };
+    tracing::info!(control_plane = %identity.id, epoch = identity.epoch, replica = %replica.id, "control plane started");
     let registry = Arc::new(Registry::new(std::time::Duration::from_secs(10)).with_directory_hooks(config.directory_hooks.clone()));
     let mut coordinator = Coordinator::new(db.clone(), registry.clone(), identity);
     coordinator.prepare_timeout = config.prepare_deadline;
     coordinator.prestaging = config.stage_ahead;
     let coordinator = Arc::new(coordinator);
-    coordinator.recover().await?;
+    let (membership, forwarder) = match &config.replication {
+        None => {
+            coordinator.recover().await?;
+            (Arc::new(control::cluster::Membership::sole(db.clone(), replica)), None)
+        }
+        Some(replication) => {
+            coordinator.step_down();
+            let election = control::cluster::Election::start(control::cluster::Settings {
+                endpoints: replication.etcd.clone(),
+                root: replication.root.clone(),
+                replica,
+                ttl: replication.ttl,
+            })
+            .await
+            .map_err(control::Error::BadRequest)?;
+            let forwarder = cluster::Forwarder::new(config.tls.as_ref()).map_err(control::Error::BadRequest)?;
+            (
+                Arc::new(control::cluster::Membership::elected(db.clone(), election)),
+                Some(Arc::new(forwarder)),
+            )
+        }
+    };
     let mut monitor = Monitor::new(db.clone(), registry, coordinator.clone(), config.check_interval);
     monitor.unreachable_after = config.unreachable_after.max(1);
     monitor.concurrency = config.check_concurrency.max(1);
@@ -284,7 +364,23 @@ pub async fn prepare(mut config: Config) -> control::Result<AppState> {
         coordinator,
         monitor: Arc::new(monitor),
         serving,
+        membership,
+        forwarder,
     })
+}
+
+/// Where other replicas reach this one.
+fn advertise(config: &Config) -> String {
+    config.advertise.clone().unwrap_or_else(|| {
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", config.listen)
+    })
+}
+
+/// A replica's default name: the host and port it is reached at.
+fn replica_id(address: &str) -> String {
+    let rest = address.split_once("://").map_or(address, |(_, rest)| rest);
+    rest.trim_end_matches('/').to_string()
 }
 
 /// Serves until the future `shutdown` completes: over HTTPS when the configuration names
@@ -300,21 +396,6 @@ pub async fn serve(
     };
     let db = state.db.clone();
     let serving = state.serving.clone();
-    // Decided rollouts whose shadows were unreachable keep being driven to completion.
-    let coordinator = state.coordinator.clone();
-    let recovery = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            if let Err(err) = coordinator.recover().await {
-                tracing::warn!(%err, "rollout recovery failed; retrying");
-            }
-        }
-    });
-    let monitor = state.monitor.clone();
-    let drift = tokio::spawn(monitor.clone().run());
-    // Approved changes are staged on the shadows ahead of their rollout.
-    let staging = tokio::spawn(state.coordinator.clone().run_staging());
-    let webhooks = tokio::spawn(control::webhooks::run(db.clone()));
     let sessions = state.config.sessions;
     let purge_db = db.clone();
     let purge = tokio::spawn(async move {
@@ -325,21 +406,25 @@ pub async fn serve(
             tokio::time::sleep(std::time::Duration::from_secs(300)).await;
         }
     });
-    // Scheduled drills: a shadow whose latest drill is older than the interval gets one.
-    let drills = state.config.drill_interval.map(|interval| {
-        let db = db.clone();
-        let coordinator = state.coordinator.clone();
-        let monitor = state.monitor.clone();
-        tokio::spawn(async move {
-            loop {
-                match control::drills::run_due(&db, &coordinator.registry, interval).await {
-                    Ok(notices) => notices.into_iter().for_each(|notice| monitor.announce(notice)),
-                    Err(err) => tracing::warn!(%err, "scheduled drills not run"),
-                }
-                tokio::time::sleep(interval.min(std::time::Duration::from_secs(60))).await;
-            }
-        })
-    });
+    let state_election = state.membership.election.clone();
+    let membership = tokio::spawn(state.membership.clone().run());
+    // Replicas share their live events through the database.
+    let bus = match (&state.membership.election, &state.config.database) {
+        (Some(_), Some(database)) => Some(control::bus::start(
+            database.clone(),
+            state.membership.replica.id.clone(),
+            state.coordinator.clone(),
+            state.monitor.clone(),
+        )),
+        _ => None,
+    };
+    // The leader's work: for the whole run of a sole server, for each term a replica wins.
+    let (leader_work, election) = match state.membership.election.clone() {
+        None => (Some(cluster::LeaderWork::start(&state)), None),
+        Some(election) => (None, Some(tokio::spawn(cluster::follow_election(state.clone(), election)))),
+    };
+    let coordinator = state.coordinator.clone();
+    let monitor = state.monitor.clone();
     let app = router(state);
     let result = match tls {
         Some(acceptor) => {
@@ -348,16 +433,23 @@ pub async fn serve(
         }
         None => serve_http(listener, app, shutdown).await,
     };
-    recovery.abort();
-    staging.abort();
-    purge.abort();
-    if let Some(drills) = drills {
-        drills.abort();
+    if let Some(election) = election {
+        election.abort();
     }
-    drift.abort();
-    webhooks.abort();
+    if let Some(election) = &state_election {
+        election.resign().await;
+    }
+    drop(leader_work);
+    coordinator.step_down();
+    membership.abort();
+    if let Some(bus) = bus {
+        bus.abort();
+    }
+    purge.abort();
     monitor.stop();
-    serving.release().await;
+    if let Some(serving) = serving {
+        serving.release().await;
+    }
     db.close().await;
     result
 }

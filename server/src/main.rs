@@ -26,6 +26,12 @@ struct Cli {
     /// A password in the URL is never shown by --help; prefer PGPASSWORD or ~/.pgpass.
     #[arg(long, global = true, env = "ETC_SHADOW_DATABASE", hide_env_values = true)]
     database: Option<String>,
+    /// Comma-separated etcd endpoints (http://10.0.0.1:2379,…): `serve` runs as one of
+    /// several replicas over the same --database, and the replicas elect their leader
+    /// through this etcd cluster. Only the leader rolls out, checks and delivers webhooks;
+    /// the others serve the console and the API and hand leader-only requests to it.
+    #[arg(long, global = true, env = "ETC_SHADOW_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -199,6 +205,18 @@ struct ServeArgs {
     /// plane made before are dropped at start. Rollouts then send what changed.
     #[arg(long, env = "ETC_SHADOW_NO_STAGE_AHEAD")]
     no_stage_ahead: bool,
+    /// Where the other replicas reach this one's console and API (with --etcd; default:
+    /// http(s)://<listen>).
+    #[arg(long, env = "ETC_SHADOW_ADVERTISE")]
+    advertise: Option<String>,
+    /// This replica's name (with --etcd; default: the host and port of --advertise).
+    #[arg(long, env = "ETC_SHADOW_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// The leader's lease, in seconds (with --etcd): a dead leader's successor leads
+    /// within about this plus one second; a leader that cannot renew it steps down a third
+    /// of it before it ends.
+    #[arg(long, env = "ETC_SHADOW_ELECTION_TTL", default_value_t = control::cluster::DEFAULT_TTL, value_parser = clap::value_parser!(i64).range(2..=60))]
+    election_ttl: i64,
 }
 
 #[derive(Subcommand)]
@@ -287,6 +305,8 @@ fn config(data_dir: PathBuf, args: &ServeArgs) -> Config {
     config.directory_hooks = args.directory_hooks.clone();
     config.drill_interval = args.drill_interval;
     config.stage_ahead = !args.no_stage_ahead;
+    config.advertise = args.advertise.clone();
+    config.replica_id = args.replica_id.clone();
     config.sessions = control::sessions::Policy {
         lifetime: time::Duration::minutes(args.session_lifetime_minutes),
         idle: time::Duration::minutes(args.session_idle_minutes),
@@ -300,9 +320,15 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve(args) => {
             let _lock = control::lock::DataDirLock::acquire(&cli.data_dir, "starting another").map_err(fail)?;
+            let etcd: Vec<String> = cli.etcd.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+            let replication = (!etcd.is_empty()).then(|| server::Replication {
+                ttl: args.election_ttl,
+                ..server::Replication::new(etcd)
+            });
             let state = prepare(Config {
                 initialize: cli.initialize,
                 database: cli.database,
+                replication,
                 ..config(cli.data_dir, &args)
             })
             .await
@@ -310,8 +336,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             listen_and_serve(state, args.listen).await
         }
         Command::Demo(args) => {
-            if cli.database.is_some() {
-                return Err("the demo runs on SQLite in its data directory; --database (ETC_SHADOW_DATABASE) is for `serve`".into());
+            if cli.database.is_some() || !cli.etcd.is_empty() {
+                return Err(
+                    "the demo runs alone on SQLite in its data directory; --database and --etcd (ETC_SHADOW_DATABASE, ETC_SHADOW_ETCD) are for `serve`"
+                        .into(),
+                );
             }
             let _lock = control::lock::DataDirLock::acquire(&cli.data_dir, "starting another").map_err(fail)?;
             let mut config = config(cli.data_dir.clone(), &args);

@@ -147,6 +147,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::GET, "/api/v1/users", Some(Admin), get(list_users)),
         route(Method::POST, "/api/v1/users", Some(Admin), post(create_user)),
         route(Method::PATCH, "/api/v1/users/{name}", Some(Admin), patch(update_user)),
+        route(Method::GET, "/api/v1/cluster", Some(Viewer), get(cluster)),
         route(Method::GET, "/healthz", None, get(healthz)),
         // Scrapers authenticate with an API token (viewer role is enough).
         route(Method::GET, "/metrics", Some(Viewer), get(metrics)),
@@ -179,8 +180,15 @@ fn caller(auth: &Authenticated) -> &control::Caller {
     &auth.caller
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// Liveness, and whether this replica leads (`ok leader`, `ok follower`): a load
+/// balancer may send leader-only work straight to the one that answers `leader`.
+async fn healthz(State(state): State<AppState>) -> &'static str {
+    if state.coordinator.leading() { "ok leader" } else { "ok follower" }
+}
+
+/// The replicas, which one answered and which one leads.
+async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(state.membership.view().await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -642,7 +650,8 @@ async fn remove_webhook(
 }
 
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
-    let text = control::metrics::render(&state.db, &state.monitor.check_latency, state.coordinator.prepares_from_stage()).await?;
+    let mut text = control::metrics::render(&state.db, &state.monitor.check_latency, state.coordinator.prepares_from_stage()).await?;
+    control::metrics::render_leadership(&mut text, &state.membership.replica.id, state.coordinator.leading());
     Ok((
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
@@ -772,6 +781,8 @@ async fn run_drill(
         })?
     };
     let requests = request.requests;
+    // A drill writes to the shadow as the control plane: the leader's work.
+    state.coordinator.require_leader()?;
     let (view, notice) = control::drills::run(&state.db, &state.coordinator.registry, caller(&auth), &name, requests).await?;
     if let Some(notice) = notice {
         state.monitor.announce(notice);

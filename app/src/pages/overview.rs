@@ -89,6 +89,26 @@ pub fn OverviewPage() -> impl IntoView {
                                     }}
                                     <p class="muted">{format!("{} open change(s) in all", o.open_changes)}</p>
                                 </section>
+                                {o.cluster.clone().filter(|c| c.elected).map(|c| view! {
+                                    <section class="card" data-test="replicas">
+                                        <h2>"Control plane replicas"</h2>
+                                        {if c.leader.is_none() {
+                                            Some(view! { <p class="error">"No replica leads now: rollouts and checks wait for an election."</p> })
+                                        } else {
+                                            None
+                                        }}
+                                        <ul class="plain">
+                                            {c.replicas.iter().map(|r| view! {
+                                                <li data-test="replica" data-id=r.id.clone() data-leader=r.leader.to_string() data-alive=r.alive.to_string()>
+                                                    <strong>{r.id.clone()}</strong> " "
+                                                    <StateBadge state=if r.leader { "leader" } else if r.alive { "follower" } else { "down" } />
+                                                    {(r.id == c.this).then(|| view! { <span class="muted">" (this one)"</span> })}
+                                                    <span class="muted">{format!(" {} · seen {}", r.address, when(&r.last_seen_at))}</span>
+                                                </li>
+                                            }).collect_view()}
+                                        </ul>
+                                    </section>
+                                })}
                                 <section class="card" data-test="recent-rollouts">
                                     <h2>"Recent rollouts"</h2>
                                     {if o.recent_rollouts.is_empty() {
