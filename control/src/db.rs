@@ -52,6 +52,29 @@ pub struct Db {
     /// Webhooks may reach loopback, private and link-local addresses (see
     /// [`crate::webhooks`]); set once at start.
     pub webhook_internal: bool,
+    /// A handle of the leader's work (see [`Db::fenced`]): its write transactions belong
+    /// to a term.
+    fence: Option<TermFence>,
+}
+
+/// The term a handle writes for: the epoch it was won with, or nothing while its owner
+/// does not lead. Shared by the handles of one process's leader work (the coordinator,
+/// the drift monitor, webhook deliveries, drills) and moved by the coordinator.
+#[derive(Clone, Debug, Default)]
+pub struct TermFence(std::sync::Arc<std::sync::RwLock<Option<i64>>>);
+
+impl TermFence {
+    pub fn new(epoch: Option<i64>) -> TermFence {
+        TermFence(std::sync::Arc::new(std::sync::RwLock::new(epoch)))
+    }
+
+    pub fn set(&self, epoch: Option<i64>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = epoch;
+    }
+
+    pub fn get(&self) -> Option<i64> {
+        *self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Creates `dir` and what is missing above it owner-only (an existing directory is left as
@@ -417,6 +440,7 @@ impl Db {
             keys: std::sync::Arc::new(keys),
             secret_keys: std::sync::Arc::default(),
             webhook_internal: false,
+            fence: None,
         };
         db.initialise().await?;
         crate::secrets::check_keys(&db).await?;
@@ -433,18 +457,35 @@ impl Db {
     /// twice and fence each other on the shadows: until the replicas of a control plane
     /// elect one leader, one server serves a database.
     pub async fn lock_serving(&self) -> Result<ServingLock> {
+        self.hold_serving_lock(false).await
+    }
+
+    /// A replica's hold on its database (`serve --etcd`): shared with the other replicas,
+    /// which elect the one that writes, and never with a sole server, which would raise
+    /// the epoch under them (and they under it).
+    pub async fn lock_serving_as_replica(&self) -> Result<ServingLock> {
+        self.hold_serving_lock(true).await
+    }
+
+    async fn hold_serving_lock(&self, shared: bool) -> Result<ServingLock> {
         if self.engine != Engine::Postgres {
             return Ok(ServingLock(tokio::sync::Mutex::new(None)));
         }
         let mut conn = self.read.acquire().await?.detach();
-        let (held,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-            .bind(SERVING_LOCK)
-            .fetch_one(&mut conn)
-            .await?;
+        let query = if shared {
+            "SELECT pg_try_advisory_lock_shared($1)"
+        } else {
+            "SELECT pg_try_advisory_lock($1)"
+        };
+        let (held,): (bool,) = sqlx::query_as(query).bind(SERVING_LOCK).fetch_one(&mut conn).await?;
         if !held {
             return Err(Error::conflict(
                 "server_running",
-                "another etc-shadow server is serving this database; one server serves a database (stop it first)",
+                if shared {
+                    "an etc-shadow server without --etcd is serving this database; stop it before starting replicas"
+                } else {
+                    "another etc-shadow server is serving this database; one server serves a database (stop it first), or run replicas with --etcd"
+                },
             ));
         }
         Ok(ServingLock(tokio::sync::Mutex::new(Some(conn))))
@@ -465,10 +506,38 @@ impl Db {
     pub async fn begin(&self) -> Result<Tx> {
         let mut inner = self.write.begin().await?;
         self.serialise(&mut inner).await?;
+        self.check_term(&mut inner).await?;
         Ok(Tx {
             inner,
             chain: self.keys.audit_key(),
         })
+    }
+
+    /// This handle fenced by `fence`: each write transaction begun through it is refused
+    /// (`not_leader`) unless the fence holds an epoch and that epoch is still the stored
+    /// one, checked inside the transaction under the write lock, so no other replica can
+    /// take a later epoch before it ends. A leader that lost its term, however late its
+    /// tasks wake (SIGSTOP, a long pause), writes nothing.
+    pub fn fenced(&self, fence: TermFence) -> Db {
+        Db {
+            fence: Some(fence),
+            ..self.clone()
+        }
+    }
+
+    async fn check_term(&self, conn: &mut sqlx::AnyConnection) -> Result<()> {
+        let Some(fence) = &self.fence else {
+            return Ok(());
+        };
+        let Some(epoch) = fence.get() else {
+            return Err(crate::Error::NotLeader { leader: None });
+        };
+        let stored = Self::stored_epoch(conn).await?;
+        if stored != epoch {
+            tracing::warn!(epoch, stored, "a write of an ended term refused");
+            return Err(crate::Error::NotLeader { leader: None });
+        }
+        Ok(())
     }
 
     /// On PostgreSQL, waits for the write lock every replica takes (see [`Db`]); it is
@@ -497,9 +566,11 @@ impl Db {
         let mut conn = self.write.acquire().await?;
         self.relaxed.store(true, std::sync::atomic::Ordering::SeqCst);
         sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+        let mut inner = Transaction::begin(conn, None).await?;
+        self.check_term(&mut inner).await?;
         Ok(Tx {
             // What `Pool::begin` does with the connection it acquires.
-            inner: Transaction::begin(conn, None).await?,
+            inner,
             chain: self.keys.audit_key(),
         })
     }

@@ -224,7 +224,8 @@ impl Monitor {
             *count += 1;
             *count % PRUNE_EVERY == 1
         };
-        let mut tx = self.db.begin().await?;
+        // What the leader's checks write belongs to its term (see `Db::fenced`).
+        let mut tx = self.coordinator.db.begin().await?;
         sqlx::query(
             "INSERT INTO shadow_checks (shadow, at, trigger, status, observed_root, latency_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -330,7 +331,7 @@ impl Monitor {
         }
         let never_synced = view.status == "pending" && view.last_in_sync_at.is_none();
         let drifted = kinds.is_empty() && state.live_root != expected_root && !never_synced;
-        if drifted && incidents::seen_again(&self.db, name, expected_root, &state.live_root).await? {
+        if drifted && incidents::seen_again(&self.coordinator.db, name, expected_root, &state.live_root).await? {
             // Nothing moved since the last look: the open incident already says what
             // differs, and a drifted fleet costs a sweep no more than a healthy one.
             let status = if view.status == "stale" { "stale" } else { "drifted" };
@@ -394,7 +395,7 @@ impl Monitor {
         let status = if kinds.contains(&DriftKind::Stale) { "stale" } else { status };
         self.record_status(name, status, Some(&state), None).await?;
         if in_sync {
-            return incidents::resolve_in_sync(&self.db, name).await;
+            return incidents::resolve_in_sync(&self.coordinator.db, name).await;
         }
         if status == "pending" {
             return Ok(None);
@@ -406,7 +407,7 @@ impl Monitor {
             observed_root: Some(state.live_root.clone()),
             detail,
         };
-        incidents::record(&self.db, name, &finding, trigger.as_str()).await
+        incidents::record(&self.coordinator.db, name, &finding, trigger.as_str()).await
     }
 
     pub(crate) async fn classify(&self, expected: &EntrySet, state: &ShadowState) -> Result<Vec<domain::drift::EntryDrift>> {
@@ -460,12 +461,14 @@ impl Monitor {
                 format!("{failures} checks failed in a row; the last: {err}")
             }),
         };
-        incidents::record(&self.db, name, &finding, trigger.as_str()).await
+        incidents::record(&self.coordinator.db, name, &finding, trigger.as_str()).await
     }
 
     /// Writes the shadow's status; answers the count of failed checks in a row.
     async fn record_status(&self, name: &str, status: &str, state: Option<&ShadowState>, err: Option<&ShadowError>) -> Result<i64> {
         let at = now();
+        // Written for the leader's term only (see `Db::fenced`).
+        let mut tx = self.coordinator.db.begin().await?;
         let row: Option<(i64,)> = match state {
             Some(state) => {
                 sqlx::query_as(
@@ -480,7 +483,7 @@ impl Monitor {
                 .bind(status)
                 .bind(&at)
                 .bind(name)
-                .fetch_optional(self.db.read_write())
+                .fetch_optional(&mut *tx)
                 .await?
             }
             None => sqlx::query_as(
@@ -489,9 +492,10 @@ impl Monitor {
             .bind(status)
             .bind(err.map(ToString::to_string))
             .bind(name)
-            .fetch_optional(self.db.read_write())
+            .fetch_optional(&mut *tx)
             .await?,
         };
+        tx.commit().await?;
         Ok(row.map(|(n,)| n).unwrap_or_default())
     }
 

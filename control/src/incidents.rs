@@ -332,6 +332,7 @@ pub async fn record(db: &Db, shadow: &str, finding: &Finding, via: &str) -> Resu
 /// observed roots, so the same differences): the incident is touched, nothing else.
 /// Answers whether there was such an incident.
 pub async fn seen_again(db: &Db, shadow: &str, expected_root: &str, observed_root: &str) -> Result<bool> {
+    let mut tx = db.begin().await?;
     let done = sqlx::query(
         &format!("UPDATE incidents SET last_seen_at = $1 WHERE shadow = $2 AND status != 'resolved' AND {DRIFT_ONLY} AND expected_root = $3 AND observed_root = $4"),
     )
@@ -339,8 +340,9 @@ pub async fn seen_again(db: &Db, shadow: &str, expected_root: &str, observed_roo
     .bind(shadow)
     .bind(expected_root)
     .bind(observed_root)
-    .execute(db.read_write())
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(done.rows_affected() > 0)
 }
 

@@ -348,6 +348,8 @@ pub struct Coordinator {
     pub registry: Arc<Registry>,
     /// Whether this process leads, and with which epoch (see [`Term`]).
     term: std::sync::RwLock<Term>,
+    /// The epoch `db` writes for (none while not leading).
+    fence: crate::db::TermFence,
     /// Tasks that write for the term (rollouts, recoveries, sends after a cancel): ended
     /// when it ends.
     term_tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
@@ -434,9 +436,13 @@ fn final_commit_refusal(err: &ShadowError) -> bool {
 }
 
 impl Coordinator {
+    /// A coordinator that leads as `identity` from the start (a sole server); its handle
+    /// of the database is fenced by its term (see [`Db::fenced`]).
     pub fn new(db: Db, registry: Arc<Registry>, identity: Identity) -> Coordinator {
+        let fence = crate::db::TermFence::new(Some(identity.epoch));
         Coordinator {
-            db,
+            db: db.fenced(fence.clone()),
+            fence,
             registry,
             term: std::sync::RwLock::new(Term {
                 identity,
@@ -518,6 +524,7 @@ impl Coordinator {
     /// `identity` (taken by [`Db::take_leadership`] or [`Db::raise_epoch`]).
     pub fn lead(&self, identity: Identity, elected: Option<(Arc<crate::cluster::Election>, i64)>) {
         tracing::info!(epoch = identity.epoch, "the coordinator leads");
+        self.fence.set(Some(identity.epoch));
         *self.term.write().unwrap_or_else(|p| p.into_inner()) = Term {
             identity,
             leading: true,
@@ -535,6 +542,7 @@ impl Coordinator {
             }
             term.leading = false;
             term.elected = None;
+            self.fence.set(None);
         }
         for task in self.term_tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             task.abort();
@@ -562,21 +570,15 @@ impl Coordinator {
     }
 
     /// A write transaction of the current term: refused when this process does not lead,
-    /// or when the stored epoch moved past this term's (another replica leads since).
-    /// Inside the transaction the epoch cannot move (every writer takes the write lock).
+    /// or when the stored epoch moved past this term's (another replica leads since; see
+    /// [`Db::fenced`], which every write through `self.db` goes through).
     pub async fn begin_for_term(&self, relaxed: bool) -> Result<crate::db::Tx> {
-        let identity = self.require_leader()?;
-        let mut tx = if relaxed {
-            self.db.begin_relaxed().await?
+        self.require_leader()?;
+        if relaxed {
+            self.db.begin_relaxed().await
         } else {
-            self.db.begin().await?
-        };
-        let stored = Db::stored_epoch(&mut tx).await?;
-        if stored != identity.epoch {
-            tracing::warn!(epoch = identity.epoch, stored, "a write of an ended term refused");
-            return Err(Error::NotLeader { leader: None });
+            self.db.begin().await
         }
-        Ok(tx)
     }
 
     /// Before a decision is logged: a replica asks etcd whether its term still holds,

@@ -45,10 +45,11 @@ impl LeaderWork {
         tasks.push(tokio::spawn(state.monitor.clone().run()));
         // Approved changes are staged on the shadows ahead of their rollout.
         tasks.push(tokio::spawn(state.coordinator.clone().run_staging()));
-        tasks.push(tokio::spawn(control::webhooks::run(state.db.clone())));
+        // Deliveries are marked through the term's handle: a deposed leader marks none.
+        tasks.push(tokio::spawn(control::webhooks::run(state.coordinator.db.clone())));
         // Scheduled drills: a shadow whose latest drill is older than the interval gets one.
         if let Some(interval) = state.config.drill_interval {
-            let db = state.db.clone();
+            let db = state.coordinator.db.clone();
             let coordinator = state.coordinator.clone();
             let monitor = state.monitor.clone();
             tasks.push(tokio::spawn(async move {

@@ -145,7 +145,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub coordinator: Arc<Coordinator>,
     pub monitor: Arc<Monitor>,
-    /// A sole server's hold on its database (see `Db::lock_serving`); replicas share it.
+    /// This server's hold on its database (see `Db::lock_serving`): a sole server's
+    /// alone, the replicas' shared.
     pub serving: Option<Arc<control::db::ServingLock>>,
     /// This server among the control plane's replicas.
     pub membership: Arc<control::cluster::Membership>,
@@ -303,12 +304,13 @@ pub async fn prepare(mut config: Config) -> control::Result<AppState> {
         ));
     }
     let mut db = Db::open_at(&config.data_dir, config.database.as_deref(), config.initialize).await?;
-    // Before the epoch is raised: a second sole server must not fence the first.
-    // Replicas share the database; the election decides which one writes.
-    let serving = match config.replication {
-        Some(_) => None,
-        None => Some(Arc::new(db.lock_serving().await?)),
-    };
+    // Before the epoch is raised: a second sole server must not fence the first, nor a
+    // sole server the replicas. Replicas share the database; the election decides which
+    // one writes.
+    let serving = Some(Arc::new(match config.replication {
+        Some(_) => db.lock_serving_as_replica().await?,
+        None => db.lock_serving().await?,
+    }));
     db.secret_keys = Arc::new(config.secret_keys.clone());
     db.webhook_internal = config.webhook_internal;
     let sealed = control::secrets::seal_secret_values(&db).await?;
