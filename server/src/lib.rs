@@ -147,7 +147,7 @@ pub struct AppState {
     pub monitor: Arc<Monitor>,
     /// This server's hold on its database (see `Db::lock_serving`): a sole server's
     /// alone, the replicas' shared.
-    pub serving: Option<Arc<control::db::ServingLock>>,
+    pub serving: Arc<control::db::ServingLock>,
     /// This server among the control plane's replicas.
     pub membership: Arc<control::cluster::Membership>,
     /// How a replica that does not lead hands leader-only requests to the leader (none
@@ -307,10 +307,10 @@ pub async fn prepare(mut config: Config) -> control::Result<AppState> {
     // Before the epoch is raised: a second sole server must not fence the first, nor a
     // sole server the replicas. Replicas share the database; the election decides which
     // one writes.
-    let serving = Some(Arc::new(match config.replication {
+    let serving = Arc::new(match config.replication {
         Some(_) => db.lock_serving_as_replica().await?,
         None => db.lock_serving().await?,
-    }));
+    });
     db.secret_keys = Arc::new(config.secret_keys.clone());
     db.webhook_internal = config.webhook_internal;
     let sealed = control::secrets::seal_secret_values(&db).await?;
@@ -449,9 +449,7 @@ pub async fn serve(
     }
     purge.abort();
     monitor.stop();
-    if let Some(serving) = serving {
-        serving.release().await;
-    }
+    serving.release().await;
     db.close().await;
     result
 }
