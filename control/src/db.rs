@@ -679,6 +679,34 @@ mod tests {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
+    /// A leader's handle writes only while its term's epoch is the stored one: once
+    /// another replica took a later epoch, every write transaction through it is refused,
+    /// however late it comes (a leader woken from SIGSTOP); with no term, none at all.
+    #[tokio::test]
+    async fn a_handle_fenced_by_an_ended_term_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_or_initialize(dir.path(), true).await.unwrap();
+        let first = db.raise_epoch().await.unwrap();
+        let fence = TermFence::new(Some(first.epoch));
+        let leader = db.fenced(fence.clone());
+        leader.begin().await.unwrap().commit().await.unwrap();
+        // Another replica wins a term: its leader key's revision is the epoch.
+        let next = db.take_leadership(first.epoch + 10, "b").await.unwrap();
+        assert_eq!(next.epoch, first.epoch + 10);
+        assert!(matches!(leader.begin().await, Err(Error::NotLeader { .. })));
+        assert!(matches!(leader.begin_relaxed().await, Err(Error::NotLeader { .. })));
+        // Unfenced handles (people's edits on any replica) write on.
+        db.begin().await.unwrap().commit().await.unwrap();
+        fence.set(None);
+        assert!(matches!(leader.begin().await, Err(Error::NotLeader { .. })), "no term, no write");
+        fence.set(Some(next.epoch));
+        leader.begin().await.unwrap().commit().await.unwrap();
+        // A revision below the stored epoch (etcd rebuilt) still moves the epoch on.
+        let again = db.take_leadership(3, "c").await.unwrap();
+        assert_eq!(again.epoch, next.epoch + 1);
+        assert!(matches!(leader.begin().await, Err(Error::NotLeader { .. })));
+    }
+
     #[tokio::test]
     async fn a_relaxed_transaction_leaves_the_writer_durable_again() {
         let dir = tempfile::tempdir().unwrap();

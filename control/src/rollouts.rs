@@ -537,7 +537,7 @@ impl Coordinator {
     pub fn step_down(&self) {
         {
             let mut term = self.term.write().unwrap_or_else(|p| p.into_inner());
-            if term.leading {
+            if term.leading && term.elected.is_some() {
                 tracing::warn!(epoch = term.identity.epoch, "the coordinator steps down");
             }
             term.leading = false;

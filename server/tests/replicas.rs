@@ -68,6 +68,10 @@ impl Replica {
             .arg(data)
             .env("ETC_SHADOW_DATABASE", &fleet.database)
             .env("ETC_SHADOW_ETCD", fleet.etcd.endpoints.join(","))
+            .env(
+                "ETC_SHADOW_LOG",
+                std::env::var("REPLICA_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log);
         match crash {
@@ -244,13 +248,13 @@ fn content(round: &str) -> String {
     format!("[server]\nround = \"{round}\"\n")
 }
 
-/// The database, the etcd cluster, an agent and a directory shadow, and the data
+/// The database, the etcd cluster, an agent and a second shadow, and the data
 /// directories of two replicas (each with the key file).
 struct Fleet {
     database: String,
     etcd: control::etcd_local::Cluster,
     agent: Agent,
-    directory: PathBuf,
+    second: Second,
     data: [PathBuf; 2],
     addrs: [SocketAddr; 2],
     _root: tempfile::TempDir,
@@ -275,7 +279,7 @@ fn cli(fleet_database: &str, data: &Path, args: &[&str], stdin: Option<&str>) {
 
 impl Fleet {
     /// `None` outside the suite's PostgreSQL pass.
-    async fn new() -> Option<Fleet> {
+    async fn new(second: Kind) -> Option<Fleet> {
         let Some(database) = common::test_database() else {
             eprintln!("skipped: replicas share a PostgreSQL database; the suite's PostgreSQL pass runs this (make unit)");
             return None;
@@ -307,23 +311,37 @@ impl Fleet {
             ],
             None,
         );
-        let directory = root.path().join("dc1").join("live");
-        cli(
-            &database,
-            &data[0],
-            &["shadow", "add", "dc1", "--directory", directory.to_str().unwrap()],
-            None,
-        );
+        let etcd = control::etcd_local::Cluster::start(3, root.path()).await;
+        let second = match second {
+            Kind::Directory => {
+                let directory = root.path().join("dc1").join("live");
+                cli(
+                    &database,
+                    &data[0],
+                    &["shadow", "add", "dc1", "--directory", directory.to_str().unwrap()],
+                    None,
+                );
+                Second::Directory(directory)
+            }
+            Kind::Etcd => {
+                cli(
+                    &database,
+                    &data[0],
+                    &["shadow", "add", "kv", "--etcd", &etcd.endpoints.join(","), "--prefix", "/kv/"],
+                    None,
+                );
+                Second::Etcd(etcd_client::Client::connect(&etcd.endpoints, None).await.unwrap())
+            }
+        };
         // Every replica has the control plane's key file.
         std::fs::create_dir_all(&data[1]).unwrap();
         let key = control::secrets::KEY_FILE;
         std::fs::copy(data[0].join(key), data[1].join(key)).unwrap();
-        let etcd = control::etcd_local::Cluster::start(3, root.path()).await;
         Some(Fleet {
             database,
             etcd,
             agent,
-            directory,
+            second,
             data,
             addrs: [free_port(), free_port()],
             _root: root,
@@ -335,12 +353,29 @@ impl Fleet {
     }
 
     /// What each shadow serves of `app.toml` (`None`: nothing yet).
-    fn served(&self) -> [Option<String>; 2] {
-        [
-            std::fs::read_to_string(self.agent.live.join("app.toml")).ok(),
-            std::fs::read_to_string(self.directory.join("app.toml")).ok(),
-        ]
+    async fn served(&self) -> [Option<String>; 2] {
+        let second = match &self.second {
+            Second::Directory(dir) => std::fs::read_to_string(dir.join("app.toml")).ok(),
+            Second::Etcd(client) => {
+                let answer = client.clone().get("/kv/app.toml", None).await.unwrap();
+                answer.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            }
+        };
+        [std::fs::read_to_string(self.agent.live.join("app.toml")).ok(), second]
     }
+}
+
+/// The second shadow: a directory on this machine (shared by the replicas here), or a
+/// prefix in the etcd cluster.
+#[derive(Clone, Copy)]
+enum Kind {
+    Directory,
+    Etcd,
+}
+
+enum Second {
+    Directory(PathBuf),
+    Etcd(etcd_client::Client),
 }
 
 /// The latest rollout once it is no longer preparing or committing.
@@ -363,7 +398,7 @@ async fn settled(user: &User, at: &Replica) -> Value {
 /// by the leader; the follower's event stream shows the rollout the leader runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_one_leads_and_a_change_edited_on_one_and_approved_on_the_other_rolls_out_once() {
-    let Some(fleet) = Fleet::new().await else { return };
+    let Some(fleet) = Fleet::new(Kind::Directory).await else { return };
     let a = fleet.replica(0, None);
     let b = fleet.replica(1, None);
     let first = one_leader(&[&a, &b], Duration::from_secs(15)).await;
@@ -420,7 +455,7 @@ async fn two_replicas_one_leads_and_a_change_edited_on_one_and_approved_on_the_o
     let (status, rollout) = approver.post(follower, &format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
     assert!(status.is_success(), "{status}: {rollout}");
     assert_eq!(rollout["state"], "applied", "{rollout}");
-    assert_eq!(fleet.served(), [Some(content("one")), Some(content("one"))]);
+    assert_eq!(fleet.served().await, [Some(content("one")), Some(content("one"))]);
     // Once: one rollout of the change, one revision.
     let (_, rollouts) = editor.get(leader, "/api/v1/rollouts?limit=50").await;
     let of_change: Vec<&Value> = rollouts["items"]
@@ -449,7 +484,7 @@ async fn two_replicas_one_leads_and_a_change_edited_on_one_and_approved_on_the_o
 /// leader, started again, follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_at_each_rollout_step_leaves_every_shadow_on_the_decided_revision() {
-    let Some(fleet) = Fleet::new().await else { return };
+    let Some(fleet) = Fleet::new(Kind::Directory).await else { return };
     for (round, point) in POINTS.iter().enumerate() {
         // The replica that crashes leads: it starts first.
         let mut doomed = fleet.replica(round % 2, Some(point));
@@ -457,7 +492,7 @@ async fn killing_the_leader_at_each_rollout_step_leaves_every_shadow_on_the_deci
         let mut other = fleet.replica((round + 1) % 2, None);
         let editor = User::login(&other, "erin").await;
         let approver = User::login(&other, "abel").await;
-        let before = fleet.served();
+        let before = fleet.served().await;
         let label = format!("round {round} ({point})");
         let id = editor.approved_change(&approver, &other, &label).await;
         // The answer may never come: the leader dies at its crash point.
@@ -497,11 +532,11 @@ async fn killing_the_leader_at_each_rollout_step_leaves_every_shadow_on_the_deci
         };
         // The commits of a decided rollout may still be on their way.
         let started = Instant::now();
-        while fleet.served() != expected && started.elapsed() < Duration::from_secs(20) {
+        while fleet.served().await != expected && started.elapsed() < Duration::from_secs(20) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(
-            fleet.served(),
+            fleet.served().await,
             expected,
             "{label}: every shadow holds the decided revision ({last})"
         );
@@ -520,7 +555,10 @@ async fn killing_the_leader_at_each_rollout_step_leaves_every_shadow_on_the_deci
 /// the first writes nothing anywhere: no journal row, no shadow, and it follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
-    let Some(fleet) = Fleet::new().await else { return };
+    // An agent and an etcd shadow: a directory shadow on this machine is locked by the
+    // process writing it, and a process stopped in that moment keeps it locked for every
+    // replica here (see `store::LOCK_WAIT`).
+    let Some(fleet) = Fleet::new(Kind::Etcd).await else { return };
     let a = fleet.replica(0, None);
     assert_eq!(one_leader(&[&a], Duration::from_secs(20)).await, 0);
     let b = fleet.replica(1, None);
@@ -547,7 +585,14 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
     );
     let id = editor.approved_change(&approver, &b, "fresh").await;
     let (status, fresh) = approver.post(&b, &format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
-    assert!(status.is_success(), "{status}: {fresh}\n{}", b.log());
+    if !status.is_success() {
+        let (_, journal) = editor.get(&b, "/api/v1/rollouts?limit=5").await;
+        let locks = Command::new("lslocks")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        panic!("{status}: {fresh}\n{journal}\n{locks}\nA:\n{}\nB:\n{}", a.log(), b.log());
+    }
     assert_eq!(fresh["state"], "applied", "{fresh}");
     let (_, journal) = editor.get(&b, "/api/v1/rollouts?limit=100").await;
     let (_, revisions) = editor.get(&b, "/api/v1/revisions?limit=100").await;
@@ -557,7 +602,7 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
     a.signal("-CONT");
     tokio::time::sleep(Duration::from_secs(TTL + 2)).await;
     assert_eq!(a.leads().await, Some(false), "the woken replica follows");
-    assert_eq!(fleet.served(), [Some(content("fresh")), Some(content("fresh"))]);
+    assert_eq!(fleet.served().await, [Some(content("fresh")), Some(content("fresh"))]);
     let (_, journal_after) = editor.get(&b, "/api/v1/rollouts?limit=100").await;
     let (_, revisions_after) = editor.get(&b, "/api/v1/revisions?limit=100").await;
     assert_eq!(journal_after, journal, "no journal row moved");
@@ -574,11 +619,14 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
         new_rows.iter().all(|row| !row["action"].as_str().unwrap().starts_with("rollout.")),
         "nothing of a rollout was written after the wake: {new_rows:?}"
     );
-    assert!(
-        a.log().contains("write of an ended term refused") || a.log().contains("steps down"),
-        "{}",
-        a.log()
-    );
+    for line in a
+        .log()
+        .lines()
+        .filter(|l| l.contains("refused") || l.contains("no longer leads") || l.contains("not confirmed"))
+    {
+        eprintln!("woken replica: {line}");
+    }
+    assert!(a.log().contains("this replica no longer leads"), "{}", a.log());
     assert_eq!(b.leads().await, Some(true));
 }
 
@@ -586,7 +634,7 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
 /// `not_leader`; with the quorum back one replica leads again and the rollout works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_etcd_quorum_no_replica_leads_and_reads_still_work() {
-    let Some(fleet) = Fleet::new().await else { return };
+    let Some(fleet) = Fleet::new(Kind::Directory).await else { return };
     let a = fleet.replica(0, None);
     let b = fleet.replica(1, None);
     one_leader(&[&a, &b], Duration::from_secs(20)).await;
@@ -623,5 +671,5 @@ async fn without_etcd_quorum_no_replica_leads_and_reads_still_work() {
     let (status, rollout) = approver.post(leader, &format!("/api/v1/changes/{id}/rollouts"), json!({})).await;
     assert!(status.is_success(), "{status}: {rollout}");
     assert_eq!(rollout["state"], "applied", "{rollout}");
-    assert_eq!(fleet.served(), [Some(content("quorum")), Some(content("quorum"))]);
+    assert_eq!(fleet.served().await, [Some(content("quorum")), Some(content("quorum"))]);
 }

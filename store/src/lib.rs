@@ -126,6 +126,9 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// The longest a write waits for the state directory's lock held by another process.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 fn io_error(what: impl std::fmt::Display, err: io::Error) -> StoreError {
     StoreError::Io(format!("{what}: {err}"))
 }
@@ -1400,7 +1403,24 @@ impl Store {
             .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(&path)
             .map_err(|err| io_error(format!("open {}", path.display()), err))?;
-        lock.lock().map_err(|err| io_error(format!("lock {}", path.display()), err))?;
+        // Waited for a bounded time: the holder may be a process that is stopped (SIGSTOP,
+        // a replica of the control plane paused on this machine) and would keep every
+        // other writer, and the rollout waiting on it, blocked for as long as it stays so.
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Io(format!(
+                        "{} is held by another process for more than {} s (a control plane stopped or stuck while writing here); try again",
+                        path.display(),
+                        LOCK_WAIT.as_secs()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(err)) => return Err(io_error(format!("lock {}", path.display()), err)),
+            }
+        }
         // Read again only when another process saved it since (see [`statefile`]).
         let mut state_file = self.state_file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match state_file.load_if_changed() {

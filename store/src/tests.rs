@@ -1659,3 +1659,31 @@ fn a_change_of_the_top_level_alone_is_looked_at_there_and_anything_foreign_is_wa
         "a live generation swapped at the top level went unseen"
     );
 }
+
+/// Another process holds the state directory's lock and never lets go (it was stopped
+/// while writing: a control plane's replica paused by SIGSTOP). A write here waits a
+/// bounded time and then fails, naming why, so the rollout or recovery that called it
+/// goes on; it waited for ever before.
+#[test]
+fn a_write_waits_for_a_stopped_holder_of_the_state_lock_a_bounded_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let state = live.join(DIRECTORY_STATE);
+    let mut store = Store::open(&live, &state, None).unwrap();
+    let holder = File::options().write(true).open(state.join("lock")).unwrap();
+    holder.lock().unwrap();
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(store.prepare(1, &request(1, 1, &root_of(&[]), vec![entry("a.conf", "a", "0644")])));
+    });
+    let started = Instant::now();
+    let answer = result
+        .recv_timeout(LOCK_WAIT + Duration::from_secs(20))
+        .expect("the write ended instead of waiting for ever");
+    assert!(started.elapsed() >= LOCK_WAIT, "it waited for the holder first");
+    match answer {
+        Err(StoreError::Io(message)) => assert!(message.contains("held by another process"), "{message}"),
+        other => panic!("a bounded wait ends in an error: {other:?}"),
+    }
+    drop(holder);
+}
