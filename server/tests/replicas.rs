@@ -330,7 +330,7 @@ impl Fleet {
                     &["shadow", "add", "kv", "--etcd", &etcd.endpoints.join(","), "--prefix", "/kv/"],
                     None,
                 );
-                Second::Etcd(etcd_client::Client::connect(&etcd.endpoints, None).await.unwrap())
+                Second::Etcd(Box::new(etcd_client::Client::connect(&etcd.endpoints, None).await.unwrap()))
             }
         };
         // Every replica has the control plane's key file.
@@ -375,7 +375,7 @@ enum Kind {
 
 enum Second {
     Directory(PathBuf),
-    Etcd(etcd_client::Client),
+    Etcd(Box<etcd_client::Client>),
 }
 
 /// The latest rollout once it is no longer preparing or committing.
