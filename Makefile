@@ -85,12 +85,14 @@ fuzz:
 	done
 
 # The console's weight; rollout latency beside a 3-member etcd; the drift monitor; the
-# Incidents queries; redaction (figures in docs/performance.md).
+# Incidents queries; redaction; rollouts on PostgreSQL beside SQLite and the replicas'
+# failover (figures in docs/performance.md).
 bench:
 	./scripts/setup.sh --bench
 	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" ./scripts/build-site.sh --release
 	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" cargo build --release -p etc-shadow-agent -p etc-shadow-bench
-	./target/release/etc-shadow-bench $(BENCH_ARGS)
+	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" cargo build --release -p etc-shadow-server
+	./scripts/with-postgres ./target/release/etc-shadow-bench $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

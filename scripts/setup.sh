@@ -80,8 +80,12 @@ if $want_test; then
   # etcdctl; etcd is also the benchmark's peer.
   apt_install etcd etcd-server
   apt_install etcdctl etcd-client
-  # The integration suite runs again over PostgreSQL (scripts/with-postgres starts a
-  # throwaway server on loopback); the package's cluster is not used.
+fi
+
+if $want_test || $want_bench; then
+  # The integration suite runs again over PostgreSQL, and the benchmark compares it with
+  # SQLite (scripts/with-postgres starts a throwaway server on loopback); the package's
+  # cluster is not used.
   if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     say "installing PostgreSQL from Debian packages"
     as_root apt-get update

@@ -141,7 +141,12 @@ fn start(args: &HaArgs, database: &str, etcd: &str, data: &Path, addr: SocketAdd
 }
 
 async fn leads(http: &reqwest::Client, addr: SocketAddr) -> bool {
-    match http.get(format!("http://{addr}/healthz")).timeout(Duration::from_secs(1)).send().await {
+    match http
+        .get(format!("http://{addr}/healthz"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+    {
         Ok(answer) => answer.text().await.is_ok_and(|text| text.trim() == "ok leader"),
         Err(_) => false,
     }
@@ -221,7 +226,15 @@ async fn failover(args: &HaArgs, base: &str) {
             &args.server,
             &database,
             &data[0],
-            &["shadow", "add", &format!("agent{i}"), "--agent", &format!("http://{addr}"), "--token-file", token.to_str().unwrap()],
+            &[
+                "shadow",
+                "add",
+                &format!("agent{i}"),
+                "--agent",
+                &format!("http://{addr}"),
+                "--token-file",
+                token.to_str().unwrap(),
+            ],
             None,
         );
     }
@@ -272,7 +285,13 @@ async fn failover(args: &HaArgs, base: &str) {
         }
         let led = killed.elapsed();
         let rollout_started = Instant::now();
-        let (status, rollout) = post(&approver, addrs[other], &format!("/api/v1/changes/{id}/rollouts"), serde_json::json!({})).await;
+        let (status, rollout) = post(
+            &approver,
+            addrs[other],
+            &format!("/api/v1/changes/{id}/rollouts"),
+            serde_json::json!({}),
+        )
+        .await;
         assert!(status == 201 && rollout["state"] == "applied", "{status}: {rollout}");
         let applied = killed.elapsed();
         println!(

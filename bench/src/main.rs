@@ -10,10 +10,12 @@
 //!
 //! `--suite drift` measures the drift monitor (see `drift.rs`), `--suite incidents` the
 //! Incidents page's queries over 100,000 incidents, `--suite redact` the redaction of
-//! secret values in shown entries; `make bench` runs all four.
+//! secret values in shown entries, `--suite ha` rollouts on PostgreSQL beside SQLite and
+//! the replicas' failover (see `ha.rs`); `make bench` runs them all.
 
 mod drift;
 mod etcd;
+mod ha;
 mod incidents;
 mod redact;
 
@@ -39,9 +41,21 @@ use std::{
 #[derive(Parser)]
 #[command(name = "etc-shadow-bench", about = "Rollout latency benchmark of etc-shadow")]
 struct Cli {
-    /// Which measurements: console, rollouts, drift, incidents, redact.
-    #[arg(long, value_delimiter = ',', default_value = "console,rollouts,drift,incidents,redact")]
+    /// Which measurements: console, rollouts, drift, incidents, redact, ha.
+    #[arg(long, value_delimiter = ',', default_value = "console,rollouts,drift,incidents,redact,ha")]
     suite: Vec<String>,
+    /// The `etc-shadow` binary the replicas of the `ha` suite run.
+    #[arg(long, default_value = "target/release/etc-shadow")]
+    server: PathBuf,
+    /// ha: timed rollouts per store.
+    #[arg(long, default_value_t = 50)]
+    ha_rollouts: usize,
+    /// ha: leader kills.
+    #[arg(long, default_value_t = 5)]
+    failovers: usize,
+    /// ha: the replicas' lease TTL, seconds (the server's default).
+    #[arg(long, default_value_t = 5)]
+    election_ttl: u64,
     /// The built console (`scripts/build-site.sh --release`), for the console's weight.
     #[arg(long, default_value = "target/site")]
     site_root: PathBuf,
@@ -230,7 +244,12 @@ struct Bench {
 
 impl Bench {
     async fn open(dir: &Path) -> Bench {
-        let db = Db::open(dir).await.unwrap();
+        Self::open_at(dir, None).await
+    }
+
+    /// On the PostgreSQL `database` instead of `dir`'s SQLite file, when given.
+    async fn open_at(dir: &Path, database: Option<&str>) -> Bench {
+        let db = Db::open_at(dir, database, true).await.unwrap();
         let identity = db.raise_epoch().await.unwrap();
         let registry = Arc::new(Registry::new(Duration::from_secs(120)));
         let mut coordinator = Coordinator::new(db.clone(), registry.clone(), identity);
@@ -464,7 +483,17 @@ async fn main() {
             "incidents" => incidents::run(cli.incidents, 50).await,
             "redact" => redact::run(),
             "console" => console(&cli.site_root),
-            other => panic!("unknown suite {other:?}: console, rollouts, drift, incidents or redact"),
+            "ha" => {
+                ha::run(ha::HaArgs {
+                    agent: cli.agent.clone(),
+                    server: cli.server.clone(),
+                    rollouts: cli.ha_rollouts,
+                    failovers: cli.failovers,
+                    ttl: cli.election_ttl,
+                })
+                .await
+            }
+            other => panic!("unknown suite {other:?}: console, rollouts, drift, incidents, redact or ha"),
         }
         println!();
     }

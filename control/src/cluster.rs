@@ -121,6 +121,27 @@ impl Election {
         let client = Client::connect(&settings.endpoints, Some(options))
             .await
             .map_err(|err| format!("cannot reach etcd at {}: {err}", settings.endpoints.join(",")))?;
+        // Two replicas under one name would overwrite each other's record and each take
+        // the other's leadership for its own. A record left by this replica's previous
+        // run (killed) goes with its lease: waited for, a TTL and a second at most.
+        let record = format!("{}replicas/{}", settings.root, settings.replica.id);
+        let deadline = Instant::now() + Duration::from_secs(u64::try_from(settings.ttl.max(1)).unwrap_or(5) + 1);
+        loop {
+            let mut kv = client.clone();
+            let found = within(Duration::from_secs(2), kv.get(record.as_str(), None))
+                .await
+                .map_err(|err| format!("cannot reach etcd at {}: {err}", settings.endpoints.join(",")))?;
+            if found.kvs().is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "a running replica is already named {}: give each replica its own --replica-id (or --advertise)",
+                    settings.replica.id
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let (role, _) = watch::channel(Role::Follower);
         let inner = Arc::new(Standing {
             settings,
@@ -149,6 +170,16 @@ impl Election {
 }
 
 impl Standing {
+    /// Ends the term under way (its lease revoked): the replica campaigns again a second
+    /// later, and another may lead meanwhile. For a leader that cannot do its work.
+    pub async fn give_up_term(&self) {
+        let lease = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lease) = lease {
+            let mut client = self.client.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
+        }
+    }
+
     pub fn role(&self) -> Role {
         self.role.borrow().clone()
     }

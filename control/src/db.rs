@@ -639,7 +639,15 @@ impl Db {
     /// epoch only grows, so a deposed leader's journal writes ([`crate::rollouts`] checks
     /// the stored epoch in each) and its shadow writes (the shadows keep the highest
     /// epoch seen) are refused once this one is in.
-    pub async fn take_leadership(&self, revision: i64, replica: &str) -> Result<Identity> {
+    ///
+    /// `still_leading` is asked last, inside the transaction (under the write lock): a
+    /// replica whose term ended while it waited for the lock (a pause, a slow database)
+    /// must not move the epoch past its successor's, which would fence the successor's
+    /// every write for as long as it leads.
+    pub async fn take_leadership<F>(&self, revision: i64, replica: &str, still_leading: F) -> Result<Identity>
+    where
+        F: std::future::Future<Output = std::result::Result<(), String>>,
+    {
         let mut tx = self.begin().await?;
         let (id, epoch): (String, i64) =
             sqlx::query_as("UPDATE control_plane SET epoch = CASE WHEN epoch < $1 THEN $1 ELSE epoch + 1 END RETURNING id, epoch")
@@ -654,6 +662,10 @@ impl Db {
             serde_json::json!({"epoch": epoch, "replica": replica, "revision": revision}),
         )
         .await?;
+        still_leading.await.map_err(|err| {
+            tracing::warn!(%err, "the term ended before its epoch was taken");
+            Error::NotLeader { leader: None }
+        })?;
         tx.commit().await?;
         Ok(Identity { id, epoch })
     }
@@ -691,7 +703,7 @@ mod tests {
         let leader = db.fenced(fence.clone());
         leader.begin().await.unwrap().commit().await.unwrap();
         // Another replica wins a term: its leader key's revision is the epoch.
-        let next = db.take_leadership(first.epoch + 10, "b").await.unwrap();
+        let next = db.take_leadership(first.epoch + 10, "b", async { Ok(()) }).await.unwrap();
         assert_eq!(next.epoch, first.epoch + 10);
         assert!(matches!(leader.begin().await, Err(Error::NotLeader { .. })));
         assert!(matches!(leader.begin_relaxed().await, Err(Error::NotLeader { .. })));
@@ -701,8 +713,14 @@ mod tests {
         assert!(matches!(leader.begin().await, Err(Error::NotLeader { .. })), "no term, no write");
         fence.set(Some(next.epoch));
         leader.begin().await.unwrap().commit().await.unwrap();
+        // A replica whose term ended before it got the lock takes nothing.
+        let ended = db
+            .take_leadership(first.epoch + 20, "late", async { Err("the lease has ended".to_string()) })
+            .await;
+        assert!(matches!(ended, Err(Error::NotLeader { .. })));
+        leader.begin().await.unwrap().commit().await.unwrap();
         // A revision below the stored epoch (etcd rebuilt) still moves the epoch on.
-        let again = db.take_leadership(3, "c").await.unwrap();
+        let again = db.take_leadership(3, "c", async { Ok(()) }).await.unwrap();
         assert_eq!(again.epoch, next.epoch + 1);
         assert!(matches!(leader.begin().await, Err(Error::NotLeader { .. })));
     }

@@ -19,6 +19,13 @@ impl Monitor {
     /// every entry, secrets included, to the shadows, as a prepare does).
     pub async fn plan(&self, caller: &Caller, change_id: i64, validate: bool) -> Result<RolloutPlan> {
         caller.require(if validate { Role::Approver } else { Role::Viewer })?;
+        // The writer the shadows are judged against: this process's term, or on a replica
+        // that does not lead, the leader's, as stored.
+        let identity = if self.coordinator.leading() {
+            self.coordinator.identity()
+        } else {
+            self.db.identity().await?
+        };
         let mut conn = self.db.read.acquire().await?;
         let change = changes::load(&mut conn, change_id).await?;
         let current = revisions::current_number(&mut conn).await?;
@@ -32,10 +39,10 @@ impl Monitor {
             .await?;
         let request = if validate {
             // A validation stages the tree on the shadows: leader-only, as its writes are.
-            let identity = self.coordinator.require_leader()?;
+            let term = self.coordinator.require_leader()?;
             Some(PrepareRequest {
-                control_plane_id: identity.id,
-                epoch: identity.epoch,
+                control_plane_id: term.id,
+                epoch: term.epoch,
                 revision: change.base_revision + 1,
                 target_root: root.clone(),
                 base_root: base_root.clone(),
@@ -63,7 +70,7 @@ impl Monitor {
         };
         drop(conn);
         let plans = shadows.into_iter().map(|(name, status)| {
-            let (next, base_root, request, masks) = (&next, &base_root, request.clone(), &masks);
+            let (next, base_root, request, masks, identity) = (&next, &base_root, request.clone(), &masks, &identity);
             async move {
                 let mut plan = ShadowPlan {
                     name: name.clone(),
@@ -92,7 +99,7 @@ impl Monitor {
                         return Ok::<_, Error>(plan);
                     }
                 };
-                plan.refusal = self.refusal(&state, base_root, change.base_revision + 1);
+                plan.refusal = self.refusal(identity, &state, base_root, change.base_revision + 1);
                 for drift in self.classify(next, &state).await? {
                     let action = match drift.kind {
                         DriftKind::Missing => "create",
@@ -147,8 +154,13 @@ impl Monitor {
     }
 
     /// Why a shadow in `state` would refuse a prepare of `revision` on `base_root`.
-    fn refusal(&self, state: &domain::protocol::ShadowState, base_root: &str, revision: i64) -> Option<String> {
-        let identity = self.coordinator.identity();
+    fn refusal(
+        &self,
+        identity: &crate::db::Identity,
+        state: &domain::protocol::ShadowState,
+        base_root: &str,
+        revision: i64,
+    ) -> Option<String> {
         if state.control_plane_id.as_deref().is_some_and(|bound| bound != identity.id) {
             return Some("fenced: it is bound to another control plane".into());
         }

@@ -1321,11 +1321,13 @@ impl Coordinator {
                 }
             }
         }
+        let mut tx = self.begin_for_term(false).await?;
         sqlx::query(
             "UPDATE shadows SET status = CASE WHEN observed_root IS NULL THEN 'pending' ELSE status END WHERE status = 'rolling_out'",
         )
-        .execute(self.db.read_write())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1434,14 +1436,17 @@ impl Coordinator {
                         answered = true;
                     }
                     Err(err) => {
-                        // Not a state change: a note of why the wait goes on.
+                        // Not a state change: a note of why the wait goes on (of this
+                        // term's: see `Db::fenced`).
+                        let mut tx = self.begin_for_term(true).await?;
                         sqlx::query("UPDATE rollout_shadows SET error = $1, updated_at = $2 WHERE rollout_id = $3 AND shadow = $4")
                             .bind(format!("waiting to commit: {err}"))
                             .bind(now())
                             .bind(id)
                             .bind(&shadow)
-                            .execute(self.db.read_write())
+                            .execute(&mut *tx)
                             .await?;
+                        tx.commit().await?;
                     }
                 }
             }
@@ -1460,12 +1465,14 @@ impl Coordinator {
     /// Keeps a hook's run (masked) on the rollout's row of the shadow.
     async fn save_hook(&self, id: i64, shadow: &str, run: domain::protocol::HookRun) -> Result<()> {
         let text = serde_json::to_string(&run).map_err(|err| Error::Internal(err.to_string()))?;
+        let mut tx = self.begin_for_term(false).await?;
         sqlx::query("UPDATE rollout_shadows SET hook = $1 WHERE rollout_id = $2 AND shadow = $3")
             .bind(text)
             .bind(id)
             .bind(shadow)
-            .execute(self.db.read_write())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 

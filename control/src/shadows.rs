@@ -932,6 +932,11 @@ struct EtcdRow {
 
 /// Opens drivers for registered shadows. Directory stores are kept open, one per
 /// shadow, because a store holds its state in memory between calls.
+/// The shadow name a registry key (`name NUL id NUL created_at`) is of.
+fn registered_as(key: &str) -> &str {
+    key.split('\u{0}').next().unwrap_or(key)
+}
+
 pub struct Registry {
     request_timeout: Duration,
     /// Where directory shadows' hooks files are (`<dir>/<shadow>.toml`), from the
@@ -1015,20 +1020,25 @@ impl Registry {
 
     /// The driver of a registered shadow, by name.
     pub async fn driver(&self, db: &Db, name: &str) -> Result<Driver> {
-        let row: (String, Option<String>, Option<String>, Option<String>, Option<String>) =
-            sqlx::query_as("SELECT driver, url, token, tls_pin, path FROM shadows WHERE name = $1")
+        type Row = (String, Option<String>, Option<String>, Option<String>, Option<String>, i64, String);
+        let (driver, url, token, tls_pin, path, id, created_at): Row =
+            sqlx::query_as("SELECT driver, url, token, tls_pin, path, id, created_at FROM shadows WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&db.read)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("no shadow {name}")))?;
-        match row {
+        // Open stores and connections are kept by registration, not by name alone: a
+        // shadow removed and registered again under its name (elsewhere, perhaps through
+        // another replica of the control plane) is opened anew.
+        let key = format!("{name}\u{0}{id}\u{0}{created_at}");
+        match (driver, url, token, tls_pin, path) {
             (driver, Some(url), Some(token), tls_pin, _) if driver == "agent" => Ok(Driver::Agent {
                 http: self.client_for(tls_pin.as_deref())?,
                 url,
                 token: db.keys.open_text(&format!("shadow-token:{name}"), &token)?,
             }),
             (driver, _, _, _, Some(path)) if driver == "directory" => {
-                if let Some((store, progress)) = self.directories.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+                if let Some((store, progress)) = self.directories.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
                     return Ok(Driver::Directory(store.clone(), progress.clone()));
                 }
                 // Everything the shadow is lives at its path, its fence state included: a
@@ -1053,8 +1063,9 @@ impl Registry {
                 .map_err(|err| Error::Internal(format!("cannot open directory shadow {name}: {err}")))?;
                 // Two callers may race to open it: the first one in wins, so there is one store.
                 let mut open = self.directories.lock().unwrap_or_else(|p| p.into_inner());
+                open.retain(|other, _| registered_as(other) != name);
                 let (store, progress) = open
-                    .entry(name.to_string())
+                    .entry(key)
                     .or_insert_with(|| {
                         let progress = store.progress();
                         (Arc::new(Mutex::new(store)), progress)
@@ -1063,7 +1074,7 @@ impl Registry {
                 Ok(Driver::Directory(store, progress))
             }
             (driver, Some(endpoints), password, _, _) if driver == "etcd" => {
-                if let Some(etcd) = self.etcd.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+                if let Some(etcd) = self.etcd.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
                     return Ok(Driver::Etcd(Box::new(etcd.clone())));
                 }
                 let row: EtcdRow = sqlx::query_as(
@@ -1106,7 +1117,8 @@ impl Registry {
                 };
                 // Two callers may race to connect: the first one in wins.
                 let mut open = self.etcd.lock().unwrap_or_else(|p| p.into_inner());
-                Ok(Driver::Etcd(Box::new(open.entry(name.to_string()).or_insert(etcd).clone())))
+                open.retain(|other, _| registered_as(other) != name);
+                Ok(Driver::Etcd(Box::new(open.entry(key).or_insert(etcd).clone())))
             }
             _ => Err(Error::Internal(format!("shadow {name} has an incomplete driver configuration"))),
         }
@@ -1114,7 +1126,13 @@ impl Registry {
 
     /// Forgets an open directory store (after the shadow was removed).
     pub fn forget(&self, name: &str) {
-        self.directories.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
-        self.etcd.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.directories
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, _| registered_as(key) != name);
+        self.etcd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, _| registered_as(key) != name);
     }
 }

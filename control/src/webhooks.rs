@@ -394,20 +394,23 @@ async fn deliver_due(db: &Db, http: &reqwest::Client) -> Result<()> {
             }
         };
         let at = now();
+        // Marked in a transaction of the leader's term (its handle is fenced): a deposed
+        // leader that wakes marks nothing, and a delivery already marked is not touched.
+        let mut tx = db.begin().await?;
         if error.is_none() {
-            sqlx::query("UPDATE webhook_deliveries SET status = 'delivered', attempts = $1, last_status = $2, last_error = NULL, delivered_at = $3 WHERE id = $4")
+            sqlx::query("UPDATE webhook_deliveries SET status = 'delivered', attempts = $1, last_status = $2, last_error = NULL, delivered_at = $3 WHERE id = $4 AND status = 'pending'")
                 .bind(attempts)
                 .bind(status)
                 .bind(&at)
                 .bind(id)
-                .execute(db.read_write())
+                .execute(&mut *tx)
                 .await?;
         } else {
             let backoff = Duration::from_secs(1u64 << (attempts - 1).clamp(0, 9)).min(Duration::from_secs(600));
             let next = crate::format_time(time::OffsetDateTime::now_utc() + backoff);
             let state = if attempts >= MAX_ATTEMPTS { "failed" } else { "pending" };
             sqlx::query(
-                "UPDATE webhook_deliveries SET status = $1, attempts = $2, last_status = $3, last_error = $4, next_attempt_at = $5 WHERE id = $6",
+                "UPDATE webhook_deliveries SET status = $1, attempts = $2, last_status = $3, last_error = $4, next_attempt_at = $5 WHERE id = $6 AND status = 'pending'",
             )
             .bind(state)
             .bind(attempts)
@@ -415,9 +418,10 @@ async fn deliver_due(db: &Db, http: &reqwest::Client) -> Result<()> {
             .bind(error)
             .bind(next)
             .bind(id)
-            .execute(db.read_write())
+            .execute(&mut *tx)
             .await?;
         }
+        tx.commit().await?;
     }
     Ok(())
 }

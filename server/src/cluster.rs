@@ -81,9 +81,13 @@ impl Drop for LeaderWork {
 /// Follows the election for as long as the replica runs: leads in every term it wins,
 /// follows otherwise.
 pub async fn follow_election(state: AppState, election: Arc<Election>) {
+    /// A term whose epoch cannot be taken this many times in a row (the database out of
+    /// reach from here, but etcd not) is given up, so a replica that can work leads.
+    const ATTEMPTS: u32 = 5;
     let mut roles = election.subscribe();
     // The term led now (its leader key's revision) and its work.
     let mut led: Option<(i64, LeaderWork)> = None;
+    let mut failed: u32 = 0;
     loop {
         let role = roles.borrow_and_update().clone();
         let revision = match role {
@@ -96,16 +100,33 @@ pub async fn follow_election(state: AppState, election: Arc<Election>) {
                 drop(work);
                 tracing::warn!(term, "this replica no longer leads");
             }
-            if let Some(revision) = revision {
-                match state.db.take_leadership(revision, &election.replica().id).await {
-                    Ok(identity) => {
-                        tracing::info!(revision, epoch = identity.epoch, "this replica leads; recovering rollouts");
-                        state.coordinator.lead(identity, Some((election.clone(), revision)));
-                        led = Some((revision, LeaderWork::start(&state)));
+            match revision {
+                None => failed = 0,
+                Some(revision) => {
+                    // etcd is asked again inside the transaction that takes the epoch.
+                    match state
+                        .db
+                        .take_leadership(revision, &election.replica().id, election.confirm(revision))
+                        .await
+                    {
+                        Ok(identity) => {
+                            tracing::info!(revision, epoch = identity.epoch, "this replica leads; recovering rollouts");
+                            state.coordinator.lead(identity, Some((election.clone(), revision)));
+                            led = Some((revision, LeaderWork::start(&state)));
+                            failed = 0;
+                        }
+                        Err(err) => {
+                            failed += 1;
+                            if failed >= ATTEMPTS {
+                                tracing::warn!(%err, "cannot take the term's epoch; giving the term up");
+                                election.give_up_term().await;
+                                failed = 0;
+                            } else {
+                                // Tried again in a second while the term lasts.
+                                tracing::warn!(%err, "cannot take the term's epoch; trying again");
+                            }
+                        }
                     }
-                    // The database is out of reach: tried again in a second while the
-                    // term lasts.
-                    Err(err) => tracing::warn!(%err, "cannot take the term's epoch; trying again"),
                 }
             }
         }
@@ -249,8 +270,17 @@ impl Forwarder {
             parts.uri.path_and_query().map_or("/", |p| p.as_str())
         );
         let mut outgoing = self.client.request(parts.method.clone(), &target).body(bytes);
+        // Headers the `Connection` header names are this hop's too.
+        let named: Vec<String> = parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(|name| name.trim().to_ascii_lowercase())
+            .collect();
         for (name, value) in &parts.headers {
-            if !hop_by_hop(name) {
+            if !hop_by_hop(name) && !named.iter().any(|n| n == name.as_str()) {
                 outgoing = outgoing.header(name, value);
             }
         }

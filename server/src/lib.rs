@@ -277,10 +277,13 @@ pub fn router(state: AppState) -> Router {
             move || app::shell(options.clone())
         })
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
+        // Leader-only requests a follower hands to the leader: only once the caller is
+        // known here (an anonymous one is refused by this replica, learns nothing of the
+        // leader's address and costs the leader nothing).
+        .layer(middleware::from_fn_with_state(state.clone(), cluster::forward_to_leader))
         .layer(middleware::from_fn(expose_caller))
         .layer(middleware::from_fn(auth::deny_by_default))
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .layer(middleware::from_fn_with_state(state.clone(), cluster::forward_to_leader))
         .layer(DefaultBodyLimit::max(state.config.max_body))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http());
@@ -298,6 +301,12 @@ pub fn router(state: AppState) -> Router {
 pub async fn prepare(mut config: Config) -> control::Result<AppState> {
     // Over TLS the cookie must never travel in clear, and browsers keep to HTTPS.
     config.secure_cookies |= config.tls.is_some();
+    if config.replication.is_some() && config.advertise.is_none() && config.listen.ip().is_unspecified() {
+        return Err(control::Error::BadRequest(format!(
+            "--etcd with --listen {} needs --advertise: the address the other replicas reach this one at",
+            config.listen
+        )));
+    }
     if config.replication.is_some() && config.database.is_none() {
         return Err(control::Error::BadRequest(
             "--etcd needs --database postgres://…: the replicas share one database".into(),
@@ -435,14 +444,15 @@ pub async fn serve(
         }
         None => serve_http(listener, app, shutdown).await,
     };
+    // The term's work stops first; then the lease goes, and a successor may lead.
     if let Some(election) = election {
         election.abort();
     }
+    drop(leader_work);
+    coordinator.step_down();
     if let Some(election) = &state_election {
         election.resign().await;
     }
-    drop(leader_work);
-    coordinator.step_down();
     membership.abort();
     if let Some(bus) = bus {
         bus.abort();

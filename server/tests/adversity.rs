@@ -861,3 +861,36 @@ async fn a_second_server_on_the_same_database_is_refused_until_the_first_stops()
     assert_eq!(epoch(&second.db).await, before + 1);
     second.serving.release().await;
 }
+
+/// A directory shadow removed and registered again under its name at another path, by
+/// another process on the same database (the command line here; another replica of the
+/// control plane alike), is rolled out to where it now is: the server opened its store
+/// at the old path and wrote there before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_registered_again_elsewhere_is_written_where_it_now_is() {
+    let fleet = fleet(Duration::from_secs(10)).await;
+    let old = fleet.directory.clone();
+    let moved = fleet.root.path().join("dc1-moved").join("live");
+    let run = |args: &[&str]| {
+        let output = fleet.server.cli().args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    run(&["shadow", "remove", "dc1"]);
+    run(&["shadow", "add", "dc1", "--directory", moved.to_str().unwrap()]);
+    let (_, current) = fleet.editor.get("/api/v1/revisions?limit=1").await;
+    let base = current["items"][0]["number"].as_i64().unwrap();
+    let id = fleet
+        .approved_change(json!({"base_revision": base, "message": "moved", "entries": [
+            {"path": "app.toml", "content": "[server]\nport = 9090\n", "format": "toml", "mode": "0644"}
+        ]}))
+        .await;
+    let (status, rollout) = fleet.roll_out(id).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    assert_eq!(rollout["state"], "applied", "{rollout}");
+    assert_eq!(std::fs::read_to_string(moved.join("app.toml")).unwrap(), "[server]\nport = 9090\n");
+    assert_eq!(
+        std::fs::read_to_string(old.join("app.toml")).unwrap(),
+        "[server]\nport = 8080\n",
+        "the old path is no longer written"
+    );
+}
