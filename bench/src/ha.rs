@@ -89,7 +89,6 @@ async fn latency(args: &HaArgs, base: &str) {
 }
 
 struct Replica {
-    addr: SocketAddr,
     child: Child,
 }
 
@@ -137,7 +136,7 @@ fn start(args: &HaArgs, database: &str, etcd: &str, data: &Path, addr: SocketAdd
         assert!(started.elapsed() < Duration::from_secs(30), "the replica on {addr} did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Replica { addr, child }
+    Replica { child }
 }
 
 async fn leads(http: &reqwest::Client, addr: SocketAddr) -> bool {

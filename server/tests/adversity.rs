@@ -877,6 +877,11 @@ async fn a_shadow_registered_again_elsewhere_is_written_where_it_now_is() {
     };
     run(&["shadow", "remove", "dc1"]);
     run(&["shadow", "add", "dc1", "--directory", moved.to_str().unwrap()]);
+    // The new, empty place is brought to the current revision first.
+    let (status, reconciled) = fleet.approver.post("/api/v1/shadows/dc1/reconcile", json!({})).await;
+    assert!(status.is_success(), "{reconciled}");
+    assert_eq!(reconciled["state"], "applied", "{reconciled}");
+    assert_eq!(std::fs::read_to_string(moved.join("app.toml")).unwrap(), "[server]\nport = 8080\n");
     let (_, current) = fleet.editor.get("/api/v1/revisions?limit=1").await;
     let base = current["items"][0]["number"].as_i64().unwrap();
     let id = fleet
