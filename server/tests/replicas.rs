@@ -476,6 +476,19 @@ async fn two_replicas_one_leads_and_a_change_edited_on_one_and_approved_on_the_o
     let (status, verified) = editor.get(follower, "/api/v1/audit/verify").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(verified["intact"], true, "{verified}");
+    // The Overview, rendered by the follower, lists both replicas and names the leader.
+    let page = editor.http.get(format!("{}/", follower.base())).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("data-test=\"replicas\""), "{html}");
+    assert!(
+        html.contains(&format!("data-id=\"{}\" data-leader=\"true\"", leader.addr)),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("data-id=\"{}\" data-leader=\"false\"", follower.addr)),
+        "{html}"
+    );
 }
 
 /// The leader is killed (-9) at each step of a rollout: the other replica leads within
