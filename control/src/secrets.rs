@@ -522,19 +522,36 @@ pub async fn seal_stored(db: &crate::Db, reseal: bool) -> Result<u64> {
 }
 
 /// `etc-shadow secrets rotate`: a new encryption key, every sealed value re-sealed with it,
-/// the old key dropped. Refused while a server runs on the directory (it would go on with
-/// the old key). Safe to run again after a crash: the old key stays in the key file until
+/// the old key dropped. Refused while a server runs on the directory or serves the
+/// database (it would go on with the old key); replicas get the new key file copied
+/// before they start again. Safe to run again after a crash: the old key stays in the key file until
 /// every value is re-sealed.
 pub async fn rotate(data_dir: &Path, database: Option<&str>) -> Result<u64> {
     let _lock = crate::lock::DataDirLock::acquire(data_dir, "rotating the key")?;
     let mut keys = Keyring::load_or_create(data_dir)?;
-    if !keys.rotating() {
-        keys.begin_rotation()?;
+    let mut db = crate::Db::open_with(data_dir, database, keys.reload()?).await?;
+    // On a database other servers share (replicas on other machines, each with its copy
+    // of the key file), none may run while the values are re-sealed under a key they do
+    // not have: the serving lock is taken as a sole server takes it, before anything
+    // changes.
+    let serving = match db.lock_serving().await {
+        Ok(serving) => serving,
+        Err(err) => {
+            db.close().await;
+            return Err(err);
+        }
+    };
+    let result = async {
+        if !keys.rotating() {
+            keys.begin_rotation()?;
+        }
+        db.keys = std::sync::Arc::new(keys.reload()?);
+        seal_stored(&db, true).await
     }
-    let db = crate::Db::open_with(data_dir, database, keys.reload()?).await?;
-    let written = seal_stored(&db, true).await;
+    .await;
+    serving.release().await;
     db.close().await;
-    let written = written?;
+    let written = result?;
     keys.finish_rotation()?;
     Ok(written)
 }

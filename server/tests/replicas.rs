@@ -648,8 +648,8 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_etcd_quorum_no_replica_leads_and_reads_still_work() {
     let Some(fleet) = Fleet::new(Kind::Directory).await else { return };
-    let a = fleet.replica(0, None);
-    let b = fleet.replica(1, None);
+    let mut a = fleet.replica(0, None);
+    let mut b = fleet.replica(1, None);
     one_leader(&[&a, &b], Duration::from_secs(20)).await;
     let editor = User::login(&a, "erin").await;
     let approver = User::login(&a, "abel").await;
@@ -685,4 +685,33 @@ async fn without_etcd_quorum_no_replica_leads_and_reads_still_work() {
     assert!(status.is_success(), "{status}: {rollout}");
     assert_eq!(rollout["state"], "applied", "{rollout}");
     assert_eq!(fleet.served().await, [Some(content("quorum")), Some(content("quorum"))]);
+
+    // The key is not rotated under running replicas (they would go on with the old one),
+    // and nothing changes; with every replica stopped it is.
+    let third = fleet.data[0].parent().unwrap().join("c");
+    std::fs::create_dir_all(&third).unwrap();
+    let key = third.join(control::secrets::KEY_FILE);
+    std::fs::copy(fleet.data[0].join(control::secrets::KEY_FILE), &key).unwrap();
+    let before = std::fs::read(&key).unwrap();
+    let rotate = || {
+        Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
+            .args(["secrets", "rotate", "--data-dir"])
+            .arg(&third)
+            .env("ETC_SHADOW_DATABASE", &fleet.database)
+            .output()
+            .unwrap()
+    };
+    let refused = rotate();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("serving this database"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), before, "the key file is untouched");
+    a.stop();
+    b.stop();
+    let rotated = rotate();
+    assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
+    assert_ne!(std::fs::read(&key).unwrap(), before, "a new key");
 }
