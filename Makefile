@@ -92,7 +92,7 @@ bench:
 	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" ./scripts/build-site.sh --release
 	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" cargo build --release -p etc-shadow-agent -p etc-shadow-bench
 	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" cargo build --release -p etc-shadow-server
-	./scripts/with-postgres ./target/release/etc-shadow-bench $(BENCH_ARGS)
+	WITH_POSTGRES_DURABLE=1 ./scripts/with-postgres ./target/release/etc-shadow-bench $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
