@@ -52,6 +52,30 @@ pub struct Settings {
     pub root: String,
     pub replica: Replica,
     pub ttl: i64,
+    /// The CA certificate (PEM) the cluster's TLS certificates are checked against
+    /// (`https://` endpoints).
+    pub ca_pem: Option<String>,
+    /// The etcd user the replica signs in as (allowed read-write under `root`).
+    pub credentials: Option<Credentials>,
+}
+
+/// An etcd user and its password; the password is never shown (`Debug` names the user).
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    password: String,
+}
+
+impl Credentials {
+    pub fn new(user: String, password: String) -> Credentials {
+        Credentials { user, password }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, ..)", self.user)
+    }
 }
 
 /// A replica's part in the election, run by a task of its own until dropped (which is
@@ -114,13 +138,25 @@ impl Election {
         }
         // No per-request timeout on the channel: a campaign waits, by design, until it
         // wins. Every other call is cut short on its own (`within`).
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_require_leader(true);
-        let client = Client::connect(&settings.endpoints, Some(options))
-            .await
-            .map_err(|err| format!("cannot reach etcd at {}: {err}", settings.endpoints.join(",")))?;
+        if let Some(ca) = &settings.ca_pem {
+            options = options.with_tls(etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca)));
+        }
+        if let Some(credentials) = &settings.credentials {
+            options = options.with_user(credentials.user.clone(), credentials.password.clone());
+        }
+        let client = Client::connect(&settings.endpoints, Some(options)).await.map_err(|err| {
+            // etcd's answer never carries the password; the message is ours to keep so.
+            let text = err.to_string();
+            let text = match &settings.credentials {
+                Some(credentials) if !credentials.password.is_empty() => text.replace(&credentials.password, "…"),
+                _ => text,
+            };
+            format!("cannot reach etcd at {}: {text}", settings.endpoints.join(","))
+        })?;
         // Two replicas under one name would overwrite each other's record and each take
         // the other's leadership for its own. A record left by this replica's previous
         // run (killed) goes with its lease: waited for, a TTL and a second at most.

@@ -16,6 +16,8 @@ async fn replica(cluster: &Cluster, id: &str) -> Arc<Election> {
             started_at: control::now(),
         },
         ttl: TTL,
+        ca_pem: None,
+        credentials: None,
     })
     .await
     .unwrap()
@@ -92,4 +94,40 @@ async fn one_replica_leads_and_a_dead_leaders_successor_leads_with_a_later_revis
         assert!(started.elapsed() < Duration::from_secs(3 * TTL as u64), "no new term");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A cluster that serves clients over TLS only, with authentication on: a replica that
+/// trusts the cluster's certificate and signs in as a user allowed under the election's
+/// prefix alone leads and confirms its term; a wrong password is refused at start, and the
+/// refusal never shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_elects_over_tls_as_a_user_allowed_only_under_the_election_prefix() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (cert, key) = (scratch.path().join("etcd.pem"), scratch.path().join("etcd-key.pem"));
+    tls_serve::generate_if_missing(&cert, &key, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut cluster = Cluster::start_tls(3, scratch.path(), &cert, &key).await;
+    let password = "election-password-never-shown";
+    cluster
+        .enable_auth("root-password-0123", "plane", password, "/etc-shadow/tls/")
+        .await;
+    let settings = |password: &str| Settings {
+        endpoints: cluster.endpoints.clone(),
+        root: "/etc-shadow/tls/".into(),
+        replica: Replica {
+            id: "a".into(),
+            address: "https://a.example:8080".into(),
+            started_at: control::now(),
+        },
+        ttl: TTL,
+        ca_pem: Some(std::fs::read_to_string(&cert).unwrap()),
+        credentials: Some(control::cluster::Credentials::new("plane".into(), password.into())),
+    };
+    assert!(!format!("{:?}", settings(password)).contains(password), "Debug hides the password");
+    let wrong = Election::start(settings("not-the-password")).await;
+    let refusal = wrong.err().expect("a wrong password is refused");
+    assert!(!refusal.contains("not-the-password"), "{refusal}");
+    let a = Election::start(settings(password)).await.unwrap();
+    let (_, revision) = one_leader(&[&a], Duration::from_secs(15)).await;
+    a.confirm(revision).await.unwrap();
+    assert_eq!(a.leader().await.unwrap().id, "a");
 }

@@ -88,6 +88,10 @@ pub struct Replication {
     /// The lease's time to live, seconds: a dead leader's successor leads within about
     /// this plus a second.
     pub ttl: i64,
+    /// The CA certificate (PEM) of the cluster's TLS certificates.
+    pub ca_pem: Option<String>,
+    /// The etcd user the replica signs in as.
+    pub credentials: Option<control::cluster::Credentials>,
 }
 
 impl Replication {
@@ -96,6 +100,8 @@ impl Replication {
             etcd,
             root: "/etc-shadow/control/".into(),
             ttl: control::cluster::DEFAULT_TTL,
+            ca_pem: None,
+            credentials: None,
         }
     }
 }
@@ -355,6 +361,8 @@ pub async fn prepare(mut config: Config) -> control::Result<AppState> {
                 root: replication.root.clone(),
                 replica,
                 ttl: replication.ttl,
+                ca_pem: replication.ca_pem.clone(),
+                credentials: replication.credentials.clone(),
             })
             .await
             .map_err(control::Error::BadRequest)?;

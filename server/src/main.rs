@@ -217,6 +217,16 @@ struct ServeArgs {
     /// of it before it ends.
     #[arg(long, env = "ETC_SHADOW_ELECTION_TTL", default_value_t = control::cluster::DEFAULT_TTL, value_parser = clap::value_parser!(i64).range(2..=60))]
     election_ttl: i64,
+    /// The CA certificate (PEM) of the --etcd cluster's TLS certificates (https:// endpoints).
+    #[arg(long, env = "ETC_SHADOW_ELECTION_CA")]
+    election_ca: Option<PathBuf>,
+    /// The etcd user the replica signs in to the --etcd cluster as (read-write under
+    /// /etc-shadow/control/ is all it needs); needs --election-password-file.
+    #[arg(long, env = "ETC_SHADOW_ELECTION_USER", requires = "election_password_file")]
+    election_user: Option<String>,
+    /// A file holding that user's password (its first line).
+    #[arg(long, env = "ETC_SHADOW_ELECTION_PASSWORD_FILE", requires = "election_user")]
+    election_password_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -321,8 +331,25 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Serve(args) => {
             let _lock = control::lock::DataDirLock::acquire(&cli.data_dir, "starting another").map_err(fail)?;
             let etcd: Vec<String> = cli.etcd.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+            let ca_pem = match &args.election_ca {
+                Some(file) => Some(std::fs::read_to_string(file).map_err(|err| format!("cannot read {}: {err}", file.display()))?),
+                None => None,
+            };
+            let credentials = match (&args.election_user, &args.election_password_file) {
+                (Some(user), Some(file)) => {
+                    let text = std::fs::read_to_string(file).map_err(|err| format!("cannot read {}: {err}", file.display()))?;
+                    let password = text.lines().next().unwrap_or_default().to_string();
+                    if password.is_empty() {
+                        return Err(format!("{} holds no password", file.display()));
+                    }
+                    Some(control::cluster::Credentials::new(user.clone(), password))
+                }
+                _ => None,
+            };
             let replication = (!etcd.is_empty()).then(|| server::Replication {
                 ttl: args.election_ttl,
+                ca_pem,
+                credentials,
                 ..server::Replication::new(etcd)
             });
             let state = prepare(Config {
