@@ -157,27 +157,7 @@ impl Election {
             };
             format!("cannot reach etcd at {}: {text}", settings.endpoints.join(","))
         })?;
-        // Two replicas under one name would overwrite each other's record and each take
-        // the other's leadership for its own. A record left by this replica's previous
-        // run (killed) goes with its lease: waited for, a TTL and a second at most.
-        let record = format!("{}replicas/{}", settings.root, settings.replica.id);
-        let deadline = Instant::now() + Duration::from_secs(u64::try_from(settings.ttl.max(1)).unwrap_or(5) + 1);
-        loop {
-            let mut kv = client.clone();
-            let found = within(Duration::from_secs(2), kv.get(record.as_str(), None))
-                .await
-                .map_err(|err| format!("cannot reach etcd at {}: {err}", settings.endpoints.join(",")))?;
-            if found.kvs().is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "a running replica is already named {}: give each replica its own --replica-id (or --advertise)",
-                    settings.replica.id
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        name_is_free(&client, &settings).await?;
         let (role, _) = watch::channel(Role::Follower);
         let inner = Arc::new(Standing {
             settings,
@@ -189,6 +169,59 @@ impl Election {
         let task = tokio::spawn(run(inner.clone()));
         Ok(Arc::new(Election { inner, task }))
     }
+}
+
+/// Two replicas under one name would overwrite each other's record and each take the
+/// other's leadership for its own: a name whose record a live replica keeps renewing is
+/// refused. A record left by this replica's previous run (killed -9) goes with its lease,
+/// which is watched run down (etcd may grant more than the TTL asked for, and a change of
+/// etcd leader gives every lease its full TTL again). With etcd out of reach the replica
+/// starts anyway and campaigns once it answers.
+async fn name_is_free(client: &Client, settings: &Settings) -> Result<(), String> {
+    let record = format!("{}replicas/{}", settings.root, settings.replica.id);
+    let mut kv = client.clone();
+    let lease = match within(Duration::from_secs(2), kv.get(record.as_str(), None)).await {
+        Ok(found) => match found.kvs().first() {
+            None => return Ok(()),
+            Some(kv) => kv.lease(),
+        },
+        Err(err) => {
+            tracing::warn!(%err, "etcd does not answer; starting without checking the replica's name");
+            return Ok(());
+        }
+    };
+    let taken = || {
+        format!(
+            "a running replica is already named {}: give each replica its own --replica-id (or --advertise)",
+            settings.replica.id
+        )
+    };
+    if lease == 0 {
+        return Err(taken());
+    }
+    let mut last: Option<i64> = None;
+    loop {
+        let mut leases = client.clone();
+        let left = match within(Duration::from_secs(2), leases.lease_time_to_live(lease, None)).await {
+            Ok(answer) => answer.ttl(),
+            Err(_) => return Ok(()),
+        };
+        if left < 0 {
+            return Ok(());
+        }
+        // Renewed since the last look: its holder is alive.
+        if last.is_some_and(|last| left > last) {
+            return Err(taken());
+        }
+        last = Some(left);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Whether etcd refused a call for want of a valid login (expired, or forgotten by a
+/// member that restarted).
+fn unauthenticated(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::Unauthenticated)
 }
 
 impl Election {
@@ -206,13 +239,27 @@ impl Election {
 }
 
 impl Standing {
-    /// Ends the term under way (its lease revoked): the replica campaigns again a second
-    /// later, and another may lead meanwhile. For a leader that cannot do its work.
-    pub async fn give_up_term(&self) {
-        let lease = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(lease) = lease {
+    /// Ends the term of `revision` if it is still under way (its lease revoked): the
+    /// replica campaigns again a second later, and another may lead meanwhile. For a
+    /// leader that cannot do its work; a later term is left alone.
+    pub async fn give_up_term(&self, revision: i64) {
+        if let Role::Leader { revision: now, lease } = self.role()
+            && now == revision
+        {
             let mut client = self.client.clone();
             let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
+        }
+    }
+
+    /// Signs in to etcd again (the login expired, or a member that restarted forgot it);
+    /// nothing without a user.
+    async fn sign_in_again(&self) {
+        if self.settings.credentials.is_some() {
+            match tokio::time::timeout(Duration::from_secs(2), self.client.refresh_token()).await {
+                Ok(Ok(())) => tracing::debug!("signed in to etcd again"),
+                Ok(Err(err)) => tracing::warn!(%err, "cannot sign in to etcd again"),
+                Err(_) => tracing::warn!("etcd did not answer the sign-in"),
+            }
         }
     }
 
@@ -260,20 +307,38 @@ impl Standing {
 
     /// The replica that leads now, as etcd says.
     pub async fn leader(&self) -> Option<Replica> {
-        let mut client = self.client.clone();
-        let answer = within(Duration::from_secs(2), client.leader(self.key("leader"))).await.ok()?;
-        serde_json::from_slice(answer.kv()?.value()).ok()
+        for attempt in 0..2 {
+            let mut client = self.client.clone();
+            match tokio::time::timeout(Duration::from_secs(2), client.leader(self.key("leader"))).await {
+                Ok(Ok(answer)) => return serde_json::from_slice(answer.kv()?.value()).ok(),
+                Ok(Err(err)) if attempt == 0 && unauthenticated(&err) => self.sign_in_again().await,
+                _ => return None,
+            }
+        }
+        None
     }
 
     /// Every replica whose lease is alive.
     pub async fn replicas(&self) -> Result<Vec<Replica>, String> {
-        let mut client = self.client.clone();
-        let answer = within(
-            Duration::from_secs(2),
-            client.get(self.key("replicas/"), Some(GetOptions::new().with_prefix())),
-        )
-        .await
-        .map_err(|err| format!("etcd: {err}"))?;
+        let mut answer = None;
+        for attempt in 0..2 {
+            let mut client = self.client.clone();
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                client.get(self.key("replicas/"), Some(GetOptions::new().with_prefix())),
+            )
+            .await
+            {
+                Ok(Ok(found)) => {
+                    answer = Some(found);
+                    break;
+                }
+                Ok(Err(err)) if attempt == 0 && unauthenticated(&err) => self.sign_in_again().await,
+                Ok(Err(err)) => return Err(format!("etcd: {err}")),
+                Err(_) => return Err("etcd did not answer within 2 s".into()),
+            }
+        }
+        let answer = answer.ok_or("etcd refused the login")?;
         Ok(answer
             .kvs()
             .iter()
@@ -310,6 +375,8 @@ impl Drop for AbortOnDrop {
 }
 
 async fn term(this: &Arc<Standing>) -> Result<(), String> {
+    // A term that failed may have failed for a login etcd no longer knows.
+    this.sign_in_again().await;
     let asked_for = this.settings.ttl.max(2);
     let mut client = this.client.clone();
     // The lease runs from before the request at the latest: its end is counted from then.

@@ -467,11 +467,32 @@ impl Db {
         self.hold_serving_lock(true).await
     }
 
+    /// The sole server's hold on the PostgreSQL database at `database`, taken on a
+    /// connection of its own before the database is opened (so a command refused by it,
+    /// `secrets rotate`, has changed nothing, not even the schema). Nothing for SQLite,
+    /// whose data directory lock serves.
+    pub async fn lock_serving_before_open(database: Option<&str>) -> Result<ServingLock> {
+        if engine_of(database)? != Engine::Postgres {
+            return Ok(ServingLock(tokio::sync::Mutex::new(None)));
+        }
+        let Some(url) = database else {
+            return Ok(ServingLock(tokio::sync::Mutex::new(None)));
+        };
+        sqlx::any::install_default_drivers();
+        use sqlx::Connection;
+        let conn = AnyConnection::connect(url).await?;
+        Self::take_serving_lock(conn, false).await
+    }
+
     async fn hold_serving_lock(&self, shared: bool) -> Result<ServingLock> {
         if self.engine != Engine::Postgres {
             return Ok(ServingLock(tokio::sync::Mutex::new(None)));
         }
-        let mut conn = self.read.acquire().await?.detach();
+        let conn = self.read.acquire().await?.detach();
+        Self::take_serving_lock(conn, shared).await
+    }
+
+    async fn take_serving_lock(mut conn: AnyConnection, shared: bool) -> Result<ServingLock> {
         let query = if shared {
             "SELECT pg_try_advisory_lock_shared($1)"
         } else {

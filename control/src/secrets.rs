@@ -528,32 +528,26 @@ pub async fn seal_stored(db: &crate::Db, reseal: bool) -> Result<u64> {
 /// every value is re-sealed.
 pub async fn rotate(data_dir: &Path, database: Option<&str>) -> Result<u64> {
     let _lock = crate::lock::DataDirLock::acquire(data_dir, "rotating the key")?;
-    let mut keys = Keyring::load_or_create(data_dir)?;
-    let mut db = crate::Db::open_with(data_dir, database, keys.reload()?).await?;
     // On a database other servers share (replicas on other machines, each with its copy
     // of the key file), none may run while the values are re-sealed under a key they do
     // not have: the serving lock is taken as a sole server takes it, before anything
-    // changes.
-    let serving = match db.lock_serving().await {
-        Ok(serving) => serving,
-        Err(err) => {
-            db.close().await;
-            return Err(err);
-        }
-    };
+    // (even the database's opening) changes anything.
+    let serving = crate::Db::lock_serving_before_open(database).await?;
     let result = async {
+        let mut keys = Keyring::load_or_create(data_dir)?;
         if !keys.rotating() {
             keys.begin_rotation()?;
         }
-        db.keys = std::sync::Arc::new(keys.reload()?);
-        seal_stored(&db, true).await
+        let db = crate::Db::open_with(data_dir, database, keys.reload()?).await?;
+        let written = seal_stored(&db, true).await;
+        db.close().await;
+        let written = written?;
+        keys.finish_rotation()?;
+        Ok(written)
     }
     .await;
     serving.release().await;
-    db.close().await;
-    let written = result?;
-    keys.finish_rotation()?;
-    Ok(written)
+    result
 }
 
 /// Refuses a key file that does not belong to this database: one sealed value of each

@@ -930,13 +930,13 @@ struct EtcdRow {
     etcd_max_request_bytes: Option<i64>,
 }
 
-/// Opens drivers for registered shadows. Directory stores are kept open, one per
-/// shadow, because a store holds its state in memory between calls.
 /// The shadow name a registry key (`name NUL id NUL created_at`) is of.
 fn registered_as(key: &str) -> &str {
     key.split('\u{0}').next().unwrap_or(key)
 }
 
+/// Opens drivers for registered shadows. Directory stores are kept open, one per
+/// shadow, because a store holds its state in memory between calls.
 pub struct Registry {
     request_timeout: Duration,
     /// Where directory shadows' hooks files are (`<dir>/<shadow>.toml`), from the
@@ -1063,7 +1063,9 @@ impl Registry {
                 .map_err(|err| Error::Internal(format!("cannot open directory shadow {name}: {err}")))?;
                 // Two callers may race to open it: the first one in wins, so there is one store.
                 let mut open = self.directories.lock().unwrap_or_else(|p| p.into_inner());
-                open.retain(|other, _| registered_as(other) != name);
+                // Other registrations of the name go; this one, if another caller opened
+                // it meanwhile, stays (one store per directory).
+                open.retain(|other, _| *other == key || registered_as(other) != name);
                 let (store, progress) = open
                     .entry(key)
                     .or_insert_with(|| {
@@ -1117,7 +1119,7 @@ impl Registry {
                 };
                 // Two callers may race to connect: the first one in wins.
                 let mut open = self.etcd.lock().unwrap_or_else(|p| p.into_inner());
-                open.retain(|other, _| registered_as(other) != name);
+                open.retain(|other, _| *other == key || registered_as(other) != name);
                 Ok(Driver::Etcd(Box::new(open.entry(key).or_insert(etcd).clone())))
             }
             _ => Err(Error::Internal(format!("shadow {name} has an incomplete driver configuration"))),

@@ -87,7 +87,8 @@ pub async fn follow_election(state: AppState, election: Arc<Election>) {
     let mut roles = election.subscribe();
     // The term led now (its leader key's revision) and its work.
     let mut led: Option<(i64, LeaderWork)> = None;
-    let mut failed: u32 = 0;
+    // Failed attempts to take the epoch, of the term of this revision.
+    let mut failed: (i64, u32) = (0, 0);
     loop {
         let role = roles.borrow_and_update().clone();
         let revision = match role {
@@ -101,7 +102,7 @@ pub async fn follow_election(state: AppState, election: Arc<Election>) {
                 tracing::warn!(term, "this replica no longer leads");
             }
             match revision {
-                None => failed = 0,
+                None => {}
                 Some(revision) => {
                     // etcd is asked again inside the transaction that takes the epoch.
                     match state
@@ -113,14 +114,16 @@ pub async fn follow_election(state: AppState, election: Arc<Election>) {
                             tracing::info!(revision, epoch = identity.epoch, "this replica leads; recovering rollouts");
                             state.coordinator.lead(identity, Some((election.clone(), revision)));
                             led = Some((revision, LeaderWork::start(&state)));
-                            failed = 0;
                         }
                         Err(err) => {
-                            failed += 1;
-                            if failed >= ATTEMPTS {
+                            failed = if failed.0 == revision {
+                                (revision, failed.1 + 1)
+                            } else {
+                                (revision, 1)
+                            };
+                            if failed.1 >= ATTEMPTS {
                                 tracing::warn!(%err, "cannot take the term's epoch; giving the term up");
-                                election.give_up_term().await;
-                                failed = 0;
+                                election.give_up_term(revision).await;
                             } else {
                                 // Tried again in a second while the term lasts.
                                 tracing::warn!(%err, "cannot take the term's epoch; trying again");

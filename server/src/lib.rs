@@ -455,6 +455,8 @@ pub async fn serve(
     // The term's work stops first; then the lease goes, and a successor may lead.
     if let Some(election) = election {
         election.abort();
+        // Its work is dropped with it: waited for, so the lease goes last.
+        let _ = election.await;
     }
     drop(leader_work);
     coordinator.step_down();
