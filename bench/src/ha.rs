@@ -5,8 +5,7 @@
 //! Needs a PostgreSQL server: `make bench` runs the benchmark under
 //! `scripts/with-postgres`, which starts a throwaway one (`ETC_SHADOW_TEST_POSTGRES`).
 
-use crate::{Bench, TOKEN, entry, ms, percentile, start_agents};
-use control::shadows::NewShadow;
+use crate::{Bench, entry, ms, percentile, start_agents};
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -59,15 +58,7 @@ async fn latency(args: &HaArgs, base: &str) {
         let dir = tempfile::tempdir().unwrap();
         let agents = start_agents(&args.agent, dir.path(), 3);
         let bench = Bench::open_at(&dir.path().join("control"), database.as_deref()).await;
-        for (i, addr) in agents.addrs.iter().enumerate() {
-            let shadow = NewShadow::Agent {
-                name: format!("agent{i}"),
-                url: format!("http://{addr}"),
-                token: Some(TOKEN.into()),
-                tls_pin: None,
-            };
-            control::shadows::add_as(&bench.db, "bench", shadow).await.unwrap();
-        }
+        bench.add_agents(&agents).await;
         bench.roll_out((0..10).map(|i| entry(i, 1024, 0)).collect(), false).await;
         let mut times = Vec::with_capacity(args.rollouts);
         for version in 1..=args.rollouts {

@@ -277,6 +277,19 @@ impl Bench {
         }
     }
 
+    /// Registers each of `agents` as a shadow (`agent0`, `agent1`, …).
+    async fn add_agents(&self, agents: &Agents) {
+        for (i, addr) in agents.addrs.iter().enumerate() {
+            let shadow = NewShadow::Agent {
+                name: format!("agent{i}"),
+                url: format!("http://{addr}"),
+                token: Some(TOKEN.into()),
+                tls_pin: None,
+            };
+            control::shadows::add_as(&self.db, "bench", shadow).await.unwrap();
+        }
+    }
+
     /// A drift monitor sweeping every `interval`, following agents' events or not.
     fn monitor(&self, interval: Duration, follow_agent_events: bool) -> control::drift::Monitor {
         let mut monitor = control::drift::Monitor::new(self.db.clone(), self.registry.clone(), self.coordinator.clone(), interval);
@@ -613,15 +626,7 @@ async fn rollouts(cli: &Cli) {
         let dir = tempfile::tempdir().unwrap();
         let agents = start_agents(&cli.agent, dir.path(), shadows);
         let bench = Bench::open(&dir.path().join("control")).await;
-        for (i, addr) in agents.addrs.iter().enumerate() {
-            let shadow = NewShadow::Agent {
-                name: format!("agent{i}"),
-                url: format!("http://{addr}"),
-                token: Some(TOKEN.into()),
-                tls_pin: None,
-            };
-            control::shadows::add_as(&bench.db, "bench", shadow).await.unwrap();
-        }
+        bench.add_agents(&agents).await;
         // The first rollout writes the whole set everywhere; it is not timed.
         bench.roll_out((0..entries).map(|i| entry(i, bytes, 0)).collect(), false).await;
         let rounds = if entries >= 1000 { cli.rollouts_large } else { cli.rollouts };

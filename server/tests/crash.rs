@@ -17,7 +17,6 @@ use domain::{EntryPath, Policy, hash::entry_hash, hash::root_hash};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::{
-    io::Write,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -39,20 +38,7 @@ const POINTS: [&str; 11] = [
 ];
 
 fn cli(data: &Path, args: &[&str], stdin: Option<&str>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .envs(common::database_env(data))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    assert!(child.wait().unwrap().success(), "etc-shadow {args:?}");
+    common::run_cli(data, common::database_env(data), args, stdin);
 }
 
 struct Process {

@@ -18,7 +18,6 @@ use common::{
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::{
-    io::Write,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -261,20 +260,7 @@ struct Fleet {
 }
 
 fn cli(fleet_database: &str, data: &Path, args: &[&str], stdin: Option<&str>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .env("ETC_SHADOW_DATABASE", fleet_database)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    assert!(child.wait().unwrap().success(), "etc-shadow {args:?}");
+    common::run_cli(data, vec![("ETC_SHADOW_DATABASE", fleet_database.to_string())], args, stdin);
 }
 
 impl Fleet {

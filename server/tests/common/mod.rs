@@ -38,6 +38,25 @@ pub fn database_env(data_dir: &std::path::Path) -> Vec<(&'static str, String)> {
     database_of(data_dir).map(|url| ("ETC_SHADOW_DATABASE", url)).into_iter().collect()
 }
 
+/// Runs `etc-shadow ARGS --data-dir DATA` with `env`, `stdin` written to it; it must
+/// succeed (its standard error shows beside a failing test's output).
+pub fn run_cli(data: &std::path::Path, env: Vec<(&'static str, String)>, args: &[&str], stdin: Option<&str>) {
+    use std::{io::Write, process::Stdio};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_etc-shadow"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "etc-shadow {args:?}");
+}
+
 /// The database a test's control plane runs on: `None` for the data directory's SQLite
 /// file, or, when the suite runs beside PostgreSQL (`scripts/with-postgres` sets
 /// `ETC_SHADOW_TEST_POSTGRES`), a new, empty database of its own there.
